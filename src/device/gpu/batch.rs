@@ -1,0 +1,175 @@
+//! Command batching: GPU work is recorded into one encoder and submitted together.
+//! A host read, `CommandBatch::sync`/`commit_async`/`end`, or a full batch submits it.
+
+use super::{context, pool::Kind, GpuBuffer, GpuContext, Kernel};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Each dispatch gets one 256-byte slot of uniform parameters.
+const SLOT: usize = 256;
+/// Dispatches per submitted command buffer (the params arena is `SLOT * MAX_DISPATCHES`).
+const MAX_DISPATCHES: usize = 256;
+/// Outside `CommandBatch::begin`/`end`, submit sooner so the GPU starts early.
+const UNBATCHED_DISPATCHES: usize = 32;
+
+static BATCHING: AtomicBool = AtomicBool::new(false);
+
+#[derive(Default)]
+pub(super) struct Batch {
+    encoder: Option<wgpu::CommandEncoder>,
+    params: Vec<u8>,
+    params_buf: Option<wgpu::Buffer>,
+    dispatches: usize,
+    /// Buffers dropped since the last submit: recorded work may still read them,
+    /// so they return to the pool only once that work is submitted.
+    retired: Vec<wgpu::Buffer>,
+}
+
+impl GpuContext {
+    /// Runs `f` on the open encoder (created on demand).
+    pub(crate) fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) {
+        let mut b = self.batch.lock().unwrap();
+        let enc = b
+            .encoder
+            .get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
+        f(enc);
+    }
+
+    pub(super) fn retire(&self, buffer: wgpu::Buffer) {
+        let mut b = self.batch.lock().unwrap();
+        if b.encoder.is_some() {
+            b.retired.push(buffer);
+        } else {
+            // Submitted work that still reads it runs before any later use, in queue order.
+            self.pool.give(buffer, Kind::Storage);
+        }
+    }
+
+    /// Queues one compute dispatch of `entry` in `kernel`. Binding 0 is the uniform `params`,
+    /// bindings 1.. are `buffers` in order; the entry point must use each of them.
+    pub fn dispatch(
+        &self,
+        kernel: &Kernel,
+        entry: &'static str,
+        params: &[u32],
+        buffers: &[&GpuBuffer],
+        groups: [u32; 3],
+    ) {
+        assert!(params.len() * 4 <= SLOT, "{}: params too long", kernel.name);
+        let pipeline = self.pipeline(kernel, entry);
+        let full = {
+            let mut b = self.batch.lock().unwrap();
+            let b = &mut *b;
+            let params_buf = b
+                .params_buf
+                .get_or_insert_with(|| {
+                    self.pool
+                        .take(&self.device, (SLOT * MAX_DISPATCHES) as u64, Kind::Uniform)
+                })
+                .clone();
+            let offset = b.params.len();
+            b.params.extend(params.iter().flat_map(|w| w.to_le_bytes()));
+            b.params.resize(offset + SLOT, 0);
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &params_buf,
+                    offset: offset as u64,
+                    size: wgpu::BufferSize::new(SLOT as u64),
+                }),
+            }];
+            for (i, buf) in buffers.iter().enumerate() {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: i as u32 + 1,
+                    resource: buf.buffer.as_entire_binding(),
+                });
+            }
+            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
+            let enc = b
+                .encoder
+                .get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+            }
+            b.dispatches += 1;
+            let limit = if BATCHING.load(Ordering::Relaxed) {
+                MAX_DISPATCHES
+            } else {
+                UNBATCHED_DISPATCHES
+            };
+            b.dispatches >= limit
+        };
+        if self.sync_every_op {
+            self.flush();
+            self.wait();
+        } else if full {
+            self.flush();
+        }
+    }
+
+    /// Submits everything recorded so far (does not wait).
+    pub fn flush(&self) {
+        let mut b = self.batch.lock().unwrap();
+        let Some(enc) = b.encoder.take() else { return };
+        if let Some(params_buf) = b.params_buf.take() {
+            self.queue.write_buffer(&params_buf, 0, &b.params);
+            // Queue order makes the next batch's write of this buffer land after this submit.
+            self.pool.give(params_buf, Kind::Uniform);
+        }
+        self.queue.submit([enc.finish()]);
+        for buf in b.retired.drain(..) {
+            self.pool.give(buf, Kind::Storage);
+        }
+        b.params.clear();
+        b.dispatches = 0;
+    }
+}
+
+/// The spec's batching API. GPU ops are always queued; these calls say when to submit and wait.
+/// With no GPU they do nothing.
+pub struct CommandBatch;
+
+impl CommandBatch {
+    /// Starts a batch: ops are recorded into large command buffers until `sync`/`end`.
+    pub fn begin() {
+        BATCHING.store(true, Ordering::Relaxed);
+    }
+
+    /// Submits the queued work and waits for it.
+    pub fn sync() {
+        if let Ok(ctx) = context() {
+            ctx.flush();
+            ctx.wait();
+        }
+    }
+
+    /// Ends batching mode and submits what is queued (without waiting).
+    pub fn end() {
+        BATCHING.store(false, Ordering::Relaxed);
+        Self::commit_async();
+    }
+
+    /// Submits the queued work and returns at once, so the CPU can prepare the next batch.
+    pub fn commit_async() {
+        if let Ok(ctx) = context() {
+            ctx.flush();
+        }
+    }
+
+    /// Waits for all submitted work.
+    pub fn wait_for_completion() {
+        if let Ok(ctx) = context() {
+            ctx.wait();
+        }
+    }
+
+    pub fn is_active() -> bool {
+        BATCHING.load(Ordering::Relaxed)
+    }
+}

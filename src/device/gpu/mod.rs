@@ -1,0 +1,233 @@
+//! The GPU backend: one global wgpu context, its pipeline cache, buffer pool and command batch.
+
+mod batch;
+mod pool;
+
+pub use batch::CommandBatch;
+
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+/// A WGSL source; its pipelines are compiled once per entry point and cached.
+pub struct Kernel {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// GPU memory behind a tensor. Dropping it hands the buffer back to the pool.
+pub struct GpuBuffer {
+    pub(crate) buffer: wgpu::Buffer,
+}
+
+impl Drop for GpuBuffer {
+    fn drop(&mut self) {
+        if let Ok(ctx) = context() {
+            ctx.retire(self.buffer.clone());
+        }
+    }
+}
+
+pub struct GpuContext {
+    pub info: wgpu::AdapterInfo,
+    pub features: wgpu::Features,
+    pub limits: wgpu::Limits,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    /// Other adapters found (name, backend, type), for `irontensor info`.
+    pub others: Vec<String>,
+    pipelines: Mutex<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>,
+    pool: pool::Pool,
+    batch: Mutex<batch::Batch>,
+    sync_every_op: bool,
+}
+
+/// Optional adapter features we use when present.
+const WANTED: wgpu::Features = wgpu::Features::SUBGROUP
+    .union(wgpu::Features::SHADER_F16)
+    .union(wgpu::Features::TIMESTAMP_QUERY)
+    .union(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS)
+    .union(wgpu::Features::IMMEDIATES);
+
+/// The global GPU context, created on first use; an error if no adapter is usable.
+pub fn context() -> Result<&'static GpuContext> {
+    static CTX: OnceLock<std::result::Result<GpuContext, String>> = OnceLock::new();
+    CTX.get_or_init(GpuContext::new)
+        .as_ref()
+        .map_err(|e| Error::Device(e.clone()))
+}
+
+fn rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+impl GpuContext {
+    fn new() -> std::result::Result<GpuContext, String> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        adapters.retain(|a| a.get_info().backend != wgpu::Backend::Gl);
+        adapters.sort_by_key(|a| rank(a.get_info().device_type));
+        let Some(adapter) = adapters.first() else {
+            return Err(
+                "no GPU adapter found (Metal, Vulkan or DX12); on Linux install a Vulkan driver, \
+                        e.g. `apt-get install mesa-vulkan-drivers`, or use IRONTENSOR_DEVICE=cpu"
+                    .into(),
+            );
+        };
+        let others = adapters[1..]
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+            })
+            .collect();
+        let features = adapter.features() & WANTED;
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("irontensor"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| {
+            format!(
+                "the GPU adapter {} refused a device: {e}",
+                adapter.get_info().name
+            )
+        })?;
+        let sync_every_op = std::env::var("IRONTENSOR_SYNC_GPU").is_ok_and(|v| v == "1");
+        Ok(GpuContext {
+            info: adapter.get_info(),
+            features,
+            limits,
+            device,
+            queue,
+            others,
+            pipelines: Mutex::new(HashMap::new()),
+            pool: pool::Pool::default(),
+            batch: Mutex::new(batch::Batch::default()),
+            sync_every_op,
+        })
+    }
+
+    fn pipeline(&self, kernel: &Kernel, entry: &'static str) -> wgpu::ComputePipeline {
+        let mut cache = self.pipelines.lock().unwrap();
+        cache
+            .entry((kernel.name, entry))
+            .or_insert_with(|| {
+                let module = self
+                    .device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(kernel.name),
+                        source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+                    });
+                self.device
+                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(entry),
+                        layout: None,
+                        module: &module,
+                        entry_point: Some(entry),
+                        compilation_options: Default::default(),
+                        cache: None,
+                    })
+            })
+            .clone()
+    }
+
+    /// A buffer of at least `bytes` from the pool; its contents are undefined.
+    pub fn alloc(&self, bytes: u64) -> GpuBuffer {
+        let buffer = self.pool.take(&self.device, bytes, pool::Kind::Storage);
+        GpuBuffer { buffer }
+    }
+
+    /// A buffer holding `data` (padded to 4 bytes).
+    pub fn upload(&self, data: &[u8]) -> GpuBuffer {
+        let buf = self.alloc(data.len() as u64);
+        // The pool never hands out a buffer that unsubmitted work still uses, so this
+        // write (ordered before the next submit) cannot clobber live data.
+        if data.len() % 4 == 0 {
+            self.queue.write_buffer(&buf.buffer, 0, data);
+        } else {
+            let mut padded = data.to_vec();
+            padded.resize(data.len().div_ceil(4) * 4, 0);
+            self.queue.write_buffer(&buf.buffer, 0, &padded);
+        }
+        buf
+    }
+
+    /// A buffer of `bytes` zeros (cleared in queue order).
+    pub fn zeros(&self, bytes: u64) -> GpuBuffer {
+        let buf = self.alloc(bytes);
+        let size = bytes.div_ceil(4) * 4;
+        if size > 0 {
+            self.record(|enc| enc.clear_buffer(&buf.buffer, 0, Some(size)));
+        }
+        buf
+    }
+
+    /// Reads `len` bytes at `offset` of `buf`, after all queued work.
+    pub fn read(&self, buf: &GpuBuffer, offset: u64, len: u64) -> Vec<u8> {
+        let start = offset / 4 * 4;
+        let end = (offset + len).div_ceil(4) * 4;
+        if end == start {
+            return Vec::new();
+        }
+        let staging = self
+            .pool
+            .take(&self.device, end - start, pool::Kind::Readback);
+        self.record(|enc| enc.copy_buffer_to_buffer(&buf.buffer, start, &staging, 0, end - start));
+        self.flush();
+        let slice = staging.slice(0..end - start);
+        slice.map_async(wgpu::MapMode::Read, |r| {
+            r.expect("GPU readback failed: device lost?")
+        });
+        self.wait();
+        let out = {
+            let view = slice
+                .get_mapped_range()
+                .expect("GPU readback: mapping failed");
+            let skip = (offset - start) as usize;
+            view[skip..skip + len as usize].to_vec()
+        };
+        staging.unmap();
+        self.pool.give(staging, pool::Kind::Readback);
+        out
+    }
+
+    /// Blocks until all submitted work is done.
+    pub fn wait(&self) {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .expect("GPU wait failed: device lost?");
+    }
+
+    /// Bytes of GPU tensors alive now, and the most alive at once since the last reset.
+    pub fn memory(&self) -> (u64, u64) {
+        self.pool.usage()
+    }
+
+    pub fn reset_peak_memory(&self) {
+        self.pool.reset_peak();
+    }
+
+    /// Bytes the pool holds from the driver (live and cached).
+    pub fn pool_bytes(&self) -> u64 {
+        self.pool.held()
+    }
+}
+
+/// Workgroup counts for `n` groups of a 1-D kernel: x capped at 65535, the rest in y.
+/// Kernels rebuild the flat id as `wid.x + wid.y * nwg.x`.
+pub fn grid(n: u32) -> [u32; 3] {
+    let x = n.clamp(1, 65535);
+    [x, n.div_ceil(x).max(1), 1]
+}

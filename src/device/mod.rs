@@ -1,0 +1,92 @@
+//! Devices and storage: `Device::{Cpu, Gpu}` and the `Storage` a tensor points into.
+
+pub mod cpu;
+pub mod gpu;
+
+use crate::{Error, Result};
+use std::sync::{Arc, OnceLock, RwLock};
+
+pub use cpu::CpuBuffer;
+pub use gpu::GpuBuffer;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Device {
+    Cpu,
+    Gpu,
+}
+
+impl Device {
+    /// The device chosen by `IRONTENSOR_DEVICE=cpu|gpu|auto` (default auto: a hardware GPU when one is found).
+    pub fn default_device() -> Device {
+        static CHOSEN: OnceLock<Device> = OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let want = std::env::var("IRONTENSOR_DEVICE").unwrap_or_default();
+            match want.to_ascii_lowercase().as_str() {
+                "cpu" => Device::Cpu,
+                "gpu" => {
+                    if let Err(e) = gpu::context() {
+                        panic!("IRONTENSOR_DEVICE=gpu but {e}");
+                    }
+                    Device::Gpu
+                }
+                // A software adapter (lavapipe) is slower than the CPU backend: auto skips it.
+                "" | "auto" => {
+                    if gpu::context().is_ok_and(|c| c.info.device_type != wgpu::DeviceType::Cpu) {
+                        Device::Gpu
+                    } else {
+                        Device::Cpu
+                    }
+                }
+                other => panic!("IRONTENSOR_DEVICE={other}: expected cpu, gpu or auto"),
+            }
+        })
+    }
+
+    /// Parses "cpu", "gpu" or "auto"; "gpu" fails when no adapter is found.
+    pub fn parse(name: &str) -> Result<Device> {
+        match name.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "gpu" => gpu::context().map(|_| Device::Gpu),
+            "auto" => Ok(Device::default_device()),
+            other => Err(Error::Invalid(format!(
+                "unknown device {other:?}: expected cpu, gpu or auto"
+            ))),
+        }
+    }
+
+    /// Whether a GPU adapter is usable in this process.
+    pub fn gpu_available() -> bool {
+        gpu::context().is_ok()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Gpu => "gpu",
+        }
+    }
+}
+
+/// Where a tensor's elements live. Clones share the same memory.
+#[derive(Clone)]
+pub enum Storage {
+    Cpu(Arc<RwLock<CpuBuffer>>),
+    Gpu(Arc<GpuBuffer>),
+}
+
+impl Storage {
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(_) => Device::Cpu,
+            Storage::Gpu(_) => Device::Gpu,
+        }
+    }
+
+    pub fn same_as(&self, other: &Storage) -> bool {
+        match (self, other) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => Arc::ptr_eq(a, b),
+            (Storage::Gpu(a), Storage::Gpu(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! IronTensor: a small, fast framework for training LLMs, on the CPU or a GPU through wgpu/WGSL.
+//!
+//! Module map (layers as in the spec, bottom up):
+//! - [`precision`], [`tensor`], [`device`] (CPU storage; GPU context, buffer pool, [`CommandBatch`]): core
+//! - [`autograd`]: the reverse-mode graph behind [`Tensor::backward`]
+//! - [`ops`]: one op family per file, each with its CPU kernel, WGSL kernel and backward rule
+
+pub mod autograd;
+pub mod device;
+mod error;
+pub mod ops;
+pub mod precision;
+pub mod rng;
+pub mod tensor;
+
+pub use autograd::{no_grad, Gradients};
+pub use device::gpu::CommandBatch;
+pub use device::Device;
+pub use error::{Error, Result};
+pub use ops::*;
+pub use precision::Precision;
+pub use tensor::Tensor;

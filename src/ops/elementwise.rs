@@ -1,0 +1,280 @@
+//! Elementwise ops: unary maps, scale, and binary ops where the smaller operand's shape is a
+//! suffix of the larger's (it repeats, like a bias).
+
+use super::{float_input, grid_for, same_device, sum_to};
+use crate::autograd::record;
+use crate::device::cpu::par_fill;
+use crate::device::gpu::{self, Kernel};
+use crate::{bail, Device, Precision, Result, Tensor};
+
+pub(crate) static KERNEL: Kernel = Kernel {
+    name: "elementwise",
+    source: include_str!("elementwise.wgsl"),
+};
+
+#[derive(Clone, Copy, Debug)]
+enum Unary {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Rsqrt,
+    Silu,
+    Gelu,
+    Relu,
+    Scale(f32),
+}
+
+const GELU_C: f32 = 0.797_884_6; // sqrt(2 / pi)
+
+fn gelu_u(v: f32) -> f32 {
+    (GELU_C * (v + 0.044715 * v * v * v)).clamp(-15.0, 15.0)
+}
+
+impl Unary {
+    fn code(self) -> (u32, f32) {
+        match self {
+            Unary::Neg => (0, 0.0),
+            Unary::Exp => (1, 0.0),
+            Unary::Log => (2, 0.0),
+            Unary::Sqrt => (3, 0.0),
+            Unary::Rsqrt => (4, 0.0),
+            Unary::Silu => (5, 0.0),
+            Unary::Gelu => (6, 0.0),
+            Unary::Relu => (7, 0.0),
+            Unary::Scale(s) => (8, s),
+        }
+    }
+
+    fn f(self, v: f32) -> f32 {
+        match self {
+            Unary::Neg => -v,
+            Unary::Exp => v.exp(),
+            Unary::Log => v.ln(),
+            Unary::Sqrt => v.sqrt(),
+            Unary::Rsqrt => 1.0 / v.sqrt(),
+            Unary::Silu => v / (1.0 + (-v).exp()),
+            Unary::Gelu => 0.5 * v * (1.0 + gelu_u(v).tanh()),
+            Unary::Relu => v.max(0.0),
+            Unary::Scale(s) => s * v,
+        }
+    }
+
+    /// d f / dv
+    fn df(self, v: f32) -> f32 {
+        match self {
+            Unary::Neg => -1.0,
+            Unary::Exp => v.exp(),
+            Unary::Log => 1.0 / v,
+            Unary::Sqrt => 0.5 / v.sqrt(),
+            Unary::Rsqrt => -0.5 / v.sqrt() / v,
+            Unary::Silu => {
+                let s = 1.0 / (1.0 + (-v).exp());
+                s * (1.0 + v * (1.0 - s))
+            }
+            Unary::Gelu => {
+                let t = gelu_u(v).tanh();
+                0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * 0.044715 * v * v)
+            }
+            Unary::Relu => {
+                if v > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Unary::Scale(s) => s,
+        }
+    }
+}
+
+fn unary(name: &'static str, x: &Tensor, op: Unary) -> Result<Tensor> {
+    let x = float_input(name, x)?;
+    let out = unary_forward(&x, op)?;
+    let xs = x.clone();
+    Ok(record(name, out, &[&x], move |dy| {
+        Ok(vec![Some(unary_backward(&xs, dy, op)?)])
+    }))
+}
+
+fn unary_forward(x: &Tensor, op: Unary) -> Result<Tensor> {
+    let n = x.numel();
+    Ok(match x.device() {
+        Device::Cpu => {
+            let xr = x.cpu();
+            let xv = xr.f32();
+            let mut out = vec![0.0; n];
+            par_fill(&mut out, |i| op.f(xv[i]));
+            Tensor::cpu_f32(out, x.shape())
+        }
+        Device::Gpu => {
+            let ctx = gpu::context()?;
+            let out = ctx.alloc(n as u64 * 4);
+            let (code, s) = op.code();
+            let params = [n as u32, code, x.offset() as u32, 0, 0, 0, s.to_bits()];
+            ctx.dispatch(&KERNEL, "unary", &params, &[x.gpu(), &out], grid_for(n));
+            Tensor::from_gpu(out, x.shape(), Precision::FP32)
+        }
+    })
+}
+
+/// dx = dy * f'(x)
+fn unary_backward(x: &Tensor, dy: &Tensor, op: Unary) -> Result<Tensor> {
+    let n = x.numel();
+    let dy = float_input("backward", dy)?;
+    Ok(match same_device("unary backward", &[x, &dy])? {
+        Device::Cpu => {
+            let (xr, dyr) = (x.cpu(), dy.cpu());
+            let (xv, dyv) = (xr.f32(), dyr.f32());
+            let mut out = vec![0.0; n];
+            par_fill(&mut out, |i| dyv[i] * op.df(xv[i]));
+            Tensor::cpu_f32(out, x.shape())
+        }
+        Device::Gpu => {
+            let ctx = gpu::context()?;
+            let out = ctx.alloc(n as u64 * 4);
+            let (code, s) = op.code();
+            let params = [
+                n as u32,
+                code,
+                x.offset() as u32,
+                dy.offset() as u32,
+                0,
+                0,
+                s.to_bits(),
+            ];
+            ctx.dispatch(
+                &KERNEL,
+                "unary_backward",
+                &params,
+                &[x.gpu(), &out, dy.gpu()],
+                grid_for(n),
+            );
+            Tensor::from_gpu(out, x.shape(), Precision::FP32)
+        }
+    })
+}
+
+pub fn neg(x: &Tensor) -> Result<Tensor> {
+    unary("neg", x, Unary::Neg)
+}
+pub fn exp(x: &Tensor) -> Result<Tensor> {
+    unary("exp", x, Unary::Exp)
+}
+pub fn log(x: &Tensor) -> Result<Tensor> {
+    unary("log", x, Unary::Log)
+}
+pub fn sqrt(x: &Tensor) -> Result<Tensor> {
+    unary("sqrt", x, Unary::Sqrt)
+}
+pub fn rsqrt(x: &Tensor) -> Result<Tensor> {
+    unary("rsqrt", x, Unary::Rsqrt)
+}
+/// x * sigmoid(x)
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    unary("silu", x, Unary::Silu)
+}
+/// GELU, tanh approximation (PyTorch's `approximate="tanh"`, GPT-2's gelu_new).
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    unary("gelu", x, Unary::Gelu)
+}
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    unary("relu", x, Unary::Relu)
+}
+/// s * x
+pub fn scale(x: &Tensor, s: f32) -> Result<Tensor> {
+    unary("scale", x, Unary::Scale(s))
+}
+
+#[derive(Clone, Copy)]
+enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+impl Binary {
+    fn f(self, a: f32, b: f32) -> f32 {
+        match self {
+            Binary::Add => a + b,
+            Binary::Sub => a - b,
+            Binary::Mul => a * b,
+            Binary::Div => a / b,
+        }
+    }
+}
+
+/// The output shape when one shape is a suffix of the other.
+fn broadcast_shape(name: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    let (long, short) = if a.len() >= b.len() { (a, b) } else { (b, a) };
+    if long.ends_with(short) {
+        return Ok(long.to_vec());
+    }
+    bail!(Shape, "{name}: shapes {a:?} and {b:?} do not broadcast (one must be a suffix of the other, like a bias)")
+}
+
+fn binary(name: &'static str, a: &Tensor, b: &Tensor, op: Binary) -> Result<Tensor> {
+    let (a, b) = (float_input(name, a)?, float_input(name, b)?);
+    let device = same_device(name, &[&a, &b])?;
+    let shape = broadcast_shape(name, a.shape(), b.shape())?;
+    let n = crate::tensor::numel(&shape);
+    let (na, nb) = (a.numel().max(1), b.numel().max(1));
+    let out = match device {
+        Device::Cpu => {
+            let (ar, br) = (a.cpu(), b.cpu());
+            let (av, bv) = (ar.f32(), br.f32());
+            let mut out = vec![0.0; n];
+            par_fill(&mut out, |i| op.f(av[i % na], bv[i % nb]));
+            Tensor::cpu_f32(out, &shape)
+        }
+        Device::Gpu => {
+            let ctx = gpu::context()?;
+            let out = ctx.alloc(n as u64 * 4);
+            let params = [
+                n as u32,
+                op as u32,
+                a.offset() as u32,
+                b.offset() as u32,
+                na as u32,
+                nb as u32,
+                0,
+            ];
+            ctx.dispatch(
+                &KERNEL,
+                "binary",
+                &params,
+                &[a.gpu(), &out, b.gpu()],
+                grid_for(n),
+            );
+            Tensor::from_gpu(out, &shape, Precision::FP32)
+        }
+    };
+    let (sa, sb) = (a.clone(), b.clone());
+    Ok(record(name, out, &[&a, &b], move |dy| {
+        let (da, db) = match op {
+            Binary::Add => (dy.clone(), dy.clone()),
+            Binary::Sub => (dy.clone(), neg(dy)?),
+            Binary::Mul => (mul(dy, &sb)?, mul(dy, &sa)?),
+            // d(a/b)/db = -a / b²
+            Binary::Div => (div(dy, &sb)?, neg(&div(&mul(dy, &sa)?, &mul(&sb, &sb)?)?)?),
+        };
+        Ok(vec![
+            Some(sum_to(&da, sa.shape())?),
+            Some(sum_to(&db, sb.shape())?),
+        ])
+    }))
+}
+
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary("add", a, b, Binary::Add)
+}
+pub fn sub(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary("sub", a, b, Binary::Sub)
+}
+pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary("mul", a, b, Binary::Mul)
+}
+pub fn div(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary("div", a, b, Binary::Div)
+}

@@ -1,0 +1,97 @@
+// Elementwise ops. `op` codes match elementwise.rs.
+struct Params {
+    n: u32,     // output elements
+    op: u32,
+    x_off: u32, // element offset of x (a for binary)
+    y_off: u32, // element offset of y (dy for unary backward, b for binary)
+    nx: u32,    // elements of x before it repeats (broadcast), binary only
+    ny: u32,    // elements of y before it repeats
+    s: f32,     // scale factor
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read> y: array<f32>;
+
+const GELU_C: f32 = 0.7978845608028654; // sqrt(2 / pi)
+
+fn gelu_u(v: f32) -> f32 {
+    return clamp(GELU_C * (v + 0.044715 * v * v * v), -15.0, 15.0);
+}
+
+fn unary_f(op: u32, v: f32) -> f32 {
+    switch op {
+        case 0u: { return -v; }
+        case 1u: { return exp(v); }
+        case 2u: { return log(v); }
+        case 3u: { return sqrt(v); }
+        case 4u: { return inverseSqrt(v); }
+        case 5u: { return v / (1.0 + exp(-v)); }
+        case 6u: { return 0.5 * v * (1.0 + tanh(gelu_u(v))); }
+        case 7u: { return max(v, 0.0); }
+        default: { return p.s * v; }
+    }
+}
+
+// d unary_f / dv
+fn unary_df(op: u32, v: f32) -> f32 {
+    switch op {
+        case 0u: { return -1.0; }
+        case 1u: { return exp(v); }
+        case 2u: { return 1.0 / v; }
+        case 3u: { return 0.5 * inverseSqrt(v); }
+        case 4u: { return -0.5 * inverseSqrt(v) / v; }
+        case 5u: {
+            let s = 1.0 / (1.0 + exp(-v));
+            return s * (1.0 + v * (1.0 - s));
+        }
+        case 6u: {
+            let t = tanh(gelu_u(v));
+            return 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * 0.044715 * v * v);
+        }
+        case 7u: { return select(0.0, 1.0, v > 0.0); }
+        default: { return p.s; }
+    }
+}
+
+fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * 256u + lid;
+}
+
+@compute @workgroup_size(256)
+fn unary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid);
+    if i >= p.n { return; }
+    out[i] = unary_f(p.op, x[p.x_off + i]);
+}
+
+@compute @workgroup_size(256)
+fn unary_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid);
+    if i >= p.n { return; }
+    out[i] = y[p.y_off + i] * unary_df(p.op, x[p.x_off + i]);
+}
+
+@compute @workgroup_size(256)
+fn binary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid);
+    if i >= p.n { return; }
+    var ia = i;
+    if p.nx != p.n { ia = i % p.nx; }
+    var ib = i;
+    if p.ny != p.n { ib = i % p.ny; }
+    let a = x[p.x_off + ia];
+    let b = y[p.y_off + ib];
+    var r: f32;
+    switch p.op {
+        case 0u: { r = a + b; }
+        case 1u: { r = a - b; }
+        case 2u: { r = a * b; }
+        default: { r = a / b; }
+    }
+    out[i] = r;
+}

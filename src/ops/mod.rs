@@ -1,0 +1,73 @@
+//! Operations: one op family per file, each with its CPU kernel, GPU dispatch and backward rule;
+//! the WGSL sits beside it. Ops compute in f32: BF16 inputs are widened first.
+
+mod cast;
+mod elementwise;
+mod layout;
+mod matmul;
+mod reduce;
+
+pub use cast::cast;
+pub use elementwise::{add, div, exp, gelu, log, mul, neg, relu, rsqrt, scale, silu, sqrt, sub};
+pub use layout::{concat, permute, slice, transpose};
+pub use matmul::{matmul, matmul_t};
+pub use reduce::{max, max_all, mean, mean_all, sum, sum_all, sum_rows};
+
+use crate::device::gpu::Kernel;
+use crate::{bail, Device, Precision, Result, Tensor};
+
+/// Every WGSL source the ops use, for the Metal translation test and `irontensor info`.
+pub fn kernels() -> Vec<&'static Kernel> {
+    vec![
+        &cast::KERNEL,
+        &elementwise::KERNEL,
+        &layout::KERNEL,
+        &matmul::KERNEL,
+        &reduce::KERNEL,
+    ]
+}
+
+/// The device all `inputs` live on, or an error naming the op.
+pub(crate) fn same_device(op: &str, inputs: &[&Tensor]) -> Result<Device> {
+    let d = inputs[0].device();
+    if let Some(t) = inputs.iter().find(|t| t.device() != d) {
+        bail!(
+            Device,
+            "{op}: inputs are on different devices ({} and {}); move them with to_device",
+            d.name(),
+            t.device().name()
+        );
+    }
+    Ok(d)
+}
+
+/// `t` as f32: BF16 is widened (differentiably), U32 is an error.
+pub(crate) fn float_input(op: &str, t: &Tensor) -> Result<Tensor> {
+    match t.dtype() {
+        Precision::FP32 => Ok(t.clone()),
+        Precision::BF16 => cast(t, Precision::FP32),
+        Precision::U32 => bail!(
+            Dtype,
+            "{op}: expects a float tensor, got u32 of shape {:?}",
+            t.shape()
+        ),
+    }
+}
+
+/// Sums `grad` over its leading dims until it has `shape` (the backward of a broadcast).
+pub(crate) fn sum_to(grad: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    if grad.shape() == shape {
+        return Ok(grad.clone());
+    }
+    let m = crate::tensor::numel(shape);
+    let rows = grad.numel() / m.max(1);
+    sum_rows(&grad.view(&[rows, m])?)?.view(shape)
+}
+
+/// Elements per workgroup of the 1-D kernels.
+pub(crate) const WG: u32 = 256;
+
+/// Workgroup grid for `n` elements, `WG` a group.
+pub(crate) fn grid_for(n: usize) -> [u32; 3] {
+    crate::device::gpu::grid((n as u32).div_ceil(WG))
+}

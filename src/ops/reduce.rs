@@ -1,0 +1,271 @@
+//! Reductions: sum / mean / max over the last dim and over everything, and column sums.
+
+use super::{float_input, grid_for};
+use crate::autograd::{no_backward, record};
+use crate::device::cpu::{par_rows, CpuBuffer, CHUNK};
+use crate::device::gpu::{self, grid, Kernel};
+use crate::{bail, Device, Precision, Result, Tensor};
+use rayon::prelude::*;
+
+pub(crate) static KERNEL: Kernel = Kernel {
+    name: "reduce",
+    source: include_str!("reduce.wgsl"),
+};
+
+fn last_dim(op: &str, x: &Tensor) -> Result<(usize, usize)> {
+    match x.shape().last() {
+        Some(&0) | None => bail!(
+            Shape,
+            "{op}: needs a non-empty last dim, got shape {:?}",
+            x.shape()
+        ),
+        Some(&c) => Ok((x.numel() / c, c)),
+    }
+}
+
+/// Sum of each `cols`-long row of `x` times `scale` (rows the GPU's way: one workgroup each).
+fn row_sums(x: &Tensor, rows: usize, cols: usize, scale: f32) -> Result<Tensor> {
+    Ok(match x.device() {
+        Device::Cpu => {
+            let xr = x.cpu();
+            let xv = xr.f32();
+            let mut out = vec![0.0; rows];
+            par_rows(&mut out, 1, |r, o| {
+                let end = ((r + 1) * cols).min(xv.len());
+                o[0] = xv[r * cols..end].iter().sum::<f32>() * scale;
+            });
+            Tensor::cpu_f32(out, &[rows])
+        }
+        Device::Gpu => {
+            let ctx = gpu::context()?;
+            let out = ctx.alloc(rows as u64 * 4);
+            let params = [
+                rows as u32,
+                cols as u32,
+                x.numel() as u32,
+                x.offset() as u32,
+                scale.to_bits(),
+            ];
+            ctx.dispatch(
+                &KERNEL,
+                "row_sum",
+                &params,
+                &[x.gpu(), &out],
+                grid(rows as u32),
+            );
+            Tensor::from_gpu(out, &[rows], Precision::FP32)
+        }
+    })
+}
+
+/// dx[r, c] = dy[r] * scale
+fn expand(dy: &Tensor, shape: &[usize], cols: usize, scale: f32) -> Result<Tensor> {
+    let n = crate::tensor::numel(shape);
+    Ok(match dy.device() {
+        Device::Cpu => {
+            let dr = dy.cpu();
+            let dv = dr.f32();
+            let mut out = vec![0.0; n];
+            par_rows(&mut out, cols, |r, row| row.fill(dv[r] * scale));
+            Tensor::cpu_f32(out, shape)
+        }
+        Device::Gpu => {
+            let ctx = gpu::context()?;
+            let out = ctx.alloc(n as u64 * 4);
+            let params = [
+                0,
+                cols as u32,
+                n as u32,
+                dy.offset() as u32,
+                scale.to_bits(),
+            ];
+            ctx.dispatch(&KERNEL, "expand", &params, &[dy.gpu(), &out], grid_for(n));
+            Tensor::from_gpu(out, shape, Precision::FP32)
+        }
+    })
+}
+
+fn sum_last(op: &'static str, x: &Tensor, mean: bool) -> Result<Tensor> {
+    let x = float_input(op, x)?;
+    let (rows, cols) = last_dim(op, &x)?;
+    let scale = if mean { 1.0 / cols as f32 } else { 1.0 };
+    let out_shape = &x.shape()[..x.rank() - 1];
+    let out = row_sums(&x, rows, cols, scale)?.view(out_shape)?;
+    let in_shape = x.shape().to_vec();
+    Ok(record(op, out, &[&x], move |dy| {
+        Ok(vec![Some(expand(dy, &in_shape, cols, scale)?)])
+    }))
+}
+
+/// Sum over the last dim: [.., C] -> [..].
+pub fn sum(x: &Tensor) -> Result<Tensor> {
+    sum_last("sum", x, false)
+}
+
+/// Mean over the last dim: [.., C] -> [..].
+pub fn mean(x: &Tensor) -> Result<Tensor> {
+    sum_last("mean", x, true)
+}
+
+fn all(op: &'static str, x: &Tensor, mean: bool) -> Result<Tensor> {
+    let x = float_input(op, x)?;
+    let n = x.numel();
+    if n == 0 {
+        bail!(Shape, "{op}: empty tensor of shape {:?}", x.shape());
+    }
+    let scale = if mean { 1.0 / n as f32 } else { 1.0 };
+    // Two passes over fixed chunks, so the order of additions never depends on threads.
+    let chunks = n.div_ceil(CHUNK);
+    let partial = row_sums(&x, chunks, CHUNK, 1.0)?;
+    let out = row_sums(&partial, 1, chunks, scale)?.view(&[])?;
+    let in_shape = x.shape().to_vec();
+    Ok(record(op, out, &[&x], move |dy| {
+        let dy = dy.view(&[1])?;
+        Ok(vec![Some(expand(&dy, &in_shape, n, scale)?)])
+    }))
+}
+
+/// Sum of all elements, shape [].
+pub fn sum_all(x: &Tensor) -> Result<Tensor> {
+    all("sum_all", x, false)
+}
+
+/// Mean of all elements, shape [].
+pub fn mean_all(x: &Tensor) -> Result<Tensor> {
+    all("mean_all", x, true)
+}
+
+/// Max over the last dim: [.., C] -> [..]; the gradient goes to the first maximum.
+pub fn max(x: &Tensor) -> Result<Tensor> {
+    let x = float_input("max", x)?;
+    let (rows, cols) = last_dim("max", &x)?;
+    let out_shape = &x.shape()[..x.rank() - 1];
+    let (out, idx) = match x.device() {
+        Device::Cpu => {
+            let xr = x.cpu();
+            let xv = xr.f32();
+            let (vals, idx): (Vec<f32>, Vec<u32>) = xv
+                .par_chunks(cols)
+                .map(|row| {
+                    let mut best = (row[0], 0u32);
+                    for (j, &v) in row.iter().enumerate().skip(1) {
+                        if v > best.0 {
+                            best = (v, j as u32);
+                        }
+                    }
+                    best
+                })
+                .unzip();
+            (
+                Tensor::cpu_f32(vals, out_shape),
+                Tensor::from_cpu(CpuBuffer::U32(idx), &[rows]),
+            )
+        }
+        Device::Gpu => {
+            let ctx = gpu::context()?;
+            let (out, idx) = (ctx.alloc(rows as u64 * 4), ctx.alloc(rows as u64 * 4));
+            let params = [
+                rows as u32,
+                cols as u32,
+                x.numel() as u32,
+                x.offset() as u32,
+                0,
+            ];
+            ctx.dispatch(
+                &KERNEL,
+                "row_max",
+                &params,
+                &[x.gpu(), &out, &idx],
+                grid(rows as u32),
+            );
+            (
+                Tensor::from_gpu(out, out_shape, Precision::FP32),
+                Tensor::from_gpu(idx, &[rows], Precision::U32),
+            )
+        }
+    };
+    let in_shape = x.shape().to_vec();
+    Ok(record("max", out, &[&x], move |dy| {
+        Ok(vec![Some(max_backward(dy, &idx, &in_shape, cols)?)])
+    }))
+}
+
+fn max_backward(dy: &Tensor, idx: &Tensor, shape: &[usize], cols: usize) -> Result<Tensor> {
+    let n = crate::tensor::numel(shape);
+    Ok(match dy.device() {
+        Device::Cpu => {
+            let (dr, ir) = (dy.cpu(), idx.cpu());
+            let (dv, iv) = (dr.f32(), ir.u32());
+            let mut out = vec![0.0; n];
+            par_rows(&mut out, cols, |r, row| row[iv[r] as usize] = dv[r]);
+            Tensor::cpu_f32(out, shape)
+        }
+        Device::Gpu => {
+            let ctx = gpu::context()?;
+            let out = ctx.alloc(n as u64 * 4);
+            let params = [0, cols as u32, n as u32, dy.offset() as u32, 0];
+            ctx.dispatch(
+                &KERNEL,
+                "max_backward",
+                &params,
+                &[dy.gpu(), &out, idx.gpu()],
+                grid_for(n),
+            );
+            Tensor::from_gpu(out, shape, Precision::FP32)
+        }
+    })
+}
+
+/// Max of all elements, shape [].
+pub fn max_all(x: &Tensor) -> Result<Tensor> {
+    max(&x.view(&[1, x.numel()])?)?.view(&[])
+}
+
+/// Column sums of a 2-D tensor: [R, C] -> [C] (the backward of a broadcast operand).
+pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
+    no_backward("sum_rows", &[x])?;
+    let x = float_input("sum_rows", x)?;
+    let &[rows, cols] = x.shape() else {
+        bail!(
+            Shape,
+            "sum_rows: expects a 2-D tensor, got shape {:?}",
+            x.shape()
+        );
+    };
+    Ok(match x.device() {
+        Device::Cpu => {
+            let xr = x.cpu();
+            let xv = xr.f32();
+            let mut out = vec![0.0; cols];
+            // Columns in parallel blocks; each column sums its rows in order.
+            out.par_chunks_mut(256).enumerate().for_each(|(b, o)| {
+                for r in 0..rows {
+                    let row = &xv[r * cols + b * 256..];
+                    for (j, acc) in o.iter_mut().enumerate() {
+                        *acc += row[j];
+                    }
+                }
+            });
+            Tensor::cpu_f32(out, &[cols])
+        }
+        Device::Gpu => {
+            let ctx = gpu::context()?;
+            let out = ctx.alloc(cols as u64 * 4);
+            let params = [
+                rows as u32,
+                cols as u32,
+                x.numel() as u32,
+                x.offset() as u32,
+                0,
+            ];
+            ctx.dispatch(
+                &KERNEL,
+                "col_sum",
+                &params,
+                &[x.gpu(), &out],
+                grid_for(cols),
+            );
+            Tensor::from_gpu(out, &[cols], Precision::FP32)
+        }
+    })
+}

@@ -1,0 +1,436 @@
+//! Tensor: shared storage + element offset + shape + dtype, row-major and contiguous.
+
+use crate::autograd::GradFn;
+use crate::device::{gpu, CpuBuffer, Device, GpuBuffer, Storage};
+use crate::precision::{bf16_bits_to_f32, f32_to_bf16_bits};
+use crate::rng::Rng;
+use crate::{bail, Precision, Result};
+use half::bf16;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+/// A cheap handle: clones share storage and identity.
+#[derive(Clone)]
+pub struct Tensor(pub(crate) Arc<Inner>);
+
+pub(crate) struct Inner {
+    pub id: u64,
+    pub storage: Storage,
+    pub offset: usize,
+    pub shape: Vec<usize>,
+    pub dtype: Precision,
+    pub requires_grad: bool,
+    pub grad_fn: Option<Arc<GradFn>>,
+}
+
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+impl Tensor {
+    pub(crate) fn from_storage(
+        storage: Storage,
+        offset: usize,
+        shape: &[usize],
+        dtype: Precision,
+    ) -> Tensor {
+        Tensor(Arc::new(Inner {
+            id: next_id(),
+            storage,
+            offset,
+            shape: shape.to_vec(),
+            dtype,
+            requires_grad: false,
+            grad_fn: None,
+        }))
+    }
+
+    pub(crate) fn from_cpu(buf: CpuBuffer, shape: &[usize]) -> Tensor {
+        debug_assert_eq!(buf.len(), numel(shape));
+        let dtype = match buf {
+            CpuBuffer::F32(_) => Precision::FP32,
+            CpuBuffer::BF16(_) => Precision::BF16,
+            CpuBuffer::U32(_) => Precision::U32,
+        };
+        Tensor::from_storage(Storage::Cpu(Arc::new(RwLock::new(buf))), 0, shape, dtype)
+    }
+
+    pub(crate) fn from_gpu(buf: GpuBuffer, shape: &[usize], dtype: Precision) -> Tensor {
+        Tensor::from_storage(Storage::Gpu(Arc::new(buf)), 0, shape, dtype)
+    }
+
+    /// An f32 tensor on the CPU (ops' CPU kernels build their outputs with this).
+    pub(crate) fn cpu_f32(data: Vec<f32>, shape: &[usize]) -> Tensor {
+        Tensor::from_cpu(CpuBuffer::F32(data), shape)
+    }
+
+    /// Zeros on the default device (`IRONTENSOR_DEVICE`).
+    pub fn zeros(shape: &[usize], dtype: Precision) -> Tensor {
+        Tensor::zeros_on(shape, dtype, Device::default_device())
+    }
+
+    pub fn zeros_on(shape: &[usize], dtype: Precision, device: Device) -> Tensor {
+        let n = numel(shape);
+        match device {
+            Device::Cpu => Tensor::from_cpu(
+                match dtype {
+                    Precision::FP32 => CpuBuffer::F32(vec![0.0; n]),
+                    Precision::BF16 => CpuBuffer::BF16(vec![bf16::ZERO; n]),
+                    Precision::U32 => CpuBuffer::U32(vec![0; n]),
+                },
+                shape,
+            ),
+            Device::Gpu => {
+                let ctx = gpu::context().expect("Tensor::zeros_on(Gpu)");
+                Tensor::from_gpu(ctx.zeros((n * dtype.size_bytes()) as u64), shape, dtype)
+            }
+        }
+    }
+
+    /// An f32 tensor filled with `value`.
+    pub fn full_on(shape: &[usize], value: f32, device: Device) -> Tensor {
+        Tensor::from_f32_on(&vec![value; numel(shape)], shape, device).expect("full: sizes agree")
+    }
+
+    /// Copies `data` into a new f32 tensor on the default device.
+    pub fn from_f32_slice(data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_f32_on(data, shape, Device::default_device())
+    }
+
+    pub fn from_f32_on(data: &[f32], shape: &[usize], device: Device) -> Result<Tensor> {
+        if data.len() != numel(shape) {
+            bail!(
+                Shape,
+                "from_f32_slice: {} values cannot fill shape {shape:?} ({} elements)",
+                data.len(),
+                numel(shape)
+            );
+        }
+        Ok(match device {
+            Device::Cpu => Tensor::cpu_f32(data.to_vec(), shape),
+            Device::Gpu => {
+                let ctx = gpu::context()?;
+                Tensor::from_gpu(
+                    ctx.upload(bytemuck::cast_slice(data)),
+                    shape,
+                    Precision::FP32,
+                )
+            }
+        })
+    }
+
+    /// Token ids and other integers.
+    pub fn from_u32_slice(data: &[u32], shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_u32_on(data, shape, Device::default_device())
+    }
+
+    pub fn from_u32_on(data: &[u32], shape: &[usize], device: Device) -> Result<Tensor> {
+        if data.len() != numel(shape) {
+            bail!(
+                Shape,
+                "from_u32_slice: {} values cannot fill shape {shape:?} ({} elements)",
+                data.len(),
+                numel(shape)
+            );
+        }
+        Ok(match device {
+            Device::Cpu => Tensor::from_cpu(CpuBuffer::U32(data.to_vec()), shape),
+            Device::Gpu => {
+                let ctx = gpu::context()?;
+                Tensor::from_gpu(
+                    ctx.upload(bytemuck::cast_slice(data)),
+                    shape,
+                    Precision::U32,
+                )
+            }
+        })
+    }
+
+    /// Normal(0, std²) values from `seed`; the same numbers on every device.
+    pub fn randn_on(shape: &[usize], std: f32, seed: u64, device: Device) -> Tensor {
+        let mut rng = Rng::new(seed);
+        let data: Vec<f32> = (0..numel(shape))
+            .map(|_| (rng.normal() * std as f64) as f32)
+            .collect();
+        Tensor::from_f32_on(&data, shape, device).expect("randn: sizes agree")
+    }
+
+    pub fn randn(shape: &[usize], std: f32, seed: u64) -> Tensor {
+        Tensor::randn_on(shape, std, seed, Device::default_device())
+    }
+
+    /// Uniform values in [lo, hi) from `seed`.
+    pub fn uniform_on(shape: &[usize], lo: f32, hi: f32, seed: u64, device: Device) -> Tensor {
+        let mut rng = Rng::new(seed);
+        let data: Vec<f32> = (0..numel(shape))
+            .map(|_| lo + (hi - lo) * rng.uniform() as f32)
+            .collect();
+        Tensor::from_f32_on(&data, shape, device).expect("uniform: sizes agree")
+    }
+
+    pub fn uniform(shape: &[usize], lo: f32, hi: f32, seed: u64) -> Tensor {
+        Tensor::uniform_on(shape, lo, hi, seed, Device::default_device())
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.0.shape
+    }
+
+    pub fn rank(&self) -> usize {
+        self.0.shape.len()
+    }
+
+    pub fn numel(&self) -> usize {
+        numel(&self.0.shape)
+    }
+
+    pub fn dtype(&self) -> Precision {
+        self.0.dtype
+    }
+
+    pub fn device(&self) -> Device {
+        self.0.storage.device()
+    }
+
+    /// Identity used by autograd (`Gradients::get`).
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    pub(crate) fn offset(&self) -> usize {
+        self.0.offset
+    }
+
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.0.storage
+    }
+
+    /// Whether both tensors point into the same memory (views of one another).
+    pub fn shares_storage(&self, other: &Tensor) -> bool {
+        self.storage().same_as(other.storage())
+    }
+
+    /// Same storage, new shape (zero-copy). Differentiable.
+    pub fn view(&self, shape: &[usize]) -> Result<Tensor> {
+        if numel(shape) != self.numel() {
+            bail!(
+                Shape,
+                "view: cannot view {:?} ({} elements) as {shape:?} ({} elements)",
+                self.shape(),
+                self.numel(),
+                numel(shape)
+            );
+        }
+        let out = Tensor::from_storage(self.0.storage.clone(), self.0.offset, shape, self.0.dtype);
+        let in_shape = self.shape().to_vec();
+        Ok(crate::autograd::record("view", out, &[self], move |dy| {
+            Ok(vec![Some(dy.view(&in_shape)?)])
+        }))
+    }
+
+    /// Alias of `view`: tensors are always contiguous, so a reshape never copies.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        self.view(shape)
+    }
+
+    /// A handle to the same data that autograd treats as a leaf needing a gradient.
+    pub fn requires_grad_(&self) -> Tensor {
+        let i = &self.0;
+        Tensor(Arc::new(Inner {
+            id: next_id(),
+            storage: i.storage.clone(),
+            offset: i.offset,
+            shape: i.shape.clone(),
+            dtype: i.dtype,
+            requires_grad: true,
+            grad_fn: None,
+        }))
+    }
+
+    pub fn requires_grad(&self) -> bool {
+        self.0.requires_grad
+    }
+
+    /// The same data, cut from the autograd graph.
+    pub fn detach(&self) -> Tensor {
+        let i = &self.0;
+        Tensor::from_storage(i.storage.clone(), i.offset, &i.shape, i.dtype)
+    }
+
+    /// Values as f32 (BF16 widened, U32 converted). Flushes queued GPU work.
+    pub fn to_vec(&self) -> Vec<f32> {
+        match self.dtype() {
+            Precision::FP32 => bytemuck::cast_slice(&self.raw_bytes()).to_vec(),
+            Precision::BF16 => self
+                .raw_bytes()
+                .chunks_exact(2)
+                .map(|b| bf16_bits_to_f32(u16::from_le_bytes([b[0], b[1]])))
+                .collect(),
+            Precision::U32 => self.to_vec_u32().into_iter().map(|v| v as f32).collect(),
+        }
+    }
+
+    /// The spec's name for `to_vec`.
+    pub fn as_f32_slice(&self) -> Vec<f32> {
+        self.to_vec()
+    }
+
+    pub fn to_vec_u32(&self) -> Vec<u32> {
+        match self.dtype() {
+            Precision::U32 => bytemuck::pod_collect_to_vec(&self.raw_bytes()),
+            _ => self.to_vec().into_iter().map(|v| v as u32).collect(),
+        }
+    }
+
+    /// The single value of a one-element tensor.
+    pub fn item(&self) -> Result<f32> {
+        if self.numel() != 1 {
+            bail!(
+                Shape,
+                "item: tensor of shape {:?} has {} elements, expected 1",
+                self.shape(),
+                self.numel()
+            );
+        }
+        Ok(self.to_vec()[0])
+    }
+
+    /// The view's bytes, little-endian, as stored.
+    fn raw_bytes(&self) -> Vec<u8> {
+        let size = self.dtype().size_bytes();
+        match self.storage() {
+            Storage::Cpu(_) => {
+                let r = self.cpu();
+                match &*r.guard {
+                    CpuBuffer::F32(v) => bytemuck::cast_slice(&v[r.range()]).to_vec(),
+                    CpuBuffer::U32(v) => bytemuck::cast_slice(&v[r.range()]).to_vec(),
+                    CpuBuffer::BF16(v) => v[r.range()]
+                        .iter()
+                        .flat_map(|h| h.to_bits().to_le_bytes())
+                        .collect(),
+                }
+            }
+            Storage::Gpu(buf) => {
+                let ctx = gpu::context().expect("GPU tensor without a GPU context");
+                ctx.read(
+                    buf,
+                    (self.offset() * size) as u64,
+                    (self.numel() * size) as u64,
+                )
+            }
+        }
+    }
+
+    /// A copy on `device` (the same tensor if it is already there). Not differentiable.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device() {
+            return Ok(self.clone());
+        }
+        crate::autograd::no_backward("to_device", &[self])?;
+        match (device, self.dtype()) {
+            (Device::Gpu, _) => {
+                let ctx = gpu::context()?;
+                let buf = ctx.upload(&self.raw_bytes());
+                Ok(Tensor::from_gpu(buf, self.shape(), self.dtype()))
+            }
+            (Device::Cpu, Precision::FP32) => Ok(Tensor::cpu_f32(self.to_vec(), self.shape())),
+            (Device::Cpu, Precision::U32) => Ok(Tensor::from_cpu(
+                CpuBuffer::U32(self.to_vec_u32()),
+                self.shape(),
+            )),
+            (Device::Cpu, Precision::BF16) => {
+                let bits = self.raw_bytes();
+                let v = bits
+                    .chunks_exact(2)
+                    .map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]])))
+                    .collect();
+                Ok(Tensor::from_cpu(CpuBuffer::BF16(v), self.shape()))
+            }
+        }
+    }
+
+    /// Rounds to bfloat16 storage (nearest even). Differentiable; the gradient is f32.
+    pub fn to_bf16(&self) -> Result<Tensor> {
+        crate::ops::cast(self, Precision::BF16)
+    }
+
+    /// Widens to f32. Differentiable.
+    pub fn to_f32(&self) -> Result<Tensor> {
+        crate::ops::cast(self, Precision::FP32)
+    }
+
+    /// Read access to a CPU tensor's elements.
+    pub(crate) fn cpu(&self) -> CpuRead<'_> {
+        match self.storage() {
+            Storage::Cpu(lock) => CpuRead {
+                guard: lock.read().unwrap(),
+                offset: self.offset(),
+                len: self.numel(),
+            },
+            Storage::Gpu(_) => panic!("cpu(): tensor is on the GPU"),
+        }
+    }
+
+    pub(crate) fn gpu(&self) -> &GpuBuffer {
+        match self.storage() {
+            Storage::Gpu(b) => b,
+            Storage::Cpu(_) => panic!("gpu(): tensor is on the CPU"),
+        }
+    }
+}
+
+/// A read lock on a CPU tensor's storage, narrowed to the tensor's elements.
+pub(crate) struct CpuRead<'a> {
+    guard: RwLockReadGuard<'a, CpuBuffer>,
+    offset: usize,
+    len: usize,
+}
+
+impl CpuRead<'_> {
+    fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len
+    }
+
+    pub fn f32(&self) -> &[f32] {
+        match &*self.guard {
+            CpuBuffer::F32(v) => &v[self.range()],
+            _ => panic!("CpuRead::f32 on a non-f32 tensor"),
+        }
+    }
+
+    pub fn bf16(&self) -> &[bf16] {
+        match &*self.guard {
+            CpuBuffer::BF16(v) => &v[self.range()],
+            _ => panic!("CpuRead::bf16 on a non-bf16 tensor"),
+        }
+    }
+
+    pub fn u32(&self) -> &[u32] {
+        match &*self.guard {
+            CpuBuffer::U32(v) => &v[self.range()],
+            _ => panic!("CpuRead::u32 on a non-u32 tensor"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Tensor({:?}, {}, {})",
+            self.shape(),
+            self.dtype().name(),
+            self.device().name()
+        )
+    }
+}
+
+/// Host-side rounding used by the CPU cast kernel and tests.
+pub fn round_to_bf16(x: f32) -> f32 {
+    bf16_bits_to_f32(f32_to_bf16_bits(x))
+}
