@@ -7,7 +7,7 @@ use crate::rng::Rng;
 use crate::{bail, Precision, Result};
 use half::bf16;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// A cheap handle: clones share storage and identity.
 #[derive(Clone)]
@@ -57,7 +57,12 @@ impl Tensor {
             CpuBuffer::BF16(_) => Precision::BF16,
             CpuBuffer::U32(_) => Precision::U32,
         };
-        Tensor::from_storage(Storage::Cpu(Arc::new(RwLock::new(buf))), 0, shape, dtype)
+        Tensor::from_storage(
+            Storage::Cpu(Arc::new(RwLock::new(buf.tracked()))),
+            0,
+            shape,
+            dtype,
+        )
     }
 
     pub(crate) fn from_gpu(buf: GpuBuffer, shape: &[usize], dtype: Precision) -> Tensor {
@@ -376,6 +381,19 @@ impl Tensor {
         }
     }
 
+    /// Write access to a CPU tensor's elements, for in-place updates (optimizers).
+    /// Writes are seen by every view of the storage.
+    pub(crate) fn cpu_mut(&self) -> CpuWrite<'_> {
+        match self.storage() {
+            Storage::Cpu(lock) => CpuWrite {
+                guard: lock.write().unwrap(),
+                offset: self.offset(),
+                len: self.numel(),
+            },
+            Storage::Gpu(_) => panic!("cpu_mut(): tensor is on the GPU"),
+        }
+    }
+
     pub(crate) fn gpu(&self) -> &GpuBuffer {
         match self.storage() {
             Storage::Gpu(b) => b,
@@ -414,6 +432,31 @@ impl CpuRead<'_> {
         match &*self.guard {
             CpuBuffer::U32(v) => &v[self.range()],
             _ => panic!("CpuRead::u32 on a non-u32 tensor"),
+        }
+    }
+}
+
+/// A write lock on a CPU tensor's storage, narrowed to the tensor's elements.
+pub(crate) struct CpuWrite<'a> {
+    guard: RwLockWriteGuard<'a, CpuBuffer>,
+    offset: usize,
+    len: usize,
+}
+
+impl CpuWrite<'_> {
+    pub fn f32(&mut self) -> &mut [f32] {
+        let r = self.offset..self.offset + self.len;
+        match &mut *self.guard {
+            CpuBuffer::F32(v) => &mut v[r],
+            _ => panic!("CpuWrite::f32 on a non-f32 tensor"),
+        }
+    }
+
+    pub fn bf16(&mut self) -> &mut [bf16] {
+        let r = self.offset..self.offset + self.len;
+        match &mut *self.guard {
+            CpuBuffer::BF16(v) => &mut v[r],
+            _ => panic!("CpuWrite::bf16 on a non-bf16 tensor"),
         }
     }
 }

@@ -2,6 +2,19 @@
 
 use half::bf16;
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static LIVE: AtomicU64 = AtomicU64::new(0);
+static PEAK: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes of CPU tensor storage alive now, and the most alive at once since the last reset.
+pub fn memory() -> (u64, u64) {
+    (LIVE.load(Ordering::Relaxed), PEAK.load(Ordering::Relaxed))
+}
+
+pub fn reset_peak_memory() {
+    PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+}
 
 /// Host memory of one storage; the variant is the element type.
 pub enum CpuBuffer {
@@ -14,6 +27,21 @@ pub enum CpuBuffer {
 pub const CHUNK: usize = 1 << 14;
 
 impl CpuBuffer {
+    /// Counts the buffer in `memory()`; every CPU storage is made through this.
+    pub(crate) fn tracked(self) -> CpuBuffer {
+        let live = LIVE.fetch_add(self.bytes(), Ordering::Relaxed) + self.bytes();
+        PEAK.fetch_max(live, Ordering::Relaxed);
+        self
+    }
+
+    fn bytes(&self) -> u64 {
+        match self {
+            CpuBuffer::F32(v) => v.len() as u64 * 4,
+            CpuBuffer::BF16(v) => v.len() as u64 * 2,
+            CpuBuffer::U32(v) => v.len() as u64 * 4,
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self {
             CpuBuffer::F32(v) => v.len(),
@@ -24,6 +52,12 @@ impl CpuBuffer {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl Drop for CpuBuffer {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(self.bytes(), Ordering::Relaxed);
     }
 }
 

@@ -59,6 +59,25 @@ impl Device {
         gpu::context().is_ok()
     }
 
+    /// Bytes of tensor storage alive on this device now, and the peak since the last reset.
+    pub fn memory(self) -> (u64, u64) {
+        match self {
+            Device::Cpu => cpu::memory(),
+            Device::Gpu => gpu::context().map(|c| c.memory()).unwrap_or((0, 0)),
+        }
+    }
+
+    pub fn reset_peak_memory(self) {
+        match self {
+            Device::Cpu => cpu::reset_peak_memory(),
+            Device::Gpu => {
+                if let Ok(c) = gpu::context() {
+                    c.reset_peak_memory()
+                }
+            }
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Device::Cpu => "cpu",
