@@ -58,20 +58,18 @@ pub fn record(
     if !tracking(inputs) {
         return out;
     }
-    let node = GradFn {
-        op,
-        inputs: inputs.iter().map(|t| (*t).clone()).collect(),
-        backward: Box::new(backward),
-    };
+    let node = GradFn { op, inputs: inputs.iter().map(|t| (*t).clone()).collect(), backward: Box::new(backward) };
     let i = &out.0;
-    Tensor::from_storage(i.storage.clone(), i.offset, &i.shape, i.dtype)
-        .with_grad_fn(Arc::new(node))
+    Tensor::from_storage(i.storage.clone(), i.offset, &i.shape, i.dtype).with_grad_fn(Arc::new(node))
 }
 
 /// For ops with no backward rule: an error if any input would need a gradient.
 pub fn no_backward(op: &str, inputs: &[&Tensor]) -> Result<()> {
     if tracking(inputs) {
-        bail!(Grad, "{op}: has no backward rule, but an input requires grad; call it on .detach()ed tensors or inside no_grad");
+        bail!(
+            Grad,
+            "{op}: has no backward rule, but an input requires grad; call it on .detach()ed tensors or inside no_grad"
+        );
     }
     Ok(())
 }
@@ -86,7 +84,11 @@ impl Tensor {
     /// Gradients of this one-element tensor with respect to every leaf that requires grad.
     pub fn backward(&self) -> Result<Gradients> {
         if self.numel() != 1 {
-            bail!(Grad, "backward: needs a one-element loss, got shape {:?}; reduce it first (sum/mean) or use backward_with", self.shape());
+            bail!(
+                Grad,
+                "backward: needs a one-element loss, got shape {:?}; reduce it first (sum/mean) or use backward_with",
+                self.shape()
+            );
         }
         let seed = Tensor::full_on(self.shape(), 1.0, self.device());
         self.backward_with(&seed)
@@ -95,18 +97,10 @@ impl Tensor {
     /// Backward from an explicit output gradient `dy` (shaped like `self`).
     pub fn backward_with(&self, dy: &Tensor) -> Result<Gradients> {
         if dy.shape() != self.shape() {
-            bail!(
-                Grad,
-                "backward_with: gradient shape {:?} differs from output shape {:?}",
-                dy.shape(),
-                self.shape()
-            );
+            bail!(Grad, "backward_with: gradient shape {:?} differs from output shape {:?}", dy.shape(), self.shape());
         }
         if !self.tracks_grad() {
-            bail!(
-                Grad,
-                "backward: the output does not depend on any tensor that requires grad"
-            );
+            bail!(Grad, "backward: the output does not depend on any tensor that requires grad");
         }
         crate::autograd::no_grad(|| run_backward(self, dy))
     }
@@ -146,12 +140,7 @@ fn run_backward(root: &Tensor, dy: &Tensor) -> Result<Gradients> {
             continue;
         };
         let input_grads = (f.backward)(&g)?;
-        debug_assert_eq!(
-            input_grads.len(),
-            f.inputs.len(),
-            "{}: backward arity",
-            f.op
-        );
+        debug_assert_eq!(input_grads.len(), f.inputs.len(), "{}: backward arity", f.op);
         for (inp, ig) in f.inputs.iter().zip(input_grads) {
             let Some(ig) = ig else { continue };
             if !inp.tracks_grad() {
@@ -177,7 +166,7 @@ fn run_backward(root: &Tensor, dy: &Tensor) -> Result<Gradients> {
 }
 
 /// Gradients by tensor identity, as returned by `backward`.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Gradients {
     map: HashMap<u64, Tensor>,
 }

@@ -22,11 +22,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Shape(m)
-            | Error::Dtype(m)
-            | Error::Device(m)
-            | Error::Grad(m)
-            | Error::Invalid(m) => f.write_str(m),
+            Error::Shape(m) | Error::Dtype(m) | Error::Device(m) | Error::Grad(m) | Error::Invalid(m) => f.write_str(m),
             Error::Io(e) => write!(f, "i/o error: {e}"),
         }
     }

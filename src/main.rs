@@ -6,11 +6,7 @@ use irontensor::{Device, Tensor};
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(
-    name = "irontensor",
-    version,
-    about = "Train small LLMs on your own machine"
-)]
+#[command(name = "irontensor", version, about = "Train small LLMs on your own machine")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -37,17 +33,11 @@ enum Command {
 fn main() {
     let start = Instant::now();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Some(Command::Info) => info(start),
-        Some(Command::Bench {
-            what,
-            device,
-            shapes,
-        }) => bench(&what, &device, &shapes),
-        None => Err(
-            "the training pipeline arrives with the application layer; try `irontensor info`"
-                .into(),
-        ),
+    let result = match (Device::from_env(), cli.command) {
+        (Err(e), _) => Err(e.into()),
+        (_, Some(Command::Info)) => info(start),
+        (_, Some(Command::Bench { what, device, shapes })) => bench(&what, &device, &shapes),
+        (_, None) => Err("the training pipeline arrives with the application layer; try `irontensor info`".into()),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -60,10 +50,7 @@ type CliResult = Result<(), Box<dyn std::error::Error>>;
 fn info(start: Instant) -> CliResult {
     println!("irontensor {}", env!("CARGO_PKG_VERSION"));
     println!("cpu: {} threads (rayon)", rayon::current_num_threads());
-    println!(
-        "default device: {} (IRONTENSOR_DEVICE)",
-        Device::default_device().name()
-    );
+    println!("default device: {} (IRONTENSOR_DEVICE)", Device::default_device().name());
     match gpu::context() {
         Err(e) => println!("gpu: none ({e})"),
         Ok(ctx) => {
@@ -75,29 +62,14 @@ fn info(start: Instant) -> CliResult {
             }
             println!("  features used: {:?}", ctx.features);
             let l = &ctx.limits;
-            println!(
-                "  max storage binding: {} MiB",
-                l.max_storage_buffer_binding_size >> 20
-            );
+            println!("  max storage binding: {} MiB", l.max_storage_buffer_binding_size >> 20);
             println!("  max buffer: {} MiB", l.max_buffer_size >> 20);
-            println!(
-                "  workgroup storage: {} KiB",
-                l.max_compute_workgroup_storage_size >> 10
-            );
-            println!(
-                "  invocations per workgroup: {}",
-                l.max_compute_invocations_per_workgroup
-            );
-            println!(
-                "  subgroup size: {}..{}",
-                i.subgroup_min_size, i.subgroup_max_size
-            );
+            println!("  workgroup storage: {} KiB", l.max_compute_workgroup_storage_size >> 10);
+            println!("  invocations per workgroup: {}", l.max_compute_invocations_per_workgroup);
+            println!("  subgroup size: {}..{}", i.subgroup_min_size, i.subgroup_max_size);
             let t = Tensor::from_f32_on(&[1.0, 2.0, 3.0], &[3], Device::Gpu)?;
             let y = irontensor::scale(&t, 2.0)?.to_vec();
-            println!(
-                "  first GPU result {y:?} after {:.1} ms from process start",
-                start.elapsed().as_secs_f64() * 1e3
-            );
+            println!("  first GPU result {y:?} after {:.1} ms from process start", start.elapsed().as_secs_f64() * 1e3);
         }
     }
     Ok(())
@@ -109,10 +81,7 @@ fn bench(what: &str, device: &str, shapes: &str) -> CliResult {
     }
     let device = Device::parse(device)?;
     for shape in shapes.split(',') {
-        let d: Vec<usize> = shape
-            .split('x')
-            .map(|v| v.trim().parse())
-            .collect::<Result<_, _>>()?;
+        let d: Vec<usize> = shape.split('x').map(|v| v.trim().parse()).collect::<Result<_, _>>()?;
         let [m, n, k] = d[..] else {
             return Err(format!("bad shape {shape:?}: expected MxNxK").into());
         };

@@ -33,12 +33,7 @@ pub fn numel(shape: &[usize]) -> usize {
 }
 
 impl Tensor {
-    pub(crate) fn from_storage(
-        storage: Storage,
-        offset: usize,
-        shape: &[usize],
-        dtype: Precision,
-    ) -> Tensor {
+    pub(crate) fn from_storage(storage: Storage, offset: usize, shape: &[usize], dtype: Precision) -> Tensor {
         Tensor(Arc::new(Inner {
             id: next_id(),
             storage,
@@ -57,12 +52,7 @@ impl Tensor {
             CpuBuffer::BF16(_) => Precision::BF16,
             CpuBuffer::U32(_) => Precision::U32,
         };
-        Tensor::from_storage(
-            Storage::Cpu(Arc::new(RwLock::new(buf.tracked()))),
-            0,
-            shape,
-            dtype,
-        )
+        Tensor::from_storage(Storage::Cpu(Arc::new(RwLock::new(buf.tracked()))), 0, shape, dtype)
     }
 
     pub(crate) fn from_gpu(buf: GpuBuffer, shape: &[usize], dtype: Precision) -> Tensor {
@@ -120,11 +110,7 @@ impl Tensor {
             Device::Cpu => Tensor::cpu_f32(data.to_vec(), shape),
             Device::Gpu => {
                 let ctx = gpu::context()?;
-                Tensor::from_gpu(
-                    ctx.upload(bytemuck::cast_slice(data)),
-                    shape,
-                    Precision::FP32,
-                )
+                Tensor::from_gpu(ctx.upload(bytemuck::cast_slice(data)), shape, Precision::FP32)
             }
         })
     }
@@ -147,11 +133,7 @@ impl Tensor {
             Device::Cpu => Tensor::from_cpu(CpuBuffer::U32(data.to_vec()), shape),
             Device::Gpu => {
                 let ctx = gpu::context()?;
-                Tensor::from_gpu(
-                    ctx.upload(bytemuck::cast_slice(data)),
-                    shape,
-                    Precision::U32,
-                )
+                Tensor::from_gpu(ctx.upload(bytemuck::cast_slice(data)), shape, Precision::U32)
             }
         })
     }
@@ -159,9 +141,7 @@ impl Tensor {
     /// Normal(0, std²) values from `seed`; the same numbers on every device.
     pub fn randn_on(shape: &[usize], std: f32, seed: u64, device: Device) -> Tensor {
         let mut rng = Rng::new(seed);
-        let data: Vec<f32> = (0..numel(shape))
-            .map(|_| (rng.normal() * std as f64) as f32)
-            .collect();
+        let data: Vec<f32> = (0..numel(shape)).map(|_| (rng.normal() * std as f64) as f32).collect();
         Tensor::from_f32_on(&data, shape, device).expect("randn: sizes agree")
     }
 
@@ -172,9 +152,7 @@ impl Tensor {
     /// Uniform values in [lo, hi) from `seed`.
     pub fn uniform_on(shape: &[usize], lo: f32, hi: f32, seed: u64, device: Device) -> Tensor {
         let mut rng = Rng::new(seed);
-        let data: Vec<f32> = (0..numel(shape))
-            .map(|_| lo + (hi - lo) * rng.uniform() as f32)
-            .collect();
+        let data: Vec<f32> = (0..numel(shape)).map(|_| lo + (hi - lo) * rng.uniform() as f32).collect();
         Tensor::from_f32_on(&data, shape, device).expect("uniform: sizes agree")
     }
 
@@ -233,9 +211,7 @@ impl Tensor {
         }
         let out = Tensor::from_storage(self.0.storage.clone(), self.0.offset, shape, self.0.dtype);
         let in_shape = self.shape().to_vec();
-        Ok(crate::autograd::record("view", out, &[self], move |dy| {
-            Ok(vec![Some(dy.view(&in_shape)?)])
-        }))
+        Ok(crate::autograd::record("view", out, &[self], move |dy| Ok(vec![Some(dy.view(&in_shape)?)])))
     }
 
     /// Alias of `view`: tensors are always contiguous, so a reshape never copies.
@@ -271,11 +247,9 @@ impl Tensor {
     pub fn to_vec(&self) -> Vec<f32> {
         match self.dtype() {
             Precision::FP32 => bytemuck::cast_slice(&self.raw_bytes()).to_vec(),
-            Precision::BF16 => self
-                .raw_bytes()
-                .chunks_exact(2)
-                .map(|b| bf16_bits_to_f32(u16::from_le_bytes([b[0], b[1]])))
-                .collect(),
+            Precision::BF16 => {
+                self.raw_bytes().chunks_exact(2).map(|b| bf16_bits_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect()
+            }
             Precision::U32 => self.to_vec_u32().into_iter().map(|v| v as f32).collect(),
         }
     }
@@ -295,12 +269,7 @@ impl Tensor {
     /// The single value of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
         if self.numel() != 1 {
-            bail!(
-                Shape,
-                "item: tensor of shape {:?} has {} elements, expected 1",
-                self.shape(),
-                self.numel()
-            );
+            bail!(Shape, "item: tensor of shape {:?} has {} elements, expected 1", self.shape(), self.numel());
         }
         Ok(self.to_vec()[0])
     }
@@ -314,19 +283,12 @@ impl Tensor {
                 match &*r.guard {
                     CpuBuffer::F32(v) => bytemuck::cast_slice(&v[r.range()]).to_vec(),
                     CpuBuffer::U32(v) => bytemuck::cast_slice(&v[r.range()]).to_vec(),
-                    CpuBuffer::BF16(v) => v[r.range()]
-                        .iter()
-                        .flat_map(|h| h.to_bits().to_le_bytes())
-                        .collect(),
+                    CpuBuffer::BF16(v) => v[r.range()].iter().flat_map(|h| h.to_bits().to_le_bytes()).collect(),
                 }
             }
             Storage::Gpu(buf) => {
                 let ctx = gpu::context().expect("GPU tensor without a GPU context");
-                ctx.read(
-                    buf,
-                    (self.offset() * size) as u64,
-                    (self.numel() * size) as u64,
-                )
+                ctx.read(buf, (self.offset() * size) as u64, (self.numel() * size) as u64)
             }
         }
     }
@@ -344,16 +306,10 @@ impl Tensor {
                 Ok(Tensor::from_gpu(buf, self.shape(), self.dtype()))
             }
             (Device::Cpu, Precision::FP32) => Ok(Tensor::cpu_f32(self.to_vec(), self.shape())),
-            (Device::Cpu, Precision::U32) => Ok(Tensor::from_cpu(
-                CpuBuffer::U32(self.to_vec_u32()),
-                self.shape(),
-            )),
+            (Device::Cpu, Precision::U32) => Ok(Tensor::from_cpu(CpuBuffer::U32(self.to_vec_u32()), self.shape())),
             (Device::Cpu, Precision::BF16) => {
                 let bits = self.raw_bytes();
-                let v = bits
-                    .chunks_exact(2)
-                    .map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]])))
-                    .collect();
+                let v = bits.chunks_exact(2).map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]]))).collect();
                 Ok(Tensor::from_cpu(CpuBuffer::BF16(v), self.shape()))
             }
         }
@@ -372,11 +328,7 @@ impl Tensor {
     /// Read access to a CPU tensor's elements.
     pub(crate) fn cpu(&self) -> CpuRead<'_> {
         match self.storage() {
-            Storage::Cpu(lock) => CpuRead {
-                guard: lock.read().unwrap(),
-                offset: self.offset(),
-                len: self.numel(),
-            },
+            Storage::Cpu(lock) => CpuRead { guard: lock.read().unwrap(), offset: self.offset(), len: self.numel() },
             Storage::Gpu(_) => panic!("cpu(): tensor is on the GPU"),
         }
     }
@@ -385,11 +337,7 @@ impl Tensor {
     /// Writes are seen by every view of the storage.
     pub(crate) fn cpu_mut(&self) -> CpuWrite<'_> {
         match self.storage() {
-            Storage::Cpu(lock) => CpuWrite {
-                guard: lock.write().unwrap(),
-                offset: self.offset(),
-                len: self.numel(),
-            },
+            Storage::Cpu(lock) => CpuWrite { guard: lock.write().unwrap(), offset: self.offset(), len: self.numel() },
             Storage::Gpu(_) => panic!("cpu_mut(): tensor is on the GPU"),
         }
     }
@@ -463,13 +411,7 @@ impl CpuWrite<'_> {
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Tensor({:?}, {}, {})",
-            self.shape(),
-            self.dtype().name(),
-            self.device().name()
-        )
+        write!(f, "Tensor({:?}, {}, {})", self.shape(), self.dtype().name(), self.device().name())
     }
 }
 

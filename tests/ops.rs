@@ -93,29 +93,17 @@ fn reductions(device: Device) {
         let c = *shape.last().unwrap();
         let x = rand_vec(n, -1.0, 1.0, 7);
         let rows = |x: &[f64]| x.chunks(c).map(|r| r.to_vec()).collect::<Vec<_>>();
-        let cases: [(
-            &str,
-            fn(&Tensor) -> irontensor::Result<Tensor>,
-            fn(&[f64]) -> f64,
-        ); 3] = [
+        let cases: [(&str, fn(&Tensor) -> irontensor::Result<Tensor>, fn(&[f64]) -> f64); 3] = [
             ("sum", ops::sum, |r| r.iter().sum()),
-            ("mean", ops::mean, |r| {
-                r.iter().sum::<f64>() / r.len() as f64
-            }),
-            ("max", ops::max, |r| {
-                r.iter().cloned().fold(f64::MIN, f64::max)
-            }),
+            ("mean", ops::mean, |r| r.iter().sum::<f64>() / r.len() as f64),
+            ("max", ops::max, |r| r.iter().cloned().fold(f64::MIN, f64::max)),
         ];
         for (name, op, f) in cases {
             GradCheck {
                 inputs: vec![(x.clone(), shape.clone())],
                 op: &|t| {
                     let y = op(&t[0])?;
-                    assert_eq!(
-                        y.shape(),
-                        &shape[..shape.len() - 1],
-                        "{name} drops the last dim"
-                    );
+                    assert_eq!(y.shape(), &shape[..shape.len() - 1], "{name} drops the last dim");
                     Ok(y)
                 },
                 reference: &|x| rows(&x[0]).iter().map(|r| f(r)).collect(),
@@ -132,36 +120,16 @@ fn reductions(device: Device) {
         let xd = f64s(&x);
         let t = Tensor::from_f32_on(&x, &[n], device).unwrap();
         let s: f64 = xd.iter().sum();
-        assert_close(
-            &ops::sum_all(&t).unwrap().to_vec(),
-            &[s],
-            1e-4,
-            1e-5,
-            "sum_all",
-        );
-        assert_close(
-            &ops::mean_all(&t).unwrap().to_vec(),
-            &[s / n as f64],
-            1e-6,
-            1e-5,
-            "mean_all",
-        );
+        assert_close(&ops::sum_all(&t).unwrap().to_vec(), &[s], 1e-4, 1e-5, "sum_all");
+        assert_close(&ops::mean_all(&t).unwrap().to_vec(), &[s / n as f64], 1e-6, 1e-5, "mean_all");
         let m = xd.iter().cloned().fold(f64::MIN, f64::max);
-        assert_close(
-            &ops::max_all(&t).unwrap().to_vec(),
-            &[m],
-            0.0,
-            0.0,
-            "max_all",
-        );
+        assert_close(&ops::max_all(&t).unwrap().to_vec(), &[m], 0.0, 0.0, "max_all");
         assert_eq!(ops::sum_all(&t).unwrap().shape(), &[] as &[usize]);
     }
     let x = rand_vec(12, -1.0, 1.0, 3);
-    for (name, op) in [
-        ("sum_all", ops::sum_all as fn(&Tensor) -> _),
-        ("mean_all", ops::mean_all),
-        ("max_all", ops::max_all),
-    ] {
+    for (name, op) in
+        [("sum_all", ops::sum_all as fn(&Tensor) -> _), ("mean_all", ops::mean_all), ("max_all", ops::max_all)]
+    {
         let f: fn(&[f64]) -> f64 = match name {
             "sum_all" => |x| x.iter().sum(),
             "mean_all" => |x| x.iter().sum::<f64>() / x.len() as f64,
@@ -180,16 +148,8 @@ fn reductions(device: Device) {
     // Column sums: [R, C] -> [C].
     let x = rand_vec(9 * 70, -1.0, 1.0, 11);
     let t = Tensor::from_f32_on(&x, &[9, 70], device).unwrap();
-    let want: Vec<f64> = (0..70)
-        .map(|c| (0..9).map(|r| x[r * 70 + c] as f64).sum())
-        .collect();
-    assert_close(
-        &ops::sum_rows(&t).unwrap().to_vec(),
-        &want,
-        1e-5,
-        1e-5,
-        "sum_rows",
-    );
+    let want: Vec<f64> = (0..70).map(|c| (0..9).map(|r| x[r * 70 + c] as f64).sum()).collect();
+    assert_close(&ops::sum_rows(&t).unwrap().to_vec(), &want, 1e-5, 1e-5, "sum_rows");
 }
 
 /// C[b] = op(A[b]) · op(B[b]) in f64; batch stride 0 means shared.
@@ -212,16 +172,8 @@ fn matmul_ref(
             for j in 0..n {
                 let mut acc = 0.0;
                 for p in 0..k {
-                    let av = if ta {
-                        a[bi * a_bs + p * m + i]
-                    } else {
-                        a[bi * a_bs + i * k + p]
-                    };
-                    let bv = if tb {
-                        b[bi * b_bs + j * k + p]
-                    } else {
-                        b[bi * b_bs + p * n + j]
-                    };
+                    let av = if ta { a[bi * a_bs + p * m + i] } else { a[bi * a_bs + i * k + p] };
+                    let bv = if tb { b[bi * b_bs + j * k + p] } else { b[bi * b_bs + p * n + j] };
                     acc += av * bv;
                 }
                 c[bi * m * n + i * n + j] = acc;
@@ -235,27 +187,11 @@ fn matmul(device: Device) {
     for (m, n, k) in [(1, 1, 1), (7, 33, 65), (65, 7, 33), (70, 66, 17)] {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             // (batch dims of a, of b)
-            for (ba, bb) in [
-                (vec![], vec![]),
-                (vec![3], vec![3]),
-                (vec![2, 3], vec![]),
-                (vec![], vec![3]),
-            ] {
-                let sa: Vec<usize> = ba
-                    .iter()
-                    .cloned()
-                    .chain(if ta { [k, m] } else { [m, k] })
-                    .collect();
-                let sb: Vec<usize> = bb
-                    .iter()
-                    .cloned()
-                    .chain(if tb { [n, k] } else { [k, n] })
-                    .collect();
+            for (ba, bb) in [(vec![], vec![]), (vec![3], vec![3]), (vec![2, 3], vec![]), (vec![], vec![3])] {
+                let sa: Vec<usize> = ba.iter().cloned().chain(if ta { [k, m] } else { [m, k] }).collect();
+                let sb: Vec<usize> = bb.iter().cloned().chain(if tb { [n, k] } else { [k, n] }).collect();
                 let batch = ba.iter().product::<usize>().max(bb.iter().product());
-                let (a_bs, b_bs) = (
-                    if ba.is_empty() { 0 } else { m * k },
-                    if bb.is_empty() { 0 } else { k * n },
-                );
+                let (a_bs, b_bs) = (if ba.is_empty() { 0 } else { m * k }, if bb.is_empty() { 0 } else { k * n });
                 let a = rand_vec(sa.iter().product(), -1.0, 1.0, (m * 7 + k) as u64);
                 let b = rand_vec(sb.iter().product(), -1.0, 1.0, (n * 5 + k) as u64);
                 GradCheck {
@@ -268,11 +204,7 @@ fn matmul(device: Device) {
                 }
                 .run(
                     device,
-                    &format!(
-                        "matmul {sa:?}{} x {sb:?}{}",
-                        if ta { "T" } else { "" },
-                        if tb { "T" } else { "" }
-                    ),
+                    &format!("matmul {sa:?}{} x {sb:?}{}", if ta { "T" } else { "" }, if tb { "T" } else { "" }),
                 );
             }
         }
@@ -344,20 +276,14 @@ fn layout(device: Device) {
         }
         .run(device, &format!("slice dim {dim}"));
         let t = Tensor::from_f32_on(&x, &shape, device).unwrap();
-        let parts = [
-            ops::slice(&t, dim, 0, 1).unwrap(),
-            ops::slice(&t, dim, 1, len).unwrap(),
-        ];
+        let parts = [ops::slice(&t, dim, 0, 1).unwrap(), ops::slice(&t, dim, 1, len).unwrap()];
         let joined = ops::concat(&[&parts[0], &parts[1]], dim).unwrap();
         assert_eq!(joined.shape(), &shape[..]);
         assert_close(&joined.to_vec(), &f64s(&x), 0.0, 0.0, "concat of slices");
     }
     // concat gradient: three inputs of different lengths along dim 1.
-    let (a, b, c) = (
-        rand_vec(2 * 3 * 4, -1.0, 1.0, 1),
-        rand_vec(2 * 1 * 4, -1.0, 1.0, 2),
-        rand_vec(2 * 5 * 4, -1.0, 1.0, 3),
-    );
+    let (a, b, c) =
+        (rand_vec(2 * 3 * 4, -1.0, 1.0, 1), rand_vec(2 * 1 * 4, -1.0, 1.0, 2), rand_vec(2 * 5 * 4, -1.0, 1.0, 3));
     let reference = |x: &[Vec<f64>]| {
         let mut out = Vec::new();
         for r in 0..2 {
@@ -419,9 +345,7 @@ fn cast(device: Device) {
     let g = y.backward().unwrap();
     let gw = g.get(&w).unwrap();
     assert_eq!(gw.dtype(), irontensor::Precision::FP32);
-    let finite: Vec<usize> = (0..1001)
-        .filter(|&i| back[i].is_finite() && back[i].abs() < 1e30)
-        .collect();
+    let finite: Vec<usize> = (0..1001).filter(|&i| back[i].is_finite() && back[i].abs() < 1e30).collect();
     let gv = gw.to_vec();
     for i in finite {
         assert_eq!(gv[i], 2.0 * back[i], "d(x²)/dx at {i}");
@@ -432,15 +356,9 @@ fn errors(device: Device) {
     let a = Tensor::from_f32_on(&[1.0; 6], &[2, 3], device).unwrap();
     let b = Tensor::from_f32_on(&[1.0; 8], &[2, 4], device).unwrap();
     let msg = ops::matmul(&a, &b).unwrap_err().to_string();
-    assert!(
-        msg.contains("matmul") && msg.contains("[2, 3]") && msg.contains("[2, 4]"),
-        "{msg}"
-    );
+    assert!(msg.contains("matmul") && msg.contains("[2, 3]") && msg.contains("[2, 4]"), "{msg}");
     let msg = ops::add(&a, &b).unwrap_err().to_string();
-    assert!(
-        msg.contains("add") && msg.contains("[2, 3]") && msg.contains("[2, 4]"),
-        "{msg}"
-    );
+    assert!(msg.contains("add") && msg.contains("[2, 3]") && msg.contains("[2, 4]"), "{msg}");
     let msg = ops::permute(&a, &[0, 0]).unwrap_err().to_string();
     assert!(msg.contains("permute"), "{msg}");
     let msg = ops::slice(&a, 1, 2, 2).unwrap_err().to_string();
@@ -452,9 +370,7 @@ fn errors(device: Device) {
     let ids = Tensor::from_u32_on(&[1, 2], &[2], device).unwrap();
     let msg = ops::exp(&ids).unwrap_err().to_string();
     assert!(msg.contains("exp") && msg.contains("u32"), "{msg}");
-    let msg = Tensor::from_f32_on(&[1.0; 5], &[2, 3], device)
-        .unwrap_err()
-        .to_string();
+    let msg = Tensor::from_f32_on(&[1.0; 5], &[2, 3], device).unwrap_err().to_string();
     assert!(msg.contains("5") && msg.contains("[2, 3]"), "{msg}");
 }
 
@@ -466,10 +382,7 @@ fn mixed_devices_are_an_error() {
     let a = Tensor::from_f32_on(&[1.0; 4], &[4], Device::Cpu).unwrap();
     let b = Tensor::from_f32_on(&[1.0; 4], &[4], gpu).unwrap();
     let msg = ops::add(&a, &b).unwrap_err().to_string();
-    assert!(
-        msg.contains("different devices") && msg.contains("to_device"),
-        "{msg}"
-    );
+    assert!(msg.contains("different devices") && msg.contains("to_device"), "{msg}");
     let c = ops::add(&a, &b.to_device(Device::Cpu).unwrap()).unwrap();
     assert_eq!(c.to_vec(), vec![2.0; 4]);
 }

@@ -63,14 +63,12 @@ impl Drop for CpuBuffer {
 
 /// `out[i] = f(i)` in parallel chunks of `CHUNK`.
 pub fn par_fill(out: &mut [f32], f: impl Fn(usize) -> f32 + Sync) {
-    out.par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            let base = c * CHUNK;
-            for (j, o) in chunk.iter_mut().enumerate() {
-                *o = f(base + j);
-            }
-        });
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+        let base = c * CHUNK;
+        for (j, o) in chunk.iter_mut().enumerate() {
+            *o = f(base + j);
+        }
+    });
 }
 
 /// Runs `f(row_index, row)` over the rows of `out` (`cols` wide) in parallel.
@@ -79,11 +77,9 @@ pub fn par_rows(out: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sy
         return;
     }
     let rows_per_task = (CHUNK / cols).max(1);
-    out.par_chunks_mut(rows_per_task * cols)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            for (j, row) in chunk.chunks_mut(cols).enumerate() {
-                f(c * rows_per_task + j, row);
-            }
-        });
+    out.par_chunks_mut(rows_per_task * cols).enumerate().for_each(|(c, chunk)| {
+        for (j, row) in chunk.chunks_mut(cols).enumerate() {
+            f(c * rows_per_task + j, row);
+        }
+    });
 }

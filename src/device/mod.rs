@@ -16,30 +16,29 @@ pub enum Device {
 }
 
 impl Device {
-    /// The device chosen by `IRONTENSOR_DEVICE=cpu|gpu|auto` (default auto: a hardware GPU when one is found).
+    /// The device chosen by `IRONTENSOR_DEVICE=cpu|gpu|auto` (default auto: a hardware GPU
+    /// when one is found). Panics on a bad value; `from_env` reports it as an error.
     pub fn default_device() -> Device {
         static CHOSEN: OnceLock<Device> = OnceLock::new();
-        *CHOSEN.get_or_init(|| {
-            let want = std::env::var("IRONTENSOR_DEVICE").unwrap_or_default();
-            match want.to_ascii_lowercase().as_str() {
-                "cpu" => Device::Cpu,
-                "gpu" => {
-                    if let Err(e) = gpu::context() {
-                        panic!("IRONTENSOR_DEVICE=gpu but {e}");
-                    }
-                    Device::Gpu
-                }
-                // A software adapter (lavapipe) is slower than the CPU backend: auto skips it.
-                "" | "auto" => {
-                    if gpu::context().is_ok_and(|c| c.info.device_type != wgpu::DeviceType::Cpu) {
-                        Device::Gpu
-                    } else {
-                        Device::Cpu
-                    }
-                }
-                other => panic!("IRONTENSOR_DEVICE={other}: expected cpu, gpu or auto"),
-            }
-        })
+        *CHOSEN.get_or_init(|| Device::from_env().unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// Reads `IRONTENSOR_DEVICE`.
+    pub fn from_env() -> Result<Device> {
+        let want = std::env::var("IRONTENSOR_DEVICE").unwrap_or_default();
+        match want.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "gpu" => match gpu::context() {
+                Ok(_) => Ok(Device::Gpu),
+                Err(e) => Err(Error::Device(format!("IRONTENSOR_DEVICE=gpu but {e}"))),
+            },
+            // A software adapter (lavapipe) is slower than the CPU backend: auto skips it.
+            "" | "auto" => Ok(match gpu::context() {
+                Ok(c) if c.info.device_type != wgpu::DeviceType::Cpu => Device::Gpu,
+                _ => Device::Cpu,
+            }),
+            other => Err(Error::Invalid(format!("IRONTENSOR_DEVICE={other}: expected cpu, gpu or auto"))),
+        }
     }
 
     /// Parses "cpu", "gpu" or "auto"; "gpu" fails when no adapter is found.
@@ -48,9 +47,7 @@ impl Device {
             "cpu" => Ok(Device::Cpu),
             "gpu" => gpu::context().map(|_| Device::Gpu),
             "auto" => Ok(Device::default_device()),
-            other => Err(Error::Invalid(format!(
-                "unknown device {other:?}: expected cpu, gpu or auto"
-            ))),
+            other => Err(Error::Invalid(format!("unknown device {other:?}: expected cpu, gpu or auto"))),
         }
     }
 

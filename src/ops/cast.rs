@@ -8,10 +8,7 @@ use crate::{bail, Device, Precision, Result, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
-pub(crate) static KERNEL: Kernel = Kernel {
-    name: "cast",
-    source: include_str!("cast.wgsl"),
-};
+pub(crate) static KERNEL: Kernel = Kernel { name: "cast", source: include_str!("cast.wgsl") };
 
 /// `x` converted to `to` (FP32 or BF16); the same tensor if it already is.
 pub fn cast(x: &Tensor, to: Precision) -> Result<Tensor> {
@@ -20,12 +17,7 @@ pub fn cast(x: &Tensor, to: Precision) -> Result<Tensor> {
         return Ok(x.clone());
     }
     if from == Precision::U32 || to == Precision::U32 {
-        bail!(
-            Dtype,
-            "cast: {} -> {} is not supported (only f32 <-> bf16)",
-            from.name(),
-            to.name()
-        );
+        bail!(Dtype, "cast: {} -> {} is not supported (only f32 <-> bf16)", from.name(), to.name());
     }
     let n = x.numel();
     let out = match x.device() {
@@ -33,11 +25,8 @@ pub fn cast(x: &Tensor, to: Precision) -> Result<Tensor> {
             let r = x.cpu();
             match to {
                 Precision::BF16 => {
-                    let v: Vec<bf16> = r
-                        .f32()
-                        .par_iter()
-                        .map(|&v| bf16::from_bits(crate::precision::f32_to_bf16_bits(v)))
-                        .collect();
+                    let v: Vec<bf16> =
+                        r.f32().par_iter().map(|&v| bf16::from_bits(crate::precision::f32_to_bf16_bits(v))).collect();
                     Tensor::from_cpu(CpuBuffer::BF16(v), x.shape())
                 }
                 _ => Tensor::cpu_f32(r.bf16().par_iter().map(|h| h.to_f32()).collect(), x.shape()),

@@ -7,10 +7,7 @@ use crate::device::cpu::par_fill;
 use crate::device::gpu::{self, Kernel};
 use crate::{bail, Device, Precision, Result, Tensor};
 
-pub(crate) static KERNEL: Kernel = Kernel {
-    name: "elementwise",
-    source: include_str!("elementwise.wgsl"),
-};
+pub(crate) static KERNEL: Kernel = Kernel { name: "elementwise", source: include_str!("elementwise.wgsl") };
 
 #[derive(Clone, Copy, Debug)]
 enum Unary {
@@ -92,9 +89,7 @@ fn unary(name: &'static str, x: &Tensor, op: Unary) -> Result<Tensor> {
     let x = float_input(name, x)?;
     let out = unary_forward(&x, op)?;
     let xs = x.clone();
-    Ok(record(name, out, &[&x], move |dy| {
-        Ok(vec![Some(unary_backward(&xs, dy, op)?)])
-    }))
+    Ok(record(name, out, &[&x], move |dy| Ok(vec![Some(unary_backward(&xs, dy, op)?)])))
 }
 
 fn unary_forward(x: &Tensor, op: Unary) -> Result<Tensor> {
@@ -134,22 +129,8 @@ fn unary_backward(x: &Tensor, dy: &Tensor, op: Unary) -> Result<Tensor> {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
             let (code, s) = op.code();
-            let params = [
-                n as u32,
-                code,
-                x.offset() as u32,
-                dy.offset() as u32,
-                0,
-                0,
-                s.to_bits(),
-            ];
-            ctx.dispatch(
-                &KERNEL,
-                "unary_backward",
-                &params,
-                &[x.gpu(), &out, dy.gpu()],
-                grid_for(n),
-            );
+            let params = [n as u32, code, x.offset() as u32, dy.offset() as u32, 0, 0, s.to_bits()];
+            ctx.dispatch(&KERNEL, "unary_backward", &params, &[x.gpu(), &out, dy.gpu()], grid_for(n));
             Tensor::from_gpu(out, x.shape(), Precision::FP32)
         }
     })
@@ -231,22 +212,8 @@ fn binary(name: &'static str, a: &Tensor, b: &Tensor, op: Binary) -> Result<Tens
         Device::Gpu => {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
-            let params = [
-                n as u32,
-                op as u32,
-                a.offset() as u32,
-                b.offset() as u32,
-                na as u32,
-                nb as u32,
-                0,
-            ];
-            ctx.dispatch(
-                &KERNEL,
-                "binary",
-                &params,
-                &[a.gpu(), &out, b.gpu()],
-                grid_for(n),
-            );
+            let params = [n as u32, op as u32, a.offset() as u32, b.offset() as u32, na as u32, nb as u32, 0];
+            ctx.dispatch(&KERNEL, "binary", &params, &[a.gpu(), &out, b.gpu()], grid_for(n));
             Tensor::from_gpu(out, &shape, Precision::FP32)
         }
     };
@@ -259,10 +226,7 @@ fn binary(name: &'static str, a: &Tensor, b: &Tensor, op: Binary) -> Result<Tens
             // d(a/b)/db = -a / b²
             Binary::Div => (div(dy, &sb)?, neg(&div(&mul(dy, &sa)?, &mul(&sb, &sb)?)?)?),
         };
-        Ok(vec![
-            Some(sum_to(&da, sa.shape())?),
-            Some(sum_to(&db, sb.shape())?),
-        ])
+        Ok(vec![Some(sum_to(&da, sa.shape())?), Some(sum_to(&db, sb.shape())?)])
     }))
 }
 

@@ -8,10 +8,7 @@ use crate::device::gpu::{self, GpuBuffer, Kernel};
 use crate::tensor::numel;
 use crate::{bail, Device, Precision, Result, Tensor};
 
-pub(crate) static KERNEL: Kernel = Kernel {
-    name: "layout",
-    source: include_str!("layout.wgsl"),
-};
+pub(crate) static KERNEL: Kernel = Kernel { name: "layout", source: include_str!("layout.wgsl") };
 
 const MAX_RANK: usize = 8;
 
@@ -35,11 +32,7 @@ impl Out {
             Device::Cpu => Out::Cpu(vec![0; n]),
             Device::Gpu => {
                 let ctx = gpu::context()?;
-                Out::Gpu(if zeroed {
-                    ctx.zeros(n as u64 * 4)
-                } else {
-                    ctx.alloc(n as u64 * 4)
-                })
+                Out::Gpu(if zeroed { ctx.zeros(n as u64 * 4) } else { ctx.alloc(n as u64 * 4) })
             }
         })
     }
@@ -86,12 +79,7 @@ impl Out {
             }
             Out::Gpu(dst) => {
                 let ctx = gpu::context()?;
-                let mut params = vec![
-                    n as u32,
-                    shape.len() as u32,
-                    (src.offset() + src_off) as u32,
-                    dst_off as u32,
-                ];
+                let mut params = vec![n as u32, shape.len() as u32, (src.offset() + src_off) as u32, dst_off as u32];
                 for v in [shape, src_st, dst_st] {
                     params.extend((0..MAX_RANK).map(|k| v.get(k).copied().unwrap_or(1) as u32));
                 }
@@ -121,10 +109,7 @@ fn via_f32(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tens
 
 fn check_rank(op: &str, shape: &[usize]) -> Result<()> {
     if shape.len() > MAX_RANK {
-        bail!(
-            Shape,
-            "{op}: at most {MAX_RANK} dims are supported, got shape {shape:?}"
-        );
+        bail!(Shape, "{op}: at most {MAX_RANK} dims are supported, got shape {shape:?}");
     }
     Ok(())
 }
@@ -135,16 +120,9 @@ pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
         let shape = x.shape();
         check_rank("permute", shape)?;
         let mut seen = vec![false; shape.len()];
-        if perm.len() != shape.len()
-            || perm
-                .iter()
-                .any(|&p| p >= shape.len() || std::mem::replace(&mut seen[p], true))
+        if perm.len() != shape.len() || perm.iter().any(|&p| p >= shape.len() || std::mem::replace(&mut seen[p], true))
         {
-            bail!(
-                Shape,
-                "permute: {perm:?} is not a permutation of the {} dims of shape {shape:?}",
-                shape.len()
-            );
+            bail!(Shape, "permute: {perm:?} is not a permutation of the {} dims of shape {shape:?}", shape.len());
         }
         let st = strides(shape);
         let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
@@ -156,9 +134,7 @@ pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
         for (i, &p) in perm.iter().enumerate() {
             inverse[p] = i;
         }
-        Ok(record("permute", out, &[x], move |dy| {
-            Ok(vec![Some(permute(dy, &inverse)?)])
-        }))
+        Ok(record("permute", out, &[x], move |dy| Ok(vec![Some(permute(dy, &inverse)?)])))
     })
 }
 
@@ -166,11 +142,7 @@ pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
 pub fn transpose(x: &Tensor) -> Result<Tensor> {
     let r = x.rank();
     if r < 2 {
-        bail!(
-            Shape,
-            "transpose: needs at least 2 dims, got shape {:?}",
-            x.shape()
-        );
+        bail!(Shape, "transpose: needs at least 2 dims, got shape {:?}", x.shape());
     }
     let mut perm: Vec<usize> = (0..r).collect();
     perm.swap(r - 2, r - 1);
@@ -181,80 +153,48 @@ pub fn transpose(x: &Tensor) -> Result<Tensor> {
 pub fn slice(x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
     let shape = x.shape().to_vec();
     if dim >= shape.len() || start + len > shape[dim] {
-        bail!(
-            Shape,
-            "slice: range {start}..{} of dim {dim} is outside shape {shape:?}",
-            start + len
-        );
+        bail!(Shape, "slice: range {start}..{} of dim {dim} is outside shape {shape:?}", start + len);
     }
     let st = strides(&shape);
     let mut out_shape = shape.clone();
     out_shape[dim] = len;
     let out = if shape[..dim].iter().all(|&d| d == 1) {
         // A contiguous run of the storage: share it.
-        Tensor::from_storage(
-            x.storage().clone(),
-            x.offset() + start * st[dim],
-            &out_shape,
-            x.dtype(),
-        )
+        Tensor::from_storage(x.storage().clone(), x.offset() + start * st[dim], &out_shape, x.dtype())
     } else {
         return via_f32(x, |x| {
             let mut out = Out::new(x.device(), numel(&out_shape), false)?;
             out.copy(x, &out_shape, start * st[dim], &st, 0, &strides(&out_shape))?;
             let out = out.into_tensor(&out_shape, x.dtype());
-            Ok(record("slice", out, &[x], move |dy| {
-                Ok(vec![Some(pad(dy, &shape, dim, start)?)])
-            }))
+            Ok(record("slice", out, &[x], move |dy| Ok(vec![Some(pad(dy, &shape, dim, start)?)])))
         });
     };
-    Ok(record("slice", out, &[x], move |dy| {
-        Ok(vec![Some(pad(dy, &shape, dim, start)?)])
-    }))
+    Ok(record("slice", out, &[x], move |dy| Ok(vec![Some(pad(dy, &shape, dim, start)?)])))
 }
 
 /// Backward of slice: `dy` placed at `start` along `dim` in zeros of `shape`.
 fn pad(dy: &Tensor, shape: &[usize], dim: usize, start: usize) -> Result<Tensor> {
     let st = strides(shape);
     let mut out = Out::new(dy.device(), numel(shape), true)?;
-    out.copy(
-        dy,
-        dy.shape(),
-        0,
-        &strides(dy.shape()),
-        start * st[dim],
-        &st,
-    )?;
+    out.copy(dy, dy.shape(), 0, &strides(dy.shape()), start * st[dim], &st)?;
     Ok(out.into_tensor(shape, Precision::FP32))
 }
 
 /// Joins tensors along `dim`; all other dims must agree.
 pub fn concat(xs: &[&Tensor], dim: usize) -> Result<Tensor> {
-    let Some(first) = xs.first() else {
-        bail!(Shape, "concat: needs at least one tensor")
-    };
+    let Some(first) = xs.first() else { bail!(Shape, "concat: needs at least one tensor") };
     let device = same_device("concat", xs)?;
     let dtype = first.dtype();
     let s0 = first.shape();
     check_rank("concat", s0)?;
     for x in xs {
-        let ok = x.rank() == s0.len()
-            && dim < s0.len()
-            && (0..s0.len()).all(|d| d == dim || x.shape()[d] == s0[d]);
+        let ok = x.rank() == s0.len() && dim < s0.len() && (0..s0.len()).all(|d| d == dim || x.shape()[d] == s0[d]);
         if !ok {
             let shapes: Vec<_> = xs.iter().map(|x| x.shape().to_vec()).collect();
-            bail!(
-                Shape,
-                "concat: shapes {shapes:?} do not agree outside dim {dim}"
-            );
+            bail!(Shape, "concat: shapes {shapes:?} do not agree outside dim {dim}");
         }
         if x.dtype() != dtype {
-            bail!(
-                Dtype,
-                "concat: mixed dtypes {} and {}",
-                dtype.name(),
-                x.dtype().name()
-            );
+            bail!(Dtype, "concat: mixed dtypes {} and {}", dtype.name(), x.dtype().name());
         }
     }
     if dtype == Precision::BF16 {
@@ -273,10 +213,5 @@ pub fn concat(xs: &[&Tensor], dim: usize) -> Result<Tensor> {
         at += x.shape()[dim];
     }
     let out = out.into_tensor(&out_shape, dtype);
-    Ok(record("concat", out, xs, move |dy| {
-        starts
-            .iter()
-            .map(|&(s, len)| slice(dy, dim, s, len).map(Some))
-            .collect()
-    }))
+    Ok(record("concat", out, xs, move |dy| starts.iter().map(|&(s, len)| slice(dy, dim, s, len).map(Some)).collect()))
 }

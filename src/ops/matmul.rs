@@ -5,10 +5,7 @@ use crate::autograd::record;
 use crate::device::gpu::{self, Kernel};
 use crate::{bail, Device, Precision, Result, Tensor};
 
-pub(crate) static KERNEL: Kernel = Kernel {
-    name: "matmul",
-    source: include_str!("matmul.wgsl"),
-};
+pub(crate) static KERNEL: Kernel = Kernel { name: "matmul", source: include_str!("matmul.wgsl") };
 
 /// a: [.., M, K] · b: [.., K, N] -> [.., M, N]. Batch dims must match, or one side is 2-D
 /// and is shared across the other's batch (like a weight).
@@ -29,26 +26,14 @@ struct Dims {
 fn dims(a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<Dims> {
     let err = || {
         let f = |t: bool| if t { "ᵀ" } else { "" };
-        Err(crate::Error::Shape(format!(
-            "matmul: cannot multiply {a:?}{} by {b:?}{}",
-            f(ta),
-            f(tb)
-        )))
+        Err(crate::Error::Shape(format!("matmul: cannot multiply {a:?}{} by {b:?}{}", f(ta), f(tb))))
     };
     if a.len() < 2 || b.len() < 2 {
         return err();
     }
     let (ra, rb) = (a.len(), b.len());
-    let (m, ka) = if ta {
-        (a[ra - 1], a[ra - 2])
-    } else {
-        (a[ra - 2], a[ra - 1])
-    };
-    let (kb, n) = if tb {
-        (b[rb - 1], b[rb - 2])
-    } else {
-        (b[rb - 2], b[rb - 1])
-    };
+    let (m, ka) = if ta { (a[ra - 1], a[ra - 2]) } else { (a[ra - 2], a[ra - 1]) };
+    let (kb, n) = if tb { (b[rb - 1], b[rb - 2]) } else { (b[rb - 2], b[rb - 1]) };
     let (ba, bb) = (&a[..ra - 2], &b[..rb - 2]);
     if ka != kb || !(ba == bb || ba.is_empty() || bb.is_empty()) {
         return err();
@@ -59,15 +44,7 @@ fn dims(a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<Dims> {
     out_shape.extend([m, n]);
     let a_bs = if ba.is_empty() { 0 } else { m * ka };
     let b_bs = if bb.is_empty() { 0 } else { ka * n };
-    Ok(Dims {
-        m,
-        n,
-        k: ka,
-        batch,
-        a_bs,
-        b_bs,
-        out_shape,
-    })
+    Ok(Dims { m, n, k: ka, batch, a_bs, b_bs, out_shape })
 }
 
 /// op(a) · op(b), where op transposes the last two dims when its flag is set.
@@ -81,56 +58,21 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
             let ctx = gpu::context()?;
             let out = ctx.alloc((d.batch * d.m * d.n) as u64 * 4);
             if d.batch > 65535 {
-                bail!(
-                    Shape,
-                    "matmul: batch of {} exceeds the GPU's 65535; reshape into larger matrices",
-                    d.batch
-                );
+                bail!(Shape, "matmul: batch of {} exceeds the GPU's 65535; reshape into larger matrices", d.batch);
             }
-            let params = [
-                d.m,
-                d.n,
-                d.k,
-                ta as usize,
-                tb as usize,
-                a.offset(),
-                b.offset(),
-                d.a_bs,
-                d.b_bs,
-            ]
-            .map(|v| v as u32);
-            let groups = [
-                d.n.div_ceil(64) as u32,
-                d.m.div_ceil(64) as u32,
-                d.batch as u32,
-            ];
-            ctx.dispatch(
-                &KERNEL,
-                "matmul",
-                &params,
-                &[a.gpu(), &out, b.gpu()],
-                groups,
-            );
+            let params =
+                [d.m, d.n, d.k, ta as usize, tb as usize, a.offset(), b.offset(), d.a_bs, d.b_bs].map(|v| v as u32);
+            let groups = [d.n.div_ceil(64) as u32, d.m.div_ceil(64) as u32, d.batch as u32];
+            ctx.dispatch(&KERNEL, "matmul", &params, &[a.gpu(), &out, b.gpu()], groups);
             Tensor::from_gpu(out, &d.out_shape, Precision::FP32)
         }
     };
     let (sa, sb) = (a.clone(), b.clone());
     Ok(record("matmul", out, &[&a, &b], move |dc| {
         // C = op(A)·op(B): dA = dC·op(B)ᵀ (or its transpose), dB = op(A)ᵀ·dC (or its transpose).
-        let da = if ta {
-            matmul_t(&sb, dc, tb, true)?
-        } else {
-            matmul_t(dc, &sb, false, !tb)?
-        };
-        let db = if tb {
-            matmul_t(dc, &sa, true, ta)?
-        } else {
-            matmul_t(&sa, dc, !ta, false)?
-        };
-        Ok(vec![
-            Some(sum_to(&da, sa.shape())?),
-            Some(sum_to(&db, sb.shape())?),
-        ])
+        let da = if ta { matmul_t(&sb, dc, tb, true)? } else { matmul_t(dc, &sb, false, !tb)? };
+        let db = if tb { matmul_t(dc, &sa, true, ta)? } else { matmul_t(&sa, dc, !ta, false)? };
+        Ok(vec![Some(sum_to(&da, sa.shape())?), Some(sum_to(&db, sb.shape())?)])
     }))
 }
 

@@ -18,13 +18,7 @@ use crate::{bail, Device, Precision, Result, Tensor};
 
 /// Every WGSL source the ops use, for the Metal translation test and `irontensor info`.
 pub fn kernels() -> Vec<&'static Kernel> {
-    vec![
-        &cast::KERNEL,
-        &elementwise::KERNEL,
-        &layout::KERNEL,
-        &matmul::KERNEL,
-        &reduce::KERNEL,
-    ]
+    vec![&cast::KERNEL, &elementwise::KERNEL, &layout::KERNEL, &matmul::KERNEL, &reduce::KERNEL]
 }
 
 /// The device all `inputs` live on, or an error naming the op.
@@ -46,11 +40,7 @@ pub(crate) fn float_input(op: &str, t: &Tensor) -> Result<Tensor> {
     match t.dtype() {
         Precision::FP32 => Ok(t.clone()),
         Precision::BF16 => cast(t, Precision::FP32),
-        Precision::U32 => bail!(
-            Dtype,
-            "{op}: expects a float tensor, got u32 of shape {:?}",
-            t.shape()
-        ),
+        Precision::U32 => bail!(Dtype, "{op}: expects a float tensor, got u32 of shape {:?}", t.shape()),
     }
 }
 

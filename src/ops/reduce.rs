@@ -7,18 +7,11 @@ use crate::device::gpu::{self, grid, Kernel};
 use crate::{bail, Device, Precision, Result, Tensor};
 use rayon::prelude::*;
 
-pub(crate) static KERNEL: Kernel = Kernel {
-    name: "reduce",
-    source: include_str!("reduce.wgsl"),
-};
+pub(crate) static KERNEL: Kernel = Kernel { name: "reduce", source: include_str!("reduce.wgsl") };
 
 fn last_dim(op: &str, x: &Tensor) -> Result<(usize, usize)> {
     match x.shape().last() {
-        Some(&0) | None => bail!(
-            Shape,
-            "{op}: needs a non-empty last dim, got shape {:?}",
-            x.shape()
-        ),
+        Some(&0) | None => bail!(Shape, "{op}: needs a non-empty last dim, got shape {:?}", x.shape()),
         Some(&c) => Ok((x.numel() / c, c)),
     }
 }
@@ -39,20 +32,8 @@ fn row_sums(x: &Tensor, rows: usize, cols: usize, scale: f32) -> Result<Tensor> 
         Device::Gpu => {
             let ctx = gpu::context()?;
             let out = ctx.alloc(rows as u64 * 4);
-            let params = [
-                rows as u32,
-                cols as u32,
-                x.numel() as u32,
-                x.offset() as u32,
-                scale.to_bits(),
-            ];
-            ctx.dispatch(
-                &KERNEL,
-                "row_sum",
-                &params,
-                &[x.gpu(), &out],
-                grid(rows as u32),
-            );
+            let params = [rows as u32, cols as u32, x.numel() as u32, x.offset() as u32, scale.to_bits()];
+            ctx.dispatch(&KERNEL, "row_sum", &params, &[x.gpu(), &out], grid(rows as u32));
             Tensor::from_gpu(out, &[rows], Precision::FP32)
         }
     })
@@ -72,13 +53,7 @@ fn expand(dy: &Tensor, shape: &[usize], cols: usize, scale: f32) -> Result<Tenso
         Device::Gpu => {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
-            let params = [
-                0,
-                cols as u32,
-                n as u32,
-                dy.offset() as u32,
-                scale.to_bits(),
-            ];
+            let params = [0, cols as u32, n as u32, dy.offset() as u32, scale.to_bits()];
             ctx.dispatch(&KERNEL, "expand", &params, &[dy.gpu(), &out], grid_for(n));
             Tensor::from_gpu(out, shape, Precision::FP32)
         }
@@ -92,9 +67,7 @@ fn sum_last(op: &'static str, x: &Tensor, mean: bool) -> Result<Tensor> {
     let out_shape = &x.shape()[..x.rank() - 1];
     let out = row_sums(&x, rows, cols, scale)?.view(out_shape)?;
     let in_shape = x.shape().to_vec();
-    Ok(record(op, out, &[&x], move |dy| {
-        Ok(vec![Some(expand(dy, &in_shape, cols, scale)?)])
-    }))
+    Ok(record(op, out, &[&x], move |dy| Ok(vec![Some(expand(dy, &in_shape, cols, scale)?)])))
 }
 
 /// Sum over the last dim: [.., C] -> [..].
@@ -156,38 +129,18 @@ pub fn max(x: &Tensor) -> Result<Tensor> {
                     best
                 })
                 .unzip();
-            (
-                Tensor::cpu_f32(vals, out_shape),
-                Tensor::from_cpu(CpuBuffer::U32(idx), &[rows]),
-            )
+            (Tensor::cpu_f32(vals, out_shape), Tensor::from_cpu(CpuBuffer::U32(idx), &[rows]))
         }
         Device::Gpu => {
             let ctx = gpu::context()?;
             let (out, idx) = (ctx.alloc(rows as u64 * 4), ctx.alloc(rows as u64 * 4));
-            let params = [
-                rows as u32,
-                cols as u32,
-                x.numel() as u32,
-                x.offset() as u32,
-                0,
-            ];
-            ctx.dispatch(
-                &KERNEL,
-                "row_max",
-                &params,
-                &[x.gpu(), &out, &idx],
-                grid(rows as u32),
-            );
-            (
-                Tensor::from_gpu(out, out_shape, Precision::FP32),
-                Tensor::from_gpu(idx, &[rows], Precision::U32),
-            )
+            let params = [rows as u32, cols as u32, x.numel() as u32, x.offset() as u32, 0];
+            ctx.dispatch(&KERNEL, "row_max", &params, &[x.gpu(), &out, &idx], grid(rows as u32));
+            (Tensor::from_gpu(out, out_shape, Precision::FP32), Tensor::from_gpu(idx, &[rows], Precision::U32))
         }
     };
     let in_shape = x.shape().to_vec();
-    Ok(record("max", out, &[&x], move |dy| {
-        Ok(vec![Some(max_backward(dy, &idx, &in_shape, cols)?)])
-    }))
+    Ok(record("max", out, &[&x], move |dy| Ok(vec![Some(max_backward(dy, &idx, &in_shape, cols)?)])))
 }
 
 fn max_backward(dy: &Tensor, idx: &Tensor, shape: &[usize], cols: usize) -> Result<Tensor> {
@@ -204,13 +157,7 @@ fn max_backward(dy: &Tensor, idx: &Tensor, shape: &[usize], cols: usize) -> Resu
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
             let params = [0, cols as u32, n as u32, dy.offset() as u32, 0];
-            ctx.dispatch(
-                &KERNEL,
-                "max_backward",
-                &params,
-                &[dy.gpu(), &out, idx.gpu()],
-                grid_for(n),
-            );
+            ctx.dispatch(&KERNEL, "max_backward", &params, &[dy.gpu(), &out, idx.gpu()], grid_for(n));
             Tensor::from_gpu(out, shape, Precision::FP32)
         }
     })
@@ -226,11 +173,7 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
     no_backward("sum_rows", &[x])?;
     let x = float_input("sum_rows", x)?;
     let &[rows, cols] = x.shape() else {
-        bail!(
-            Shape,
-            "sum_rows: expects a 2-D tensor, got shape {:?}",
-            x.shape()
-        );
+        bail!(Shape, "sum_rows: expects a 2-D tensor, got shape {:?}", x.shape());
     };
     Ok(match x.device() {
         Device::Cpu => {
@@ -251,20 +194,8 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
         Device::Gpu => {
             let ctx = gpu::context()?;
             let out = ctx.alloc(cols as u64 * 4);
-            let params = [
-                rows as u32,
-                cols as u32,
-                x.numel() as u32,
-                x.offset() as u32,
-                0,
-            ];
-            ctx.dispatch(
-                &KERNEL,
-                "col_sum",
-                &params,
-                &[x.gpu(), &out],
-                grid_for(cols),
-            );
+            let params = [rows as u32, cols as u32, x.numel() as u32, x.offset() as u32, 0];
+            ctx.dispatch(&KERNEL, "col_sum", &params, &[x.gpu(), &out], grid_for(cols));
             Tensor::from_gpu(out, &[cols], Precision::FP32)
         }
     })

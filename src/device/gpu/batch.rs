@@ -28,9 +28,7 @@ impl GpuContext {
     /// Runs `f` on the open encoder (created on demand).
     pub(crate) fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) {
         let mut b = self.batch.lock().unwrap();
-        let enc = b
-            .encoder
-            .get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
+        let enc = b.encoder.get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
         f(enc);
     }
 
@@ -61,10 +59,7 @@ impl GpuContext {
             let b = &mut *b;
             let params_buf = b
                 .params_buf
-                .get_or_insert_with(|| {
-                    self.pool
-                        .take(&self.device, (SLOT * MAX_DISPATCHES) as u64, Kind::Uniform)
-                })
+                .get_or_insert_with(|| self.pool.take(&self.device, (SLOT * MAX_DISPATCHES) as u64, Kind::Uniform))
                 .clone();
             let offset = b.params.len();
             b.params.extend(params.iter().flat_map(|w| w.to_le_bytes()));
@@ -78,19 +73,14 @@ impl GpuContext {
                 }),
             }];
             for (i, buf) in buffers.iter().enumerate() {
-                entries.push(wgpu::BindGroupEntry {
-                    binding: i as u32 + 1,
-                    resource: buf.buffer.as_entire_binding(),
-                });
+                entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: buf.buffer.as_entire_binding() });
             }
             let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: None,
                 layout: &pipeline.get_bind_group_layout(0),
                 entries: &entries,
             });
-            let enc = b
-                .encoder
-                .get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
+            let enc = b.encoder.get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
                 pass.set_pipeline(&pipeline);
@@ -98,11 +88,7 @@ impl GpuContext {
                 pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
             }
             b.dispatches += 1;
-            let limit = if BATCHING.load(Ordering::Relaxed) {
-                MAX_DISPATCHES
-            } else {
-                UNBATCHED_DISPATCHES
-            };
+            let limit = if BATCHING.load(Ordering::Relaxed) { MAX_DISPATCHES } else { UNBATCHED_DISPATCHES };
             b.dispatches >= limit
         };
         if self.sync_every_op {

@@ -52,9 +52,7 @@ const WANTED: wgpu::Features = wgpu::Features::SUBGROUP
 /// The global GPU context, created on first use; an error if no adapter is usable.
 pub fn context() -> Result<&'static GpuContext> {
     static CTX: OnceLock<std::result::Result<GpuContext, String>> = OnceLock::new();
-    CTX.get_or_init(GpuContext::new)
-        .as_ref()
-        .map_err(|e| Error::Device(e.clone()))
+    CTX.get_or_init(GpuContext::new).as_ref().map_err(|e| Error::Device(e.clone()))
 }
 
 fn rank(t: wgpu::DeviceType) -> u32 {
@@ -69,17 +67,14 @@ fn rank(t: wgpu::DeviceType) -> u32 {
 
 impl GpuContext {
     fn new() -> std::result::Result<GpuContext, String> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
         adapters.retain(|a| a.get_info().backend != wgpu::Backend::Gl);
         adapters.sort_by_key(|a| rank(a.get_info().device_type));
         let Some(adapter) = adapters.first() else {
-            return Err(
-                "no GPU adapter found (Metal, Vulkan or DX12); on Linux install a Vulkan driver, \
+            return Err("no GPU adapter found (Metal, Vulkan or DX12); on Linux install a Vulkan driver, \
                         e.g. `apt-get install mesa-vulkan-drivers`, or use IRONTENSOR_DEVICE=cpu"
-                    .into(),
-            );
+                .into());
         };
         let others = adapters[1..]
             .iter()
@@ -98,12 +93,7 @@ impl GpuContext {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
-        .map_err(|e| {
-            format!(
-                "the GPU adapter {} refused a device: {e}",
-                adapter.get_info().name
-            )
-        })?;
+        .map_err(|e| format!("the GPU adapter {} refused a device: {e}", adapter.get_info().name))?;
         let sync_every_op = std::env::var("IRONTENSOR_SYNC_GPU").is_ok_and(|v| v == "1");
         Ok(GpuContext {
             info: adapter.get_info(),
@@ -124,21 +114,18 @@ impl GpuContext {
         cache
             .entry((kernel.name, entry))
             .or_insert_with(|| {
-                let module = self
-                    .device
-                    .create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(kernel.name),
-                        source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
-                    });
-                self.device
-                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                        label: Some(entry),
-                        layout: None,
-                        module: &module,
-                        entry_point: Some(entry),
-                        compilation_options: Default::default(),
-                        cache: None,
-                    })
+                let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(kernel.name),
+                    source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+                });
+                self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
             })
             .clone()
     }
@@ -181,20 +168,14 @@ impl GpuContext {
         if end == start {
             return Vec::new();
         }
-        let staging = self
-            .pool
-            .take(&self.device, end - start, pool::Kind::Readback);
+        let staging = self.pool.take(&self.device, end - start, pool::Kind::Readback);
         self.record(|enc| enc.copy_buffer_to_buffer(&buf.buffer, start, &staging, 0, end - start));
         self.flush();
         let slice = staging.slice(0..end - start);
-        slice.map_async(wgpu::MapMode::Read, |r| {
-            r.expect("GPU readback failed: device lost?")
-        });
+        slice.map_async(wgpu::MapMode::Read, |r| r.expect("GPU readback failed: device lost?"));
         self.wait();
         let out = {
-            let view = slice
-                .get_mapped_range()
-                .expect("GPU readback: mapping failed");
+            let view = slice.get_mapped_range().expect("GPU readback: mapping failed");
             let skip = (offset - start) as usize;
             view[skip..skip + len as usize].to_vec()
         };
@@ -205,9 +186,7 @@ impl GpuContext {
 
     /// Blocks until all submitted work is done.
     pub fn wait(&self) {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .expect("GPU wait failed: device lost?");
+        self.device.poll(wgpu::PollType::wait_indefinitely()).expect("GPU wait failed: device lost?");
     }
 
     /// Bytes of GPU tensors alive now, and the most alive at once since the last reset.
@@ -217,6 +196,11 @@ impl GpuContext {
 
     pub fn reset_peak_memory(&self) {
         self.pool.reset_peak();
+    }
+
+    /// Whether `IRONTENSOR_SYNC_GPU=1` asked to submit and wait after every op.
+    pub fn sync_every_op(&self) -> bool {
+        self.sync_every_op
     }
 
     /// Bytes the pool holds from the driver (live and cached).

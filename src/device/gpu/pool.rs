@@ -47,13 +47,7 @@ impl Pool {
             let live = self.live.fetch_add(size, Ordering::Relaxed) + size;
             self.peak.fetch_max(live, Ordering::Relaxed);
         }
-        if let Some(buf) = self
-            .free
-            .lock()
-            .unwrap()
-            .get_mut(&(kind, size))
-            .and_then(|v| v.pop())
-        {
+        if let Some(buf) = self.free.lock().unwrap().get_mut(&(kind, size)).and_then(|v| v.pop()) {
             return buf;
         }
         self.held.fetch_add(size, Ordering::Relaxed);
@@ -71,24 +65,15 @@ impl Pool {
         if kind == Kind::Storage {
             self.live.fetch_sub(size, Ordering::Relaxed);
         }
-        self.free
-            .lock()
-            .unwrap()
-            .entry((kind, size))
-            .or_default()
-            .push(buf);
+        self.free.lock().unwrap().entry((kind, size)).or_default().push(buf);
     }
 
     pub fn usage(&self) -> (u64, u64) {
-        (
-            self.live.load(Ordering::Relaxed),
-            self.peak.load(Ordering::Relaxed),
-        )
+        (self.live.load(Ordering::Relaxed), self.peak.load(Ordering::Relaxed))
     }
 
     pub fn reset_peak(&self) {
-        self.peak
-            .store(self.live.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.peak.store(self.live.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     pub fn held(&self) -> u64 {

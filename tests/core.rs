@@ -1,0 +1,177 @@
+//! Core: tensors, views, dtypes, devices, autograd mechanics, command batching and the pool.
+
+mod common;
+use common::{assert_close, f64s, rand_vec};
+use irontensor::{ops, CommandBatch, Device, Precision, Tensor};
+
+fn tensors(device: Device) {
+    let z = Tensor::zeros_on(&[3, 5], Precision::FP32, device);
+    assert_eq!((z.shape(), z.numel(), z.dtype(), z.device()), (&[3usize, 5][..], 15, Precision::FP32, device));
+    assert!(z.to_vec().iter().all(|&v| v == 0.0));
+    for dtype in [Precision::BF16, Precision::U32] {
+        let z = Tensor::zeros_on(&[7], dtype, device);
+        assert_eq!(z.to_vec(), vec![0.0; 7]);
+    }
+    let data = rand_vec(33, -1.0, 1.0, 1);
+    let t = Tensor::from_f32_on(&data, &[3, 11], device).unwrap();
+    assert_eq!(t.to_vec(), data);
+    assert_eq!(t.as_f32_slice(), data);
+    // view shares storage and reads the same values in a new shape.
+    let v = t.view(&[33]).unwrap();
+    assert!(v.shares_storage(&t));
+    assert_eq!(v.shape(), &[33]);
+    assert_eq!(v.to_vec(), data);
+    // Seeded random: same numbers on every device and run, different seeds differ.
+    let a = Tensor::randn_on(&[257], 1.0, 42, device).to_vec();
+    assert_eq!(a, Tensor::randn_on(&[257], 1.0, 42, Device::Cpu).to_vec());
+    assert_ne!(a, Tensor::randn_on(&[257], 1.0, 43, device).to_vec());
+    let mean = a.iter().sum::<f32>() / 257.0;
+    let var = a.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / 257.0;
+    assert!(mean.abs() < 0.2 && (var - 1.0).abs() < 0.25, "randn mean {mean} var {var}");
+    let u = Tensor::uniform_on(&[1000], -2.0, 3.0, 7, device).to_vec();
+    assert!(u.iter().all(|&x| (-2.0..3.0).contains(&x)));
+    // U32 token ids round-trip exactly, including values above 2^24.
+    let ids = [0u32, 1, 31999, 16_777_217, u32::MAX];
+    let t = Tensor::from_u32_on(&ids, &[5], device).unwrap();
+    assert_eq!(t.to_vec_u32(), ids);
+    // BF16 round trip: exact for values already representable.
+    let exact: Vec<f32> = (0..65).map(|i| (i as f32 - 32.0) * 0.25).collect();
+    let b = Tensor::from_f32_on(&exact, &[65], device).unwrap().to_bf16().unwrap();
+    assert_eq!(b.dtype(), Precision::BF16);
+    assert_eq!(b.to_vec(), exact);
+    assert_eq!(b.to_f32().unwrap().to_vec(), exact);
+    assert_eq!(Tensor::from_f32_on(&[2.5], &[], device).unwrap().item().unwrap(), 2.5);
+}
+
+fn devices_move(device: Device) {
+    let data = rand_vec(70, -3.0, 3.0, 2);
+    let t = Tensor::from_f32_on(&data, &[7, 10], Device::Cpu).unwrap();
+    let g = t.to_device(device).unwrap();
+    assert_eq!(g.device(), device);
+    let back = g.to_device(Device::Cpu).unwrap();
+    assert_eq!(back.to_vec(), data);
+    let b = t.to_bf16().unwrap().to_device(device).unwrap();
+    assert_eq!(b.dtype(), Precision::BF16);
+    assert_eq!(b.to_device(Device::Cpu).unwrap().to_vec(), t.to_bf16().unwrap().to_vec());
+    let ids = Tensor::from_u32_on(&[5, 6, 7], &[3], device).unwrap();
+    assert_eq!(ids.to_device(Device::Cpu).unwrap().to_vec_u32(), vec![5, 6, 7]);
+}
+
+fn autograd(device: Device) {
+    let xv = rand_vec(12, -1.0, 1.0, 3);
+    let x = Tensor::from_f32_on(&xv, &[3, 4], device).unwrap().requires_grad_();
+    // x used twice: gradients accumulate. L = Σ (x·x + 3x) -> dL/dx = 2x + 3.
+    let y = ops::add(&ops::mul(&x, &x).unwrap(), &ops::scale(&x, 3.0).unwrap()).unwrap();
+    let g = ops::sum_all(&y).unwrap().backward().unwrap();
+    let want: Vec<f64> = xv.iter().map(|&v| 2.0 * v as f64 + 3.0).collect();
+    assert_close(&g.get(&x).unwrap().to_vec(), &want, 1e-6, 1e-6, "accumulated gradient");
+    // Through a view.
+    let g =
+        ops::sum_all(&ops::mul(&x.view(&[12]).unwrap(), &x.view(&[12]).unwrap()).unwrap()).unwrap().backward().unwrap();
+    assert_close(
+        &g.get(&x).unwrap().to_vec(),
+        &xv.iter().map(|&v| 2.0 * v as f64).collect::<Vec<_>>(),
+        1e-6,
+        1e-6,
+        "view gradient",
+    );
+    // A tensor that does not require grad gets none; detach cuts the graph.
+    let c = Tensor::from_f32_on(&xv, &[3, 4], device).unwrap();
+    let g = ops::sum_all(&ops::mul(&x, &c).unwrap()).unwrap().backward().unwrap();
+    assert!(g.get(&c).is_none());
+    assert_eq!(g.len(), 1);
+    assert!(!ops::exp(&x.detach()).unwrap().tracks_grad());
+    // no_grad records nothing.
+    let y = irontensor::no_grad(|| ops::exp(&x).unwrap());
+    assert!(!y.tracks_grad());
+    assert!(ops::sum_all(&y).unwrap().backward().is_err());
+    // backward needs a one-element output.
+    let msg = ops::exp(&x).unwrap().backward().unwrap_err().to_string();
+    assert!(msg.contains("backward") && msg.contains("[3, 4]"), "{msg}");
+    // An op without a backward rule refuses inputs that need gradients.
+    let msg = ops::sum_rows(&x).unwrap_err().to_string();
+    assert!(msg.contains("sum_rows") && msg.contains("no backward"), "{msg}");
+    assert!(irontensor::no_grad(|| ops::sum_rows(&x)).is_ok());
+}
+
+fn deep_graph(device: Device) {
+    // 3000 chained ops: backward must not recurse per node.
+    let x = Tensor::from_f32_on(&[0.5], &[1], device).unwrap().requires_grad_();
+    let mut y = x.clone();
+    for _ in 0..3000 {
+        y = ops::scale(&y, 1.0).unwrap();
+    }
+    let g = ops::sum_all(&y).unwrap().backward().unwrap();
+    assert_eq!(g.get(&x).unwrap().to_vec(), vec![1.0]);
+}
+
+device_tests!(tensors, devices_move, autograd, deep_graph);
+
+#[test]
+fn command_batch() {
+    let Some(gpu) = common::gpu() else { return };
+    let data = rand_vec(1000, -1.0, 1.0, 5);
+    let x = Tensor::from_f32_on(&data, &[1000], gpu).unwrap();
+    let chain = |x: &Tensor| {
+        let mut y = x.clone();
+        for i in 0..300 {
+            y = ops::add(&ops::scale(&y, 0.5).unwrap(), &ops::scale(x, i as f32 * 1e-3).unwrap()).unwrap();
+        }
+        y
+    };
+    let unbatched = chain(&x).to_vec();
+    CommandBatch::begin();
+    assert!(CommandBatch::is_active());
+    let y = chain(&x);
+    CommandBatch::sync();
+    let batched = y.to_vec();
+    let z = chain(&x);
+    CommandBatch::commit_async();
+    CommandBatch::wait_for_completion();
+    CommandBatch::end();
+    assert!(!CommandBatch::is_active());
+    assert_eq!(batched, unbatched);
+    assert_eq!(z.to_vec(), unbatched);
+    // The same chain on the CPU agrees.
+    let cpu = chain(&Tensor::from_f32_on(&data, &[1000], Device::Cpu).unwrap()).to_vec();
+    assert_close(&batched, &f64s(&cpu), 1e-6, 1e-6, "batched gpu vs cpu");
+}
+
+#[test]
+fn pool_reuses_buffers() {
+    let Some(gpu) = common::gpu() else { return };
+    let ctx = irontensor::device::gpu::context().unwrap();
+    let w = Tensor::randn_on(&[64, 64], 0.1, 1, gpu).requires_grad_();
+    let x = Tensor::randn_on(&[33, 64], 1.0, 2, gpu);
+    let step = || {
+        let y = ops::silu(&ops::matmul(&x, &w).unwrap()).unwrap();
+        let g = ops::mean_all(&y).unwrap().backward().unwrap();
+        g.get(&w).unwrap().to_vec();
+    };
+    step();
+    step();
+    let held = ctx.pool_bytes();
+    for _ in 0..5 {
+        step();
+    }
+    assert_eq!(ctx.pool_bytes(), held, "a repeated step must allocate no new GPU buffer");
+}
+
+#[test]
+fn cpu_memory_is_counted() {
+    let (before, _) = Device::Cpu.memory();
+    let t = Tensor::zeros_on(&[1000, 100], Precision::FP32, Device::Cpu);
+    let (during, peak) = Device::Cpu.memory();
+    assert!(during >= before + 400_000 && peak >= during);
+    drop(t);
+    assert!(Device::Cpu.memory().0 < during);
+}
+
+#[test]
+fn default_device_follows_the_environment() {
+    // IRONTENSOR_DEVICE is read once per process; whatever it is, the choice must be usable.
+    let d = Device::default_device();
+    let t = Tensor::zeros(&[2], Precision::FP32);
+    assert_eq!(t.device(), d);
+    assert!(Device::parse("tpu").unwrap_err().to_string().contains("cpu, gpu or auto"));
+}
