@@ -5,13 +5,17 @@ mod common;
 use common::{assert_close, f64s, rand_vec, GradCheck};
 use irontensor::{ops, Device, Tensor};
 
+type Op1 = fn(&Tensor) -> irontensor::Result<Tensor>;
+type Reduce = fn(&[f64]) -> f64;
+type Op2 = fn(&Tensor, &Tensor) -> irontensor::Result<Tensor>;
+
 fn unary_ops(device: Device) {
     type F = fn(f64) -> f64;
     let gelu: F = |x| {
         let u = (0.7978845608028654 * (x + 0.044715 * x * x * x)).clamp(-15.0, 15.0);
         0.5 * x * (1.0 + u.tanh())
     };
-    let cases: [(&str, fn(&Tensor) -> irontensor::Result<Tensor>, F, f32); 9] = [
+    let cases: [(&str, Op1, F, f32); 9] = [
         ("neg", ops::neg, |x| -x, -2.0),
         ("exp", ops::exp, f64::exp, -2.0),
         ("log", ops::log, f64::ln, 0.1),
@@ -48,7 +52,7 @@ fn unary_ops(device: Device) {
 
 fn binary_ops(device: Device) {
     type F = fn(f64, f64) -> f64;
-    let cases: [(&str, fn(&Tensor, &Tensor) -> irontensor::Result<Tensor>, F); 4] = [
+    let cases: [(&str, Op2, F); 4] = [
         ("add", ops::add, |a, b| a + b),
         ("sub", ops::sub, |a, b| a - b),
         ("mul", ops::mul, |a, b| a * b),
@@ -93,7 +97,7 @@ fn reductions(device: Device) {
         let c = *shape.last().unwrap();
         let x = rand_vec(n, -1.0, 1.0, 7);
         let rows = |x: &[f64]| x.chunks(c).map(|r| r.to_vec()).collect::<Vec<_>>();
-        let cases: [(&str, fn(&Tensor) -> irontensor::Result<Tensor>, fn(&[f64]) -> f64); 3] = [
+        let cases: [(&str, Op1, Reduce); 3] = [
             ("sum", ops::sum, |r| r.iter().sum()),
             ("mean", ops::mean, |r| r.iter().sum::<f64>() / r.len() as f64),
             ("max", ops::max, |r| r.iter().cloned().fold(f64::MIN, f64::max)),
@@ -283,7 +287,7 @@ fn layout(device: Device) {
     }
     // concat gradient: three inputs of different lengths along dim 1.
     let (a, b, c) =
-        (rand_vec(2 * 3 * 4, -1.0, 1.0, 1), rand_vec(2 * 1 * 4, -1.0, 1.0, 2), rand_vec(2 * 5 * 4, -1.0, 1.0, 3));
+        (rand_vec(2 * 3 * 4, -1.0, 1.0, 1), rand_vec(2 * 4, -1.0, 1.0, 2), rand_vec(2 * 5 * 4, -1.0, 1.0, 3));
     let reference = |x: &[Vec<f64>]| {
         let mut out = Vec::new();
         for r in 0..2 {

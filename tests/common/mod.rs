@@ -25,7 +25,7 @@ macro_rules! device_tests {
             $( #[test] fn $name() { super::$name(irontensor::Device::Cpu) } )*
         }
         mod gpu {
-            $( #[test] fn $name() { if let Some(d) = crate::common::gpu() { super::$name(d) } } )*
+            $( #[test] fn $name() { if let Some(d) = $crate::common::gpu() { super::$name(d) } } )*
         }
     };
 }

@@ -141,7 +141,7 @@ impl GpuContext {
         let buf = self.alloc(data.len() as u64);
         // The pool never hands out a buffer that unsubmitted work still uses, so this
         // write (ordered before the next submit) cannot clobber live data.
-        if data.len() % 4 == 0 {
+        if data.len().is_multiple_of(4) {
             self.queue.write_buffer(&buf.buffer, 0, data);
         } else {
             let mut padded = data.to_vec();
