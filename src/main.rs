@@ -66,6 +66,7 @@ fn info(start: Instant) -> CliResult {
             println!("  max buffer: {} MiB", l.max_buffer_size >> 20);
             println!("  workgroup storage: {} KiB", l.max_compute_workgroup_storage_size >> 10);
             println!("  invocations per workgroup: {}", l.max_compute_invocations_per_workgroup);
+            println!("  submit and wait after every op (IRONTENSOR_SYNC_GPU): {}", ctx.sync_every_op());
             println!("  subgroup size: {}..{}", i.subgroup_min_size, i.subgroup_max_size);
             let t = Tensor::from_f32_on(&[1.0, 2.0, 3.0], &[3], Device::Gpu)?;
             let y = irontensor::scale(&t, 2.0)?.to_vec();

@@ -3,22 +3,37 @@
 
 mod cast;
 mod elementwise;
+mod embedding;
 mod layout;
 mod matmul;
 mod reduce;
+mod rmsnorm;
+mod rope;
 
 pub use cast::cast;
 pub use elementwise::{add, div, exp, gelu, log, mul, neg, relu, rsqrt, scale, silu, sqrt, sub};
+pub use embedding::embedding;
 pub use layout::{concat, permute, slice, transpose};
 pub use matmul::{matmul, matmul_t};
 pub use reduce::{max, max_all, mean, mean_all, sum, sum_all, sum_rows};
+pub use rmsnorm::rmsnorm;
+pub use rope::rope;
 
 use crate::device::gpu::Kernel;
 use crate::{bail, Device, Precision, Result, Tensor};
 
 /// Every WGSL source the ops use, for the Metal translation test and `irontensor info`.
 pub fn kernels() -> Vec<&'static Kernel> {
-    vec![&cast::KERNEL, &elementwise::KERNEL, &layout::KERNEL, &matmul::KERNEL, &reduce::KERNEL]
+    vec![
+        &cast::KERNEL,
+        &elementwise::KERNEL,
+        &embedding::KERNEL,
+        &layout::KERNEL,
+        &matmul::KERNEL,
+        &reduce::KERNEL,
+        &rmsnorm::KERNEL,
+        &rope::KERNEL,
+    ]
 }
 
 /// The device all `inputs` live on, or an error naming the op.

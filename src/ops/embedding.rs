@@ -1,0 +1,134 @@
+//! Token embedding: rows of a [V, C] weight picked by u32 ids; the backward scatter-adds into dweight.
+
+use super::{float_input, grid_for, same_device};
+use crate::autograd::record;
+use crate::device::cpu::par_rows;
+use crate::device::gpu::{self, Kernel};
+use crate::{bail, Device, Precision, Result, Tensor};
+
+pub(crate) static KERNEL: Kernel = Kernel { name: "embedding", source: include_str!("embedding.wgsl") };
+
+/// ids: u32 [..], weight: [V, C] (F32 or BF16) -> [.., C] (f32). Ids >= V are an error,
+/// checked on the host before any kernel runs (GPU ids are read back for it).
+/// The gradient flows to `weight` (as f32, also for a BF16 weight); ids get none.
+pub fn embedding(ids: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    if ids.dtype() != Precision::U32 {
+        bail!(Dtype, "embedding: ids must be u32 token ids, got {} of shape {:?}", ids.dtype().name(), ids.shape());
+    }
+    let &[v, c] = weight.shape() else {
+        bail!(Shape, "embedding: weight must be [V, C], got shape {:?}", weight.shape());
+    };
+    if weight.dtype() == Precision::U32 {
+        bail!(Dtype, "embedding: weight must be f32 or bf16, got u32 of shape {:?}", weight.shape());
+    }
+    same_device("embedding", &[ids, weight])?;
+    let host_ids = match ids.device() {
+        Device::Cpu => ids.cpu().u32().to_vec(),
+        Device::Gpu => ids.to_vec_u32(),
+    };
+    if let Some((i, &id)) = host_ids.iter().enumerate().find(|(_, &id)| id as usize >= v) {
+        bail!(
+            Invalid,
+            "embedding: token id {id} (at flat index {i} of ids {:?}) is out of range for a vocabulary of V = {v} (weight {:?})",
+            ids.shape(),
+            weight.shape()
+        );
+    }
+    let mut out_shape = ids.shape().to_vec();
+    out_shape.push(c);
+    let out = gather(ids, weight, &out_shape, c)?;
+    Ok(record("embedding", out, &[ids, weight], move |dy| Ok(vec![None, Some(scatter_add(dy, &host_ids, v, c)?)])))
+}
+
+/// out[tok, :] = weight[ids[tok], :]
+fn gather(ids: &Tensor, weight: &Tensor, out_shape: &[usize], c: usize) -> Result<Tensor> {
+    let n = crate::tensor::numel(out_shape);
+    Ok(match ids.device() {
+        Device::Cpu => {
+            let (ir, wr) = (ids.cpu(), weight.cpu());
+            let iv = ir.u32();
+            let mut out = vec![0.0; n];
+            match weight.dtype() {
+                Precision::BF16 => {
+                    let wv = wr.bf16();
+                    par_rows(&mut out, c, |tok, row| {
+                        let w = &wv[iv[tok] as usize * c..][..c];
+                        row.iter_mut().zip(w).for_each(|(o, h)| *o = h.to_f32());
+                    });
+                }
+                _ => {
+                    let wv = wr.f32();
+                    par_rows(&mut out, c, |tok, row| {
+                        row.copy_from_slice(&wv[iv[tok] as usize * c..][..c]);
+                    });
+                }
+            }
+            Tensor::cpu_f32(out, out_shape)
+        }
+        Device::Gpu => {
+            let ctx = gpu::context()?;
+            let out = ctx.alloc(n as u64 * 4);
+            let params = [
+                n as u32,
+                c as u32,
+                ids.offset() as u32,
+                weight.offset() as u32,
+                (weight.dtype() == Precision::BF16) as u32,
+            ];
+            ctx.dispatch(&KERNEL, "gather", &params, &[ids.gpu(), weight.gpu(), &out], grid_for(n));
+            Tensor::from_gpu(out, out_shape, Precision::FP32)
+        }
+    })
+}
+
+/// Token indices grouped by id with a counting sort (stable: token order within an id):
+/// the tokens of id v are `order[starts[v]..starts[v + 1]]`. O(N + V) on the host.
+fn group_by_id(ids: &[u32], v: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut starts = vec![0u32; v + 1];
+    for &id in ids {
+        starts[id as usize + 1] += 1;
+    }
+    for i in 0..v {
+        starts[i + 1] += starts[i];
+    }
+    let mut next = starts.clone();
+    let mut order = vec![0u32; ids.len()];
+    for (tok, &id) in ids.iter().enumerate() {
+        order[next[id as usize] as usize] = tok as u32;
+        next[id as usize] += 1;
+    }
+    (starts, order)
+}
+
+/// dweight[v, :] = Σ dy[tok, :] over tokens with id v, summed in token order on both devices
+/// (deterministic, no float atomics). Cost: V·C outputs written once (this is also the
+/// zero-fill), N·C reads of dy, plus an O(N + V) host sort and a (V + 1 + N)·4-byte upload.
+/// A thread's loop is as long as its id's count, so a very frequent id serializes a little.
+fn scatter_add(dy: &Tensor, ids: &[u32], v: usize, c: usize) -> Result<Tensor> {
+    let dy = float_input("embedding backward", dy)?;
+    let (starts, order) = group_by_id(ids, v);
+    Ok(match dy.device() {
+        Device::Cpu => {
+            let dr = dy.cpu();
+            let dv = dr.f32();
+            let mut dweight = vec![0.0; v * c];
+            par_rows(&mut dweight, c, |id, row| {
+                for &tok in &order[starts[id] as usize..starts[id + 1] as usize] {
+                    let g = &dv[tok as usize * c..][..c];
+                    row.iter_mut().zip(g).for_each(|(o, g)| *o += g);
+                }
+            });
+            Tensor::cpu_f32(dweight, &[v, c])
+        }
+        Device::Gpu => {
+            let ctx = gpu::context()?;
+            let n = v * c;
+            let dweight = ctx.alloc(n as u64 * 4);
+            let order = ctx.upload(bytemuck::cast_slice(&order));
+            let starts = ctx.upload(bytemuck::cast_slice(&starts));
+            let params = [n as u32, c as u32, 0, dy.offset() as u32, 0];
+            ctx.dispatch(&KERNEL, "scatter_add", &params, &[&order, dy.gpu(), &dweight, &starts], grid_for(n));
+            Tensor::from_gpu(dweight, &[v, c], Precision::FP32)
+        }
+    })
+}
