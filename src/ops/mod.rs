@@ -1,17 +1,23 @@
 //! Operations: one op family per file, each with its CPU kernel, GPU dispatch and backward rule;
 //! the WGSL sits beside it. Ops compute in f32: BF16 inputs are widened first.
 
+mod attention;
 mod cast;
 mod elementwise;
+mod flash_attention;
 mod layout;
 mod matmul;
 mod reduce;
+mod softmax;
 
+pub use attention::attention;
 pub use cast::cast;
 pub use elementwise::{add, div, exp, gelu, log, mul, neg, relu, rsqrt, scale, silu, sqrt, sub};
+pub use flash_attention::flash_attention;
 pub use layout::{concat, permute, slice, transpose};
 pub use matmul::{matmul, matmul_t};
 pub use reduce::{max, max_all, mean, mean_all, sum, sum_all, sum_rows};
+pub use softmax::softmax;
 
 use crate::device::gpu::Kernel;
 use crate::{bail, Device, Precision, Result, Tensor};
@@ -21,9 +27,11 @@ pub fn kernels() -> Vec<&'static Kernel> {
     vec![
         &cast::KERNEL,
         &elementwise::KERNEL,
+        &flash_attention::KERNEL,
         &layout::KERNEL,
         &matmul::KERNEL,
         &reduce::KERNEL,
+        &softmax::KERNEL,
     ]
 }
 
