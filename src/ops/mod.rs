@@ -1,23 +1,29 @@
 //! Operations: one op family per file, each with its CPU kernel, GPU dispatch and backward rule;
 //! the WGSL sits beside it. Ops compute in f32: BF16 inputs are widened first.
 
+mod attention;
 mod cast;
 mod elementwise;
 mod embedding;
+mod flash_attention;
 mod layout;
 mod matmul;
 mod reduce;
 mod rmsnorm;
 mod rope;
+mod softmax;
 
+pub use attention::attention;
 pub use cast::cast;
 pub use elementwise::{add, div, exp, gelu, log, mul, neg, relu, rsqrt, scale, silu, sqrt, sub};
 pub use embedding::embedding;
+pub use flash_attention::flash_attention;
 pub use layout::{concat, permute, slice, transpose};
 pub use matmul::{matmul, matmul_t};
 pub use reduce::{max, max_all, mean, mean_all, sum, sum_all, sum_rows};
 pub use rmsnorm::rmsnorm;
 pub use rope::rope;
+pub use softmax::softmax;
 
 use crate::device::gpu::Kernel;
 use crate::{bail, Device, Precision, Result, Tensor};
@@ -28,11 +34,13 @@ pub fn kernels() -> Vec<&'static Kernel> {
         &cast::KERNEL,
         &elementwise::KERNEL,
         &embedding::KERNEL,
+        &flash_attention::KERNEL,
         &layout::KERNEL,
         &matmul::KERNEL,
         &reduce::KERNEL,
         &rmsnorm::KERNEL,
         &rope::KERNEL,
+        &softmax::KERNEL,
     ]
 }
 

@@ -1,0 +1,346 @@
+//! FlashAttention: attention tiled with an online softmax, never holding a T×T matrix; the
+//! backward recomputes the scores tile by tile from the saved log-sum-exp.
+
+use super::attention::{attention_dims, AttnDims};
+use super::{float_input, mul, sum};
+use crate::autograd::record;
+use crate::device::gpu::{self, Kernel};
+use crate::device::Storage;
+use crate::{bail, Device, Precision, Result, Tensor};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+pub(crate) static KERNEL: Kernel = Kernel { name: "flash_attention", source: include_str!("flash_attention.wgsl") };
+
+/// CPU tile: queries × keys per block.
+const BQ: usize = 64;
+const BK: usize = 64;
+/// GPU tiles (fixed in the WGSL): forward 16 queries × 16 keys; dQ 16 × 8; dK/dV 16 keys × 8.
+const GPU_BQ: usize = 16;
+const GPU_BK: usize = 16;
+/// Largest head dim the WGSL's shared-memory tiles hold (they fit 32 KiB of workgroup storage).
+const GPU_MAX_D: usize = 128;
+
+/// Same result as `attention(q, k, v, causal)` (same layout, GQA and mask), in O(T) memory:
+/// only the output and the per-row log-sum-exp are kept for the backward. On the GPU the head
+/// dim must be at most 128.
+pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
+    const OP: &str = "flash_attention";
+    let a = attention_dims(OP, q, k, v, causal)?;
+    let (q, k, v) = (float_input(OP, q)?, float_input(OP, k)?, float_input(OP, v)?);
+    if q.device() == Device::Gpu && a.d > GPU_MAX_D {
+        bail!(Shape, "{OP}: the GPU kernel supports head dims up to {GPU_MAX_D}, got q {:?}", q.shape());
+    }
+    let (o, lse) = match q.device() {
+        Device::Cpu => cpu_forward(&q, &k, &v, a, causal),
+        Device::Gpu => gpu_forward(&q, &k, &v, a, causal)?,
+    };
+    let (sq, sk, sv, so) = (q.clone(), k.clone(), v.clone(), o.clone());
+    Ok(record(OP, o, &[&q, &k, &v], move |dout| {
+        let dout = float_input(OP, dout)?;
+        // delta[row] = Σ dO·O, the rowsum that every dS = P ∘ (dP - delta) needs.
+        let delta = sum(&mul(&dout, &so)?)?;
+        let (dq, dk, dv) = match dout.device() {
+            Device::Cpu => cpu_backward(&sq, &sk, &sv, &dout, &lse, &delta, a, causal),
+            Device::Gpu => gpu_backward(&sq, &sk, &sv, &dout, &lse, &delta, a, causal)?,
+        };
+        Ok(vec![Some(dq), Some(dk), Some(dv)])
+    }))
+}
+
+/// Whether query `t` sees key `j` (`j < Tk` is the caller's).
+fn kept(a: &AttnDims, causal: bool, t: usize, j: usize) -> bool {
+    !causal || j <= t + a.shift()
+}
+
+/// Keys that query rows `..t_end` can see.
+fn key_end(a: &AttnDims, causal: bool, t_end: usize) -> usize {
+    if causal {
+        (t_end + a.shift()).min(a.tk)
+    } else {
+        a.tk
+    }
+}
+
+/// Splits `buf` ([heads, rows, width]) into blocks of `block` rows:
+/// (head index, first row, the block's elements), in order.
+fn row_blocks(buf: &mut [f32], rows: usize, width: usize, block: usize) -> Vec<(usize, usize, &mut [f32])> {
+    buf.chunks_mut(rows * width)
+        .enumerate()
+        .flat_map(|(h, head)| head.chunks_mut(block * width).enumerate().map(move |(i, blk)| (h, i * block, blk)))
+        .collect()
+}
+
+/// dst (m×n, row stride dst_rs) = [dst +] alpha · A·B, where A (m×k) and B (k×n) are given as
+/// (slice, row stride, column stride). Bounds are checked here, so the gemm call is sound.
+#[allow(clippy::too_many_arguments)]
+fn tile_gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    (a, a_rs, a_cs): (&[f32], usize, usize),
+    (b, b_rs, b_cs): (&[f32], usize, usize),
+    alpha: f32,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    assert!((m - 1) * dst_rs + n <= dst.len(), "tile_gemm: dst out of range");
+    assert!((m - 1) * a_rs + (k - 1) * a_cs < a.len(), "tile_gemm: a out of range");
+    assert!((k - 1) * b_rs + (n - 1) * b_cs < b.len(), "tile_gemm: b out of range");
+    // SAFETY: every index the strides reach is inside the slices (asserted above).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+// q: [B, Hq, Tq, D], k, v: [B, Hkv, Tk, D] -> o: [B, Hq, Tq, D], lse: [B, Hq, Tq]
+fn cpu_forward(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, causal: bool) -> (Tensor, Tensor) {
+    let (qr, kr, vr) = (q.cpu(), k.cpu(), v.cpu());
+    let (qv, kv, vv) = (qr.f32(), kr.f32(), vr.f32());
+    let d = a.d;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut o = vec![0.0; a.b * a.hq * a.tq * d];
+    let mut lse = vec![0.0; a.b * a.hq * a.tq];
+    let blocks: Vec<_> = row_blocks(&mut o, a.tq, d, BQ).into_iter().zip(row_blocks(&mut lse, a.tq, 1, BQ)).collect();
+    // One task per (batch, head, query block); each owns its rows of O and LSE.
+    blocks.into_par_iter().for_each(|((bh, q0, o_blk), (_, _, lse_blk))| {
+        let rows = lse_blk.len();
+        let q_blk = &qv[(bh * a.tq + q0) * d..(bh * a.tq + q0 + rows) * d];
+        let kv0 = kv_head_base(&a, bh);
+        let mut s = vec![0.0f32; rows * BK]; // scores, then probabilities
+        let mut m = vec![f32::NEG_INFINITY; rows];
+        let mut l = vec![0.0f32; rows];
+        for k0 in (0..key_end(&a, causal, q0 + rows)).step_by(BK) {
+            let cols = BK.min(a.tk - k0);
+            let kt = &kv[kv0 + k0 * d..kv0 + (k0 + cols) * d];
+            let vt = &vv[kv0 + k0 * d..kv0 + (k0 + cols) * d];
+            tile_gemm(rows, cols, d, &mut s, BK, false, (q_blk, d, 1), (kt, 1, d), scale);
+            for i in 0..rows {
+                let row = &mut s[i * BK..i * BK + cols];
+                let n = (0..cols).take_while(|&j| kept(&a, causal, q0 + i, k0 + j)).count();
+                let mt = row[..n].iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y));
+                let m_new = m[i].max(mt);
+                let mut sum = 0.0;
+                for x in &mut row[..n] {
+                    *x = (*x - m_new).exp();
+                    sum += *x;
+                }
+                row[n..].fill(0.0);
+                if n > 0 {
+                    // Rescale what was summed under the old max.
+                    let alpha = (m[i] - m_new).exp();
+                    l[i] = l[i] * alpha + sum;
+                    m[i] = m_new;
+                    o_blk[i * d..(i + 1) * d].iter_mut().for_each(|x| *x *= alpha);
+                }
+            }
+            tile_gemm(rows, d, cols, o_blk, d, true, (&s, BK, 1), (vt, d, 1), 1.0);
+        }
+        for i in 0..rows {
+            o_blk[i * d..(i + 1) * d].iter_mut().for_each(|x| *x /= l[i]);
+            lse_blk[i] = m[i] + l[i].ln();
+        }
+    });
+    let shape = [a.b, a.hq, a.tq];
+    (Tensor::cpu_f32(o, q.shape()), Tensor::cpu_f32(lse, &shape))
+}
+
+/// Element offset of the kv head that query head `bh` (= b·Hq + h) reads.
+fn kv_head_base(a: &AttnDims, bh: usize) -> usize {
+    let (b, h) = (bh / a.hq, bh % a.hq);
+    (b * a.hkv + h / a.group()) * a.tk * a.d
+}
+
+/// P = exp(S - lse) and dS = P ∘ (dP - delta) for one tile, in place: `s` holds the scaled
+/// scores and becomes P, `dp` holds dO·Vᵀ and becomes dS. Rows are queries t0.., columns keys k0...
+#[allow(clippy::too_many_arguments)]
+fn tile_grads(
+    a: &AttnDims,
+    causal: bool,
+    (t0, rows, k0, cols): (usize, usize, usize, usize),
+    s: &mut [f32],
+    dp: &mut [f32],
+    lse: &[f32],
+    delta: &[f32],
+) {
+    for i in 0..rows {
+        for j in 0..cols {
+            let e = i * BK + j;
+            if kept(a, causal, t0 + i, k0 + j) {
+                s[e] = (s[e] - lse[i]).exp();
+                dp[e] = s[e] * (dp[e] - delta[i]);
+            } else {
+                s[e] = 0.0;
+                dp[e] = 0.0;
+            }
+        }
+    }
+}
+
+/// dQ, dK, dV from the saved LSE and delta = rowsum(dO ∘ O), in two passes so that no two tasks
+/// write the same gradient: dQ by query blocks, dK and dV by key blocks.
+#[allow(clippy::too_many_arguments)]
+fn cpu_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    dout: &Tensor,
+    lse: &Tensor,
+    delta: &Tensor,
+    a: AttnDims,
+    causal: bool,
+) -> (Tensor, Tensor, Tensor) {
+    let (qr, kr, vr, dor, lr, der) = (q.cpu(), k.cpu(), v.cpu(), dout.cpu(), lse.cpu(), delta.cpu());
+    let (qv, kv, vv, dov, lv, dev) = (qr.f32(), kr.f32(), vr.f32(), dor.f32(), lr.f32(), der.f32());
+    let d = a.d;
+    let scale = 1.0 / (d as f32).sqrt();
+
+    // dQ[t] = scale · Σ_j dS[t, j] K[j], one task per (batch, head, query block).
+    let mut dq = vec![0.0; q.numel()];
+    row_blocks(&mut dq, a.tq, d, BQ).into_par_iter().for_each(|(bh, q0, dq_blk)| {
+        let rows = dq_blk.len() / d;
+        let r0 = bh * a.tq + q0;
+        let (q_blk, do_blk) = (&qv[r0 * d..(r0 + rows) * d], &dov[r0 * d..(r0 + rows) * d]);
+        let kv0 = kv_head_base(&a, bh);
+        let (mut s, mut dp) = (vec![0.0f32; rows * BK], vec![0.0f32; rows * BK]);
+        for k0 in (0..key_end(&a, causal, q0 + rows)).step_by(BK) {
+            let cols = BK.min(a.tk - k0);
+            let kt = &kv[kv0 + k0 * d..kv0 + (k0 + cols) * d];
+            let vt = &vv[kv0 + k0 * d..kv0 + (k0 + cols) * d];
+            tile_gemm(rows, cols, d, &mut s, BK, false, (q_blk, d, 1), (kt, 1, d), scale);
+            tile_gemm(rows, cols, d, &mut dp, BK, false, (do_blk, d, 1), (vt, 1, d), 1.0);
+            let (l, de) = (&lv[r0..r0 + rows], &dev[r0..r0 + rows]);
+            tile_grads(&a, causal, (q0, rows, k0, cols), &mut s, &mut dp, l, de);
+            tile_gemm(rows, d, cols, dq_blk, d, true, (&dp, BK, 1), (kt, d, 1), scale);
+        }
+    });
+
+    // dV[j] = Σ_t P[t, j] dO[t], dK[j] = scale · Σ_t dS[t, j] Q[t], summed over the query
+    // heads of the group; one task per (batch, kv head, key block).
+    let (mut dk, mut dv) = (vec![0.0; k.numel()], vec![0.0; v.numel()]);
+    let blocks: Vec<_> = row_blocks(&mut dk, a.tk, d, BK).into_iter().zip(row_blocks(&mut dv, a.tk, d, BK)).collect();
+    blocks.into_par_iter().for_each(|((bkv, k0, dk_blk), (_, _, dv_blk))| {
+        let cols = dk_blk.len() / d;
+        let kv0 = bkv * a.tk * d;
+        let kt = &kv[kv0 + k0 * d..kv0 + (k0 + cols) * d];
+        let vt = &vv[kv0 + k0 * d..kv0 + (k0 + cols) * d];
+        let (mut s, mut dp) = (vec![0.0f32; BQ * BK], vec![0.0f32; BQ * BK]);
+        // The first query that sees key k0.
+        let t_start = if causal { k0.saturating_sub(a.shift()) } else { 0 };
+        let (b, kvh) = (bkv / a.hkv, bkv % a.hkv);
+        for h in kvh * a.group()..(kvh + 1) * a.group() {
+            let bh = b * a.hq + h;
+            for q0 in (t_start..a.tq).step_by(BQ) {
+                let rows = BQ.min(a.tq - q0);
+                let r0 = bh * a.tq + q0;
+                let q_blk = &qv[r0 * d..(r0 + rows) * d];
+                let do_blk = &dov[r0 * d..(r0 + rows) * d];
+                tile_gemm(rows, cols, d, &mut s, BK, false, (q_blk, d, 1), (kt, 1, d), scale);
+                tile_gemm(rows, cols, d, &mut dp, BK, false, (do_blk, d, 1), (vt, 1, d), 1.0);
+                let (l, de) = (&lv[r0..r0 + rows], &dev[r0..r0 + rows]);
+                tile_grads(&a, causal, (q0, rows, k0, cols), &mut s, &mut dp, l, de);
+                // Pᵀ and dSᵀ: read the [rows, BK] tiles column-wise.
+                tile_gemm(cols, d, rows, dv_blk, d, true, (&s, 1, BK), (do_blk, d, 1), 1.0);
+                tile_gemm(cols, d, rows, dk_blk, d, true, (&dp, 1, BK), (q_blk, d, 1), scale);
+            }
+        }
+    });
+    (Tensor::cpu_f32(dq, q.shape()), Tensor::cpu_f32(dk, k.shape()), Tensor::cpu_f32(dv, v.shape()))
+}
+
+/// Uniform parameters shared by the three kernels (see Params in the WGSL): sizes, then element
+/// offsets of q, k, v, dO, LSE, delta, and where the second output starts in `out`.
+fn params(a: &AttnDims, causal: bool, offs: [usize; 7]) -> Vec<u32> {
+    let scale = 1.0 / (a.d as f32).sqrt();
+    let mut p = vec![
+        a.b as u32,
+        a.hq as u32,
+        a.hkv as u32,
+        a.tq as u32,
+        a.tk as u32,
+        a.d as u32,
+        causal as u32,
+        a.shift() as u32,
+        scale.to_bits(),
+    ];
+    p.extend(offs.map(|o| o as u32));
+    p
+}
+
+fn check_grid(groups: [u32; 3]) -> Result<()> {
+    if groups.iter().any(|&g| g > 65535) {
+        bail!(Shape, "flash_attention: workgroup grid {groups:?} exceeds the GPU's 65535 per dim");
+    }
+    Ok(())
+}
+
+// Each entry writes one buffer (bindings are shared by the entries: see the WGSL), so two
+// outputs share it: O then LSE in the forward, dK then dV in the backward.
+fn gpu_forward(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, causal: bool) -> Result<(Tensor, Tensor)> {
+    let ctx = gpu::context()?;
+    let rows = a.b * a.hq * a.tq;
+    let out = ctx.alloc((rows * a.d + rows) as u64 * 4);
+    let offs = [q.offset(), k.offset(), v.offset(), 0, 0, 0, rows * a.d];
+    let groups = [a.tq.div_ceil(GPU_BQ) as u32, a.hq as u32, a.b as u32];
+    check_grid(groups)?;
+    ctx.dispatch(&KERNEL, "forward", &params(&a, causal, offs), &[q.gpu(), k.gpu(), v.gpu(), &out], groups);
+    let out = Storage::Gpu(Arc::new(out));
+    Ok((
+        Tensor::from_storage(out.clone(), 0, q.shape(), Precision::FP32),
+        Tensor::from_storage(out, rows * a.d, &[a.b, a.hq, a.tq], Precision::FP32),
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gpu_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    dout: &Tensor,
+    lse: &Tensor,
+    delta: &Tensor,
+    a: AttnDims,
+    causal: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let ctx = gpu::context()?;
+    let nk = k.numel();
+    let (dq, dkv) = (ctx.alloc(q.numel() as u64 * 4), ctx.alloc(2 * nk as u64 * 4));
+    let offs = [q.offset(), k.offset(), v.offset(), dout.offset(), lse.offset(), delta.offset(), nk];
+    let p = params(&a, causal, offs);
+    let groups = [a.tq.div_ceil(GPU_BQ) as u32, a.hq as u32, a.b as u32];
+    check_grid(groups)?;
+    let bufs = |out| [q.gpu(), k.gpu(), v.gpu(), out, dout.gpu(), lse.gpu(), delta.gpu()];
+    ctx.dispatch(&KERNEL, "backward_dq", &p, &bufs(&dq), groups);
+    let groups = [a.tk.div_ceil(GPU_BK) as u32, a.hkv as u32, a.b as u32];
+    ctx.dispatch(&KERNEL, "backward_dkdv", &p, &bufs(&dkv), groups);
+    let dkv = Storage::Gpu(Arc::new(dkv));
+    Ok((
+        Tensor::from_gpu(dq, q.shape(), Precision::FP32),
+        Tensor::from_storage(dkv.clone(), 0, k.shape(), Precision::FP32),
+        Tensor::from_storage(dkv, nk, v.shape(), Precision::FP32),
+    ))
+}

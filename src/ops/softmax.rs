@@ -1,0 +1,119 @@
+//! Softmax over the last dim (numerically stable), with an internal causal variant for attention.
+
+use super::{float_input, same_device};
+use crate::autograd::record;
+use crate::device::cpu::par_rows;
+use crate::device::gpu::{self, grid, Kernel};
+use crate::{bail, Device, Precision, Result, Tensor};
+
+pub(crate) static KERNEL: Kernel = Kernel { name: "softmax", source: include_str!("softmax.wgsl") };
+
+/// Which entries of a row take part. `Causal { tq, shift }`: the rows are query positions
+/// t = row % tq, and row t keeps columns j <= t + shift; the rest come out as exactly 0.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Mask {
+    None,
+    Causal { tq: usize, shift: usize },
+}
+
+impl Mask {
+    /// Columns kept in row `r` of a `cols`-wide matrix.
+    fn valid(self, r: usize, cols: usize) -> usize {
+        match self {
+            Mask::None => cols,
+            Mask::Causal { tq, shift } => (r % tq + shift + 1).min(cols),
+        }
+    }
+
+    /// (causal flag, tq, shift) for the kernel.
+    fn params(self) -> [u32; 3] {
+        match self {
+            Mask::None => [0, 1, 0],
+            Mask::Causal { tq, shift } => [1, tq as u32, shift as u32],
+        }
+    }
+}
+
+/// softmax(x) over the last dim: y = exp(x - max) / Σ exp(x - max).
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    softmax_masked(x, Mask::None)
+}
+
+/// Softmax with `mask` applied (masked entries get probability 0 and no gradient).
+pub(crate) fn softmax_masked(x: &Tensor, mask: Mask) -> Result<Tensor> {
+    let x = float_input("softmax", x)?;
+    let cols = match x.shape().last() {
+        Some(&c) if c > 0 => c,
+        _ => bail!(Shape, "softmax: needs a non-empty last dim, got shape {:?}", x.shape()),
+    };
+    let rows = x.numel() / cols;
+    if let Mask::Causal { tq, .. } = mask {
+        if tq == 0 || rows % tq != 0 {
+            bail!(Shape, "softmax: causal rows of {tq} queries do not tile shape {:?}", x.shape());
+        }
+    }
+    let y = forward(&x, rows, cols, mask)?;
+    let ys = y.clone();
+    Ok(record("softmax", y, &[&x], move |dy| Ok(vec![Some(backward(&ys, dy, rows, cols, mask)?)])))
+}
+
+// x: [rows, cols] -> y: [rows, cols]
+fn forward(x: &Tensor, rows: usize, cols: usize, mask: Mask) -> Result<Tensor> {
+    Ok(match x.device() {
+        Device::Cpu => {
+            let xr = x.cpu();
+            let xv = xr.f32();
+            let mut out = vec![0.0; rows * cols];
+            par_rows(&mut out, cols, |r, y| {
+                let n = mask.valid(r, cols);
+                let xs = &xv[r * cols..r * cols + n];
+                let m = xs.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let mut sum = 0.0;
+                for (o, &v) in y.iter_mut().zip(xs) {
+                    *o = (v - m).exp();
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                y[..n].iter_mut().for_each(|o| *o *= inv);
+            });
+            Tensor::cpu_f32(out, x.shape())
+        }
+        Device::Gpu => {
+            let ctx = gpu::context()?;
+            let out = ctx.alloc((rows * cols) as u64 * 4);
+            let [causal, tq, shift] = mask.params();
+            let params = [rows as u32, cols as u32, x.offset() as u32, 0, causal, tq, shift];
+            ctx.dispatch(&KERNEL, "softmax", &params, &[x.gpu(), &out], grid(rows as u32));
+            Tensor::from_gpu(out, x.shape(), Precision::FP32)
+        }
+    })
+}
+
+/// dx = y * (dy - Σ dy·y) per row (masked entries have y = 0, so dx = 0 there).
+fn backward(y: &Tensor, dy: &Tensor, rows: usize, cols: usize, mask: Mask) -> Result<Tensor> {
+    let dy = float_input("softmax backward", dy)?;
+    Ok(match same_device("softmax backward", &[y, &dy])? {
+        Device::Cpu => {
+            let (yr, dyr) = (y.cpu(), dy.cpu());
+            let (yv, dyv) = (yr.f32(), dyr.f32());
+            let mut out = vec![0.0; rows * cols];
+            par_rows(&mut out, cols, |r, dx| {
+                let n = mask.valid(r, cols);
+                let (ys, dys) = (&yv[r * cols..r * cols + n], &dyv[r * cols..r * cols + n]);
+                let dot: f32 = ys.iter().zip(dys).map(|(a, b)| a * b).sum();
+                for ((o, &yy), &d) in dx.iter_mut().zip(ys).zip(dys) {
+                    *o = yy * (d - dot);
+                }
+            });
+            Tensor::cpu_f32(out, y.shape())
+        }
+        Device::Gpu => {
+            let ctx = gpu::context()?;
+            let out = ctx.alloc((rows * cols) as u64 * 4);
+            let [causal, tq, shift] = mask.params();
+            let params = [rows as u32, cols as u32, y.offset() as u32, dy.offset() as u32, causal, tq, shift];
+            ctx.dispatch(&KERNEL, "softmax_backward", &params, &[y.gpu(), &out, dy.gpu()], grid(rows as u32));
+            Tensor::from_gpu(out, y.shape(), Precision::FP32)
+        }
+    })
+}
