@@ -2,12 +2,16 @@
 //! the WGSL sits beside it. Ops compute in f32: BF16 inputs are widened first.
 
 mod cast;
+mod cross_entropy;
 mod elementwise;
 mod layout;
 mod matmul;
 mod reduce;
 
 pub use cast::cast;
+pub use cross_entropy::{
+    cross_entropy, fused_linear_cross_entropy, fused_linear_cross_entropy_chunked,
+};
 pub use elementwise::{add, div, exp, gelu, log, mul, neg, relu, rsqrt, scale, silu, sqrt, sub};
 pub use layout::{concat, permute, slice, transpose};
 pub use matmul::{matmul, matmul_t};
@@ -16,14 +20,17 @@ pub use reduce::{max, max_all, mean, mean_all, sum, sum_all, sum_rows};
 use crate::device::gpu::Kernel;
 use crate::{bail, Device, Precision, Result, Tensor};
 
-/// Every WGSL source the ops use, for the Metal translation test and `irontensor info`.
+/// Every WGSL source the ops and optimizers use, for the Metal translation test and `irontensor info`.
 pub fn kernels() -> Vec<&'static Kernel> {
     vec![
         &cast::KERNEL,
+        &cross_entropy::KERNEL,
         &elementwise::KERNEL,
         &layout::KERNEL,
         &matmul::KERNEL,
         &reduce::KERNEL,
+        &crate::optim::KERNEL,
+        &crate::optim::clip::KERNEL,
     ]
 }
 
