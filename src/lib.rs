@@ -4,11 +4,13 @@
 //! - [`precision`], [`tensor`], [`device`] (CPU storage; GPU context, buffer pool, [`CommandBatch`]): core
 //! - [`autograd`]: the reverse-mode graph behind [`Tensor::backward`]
 //! - [`ops`]: one op family per file, each with its CPU kernel, WGSL kernel and backward rule
+//! - [`optim`]: Lion, AdamW (in-place updates, stochastic rounding for BF16), gradient clipping
 
 pub mod autograd;
 pub mod device;
 mod error;
 pub mod ops;
+pub mod optim;
 pub mod precision;
 pub mod rng;
 pub mod tensor;

@@ -335,7 +335,6 @@ impl Tensor {
 
     /// Write access to a CPU tensor's elements, for in-place updates (optimizers).
     /// Writes are seen by every view of the storage.
-    #[allow(dead_code)] // until the optimizers land
     pub(crate) fn cpu_mut(&self) -> CpuWrite<'_> {
         match self.storage() {
             Storage::Cpu(lock) => CpuWrite { guard: lock.write().unwrap(), offset: self.offset(), len: self.numel() },
@@ -386,14 +385,12 @@ impl CpuRead<'_> {
 }
 
 /// A write lock on a CPU tensor's storage, narrowed to the tensor's elements.
-#[allow(dead_code)]
 pub(crate) struct CpuWrite<'a> {
     guard: RwLockWriteGuard<'a, CpuBuffer>,
     offset: usize,
     len: usize,
 }
 
-#[allow(dead_code)]
 impl CpuWrite<'_> {
     pub fn f32(&mut self) -> &mut [f32] {
         let r = self.offset..self.offset + self.len;

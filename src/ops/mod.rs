@@ -3,6 +3,7 @@
 
 mod attention;
 mod cast;
+mod cross_entropy;
 mod elementwise;
 mod embedding;
 mod flash_attention;
@@ -15,6 +16,7 @@ mod softmax;
 
 pub use attention::attention;
 pub use cast::cast;
+pub use cross_entropy::{cross_entropy, fused_linear_cross_entropy, fused_linear_cross_entropy_chunked};
 pub use elementwise::{add, div, exp, gelu, log, mul, neg, relu, rsqrt, scale, silu, sqrt, sub};
 pub use embedding::embedding;
 pub use flash_attention::flash_attention;
@@ -28,10 +30,11 @@ pub use softmax::softmax;
 use crate::device::gpu::Kernel;
 use crate::{bail, Device, Precision, Result, Tensor};
 
-/// Every WGSL source the ops use, for the Metal translation test and `irontensor info`.
+/// Every WGSL source the ops and optimizers use, for the Metal translation test and `irontensor info`.
 pub fn kernels() -> Vec<&'static Kernel> {
     vec![
         &cast::KERNEL,
+        &cross_entropy::KERNEL,
         &elementwise::KERNEL,
         &embedding::KERNEL,
         &flash_attention::KERNEL,
@@ -41,6 +44,8 @@ pub fn kernels() -> Vec<&'static Kernel> {
         &rmsnorm::KERNEL,
         &rope::KERNEL,
         &softmax::KERNEL,
+        &crate::optim::KERNEL,
+        &crate::optim::clip::KERNEL,
     ]
 }
 

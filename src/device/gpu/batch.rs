@@ -57,6 +57,10 @@ impl GpuContext {
         let full = {
             let mut b = self.batch.lock().unwrap();
             let b = &mut *b;
+            if b.dispatches >= MAX_DISPATCHES {
+                // Another thread filled the arena between its dispatch and its flush.
+                self.submit(b);
+            }
             let params_buf = b
                 .params_buf
                 .get_or_insert_with(|| self.pool.take(&self.device, (SLOT * MAX_DISPATCHES) as u64, Kind::Uniform))
@@ -101,7 +105,10 @@ impl GpuContext {
 
     /// Submits everything recorded so far (does not wait).
     pub fn flush(&self) {
-        let mut b = self.batch.lock().unwrap();
+        self.submit(&mut self.batch.lock().unwrap());
+    }
+
+    fn submit(&self, b: &mut Batch) {
         let Some(enc) = b.encoder.take() else { return };
         if let Some(params_buf) = b.params_buf.take() {
             self.queue.write_buffer(&params_buf, 0, &b.params);

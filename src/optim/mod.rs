@@ -1,0 +1,305 @@
+//! Optimizers that update parameters in place: Lion (as the spec writes it), AdamW, and
+//! gradient clipping. BF16 parameters are updated in f32 and stored with stochastic rounding.
+
+mod adamw;
+pub mod clip;
+mod lion;
+
+pub use adamw::{AdamW, AdamWConfig};
+pub use clip::{clip_grad_norm, global_norm};
+pub use lion::{Lion, LionConfig};
+
+use crate::device::cpu::{CpuBuffer, CHUNK};
+use crate::device::gpu::{self, Kernel};
+use crate::ops::{float_input, grid_for, same_device};
+use crate::precision::f32_to_bf16_bits;
+use crate::{bail, no_grad, Device, Precision, Result, Tensor};
+use half::bf16;
+use rayon::prelude::*;
+
+pub(crate) static KERNEL: Kernel = Kernel { name: "optim", source: include_str!("optim.wgsl") };
+
+/// A per-element update rule. `Rule::apply` and optim.wgsl's `rule` are the same formulas.
+#[derive(Clone, Copy, Debug)]
+enum Rule {
+    /// The spec's Lion: update = sign(β2·m + (1-β2)·g), m = β1·m + (1-β1)·g.
+    Lion { beta1: f32, beta2: f32 },
+    /// Adam with bias correction: bc1 = 1 - β1^t, bc2_sqrt = sqrt(1 - β2^t).
+    AdamW { beta1: f32, beta2: f32, eps: f32, bc1: f32, bc2_sqrt: f32 },
+}
+
+impl Rule {
+    /// f32 state words per parameter element: Lion m; AdamW (m, v) interleaved.
+    fn width(self) -> usize {
+        match self {
+            Rule::Lion { .. } => 1,
+            Rule::AdamW { .. } => 2,
+        }
+    }
+
+    /// The new weight from w and g; updates this element's state `s` in place.
+    /// `wd` is the decoupled weight decay (0 for parameters that do not decay).
+    fn apply(self, w: f32, g: f32, s: &mut [f32], lr: f32, wd: f32) -> f32 {
+        match self {
+            Rule::Lion { beta1, beta2 } => {
+                let m = s[0];
+                let c = beta2 * m + (1.0 - beta2) * g;
+                // torch.sign: 0 stays 0 (f32::signum would give ±1).
+                let u = if c > 0.0 {
+                    1.0
+                } else if c < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                };
+                s[0] = beta1 * m + (1.0 - beta1) * g;
+                w - lr * u - lr * wd * w
+            }
+            Rule::AdamW { beta1, beta2, eps, bc1, bc2_sqrt } => {
+                let w1 = w - lr * wd * w;
+                let m = beta1 * s[0] + (1.0 - beta1) * g;
+                let v = beta2 * s[1] + (1.0 - beta2) * g * g;
+                s[0] = m;
+                s[1] = v;
+                w1 - lr * (m / bc1) / (v.sqrt() / bc2_sqrt + eps)
+            }
+        }
+    }
+
+    /// (code, beta1, beta2, eps, bc1, bc2_sqrt) for the kernel.
+    fn params(self) -> (u32, [f32; 5]) {
+        match self {
+            Rule::Lion { beta1, beta2 } => (0, [beta1, beta2, 0.0, 1.0, 1.0]),
+            Rule::AdamW { beta1, beta2, eps, bc1, bc2_sqrt } => (1, [beta1, beta2, eps, bc1, bc2_sqrt]),
+        }
+    }
+}
+
+/// Per-parameter f32 state, the weight-decay mask and the step count, shared by the optimizers.
+#[derive(Default)]
+struct Slots {
+    state: Vec<Tensor>,
+    decay: Option<Vec<bool>>,
+    steps: u64,
+}
+
+impl Slots {
+    /// Checks every parameter, gradient and state first, then updates each parameter in place.
+    /// `settings` gets the step number (1 for the first step).
+    fn step(
+        &mut self,
+        op: &str,
+        params: &[Tensor],
+        grads: &[Tensor],
+        settings: impl Fn(u64) -> Settings,
+    ) -> Result<()> {
+        let width = settings(self.steps + 1).rule.width();
+        if params.len() != grads.len() {
+            bail!(Invalid, "{op}: {} parameters but {} gradients", params.len(), grads.len());
+        }
+        if let Some(mask) = &self.decay {
+            if mask.len() != params.len() {
+                bail!(Invalid, "{op}: the weight-decay mask has {} flags for {} parameters", mask.len(), params.len());
+            }
+        }
+        for (k, (p, g)) in params.iter().zip(grads).enumerate() {
+            same_device(op, &[p, g])?;
+            if p.dtype() == Precision::U32 || g.dtype() == Precision::U32 {
+                bail!(
+                    Dtype,
+                    "{op}: parameter {k} and its gradient must be f32 or bf16, got {} and {}",
+                    p.dtype().name(),
+                    g.dtype().name()
+                );
+            }
+            if p.shape() != g.shape() {
+                bail!(Shape, "{op}: parameter {k} is {:?} but its gradient is {:?}", p.shape(), g.shape());
+            }
+            if p.shares_storage(g) {
+                bail!(Invalid, "{op}: parameter {k} and its gradient share storage");
+            }
+        }
+        if self.state.is_empty() {
+            self.state =
+                params.iter().map(|p| Tensor::zeros_on(&[p.numel() * width], Precision::FP32, p.device())).collect();
+        }
+        if self.state.len() != params.len() {
+            bail!(Invalid, "{op}: state was made for {} parameters, got {}", self.state.len(), params.len());
+        }
+        for (k, (p, s)) in params.iter().zip(&self.state).enumerate() {
+            if s.numel() != p.numel() * width || s.device() != p.device() {
+                bail!(
+                    Invalid,
+                    "{op}: parameter {k} ({:?} on {}) does not match its state from earlier steps",
+                    p.shape(),
+                    p.device().name()
+                );
+            }
+        }
+        self.steps += 1;
+        let set = settings(self.steps);
+        no_grad(|| {
+            for (k, ((p, g), s)) in params.iter().zip(grads).zip(&self.state).enumerate() {
+                let decays = self.decay.as_ref().is_none_or(|m| m[k]);
+                let h = Hyper {
+                    rule: set.rule,
+                    lr: set.lr,
+                    wd: if decays { set.weight_decay } else { 0.0 },
+                    key: noise_key(set.seed, k as u32, self.steps),
+                };
+                update(p, &float_input(op, g)?, s, &h)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// One step's settings, from an optimizer's config.
+struct Settings {
+    rule: Rule,
+    lr: f32,
+    weight_decay: f32,
+    seed: u64,
+}
+
+/// Everything one parameter's update needs besides the tensors.
+struct Hyper {
+    rule: Rule,
+    lr: f32,
+    wd: f32,
+    /// Stochastic-rounding key for this (seed, parameter, step).
+    key: u32,
+}
+
+/// w (f32 or bf16), in place, from g: f32 and the state s.
+fn update(w: &Tensor, g: &Tensor, s: &Tensor, h: &Hyper) -> Result<()> {
+    let n = w.numel();
+    match w.device() {
+        Device::Cpu => {
+            let (gr, mut sw, mut ww) = (g.cpu(), s.cpu_mut(), w.cpu_mut());
+            match w.dtype() {
+                Precision::BF16 => cpu_update(ww.bf16(), gr.f32(), sw.f32(), h),
+                _ => cpu_update(ww.f32(), gr.f32(), sw.f32(), h),
+            }
+        }
+        Device::Gpu => {
+            let ctx = gpu::context()?;
+            let is_bf16 = w.dtype() == Precision::BF16;
+            let off = w.offset();
+            // BF16: one thread per u32 word, so the two halves of a word never race.
+            let threads = if is_bf16 { (off + n).div_ceil(2) - off / 2 } else { n };
+            let (code, [b1, b2, eps, bc1, bc2_sqrt]) = h.rule.params();
+            let params = [
+                n as u32,
+                off as u32,
+                g.offset() as u32,
+                is_bf16 as u32,
+                code,
+                h.key,
+                h.lr.to_bits(),
+                h.wd.to_bits(),
+                b1.to_bits(),
+                b2.to_bits(),
+                eps.to_bits(),
+                bc1.to_bits(),
+                bc2_sqrt.to_bits(),
+            ];
+            ctx.dispatch(&KERNEL, "update", &params, &[w.gpu(), g.gpu(), s.gpu()], grid_for(threads));
+        }
+    }
+    Ok(())
+}
+
+fn cpu_update<T: Elem>(w: &mut [T], g: &[f32], s: &mut [f32], h: &Hyper) {
+    let k = h.rule.width();
+    w.par_chunks_mut(CHUNK).zip(s.par_chunks_mut(CHUNK * k)).enumerate().for_each(|(c, (wc, sc))| {
+        for (j, (w, s)) in wc.iter_mut().zip(sc.chunks_mut(k)).enumerate() {
+            let i = c * CHUNK + j;
+            let new = h.rule.apply(w.load(), g[i], s, h.lr, h.wd);
+            w.store(new, h.key, i as u32);
+        }
+    });
+}
+
+/// A parameter element as stored: f32 as is, bf16 rounded stochastically.
+trait Elem: Send {
+    fn load(&self) -> f32;
+    fn store(&mut self, v: f32, key: u32, i: u32);
+}
+
+impl Elem for f32 {
+    fn load(&self) -> f32 {
+        *self
+    }
+    fn store(&mut self, v: f32, _key: u32, _i: u32) {
+        *self = v;
+    }
+}
+
+impl Elem for bf16 {
+    fn load(&self) -> f32 {
+        self.to_f32()
+    }
+    fn store(&mut self, v: f32, key: u32, i: u32) {
+        *self = bf16::from_bits(round_bf16(v, noise(key, i)));
+    }
+}
+
+/// PCG-style 32-bit hash (Jarzynski & Olano 2020); optim.wgsl has the same function.
+fn pcg(v: u32) -> u32 {
+    let s = v.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
+    let w = ((s >> ((s >> 28) + 4)) ^ s).wrapping_mul(277_803_737);
+    (w >> 22) ^ w
+}
+
+/// One key per (seed, stream, step): the noise of element i is then `noise(key, i)`.
+fn noise_key(seed: u64, stream: u32, step: u64) -> u32 {
+    let s = pcg(seed as u32 ^ pcg((seed >> 32) as u32));
+    pcg(pcg(s ^ stream) ^ step as u32)
+}
+
+fn noise(key: u32, i: u32) -> u32 {
+    pcg(pcg(i) ^ key)
+}
+
+/// bf16 bits of x rounded up or down at random: up with probability equal to the dropped
+/// fraction (the low 16 bits of r decide), so the expected value is x. Inf and NaN are kept.
+fn round_bf16(x: f32, r: u32) -> u16 {
+    let b = x.to_bits();
+    if b & 0x7f80_0000 == 0x7f80_0000 {
+        return f32_to_bf16_bits(x);
+    }
+    // Adding to the magnitude bits carries into the exponent as it should; no u32 overflow.
+    ((b + (r & 0xffff)) >> 16) as u16
+}
+
+/// `x` (f32) rounded to BF16 stochastically, deterministic for `seed` on every device.
+/// The rounding the optimizers use on BF16 parameters, as an op for tests and tools.
+pub fn stochastic_round(x: &Tensor, seed: u64) -> Result<Tensor> {
+    crate::autograd::no_backward("stochastic_round", &[x])?;
+    if x.dtype() != Precision::FP32 {
+        bail!(Dtype, "stochastic_round: expects f32, got {}", x.dtype().name());
+    }
+    let key = noise_key(seed, 0, 0);
+    let n = x.numel();
+    Ok(match x.device() {
+        Device::Cpu => {
+            let r = x.cpu();
+            let v: Vec<bf16> = r
+                .f32()
+                .par_iter()
+                .enumerate()
+                .map(|(i, &v)| bf16::from_bits(round_bf16(v, noise(key, i as u32))))
+                .collect();
+            Tensor::from_cpu(CpuBuffer::BF16(v), x.shape())
+        }
+        Device::Gpu => {
+            let ctx = gpu::context()?;
+            let out = ctx.alloc(n as u64 * 2);
+            let mut params = [0u32; 13];
+            params[..6].copy_from_slice(&[n as u32, 0, x.offset() as u32, 1, 0, key]);
+            ctx.dispatch(&KERNEL, "round_sr", &params, &[&out, x.gpu()], grid_for(n.div_ceil(2)));
+            Tensor::from_gpu(out, x.shape(), Precision::BF16)
+        }
+    })
+}

@@ -1,0 +1,327 @@
+//! Optimizers against f64 references of the same rules over several steps (views at nonzero
+//! offsets, weight-decay masks, lr changes), stochastic rounding of BF16 parameters
+//! (unbiased, deterministic for a seed), and gradient clipping.
+
+mod common;
+use common::{assert_close, f64s, rand_vec};
+use irontensor::optim::{self, AdamW, AdamWConfig, Lion, LionConfig};
+use irontensor::{ops, Device, Precision, Result, Tensor};
+
+/// Either optimizer, with the f64 reference of its rule.
+enum Opt {
+    Lion(Lion),
+    AdamW(AdamW),
+}
+
+impl Opt {
+    fn step(&mut self, params: &[Tensor], grads: &[Tensor], lr: f32) -> Result<()> {
+        match self {
+            Opt::Lion(o) => {
+                o.set_lr(lr);
+                o.step(params, grads)
+            }
+            Opt::AdamW(o) => {
+                o.set_lr(lr);
+                o.step(params, grads)
+            }
+        }
+    }
+
+    fn set_decay_mask(&mut self, mask: Vec<bool>) {
+        match self {
+            Opt::Lion(o) => o.set_decay_mask(mask),
+            Opt::AdamW(o) => o.set_decay_mask(mask),
+        }
+    }
+
+    fn state(&self) -> &[Tensor] {
+        match self {
+            Opt::Lion(o) => o.state(),
+            Opt::AdamW(o) => o.state(),
+        }
+    }
+
+    /// One step of the rule in f64 on one element: w, g, state s (Lion: m; AdamW: m, v).
+    fn reference(&self, w: f64, g: f64, s: &mut [f64], lr: f64, decays: bool, t: i32) -> f64 {
+        match self {
+            Opt::Lion(o) => {
+                let c = o.config;
+                let wd = if decays { c.weight_decay as f64 } else { 0.0 };
+                let (b1, b2) = (c.beta1 as f64, c.beta2 as f64);
+                // The spec: update = sign(β2·m + (1-β2)·g); m = β1·m + (1-β1)·g.
+                let x = b2 * s[0] + (1.0 - b2) * g;
+                let u = if x == 0.0 { 0.0 } else { x.signum() };
+                s[0] = b1 * s[0] + (1.0 - b1) * g;
+                w - lr * u - lr * wd * w
+            }
+            Opt::AdamW(o) => {
+                let c = o.config;
+                let wd = if decays { c.weight_decay as f64 } else { 0.0 };
+                let (b1, b2, eps) = (c.beta1 as f64, c.beta2 as f64, c.eps as f64);
+                let w = w - lr * wd * w;
+                s[0] = b1 * s[0] + (1.0 - b1) * g;
+                s[1] = b2 * s[1] + (1.0 - b2) * g * g;
+                let (mh, vh) = (s[0] / (1.0 - b1.powi(t)), s[1] / (1.0 - b2.powi(t)));
+                w - lr * mh / (vh.sqrt() + eps)
+            }
+        }
+    }
+
+    fn width(&self) -> usize {
+        match self {
+            Opt::Lion(_) => 1,
+            Opt::AdamW(_) => 2,
+        }
+    }
+}
+
+fn optimizers(weight_decay: f32, seed: u64) -> [Opt; 2] {
+    [
+        Opt::Lion(Lion::new(LionConfig { lr: 0.01, beta1: 0.9, beta2: 0.99, weight_decay, seed })),
+        Opt::AdamW(AdamW::new(AdamWConfig { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, seed })),
+    ]
+}
+
+/// Parameters of `dtype`: [7, 33]; a [7, 33] view at offset 99 of a [10, 33] tensor; [1];
+/// a [65] view at offset 17 (odd) of a [100] tensor. Returns (params, their backing tensors).
+fn params(device: Device, dtype: Precision, seed: u64) -> (Vec<Tensor>, Vec<Tensor>) {
+    let make = |shape: &[usize], s: u64| {
+        let n = shape.iter().product();
+        let t = Tensor::from_f32_on(&rand_vec(n, -1.0, 1.0, seed + s), shape, device).unwrap();
+        if dtype == Precision::BF16 {
+            t.to_bf16().unwrap()
+        } else {
+            t
+        }
+    };
+    let (a, big, c, big1) = (make(&[7, 33], 1), make(&[10, 33], 2), make(&[1], 3), make(&[100], 4));
+    let b = ops::slice(&big, 0, 3, 7).unwrap();
+    let d = ops::slice(&big1, 0, 17, 65).unwrap();
+    assert!(b.shares_storage(&big) && d.shares_storage(&big1));
+    (vec![a, b, c, d], vec![big, big1])
+}
+
+/// Gradients shaped like `params`; the second is a view at a nonzero offset.
+fn grads(params: &[Tensor], device: Device, seed: u64) -> Vec<Tensor> {
+    params
+        .iter()
+        .enumerate()
+        .map(|(k, p)| {
+            let n = p.numel();
+            let extra = if k == 1 { 5 } else { 0 };
+            let v = rand_vec(n + extra, -1.0, 1.0, seed + k as u64);
+            let t = Tensor::from_f32_on(&v, &[n + extra], device).unwrap();
+            ops::slice(&t, 0, extra, n).unwrap().view(p.shape()).unwrap()
+        })
+        .collect()
+}
+
+fn f32_rules_match_reference(device: Device) {
+    for (wd, mask) in [(0.0, None), (0.1, None), (0.1, Some(vec![true, false, true, false]))] {
+        for mut opt in optimizers(wd, 1) {
+            let name = match opt {
+                Opt::Lion(_) => "lion",
+                Opt::AdamW(_) => "adamw",
+            };
+            let what = format!("{name} wd={wd} mask={mask:?} on {device:?}");
+            if let Some(m) = &mask {
+                opt.set_decay_mask(m.clone());
+            }
+            let decays = |k: usize| mask.as_ref().is_none_or(|m| m[k]);
+            let (ps, backing) = params(device, Precision::FP32, 10);
+            let before: Vec<Vec<f32>> = backing.iter().map(|t| t.to_vec()).collect();
+            let mut w: Vec<Vec<f64>> = ps.iter().map(|p| f64s(&p.to_vec())).collect();
+            let mut s: Vec<Vec<f64>> = ps.iter().map(|p| vec![0.0; p.numel() * opt.width()]).collect();
+            for t in 1..=4 {
+                let lr = 0.01 / t as f32; // a scheduler changing lr every step
+                let gs = grads(&ps, device, 100 * t as u64);
+                opt.step(&ps, &gs, lr).unwrap();
+                for k in 0..ps.len() {
+                    let g = f64s(&gs[k].to_vec());
+                    let width = opt.width();
+                    for i in 0..w[k].len() {
+                        let si = &mut s[k][i * width..(i + 1) * width];
+                        w[k][i] = opt.reference(w[k][i], g[i], si, lr as f64, decays(k), t);
+                    }
+                    let what = format!("{what} param {k} step {t}");
+                    assert_close(&ps[k].to_vec(), &w[k], 1e-6, 1e-5, &what);
+                    assert_close(&opt.state()[k].to_vec(), &s[k], 1e-7, 1e-5, &format!("{what} state"));
+                }
+            }
+            // Elements of the backing tensors outside the views are untouched.
+            let after: Vec<Vec<f32>> = backing.iter().map(|t| t.to_vec()).collect();
+            assert_eq!(after[0][..99], before[0][..99], "{what}: rows before the view");
+            assert_eq!(after[1][..17], before[1][..17], "{what}: before the view");
+            assert_eq!(after[1][82..], before[1][82..], "{what}: after the view");
+        }
+    }
+}
+
+/// bf16 spacing at x (x a normal number).
+fn bf16_ulp(x: f64) -> f64 {
+    2f64.powf(x.abs().log2().floor() - 7.0)
+}
+
+/// BF16 parameters: each new weight is one of the two bf16 neighbours of the exact update
+/// (computed from the stored bf16 weights), and the rounding errors average out to ~0.
+fn bf16_params_round_stochastically(device: Device) {
+    for mut opt in optimizers(0.1, 7) {
+        let big = Tensor::from_f32_on(&rand_vec(4099, 0.5, 2.0, 3), &[4099], device).unwrap().to_bf16().unwrap();
+        // Odd offset and end: the first and last u32 words are shared with neighbours.
+        let ps = vec![
+            ops::slice(&big, 0, 3, 4094).unwrap(),
+            Tensor::from_f32_on(&rand_vec(7 * 33, -1.0, 1.0, 4), &[7, 33], device).unwrap().to_bf16().unwrap(),
+        ];
+        let edges = |t: &Tensor| {
+            let v = t.to_vec();
+            [v[0], v[1], v[2], v[4097], v[4098]]
+        };
+        let before_edges = edges(&big);
+        let mut s: Vec<Vec<f64>> = ps.iter().map(|p| vec![0.0; p.numel() * opt.width()]).collect();
+        let (mut err_sum, mut count) = (0.0, 0);
+        for t in 1..=3 {
+            let gs = grads(&ps, device, 7 * t as u64);
+            let old: Vec<Vec<f32>> = ps.iter().map(|p| p.to_vec()).collect();
+            opt.step(&ps, &gs, 0.01).unwrap();
+            for k in 0..ps.len() {
+                assert_eq!(ps[k].dtype(), Precision::BF16);
+                let (g, got) = (gs[k].to_vec(), ps[k].to_vec());
+                let width = opt.width();
+                for i in 0..got.len() {
+                    let si = &mut s[k][i * width..(i + 1) * width];
+                    let want = opt.reference(old[k][i] as f64, g[i] as f64, si, 0.01, true, t);
+                    let ulp = bf16_ulp(want);
+                    let err = (got[i] as f64 - want) / ulp;
+                    assert!(
+                        err.abs() <= 1.0 + 1e-3,
+                        "param {k} element {i} step {t}: {} is not a bf16 neighbour of {want}",
+                        got[i]
+                    );
+                    err_sum += err;
+                    count += 1;
+                }
+            }
+        }
+        let bias = err_sum / count as f64;
+        assert!(bias.abs() < 0.03, "mean rounding error {bias} ulp over {count} roundings");
+        assert_eq!(edges(&big), before_edges, "bf16 neighbours of the view are untouched");
+    }
+    // The same seed gives the same bits; another seed other bits.
+    let run = |seed: u64| {
+        let [mut opt, _] = optimizers(0.0, seed);
+        let p = Tensor::from_f32_on(&rand_vec(999, -1.0, 1.0, 5), &[999], device).unwrap().to_bf16().unwrap();
+        for t in 0..3 {
+            opt.step(std::slice::from_ref(&p), &grads(std::slice::from_ref(&p), device, t), 0.003).unwrap();
+        }
+        p.to_vec()
+    };
+    assert_eq!(run(1), run(1), "deterministic for a seed");
+    assert_ne!(run(1), run(2), "the seed matters");
+}
+
+fn stochastic_rounding(device: Device) {
+    let n = 100_000;
+    // Between two bf16 neighbours: 30% of the way in [1, 2); 90% in [-4, -2); a small value.
+    for (x, ulp) in [
+        (1.0 + 0.3 * 2f64.powi(-7), 2f64.powi(-7)),
+        (-2.0 - 0.9 * 2f64.powi(-6), 2f64.powi(-6)),
+        (1.37e-3, bf16_ulp(1.37e-3)),
+    ] {
+        let xf = x as f32;
+        let t = Tensor::full_on(&[n], xf, device);
+        let r = optim::stochastic_round(&t, 42).unwrap();
+        assert_eq!(r.dtype(), Precision::BF16);
+        let v = r.to_vec();
+        let lo = (xf as f64 / ulp).floor() * ulp;
+        assert!(
+            v.iter().all(|&y| y as f64 == lo || y as f64 == lo + ulp),
+            "{x}: values other than the neighbours {lo}, {}",
+            lo + ulp
+        );
+        let mean = v.iter().map(|&y| y as f64).sum::<f64>() / n as f64;
+        // One rounding has std <= ulp/2, so the mean's is <= ulp/632.
+        assert!((mean - xf as f64).abs() < 0.01 * ulp, "{x}: mean {mean} of stochastic roundings");
+        assert_eq!(optim::stochastic_round(&t, 42).unwrap().to_vec(), v, "deterministic");
+        assert_ne!(optim::stochastic_round(&t, 43).unwrap().to_vec(), v, "seeded");
+        if device != Device::Cpu {
+            let cpu = optim::stochastic_round(&t.to_device(Device::Cpu).unwrap(), 42).unwrap();
+            assert_eq!(cpu.to_vec(), v, "the GPU draws the same noise as the CPU");
+        }
+    }
+    // Values bf16 holds exactly, and inf / NaN, stay as they are.
+    let special = [1.5f32, -0.0, 0.0, -3.0, f32::INFINITY, f32::NEG_INFINITY];
+    let got = optim::stochastic_round(&Tensor::from_f32_on(&special, &[6], device).unwrap(), 1).unwrap().to_vec();
+    assert_eq!(got, special);
+    let nan = optim::stochastic_round(&Tensor::from_f32_on(&[f32::NAN], &[1], device).unwrap(), 1).unwrap();
+    assert!(nan.to_vec()[0].is_nan());
+}
+
+fn clip_grad_norm(device: Device) {
+    let sizes = [7 * 33, 65, 1, 70_001]; // the last spans many GPU workgroups
+    let data: Vec<Vec<f32>> = sizes.iter().enumerate().map(|(k, &n)| rand_vec(n, -1.0, 1.0, 30 + k as u64)).collect();
+    // The second gradient is a view at offset 17 of a [100] tensor.
+    let make = || -> (Vec<Tensor>, Tensor) {
+        let backing = Tensor::from_f32_on(&rand_vec(100, -1.0, 1.0, 40), &[100], device).unwrap();
+        let mut gs: Vec<Tensor> = data.iter().map(|v| Tensor::from_f32_on(v, &[v.len()], device).unwrap()).collect();
+        gs[1] = ops::slice(&backing, 0, 17, 65).unwrap();
+        (gs, backing)
+    };
+    let (gs, backing) = make();
+    let values: Vec<Vec<f64>> = gs.iter().map(|g| f64s(&g.to_vec())).collect();
+    let norm: f64 = values.iter().flatten().map(|v| v * v).sum::<f64>().sqrt();
+    let global = optim::global_norm(&gs).unwrap();
+    assert_close(&[global], &[norm], 0.0, 1e-5, "global_norm");
+    // Above max_norm: scaled by max / (norm + 1e-6); the norm from before is returned.
+    let whole = backing.to_vec();
+    let max = (norm / 3.0) as f32;
+    let got = optim::clip_grad_norm(&gs, max).unwrap();
+    assert_close(&[got], &[norm], 0.0, 1e-5, "clip_grad_norm returns the norm");
+    let coef = max as f64 / (norm + 1e-6);
+    for (k, g) in gs.iter().enumerate() {
+        let want: Vec<f64> = values[k].iter().map(|v| v * coef).collect();
+        assert_close(&g.to_vec(), &want, 1e-7, 1e-5, &format!("clipped grad {k}"));
+    }
+    let after = backing.to_vec();
+    assert_eq!((&after[..17], &after[82..]), (&whole[..17], &whole[82..]), "outside the view");
+    let clipped = optim::global_norm(&gs).unwrap();
+    assert_close(&[clipped], &[max as f64], 0.0, 1e-5, "norm after clipping");
+    // Below max_norm: untouched.
+    let (gs, _) = make();
+    let before: Vec<Vec<f32>> = gs.iter().map(|g| g.to_vec()).collect();
+    optim::clip_grad_norm(&gs, (norm * 2.0) as f32).unwrap();
+    assert_eq!(gs.iter().map(|g| g.to_vec()).collect::<Vec<_>>(), before);
+    assert_eq!(optim::global_norm(&[]).unwrap(), 0.0);
+    let bf = gs[0].to_bf16().unwrap();
+    assert!(optim::clip_grad_norm(&[bf], 1.0).is_err());
+}
+
+fn errors(device: Device) {
+    let t = |v: f32, shape: &[usize]| {
+        let n = shape.iter().product();
+        Tensor::from_f32_on(&vec![v; n], shape, device).unwrap()
+    };
+    let p = vec![t(1.0, &[2, 3])];
+    let mut lion = Lion::new(LionConfig::default());
+    let msg = lion.step(&p, &[t(1.0, &[3, 2])]).unwrap_err().to_string();
+    assert!(msg.contains("lion") && msg.contains("[2, 3]") && msg.contains("[3, 2]"), "{msg}");
+    assert!(lion.step(&p, &[]).is_err());
+    let ids = Tensor::from_u32_on(&[1; 6], &[2, 3], device).unwrap();
+    let mut adamw = AdamW::new(AdamWConfig::default());
+    let msg = adamw.step(&[ids], &p).unwrap_err().to_string();
+    assert!(msg.contains("adamw") && msg.contains("u32"), "{msg}");
+    let msg = adamw.step(&p, &[p[0].detach()]).unwrap_err().to_string();
+    assert!(msg.contains("share storage"), "{msg}");
+    adamw.set_decay_mask(vec![true, false]);
+    let g = vec![t(0.5, &[2, 3])];
+    let msg = adamw.step(&p, &g).unwrap_err().to_string();
+    assert!(msg.contains("mask"), "{msg}");
+    // Failed steps change nothing; a later list must match the first.
+    assert_eq!((lion.steps(), adamw.steps()), (0, 0));
+    assert_eq!(p[0].to_vec(), vec![1.0; 6]);
+    lion.step(&p, &g).unwrap();
+    assert_eq!(lion.steps(), 1);
+    let (p2, g2) = ([p[0].clone(), t(1.0, &[4])], [g[0].clone(), t(1.0, &[4])]);
+    assert!(lion.step(&p2, &g2).is_err());
+}
+
+device_tests!(f32_rules_match_reference, bf16_params_round_stochastically, stochastic_rounding, clip_grad_norm, errors,);
