@@ -9,16 +9,20 @@
 pub mod autograd;
 pub mod device;
 mod error;
+pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod precision;
 pub mod rng;
 pub mod tensor;
+pub mod train;
 
 pub use autograd::{no_grad, Gradients};
 pub use device::gpu::CommandBatch;
 pub use device::Device;
 pub use error::{Error, Result};
+pub use nn::{GPTModel, ModelConfig};
 pub use ops::*;
 pub use precision::Precision;
 pub use tensor::Tensor;
+pub use train::{CosineAnnealingLR, Trainer, TrainingConfig};

@@ -1,6 +1,6 @@
 //! Element types: FP32 and BF16 (storage; compute is f32), and U32 for token ids.
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Precision {
     FP32,
     /// bfloat16 storage; ops compute in f32 and round to nearest even when they store.

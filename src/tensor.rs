@@ -275,7 +275,7 @@ impl Tensor {
     }
 
     /// The view's bytes, little-endian, as stored.
-    fn raw_bytes(&self) -> Vec<u8> {
+    pub(crate) fn raw_bytes(&self) -> Vec<u8> {
         let size = self.dtype().size_bytes();
         match self.storage() {
             Storage::Cpu(_) => {
@@ -293,26 +293,34 @@ impl Tensor {
         }
     }
 
-    /// A copy on `device` (the same tensor if it is already there). Not differentiable.
+    /// A tensor from little-endian `bytes` of `dtype` (checkpoints).
+    pub(crate) fn from_bytes(bytes: &[u8], shape: &[usize], dtype: Precision, device: Device) -> Result<Tensor> {
+        if bytes.len() != numel(shape) * dtype.size_bytes() {
+            bail!(Shape, "from_bytes: {} bytes cannot hold {shape:?} of {}", bytes.len(), dtype.name());
+        }
+        Ok(match device {
+            Device::Gpu => Tensor::from_gpu(gpu::context()?.upload(bytes), shape, dtype),
+            Device::Cpu => Tensor::from_cpu(
+                match dtype {
+                    Precision::FP32 => CpuBuffer::F32(bytemuck::pod_collect_to_vec(bytes)),
+                    Precision::U32 => CpuBuffer::U32(bytemuck::pod_collect_to_vec(bytes)),
+                    Precision::BF16 => CpuBuffer::BF16(
+                        bytes.chunks_exact(2).map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]]))).collect(),
+                    ),
+                },
+                shape,
+            ),
+        })
+    }
+
+    /// A copy on `device` (the same tensor if it is already there). Differentiable.
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
-        if device == self.device() {
+        let from = self.device();
+        if device == from {
             return Ok(self.clone());
         }
-        crate::autograd::no_backward("to_device", &[self])?;
-        match (device, self.dtype()) {
-            (Device::Gpu, _) => {
-                let ctx = gpu::context()?;
-                let buf = ctx.upload(&self.raw_bytes());
-                Ok(Tensor::from_gpu(buf, self.shape(), self.dtype()))
-            }
-            (Device::Cpu, Precision::FP32) => Ok(Tensor::cpu_f32(self.to_vec(), self.shape())),
-            (Device::Cpu, Precision::U32) => Ok(Tensor::from_cpu(CpuBuffer::U32(self.to_vec_u32()), self.shape())),
-            (Device::Cpu, Precision::BF16) => {
-                let bits = self.raw_bytes();
-                let v = bits.chunks_exact(2).map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]]))).collect();
-                Ok(Tensor::from_cpu(CpuBuffer::BF16(v), self.shape()))
-            }
-        }
+        let out = Tensor::from_bytes(&self.raw_bytes(), self.shape(), self.dtype(), device)?;
+        Ok(crate::autograd::record("to_device", out, &[self], move |dy| Ok(vec![Some(dy.to_device(from)?)])))
     }
 
     /// Rounds to bfloat16 storage (nearest even). Differentiable; the gradient is f32.

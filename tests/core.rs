@@ -53,6 +53,11 @@ fn devices_move(device: Device) {
     let b = t.to_bf16().unwrap().to_device(device).unwrap();
     assert_eq!(b.dtype(), Precision::BF16);
     assert_eq!(b.to_device(Device::Cpu).unwrap().to_vec(), t.to_bf16().unwrap().to_vec());
+    // to_device is differentiable: the gradient comes back to the source device.
+    let x = t.requires_grad_();
+    let g = ops::sum_all(&ops::mul(&x.to_device(device).unwrap(), &g).unwrap()).unwrap().backward().unwrap();
+    let gx = g.get(&x).unwrap();
+    assert_eq!((gx.device(), gx.to_vec()), (Device::Cpu, data.clone()));
     let ids = Tensor::from_u32_on(&[5, 6, 7], &[3], device).unwrap();
     assert_eq!(ids.to_device(Device::Cpu).unwrap().to_vec_u32(), vec![5, 6, 7]);
 }

@@ -4,6 +4,7 @@
 mod attention;
 mod cast;
 mod cross_entropy;
+mod dropout;
 mod elementwise;
 mod embedding;
 mod flash_attention;
@@ -17,6 +18,7 @@ mod softmax;
 pub use attention::attention;
 pub use cast::cast;
 pub use cross_entropy::{cross_entropy, fused_linear_cross_entropy, fused_linear_cross_entropy_chunked};
+pub use dropout::dropout;
 pub use elementwise::{add, div, exp, gelu, log, mul, neg, relu, rsqrt, scale, silu, sqrt, sub};
 pub use embedding::embedding;
 pub use flash_attention::flash_attention;
@@ -36,6 +38,7 @@ pub fn kernels() -> Vec<&'static Kernel> {
         &cast::KERNEL,
         &cross_entropy::KERNEL,
         &elementwise::KERNEL,
+        &dropout::KERNEL,
         &embedding::KERNEL,
         &flash_attention::KERNEL,
         &layout::KERNEL,

@@ -68,6 +68,11 @@ impl AdamW {
         self.slots.step("adamw", params, grads, settings)
     }
 
+    /// Restores `state()` and `steps()` saved from an optimizer over the same `params`.
+    pub fn restore(&mut self, params: &[Tensor], state: Vec<Tensor>, steps: u64) -> Result<()> {
+        self.slots.restore("adamw", params, state, steps, 2)
+    }
+
     /// Steps taken so far.
     pub fn steps(&self) -> u64 {
         self.slots.steps

@@ -66,6 +66,11 @@ impl Lion {
         self.slots.step("lion", params, grads, settings)
     }
 
+    /// Restores `state()` and `steps()` saved from an optimizer over the same `params`.
+    pub fn restore(&mut self, params: &[Tensor], state: Vec<Tensor>, steps: u64) -> Result<()> {
+        self.slots.restore("lion", params, state, steps, 1)
+    }
+
     /// Steps taken so far.
     pub fn steps(&self) -> u64 {
         self.slots.steps

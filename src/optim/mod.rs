@@ -84,6 +84,31 @@ struct Slots {
 }
 
 impl Slots {
+    /// Takes state saved from `state` (a checkpoint), checking it against `params`.
+    fn restore(&mut self, op: &str, params: &[Tensor], state: Vec<Tensor>, steps: u64, width: usize) -> Result<()> {
+        if state.is_empty() && steps == 0 {
+            self.state.clear();
+            self.steps = 0;
+            return Ok(());
+        }
+        if state.len() != params.len() {
+            bail!(Invalid, "{op}: saved state is for {} parameters, the model has {}", state.len(), params.len());
+        }
+        for (k, (p, s)) in params.iter().zip(&state).enumerate() {
+            if s.dtype() != Precision::FP32 || s.numel() != p.numel() * width {
+                bail!(
+                    Invalid,
+                    "{op}: saved state {k} ({:?}) does not fit parameter {k} of shape {:?}",
+                    s.shape(),
+                    p.shape()
+                );
+            }
+        }
+        self.state = state.iter().zip(params).map(|(s, p)| s.to_device(p.device())).collect::<Result<_>>()?;
+        self.steps = steps;
+        Ok(())
+    }
+
     /// Checks every parameter, gradient and state first, then updates each parameter in place.
     /// `settings` gets the step number (1 for the first step).
     fn step(

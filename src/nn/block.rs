@@ -1,0 +1,48 @@
+//! TransformerBlock: pre-norm attention and SwiGLU FFN, each on a residual branch.
+
+use super::{Attention, FeedForward, KvCache, Loader, ModelConfig, RmsNorm};
+use crate::{ops, Result, Tensor};
+
+pub struct TransformerBlock {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: FeedForward,
+}
+
+impl TransformerBlock {
+    /// `name` is the Hugging Face prefix, `model.layers.{i}`.
+    pub fn load(l: &mut Loader, name: &str, c: &ModelConfig) -> Result<TransformerBlock> {
+        Ok(TransformerBlock {
+            input_layernorm: RmsNorm::load(l, &format!("{name}.input_layernorm"), c.hidden_dim, c.norm_eps)?,
+            self_attn: Attention::load(l, &format!("{name}.self_attn"), c)?,
+            post_attention_layernorm: RmsNorm::load(
+                l,
+                &format!("{name}.post_attention_layernorm"),
+                c.hidden_dim,
+                c.norm_eps,
+            )?,
+            mlp: FeedForward::load(l, &format!("{name}.mlp"), c)?,
+        })
+    }
+
+    /// x: [B*T, C] -> [B*T, C]. `dropout` is (p, seed) while training.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        pos: usize,
+        cache: Option<&mut KvCache>,
+        dropout: Option<(f32, u64)>,
+    ) -> Result<Tensor> {
+        let drop = |y: Tensor, salt: u64| match dropout {
+            Some((p, seed)) => ops::dropout(&y, p, seed.wrapping_add(salt)),
+            None => Ok(y),
+        };
+        let a = self.self_attn.forward(&self.input_layernorm.forward(x)?, b, t, pos, cache)?;
+        let x = ops::add(x, &drop(a, 1)?)?;
+        let m = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        ops::add(&x, &drop(m, 2)?)
+    }
+}

@@ -1,0 +1,110 @@
+//! Checkpoint files: tensors in safetensors, written atomically (temporary, fsync, rename),
+//! and Hugging Face `save_pretrained` / `from_pretrained` for GPTModel.
+
+use crate::nn::{GPTModel, ModelConfig};
+use crate::{bail, Device, Error, Precision, Result, Tensor};
+use safetensors::tensor::{Dtype, TensorView};
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Makes a rename inside `dir` durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    fs::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+fn dtype(p: Precision) -> Dtype {
+    match p {
+        Precision::FP32 => Dtype::F32,
+        Precision::BF16 => Dtype::BF16,
+        Precision::U32 => Dtype::U32,
+    }
+}
+
+/// Saves named tensors (read back from any device) as one safetensors file.
+pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let data: Vec<(String, Vec<u8>, &Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t.raw_bytes(), t)).collect();
+    let views = data
+        .iter()
+        .map(|(n, bytes, t)| {
+            let v = TensorView::new(dtype(t.dtype()), t.shape().to_vec(), bytes)
+                .map_err(|e| Error::Invalid(format!("{n}: {e}")))?;
+            Ok((n.clone(), v))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, None).map_err(|e| Error::Invalid(format!("safetensors: {e}")))?;
+    write_atomic(path, &bytes)
+}
+
+/// Loads every tensor of a safetensors file onto `device`.
+pub fn load_tensors(path: &Path, device: Device) -> Result<HashMap<String, Tensor>> {
+    let bytes = fs::read(path).map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+        Error::Invalid(format!("{} is not a valid safetensors file (truncated or corrupt?): {e}", path.display()))
+    })?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        let p = match view.dtype() {
+            Dtype::F32 => Precision::FP32,
+            Dtype::BF16 => Precision::BF16,
+            Dtype::U32 => Precision::U32,
+            other => bail!(
+                Dtype,
+                "{}: tensor {name} has dtype {other:?}; only F32, BF16 and U32 are supported",
+                path.display()
+            ),
+        };
+        out.insert(name, Tensor::from_bytes(view.data(), view.shape(), p, device)?);
+    }
+    Ok(out)
+}
+
+impl GPTModel {
+    /// Writes `config.json` and `model.safetensors` in `dir`, as Hugging Face's LlamaForCausalLM.
+    pub fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        fs::create_dir_all(dir)?;
+        let json = serde_json::to_vec_pretty(&self.config.to_hf_json()).expect("config serialises");
+        write_atomic(&dir.join("config.json"), &json)?;
+        save_tensors(&dir.join("model.safetensors"), self.parameters())
+    }
+
+    /// Loads a model saved by `save_pretrained` or by transformers (Llama layout) onto `device`.
+    pub fn from_pretrained(dir: impl AsRef<Path>, device: Device) -> Result<GPTModel> {
+        let dir = dir.as_ref();
+        let text = fs::read_to_string(dir.join("config.json"))
+            .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", dir.join("config.json").display())))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", dir.join("config.json").display())))?;
+        let config = ModelConfig::from_hf_json(&json)?;
+        let tensors = load_tensors(&dir.join("model.safetensors"), device)?;
+        GPTModel::from_tensors(config, tensors)
+    }
+
+    /// A model from named tensors; a missing or misshapen weight is an error naming it.
+    pub fn from_tensors(config: ModelConfig, mut tensors: HashMap<String, Tensor>) -> Result<GPTModel> {
+        let precision = config.precision;
+        GPTModel::load(config, |name, _| match tensors.remove(name) {
+            Some(t) if t.dtype() == Precision::U32 => bail!(Dtype, "{name}: weights must be F32 or BF16, got U32"),
+            Some(t) => crate::ops::cast(&t, precision),
+            None => bail!(Invalid, "checkpoint has no tensor {name:?}: it does not match this model config"),
+        })
+    }
+}

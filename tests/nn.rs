@@ -1,0 +1,196 @@
+//! Neural-network layer: a whole TransformerBlock against an f64 reference (values and
+//! finite-difference gradients), dropout, and KV-cache generation consistency.
+
+mod common;
+use common::{assert_close, rand_vec, GradCheck};
+use irontensor::nn::{GPTModel, Loader, ModelConfig, TransformerBlock};
+use irontensor::{ops, Device, Precision, Tensor};
+
+const B: usize = 2;
+const T: usize = 5;
+const C: usize = 16;
+const H: usize = 4;
+const HKV: usize = 2;
+const D: usize = C / H;
+const F: usize = 24;
+
+fn config() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 50,
+        hidden_dim: C,
+        num_layers: 1,
+        num_heads: H,
+        num_kv_heads: HKV,
+        intermediate_dim: F,
+        max_seq_len: 16,
+        rope_base: 100.0,
+        norm_eps: 1e-5,
+        tie_weights: true,
+        precision: Precision::FP32,
+        dropout: 0.0,
+    }
+}
+
+/// Parameter names in load order, with shapes.
+const PARAMS: [(&str, [usize; 2]); 9] = [
+    ("input_layernorm.weight", [1, C]),
+    ("self_attn.q_proj.weight", [C, C]),
+    ("self_attn.k_proj.weight", [HKV * D, C]),
+    ("self_attn.v_proj.weight", [HKV * D, C]),
+    ("self_attn.o_proj.weight", [C, C]),
+    ("post_attention_layernorm.weight", [1, C]),
+    ("mlp.gate_proj.weight", [F, C]),
+    ("mlp.up_proj.weight", [F, C]),
+    ("mlp.down_proj.weight", [C, F]),
+];
+
+fn rmsnorm(x: &[f64], g: &[f64]) -> Vec<f64> {
+    x.chunks(C)
+        .flat_map(|r| {
+            let rs = 1.0 / (r.iter().map(|v| v * v).sum::<f64>() / C as f64 + 1e-5).sqrt();
+            r.iter().zip(g).map(move |(v, g)| v * rs * g)
+        })
+        .collect()
+}
+
+/// y[n, o] = Σ_i x[n, i] · w[o, i]
+fn linear(x: &[f64], w: &[f64], inp: usize, out: usize) -> Vec<f64> {
+    x.chunks(inp).flat_map(|r| (0..out).map(move |o| (0..inp).map(|i| r[i] * w[o * inp + i]).sum::<f64>())).collect()
+}
+
+/// Rotate-half RoPE in place on rows [B*T, heads*D].
+fn rope(x: &mut [f64], heads: usize) {
+    for (n, row) in x.chunks_mut(heads * D).enumerate() {
+        let t = (n % T) as f64;
+        for h in 0..heads {
+            let v = &mut row[h * D..(h + 1) * D];
+            for i in 0..D / 2 {
+                let a = t * 100f64.powf(-2.0 * i as f64 / D as f64);
+                let (x1, x2) = (v[i], v[i + D / 2]);
+                v[i] = x1 * a.cos() - x2 * a.sin();
+                v[i + D / 2] = x2 * a.cos() + x1 * a.sin();
+            }
+        }
+    }
+}
+
+fn block_ref(inputs: &[Vec<f64>]) -> Vec<f64> {
+    let x = &inputs[0];
+    let p = &inputs[1..];
+    let h = rmsnorm(x, &p[0]);
+    let mut q = linear(&h, &p[1], C, C);
+    let mut k = linear(&h, &p[2], C, HKV * D);
+    let v = linear(&h, &p[3], C, HKV * D);
+    rope(&mut q, H);
+    rope(&mut k, HKV);
+    let mut o = vec![0.0; B * T * C];
+    for b in 0..B {
+        for hd in 0..H {
+            let kh = hd / (H / HKV);
+            for i in 0..T {
+                let qi = &q[(b * T + i) * C + hd * D..][..D];
+                let s: Vec<f64> = (0..=i)
+                    .map(|j| {
+                        (0..D).map(|d| qi[d] * k[(b * T + j) * HKV * D + kh * D + d]).sum::<f64>() / (D as f64).sqrt()
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = s.iter().map(|s| (s - m).exp()).sum();
+                for (j, s) in s.iter().enumerate() {
+                    for d in 0..D {
+                        o[(b * T + i) * C + hd * D + d] += (s - m).exp() / z * v[(b * T + j) * HKV * D + kh * D + d];
+                    }
+                }
+            }
+        }
+    }
+    let a = linear(&o, &p[4], C, C);
+    let x1: Vec<f64> = x.iter().zip(&a).map(|(x, a)| x + a).collect();
+    let h2 = rmsnorm(&x1, &p[5]);
+    let g = linear(&h2, &p[6], C, F);
+    let u = linear(&h2, &p[7], C, F);
+    let act: Vec<f64> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+    let m = linear(&act, &p[8], F, C);
+    x1.iter().zip(&m).map(|(x, m)| x + m).collect()
+}
+
+fn transformer_block(device: Device) {
+    let mut inputs = vec![(rand_vec(B * T * C, -1.0, 1.0, 1), vec![B * T, C])];
+    for (i, (name, shape)) in PARAMS.iter().enumerate() {
+        let n = shape[0] * shape[1];
+        let v = if name.ends_with("norm.weight") {
+            rand_vec(n, 0.5, 1.5, 10 + i as u64)
+        } else {
+            rand_vec(n, -0.5, 0.5, 10 + i as u64)
+        };
+        let s = if shape[0] == 1 { vec![C] } else { shape.to_vec() };
+        inputs.push((v, s));
+    }
+    GradCheck {
+        inputs,
+        op: &|t| {
+            let mut by_name = PARAMS.iter().map(|(n, _)| *n).zip(&t[1..]);
+            let mut l = Loader::new(|name, _| {
+                let (n, t) = by_name.next().expect("nine parameters");
+                assert!(name.ends_with(n), "{name} loaded out of order");
+                Ok(t.clone())
+            });
+            let block = TransformerBlock::load(&mut l, "model.layers.0", &config())?;
+            block.forward(&t[0], B, T, 0, None, None)
+        },
+        reference: &block_ref,
+        atol: 2e-5,
+        rtol: 1e-4,
+        fd_elems: 6,
+    }
+    .run(device, "TransformerBlock");
+}
+
+fn dropout(device: Device) {
+    let n = 20_000;
+    let x = Tensor::from_f32_on(&rand_vec(n, 0.5, 1.5, 3), &[n], device).unwrap().requires_grad_();
+    let y = ops::dropout(&x, 0.25, 42).unwrap();
+    let (xv, yv) = (x.to_vec(), y.to_vec());
+    let dropped = yv.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
+    assert!((dropped - 0.25).abs() < 0.02, "dropped {dropped}");
+    for (a, b) in xv.iter().zip(&yv) {
+        assert!(*b == 0.0 || (b - a / 0.75).abs() < 1e-6);
+    }
+    // Same seed, same mask, on every device; another seed, another mask.
+    let cpu = ops::dropout(&x.to_device(Device::Cpu).unwrap().detach(), 0.25, 42).unwrap().to_vec();
+    assert_eq!(cpu, yv);
+    assert_ne!(ops::dropout(&x, 0.25, 43).unwrap().to_vec(), yv);
+    // The gradient uses the forward's mask.
+    let g = ops::sum_all(&y).unwrap().backward().unwrap();
+    let gv = g.get(&x).unwrap().to_vec();
+    for (gy, y) in gv.iter().zip(&yv) {
+        assert_eq!(*gy, if *y == 0.0 { 0.0 } else { 1.0 / 0.75 });
+    }
+    assert!(ops::dropout(&x, 1.0, 0).is_err());
+}
+
+fn kv_cache_matches_full_forward(device: Device) {
+    let mut c = config();
+    c.num_layers = 2;
+    let model = GPTModel::new_on(c, device, 3).unwrap();
+    let ids: Vec<u32> = vec![3, 14, 15, 9, 26, 5, 35, 8];
+    let full = model.forward(&Tensor::from_u32_on(&ids, &[1, 8], device).unwrap(), 1, 8, 0).unwrap().to_vec();
+    // Prompt of 5, then one token at a time through the cache.
+    let mut cache = model.new_cache();
+    let prompt = Tensor::from_u32_on(&ids[..5], &[1, 5], device).unwrap();
+    let h = model.hidden(&prompt, 1, 5, 0, Some(&mut cache), None).unwrap();
+    let mut last = Vec::new();
+    last.push(ops::matmul_t(&ops::slice(&h, 0, 4, 1).unwrap(), model.output_weight(), false, true).unwrap().to_vec());
+    for (i, &id) in ids[5..].iter().enumerate() {
+        let tok = Tensor::from_u32_on(&[id], &[1, 1], device).unwrap();
+        let h = model.hidden(&tok, 1, 1, 5 + i, Some(&mut cache), None).unwrap();
+        last.push(ops::matmul_t(&h, model.output_weight(), false, true).unwrap().to_vec());
+    }
+    assert_eq!(cache[0].len(), 8);
+    for (k, l) in last.iter().enumerate() {
+        let want: Vec<f64> = full[(4 + k) * 50..(5 + k) * 50].iter().map(|&v| v as f64).collect();
+        assert_close(l, &want, 1e-5, 1e-4, &format!("cached logits at position {}", 4 + k));
+    }
+}
+
+device_tests!(transformer_block, dropout, kv_cache_matches_full_forward);

@@ -1,0 +1,290 @@
+//! Training stack: the model learns, devices agree, checkpoints resume exactly, HF round trip,
+//! schedulers, accumulation, NaN protection, and the errors of bad configs and checkpoints.
+
+mod common;
+use common::{assert_close, f64s};
+use irontensor::nn::{GPTModel, ModelConfig};
+use irontensor::train::{Decay, LrScheduler, OptimizerKind, Trainer, TrainingConfig};
+use irontensor::{CosineAnnealingLR, Device, Precision, Tensor};
+
+fn tiny() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 64,
+        hidden_dim: 32,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        intermediate_dim: 64,
+        max_seq_len: 32,
+        rope_base: 10000.0,
+        norm_eps: 1e-5,
+        tie_weights: false,
+        precision: Precision::FP32,
+        dropout: 0.0,
+    }
+}
+
+fn train_config(optimizer: OptimizerKind, lr: f32, steps: usize) -> TrainingConfig {
+    TrainingConfig {
+        learning_rate: lr,
+        optimizer,
+        warmup_steps: 5,
+        total_steps: steps,
+        weight_decay: 0.0,
+        ..Default::default()
+    }
+}
+
+/// (inputs, targets) of `batch` windows of `seq` bytes of TinyShakespeare, tokens = bytes % vocab.
+fn text_batch(offset: usize, batch: usize, seq: usize, vocab: u32) -> (Vec<u32>, Vec<u32>) {
+    let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/tinyshakespeare.txt")).unwrap();
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for b in 0..batch {
+        let start = offset + b * 997;
+        x.extend(text[start..start + seq].iter().map(|&c| c as u32 % vocab));
+        y.extend(text[start + 1..start + seq + 1].iter().map(|&c| c as u32 % vocab));
+    }
+    (x, y)
+}
+
+#[test]
+fn memorises_one_batch() {
+    let mut t = Trainer::new_on(tiny(), train_config(OptimizerKind::AdamW, 1e-2, 150), Device::Cpu).unwrap();
+    let (x, y) = text_batch(0, 4, 16, 64);
+    let mut last = f32::MAX;
+    for _ in 0..150 {
+        last = t.train_step(&x, &y, 4, 16).unwrap().0;
+    }
+    assert!(last < 0.1, "loss on one fixed batch should fall below 0.1, got {last}");
+}
+
+#[test]
+fn loss_falls_on_real_text() {
+    let mut cfg = tiny();
+    cfg.vocab_size = 128;
+    let mut t = Trainer::new_on(cfg, train_config(OptimizerKind::Lion, 2e-3, 60), Device::Cpu).unwrap();
+    let eval: Vec<_> = (0..2).map(|i| text_batch(900_000 + i * 20_000, 8, 32, 128)).collect();
+    let before = t.evaluate(&eval, 8, 32).unwrap();
+    for step in 0..60 {
+        let (x, y) = text_batch(step * 8 * 997, 8, 32, 128);
+        t.train_step(&x, &y, 8, 32).unwrap();
+    }
+    let after = t.evaluate(&eval, 8, 32).unwrap();
+    assert!(before > 4.5 && after < before - 1.5, "validation loss {before} -> {after}");
+}
+
+#[test]
+fn cpu_and_gpu_agree_for_20_steps() {
+    let Some(gpu) = common::gpu() else { return };
+    let cfg = train_config(OptimizerKind::AdamW, 3e-3, 20);
+    let mut cpu = Trainer::new_on(tiny(), cfg.clone(), Device::Cpu).unwrap();
+    let mut dev = Trainer::new_on(tiny(), cfg, gpu).unwrap();
+    for step in 0..20 {
+        let (x, y) = text_batch(step * 5000, 2, 16, 64);
+        let (lc, nc) = cpu.train_step(&x, &y, 2, 16).unwrap();
+        let (lg, ng) = dev.train_step(&x, &y, 2, 16).unwrap();
+        assert!((lc - lg).abs() < 2e-3 * lc.abs().max(1.0), "step {step}: cpu loss {lc}, gpu loss {lg}");
+        assert!((nc - ng).abs() < 1e-2 * nc.max(1.0), "step {step}: cpu grad norm {nc}, gpu {ng}");
+    }
+}
+
+#[test]
+fn resume_is_bit_exact() {
+    let dir = std::env::temp_dir().join(format!("irontensor-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cfg = train_config(OptimizerKind::Lion, 1e-3, 8);
+    cfg.checkpoint_dir = dir.to_string_lossy().into_owned();
+    let mut model = tiny();
+    model.dropout = 0.1; // the dropout masks must resume too
+    let batches: Vec<_> = (0..8).map(|i| text_batch(i * 3000, 2, 16, 64)).collect();
+    let mut full = Trainer::new_on(model.clone(), cfg.clone(), Device::Cpu).unwrap();
+    let want: Vec<f32> = batches.iter().map(|(x, y)| full.train_step(x, y, 2, 16).unwrap().0).collect();
+
+    let mut first = Trainer::new_on(model, cfg, Device::Cpu).unwrap();
+    for (x, y) in &batches[..4] {
+        first.train_step(x, y, 2, 16).unwrap();
+    }
+    first.data_position = 4;
+    let saved = first.save_numbered().unwrap();
+    drop(first); // "killed"
+    let latest = Trainer::latest_checkpoint(&dir).unwrap().unwrap();
+    assert_eq!(latest, saved);
+    let mut resumed = Trainer::load_checkpoint(&latest, Device::Cpu).unwrap();
+    assert_eq!((resumed.step, resumed.data_position), (4, 4));
+    let got: Vec<f32> = batches[4..].iter().map(|(x, y)| resumed.train_step(x, y, 2, 16).unwrap().0).collect();
+    assert_eq!(
+        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        want[4..].iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+    let w = |t: &Trainer| t.model.parameters().iter().flat_map(|(_, p)| p.to_vec()).collect::<Vec<_>>();
+    assert_eq!(w(&resumed), w(&full), "weights after resuming differ");
+    // Only the newest `keep_checkpoints` survive.
+    for _ in 0..4 {
+        resumed.save_numbered().unwrap();
+        resumed.step += 1;
+    }
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 3);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn hf_layout_round_trip() {
+    for device in [Device::Cpu].into_iter().chain(common::gpu()) {
+        let dir = std::env::temp_dir().join(format!("irontensor-hf-{}-{}", std::process::id(), device.name()));
+        let mut cfg = tiny();
+        cfg.tie_weights = true;
+        let model = GPTModel::new_on(cfg.clone(), device, 7).unwrap();
+        model.save_pretrained(&dir).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        assert_eq!(json["architectures"][0], "LlamaForCausalLM");
+        assert_eq!(json["num_key_value_heads"], 2);
+        let loaded = GPTModel::from_pretrained(&dir, device).unwrap();
+        assert_eq!(loaded.config, cfg);
+        let names: Vec<&str> = loaded.parameters().iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.contains(&"model.layers.1.self_attn.k_proj.weight") && names.contains(&"model.norm.weight"));
+        assert!(!names.contains(&"lm_head.weight"), "tied weights are saved once");
+        let tokens = Tensor::from_u32_on(&[1, 5, 9, 63, 0, 2, 2, 7], &[2, 4], device).unwrap();
+        let a = model.forward(&tokens, 2, 4, 0).unwrap();
+        assert_eq!(a.shape(), &[2, 4, 64]);
+        assert_eq!(a.to_vec(), loaded.forward(&tokens, 2, 4, 0).unwrap().to_vec());
+        // rope_parameters.rope_theta, the newer spelling, is read too.
+        let mut j = json.clone();
+        j.as_object_mut().unwrap().remove("rope_theta");
+        j["rope_parameters"] = serde_json::json!({"rope_theta": 500000.0, "rope_type": "default"});
+        assert_eq!(ModelConfig::from_hf_json(&j).unwrap().rope_base, 500000.0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn bad_configs_and_checkpoints_are_clear_errors() {
+    let bad = |f: fn(&mut ModelConfig), want: &str| {
+        let mut c = tiny();
+        f(&mut c);
+        let msg = GPTModel::new_on(c, Device::Cpu, 0).err().expect("invalid config").to_string();
+        assert!(msg.contains(want), "{msg}");
+    };
+    bad(|c| c.num_heads = 5, "num_heads (5) must divide hidden_dim (32)");
+    bad(|c| c.num_kv_heads = 3, "num_kv_heads (3) must divide num_heads (4)");
+    bad(|c| (c.hidden_dim, c.num_heads, c.num_kv_heads) = (36, 12, 12), "must be even for RoPE");
+    let dir = std::env::temp_dir().join(format!("irontensor-bad-{}", std::process::id()));
+    let t = Trainer::new_on(tiny(), TrainingConfig::default(), Device::Cpu).unwrap();
+    t.save_checkpoint(&dir).unwrap();
+    assert!(Trainer::load_checkpoint(&dir, Device::Cpu).is_ok());
+    // Truncated weights.
+    let w = dir.join("model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
+    let msg = Trainer::load_checkpoint(&dir, Device::Cpu).err().unwrap().to_string();
+    assert!(msg.contains("model.safetensors") && msg.contains("truncated or corrupt"), "{msg}");
+    std::fs::write(&w, &bytes).unwrap();
+    // A config that does not match the weights.
+    let meta = dir.join("trainer.json");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    std::fs::write(&meta, text.replace("\"num_layers\": 2", "\"num_layers\": 3")).unwrap();
+    let msg = Trainer::load_checkpoint(&dir, Device::Cpu).err().unwrap().to_string();
+    assert!(msg.contains("model.layers.2") && msg.contains("does not match"), "{msg}");
+    std::fs::write(&meta, "{ not json").unwrap();
+    let msg = Trainer::load_checkpoint(&dir, Device::Cpu).err().unwrap().to_string();
+    assert!(msg.contains("corrupt trainer.json"), "{msg}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let msg = Trainer::load_checkpoint(&dir, Device::Cpu).err().unwrap().to_string();
+    assert!(msg.contains("is not a checkpoint"), "{msg}");
+}
+
+#[test]
+fn accumulation_matches_one_big_batch() {
+    let (x, y) = text_batch(100, 4, 16, 64);
+    let mut losses = Vec::new();
+    for accum in [1, 2, 4] {
+        let mut cfg = train_config(OptimizerKind::AdamW, 1e-3, 10);
+        cfg.grad_accum_steps = accum;
+        let mut t = Trainer::new_on(tiny(), cfg, Device::Cpu).unwrap();
+        let (l1, n1) = t.train_step(&x, &y, 4, 16).unwrap();
+        let (l2, _) = t.train_step(&x, &y, 4, 16).unwrap();
+        losses.push((l1, n1, l2));
+    }
+    for &(l1, n1, l2) in &losses[1..] {
+        assert_close(
+            &[l1, n1, l2],
+            &f64s(&[losses[0].0, losses[0].1, losses[0].2]),
+            1e-5,
+            1e-4,
+            "accumulated vs big batch",
+        );
+    }
+}
+
+#[test]
+fn nan_loss_skips_the_update() {
+    let mut t = Trainer::new_on(tiny(), TrainingConfig::default(), Device::Cpu).unwrap();
+    // Poison one embedding row: its tokens give a NaN loss.
+    let emb = &t.model.parameters()[0].1;
+    let mut v = emb.to_vec();
+    v[..32].fill(f32::NAN);
+    let poisoned = Tensor::from_f32_on(&v, emb.shape(), Device::Cpu).unwrap();
+    let mut tensors: std::collections::HashMap<String, Tensor> = t.model.parameters().iter().cloned().collect();
+    tensors.insert("model.embed_tokens.weight".into(), poisoned);
+    let model = GPTModel::from_tensors(tiny(), tensors).unwrap();
+    let mut t2 = Trainer::with_model(model, TrainingConfig::default()).unwrap();
+    let before: Vec<f32> = t2.model.parameters()[1].1.to_vec();
+    let x = vec![0u32; 16];
+    let (loss, _) = t2.train_step(&x, &x, 1, 16).unwrap();
+    assert!(!loss.is_finite());
+    assert_eq!(t2.skipped_steps, 1);
+    assert_eq!(t2.model.parameters()[1].1.to_vec(), before, "a NaN step must not touch the weights");
+    t.train_step(&[1; 16], &[2; 16], 1, 16).unwrap();
+    assert_eq!(t.skipped_steps, 0);
+}
+
+#[test]
+fn bf16_tracks_fp32() {
+    let mut curves = Vec::new();
+    for bf16 in [false, true] {
+        let mut cfg = train_config(OptimizerKind::AdamW, 3e-3, 30);
+        cfg.use_bf16 = bf16;
+        let mut t = Trainer::new_on(tiny(), cfg, Device::Cpu).unwrap();
+        assert_eq!(t.model.parameters()[0].1.dtype(), if bf16 { Precision::BF16 } else { Precision::FP32 });
+        let curve: Vec<f32> = (0..30)
+            .map(|s| {
+                t.train_step(&text_batch(s * 1000, 4, 16, 64).0, &text_batch(s * 1000, 4, 16, 64).1, 4, 16).unwrap().0
+            })
+            .collect();
+        curves.push(curve);
+    }
+    let (f, b) = (&curves[0], &curves[1]);
+    assert!(f[29] < f[0] - 0.5, "fp32 should learn: {} -> {}", f[0], f[29]);
+    for s in 0..30 {
+        assert!((f[s] - b[s]).abs() < 0.1 * f[s], "step {s}: fp32 {} vs bf16 {}", f[s], b[s]);
+    }
+}
+
+#[test]
+fn schedulers() {
+    let s = CosineAnnealingLR::with_warmup(1.0, 10, 110);
+    assert_close(
+        &[s.get_lr(0), s.get_lr(9), s.get_lr(10), s.get_lr(60), s.get_lr(110), s.get_lr(500)],
+        &[0.1, 1.0, 1.0, 0.5, 0.0, 0.0],
+        1e-6,
+        0.0,
+        "cosine",
+    );
+    let l = LrScheduler::new(Decay::Linear, 2.0, 0, 100);
+    assert_close(&[l.get_lr(0), l.get_lr(25), l.get_lr(100)], &[2.0, 1.5, 0.0], 1e-6, 0.0, "linear");
+    let i = LrScheduler::new(Decay::InverseSqrt, 1.0, 4, 0);
+    assert_close(&[i.get_lr(1), i.get_lr(3), i.get_lr(15)], &[0.5, 1.0, 0.5], 1e-6, 0.0, "inverse sqrt");
+    let c = LrScheduler::new(Decay::Constant, 3.0, 2, 0);
+    assert_close(&[c.get_lr(0), c.get_lr(1), c.get_lr(1000)], &[1.5, 3.0, 3.0], 1e-6, 0.0, "constant");
+}
+
+#[test]
+fn presets_have_their_sizes() {
+    let m = |c: ModelConfig| c.num_params() as f64 / 1e6;
+    assert!((4.0..6.0).contains(&m(ModelConfig::tiny())), "tiny {}", m(ModelConfig::tiny()));
+    assert!((28.0..34.0).contains(&m(ModelConfig::small())), "small {}", m(ModelConfig::small()));
+    assert!((115.0..135.0).contains(&m(ModelConfig::medium())), "medium {}", m(ModelConfig::medium()));
+    let model = GPTModel::new_on(ModelConfig::shakespeare(), Device::Cpu, 0).unwrap();
+    let counted: usize = model.parameters().iter().map(|(_, t)| t.numel()).sum();
+    assert_eq!(counted, ModelConfig::shakespeare().num_params());
+}
