@@ -349,7 +349,8 @@ fn cast(device: Device) {
     let g = y.backward().unwrap();
     let gw = g.get(&w).unwrap();
     assert_eq!(gw.dtype(), irontensor::Precision::FP32);
-    let finite: Vec<usize> = (0..1001).filter(|&i| back[i].is_finite() && back[i].abs() < 1e30).collect();
+    // Subnormals are left out: GPUs may flush them to zero in arithmetic (NVIDIA does).
+    let finite: Vec<usize> = (0..1001).filter(|&i| back[i].is_normal() && back[i].abs() < 1e30).collect();
     let gv = gw.to_vec();
     for i in finite {
         assert_eq!(gv[i], 2.0 * back[i], "d(x²)/dx at {i}");
