@@ -9,6 +9,7 @@
 pub mod autograd;
 pub mod device;
 mod error;
+pub mod infer;
 pub mod nn;
 pub mod ops;
 pub mod optim;

@@ -193,4 +193,55 @@ fn kv_cache_matches_full_forward(device: Device) {
     }
 }
 
-device_tests!(transformer_block, dropout, kv_cache_matches_full_forward);
+
+fn generation(device: Device) {
+    use irontensor::infer::{generate, SamplingConfig};
+    let mut c = config();
+    c.max_seq_len = 12; // short, so generation slides its window
+    let model = GPTModel::new_on(c, device, 11).unwrap();
+    let greedy = SamplingConfig { temperature: 0.0, max_tokens: 20, ..Default::default() };
+    let mut streamed = Vec::new();
+    let cached = generate(&model, &[1, 2, 3], &greedy, None, true, |t| streamed.push(t)).unwrap();
+    let full = generate(&model, &[1, 2, 3], &greedy, None, false, |_| {}).unwrap();
+    assert_eq!(cached, full, "greedy tokens with and without the KV cache");
+    assert_eq!(streamed, cached);
+    assert_eq!(cached.len(), 20);
+    // Stops at end-of-text.
+    let eos = cached[4];
+    let stopped = generate(&model, &[1, 2, 3], &greedy, Some(eos), true, |_| {}).unwrap();
+    assert_eq!(stopped.last(), Some(&eos));
+    assert!(stopped.len() <= 5);
+    // Seeded sampling is reproducible; the seed matters.
+    let s = |seed| SamplingConfig { temperature: 1.0, top_k: 0, top_p: 1.0, seed, max_tokens: 10 };
+    let a = generate(&model, &[4], &s(1), None, true, |_| {}).unwrap();
+    assert_eq!(a, generate(&model, &[4], &s(1), None, true, |_| {}).unwrap());
+    assert_ne!(a, generate(&model, &[4], &s(2), None, true, |_| {}).unwrap());
+    assert!(generate(&model, &[], &greedy, None, true, |_| {}).is_err());
+    assert!(generate(&model, &[50], &greedy, None, true, |_| {}).is_err());
+}
+
+#[test]
+fn sampling_filters() {
+    use irontensor::infer::{sample, SamplingConfig};
+    let logits = [0.0, 3.0, 2.9, -1.0, 2.0];
+    let mut rng = irontensor::rng::Rng::new(5);
+    let cfg = |t, k, p| SamplingConfig { temperature: t, top_k: k, top_p: p, seed: 0, max_tokens: 1 };
+    assert_eq!(sample(&logits, &cfg(0.0, 0, 1.0), &mut rng), 1);
+    for _ in 0..50 {
+        assert_eq!(sample(&logits, &cfg(1.0, 1, 1.0), &mut rng), 1, "top-k 1 is greedy");
+        assert!([1, 2].contains(&sample(&logits, &cfg(1.0, 2, 1.0), &mut rng)), "top-k 2");
+        assert!([1, 2].contains(&sample(&logits, &cfg(1.0, 0, 0.6), &mut rng)), "top-p 0.6 keeps the two best");
+    }
+    // Temperature 1 samples in proportion to softmax: token 3 is rare, token 1 common.
+    let counts = (0..4000).fold([0; 5], |mut c, _| {
+        c[sample(&logits, &cfg(1.0, 0, 1.0), &mut rng) as usize] += 1;
+        c
+    });
+    let z: f64 = logits.iter().map(|&l: &f32| (l as f64).exp()).sum();
+    for (i, &n) in counts.iter().enumerate() {
+        let p = (logits[i] as f64).exp() / z;
+        assert!((n as f64 / 4000.0 - p).abs() < 0.03, "token {i}: {n}/4000 vs p = {p:.3}");
+    }
+}
+
+device_tests!(transformer_block, dropout, kv_cache_matches_full_forward, generation);
