@@ -1,0 +1,145 @@
+//! The training loop around `Trainer`: progress bar, JSONL log, periodic evaluation and
+//! checkpoints, Ctrl-C that saves and stops cleanly, and the loss picture at the end.
+
+use super::plot::loss_svg;
+use super::Trainer;
+use crate::{CommandBatch, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Makes Ctrl-C ask the loop to save and stop instead of killing the process.
+pub fn catch_ctrl_c() {
+    // A second install (tests, several runs in one process) keeps the first handler.
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130); // a second Ctrl-C stops at once
+        }
+    });
+}
+
+pub struct RunOptions {
+    pub batch: usize,
+    pub seq_len: usize,
+    /// Where `train_log.jsonl` and `loss.svg` go.
+    pub out_dir: PathBuf,
+    pub show_progress: bool,
+}
+
+pub struct RunSummary {
+    pub steps: usize,
+    pub final_train_loss: f32,
+    pub final_val_loss: Option<f32>,
+    pub seconds: f64,
+    pub tokens_per_second: f64,
+    pub interrupted: bool,
+    pub checkpoint: PathBuf,
+}
+
+/// Trains until `trainer.config.total_steps`, starting from `trainer.step` (so a resumed
+/// trainer carries on). `batch_for(step)` gives the inputs and targets of a step.
+pub fn fit(
+    trainer: &mut Trainer,
+    mut batch_for: impl FnMut(usize) -> Result<(Vec<u32>, Vec<u32>)>,
+    val: &[(Vec<u32>, Vec<u32>)],
+    opts: &RunOptions,
+) -> Result<RunSummary> {
+    std::fs::create_dir_all(&opts.out_dir)?;
+    let log_path = opts.out_dir.join("train_log.jsonl");
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let total = trainer.config.total_steps;
+    let bar = if opts.show_progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]").expect("valid template"),
+    );
+    bar.set_position(trainer.step as u64);
+    let (mut train_curve, mut val_curve) = read_curves(&log_path);
+    // Lines past the checkpoint we resume from belong to a run that was cut short.
+    train_curve.retain(|&(s, _)| s < trainer.step);
+    val_curve.retain(|&(s, _)| s <= trainer.step);
+    let start = Instant::now();
+    let first = trainer.step;
+    let tokens_per_step = (opts.batch * opts.seq_len) as f64;
+    let mut last_loss = f32::NAN;
+    let mut last_val = None;
+    let eval_every = trainer.config.eval_interval.max(1);
+    let save_every = trainer.config.save_interval.max(1);
+    CommandBatch::begin();
+    while trainer.step < total && !INTERRUPTED.load(Ordering::SeqCst) {
+        let step = trainer.step;
+        let t0 = Instant::now();
+        let (x, y) = batch_for(step)?;
+        let lr = trainer.learning_rate();
+        let (loss, grad_norm) = trainer.train_step(&x, &y, opts.batch, opts.seq_len)?;
+        trainer.data_position = trainer.step as u64;
+        let dt = t0.elapsed().as_secs_f64();
+        last_loss = loss;
+        train_curve.push((step, loss));
+        let tps = tokens_per_step * (trainer.step - first) as f64 / start.elapsed().as_secs_f64();
+        writeln!(
+            log,
+            "{{\"step\":{step},\"loss\":{},\"grad_norm\":{},\"lr\":{lr},\"step_ms\":{:.2},\"tokens_per_s\":{tps:.1}}}",
+            json_num(loss),
+            json_num(grad_norm),
+            dt * 1e3
+        )?;
+        let done = trainer.step;
+        if !val.is_empty() && (done % eval_every == 0 || done == total) {
+            let v = trainer.evaluate(val, opts.batch, opts.seq_len)?;
+            last_val = Some(v);
+            val_curve.push((done, v));
+            writeln!(log, "{{\"step\":{done},\"val_loss\":{v}}}")?;
+        }
+        if done % save_every == 0 && done < total {
+            trainer.save_numbered()?;
+        }
+        bar.set_position(done as u64);
+        let val_msg = last_val.map_or(String::new(), |v| format!(" val {v:.3}"));
+        bar.set_message(format!("loss {loss:.3}{val_msg} | {tps:.0} tok/s"));
+    }
+    CommandBatch::end();
+    bar.finish();
+    let interrupted = INTERRUPTED.swap(false, Ordering::SeqCst);
+    let checkpoint = trainer.save_numbered()?;
+    let svg = loss_svg(&train_curve, &val_curve, "IronTensor training loss");
+    std::fs::write(opts.out_dir.join("loss.svg"), svg)?;
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(RunSummary {
+        steps: trainer.step,
+        final_train_loss: last_loss,
+        final_val_loss: last_val,
+        seconds,
+        tokens_per_second: tokens_per_step * (trainer.step - first) as f64 / seconds.max(1e-9),
+        interrupted,
+        checkpoint,
+    })
+}
+
+/// A number for JSON: NaN and infinities (a skipped step) become null.
+fn json_num(v: f32) -> String {
+    if v.is_finite() {
+        v.to_string()
+    } else {
+        "null".into()
+    }
+}
+
+/// Curves already in a log (a resumed run draws the whole history).
+fn read_curves(path: &Path) -> (Vec<(usize, f32)>, Vec<(usize, f32)>) {
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    let Ok(text) = std::fs::read_to_string(path) else { return (train, val) };
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let step = v["step"].as_u64().unwrap_or(0) as usize;
+        if let Some(l) = v["loss"].as_f64() {
+            train.push((step, l as f32));
+        } else if let Some(l) = v["val_loss"].as_f64() {
+            val.push((step, l as f32));
+        }
+    }
+    (train, val)
+}
