@@ -5,6 +5,7 @@
 //! - [`autograd`]: the reverse-mode graph behind [`Tensor::backward`]
 //! - [`ops`]: one op family per file, each with its CPU kernel, WGSL kernel and backward rule
 //! - [`optim`]: Lion, AdamW (in-place updates, stochastic rounding for BF16), gradient clipping
+//! - [`profile`]: the opt-in profiler (`IRONTENSOR_PROFILE=1`): op times, training phases, a report
 
 pub mod autograd;
 pub mod device;
@@ -14,6 +15,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod precision;
+pub mod profile;
 pub mod rng;
 pub mod tensor;
 pub mod train;

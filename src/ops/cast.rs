@@ -1,10 +1,10 @@
 //! Casts between FP32 and BF16 storage (round to nearest even). The gradient passes through as f32.
 
-use super::grid_for;
+use super::{grid_for, on_device};
 use crate::autograd::record;
 use crate::device::cpu::CpuBuffer;
 use crate::device::gpu::{self, Kernel};
-use crate::{bail, Device, Precision, Result, Tensor};
+use crate::{bail, Precision, Result, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
@@ -20,19 +20,21 @@ pub fn cast(x: &Tensor, to: Precision) -> Result<Tensor> {
         bail!(Dtype, "cast: {} -> {} is not supported (only f32 <-> bf16)", from.name(), to.name());
     }
     let n = x.numel();
-    let out = match x.device() {
-        Device::Cpu => {
+    let out = on_device(
+        "cast",
+        x.device(),
+        || {
             let r = x.cpu();
-            match to {
+            Ok(match to {
                 Precision::BF16 => {
                     let v: Vec<bf16> =
                         r.f32().par_iter().map(|&v| bf16::from_bits(crate::precision::f32_to_bf16_bits(v))).collect();
                     Tensor::from_cpu(CpuBuffer::BF16(v), x.shape())
                 }
                 _ => Tensor::cpu_f32(r.bf16().par_iter().map(|h| h.to_f32()).collect(), x.shape()),
-            }
-        }
-        Device::Gpu => {
+            })
+        },
+        || {
             let ctx = gpu::context()?;
             let out = ctx.alloc((n * to.size_bytes()) as u64);
             let params = [n as u32, x.offset() as u32];
@@ -41,8 +43,8 @@ pub fn cast(x: &Tensor, to: Precision) -> Result<Tensor> {
                 _ => ("bf16_to_f32", n),
             };
             ctx.dispatch(&KERNEL, entry, &params, &[x.gpu(), &out], grid_for(threads));
-            Tensor::from_gpu(out, x.shape(), to)
-        }
-    };
+            Ok(Tensor::from_gpu(out, x.shape(), to))
+        },
+    )?;
     Ok(record("cast", out, &[x], |dy| Ok(vec![Some(dy.clone())])))
 }

@@ -1,7 +1,7 @@
 //! Cross-entropy: on materialised logits, and fused with the output projection so the
 //! [N, V] logits never exist (the vocabulary is processed a chunk at a time).
 
-use super::{add, float_input, grid_for, matmul, matmul_t, same_device, slice, sum_all};
+use super::{add, float_input, grid_for, matmul, matmul_t, on_device, same_device, slice, sum_all};
 use crate::autograd::{no_grad, record};
 use crate::device::cpu::CHUNK;
 use crate::device::gpu::{self, grid, Kernel};
@@ -180,8 +180,10 @@ fn lse_update(
     last: bool,
 ) -> Result<()> {
     let &[n, cols] = x.shape() else { unreachable!("logits are 2-D") };
-    match x.device() {
-        Device::Cpu => {
+    on_device(
+        "cross_entropy",
+        x.device(),
+        || {
             let (xr, tr) = (x.cpu(), rows.targets.cpu());
             let (xv, tv) = (xr.f32(), tr.u32());
             let (mut sw, mut lw) = (st.cpu_mut(), row_loss.cpu_mut());
@@ -211,8 +213,9 @@ fn lse_update(
                     }
                 }
             });
-        }
-        Device::Gpu => {
+            Ok(())
+        },
+        || {
             let ctx = gpu::context()?;
             let params = rows.params(x, c0, first as u32 | (last as u32) << 1, 0);
             ctx.dispatch(
@@ -222,17 +225,19 @@ fn lse_update(
                 &[x.gpu(), rows.targets.gpu(), st.gpu(), row_loss.gpu()],
                 grid(n as u32),
             );
-        }
-    }
-    Ok(())
+            Ok(())
+        },
+    )
 }
 
 /// d logits for the chunk x: [N, cols] starting at vocabulary column c0, given the final state.
 fn softmax_grad(x: &Tensor, c0: usize, st: &Tensor, rows: &Rows, dy: &Tensor) -> Result<Tensor> {
     let &[n, cols] = x.shape() else { unreachable!("logits are 2-D") };
     let dy = float_input("cross_entropy backward", dy)?;
-    Ok(match same_device("cross_entropy backward", &[x, &dy])? {
-        Device::Cpu => {
+    on_device(
+        "cross_entropy_backward",
+        same_device("cross_entropy backward", &[x, &dy])?,
+        || {
             let (xr, tr, sr) = (x.cpu(), rows.targets.cpu(), st.cpu());
             let (xv, tv, sv) = (xr.f32(), tr.u32(), sr.f32());
             let g = dy.cpu().f32()[0] * rows.scale;
@@ -247,9 +252,9 @@ fn softmax_grad(x: &Tensor, c0: usize, st: &Tensor, rows: &Rows, dy: &Tensor) ->
                     *o = ((v - lse).exp() - onehot) * g;
                 }
             });
-            Tensor::cpu_f32(out, &[n, cols])
-        }
-        Device::Gpu => {
+            Ok(Tensor::cpu_f32(out, &[n, cols]))
+        },
+        || {
             let ctx = gpu::context()?;
             let out = ctx.alloc((n * cols) as u64 * 4);
             let params = rows.params(x, c0, 0, dy.offset());
@@ -260,28 +265,31 @@ fn softmax_grad(x: &Tensor, c0: usize, st: &Tensor, rows: &Rows, dy: &Tensor) ->
                 &[x.gpu(), rows.targets.gpu(), st.gpu(), &out, dy.gpu()],
                 grid_for(n * cols),
             );
-            Tensor::from_gpu(out, &[n, cols], Precision::FP32)
-        }
-    })
+            Ok(Tensor::from_gpu(out, &[n, cols], Precision::FP32))
+        },
+    )
 }
 
 /// Copies src: [R, C] into rows row0.. of dst: [_, C], in place.
 fn write_rows(dst: &Tensor, row0: usize, src: &Tensor) -> Result<()> {
     let start = row0 * src.shape()[1];
-    match dst.device() {
-        Device::Cpu => {
+    on_device(
+        "copy_rows",
+        dst.device(),
+        || {
             let mut d = dst.cpu_mut();
             d.f32()[start..start + src.numel()].copy_from_slice(src.cpu().f32());
-        }
-        Device::Gpu => {
+            Ok(())
+        },
+        || {
             let ctx = gpu::context()?;
             let (s, d) = (&src.gpu().buffer, &dst.gpu().buffer);
             let bytes = src.numel() as u64 * 4;
             let (so, dof) = (src.offset() as u64 * 4, (dst.offset() + start) as u64 * 4);
             ctx.record(|enc| enc.copy_buffer_to_buffer(s, so, d, dof, bytes));
-        }
-    }
-    Ok(())
+            Ok(())
+        },
+    )
 }
 
 /// Submits a GPU chunk's work so its temporaries go back to the pool before the next chunk

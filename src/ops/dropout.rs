@@ -1,11 +1,11 @@
 //! Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p).
 //! The mask is a hash of (seed, index), so backward recomputes it instead of storing it.
 
-use super::{float_input, grid_for};
+use super::{float_input, grid_for, on_device};
 use crate::autograd::record;
 use crate::device::cpu::par_fill;
 use crate::device::gpu::{self, Kernel};
-use crate::{bail, Device, Precision, Result, Tensor};
+use crate::{bail, Precision, Result, Tensor};
 
 pub(crate) static KERNEL: Kernel = Kernel { name: "dropout", source: include_str!("dropout.wgsl") };
 
@@ -18,27 +18,29 @@ fn hash(i: u32, lo: u32, hi: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-fn masked(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
+fn masked(op: &'static str, x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     let n = x.numel();
     let threshold = (p as f64 * 4294967296.0).min(4294967295.0) as u32;
     let scale = 1.0 / (1.0 - p);
     let (lo, hi) = (seed as u32, (seed >> 32) as u32);
-    Ok(match x.device() {
-        Device::Cpu => {
+    on_device(
+        op,
+        x.device(),
+        || {
             let xr = x.cpu();
             let xv = xr.f32();
             let mut out = vec![0.0; n];
             par_fill(&mut out, |i| if hash(i as u32, lo, hi) >= threshold { xv[i] * scale } else { 0.0 });
-            Tensor::cpu_f32(out, x.shape())
-        }
-        Device::Gpu => {
+            Ok(Tensor::cpu_f32(out, x.shape()))
+        },
+        || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
             let params = [n as u32, x.offset() as u32, lo, hi, threshold, scale.to_bits()];
             ctx.dispatch(&KERNEL, "dropout", &params, &[x.gpu(), &out], grid_for(n));
-            Tensor::from_gpu(out, x.shape(), Precision::FP32)
-        }
-    })
+            Ok(Tensor::from_gpu(out, x.shape(), Precision::FP32))
+        },
+    )
 }
 
 /// Training-time dropout with probability `p` and mask seed `seed`; p = 0 returns x.
@@ -50,6 +52,6 @@ pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let x = float_input("dropout", x)?;
-    let out = masked(&x, p, seed)?;
-    Ok(record("dropout", out, &[&x], move |dy| Ok(vec![Some(masked(dy, p, seed)?)])))
+    let out = masked("dropout", &x, p, seed)?;
+    Ok(record("dropout", out, &[&x], move |dy| Ok(vec![Some(masked("dropout_backward", dy, p, seed)?)])))
 }

@@ -1,11 +1,11 @@
 //! Elementwise ops: unary maps, scale, and binary ops where the smaller operand's shape is a
 //! suffix of the larger's (it repeats, like a bias).
 
-use super::{float_input, grid_for, same_device, sum_to};
+use super::{float_input, grid_for, on_device, same_device, sum_to};
 use crate::autograd::record;
 use crate::device::cpu::par_fill;
 use crate::device::gpu::{self, Kernel};
-use crate::{bail, Device, Precision, Result, Tensor};
+use crate::{bail, Precision, Result, Tensor};
 
 pub(crate) static KERNEL: Kernel = Kernel { name: "elementwise", source: include_str!("elementwise.wgsl") };
 
@@ -57,6 +57,21 @@ impl Unary {
         }
     }
 
+    /// The profiler's name for this op's backward kernel.
+    fn backward_name(self) -> &'static str {
+        match self {
+            Unary::Neg => "neg_backward",
+            Unary::Exp => "exp_backward",
+            Unary::Log => "log_backward",
+            Unary::Sqrt => "sqrt_backward",
+            Unary::Rsqrt => "rsqrt_backward",
+            Unary::Silu => "silu_backward",
+            Unary::Gelu => "gelu_backward",
+            Unary::Relu => "relu_backward",
+            Unary::Scale(_) => "scale_backward",
+        }
+    }
+
     /// d f / dv
     fn df(self, v: f32) -> f32 {
         match self {
@@ -87,53 +102,57 @@ impl Unary {
 
 fn unary(name: &'static str, x: &Tensor, op: Unary) -> Result<Tensor> {
     let x = float_input(name, x)?;
-    let out = unary_forward(&x, op)?;
+    let out = unary_forward(name, &x, op)?;
     let xs = x.clone();
     Ok(record(name, out, &[&x], move |dy| Ok(vec![Some(unary_backward(&xs, dy, op)?)])))
 }
 
-fn unary_forward(x: &Tensor, op: Unary) -> Result<Tensor> {
+fn unary_forward(name: &'static str, x: &Tensor, op: Unary) -> Result<Tensor> {
     let n = x.numel();
-    Ok(match x.device() {
-        Device::Cpu => {
+    on_device(
+        name,
+        x.device(),
+        || {
             let xr = x.cpu();
             let xv = xr.f32();
             let mut out = vec![0.0; n];
             par_fill(&mut out, |i| op.f(xv[i]));
-            Tensor::cpu_f32(out, x.shape())
-        }
-        Device::Gpu => {
+            Ok(Tensor::cpu_f32(out, x.shape()))
+        },
+        || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
             let (code, s) = op.code();
             let params = [n as u32, code, x.offset() as u32, 0, 0, 0, s.to_bits()];
             ctx.dispatch(&KERNEL, "unary", &params, &[x.gpu(), &out], grid_for(n));
-            Tensor::from_gpu(out, x.shape(), Precision::FP32)
-        }
-    })
+            Ok(Tensor::from_gpu(out, x.shape(), Precision::FP32))
+        },
+    )
 }
 
 /// dx = dy * f'(x)
 fn unary_backward(x: &Tensor, dy: &Tensor, op: Unary) -> Result<Tensor> {
     let n = x.numel();
     let dy = float_input("backward", dy)?;
-    Ok(match same_device("unary backward", &[x, &dy])? {
-        Device::Cpu => {
+    on_device(
+        op.backward_name(),
+        same_device("unary backward", &[x, &dy])?,
+        || {
             let (xr, dyr) = (x.cpu(), dy.cpu());
             let (xv, dyv) = (xr.f32(), dyr.f32());
             let mut out = vec![0.0; n];
             par_fill(&mut out, |i| dyv[i] * op.df(xv[i]));
-            Tensor::cpu_f32(out, x.shape())
-        }
-        Device::Gpu => {
+            Ok(Tensor::cpu_f32(out, x.shape()))
+        },
+        || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
             let (code, s) = op.code();
             let params = [n as u32, code, x.offset() as u32, dy.offset() as u32, 0, 0, s.to_bits()];
             ctx.dispatch(&KERNEL, "unary_backward", &params, &[x.gpu(), &out, dy.gpu()], grid_for(n));
-            Tensor::from_gpu(out, x.shape(), Precision::FP32)
-        }
-    })
+            Ok(Tensor::from_gpu(out, x.shape(), Precision::FP32))
+        },
+    )
 }
 
 pub fn neg(x: &Tensor) -> Result<Tensor> {
@@ -201,22 +220,24 @@ fn binary(name: &'static str, a: &Tensor, b: &Tensor, op: Binary) -> Result<Tens
     let shape = broadcast_shape(name, a.shape(), b.shape())?;
     let n = crate::tensor::numel(&shape);
     let (na, nb) = (a.numel().max(1), b.numel().max(1));
-    let out = match device {
-        Device::Cpu => {
+    let out = on_device(
+        name,
+        device,
+        || {
             let (ar, br) = (a.cpu(), b.cpu());
             let (av, bv) = (ar.f32(), br.f32());
             let mut out = vec![0.0; n];
             par_fill(&mut out, |i| op.f(av[i % na], bv[i % nb]));
-            Tensor::cpu_f32(out, &shape)
-        }
-        Device::Gpu => {
+            Ok(Tensor::cpu_f32(out, &shape))
+        },
+        || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
             let params = [n as u32, op as u32, a.offset() as u32, b.offset() as u32, na as u32, nb as u32, 0];
             ctx.dispatch(&KERNEL, "binary", &params, &[a.gpu(), &out, b.gpu()], grid_for(n));
-            Tensor::from_gpu(out, &shape, Precision::FP32)
-        }
-    };
+            Ok(Tensor::from_gpu(out, &shape, Precision::FP32))
+        },
+    )?;
     let (sa, sb) = (a.clone(), b.clone());
     Ok(record(name, out, &[&a, &b], move |dy| {
         let (da, db) = match op {

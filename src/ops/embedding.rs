@@ -1,10 +1,10 @@
 //! Token embedding: rows of a [V, C] weight picked by u32 ids; the backward scatter-adds into dweight.
 
-use super::{float_input, grid_for, same_device};
+use super::{float_input, grid_for, on_device, same_device};
 use crate::autograd::record;
 use crate::device::cpu::par_rows;
 use crate::device::gpu::{self, Kernel};
-use crate::{bail, Device, Precision, Result, Tensor};
+use crate::{bail, Precision, Result, Tensor};
 
 pub(crate) static KERNEL: Kernel = Kernel { name: "embedding", source: include_str!("embedding.wgsl") };
 
@@ -22,10 +22,7 @@ pub fn embedding(ids: &Tensor, weight: &Tensor) -> Result<Tensor> {
         bail!(Dtype, "embedding: weight must be f32 or bf16, got u32 of shape {:?}", weight.shape());
     }
     same_device("embedding", &[ids, weight])?;
-    let host_ids = match ids.device() {
-        Device::Cpu => ids.cpu().u32().to_vec(),
-        Device::Gpu => ids.to_vec_u32(),
-    };
+    let host_ids = ids.to_vec_u32();
     if let Some((i, &id)) = host_ids.iter().enumerate().find(|(_, &id)| id as usize >= v) {
         bail!(
             Invalid,
@@ -43,8 +40,10 @@ pub fn embedding(ids: &Tensor, weight: &Tensor) -> Result<Tensor> {
 /// out[tok, :] = weight[ids[tok], :]
 fn gather(ids: &Tensor, weight: &Tensor, out_shape: &[usize], c: usize) -> Result<Tensor> {
     let n = crate::tensor::numel(out_shape);
-    Ok(match ids.device() {
-        Device::Cpu => {
+    on_device(
+        "embedding",
+        ids.device(),
+        || {
             let (ir, wr) = (ids.cpu(), weight.cpu());
             let iv = ir.u32();
             let mut out = vec![0.0; n];
@@ -63,9 +62,9 @@ fn gather(ids: &Tensor, weight: &Tensor, out_shape: &[usize], c: usize) -> Resul
                     });
                 }
             }
-            Tensor::cpu_f32(out, out_shape)
-        }
-        Device::Gpu => {
+            Ok(Tensor::cpu_f32(out, out_shape))
+        },
+        || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
             let params = [
@@ -76,9 +75,9 @@ fn gather(ids: &Tensor, weight: &Tensor, out_shape: &[usize], c: usize) -> Resul
                 (weight.dtype() == Precision::BF16) as u32,
             ];
             ctx.dispatch(&KERNEL, "gather", &params, &[ids.gpu(), weight.gpu(), &out], grid_for(n));
-            Tensor::from_gpu(out, out_shape, Precision::FP32)
-        }
-    })
+            Ok(Tensor::from_gpu(out, out_shape, Precision::FP32))
+        },
+    )
 }
 
 /// Token indices grouped by id with a counting sort (stable: token order within an id):
@@ -107,8 +106,10 @@ fn group_by_id(ids: &[u32], v: usize) -> (Vec<u32>, Vec<u32>) {
 fn scatter_add(dy: &Tensor, ids: &[u32], v: usize, c: usize) -> Result<Tensor> {
     let dy = float_input("embedding backward", dy)?;
     let (starts, order) = group_by_id(ids, v);
-    Ok(match dy.device() {
-        Device::Cpu => {
+    on_device(
+        "embedding_backward",
+        dy.device(),
+        || {
             let dr = dy.cpu();
             let dv = dr.f32();
             let mut dweight = vec![0.0; v * c];
@@ -118,9 +119,9 @@ fn scatter_add(dy: &Tensor, ids: &[u32], v: usize, c: usize) -> Result<Tensor> {
                     row.iter_mut().zip(g).for_each(|(o, g)| *o += g);
                 }
             });
-            Tensor::cpu_f32(dweight, &[v, c])
-        }
-        Device::Gpu => {
+            Ok(Tensor::cpu_f32(dweight, &[v, c]))
+        },
+        || {
             let ctx = gpu::context()?;
             let n = v * c;
             let dweight = ctx.alloc(n as u64 * 4);
@@ -128,7 +129,7 @@ fn scatter_add(dy: &Tensor, ids: &[u32], v: usize, c: usize) -> Result<Tensor> {
             let starts = ctx.upload(bytemuck::cast_slice(&starts));
             let params = [n as u32, c as u32, 0, dy.offset() as u32, 0];
             ctx.dispatch(&KERNEL, "scatter_add", &params, &[&order, dy.gpu(), &dweight, &starts], grid_for(n));
-            Tensor::from_gpu(dweight, &[v, c], Precision::FP32)
-        }
-    })
+            Ok(Tensor::from_gpu(dweight, &[v, c], Precision::FP32))
+        },
+    )
 }

@@ -2,7 +2,7 @@
 //! backward recomputes the scores tile by tile from the saved log-sum-exp.
 
 use super::attention::{attention_dims, AttnDims};
-use super::{float_input, mul, sum};
+use super::{float_input, mul, on_device, sum};
 use crate::autograd::record;
 use crate::device::gpu::{self, Kernel};
 use crate::device::Storage;
@@ -31,19 +31,19 @@ pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Resu
     if q.device() == Device::Gpu && a.d > GPU_MAX_D {
         bail!(Shape, "{OP}: the GPU kernel supports head dims up to {GPU_MAX_D}, got q {:?}", q.shape());
     }
-    let (o, lse) = match q.device() {
-        Device::Cpu => cpu_forward(&q, &k, &v, a, causal),
-        Device::Gpu => gpu_forward(&q, &k, &v, a, causal)?,
-    };
+    let (o, lse) =
+        on_device(OP, q.device(), || Ok(cpu_forward(&q, &k, &v, a, causal)), || gpu_forward(&q, &k, &v, a, causal))?;
     let (sq, sk, sv, so) = (q.clone(), k.clone(), v.clone(), o.clone());
     Ok(record(OP, o, &[&q, &k, &v], move |dout| {
         let dout = float_input(OP, dout)?;
         // delta[row] = Σ dO·O, the rowsum that every dS = P ∘ (dP - delta) needs.
         let delta = sum(&mul(&dout, &so)?)?;
-        let (dq, dk, dv) = match dout.device() {
-            Device::Cpu => cpu_backward(&sq, &sk, &sv, &dout, &lse, &delta, a, causal),
-            Device::Gpu => gpu_backward(&sq, &sk, &sv, &dout, &lse, &delta, a, causal)?,
-        };
+        let (dq, dk, dv) = on_device(
+            "flash_attention_backward",
+            dout.device(),
+            || Ok(cpu_backward(&sq, &sk, &sv, &dout, &lse, &delta, a, causal)),
+            || gpu_backward(&sq, &sk, &sv, &dout, &lse, &delta, a, causal),
+        )?;
         Ok(vec![Some(dq), Some(dk), Some(dv)])
     }))
 }

@@ -1,7 +1,7 @@
 //! Layout ops: transpose, permute, slice and concat. Each writes a new contiguous tensor
 //! (a slice of leading rows is a zero-copy view) through one strided-copy kernel.
 
-use super::{grid_for, same_device};
+use super::{grid_for, on_device, same_device};
 use crate::autograd::record;
 use crate::device::cpu::CpuBuffer;
 use crate::device::gpu::{self, GpuBuffer, Kernel};
@@ -38,8 +38,11 @@ impl Out {
     }
 
     /// For every index i of `shape`: out[dst_off + i·dst_st] = src[src_off + i·src_st].
+    /// `op` names the copy for the profiler.
+    #[allow(clippy::too_many_arguments)]
     fn copy(
         &mut self,
+        op: &'static str,
         src: &Tensor,
         shape: &[usize],
         src_off: usize,
@@ -51,8 +54,16 @@ impl Out {
         if n == 0 {
             return Ok(());
         }
-        match self {
-            Out::Cpu(dst) => {
+        // Each arm gets its own borrow of the destination; on_device runs the one that exists.
+        let (device, cpu_dst, gpu_dst) = match self {
+            Out::Cpu(dst) => (Device::Cpu, Some(dst), None),
+            Out::Gpu(dst) => (Device::Gpu, None, Some(&*dst)),
+        };
+        on_device(
+            op,
+            device,
+            || {
+                let dst = cpu_dst.expect("layout: CPU destination");
                 let r = src.cpu();
                 let sv: &[u32] = match src.dtype() {
                     Precision::FP32 => bytemuck::cast_slice(r.f32()),
@@ -76,17 +87,19 @@ impl Out {
                         idx[k] = 0;
                     }
                 }
-            }
-            Out::Gpu(dst) => {
+                Ok(())
+            },
+            || {
+                let dst = gpu_dst.expect("layout: GPU destination");
                 let ctx = gpu::context()?;
                 let mut params = vec![n as u32, shape.len() as u32, (src.offset() + src_off) as u32, dst_off as u32];
                 for v in [shape, src_st, dst_st] {
                     params.extend((0..MAX_RANK).map(|k| v.get(k).copied().unwrap_or(1) as u32));
                 }
                 ctx.dispatch(&KERNEL, "copy", &params, &[src.gpu(), dst], grid_for(n));
-            }
-        }
-        Ok(())
+                Ok(())
+            },
+        )
     }
 
     fn into_tensor(self, shape: &[usize], dtype: Precision) -> Tensor {
@@ -128,7 +141,7 @@ pub fn permute(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
         let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
         let src_st: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
         let mut out = Out::new(x.device(), x.numel(), false)?;
-        out.copy(x, &out_shape, 0, &src_st, 0, &strides(&out_shape))?;
+        out.copy("permute", x, &out_shape, 0, &src_st, 0, &strides(&out_shape))?;
         let out = out.into_tensor(&out_shape, x.dtype());
         let mut inverse = vec![0; perm.len()];
         for (i, &p) in perm.iter().enumerate() {
@@ -164,7 +177,7 @@ pub fn slice(x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor>
     } else {
         return via_f32(x, |x| {
             let mut out = Out::new(x.device(), numel(&out_shape), false)?;
-            out.copy(x, &out_shape, start * st[dim], &st, 0, &strides(&out_shape))?;
+            out.copy("slice", x, &out_shape, start * st[dim], &st, 0, &strides(&out_shape))?;
             let out = out.into_tensor(&out_shape, x.dtype());
             Ok(record("slice", out, &[x], move |dy| Ok(vec![Some(pad(dy, &shape, dim, start)?)])))
         });
@@ -176,7 +189,7 @@ pub fn slice(x: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor>
 fn pad(dy: &Tensor, shape: &[usize], dim: usize, start: usize) -> Result<Tensor> {
     let st = strides(shape);
     let mut out = Out::new(dy.device(), numel(shape), true)?;
-    out.copy(dy, dy.shape(), 0, &strides(dy.shape()), start * st[dim], &st)?;
+    out.copy("slice_backward", dy, dy.shape(), 0, &strides(dy.shape()), start * st[dim], &st)?;
     Ok(out.into_tensor(shape, Precision::FP32))
 }
 
@@ -208,7 +221,7 @@ pub fn concat(xs: &[&Tensor], dim: usize) -> Result<Tensor> {
     let mut at = 0;
     let mut starts = Vec::new();
     for x in xs {
-        out.copy(x, x.shape(), 0, &strides(x.shape()), at * st[dim], &st)?;
+        out.copy("concat", x, x.shape(), 0, &strides(x.shape()), at * st[dim], &st)?;
         starts.push((at, x.shape()[dim]));
         at += x.shape()[dim];
     }

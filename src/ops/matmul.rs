@@ -1,9 +1,9 @@
 //! Batched matrix multiply with transpose flags: CPU through `gemm`, GPU through a tiled WGSL kernel.
 
-use super::{float_input, same_device, sum_to};
+use super::{float_input, on_device, same_device, sum_to};
 use crate::autograd::record;
 use crate::device::gpu::{self, Kernel};
-use crate::{bail, Device, Precision, Result, Tensor};
+use crate::{bail, Precision, Result, Tensor};
 
 pub(crate) static KERNEL: Kernel = Kernel { name: "matmul", source: include_str!("matmul.wgsl") };
 
@@ -52,9 +52,11 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     let (a, b) = (float_input("matmul", a)?, float_input("matmul", b)?);
     let device = same_device("matmul", &[&a, &b])?;
     let d = dims(a.shape(), b.shape(), ta, tb)?;
-    let out = match device {
-        Device::Cpu => cpu_matmul(&a, &b, ta, tb, &d),
-        Device::Gpu => {
+    let out = on_device(
+        "matmul",
+        device,
+        || Ok(cpu_matmul(&a, &b, ta, tb, &d)),
+        || {
             let ctx = gpu::context()?;
             let out = ctx.alloc((d.batch * d.m * d.n) as u64 * 4);
             if d.batch > 65535 {
@@ -64,9 +66,9 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
                 [d.m, d.n, d.k, ta as usize, tb as usize, a.offset(), b.offset(), d.a_bs, d.b_bs].map(|v| v as u32);
             let groups = [d.n.div_ceil(64) as u32, d.m.div_ceil(64) as u32, d.batch as u32];
             ctx.dispatch(&KERNEL, "matmul", &params, &[a.gpu(), &out, b.gpu()], groups);
-            Tensor::from_gpu(out, &d.out_shape, Precision::FP32)
-        }
-    };
+            Ok(Tensor::from_gpu(out, &d.out_shape, Precision::FP32))
+        },
+    )?;
     let (sa, sb) = (a.clone(), b.clone());
     Ok(record("matmul", out, &[&a, &b], move |dc| {
         // C = op(A)·op(B): dA = dC·op(B)ᵀ (or its transpose), dB = op(A)ᵀ·dC (or its transpose).

@@ -52,6 +52,28 @@ pub fn kernels() -> Vec<&'static Kernel> {
     ]
 }
 
+/// Runs an op's kernel for `device`: `cpu` or `gpu`. Every op goes through here, so this is
+/// where the profiler hooks in: it times `cpu` and names the GPU dispatches `gpu` queues
+/// after `op` (one relaxed atomic load when profiling is off).
+#[inline]
+pub(crate) fn on_device<R>(
+    op: &'static str,
+    device: Device,
+    cpu: impl FnOnce() -> Result<R>,
+    gpu: impl FnOnce() -> Result<R>,
+) -> Result<R> {
+    if !crate::profile::is_enabled() {
+        return match device {
+            Device::Cpu => cpu(),
+            Device::Gpu => gpu(),
+        };
+    }
+    match device {
+        Device::Cpu => crate::profile::time_cpu(op, cpu),
+        Device::Gpu => crate::profile::on_gpu(op, gpu),
+    }
+}
+
 /// The device all `inputs` live on, or an error naming the op.
 pub(crate) fn same_device(op: &str, inputs: &[&Tensor]) -> Result<Device> {
     let d = inputs[0].device();

@@ -1,10 +1,10 @@
 //! Reductions: sum / mean / max over the last dim and over everything, and column sums.
 
-use super::{float_input, grid_for};
+use super::{float_input, grid_for, on_device};
 use crate::autograd::{no_backward, record};
 use crate::device::cpu::{par_rows, CpuBuffer, CHUNK};
 use crate::device::gpu::{self, grid, Kernel};
-use crate::{bail, Device, Precision, Result, Tensor};
+use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
 
 pub(crate) static KERNEL: Kernel = Kernel { name: "reduce", source: include_str!("reduce.wgsl") };
@@ -17,9 +17,11 @@ fn last_dim(op: &str, x: &Tensor) -> Result<(usize, usize)> {
 }
 
 /// Sum of each `cols`-long row of `x` times `scale` (rows the GPU's way: one workgroup each).
-fn row_sums(x: &Tensor, rows: usize, cols: usize, scale: f32) -> Result<Tensor> {
-    Ok(match x.device() {
-        Device::Cpu => {
+fn row_sums(op: &'static str, x: &Tensor, rows: usize, cols: usize, scale: f32) -> Result<Tensor> {
+    on_device(
+        op,
+        x.device(),
+        || {
             let xr = x.cpu();
             let xv = xr.f32();
             let mut out = vec![0.0; rows];
@@ -27,60 +29,62 @@ fn row_sums(x: &Tensor, rows: usize, cols: usize, scale: f32) -> Result<Tensor> 
                 let end = ((r + 1) * cols).min(xv.len());
                 o[0] = xv[r * cols..end].iter().sum::<f32>() * scale;
             });
-            Tensor::cpu_f32(out, &[rows])
-        }
-        Device::Gpu => {
+            Ok(Tensor::cpu_f32(out, &[rows]))
+        },
+        || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(rows as u64 * 4);
             let params = [rows as u32, cols as u32, x.numel() as u32, x.offset() as u32, scale.to_bits()];
             ctx.dispatch(&KERNEL, "row_sum", &params, &[x.gpu(), &out], grid(rows as u32));
-            Tensor::from_gpu(out, &[rows], Precision::FP32)
-        }
-    })
+            Ok(Tensor::from_gpu(out, &[rows], Precision::FP32))
+        },
+    )
 }
 
 /// dx[r, c] = dy[r] * scale
-fn expand(dy: &Tensor, shape: &[usize], cols: usize, scale: f32) -> Result<Tensor> {
+fn expand(op: &'static str, dy: &Tensor, shape: &[usize], cols: usize, scale: f32) -> Result<Tensor> {
     let n = crate::tensor::numel(shape);
-    Ok(match dy.device() {
-        Device::Cpu => {
+    on_device(
+        op,
+        dy.device(),
+        || {
             let dr = dy.cpu();
             let dv = dr.f32();
             let mut out = vec![0.0; n];
             par_rows(&mut out, cols, |r, row| row.fill(dv[r] * scale));
-            Tensor::cpu_f32(out, shape)
-        }
-        Device::Gpu => {
+            Ok(Tensor::cpu_f32(out, shape))
+        },
+        || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
             let params = [0, cols as u32, n as u32, dy.offset() as u32, scale.to_bits()];
             ctx.dispatch(&KERNEL, "expand", &params, &[dy.gpu(), &out], grid_for(n));
-            Tensor::from_gpu(out, shape, Precision::FP32)
-        }
-    })
+            Ok(Tensor::from_gpu(out, shape, Precision::FP32))
+        },
+    )
 }
 
-fn sum_last(op: &'static str, x: &Tensor, mean: bool) -> Result<Tensor> {
+fn sum_last(op: &'static str, backward: &'static str, x: &Tensor, mean: bool) -> Result<Tensor> {
     let x = float_input(op, x)?;
     let (rows, cols) = last_dim(op, &x)?;
     let scale = if mean { 1.0 / cols as f32 } else { 1.0 };
     let out_shape = &x.shape()[..x.rank() - 1];
-    let out = row_sums(&x, rows, cols, scale)?.view(out_shape)?;
+    let out = row_sums(op, &x, rows, cols, scale)?.view(out_shape)?;
     let in_shape = x.shape().to_vec();
-    Ok(record(op, out, &[&x], move |dy| Ok(vec![Some(expand(dy, &in_shape, cols, scale)?)])))
+    Ok(record(op, out, &[&x], move |dy| Ok(vec![Some(expand(backward, dy, &in_shape, cols, scale)?)])))
 }
 
 /// Sum over the last dim: [.., C] -> [..].
 pub fn sum(x: &Tensor) -> Result<Tensor> {
-    sum_last("sum", x, false)
+    sum_last("sum", "sum_backward", x, false)
 }
 
 /// Mean over the last dim: [.., C] -> [..].
 pub fn mean(x: &Tensor) -> Result<Tensor> {
-    sum_last("mean", x, true)
+    sum_last("mean", "mean_backward", x, true)
 }
 
-fn all(op: &'static str, x: &Tensor, mean: bool) -> Result<Tensor> {
+fn all(op: &'static str, backward: &'static str, x: &Tensor, mean: bool) -> Result<Tensor> {
     let x = float_input(op, x)?;
     let n = x.numel();
     if n == 0 {
@@ -89,23 +93,23 @@ fn all(op: &'static str, x: &Tensor, mean: bool) -> Result<Tensor> {
     let scale = if mean { 1.0 / n as f32 } else { 1.0 };
     // Two passes over fixed chunks, so the order of additions never depends on threads.
     let chunks = n.div_ceil(CHUNK);
-    let partial = row_sums(&x, chunks, CHUNK, 1.0)?;
-    let out = row_sums(&partial, 1, chunks, scale)?.view(&[])?;
+    let partial = row_sums(op, &x, chunks, CHUNK, 1.0)?;
+    let out = row_sums(op, &partial, 1, chunks, scale)?.view(&[])?;
     let in_shape = x.shape().to_vec();
     Ok(record(op, out, &[&x], move |dy| {
         let dy = dy.view(&[1])?;
-        Ok(vec![Some(expand(&dy, &in_shape, n, scale)?)])
+        Ok(vec![Some(expand(backward, &dy, &in_shape, n, scale)?)])
     }))
 }
 
 /// Sum of all elements, shape [].
 pub fn sum_all(x: &Tensor) -> Result<Tensor> {
-    all("sum_all", x, false)
+    all("sum_all", "sum_all_backward", x, false)
 }
 
 /// Mean of all elements, shape [].
 pub fn mean_all(x: &Tensor) -> Result<Tensor> {
-    all("mean_all", x, true)
+    all("mean_all", "mean_all_backward", x, true)
 }
 
 /// Max over the last dim: [.., C] -> [..]; the gradient goes to the first maximum.
@@ -113,8 +117,10 @@ pub fn max(x: &Tensor) -> Result<Tensor> {
     let x = float_input("max", x)?;
     let (rows, cols) = last_dim("max", &x)?;
     let out_shape = &x.shape()[..x.rank() - 1];
-    let (out, idx) = match x.device() {
-        Device::Cpu => {
+    let (out, idx) = on_device(
+        "max",
+        x.device(),
+        || {
             let xr = x.cpu();
             let xv = xr.f32();
             let (vals, idx): (Vec<f32>, Vec<u32>) = xv
@@ -129,38 +135,40 @@ pub fn max(x: &Tensor) -> Result<Tensor> {
                     best
                 })
                 .unzip();
-            (Tensor::cpu_f32(vals, out_shape), Tensor::from_cpu(CpuBuffer::U32(idx), &[rows]))
-        }
-        Device::Gpu => {
+            Ok((Tensor::cpu_f32(vals, out_shape), Tensor::from_cpu(CpuBuffer::U32(idx), &[rows])))
+        },
+        || {
             let ctx = gpu::context()?;
             let (out, idx) = (ctx.alloc(rows as u64 * 4), ctx.alloc(rows as u64 * 4));
             let params = [rows as u32, cols as u32, x.numel() as u32, x.offset() as u32, 0];
             ctx.dispatch(&KERNEL, "row_max", &params, &[x.gpu(), &out, &idx], grid(rows as u32));
-            (Tensor::from_gpu(out, out_shape, Precision::FP32), Tensor::from_gpu(idx, &[rows], Precision::U32))
-        }
-    };
+            Ok((Tensor::from_gpu(out, out_shape, Precision::FP32), Tensor::from_gpu(idx, &[rows], Precision::U32)))
+        },
+    )?;
     let in_shape = x.shape().to_vec();
     Ok(record("max", out, &[&x], move |dy| Ok(vec![Some(max_backward(dy, &idx, &in_shape, cols)?)])))
 }
 
 fn max_backward(dy: &Tensor, idx: &Tensor, shape: &[usize], cols: usize) -> Result<Tensor> {
     let n = crate::tensor::numel(shape);
-    Ok(match dy.device() {
-        Device::Cpu => {
+    on_device(
+        "max_backward",
+        dy.device(),
+        || {
             let (dr, ir) = (dy.cpu(), idx.cpu());
             let (dv, iv) = (dr.f32(), ir.u32());
             let mut out = vec![0.0; n];
             par_rows(&mut out, cols, |r, row| row[iv[r] as usize] = dv[r]);
-            Tensor::cpu_f32(out, shape)
-        }
-        Device::Gpu => {
+            Ok(Tensor::cpu_f32(out, shape))
+        },
+        || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
             let params = [0, cols as u32, n as u32, dy.offset() as u32, 0];
             ctx.dispatch(&KERNEL, "max_backward", &params, &[dy.gpu(), &out, idx.gpu()], grid_for(n));
-            Tensor::from_gpu(out, shape, Precision::FP32)
-        }
-    })
+            Ok(Tensor::from_gpu(out, shape, Precision::FP32))
+        },
+    )
 }
 
 /// Max of all elements, shape [].
@@ -175,8 +183,10 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
     let &[rows, cols] = x.shape() else {
         bail!(Shape, "sum_rows: expects a 2-D tensor, got shape {:?}", x.shape());
     };
-    Ok(match x.device() {
-        Device::Cpu => {
+    on_device(
+        "sum_rows",
+        x.device(),
+        || {
             let xr = x.cpu();
             let xv = xr.f32();
             let mut out = vec![0.0; cols];
@@ -189,14 +199,14 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
                     }
                 }
             });
-            Tensor::cpu_f32(out, &[cols])
-        }
-        Device::Gpu => {
+            Ok(Tensor::cpu_f32(out, &[cols]))
+        },
+        || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(cols as u64 * 4);
             let params = [rows as u32, cols as u32, x.numel() as u32, x.offset() as u32, 0];
             ctx.dispatch(&KERNEL, "col_sum", &params, &[x.gpu(), &out], grid_for(cols));
-            Tensor::from_gpu(out, &[cols], Precision::FP32)
-        }
-    })
+            Ok(Tensor::from_gpu(out, &[cols], Precision::FP32))
+        },
+    )
 }

@@ -1,9 +1,9 @@
 //! RMSNorm over the last dim, y = x / sqrt(mean(x²) + eps) * gamma, with its backward.
 
-use super::{float_input, same_device, sum_rows};
+use super::{float_input, on_device, same_device, sum_rows};
 use crate::autograd::record;
 use crate::device::gpu::{self, grid, Kernel};
-use crate::{bail, Device, Precision, Result, Tensor};
+use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
 
 pub(crate) static KERNEL: Kernel = Kernel { name: "rmsnorm", source: include_str!("rmsnorm.wgsl") };
@@ -37,8 +37,10 @@ pub fn rmsnorm(x: &Tensor, gamma: &Tensor, eps: f32) -> Result<Tensor> {
 
 /// y: [rows, C] and the per-row rstd: [rows], saved for the backward.
 fn forward(x: &Tensor, gamma: &Tensor, rows: usize, c: usize, eps: f32) -> Result<(Tensor, Tensor)> {
-    Ok(match x.device() {
-        Device::Cpu => {
+    on_device(
+        "rmsnorm",
+        x.device(),
+        || {
             let (xr, gr) = (x.cpu(), gamma.cpu());
             let (xv, gv) = (xr.f32(), gr.f32());
             let mut out = vec![0.0; rows * c];
@@ -51,16 +53,16 @@ fn forward(x: &Tensor, gamma: &Tensor, rows: usize, c: usize, eps: f32) -> Resul
                     *o = v * *s * g;
                 }
             });
-            (Tensor::cpu_f32(out, x.shape()), Tensor::cpu_f32(rstd, &[rows]))
-        }
-        Device::Gpu => {
+            Ok((Tensor::cpu_f32(out, x.shape()), Tensor::cpu_f32(rstd, &[rows])))
+        },
+        || {
             let ctx = gpu::context()?;
             let (out, rstd) = (ctx.alloc((rows * c) as u64 * 4), ctx.alloc(rows as u64 * 4));
             let params = params(rows, c, x, gamma, 0, eps);
             ctx.dispatch(&KERNEL, "forward", &params, &[x.gpu(), &rstd, &out, gamma.gpu()], grid(rows as u32));
-            (Tensor::from_gpu(out, x.shape(), Precision::FP32), Tensor::from_gpu(rstd, &[rows], Precision::FP32))
-        }
-    })
+            Ok((Tensor::from_gpu(out, x.shape(), Precision::FP32), Tensor::from_gpu(rstd, &[rows], Precision::FP32)))
+        },
+    )
 }
 
 fn params(rows: usize, c: usize, x: &Tensor, gamma: &Tensor, dy_off: usize, eps: f32) -> [u32; 7] {
@@ -79,8 +81,10 @@ fn params(rows: usize, c: usize, x: &Tensor, gamma: &Tensor, dy_off: usize, eps:
 fn backward(x: &Tensor, gamma: &Tensor, rstd: &Tensor, dy: &Tensor, rows: usize, c: usize) -> Result<(Tensor, Tensor)> {
     let dy = float_input("rmsnorm backward", dy)?;
     let groups = rows.div_ceil(ROWS_PER_GROUP);
-    let (dx, part) = match same_device("rmsnorm backward", &[x, &dy])? {
-        Device::Cpu => {
+    let (dx, part) = on_device(
+        "rmsnorm_backward",
+        same_device("rmsnorm backward", &[x, &dy])?,
+        || {
             let (xr, gr, sr, dr) = (x.cpu(), gamma.cpu(), rstd.cpu(), dy.cpu());
             let (xv, gv, sv, dv) = (xr.f32(), gr.f32(), sr.f32(), dr.f32());
             let mut dx = vec![0.0; rows * c];
@@ -99,9 +103,9 @@ fn backward(x: &Tensor, gamma: &Tensor, rstd: &Tensor, dy: &Tensor, rows: usize,
                     }
                 }
             });
-            (Tensor::cpu_f32(dx, x.shape()), Tensor::cpu_f32(part, &[groups, c]))
-        }
-        Device::Gpu => {
+            Ok((Tensor::cpu_f32(dx, x.shape()), Tensor::cpu_f32(part, &[groups, c])))
+        },
+        || {
             let ctx = gpu::context()?;
             let (dx, part) = (ctx.alloc((rows * c) as u64 * 4), ctx.alloc((groups * c) as u64 * 4));
             let params = params(rows, c, x, gamma, dy.offset(), 0.0);
@@ -112,9 +116,12 @@ fn backward(x: &Tensor, gamma: &Tensor, rstd: &Tensor, dy: &Tensor, rows: usize,
                 &[x.gpu(), rstd.gpu(), &dx, gamma.gpu(), dy.gpu(), &part],
                 grid(groups as u32),
             );
-            (Tensor::from_gpu(dx, x.shape(), Precision::FP32), Tensor::from_gpu(part, &[groups, c], Precision::FP32))
-        }
-    };
+            Ok((
+                Tensor::from_gpu(dx, x.shape(), Precision::FP32),
+                Tensor::from_gpu(part, &[groups, c], Precision::FP32),
+            ))
+        },
+    )?;
     // The partial rows are summed in order by one thread per column.
     Ok((dx, sum_rows(&part)?))
 }

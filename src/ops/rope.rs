@@ -1,10 +1,10 @@
 //! Rotary position embedding (Hugging Face Llama's rotate-half convention) and its backward.
 
-use super::{float_input, grid_for};
+use super::{float_input, grid_for, on_device};
 use crate::autograd::record;
 use crate::device::cpu::par_rows;
 use crate::device::gpu::{self, Kernel};
-use crate::{bail, Device, Precision, Result, Tensor};
+use crate::{bail, Precision, Result, Tensor};
 
 pub(crate) static KERNEL: Kernel = Kernel { name: "rope", source: include_str!("rope.wgsl") };
 
@@ -27,10 +27,10 @@ pub fn rope(x: &Tensor, base: f32, pos_offset: usize) -> Result<Tensor> {
         bail!(Invalid, "rope: positions up to {} do not fit in u32", pos_offset + t);
     }
     let turns = turn_table(base, d);
-    let out = rotate(&x, &turns, pos_offset, 1.0)?;
+    let out = rotate("rope", &x, &turns, pos_offset, 1.0)?;
     Ok(record("rope", out, &[&x], move |dy| {
         let dy = float_input("rope backward", dy)?;
-        Ok(vec![Some(rotate(&dy, &turns, pos_offset, -1.0)?)])
+        Ok(vec![Some(rotate("rope_backward", &dy, &turns, pos_offset, -1.0)?)])
     }))
 }
 
@@ -58,11 +58,13 @@ fn angle(turns: &[f32], pos: u32, i: usize) -> f32 {
 }
 
 /// Rotates every (i, i + D/2) pair of `x` by `sign` · angle.
-fn rotate(x: &Tensor, turns: &[f32], pos_offset: usize, sign: f32) -> Result<Tensor> {
+fn rotate(op: &'static str, x: &Tensor, turns: &[f32], pos_offset: usize, sign: f32) -> Result<Tensor> {
     let &[_, t, h, d] = x.shape() else { unreachable!("rope: shape checked") };
     let half = d / 2;
-    Ok(match x.device() {
-        Device::Cpu => {
+    on_device(
+        op,
+        x.device(),
+        || {
             let xr = x.cpu();
             let xv = xr.f32();
             let mut out = vec![0.0; x.numel()];
@@ -84,9 +86,9 @@ fn rotate(x: &Tensor, turns: &[f32], pos_offset: usize, sign: f32) -> Result<Ten
                     }
                 }
             });
-            Tensor::cpu_f32(out, x.shape())
-        }
-        Device::Gpu => {
+            Ok(Tensor::cpu_f32(out, x.shape()))
+        },
+        || {
             let ctx = gpu::context()?;
             let n = x.numel() / 2;
             let out = ctx.alloc(x.numel() as u64 * 4);
@@ -94,7 +96,7 @@ fn rotate(x: &Tensor, turns: &[f32], pos_offset: usize, sign: f32) -> Result<Ten
             let params =
                 [n as u32, t as u32, h as u32, half as u32, x.offset() as u32, pos_offset as u32, sign.to_bits()];
             ctx.dispatch(&KERNEL, "rope", &params, &[x.gpu(), &table, &out], grid_for(n));
-            Tensor::from_gpu(out, x.shape(), Precision::FP32)
-        }
-    })
+            Ok(Tensor::from_gpu(out, x.shape(), Precision::FP32))
+        },
+    )
 }

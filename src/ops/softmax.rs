@@ -1,10 +1,10 @@
 //! Softmax over the last dim (numerically stable), with an internal causal variant for attention.
 
-use super::{float_input, same_device};
+use super::{float_input, on_device, same_device};
 use crate::autograd::record;
 use crate::device::cpu::par_rows;
 use crate::device::gpu::{self, grid, Kernel};
-use crate::{bail, Device, Precision, Result, Tensor};
+use crate::{bail, Precision, Result, Tensor};
 
 pub(crate) static KERNEL: Kernel = Kernel { name: "softmax", source: include_str!("softmax.wgsl") };
 
@@ -59,8 +59,10 @@ pub(crate) fn softmax_masked(x: &Tensor, mask: Mask) -> Result<Tensor> {
 
 // x: [rows, cols] -> y: [rows, cols]
 fn forward(x: &Tensor, rows: usize, cols: usize, mask: Mask) -> Result<Tensor> {
-    Ok(match x.device() {
-        Device::Cpu => {
+    on_device(
+        "softmax",
+        x.device(),
+        || {
             let xr = x.cpu();
             let xv = xr.f32();
             let mut out = vec![0.0; rows * cols];
@@ -76,24 +78,26 @@ fn forward(x: &Tensor, rows: usize, cols: usize, mask: Mask) -> Result<Tensor> {
                 let inv = 1.0 / sum;
                 y[..n].iter_mut().for_each(|o| *o *= inv);
             });
-            Tensor::cpu_f32(out, x.shape())
-        }
-        Device::Gpu => {
+            Ok(Tensor::cpu_f32(out, x.shape()))
+        },
+        || {
             let ctx = gpu::context()?;
             let out = ctx.alloc((rows * cols) as u64 * 4);
             let [causal, tq, shift] = mask.params();
             let params = [rows as u32, cols as u32, x.offset() as u32, 0, causal, tq, shift];
             ctx.dispatch(&KERNEL, "softmax", &params, &[x.gpu(), &out], grid(rows as u32));
-            Tensor::from_gpu(out, x.shape(), Precision::FP32)
-        }
-    })
+            Ok(Tensor::from_gpu(out, x.shape(), Precision::FP32))
+        },
+    )
 }
 
 /// dx = y * (dy - Σ dy·y) per row (masked entries have y = 0, so dx = 0 there).
 fn backward(y: &Tensor, dy: &Tensor, rows: usize, cols: usize, mask: Mask) -> Result<Tensor> {
     let dy = float_input("softmax backward", dy)?;
-    Ok(match same_device("softmax backward", &[y, &dy])? {
-        Device::Cpu => {
+    on_device(
+        "softmax_backward",
+        same_device("softmax backward", &[y, &dy])?,
+        || {
             let (yr, dyr) = (y.cpu(), dy.cpu());
             let (yv, dyv) = (yr.f32(), dyr.f32());
             let mut out = vec![0.0; rows * cols];
@@ -105,15 +109,15 @@ fn backward(y: &Tensor, dy: &Tensor, rows: usize, cols: usize, mask: Mask) -> Re
                     *o = yy * (d - dot);
                 }
             });
-            Tensor::cpu_f32(out, y.shape())
-        }
-        Device::Gpu => {
+            Ok(Tensor::cpu_f32(out, y.shape()))
+        },
+        || {
             let ctx = gpu::context()?;
             let out = ctx.alloc((rows * cols) as u64 * 4);
             let [causal, tq, shift] = mask.params();
             let params = [rows as u32, cols as u32, y.offset() as u32, dy.offset() as u32, causal, tq, shift];
             ctx.dispatch(&KERNEL, "softmax_backward", &params, &[y.gpu(), &out, dy.gpu()], grid(rows as u32));
-            Tensor::from_gpu(out, y.shape(), Precision::FP32)
-        }
-    })
+            Ok(Tensor::from_gpu(out, y.shape(), Precision::FP32))
+        },
+    )
 }

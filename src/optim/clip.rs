@@ -2,8 +2,8 @@
 
 use crate::device::cpu::CHUNK;
 use crate::device::gpu::{self, grid, Kernel};
-use crate::ops::{grid_for, same_device};
-use crate::{bail, Device, Precision, Result, Tensor};
+use crate::ops::{grid_for, on_device, same_device};
+use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
 
 pub(crate) static KERNEL: Kernel = Kernel { name: "clip", source: include_str!("clip.wgsl") };
@@ -22,8 +22,10 @@ pub fn global_norm(grads: &[Tensor]) -> Result<f32> {
             bail!(Dtype, "global_norm: gradients must be f32, got {} {:?}", g.dtype().name(), g.shape());
         }
     }
-    Ok(match device {
-        Device::Cpu => {
+    on_device(
+        "global_norm",
+        device,
+        || {
             // Fixed chunks summed in order: the same result on every run.
             let mut total = 0.0f64;
             for g in grads {
@@ -32,9 +34,9 @@ pub fn global_norm(grads: &[Tensor]) -> Result<f32> {
                     r.f32().par_chunks(CHUNK).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum()).collect();
                 total += parts.iter().sum::<f64>();
             }
-            total.sqrt() as f32
-        }
-        Device::Gpu => {
+            Ok(total.sqrt() as f32)
+        },
+        || {
             let ctx = gpu::context()?;
             let groups: Vec<usize> = grads.iter().map(|g| g.numel().div_ceil(PER_GROUP)).collect();
             let slots: usize = groups.iter().sum();
@@ -50,9 +52,9 @@ pub fn global_norm(grads: &[Tensor]) -> Result<f32> {
             }
             ctx.dispatch(&KERNEL, "total", &[slots as u32, 0, 0, 0], &[&part], [1, 1, 1]);
             let bytes = ctx.read(&part, 0, 4);
-            f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]).sqrt()
-        }
-    })
+            Ok(f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]).sqrt())
+        },
+    )
 }
 
 /// Scales `grads` in place by max_norm / (norm + 1e-6) when their global norm is above
@@ -69,14 +71,19 @@ pub fn clip_grad_norm(grads: &[Tensor], max_norm: f32) -> Result<f32> {
 }
 
 fn scale_in_place(g: &Tensor, s: f32) -> Result<()> {
-    match g.device() {
-        Device::Cpu => g.cpu_mut().f32().par_iter_mut().for_each(|v| *v *= s),
-        Device::Gpu => {
+    on_device(
+        "clip_scale",
+        g.device(),
+        || {
+            g.cpu_mut().f32().par_iter_mut().for_each(|v| *v *= s);
+            Ok(())
+        },
+        || {
             let ctx = gpu::context()?;
             let n = g.numel();
             let params = [n as u32, g.offset() as u32, 0, s.to_bits()];
             ctx.dispatch(&KERNEL, "scale", &params, &[g.gpu()], grid_for(n));
-        }
-    }
-    Ok(())
+            Ok(())
+        },
+    )
 }

@@ -11,9 +11,9 @@ pub use lion::{Lion, LionConfig};
 
 use crate::device::cpu::{CpuBuffer, CHUNK};
 use crate::device::gpu::{self, Kernel};
-use crate::ops::{float_input, grid_for, same_device};
+use crate::ops::{float_input, grid_for, on_device, same_device};
 use crate::precision::f32_to_bf16_bits;
-use crate::{bail, no_grad, Device, Precision, Result, Tensor};
+use crate::{bail, no_grad, Precision, Result, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
@@ -113,7 +113,7 @@ impl Slots {
     /// `settings` gets the step number (1 for the first step).
     fn step(
         &mut self,
-        op: &str,
+        op: &'static str,
         params: &[Tensor],
         grads: &[Tensor],
         settings: impl Fn(u64) -> Settings,
@@ -167,6 +167,7 @@ impl Slots {
             for (k, ((p, g), s)) in params.iter().zip(grads).zip(&self.state).enumerate() {
                 let decays = self.decay.as_ref().is_none_or(|m| m[k]);
                 let h = Hyper {
+                    op,
                     rule: set.rule,
                     lr: set.lr,
                     wd: if decays { set.weight_decay } else { 0.0 },
@@ -189,6 +190,8 @@ struct Settings {
 
 /// Everything one parameter's update needs besides the tensors.
 struct Hyper {
+    /// The optimizer's name, for the profiler.
+    op: &'static str,
     rule: Rule,
     lr: f32,
     wd: f32,
@@ -199,15 +202,18 @@ struct Hyper {
 /// w (f32 or bf16), in place, from g: f32 and the state s.
 fn update(w: &Tensor, g: &Tensor, s: &Tensor, h: &Hyper) -> Result<()> {
     let n = w.numel();
-    match w.device() {
-        Device::Cpu => {
+    on_device(
+        h.op,
+        w.device(),
+        || {
             let (gr, mut sw, mut ww) = (g.cpu(), s.cpu_mut(), w.cpu_mut());
             match w.dtype() {
                 Precision::BF16 => cpu_update(ww.bf16(), gr.f32(), sw.f32(), h),
                 _ => cpu_update(ww.f32(), gr.f32(), sw.f32(), h),
             }
-        }
-        Device::Gpu => {
+            Ok(())
+        },
+        || {
             let ctx = gpu::context()?;
             let is_bf16 = w.dtype() == Precision::BF16;
             let off = w.offset();
@@ -230,9 +236,9 @@ fn update(w: &Tensor, g: &Tensor, s: &Tensor, h: &Hyper) -> Result<()> {
                 bc2_sqrt.to_bits(),
             ];
             ctx.dispatch(&KERNEL, "update", &params, &[w.gpu(), g.gpu(), s.gpu()], grid_for(threads));
-        }
-    }
-    Ok(())
+            Ok(())
+        },
+    )
 }
 
 fn cpu_update<T: Elem>(w: &mut [T], g: &[f32], s: &mut [f32], h: &Hyper) {
@@ -307,8 +313,10 @@ pub fn stochastic_round(x: &Tensor, seed: u64) -> Result<Tensor> {
     }
     let key = noise_key(seed, 0, 0);
     let n = x.numel();
-    Ok(match x.device() {
-        Device::Cpu => {
+    on_device(
+        "stochastic_round",
+        x.device(),
+        || {
             let r = x.cpu();
             let v: Vec<bf16> = r
                 .f32()
@@ -316,15 +324,15 @@ pub fn stochastic_round(x: &Tensor, seed: u64) -> Result<Tensor> {
                 .enumerate()
                 .map(|(i, &v)| bf16::from_bits(round_bf16(v, noise(key, i as u32))))
                 .collect();
-            Tensor::from_cpu(CpuBuffer::BF16(v), x.shape())
-        }
-        Device::Gpu => {
+            Ok(Tensor::from_cpu(CpuBuffer::BF16(v), x.shape()))
+        },
+        || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 2);
             let mut params = [0u32; 13];
             params[..6].copy_from_slice(&[n as u32, 0, x.offset() as u32, 1, 0, key]);
             ctx.dispatch(&KERNEL, "round_sr", &params, &[&out, x.gpu()], grid_for(n.div_ceil(2)));
-            Tensor::from_gpu(out, x.shape(), Precision::BF16)
-        }
-    })
+            Ok(Tensor::from_gpu(out, x.shape(), Precision::BF16))
+        },
+    )
 }

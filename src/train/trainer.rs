@@ -5,6 +5,7 @@ use super::checkpoint::{load_tensors, save_tensors, sync_dir, write_atomic};
 use super::{Decay, LrScheduler};
 use crate::nn::{GPTModel, ModelConfig};
 use crate::optim::{clip_grad_norm, global_norm, AdamW, AdamWConfig, Lion, LionConfig};
+use crate::profile::{self, Phase};
 use crate::{bail, no_grad, ops, Device, Error, Precision, Result, Tensor};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -194,8 +195,12 @@ impl Trainer {
             let x = self.tokens(&inputs[range.clone()], micro, seq_len)?;
             let y = self.tokens(&targets[range], micro, seq_len)?;
             let seed = self.config.seed ^ ((self.step as u64) << 20) ^ m as u64;
-            let loss = self.model.loss(&x, &y, micro, seq_len, Some(seed))?;
-            let loss = ops::scale(&loss, 1.0 / accum as f32)?;
+            let loss = {
+                let _forward = profile::phase(Phase::Forward);
+                let loss = self.model.loss(&x, &y, micro, seq_len, Some(seed))?;
+                ops::scale(&loss, 1.0 / accum as f32)?
+            };
+            let backward = profile::phase(Phase::Backward);
             let g = loss.backward()?;
             let g: Vec<Tensor> = params
                 .iter()
@@ -205,9 +210,11 @@ impl Trainer {
                 None => g,
                 Some(acc) => no_grad(|| acc.iter().zip(&g).map(|(a, b)| ops::add(a, b)).collect::<Result<_>>())?,
             });
+            drop(backward);
             loss_sum += loss.item()?;
         }
         let grads = grads.expect("at least one micro-batch");
+        let _optimizer = profile::phase(Phase::Optimizer);
         let norm = if self.config.max_grad_norm > 0.0 {
             clip_grad_norm(&grads, self.config.max_grad_norm)?
         } else {
@@ -230,6 +237,7 @@ impl Trainer {
             eprintln!("step {}: loss {loss_sum} / gradient norm {norm} is not finite; update skipped", self.step);
         }
         self.step += 1;
+        profile::step();
         Ok((loss_sum, norm))
     }
 

@@ -2,7 +2,9 @@
 //! A host read, `CommandBatch::sync`/`commit_async`/`end`, or a full batch submits it.
 
 use super::{context, pool::Kind, GpuBuffer, GpuContext, Kernel};
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::profile;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
 
 /// Each dispatch gets one 256-byte slot of uniform parameters.
 const SLOT: usize = 256;
@@ -22,6 +24,31 @@ pub(super) struct Batch {
     /// Buffers dropped since the last submit: recorded work may still read them,
     /// so they return to the pool only once that work is submitted.
     retired: Vec<wgpu::Buffer>,
+    /// While profiling with timestamps: this batch's query set and the op of each timed pass.
+    queries: Option<Queries>,
+}
+
+/// Two timestamps (start, end of the compute pass) per timed dispatch of one batch; resolved
+/// and copied into `readback` at submit, read once the batch's work is done.
+struct Queries {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    /// The op of dispatch i, whose timestamps are queries 2i and 2i + 1.
+    ops: Vec<&'static str>,
+    /// MAPPING, then MAPPED or FAILED when the readback's map completes.
+    state: Arc<AtomicU8>,
+}
+
+const MAPPING: u8 = 0;
+const MAPPED: u8 = 1;
+const FAILED: u8 = 2;
+
+/// Query sets waiting for their batch to finish, and free ones to reuse (one per batch in flight).
+#[derive(Default)]
+pub(super) struct Timing {
+    pending: Vec<Queries>,
+    free: Vec<Queries>,
 }
 
 impl GpuContext {
@@ -54,6 +81,7 @@ impl GpuContext {
     ) {
         assert!(params.len() * 4 <= SLOT, "{}: params too long", kernel.name);
         let pipeline = self.pipeline(kernel, entry);
+        let op = profile::is_enabled().then(profile::gpu_op);
         let full = {
             let mut b = self.batch.lock().unwrap();
             let b = &mut *b;
@@ -84,9 +112,22 @@ impl GpuContext {
                 layout: &pipeline.get_bind_group_layout(0),
                 entries: &entries,
             });
+            let timestamp_writes = match op {
+                Some(op) if self.timestamps() => {
+                    let q = b.queries.get_or_insert_with(|| self.take_queries());
+                    let i = 2 * q.ops.len() as u32;
+                    q.ops.push(op);
+                    Some(wgpu::ComputePassTimestampWrites {
+                        query_set: &q.set,
+                        beginning_of_pass_write_index: Some(i),
+                        end_of_pass_write_index: Some(i + 1),
+                    })
+                }
+                _ => None,
+            };
             let enc = b.encoder.get_or_insert_with(|| self.device.create_command_encoder(&Default::default()));
             {
-                let mut pass = enc.begin_compute_pass(&Default::default());
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
                 pass.set_pipeline(&pipeline);
                 pass.set_bind_group(0, &bind_group, &[]);
                 pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -95,6 +136,9 @@ impl GpuContext {
             let limit = if BATCHING.load(Ordering::Relaxed) { MAX_DISPATCHES } else { UNBATCHED_DISPATCHES };
             b.dispatches >= limit
         };
+        if let Some(op) = op {
+            profile::gpu_dispatch(op);
+        }
         if self.sync_every_op {
             self.flush();
             self.wait();
@@ -109,18 +153,100 @@ impl GpuContext {
     }
 
     fn submit(&self, b: &mut Batch) {
-        let Some(enc) = b.encoder.take() else { return };
+        let Some(mut enc) = b.encoder.take() else { return };
         if let Some(params_buf) = b.params_buf.take() {
             self.queue.write_buffer(&params_buf, 0, &b.params);
             // Queue order makes the next batch's write of this buffer land after this submit.
             self.pool.give(params_buf, Kind::Uniform);
         }
+        let queries = b.queries.take();
+        if let Some(q) = &queries {
+            let n = 2 * q.ops.len() as u32;
+            enc.resolve_query_set(&q.set, 0..n, &q.resolve, 0);
+            enc.copy_buffer_to_buffer(&q.resolve, 0, &q.readback, 0, n as u64 * 8);
+        }
         self.queue.submit([enc.finish()]);
+        if let Some(q) = queries {
+            let bytes = q.ops.len() as u64 * 16;
+            let state = q.state.clone();
+            state.store(MAPPING, Ordering::Relaxed);
+            q.readback.slice(0..bytes).map_async(wgpu::MapMode::Read, move |r| {
+                state.store(if r.is_ok() { MAPPED } else { FAILED }, Ordering::Release);
+            });
+            self.timing.lock().unwrap().pending.push(q);
+        }
         for buf in b.retired.drain(..) {
             self.pool.give(buf, Kind::Storage);
         }
         b.params.clear();
         b.dispatches = 0;
+    }
+}
+
+impl GpuContext {
+    /// A free query set with its buffers, or a new one (sized for a full batch).
+    fn take_queries(&self) -> Queries {
+        if let Some(q) = self.timing.lock().unwrap().free.pop() {
+            return q;
+        }
+        let count = 2 * MAX_DISPATCHES as u32;
+        let buffer = |usage| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profile timestamps"),
+                size: count as u64 * 8,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        Queries {
+            set: self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("profile timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count,
+            }),
+            resolve: buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
+            readback: buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+            ops: Vec::new(),
+            state: Arc::new(AtomicU8::new(MAPPING)),
+        }
+    }
+
+    /// Adds the times of finished batches to their ops (called after a wait).
+    pub(super) fn collect_timestamps(&self) {
+        let mut times = Vec::new();
+        {
+            let mut t = self.timing.lock().unwrap();
+            if t.pending.is_empty() {
+                return;
+            }
+            let period = self.queue.get_timestamp_period() as f64;
+            let mut i = 0;
+            while i < t.pending.len() {
+                match t.pending[i].state.load(Ordering::Acquire) {
+                    MAPPING => i += 1,
+                    MAPPED => {
+                        let mut q = t.pending.swap_remove(i);
+                        {
+                            let slice = q.readback.slice(0..q.ops.len() as u64 * 16);
+                            let view = slice.get_mapped_range().expect("profile: mapping timestamps failed");
+                            for (op, ticks) in q.ops.iter().zip(view.chunks_exact(16)) {
+                                let start = u64::from_le_bytes(ticks[..8].try_into().unwrap());
+                                let end = u64::from_le_bytes(ticks[8..].try_into().unwrap());
+                                times.push((*op, end.saturating_sub(start) as f64 * period));
+                            }
+                        }
+                        q.readback.unmap();
+                        q.ops.clear();
+                        t.free.push(q);
+                    }
+                    _ => {
+                        // The map failed (device lost?): drop these times and the set.
+                        t.pending.swap_remove(i);
+                    }
+                }
+            }
+        }
+        profile::gpu_times(&times);
     }
 }
 

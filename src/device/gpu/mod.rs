@@ -39,6 +39,8 @@ pub struct GpuContext {
     pipelines: Mutex<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>,
     pool: pool::Pool,
     batch: Mutex<batch::Batch>,
+    /// Timestamp query sets of submitted batches, for the profiler.
+    timing: Mutex<batch::Timing>,
     sync_every_op: bool,
 }
 
@@ -51,8 +53,14 @@ const WANTED: wgpu::Features = wgpu::Features::SUBGROUP
 
 /// The global GPU context, created on first use; an error if no adapter is usable.
 pub fn context() -> Result<&'static GpuContext> {
-    static CTX: OnceLock<std::result::Result<GpuContext, String>> = OnceLock::new();
     CTX.get_or_init(GpuContext::new).as_ref().map_err(|e| Error::Device(e.clone()))
+}
+
+static CTX: OnceLock<std::result::Result<GpuContext, String>> = OnceLock::new();
+
+/// The global context if one was already created; never starts one.
+pub(crate) fn started() -> Option<&'static GpuContext> {
+    CTX.get().and_then(|c| c.as_ref().ok())
 }
 
 fn rank(t: wgpu::DeviceType) -> u32 {
@@ -105,6 +113,7 @@ impl GpuContext {
             pipelines: Mutex::new(HashMap::new()),
             pool: pool::Pool::default(),
             batch: Mutex::new(batch::Batch::default()),
+            timing: Mutex::new(batch::Timing::default()),
             sync_every_op,
         })
     }
@@ -187,6 +196,12 @@ impl GpuContext {
     /// Blocks until all submitted work is done.
     pub fn wait(&self) {
         self.device.poll(wgpu::PollType::wait_indefinitely()).expect("GPU wait failed: device lost?");
+        self.collect_timestamps();
+    }
+
+    /// Whether the profiler can time GPU work here (the adapter has `TIMESTAMP_QUERY`).
+    pub fn timestamps(&self) -> bool {
+        self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
     /// Bytes of GPU tensors alive now, and the most alive at once since the last reset.
