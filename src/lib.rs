@@ -5,8 +5,10 @@
 //! - [`autograd`]: the reverse-mode graph behind [`Tensor::backward`]
 //! - [`ops`]: one op family per file, each with its CPU kernel, WGSL kernel and backward rule
 //! - [`optim`]: Lion, AdamW (in-place updates, stochastic rounding for BF16), gradient clipping
+//! - [`data`]: memory-mapped token datasets, the byte-level BPE tokenizer, checked downloads
 
 pub mod autograd;
+pub mod data;
 pub mod device;
 mod error;
 pub mod nn;
