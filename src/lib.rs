@@ -6,8 +6,10 @@
 //! - [`ops`]: one op family per file, each with its CPU kernel, WGSL kernel and backward rule
 //! - [`optim`]: Lion, AdamW (in-place updates, stochastic rounding for BF16), gradient clipping
 //! - [`profile`]: the opt-in profiler (`IRONTENSOR_PROFILE=1`): op times, training phases, a report
+//! - [`data`]: memory-mapped token datasets, the byte-level BPE tokenizer, checked downloads
 
 pub mod autograd;
+pub mod data;
 pub mod device;
 mod error;
 pub mod infer;

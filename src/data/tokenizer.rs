@@ -1,0 +1,133 @@
+//! Byte-level BPE (GPT-2 style) on Hugging Face `tokenizers`, saved as a standard tokenizer.json.
+
+use crate::train::checkpoint::write_atomic;
+use crate::{bail, Error, Result};
+use std::path::Path;
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::AddedToken;
+
+/// The end-of-text token, placed between documents.
+pub const EOS_TOKEN: &str = "<|endoftext|>";
+/// Text every loaded tokenizer must reproduce exactly (catches a tokenizer that is not byte-level).
+const PROBE: &str = "Hello, wörld! 日本語 🦀\n\ttabs  and\r\n\u{0}nul <|endoftext|>";
+
+/// A byte-level BPE tokenizer: every UTF-8 string encodes, and decodes back to itself.
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    eos_id: u32,
+}
+
+fn tk_err(what: String) -> impl FnOnce(tokenizers::Error) -> Error {
+    move |e| Error::Invalid(format!("{what}: {e}"))
+}
+
+impl Tokenizer {
+    /// Trains a byte-level BPE with `vocab_size` entries (256 bytes + merges + `<|endoftext|>`) on `text`.
+    pub fn train(text: &str, vocab_size: usize) -> Result<Tokenizer> {
+        Self::train_texts(&[text], vocab_size)
+    }
+
+    /// Trains on the contents of several UTF-8 text files.
+    pub fn train_files<P: AsRef<Path>>(paths: &[P], vocab_size: usize) -> Result<Tokenizer> {
+        let texts = paths
+            .iter()
+            .map(|p| {
+                let p = p.as_ref();
+                std::fs::read_to_string(p)
+                    .map_err(|e| Error::Invalid(format!("tokenizer: cannot read training text {}: {e}", p.display())))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::train_texts(&texts, vocab_size)
+    }
+
+    fn train_texts<S: AsRef<str> + Sync>(texts: &[S], vocab_size: usize) -> Result<Tokenizer> {
+        if vocab_size < 257 {
+            bail!(Invalid, "tokenizer: vocab_size {vocab_size} is too small (256 byte tokens + {EOS_TOKEN} need 257)");
+        }
+        let byte_level = ByteLevel::default().add_prefix_space(false);
+        let mut inner = tokenizers::Tokenizer::new(BPE::default());
+        inner.with_pre_tokenizer(Some(byte_level));
+        inner.with_post_processor(Some(byte_level));
+        inner.with_decoder(Some(byte_level));
+        let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+            .show_progress(false)
+            .vocab_size(vocab_size)
+            .min_frequency(0)
+            .special_tokens(vec![AddedToken::from(EOS_TOKEN, true)])
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build()
+            .into();
+        // Lines keep their '\n', so the words counted are those of the whole text, and the trainer
+        // pre-tokenizes them in parallel.
+        let lines = texts.iter().flat_map(|t| t.as_ref().split_inclusive('\n'));
+        inner.train(&mut trainer, lines).map_err(tk_err("tokenizer: training failed".into()))?;
+        Self::wrap(inner, "the trained tokenizer")
+    }
+
+    /// Checks that `inner` has the end-of-text token and round-trips text, as byte-level BPE does.
+    fn wrap(inner: tokenizers::Tokenizer, what: &str) -> Result<Tokenizer> {
+        let Some(eos_id) = inner.token_to_id(EOS_TOKEN) else {
+            bail!(Invalid, "{what} has no {EOS_TOKEN} token");
+        };
+        let probe_err = |e: tokenizers::Error| Error::Invalid(format!("{what} cannot encode text: {e}"));
+        let ids = inner.encode(PROBE, false).map_err(probe_err)?;
+        let back = inner.decode(ids.get_ids(), false).map_err(probe_err)?;
+        if back != PROBE {
+            bail!(Invalid, "{what} does not decode text back to itself (not a byte-level BPE?): {PROBE:?} -> {back:?}");
+        }
+        Ok(Tokenizer { inner, eos_id })
+    }
+
+    /// Writes tokenizer.json (the Hugging Face format) atomically.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let json =
+            self.inner.to_string(true).map_err(tk_err(format!("tokenizer: cannot serialize {}", path.display())))?;
+        write_atomic(path, json.as_bytes())
+            .map_err(|e| Error::Invalid(format!("tokenizer: cannot write {}: {e}", path.display())))
+    }
+
+    /// Reads a tokenizer.json written by `save` (or any byte-level BPE with `<|endoftext|>`).
+    pub fn load(path: impl AsRef<Path>) -> Result<Tokenizer> {
+        let path = path.as_ref();
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(tk_err(format!("tokenizer: cannot load {} (missing or not a tokenizer.json?)", path.display())))?;
+        Self::wrap(inner, &format!("tokenizer {}", path.display()))
+    }
+
+    /// Token ids of `text`; special-token text such as `<|endoftext|>` becomes its id.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        // A byte-level BPE (checked in `wrap`) has a token for every byte, so encoding cannot fail.
+        let enc = self.inner.encode_fast(text, false).expect("byte-level BPE encodes any text");
+        enc.get_ids().to_vec()
+    }
+
+    /// Text of `ids`; ids outside the vocabulary are skipped, bytes that are not valid UTF-8 become U+FFFD.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.inner.decode(ids, false).expect("byte-level decoding cannot fail")
+    }
+
+    /// Vocabulary size including special tokens: model embeddings need at least this many rows.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Id of `<|endoftext|>`.
+    pub fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+
+    /// The underlying Hugging Face tokenizer.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer").field("vocab_size", &self.vocab_size()).field("eos_id", &self.eos_id).finish()
+    }
+}
