@@ -1,12 +1,23 @@
-//! The `irontensor` command line.
+//! The `irontensor` command line. With no arguments: the TinyShakespeare pipeline
+//! (data, BPE tokenizer, training, evaluation, checkpoint, generated text).
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use irontensor::data::{tinyshakespeare, TokenDataset, Tokenizer};
 use irontensor::device::gpu;
+use irontensor::infer::{generate, SamplingConfig};
+use irontensor::nn::{GPTModel, ModelConfig};
+use irontensor::train::{catch_ctrl_c, fit, OptimizerKind, RunOptions, Trainer, TrainingConfig};
 use irontensor::{Device, Tensor};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "irontensor", version, about = "Train small LLMs on your own machine")]
+#[command(
+    name = "irontensor",
+    version,
+    about = "Train small LLMs on your own machine. No arguments: train on TinyShakespeare and write Shakespeare."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -14,6 +25,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a model (tokenizer and datasets are prepared first when missing).
+    Train(TrainArgs),
+    /// Write text with a trained model.
+    Generate(GenerateArgs),
+    /// Train the BPE tokenizer and write train.bin / val.bin.
+    Tokenize {
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 4096)]
+        vocab: usize,
+        #[arg(long, default_value = "runs/shakespeare")]
+        out: PathBuf,
+    },
     /// The devices found, the adapter chosen, its backend, features and limits.
     Info,
     /// Kernel benchmarks.
@@ -30,14 +54,86 @@ enum Command {
     },
 }
 
+#[derive(Args, Clone)]
+struct TrainArgs {
+    /// A UTF-8 text file (default: TinyShakespeare, downloaded into data/).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Model: tiny, small, medium, shakespeare, or a JSON file of ModelConfig fields.
+    #[arg(long, default_value = "shakespeare")]
+    config: String,
+    /// cpu, gpu or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long)]
+    seq: Option<usize>,
+    #[arg(long)]
+    lr: Option<f32>,
+    /// lion or adamw.
+    #[arg(long, default_value = "adamw")]
+    optimizer: String,
+    /// Carry on from the newest checkpoint in OUT/checkpoints.
+    #[arg(long)]
+    resume: bool,
+    /// Run directory: tokenizer, datasets, checkpoints, log, loss picture.
+    #[arg(long, default_value = "runs/shakespeare")]
+    out: PathBuf,
+    /// Tokens of text to write after training (0 = none).
+    #[arg(long, default_value_t = 300)]
+    sample_tokens: usize,
+}
+
+/// `irontensor` with no arguments: `train` with its defaults.
+#[derive(Parser)]
+struct DefaultRun {
+    #[command(flatten)]
+    args: TrainArgs,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// A checkpoint directory, or a run directory (its newest checkpoint is used).
+    #[arg(long, default_value = "runs/shakespeare")]
+    checkpoint: PathBuf,
+    #[arg(long, default_value = "\n")]
+    prompt: String,
+    #[arg(long, default_value_t = 300)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Recompute the whole context for every token instead of using the KV cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+type CliResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
 fn main() {
     let start = Instant::now();
     let cli = Cli::parse();
+    if irontensor::profile::is_enabled() {
+        eprintln!("profiling on (IRONTENSOR_PROFILE=1)");
+    }
     let result = match (Device::from_env(), cli.command) {
         (Err(e), _) => Err(e.into()),
         (_, Some(Command::Info)) => info(start),
         (_, Some(Command::Bench { what, device, shapes })) => bench(&what, &device, &shapes),
-        (_, None) => Err("the training pipeline arrives with the application layer; try `irontensor info`".into()),
+        (_, Some(Command::Train(args))) => train(&args).map(|_| ()),
+        (_, Some(Command::Generate(args))) => generate_cmd(&args),
+        (_, Some(Command::Tokenize { data, vocab, out })) => prepare(data.as_deref(), vocab, &out, 1).map(|_| ()),
+        (_, None) => train(&DefaultRun::parse_from(["irontensor"]).args).map(|_| ()),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -45,7 +141,250 @@ fn main() {
     }
 }
 
-type CliResult = Result<(), Box<dyn std::error::Error>>;
+/// The text file to train on: `--data`, or TinyShakespeare (downloaded once into data/).
+fn data_file(data: Option<&Path>) -> CliResult<PathBuf> {
+    match data {
+        Some(p) if p.exists() => Ok(p.to_path_buf()),
+        Some(p) => Err(format!("--data {}: no such file", p.display()).into()),
+        None => {
+            let p = tinyshakespeare("data")?;
+            Ok(p)
+        }
+    }
+}
+
+/// Tokenizer and datasets in `out`, made when missing: (tokenizer, train, val, chars per token of val).
+fn prepare(
+    data: Option<&Path>,
+    vocab: usize,
+    out: &Path,
+    seq_len: usize,
+) -> CliResult<(Tokenizer, TokenDataset, TokenDataset, f64)> {
+    std::fs::create_dir_all(out)?;
+    let text_path = data_file(data)?;
+    let text = std::fs::read_to_string(&text_path)
+        .map_err(|e| format!("{}: {e} (a UTF-8 text file is needed)", text_path.display()))?;
+    let split = text.char_indices().nth(text.chars().count() * 9 / 10).map_or(text.len(), |(i, _)| i);
+    let (train_text, val_text) = text.split_at(split);
+    let tok_path = out.join("tokenizer.json");
+    let (train_bin, val_bin) = (out.join("train.bin"), out.join("val.bin"));
+    let tok = if tok_path.exists() {
+        Tokenizer::load(&tok_path)?
+    } else {
+        let t = Instant::now();
+        let tok = Tokenizer::train(train_text, vocab)?;
+        tok.save(&tok_path)?;
+        eprintln!(
+            "trained a {}-token BPE tokenizer in {:.1}s -> {}",
+            tok.vocab_size(),
+            t.elapsed().as_secs_f64(),
+            tok_path.display()
+        );
+        let _ = std::fs::remove_file(&train_bin);
+        tok
+    };
+    if !train_bin.exists() || !val_bin.exists() {
+        TokenDataset::create(&train_bin, &tok.encode(train_text))?;
+        TokenDataset::create(&val_bin, &tok.encode(val_text))?;
+    }
+    let train = TokenDataset::open(&train_bin, seq_len)?;
+    let val = TokenDataset::open(&val_bin, seq_len)?;
+    let chars_per_token = val_text.chars().count() as f64 / val.len() as f64;
+    eprintln!(
+        "data: {} ({} characters), {} train / {} validation tokens, {chars_per_token:.2} characters per token",
+        text_path.display(),
+        text.chars().count(),
+        train.len(),
+        val.len()
+    );
+    Ok((tok, train, val, chars_per_token))
+}
+
+fn model_config(name: &str) -> CliResult<ModelConfig> {
+    if name.ends_with(".json") {
+        let text = std::fs::read_to_string(name).map_err(|e| format!("--config {name}: {e}"))?;
+        let c: ModelConfig = serde_json::from_str(&text).map_err(|e| format!("--config {name}: {e}"))?;
+        c.validate()?;
+        Ok(c)
+    } else {
+        Ok(ModelConfig::preset(name)?)
+    }
+}
+
+/// Defaults for a run: the GPU gets the full model; the CPU a smaller one that finishes in minutes.
+fn plan(args: &TrainArgs, device: Device) -> CliResult<(ModelConfig, TrainingConfig, usize, usize)> {
+    let mut m = model_config(&args.config)?;
+    let mut t = TrainingConfig {
+        learning_rate: 1e-3,
+        weight_decay: 0.1,
+        beta1: 0.9,
+        beta2: 0.99,
+        warmup_steps: 100,
+        total_steps: 3000,
+        eval_interval: 250,
+        save_interval: 500,
+        optimizer: match args.optimizer.as_str() {
+            "adamw" => OptimizerKind::AdamW,
+            "lion" => OptimizerKind::Lion,
+            o => return Err(format!("--optimizer {o}: expected adamw or lion").into()),
+        },
+        checkpoint_dir: args.out.join("checkpoints").to_string_lossy().into_owned(),
+        ..Default::default()
+    };
+    if t.optimizer == OptimizerKind::Lion {
+        t.learning_rate = 2e-4;
+        (t.beta1, t.beta2) = (0.99, 0.9); // the spec's names: interpolate with beta2 = 0.9, track with beta1 = 0.99
+    }
+    let (mut batch, mut seq) = (64, 256);
+    let small_cpu_run = device == Device::Cpu && args.config == "shakespeare";
+    if small_cpu_run {
+        (m.hidden_dim, m.num_layers, m.num_heads, m.num_kv_heads, m.intermediate_dim, m.max_seq_len) =
+            (192, 4, 6, 6, 512, 128);
+        (batch, seq) = (16, 128);
+        (t.total_steps, t.warmup_steps, t.eval_interval, t.save_interval) = (600, 50, 100, 200);
+        m.dropout = 0.1;
+    }
+    if let Some(s) = args.steps {
+        t.total_steps = s;
+        t.warmup_steps = t.warmup_steps.min(s / 10);
+        t.eval_interval = t.eval_interval.min(s.max(1));
+    }
+    batch = args.batch.unwrap_or(batch);
+    seq = args.seq.unwrap_or(seq).min(m.max_seq_len);
+    if let Some(lr) = args.lr {
+        t.learning_rate = lr;
+    }
+    if small_cpu_run {
+        eprintln!(
+            "no GPU in use: training a smaller model ({} layers, hidden {}, {} steps of {batch}×{seq} tokens) that finishes in minutes; \
+             --device gpu or --config/--steps/--batch/--seq choose otherwise",
+            m.num_layers, m.hidden_dim, t.total_steps
+        );
+    }
+    Ok((m, t, batch, seq))
+}
+
+fn train(args: &TrainArgs) -> CliResult<()> {
+    let device = Device::parse(&args.device)?;
+    let (mut model_cfg, train_cfg, batch, seq) = plan(args, device)?;
+    let (tok, train_ds, val_ds, chars_per_token) = prepare(args.data.as_deref(), model_cfg.vocab_size, &args.out, seq)?;
+    model_cfg.vocab_size = tok.vocab_size();
+    let mut trainer = match Trainer::latest_checkpoint(&train_cfg.checkpoint_dir)? {
+        Some(ckpt) if args.resume => {
+            let mut t = Trainer::load_checkpoint(&ckpt, device)?;
+            t.config.total_steps = train_cfg.total_steps.max(t.config.total_steps);
+            eprintln!("resuming from {} at step {}", ckpt.display(), t.step);
+            t
+        }
+        Some(ckpt) => {
+            return Err(format!(
+                "{} already holds a run ({}); pass --resume to carry on, or --out DIR for a new run",
+                args.out.display(),
+                ckpt.display()
+            )
+            .into())
+        }
+        None => Trainer::new_on(model_cfg, train_cfg, device)?,
+    };
+    let c = &trainer.model.config;
+    eprintln!(
+        "model: {:.1}M parameters ({} layers, hidden {}, {} heads, vocab {}) on {} ({})",
+        c.num_params() as f64 / 1e6,
+        c.num_layers,
+        c.hidden_dim,
+        c.num_heads,
+        c.vocab_size,
+        device.name(),
+        device_name(device)
+    );
+    let seed = trainer.config.seed;
+    // A fixed validation set: 20 batches spread over the split.
+    let val: Vec<_> = (0..20u64).map(|i| val_ds.batch_at(i, batch, seed ^ 0x5eed)).collect();
+    catch_ctrl_c();
+    let opts = RunOptions { batch, seq_len: seq, out_dir: args.out.clone(), show_progress: true };
+    let summary = fit(&mut trainer, |step| Ok(train_ds.batch_at(step as u64, batch, seed)), &val, &opts)?;
+    if summary.interrupted {
+        eprintln!(
+            "interrupted: saved {}; `irontensor train --resume --out {}` carries on",
+            summary.checkpoint.display(),
+            args.out.display()
+        );
+        return Ok(());
+    }
+    let v = summary.final_val_loss.unwrap_or(f32::NAN);
+    println!(
+        "done: {} steps in {:.0}s ({:.0} tokens/s); validation loss {v:.4} nats/token = {:.4} nats/character; checkpoint {}",
+        summary.steps,
+        summary.seconds,
+        summary.tokens_per_second,
+        v as f64 / chars_per_token,
+        summary.checkpoint.display()
+    );
+    println!("log {}, loss curves {}", args.out.join("train_log.jsonl").display(), args.out.join("loss.svg").display());
+    if irontensor::profile::is_enabled() {
+        println!("{}", irontensor::profile::report());
+    }
+    if args.sample_tokens > 0 {
+        println!("\n--- sample ---");
+        let cfg = SamplingConfig { max_tokens: args.sample_tokens, ..Default::default() };
+        write_text(&trainer.model, &tok, "\n", &cfg, true)?;
+    }
+    Ok(())
+}
+
+fn device_name(device: Device) -> String {
+    match (device, gpu::context()) {
+        (Device::Gpu, Ok(ctx)) => format!("{}, {:?}", ctx.info.name, ctx.info.backend),
+        _ => format!("{} threads", rayon::current_num_threads()),
+    }
+}
+
+/// Streams generated text to stdout.
+fn write_text(model: &GPTModel, tok: &Tokenizer, prompt: &str, cfg: &SamplingConfig, cache: bool) -> CliResult<()> {
+    let ids = tok.encode(prompt);
+    let ids = if ids.is_empty() { vec![tok.eos_id()] } else { ids };
+    print!("{prompt}");
+    let mut out = std::io::stdout();
+    // Decode the growing tail so multi-byte characters split across tokens print whole.
+    let mut pending: Vec<u32> = Vec::new();
+    generate(model, &ids, cfg, Some(tok.eos_id()), cache, |t| {
+        pending.push(t);
+        let s = tok.decode(&pending);
+        if !s.ends_with('\u{fffd}') {
+            print!("{s}");
+            let _ = out.flush();
+            pending.clear();
+        }
+    })?;
+    println!();
+    Ok(())
+}
+
+fn generate_cmd(args: &GenerateArgs) -> CliResult<()> {
+    let device = Device::parse(&args.device)?;
+    let (dir, run_dir) = if args.checkpoint.join("trainer.json").exists()
+        || args.checkpoint.join("config.json").exists()
+    {
+        let run = args.checkpoint.parent().and_then(|p| p.parent()).map(Path::to_path_buf).unwrap_or_default();
+        (args.checkpoint.clone(), run)
+    } else {
+        let ckpt = Trainer::latest_checkpoint(args.checkpoint.join("checkpoints"))?.ok_or_else(|| {
+            format!("{}: no checkpoint found (train first, or point --checkpoint at one)", args.checkpoint.display())
+        })?;
+        (ckpt, args.checkpoint.clone())
+    };
+    let tok_path = [dir.join("tokenizer.json"), run_dir.join("tokenizer.json")].into_iter().find(|p| p.exists());
+    let tok = Tokenizer::load(tok_path.ok_or_else(|| format!("no tokenizer.json beside {}", dir.display()))?)?;
+    let model = GPTModel::from_pretrained(&dir, device)?;
+    let cfg = SamplingConfig {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+        max_tokens: args.max_tokens,
+    };
+    write_text(&model, &tok, &args.prompt, &cfg, !args.no_cache)
+}
 
 fn info(start: Instant) -> CliResult {
     println!("irontensor {}", env!("CARGO_PKG_VERSION"));
@@ -83,9 +422,7 @@ fn bench(what: &str, device: &str, shapes: &str) -> CliResult {
     let device = Device::parse(device)?;
     for shape in shapes.split(',') {
         let d: Vec<usize> = shape.split('x').map(|v| v.trim().parse()).collect::<Result<_, _>>()?;
-        let [m, n, k] = d[..] else {
-            return Err(format!("bad shape {shape:?}: expected MxNxK").into());
-        };
+        let [m, n, k] = d[..] else { return Err(format!("bad shape {shape:?}: expected MxNxK").into()) };
         let a = Tensor::randn_on(&[m, k], 1.0, 1, device);
         let b = Tensor::randn_on(&[k, n], 1.0, 2, device);
         irontensor::matmul(&a, &b)?.to_vec(); // warm-up
@@ -98,7 +435,11 @@ fn bench(what: &str, device: &str, shapes: &str) -> CliResult {
             best = best.min(t.elapsed().as_secs_f64());
         }
         let gflops = 2.0 * (m * n * k) as f64 / best / 1e9;
-        println!("{{\"bench\":\"matmul\",\"device\":\"{}\",\"m\":{m},\"n\":{n},\"k\":{k},\"best_ms\":{:.3},\"gflops\":{gflops:.1}}}", device.name(), best * 1e3);
+        println!(
+            "{{\"bench\":\"matmul\",\"device\":\"{}\",\"m\":{m},\"n\":{n},\"k\":{k},\"best_ms\":{:.3},\"gflops\":{gflops:.1}}}",
+            device.name(),
+            best * 1e3
+        );
     }
     Ok(())
 }

@@ -193,7 +193,6 @@ fn kv_cache_matches_full_forward(device: Device) {
     }
 }
 
-
 fn generation(device: Device) {
     use irontensor::infer::{generate, SamplingConfig};
     let mut c = config();

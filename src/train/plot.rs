@@ -33,7 +33,12 @@ pub fn loss_svg(train: &[(usize, f32)], val: &[(usize, f32)], title: &str) -> St
         title.replace('&', "&amp;").replace('<', "&lt;")
     );
     // Axes with five ticks each.
-    svg += &format!("<path d=\"M{pad},{pad} L{pad},{} L{},{}\" stroke=\"black\" fill=\"none\"/>\n", h - pad, w - pad, h - pad);
+    svg += &format!(
+        "<path d=\"M{pad},{pad} L{pad},{} L{},{}\" stroke=\"black\" fill=\"none\"/>\n",
+        h - pad,
+        w - pad,
+        h - pad
+    );
     for i in 0..=4 {
         let l = y0 + (y1 - y0) * i as f32 / 4.0;
         let s = x1 * i / 4;
@@ -41,7 +46,11 @@ pub fn loss_svg(train: &[(usize, f32)], val: &[(usize, f32)], title: &str) -> St
         svg += &format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{s}</text>\n", px(s), h - pad + 20.0);
     }
     svg += &format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">step</text>\n", w / 2.0, h - 12.0);
-    svg += &format!("<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">loss (nats/token)</text>\n", h / 2.0, h / 2.0);
+    svg += &format!(
+        "<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">loss (nats/token)</text>\n",
+        h / 2.0,
+        h / 2.0
+    );
     svg += &format!("<path d=\"{}\" stroke=\"#1f77b4\" stroke-width=\"1.5\" fill=\"none\"/>\n", path(train));
     svg += &format!("<path d=\"{}\" stroke=\"#d62728\" stroke-width=\"2\" fill=\"none\"/>\n", path(val));
     svg += &format!(

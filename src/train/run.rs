@@ -54,7 +54,8 @@ pub fn fit(
     let total = trainer.config.total_steps;
     let bar = if opts.show_progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]").expect("valid template"),
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]")
+            .expect("valid template"),
     );
     bar.set_position(trainer.step as u64);
     let (mut train_curve, mut val_curve) = read_curves(&log_path);
