@@ -1,11 +1,65 @@
-//! Batched matrix multiply with transpose flags: CPU through `gemm`, GPU through a tiled WGSL kernel.
+//! Batched matrix multiply with transpose flags: CPU through `gemm`, GPU through a register-blocked
+//! WGSL SGEMM, or (opt-in) f16 cooperative matrices.
 
 use super::{float_input, on_device, same_device, sum_to};
 use crate::autograd::record;
 use crate::device::gpu::{self, Kernel};
 use crate::{bail, Precision, Result, Tensor};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 pub(crate) static KERNEL: Kernel = Kernel { name: "matmul", source: include_str!("matmul.wgsl") };
+pub(crate) static COOP_KERNEL: Kernel = Kernel { name: "matmul_coop", source: include_str!("matmul_coop.wgsl") };
+
+/// Output tile of one workgroup, (rows, columns): the SGEMM's and the cooperative kernel's.
+const TILE: (usize, usize) = (128, 128);
+const COOP_TILE: (usize, usize) = (128, 256);
+
+/// How GPU matmuls multiply (the CPU always uses f32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulPrecision {
+    /// f32 inputs and accumulation: the default and the reference.
+    FP32,
+    /// Inputs rounded to f16 (11 significant bits, range ±65504), products accumulated in f32, on
+    /// cooperative matrices (tensor cores). Values and gradients outside f16's range overflow or
+    /// flush to zero, so scale them first. Needs an adapter with `EXPERIMENTAL_COOPERATIVE_MATRIX`
+    /// (16×16 f16), `SHADER_F16` and subgroups of 32, e.g. NVIDIA through Vulkan.
+    F16,
+}
+
+/// 0: not chosen yet (read IRONTENSOR_MATMUL on first use), 1: FP32, 2: F16.
+static PRECISION: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the GPU can run `MatmulPrecision::F16` (false without a GPU).
+pub fn coop_matmul_supported() -> bool {
+    gpu::context().is_ok_and(|ctx| ctx.coop_matmul)
+}
+
+/// Chooses how GPU matmuls multiply; `F16` is an error where the GPU cannot run it.
+/// `IRONTENSOR_MATMUL=coop` chooses `F16` from the environment instead.
+pub fn set_matmul_precision(precision: MatmulPrecision) -> Result<()> {
+    if precision == MatmulPrecision::F16 && !coop_matmul_supported() {
+        bail!(Device, "set_matmul_precision: this GPU has no 16×16 f16 cooperative matrices (or no GPU); use FP32");
+    }
+    PRECISION.store(if precision == MatmulPrecision::F16 { 2 } else { 1 }, Ordering::Relaxed);
+    Ok(())
+}
+
+/// How GPU matmuls multiply now.
+pub fn matmul_precision() -> MatmulPrecision {
+    match PRECISION.load(Ordering::Relaxed) {
+        1 => MatmulPrecision::FP32,
+        2 => MatmulPrecision::F16,
+        _ => {
+            let want = std::env::var("IRONTENSOR_MATMUL").is_ok_and(|v| v == "coop" || v == "f16");
+            let f16 = want && coop_matmul_supported();
+            if want && !f16 {
+                eprintln!("IRONTENSOR_MATMUL=coop: this GPU has no 16×16 f16 cooperative matrices; matmuls stay FP32");
+            }
+            let _ = PRECISION.compare_exchange(0, if f16 { 2 } else { 1 }, Ordering::Relaxed, Ordering::Relaxed);
+            matmul_precision()
+        }
+    }
+}
 
 /// a: [.., M, K] · b: [.., K, N] -> [.., M, N]. Batch dims must match, or one side is 2-D
 /// and is shared across the other's batch (like a weight).
@@ -52,23 +106,7 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     let (a, b) = (float_input("matmul", a)?, float_input("matmul", b)?);
     let device = same_device("matmul", &[&a, &b])?;
     let d = dims(a.shape(), b.shape(), ta, tb)?;
-    let out = on_device(
-        "matmul",
-        device,
-        || Ok(cpu_matmul(&a, &b, ta, tb, &d)),
-        || {
-            let ctx = gpu::context()?;
-            let out = ctx.alloc((d.batch * d.m * d.n) as u64 * 4);
-            if d.batch > 65535 {
-                bail!(Shape, "matmul: batch of {} exceeds the GPU's 65535; reshape into larger matrices", d.batch);
-            }
-            let params =
-                [d.m, d.n, d.k, ta as usize, tb as usize, a.offset(), b.offset(), d.a_bs, d.b_bs].map(|v| v as u32);
-            let groups = [d.n.div_ceil(64) as u32, d.m.div_ceil(64) as u32, d.batch as u32];
-            ctx.dispatch(&KERNEL, "matmul", &params, &[a.gpu(), &out, b.gpu()], groups);
-            Ok(Tensor::from_gpu(out, &d.out_shape, Precision::FP32))
-        },
-    )?;
+    let out = on_device("matmul", device, || Ok(cpu_matmul(&a, &b, ta, tb, &d)), || gpu_matmul(&a, &b, ta, tb, &d))?;
     let (sa, sb) = (a.clone(), b.clone());
     Ok(record("matmul", out, &[&a, &b], move |dc| {
         // C = op(A)·op(B): dA = dC·op(B)ᵀ (or its transpose), dB = op(A)ᵀ·dC (or its transpose).
@@ -76,6 +114,34 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
         let db = if tb { matmul_t(dc, &sa, true, ta)? } else { matmul_t(&sa, dc, !ta, false)? };
         Ok(vec![Some(sum_to(&da, sa.shape())?), Some(sum_to(&db, sb.shape())?)])
     }))
+}
+
+fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims) -> Result<Tensor> {
+    let ctx = gpu::context()?;
+    let coop = matmul_precision() == MatmulPrecision::F16 && ctx.coop_matmul;
+    let (tm, tn) = if coop { COOP_TILE } else { TILE };
+    let groups = [d.n.div_ceil(tn), d.m.div_ceil(tm), d.batch];
+    if groups.iter().any(|&g| g > 65535) {
+        let (m, k, n, batch) = (d.m, d.k, d.n, d.batch);
+        bail!(
+            Shape,
+            "matmul: {batch} products of [{m}, {k}]·[{k}, {n}] exceed the GPU's grid (at most 65535 products, {} rows, {} columns)",
+            65535 * tm,
+            65535 * tn
+        );
+    }
+    let out = ctx.alloc((d.batch * d.m * d.n) as u64 * 4);
+    let params = [d.m, d.n, d.k, a.offset(), b.offset(), d.a_bs, d.b_bs, ta as usize, tb as usize].map(|v| v as u32);
+    let buffers = [a.gpu(), b.gpu(), &out];
+    let groups = groups.map(|g| g as u32);
+    if coop {
+        ctx.dispatch(&COOP_KERNEL, "matmul_coop", &params, &buffers, groups);
+    } else {
+        // One entry point per transpose combination, each compiled to its own addressing.
+        let entry = [["matmul_nn", "matmul_nt"], ["matmul_tn", "matmul_tt"]][ta as usize][tb as usize];
+        ctx.dispatch(&KERNEL, entry, &params[..7], &buffers, groups);
+    }
+    Ok(Tensor::from_gpu(out, &d.out_shape, Precision::FP32))
 }
 
 fn cpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims) -> Tensor {

@@ -23,7 +23,7 @@ pub use elementwise::{add, div, exp, gelu, log, mul, neg, relu, rsqrt, scale, si
 pub use embedding::embedding;
 pub use flash_attention::flash_attention;
 pub use layout::{concat, permute, slice, transpose};
-pub use matmul::{matmul, matmul_t};
+pub use matmul::{coop_matmul_supported, matmul, matmul_precision, matmul_t, set_matmul_precision, MatmulPrecision};
 pub use reduce::{max, max_all, mean, mean_all, sum, sum_all, sum_rows};
 pub use rmsnorm::rmsnorm;
 pub use rope::rope;
@@ -43,6 +43,7 @@ pub fn kernels() -> Vec<&'static Kernel> {
         &flash_attention::KERNEL,
         &layout::KERNEL,
         &matmul::KERNEL,
+        &matmul::COOP_KERNEL,
         &reduce::KERNEL,
         &rmsnorm::KERNEL,
         &rope::KERNEL,

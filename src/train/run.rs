@@ -89,13 +89,13 @@ pub fn fit(
             dt * 1e3
         )?;
         let done = trainer.step;
-        if !val.is_empty() && (done % eval_every == 0 || done == total) {
+        if !val.is_empty() && (done.is_multiple_of(eval_every) || done == total) {
             let v = trainer.evaluate(val, opts.batch, opts.seq_len)?;
             last_val = Some(v);
             val_curve.push((done, v));
             writeln!(log, "{{\"step\":{done},\"val_loss\":{v}}}")?;
         }
-        if done % save_every == 0 && done < total {
+        if done.is_multiple_of(save_every) && done < total {
             trainer.save_numbered()?;
         }
         bar.set_position(done as u64);
@@ -130,7 +130,9 @@ fn json_num(v: f32) -> String {
 }
 
 /// Curves already in a log (a resumed run draws the whole history).
-fn read_curves(path: &Path) -> (Vec<(usize, f32)>, Vec<(usize, f32)>) {
+type Curve = Vec<(usize, f32)>;
+
+fn read_curves(path: &Path) -> (Curve, Curve) {
     let (mut train, mut val) = (Vec::new(), Vec::new());
     let Ok(text) = std::fs::read_to_string(path) else { return (train, val) };
     for line in text.lines() {

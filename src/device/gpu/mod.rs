@@ -36,6 +36,8 @@ pub struct GpuContext {
     pub queue: wgpu::Queue,
     /// Other adapters found (name, backend, type), for `irontensor info`.
     pub others: Vec<String>,
+    /// Whether the f16 cooperative-matrix matmul can run here (see `ops::MatmulPrecision`).
+    pub coop_matmul: bool,
     pipelines: Mutex<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>,
     pool: pool::Pool,
     batch: Mutex<batch::Batch>,
@@ -49,7 +51,8 @@ const WANTED: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::SHADER_F16)
     .union(wgpu::Features::TIMESTAMP_QUERY)
     .union(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS)
-    .union(wgpu::Features::IMMEDIATES);
+    .union(wgpu::Features::IMMEDIATES)
+    .union(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
 
 /// The global GPU context, created on first use; an error if no adapter is usable.
 pub fn context() -> Result<&'static GpuContext> {
@@ -93,11 +96,19 @@ impl GpuContext {
             .collect();
         let features = adapter.features() & WANTED;
         let limits = adapter.limits();
+        let experimental_features = if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+            // SAFETY: wgpu's experimental features are only unvalidated; the one we request is
+            // used by the opt-in f16 matmul alone, whose indexing stays inside its tiles.
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
+        let coop_matmul = coop_matmul_supported(adapter, features, &limits);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("irontensor"),
             required_features: features,
             required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            experimental_features,
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
@@ -110,6 +121,7 @@ impl GpuContext {
             device,
             queue,
             others,
+            coop_matmul,
             pipelines: Mutex::new(HashMap::new()),
             pool: pool::Pool::default(),
             batch: Mutex::new(batch::Batch::default()),
@@ -222,6 +234,24 @@ impl GpuContext {
     pub fn pool_bytes(&self) -> u64 {
         self.pool.held()
     }
+}
+
+/// The f16 cooperative-matrix matmul (src/ops/matmul_coop.wgsl) needs 16×16×16 f16 -> f32 matrices,
+/// subgroups of exactly 32 (it splits a workgroup of 256 into 8 subgroups) and 26 KiB of workgroup storage.
+fn coop_matmul_supported(adapter: &wgpu::Adapter, features: wgpu::Features, limits: &wgpu::Limits) -> bool {
+    use wgpu::CooperativeScalarType as S;
+    let needed =
+        wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+    let info = adapter.get_info();
+    features.contains(needed)
+        && info.subgroup_min_size == 32
+        && info.subgroup_max_size == 32
+        && limits.max_compute_workgroup_storage_size >= 26 * 1024
+        && limits.max_compute_invocations_per_workgroup >= 256
+        && adapter
+            .cooperative_matrix_properties()
+            .iter()
+            .any(|p| (p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type) == (16, 16, 16, S::F16, S::F32))
 }
 
 /// Workgroup counts for `n` groups of a 1-D kernel: x capped at 65535, the rest in y.

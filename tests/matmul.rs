@@ -1,0 +1,231 @@
+//! matmul_t on every device against an f64 reference: the four transpose combinations, odd sizes and
+//! exact tile multiples, batched and broadcast operands, views at offsets, gradients; and the opt-in
+//! f16 cooperative-matrix path where the GPU has one (skipped, with a message, elsewhere).
+
+mod common;
+use common::{assert_close, rand_vec, GradCheck};
+use irontensor::{ops, Device, MatmulPrecision, Tensor};
+use std::sync::{Mutex, MutexGuard};
+
+/// The matmul precision is process-wide: every test here holds this lock while it multiplies.
+static PRECISION: Mutex<()> = Mutex::new(());
+
+fn precision_lock() -> MutexGuard<'static, ()> {
+    PRECISION.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const TRANSPOSES: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
+
+/// op(A)[.., M, K] · op(B)[.., K, N], each operand a view at an element offset of its storage.
+#[derive(Clone, Debug)]
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+    batch_a: Vec<usize>,
+    batch_b: Vec<usize>,
+    off_a: usize,
+    off_b: usize,
+}
+
+impl Case {
+    fn new(m: usize, n: usize, k: usize, (ta, tb): (bool, bool)) -> Case {
+        Case { m, n, k, ta, tb, batch_a: vec![], batch_b: vec![], off_a: 0, off_b: 0 }
+    }
+
+    fn shape_a(&self) -> Vec<usize> {
+        let mk = if self.ta { [self.k, self.m] } else { [self.m, self.k] };
+        self.batch_a.iter().copied().chain(mk).collect()
+    }
+
+    fn shape_b(&self) -> Vec<usize> {
+        let kn = if self.tb { [self.n, self.k] } else { [self.k, self.n] };
+        self.batch_b.iter().copied().chain(kn).collect()
+    }
+
+    fn batch(&self) -> usize {
+        self.batch_a.iter().product::<usize>().max(self.batch_b.iter().product())
+    }
+
+    /// C in f64; a 2-D operand is shared across the other's batch.
+    fn reference(&self, a: &[f64], b: &[f64]) -> Vec<f64> {
+        let (m, n, k) = (self.m, self.n, self.k);
+        let a_bs = if self.batch_a.is_empty() { 0 } else { m * k };
+        let b_bs = if self.batch_b.is_empty() { 0 } else { k * n };
+        let mut c = vec![0.0; self.batch() * m * n];
+        for bi in 0..self.batch() {
+            let (a, b) = (&a[bi * a_bs..], &b[bi * b_bs..]);
+            for i in 0..m {
+                for j in 0..n {
+                    let mut acc = 0.0;
+                    for p in 0..k {
+                        let av = if self.ta { a[p * m + i] } else { a[i * k + p] };
+                        let bv = if self.tb { b[j * k + p] } else { b[p * n + j] };
+                        acc += av * bv;
+                    }
+                    c[(bi * m + i) * n + j] = acc;
+                }
+            }
+        }
+        c
+    }
+
+    /// Random operands in [-1, 1), the device's C and the f64 reference of `round(a)·round(b)`.
+    fn eval(&self, device: Device, seed: u64, round: fn(f32) -> f64) -> (Vec<f32>, Vec<f64>) {
+        let (sa, sb) = (self.shape_a(), self.shape_b());
+        let (na, nb) = (sa.iter().product::<usize>(), sb.iter().product::<usize>());
+        let a = rand_vec(self.off_a + na, -1.0, 1.0, seed);
+        let b = rand_vec(self.off_b + nb, -1.0, 1.0, seed + 1);
+        let view = |v: &[f32], off: usize, n: usize, shape: &[usize]| {
+            let storage = Tensor::from_f32_on(v, &[v.len()], device).unwrap();
+            ops::slice(&storage, 0, off, n).unwrap().view(shape).unwrap()
+        };
+        let (ta, tb) = (view(&a, self.off_a, na, &sa), view(&b, self.off_b, nb, &sb));
+        let c = ops::matmul_t(&ta, &tb, self.ta, self.tb).unwrap();
+        let mut out_shape =
+            if self.batch_a.len() >= self.batch_b.len() { &self.batch_a } else { &self.batch_b }.clone();
+        out_shape.extend([self.m, self.n]);
+        assert_eq!(c.shape(), out_shape, "{self:?}");
+        let r = |v: &[f32]| v.iter().map(|&x| round(x)).collect::<Vec<f64>>();
+        (c.to_vec(), self.reference(&r(&a[self.off_a..]), &r(&b[self.off_b..])))
+    }
+
+    /// Checks C against the reference, allowing f32 rounding that grows with K.
+    fn check(&self, device: Device, seed: u64) {
+        let (got, want) = self.eval(device, seed, |x| x as f64);
+        assert_close(&got, &want, 2e-6 * self.k as f64 + 1e-6, 1e-5, &format!("matmul {self:?} on {device:?}"));
+    }
+}
+
+fn sizes(device: Device) {
+    let _lock = precision_lock();
+    // (M, N, K): 1, 7, 33, 65, 127, 129, 257 on every side; 128 and 256 fill whole 128×128 tiles,
+    // alone and with K not a multiple of the K step (13, 257).
+    let shapes = [
+        (1, 1, 1),
+        (1, 257, 33),
+        (257, 1, 65),
+        (7, 129, 127),
+        (129, 7, 257),
+        (33, 65, 7),
+        (65, 33, 1),
+        (127, 129, 129),
+        (128, 128, 128),
+        (256, 128, 64),
+        (128, 256, 13),
+        (256, 256, 257),
+        (257, 127, 9),
+    ];
+    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+        for (j, t) in TRANSPOSES.into_iter().enumerate() {
+            Case::new(m, n, k, t).check(device, (i * 4 + j) as u64);
+        }
+    }
+    // The largest GPU test shape: 4×4 tiles, all interior.
+    Case::new(512, 512, 96, (false, true)).check(device, 99);
+}
+
+fn batched(device: Device) {
+    let _lock = precision_lock();
+    for (i, (m, n, k)) in [(33, 65, 129), (128, 128, 16), (7, 1, 33)].into_iter().enumerate() {
+        for (j, t) in TRANSPOSES.into_iter().enumerate() {
+            // (batch dims of A, of B): both batched, B shared (a weight), A shared.
+            for (l, (ba, bb)) in [(vec![3], vec![3]), (vec![2, 3], vec![]), (vec![], vec![3])].into_iter().enumerate() {
+                let case = Case { batch_a: ba, batch_b: bb, ..Case::new(m, n, k, t) };
+                case.check(device, (i * 100 + j * 10 + l) as u64);
+            }
+        }
+    }
+}
+
+fn offsets(device: Device) {
+    let _lock = precision_lock();
+    // Odd element offsets: nothing may assume aligned operands.
+    for (j, t) in TRANSPOSES.into_iter().enumerate() {
+        let case = Case { off_a: 3, off_b: 13, batch_a: vec![2], ..Case::new(129, 65, 33, t) };
+        case.check(device, 50 + j as u64);
+        let case = Case { off_a: 1, off_b: 130, batch_b: vec![2], ..Case::new(128, 128, 24, t) };
+        case.check(device, 60 + j as u64);
+    }
+}
+
+fn gradients(device: Device) {
+    let _lock = precision_lock();
+    // Across tile edges, batched with a shared B: dA and dB are matmuls with other transposes.
+    for (j, (ta, tb)) in TRANSPOSES.into_iter().enumerate() {
+        let case = Case { batch_a: vec![2], ..Case::new(129, 33, 65, (ta, tb)) };
+        let (sa, sb) = (case.shape_a(), case.shape_b());
+        let a = rand_vec(sa.iter().product(), -1.0, 1.0, 70 + j as u64);
+        let b = rand_vec(sb.iter().product(), -1.0, 1.0, 80 + j as u64);
+        GradCheck {
+            inputs: vec![(a, sa), (b, sb)],
+            op: &|t| ops::matmul_t(&t[0], &t[1], ta, tb),
+            reference: &|x| case.reference(&x[0], &x[1]),
+            atol: 2e-4,
+            rtol: 1e-4,
+            fd_elems: 4,
+        }
+        .run(device, &format!("matmul gradients {case:?}"));
+    }
+}
+
+fn errors(device: Device) {
+    let a = Tensor::from_f32_on(&[1.0; 12], &[2, 2, 3], device).unwrap();
+    let b = Tensor::from_f32_on(&[1.0; 18], &[3, 3, 2], device).unwrap();
+    let msg = ops::matmul(&a, &b).unwrap_err().to_string();
+    assert!(msg.contains("matmul") && msg.contains("[2, 2, 3]") && msg.contains("[3, 3, 2]"), "{msg}");
+    let msg = ops::matmul_t(&a, &b, true, false).unwrap_err().to_string();
+    assert!(msg.contains("matmul") && msg.contains("[2, 2, 3]ᵀ"), "{msg}");
+}
+
+device_tests!(sizes, batched, offsets, gradients, errors);
+
+/// f16's rounding of an f32 (round to nearest even), as the cooperative kernel rounds its inputs.
+fn to_f16(x: f32) -> f64 {
+    half::f16::from_f32(x).to_f64()
+}
+
+/// The f16 cooperative-matrix path (`MatmulPrecision::F16`), where the GPU has one: against the f64
+/// product of the f16-rounded inputs, which differs from the exact one.
+#[test]
+fn coop_f16() {
+    let Some(device) = common::gpu() else { return };
+    if !ops::coop_matmul_supported() {
+        eprintln!("coop_f16 skipped: this GPU has no 16×16 f16 cooperative matrices");
+        assert!(ops::set_matmul_precision(MatmulPrecision::F16).is_err());
+        return;
+    }
+    let _lock = precision_lock();
+    ops::set_matmul_precision(MatmulPrecision::F16).unwrap();
+    let mut cases = Vec::new();
+    for t in TRANSPOSES {
+        for (m, n, k) in [
+            (1, 1, 1),
+            (7, 33, 65),
+            (129, 257, 127),
+            (128, 256, 64),
+            (256, 512, 48),
+            (257, 255, 17),
+            (128, 258, 32),
+            (256, 260, 24),
+        ] {
+            cases.push(Case::new(m, n, k, t));
+        }
+        cases.push(Case { batch_a: vec![2, 3], off_a: 3, off_b: 5, ..Case::new(65, 129, 33, t) });
+        cases.push(Case { batch_b: vec![3], ..Case::new(128, 256, 32, t) });
+        cases.push(Case { batch_a: vec![3], batch_b: vec![3], ..Case::new(130, 250, 40, t) });
+    }
+    let mut rounded = false;
+    for (i, case) in cases.iter().enumerate() {
+        let (got, want) = case.eval(device, 200 + i as u64, to_f16);
+        assert_close(&got, &want, 4e-6 * case.k as f64 + 1e-5, 1e-5, &format!("coop matmul {case:?}"));
+        let (_, exact) = case.eval(device, 200 + i as u64, |x| x as f64);
+        rounded |= got.iter().zip(&exact).any(|(&g, &e)| (g as f64 - e).abs() > 1e-4);
+    }
+    ops::set_matmul_precision(MatmulPrecision::FP32).unwrap();
+    assert!(rounded, "the F16 precision gave f32 results: the cooperative kernel did not run");
+    // Back on FP32, products are exact to f32 again.
+    Case::new(129, 257, 127, (false, false)).check(device, 300);
+}
