@@ -241,7 +241,7 @@ fn plan(args: &TrainArgs, device: Device) -> CliResult<(ModelConfig, TrainingCon
         (m.hidden_dim, m.num_layers, m.num_heads, m.num_kv_heads, m.intermediate_dim, m.max_seq_len) =
             (192, 4, 6, 6, 512, 128);
         (batch, seq) = (16, 128);
-        (t.total_steps, t.warmup_steps, t.eval_interval, t.save_interval) = (600, 50, 100, 200);
+        (t.total_steps, t.warmup_steps, t.eval_interval, t.save_interval) = (500, 50, 100, 250);
         m.dropout = 0.1;
     }
     if let Some(s) = args.steps {
@@ -273,6 +273,7 @@ fn train(args: &TrainArgs) -> CliResult<()> {
         Some(ckpt) if args.resume => {
             let mut t = Trainer::load_checkpoint(&ckpt, device)?;
             t.config.total_steps = train_cfg.total_steps.max(t.config.total_steps);
+            t.scheduler.total = t.config.total_steps;
             eprintln!("resuming from {} at step {}", ckpt.display(), t.step);
             t
         }
