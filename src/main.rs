@@ -272,7 +272,7 @@ fn train(args: &TrainArgs) -> CliResult<()> {
     let mut trainer = match Trainer::latest_checkpoint(&train_cfg.checkpoint_dir)? {
         Some(ckpt) if args.resume => {
             let mut t = Trainer::load_checkpoint(&ckpt, device)?;
-            t.config.total_steps = train_cfg.total_steps.max(t.config.total_steps);
+            t.config.total_steps = args.steps.unwrap_or(t.config.total_steps);
             t.scheduler.total = t.config.total_steps;
             eprintln!("resuming from {} at step {}", ckpt.display(), t.step);
             t
