@@ -127,6 +127,22 @@ fn sizes(device: Device) {
     Case::new(512, 512, 96, (false, true)).check(device, 99);
 }
 
+/// Dims and offsets all multiples of 4 take the GPU's vec4 path; a long K over few output tiles
+/// is split (split-K) and the partial products summed.
+fn aligned_and_split(device: Device) {
+    let _lock = precision_lock();
+    let shapes = [(4, 8, 12), (132, 260, 36), (132, 68, 20), (256, 128, 4), (36, 20, 1028), (128, 4, 2048)];
+    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+        for (j, t) in TRANSPOSES.into_iter().enumerate() {
+            Case::new(m, n, k, t).check(device, 200 + (i * 4 + j) as u64);
+            let case = Case { off_a: 4, off_b: 8, batch_a: vec![3], ..Case::new(m, n, k, t) };
+            case.check(device, 300 + (i * 4 + j) as u64);
+            let case = Case { batch_a: vec![2], batch_b: vec![2], ..Case::new(m, n, k, t) };
+            case.check(device, 400 + (i * 4 + j) as u64);
+        }
+    }
+}
+
 fn batched(device: Device) {
     let _lock = precision_lock();
     for (i, (m, n, k)) in [(33, 65, 129), (128, 128, 16), (7, 1, 33)].into_iter().enumerate() {
@@ -180,7 +196,7 @@ fn errors(device: Device) {
     assert!(msg.contains("matmul") && msg.contains("[2, 2, 3]ᵀ"), "{msg}");
 }
 
-device_tests!(sizes, batched, offsets, gradients, errors);
+device_tests!(sizes, aligned_and_split, batched, offsets, gradients, errors);
 
 /// f16's rounding of an f32 (round to nearest even), as the cooperative kernel rounds its inputs.
 fn to_f16(x: f32) -> f64 {

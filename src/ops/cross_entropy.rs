@@ -33,8 +33,9 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: Option<u32
 
 /// `cross_entropy(hidden · weightᵀ, targets, ignore_index)` without the [N, V] logits:
 /// hidden: [N, C], weight: [V, C] (f32 or bf16 storage), targets: u32 [N]; returns shape [].
-/// Forward and backward walk the vocabulary in chunks of 256..=2048 columns, so that
-/// N × chunk stays near 2^18 logits where N allows.
+/// Forward and backward walk the vocabulary in chunks of 256..=2048 columns (CPU) or 256..=8192
+/// (GPU), so that N × chunk stays near 2^18 logits (1 MiB, cache-sized) on the CPU and 2^24 (64
+/// MiB) on the GPU, where wider chunks make the matmuls large enough to fill the device.
 pub fn fused_linear_cross_entropy(
     hidden: &Tensor,
     weight: &Tensor,
@@ -42,7 +43,10 @@ pub fn fused_linear_cross_entropy(
     ignore_index: Option<u32>,
 ) -> Result<Tensor> {
     let n = hidden.shape().first().copied().unwrap_or(1);
-    let chunk = ((1 << 18) / n.max(1)).clamp(256, 2048);
+    let chunk = match hidden.device() {
+        crate::Device::Cpu => ((1 << 18) / n.max(1)).clamp(256, 2048),
+        _ => ((1 << 24) / n.max(1)).clamp(256, 8192),
+    };
     fused_linear_cross_entropy_chunked(hidden, weight, targets, ignore_index, chunk)
 }
 

@@ -116,11 +116,30 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     }))
 }
 
+/// How many K splits a GPU matmul of `d` gets: enough workgroups for a large GPU (~256) when the
+/// output alone gives few, with at least 256 of K a split.
+fn k_splits(d: &Dims) -> usize {
+    let tiles = d.m.div_ceil(TILE.0) * d.n.div_ceil(TILE.1) * d.batch;
+    if tiles >= 128 || d.k < 512 {
+        return 1;
+    }
+    (256 / tiles).clamp(1, d.k / 256)
+}
+
 fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims) -> Result<Tensor> {
     let ctx = gpu::context()?;
     let coop = matmul_precision() == MatmulPrecision::F16 && ctx.coop_matmul;
+    let aligned = [d.m, d.n, d.k, a.offset(), b.offset()].iter().all(|v| v % 4 == 0);
+    // K per split, a multiple of the kernel's step of 8; then the splits that covers.
+    let (splits, ks) = match k_splits(d) {
+        s if s > 1 && aligned && !coop => {
+            let ks = d.k.div_ceil(s).div_ceil(8) * 8;
+            (d.k.div_ceil(ks), ks)
+        }
+        _ => (1, d.k.max(1)),
+    };
     let (tm, tn) = if coop { COOP_TILE } else { TILE };
-    let groups = [d.n.div_ceil(tn), d.m.div_ceil(tm), d.batch];
+    let groups = [d.n.div_ceil(tn), d.m.div_ceil(tm), d.batch * splits];
     if groups.iter().any(|&g| g > 65535) {
         let (m, k, n, batch) = (d.m, d.k, d.n, d.batch);
         bail!(
@@ -130,18 +149,24 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims) -> Result<Te
             65535 * tn
         );
     }
-    let out = ctx.alloc((d.batch * d.m * d.n) as u64 * 4);
-    let params = [d.m, d.n, d.k, a.offset(), b.offset(), d.a_bs, d.b_bs, ta as usize, tb as usize].map(|v| v as u32);
+    let out = ctx.alloc((splits * d.batch * d.m * d.n) as u64 * 4);
+    let (ao, bo) = (a.offset(), b.offset());
     let buffers = [a.gpu(), b.gpu(), &out];
     let groups = groups.map(|g| g as u32);
     if coop {
+        let params = [d.m, d.n, d.k, ao, bo, d.a_bs, d.b_bs, ta as usize, tb as usize].map(|v| v as u32);
         ctx.dispatch(&COOP_KERNEL, "matmul_coop", &params, &buffers, groups);
     } else {
         // One entry point per transpose combination, each compiled to its own addressing.
         let entry = [["matmul_nn", "matmul_nt"], ["matmul_tn", "matmul_tt"]][ta as usize][tb as usize];
-        ctx.dispatch(&KERNEL, entry, &params[..7], &buffers, groups);
+        let params = [d.m, d.n, d.k, ao, bo, d.a_bs, d.b_bs, splits, ks, aligned as usize].map(|v| v as u32);
+        ctx.dispatch(&KERNEL, entry, &params, &buffers, groups);
     }
-    Ok(Tensor::from_gpu(out, &d.out_shape, Precision::FP32))
+    let out = Tensor::from_gpu(out, &[splits, d.batch * d.m * d.n], Precision::FP32);
+    if splits == 1 {
+        return out.view(&d.out_shape);
+    }
+    super::sum_rows(&out)?.view(&d.out_shape)
 }
 
 fn cpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims) -> Tensor {
