@@ -42,7 +42,8 @@ fn main() {
     println!("adapter: {}", ctx.info.name);
     let dir = std::env::var("LAB_DIR").unwrap_or_else(|_| "dev/lab".into());
     let mut files: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
+        .into_iter()
+        .flatten()
         .map(|e| e.unwrap().path().display().to_string())
         .filter(|p| p.ends_with(".wgsl"))
         .collect();
@@ -53,7 +54,8 @@ fn main() {
         let src = std::fs::read_to_string(file).unwrap();
         let split_k = src.contains("splits: u32");
         for checked in [true, false] {
-            let desc = wgpu::ShaderModuleDescriptor { label: None, source: wgpu::ShaderSource::Wgsl(src.clone().into()) };
+            let desc =
+                wgpu::ShaderModuleDescriptor { label: None, source: wgpu::ShaderSource::Wgsl(src.clone().into()) };
             let module = if checked {
                 dev.create_shader_module(desc)
             } else {
@@ -166,7 +168,8 @@ fn run(
     let mut err = 0.0f64;
     let mut r = irontensor::rng::Rng::new(3);
     for t in 0..64 {
-        let (i, j) = if t < 2 { (t * (m - 1), t * (n - 1)) } else { (r.below(m as u64) as usize, r.below(n as u64) as usize) };
+        let (i, j) =
+            if t < 2 { (t * (m - 1), t * (n - 1)) } else { (r.below(m as u64) as usize, r.below(n as u64) as usize) };
         let mut want = 0.0f64;
         for p in 0..k {
             let av = if s.ta { a[p * m + i] } else { a[i * k + p] };
