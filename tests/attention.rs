@@ -110,7 +110,7 @@ fn attention_ref(c: Case, q: &[f64], k: &[f64], v: &[f64]) -> Vec<f64> {
 
 type AttnFn = fn(&Tensor, &Tensor, &Tensor, bool) -> Result<Tensor>;
 
-/// The cases both ops are checked on: GQA 4:2 and 4:1 and MHA, T = 1, 7, 65, D = 16 and 64,
+/// The cases both ops are checked on: GQA 4:2 and 4:1 and MHA, T = 1, 7, 65, 70, D = 6, 16, 64, 72,
 /// causal and not, and a shorter q than k (causal aligned at the end, as with a KV cache).
 fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
@@ -123,6 +123,9 @@ fn cases() -> Vec<Case> {
         cases.push(Case::new(4, 2, 7, 64, causal));
         cases.push(Case::new(2, 1, 65, 64, causal));
         cases.push(Case { tk: 12, ..Case::new(4, 2, 7, 16, causal) });
+        // Head dims over 64 (the GPU forward's two column halves) and not a multiple of 4.
+        cases.push(Case::new(2, 1, 70, 72, causal));
+        cases.push(Case::new(2, 2, 33, 6, causal));
     }
     cases
 }
@@ -163,13 +166,14 @@ fn run_with_grads(op: AttnFn, c: Case, device: Device) -> Vec<Vec<f32>> {
 }
 
 /// Flash against the materialised op, forward and all three gradients, at sizes that cross
-/// several CPU and GPU tiles (CPU blocks are 64, GPU blocks 16 and 8).
+/// several CPU and GPU tiles (CPU blocks are 64; GPU blocks 64 and 32 forward, 16 and 8 backward).
 fn flash_vs_materialised(device: Device) {
     let _g = shared();
     let mut cases = vec![
         Case::new(4, 2, 65, 64, true),
         Case::new(4, 1, 33, 16, false),
         Case { tk: 70, ..Case::new(2, 2, 33, 16, true) },
+        Case { tk: 100, ..Case::new(2, 1, 70, 72, true) },
     ];
     if device == Device::Cpu {
         cases.push(Case::new(4, 2, 200, 32, true));

@@ -15,7 +15,9 @@ pub(crate) static KERNEL: Kernel = Kernel { name: "flash_attention", source: inc
 /// CPU tile: queries × keys per block.
 const BQ: usize = 64;
 const BK: usize = 64;
-/// GPU tiles (fixed in the WGSL): forward 16 queries × 16 keys; dQ 16 × 8; dK/dV 16 keys × 8.
+/// GPU tiles (fixed in the WGSL): forward 64 queries × 32 keys, a workgroup for each 64 columns
+/// of the head dim; dQ 16 × 8; dK/dV 16 keys × 8.
+const GPU_FWD_BQ: usize = 64;
 const GPU_BQ: usize = 16;
 const GPU_BK: usize = 16;
 /// Largest head dim the WGSL's shared-memory tiles hold (they fit 32 KiB of workgroup storage).
@@ -305,7 +307,7 @@ fn gpu_forward(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, causal: bool) ->
     let rows = a.b * a.hq * a.tq;
     let out = ctx.alloc((rows * a.d + rows) as u64 * 4);
     let offs = [q.offset(), k.offset(), v.offset(), 0, 0, 0, rows * a.d];
-    let groups = [a.tq.div_ceil(GPU_BQ) as u32, a.hq as u32, a.b as u32];
+    let groups = [a.tq.div_ceil(GPU_FWD_BQ) as u32, (a.hq * a.d.div_ceil(64)) as u32, a.b as u32];
     check_grid(groups)?;
     ctx.dispatch(&KERNEL, "forward", &params(&a, causal, offs), &[q.gpu(), k.gpu(), v.gpu(), &out], groups);
     let out = Storage::Gpu(Arc::new(out));

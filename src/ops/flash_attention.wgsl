@@ -54,81 +54,138 @@ fn key_end(t_end: u32) -> u32 {
     return p.tk;
 }
 
-// Forward: workgroup (query block of 16, head, batch). Thread (r, c) = (lid / 8, lid % 8) owns
-// query row r: scores for keys c and c + 8 of each tile, and output columns c, c + 8, ...
-// tile16a = Q · scale, tile16b = K tile, tile16c = V tile, sc_a = scores [16][16].
+// Forward: workgroup (block of 64 queries, head · column half, batch), key tiles of 32, 128
+// threads. Thread (ty, tx) = (lid / 8, lid % 8) owns query rows 4·ty .. +3: their scores for keys
+// 4·tx .. +3 of each tile, and output columns 4·tx .. +3 and 32 + 4·tx .. +3 of its column half
+// (64 columns; a head dim over 64 runs two halves, each recomputing the scores).
+// S = Q·Kᵀ is accumulated over chunks of 32 head dims staged d-major in fbuf (Q then K); the P
+// tile goes to fp (key-major, vec4 of 4 rows) and the V tile reuses fbuf.
+var<workgroup> fbuf: array<vec4<f32>, 768>;
+var<workgroup> fp: array<vec4<f32>, 512>;
+var<workgroup> fred: array<f32, 512>; // per-thread row partials [8 tx][64 rows]
+
+// The maximum (or sum) over the 8 threads of each of this thread's 4 rows.
+fn row_reduce(x: vec4<f32>, ty: u32, tx: u32, is_max: bool) -> vec4<f32> {
+    workgroupBarrier(); // fred's previous contents are read
+    for (var r = 0u; r < 4u; r++) { fred[tx * 64u + 4u * ty + r] = x[r]; }
+    workgroupBarrier();
+    var y = x;
+    for (var r = 0u; r < 4u; r++) {
+        for (var o = 0u; o < 8u; o++) {
+            let z = fred[o * 64u + 4u * ty + r];
+            if o != tx { y[r] = select(y[r] + z, max(y[r], z), is_max); }
+        }
+    }
+    return y;
+}
+
 @compute @workgroup_size(128)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let q0 = wid.x * 16u;
-    let h = wid.y;
+    let halves = (p.d + 63u) / 64u;
+    let q0 = wid.x * 64u;
+    let h = wid.y / halves;
+    let c0 = (wid.y % halves) * 64u; // first output column of this workgroup
     let b = wid.z;
     let kvh = h / (p.hq / p.hkv);
     let row0 = (b * p.hq + h) * p.tq + q0; // global query row of tile row 0
     let kbase = (b * p.hkv + kvh) * p.tk * p.d;
-    let r = lid / 8u;
-    let c = lid % 8u;
-    let t = q0 + r;
-    for (var e = lid; e < 16u * p.d; e += 128u) {
-        let i = e / p.d;
-        let col = e % p.d;
-        var x = 0.0;
-        if q0 + i < p.tq { x = q[p.q_off + (row0 + i) * p.d + col]; }
-        tile16a[i * DS + col] = x * p.scale;
-    }
-    var acc: array<f32, 16>;
-    var m = NEG;
-    var l = 0.0;
-    let kend = key_end(min(q0 + 16u, p.tq));
-    for (var k0 = 0u; k0 < kend; k0 += 16u) {
-        workgroupBarrier(); // the previous tile is no longer read
-        for (var e = lid; e < 16u * p.d; e += 128u) {
-            let j = e / p.d;
-            let col = e % p.d;
-            var kx = 0.0;
-            var vx = 0.0;
-            if k0 + j < p.tk {
-                kx = k[p.k_off + kbase + (k0 + j) * p.d + col];
-                vx = v[p.v_off + kbase + (k0 + j) * p.d + col];
+    let ty = lid / 8u;
+    let tx = lid % 8u;
+    var m = vec4<f32>(NEG);
+    var l = vec4<f32>(); // this thread's share of the row sums
+    var o0 = mat2x4<f32>(); // row 4·ty + r: columns c0 + 4·tx .. +3 and c0 + 32 + 4·tx .. +3
+    var o1 = mat2x4<f32>();
+    var o2 = mat2x4<f32>();
+    var o3 = mat2x4<f32>();
+    let kend = key_end(min(q0 + 64u, p.tq));
+    for (var k0 = 0u; k0 < kend; k0 += 32u) {
+        // s_r: scores of row 4·ty + r for keys k0 + 4·tx .. +3.
+        var s0 = vec4<f32>();
+        var s1 = vec4<f32>();
+        var s2 = vec4<f32>();
+        var s3 = vec4<f32>();
+        for (var d0 = 0u; d0 < p.d; d0 += 32u) {
+            workgroupBarrier(); // fbuf is no longer read
+            for (var e = lid; e < 2048u; e += 128u) {
+                let i = e / 32u;
+                let dd = e % 32u;
+                var x = 0.0;
+                if q0 + i < p.tq && d0 + dd < p.d { x = q[p.q_off + (row0 + i) * p.d + d0 + dd]; }
+                fbuf[dd * 16u + i / 4u][i % 4u] = x * p.scale;
             }
-            tile16b[j * DS + col] = kx;
-            tile16c[j * DS + col] = vx;
+            for (var e = lid; e < 1024u; e += 128u) {
+                let j = e / 32u;
+                let dd = e % 32u;
+                var x = 0.0;
+                if k0 + j < p.tk && d0 + dd < p.d { x = k[p.k_off + kbase + (k0 + j) * p.d + d0 + dd]; }
+                fbuf[512u + dd * 8u + j / 4u][j % 4u] = x;
+            }
+            workgroupBarrier();
+            for (var dd = 0u; dd < 32u; dd++) {
+                let qv = fbuf[dd * 16u + ty];
+                let kv = fbuf[512u + dd * 8u + tx];
+                s0 += qv.x * kv;
+                s1 += qv.y * kv;
+                s2 += qv.z * kv;
+                s3 += qv.w * kv;
+            }
         }
-        workgroupBarrier();
-        for (var jj = 0u; jj < 2u; jj++) {
-            let j = c + 8u * jj;
-            var s = 0.0;
-            for (var dd = 0u; dd < p.d; dd++) { s += tile16a[r * DS + dd] * tile16b[j * DS + dd]; }
-            sc_a[r * 16u + j] = s;
+        // Mask, then the online softmax: every thread of a row gets the same new maximum.
+        var s = mat4x4<f32>(s0, s1, s2, s3);
+        var mt = vec4<f32>(NEG);
+        for (var r = 0u; r < 4u; r++) {
+            for (var jj = 0u; jj < 4u; jj++) {
+                if !kept(q0 + 4u * ty + r, k0 + 4u * tx + jj) { s[r][jj] = NEG; }
+                mt[r] = max(mt[r], s[r][jj]);
+            }
         }
-        workgroupBarrier();
-        // Online softmax: the 8 threads of a row do the same arithmetic, so agree on m and l.
-        var mt = NEG;
-        for (var j = 0u; j < 16u; j++) {
-            if kept(t, k0 + j) { mt = max(mt, sc_a[r * 16u + j]); }
-        }
-        let m_new = max(m, mt);
+        let m_new = max(m, row_reduce(mt, ty, tx, true));
         let alpha = exp(m - m_new);
-        l *= alpha;
-        for (var kk = 0u; kk < 16u; kk++) { acc[kk] *= alpha; }
-        for (var j = 0u; j < 16u; j++) {
-            if kept(t, k0 + j) {
-                let pj = exp(sc_a[r * 16u + j] - m_new);
-                l += pj;
-                for (var kk = 0u; kk < 16u; kk++) {
-                    let col = c + 8u * kk;
-                    if col < p.d { acc[kk] += pj * tile16c[j * DS + col]; }
+        m = m_new;
+        var pt = mat4x4<f32>(); // pt[jj]: P of key 4·tx + jj for the 4 rows
+        for (var r = 0u; r < 4u; r++) {
+            for (var jj = 0u; jj < 4u; jj++) {
+                pt[jj][r] = select(exp(s[r][jj] - m_new[r]), 0.0, s[r][jj] == NEG);
+            }
+        }
+        l = l * alpha + pt[0] + pt[1] + pt[2] + pt[3];
+        o0 *= alpha.x;
+        o1 *= alpha.y;
+        o2 *= alpha.z;
+        o3 *= alpha.w;
+        workgroupBarrier(); // everyone is done with the Q and K chunks
+        for (var jj = 0u; jj < 4u; jj++) { fp[(4u * tx + jj) * 16u + ty] = pt[jj]; }
+        for (var e = lid; e < 2048u; e += 128u) {
+            let j = e / 64u;
+            let col = c0 + e % 64u;
+            var x = 0.0;
+            if k0 + j < p.tk && col < p.d { x = v[p.v_off + kbase + (k0 + j) * p.d + col]; }
+            fbuf[j * 16u + (e % 64u) / 4u][e % 4u] = x;
+        }
+        workgroupBarrier();
+        for (var j = 0u; j < 32u; j++) {
+            let pv = fp[j * 16u + ty];
+            let vj = mat2x4<f32>(fbuf[j * 16u + tx], fbuf[j * 16u + tx + 8u]);
+            o0 += vj * pv.x;
+            o1 += vj * pv.y;
+            o2 += vj * pv.z;
+            o3 += vj * pv.w;
+        }
+    }
+    l = row_reduce(l, ty, tx, false);
+    let o = array<mat2x4<f32>, 4>(o0, o1, o2, o3);
+    for (var r = 0u; r < 4u; r++) {
+        let t = q0 + 4u * ty + r;
+        if t < p.tq {
+            let row = row0 + 4u * ty + r;
+            for (var half = 0u; half < 2u; half++) {
+                for (var i = 0u; i < 4u; i++) {
+                    let col = c0 + 32u * half + 4u * tx + i;
+                    if col < p.d { out[row * p.d + col] = o[r][half][i] / l[r]; }
                 }
             }
+            if tx == 0u && c0 == 0u { out[p.out2 + row] = m[r] + log(l[r]); }
         }
-        m = m_new;
-    }
-    if t < p.tq {
-        let row = row0 + r;
-        for (var kk = 0u; kk < 16u; kk++) {
-            let col = c + 8u * kk;
-            if col < p.d { out[row * p.d + col] = acc[kk] / l; }
-        }
-        if c == 0u { out[p.out2 + row] = m + log(l); }
     }
 }
 
