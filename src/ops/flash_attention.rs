@@ -15,11 +15,9 @@ pub(crate) static KERNEL: Kernel = Kernel { name: "flash_attention", source: inc
 /// CPU tile: queries × keys per block.
 const BQ: usize = 64;
 const BK: usize = 64;
-/// GPU tiles (fixed in the WGSL): forward 64 queries × 32 keys, a workgroup for each 64 columns
-/// of the head dim; dQ 16 × 8; dK/dV 16 keys × 8.
-const GPU_FWD_BQ: usize = 64;
-const GPU_BQ: usize = 16;
-const GPU_BK: usize = 16;
+/// Rows a GPU workgroup owns (queries; keys for dK/dV) and head-dim columns (fixed in the WGSL).
+const GPU_ROWS: usize = 64;
+const GPU_COLS: usize = 64;
 /// Largest head dim the WGSL's shared-memory tiles hold (they fit 32 KiB of workgroup storage).
 const GPU_MAX_D: usize = 128;
 
@@ -307,9 +305,11 @@ fn gpu_forward(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, causal: bool) ->
     let rows = a.b * a.hq * a.tq;
     let out = ctx.alloc((rows * a.d + rows) as u64 * 4);
     let offs = [q.offset(), k.offset(), v.offset(), 0, 0, 0, rows * a.d];
-    let groups = [a.tq.div_ceil(GPU_FWD_BQ) as u32, (a.hq * a.d.div_ceil(64)) as u32, a.b as u32];
+    let groups = [a.tq.div_ceil(GPU_ROWS) as u32, (a.hq * a.d.div_ceil(GPU_COLS)) as u32, a.b as u32];
     check_grid(groups)?;
-    ctx.dispatch(&KERNEL, "forward", &params(&a, causal, offs), &[q.gpu(), k.gpu(), v.gpu(), &out], groups);
+    // The forward reads no dO, but its loads share one switch with the backward's, so q stands in.
+    let bufs = [q.gpu(), k.gpu(), v.gpu(), &out, q.gpu()];
+    ctx.dispatch(&KERNEL, "forward", &params(&a, causal, offs), &bufs, groups);
     let out = Storage::Gpu(Arc::new(out));
     Ok((
         Tensor::from_storage(out.clone(), 0, q.shape(), Precision::FP32),
@@ -333,11 +333,12 @@ fn gpu_backward(
     let (dq, dkv) = (ctx.alloc(q.numel() as u64 * 4), ctx.alloc(2 * nk as u64 * 4));
     let offs = [q.offset(), k.offset(), v.offset(), dout.offset(), lse.offset(), delta.offset(), nk];
     let p = params(&a, causal, offs);
-    let groups = [a.tq.div_ceil(GPU_BQ) as u32, a.hq as u32, a.b as u32];
+    let halves = a.d.div_ceil(GPU_COLS);
+    let groups = [a.tq.div_ceil(GPU_ROWS) as u32, (a.hq * halves) as u32, a.b as u32];
     check_grid(groups)?;
     let bufs = |out| [q.gpu(), k.gpu(), v.gpu(), out, dout.gpu(), lse.gpu(), delta.gpu()];
     ctx.dispatch(&KERNEL, "backward_dq", &p, &bufs(&dq), groups);
-    let groups = [a.tk.div_ceil(GPU_BK) as u32, a.hkv as u32, a.b as u32];
+    let groups = [a.tk.div_ceil(GPU_ROWS) as u32, (a.hkv * halves) as u32, a.b as u32];
     ctx.dispatch(&KERNEL, "backward_dkdv", &p, &bufs(&dkv), groups);
     let dkv = Storage::Gpu(Arc::new(dkv));
     Ok((

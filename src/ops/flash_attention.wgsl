@@ -1,8 +1,15 @@
 // FlashAttention: the forward (online softmax) and two backward kernels, dQ (looping over key
-// blocks) and dK/dV (looping over query blocks and the query heads of a GQA group), so no
-// gradient is written by two workgroups. 128 threads each; tiles of up to D = 128 columns,
-// rows padded to DS floats so threads reading different rows hit different banks.
-// Workgroup storage: ≤ 25.8 KiB per entry (lavapipe allows 32 KiB).
+// tiles) and dK/dV (looping over query tiles and the query heads of a GQA group), so no gradient
+// is written by two workgroups. 128 threads each, as a 16 × 8 grid: thread (ty, tx) = (lid / 8,
+// lid % 8). A workgroup owns 64 rows (queries, or keys for dK/dV) and walks tiles of 32 columns
+// (keys, or queries). Every product is one of two register-blocked shapes:
+// - `xyt`: the 64 × 32 block X·Yᵀ over the head dim (scores S = Q·Kᵀ, dP = dO·Vᵀ, and their
+//   transposes for dK/dV), thread (ty, tx) holding rows 4·ty .. +3 × columns 4·tx .. +3;
+// - `acc_pv`: 64 × 64 output columns += A·B with A a 64 × 32 tile kept in shared memory
+//   (P, dS, or their transposes) and B 32 rows of a global matrix (V, K, dO or Q), thread (ty, tx)
+//   holding rows 4·ty .. +3 × columns 4·tx .. +3 and 32 + 4·tx .. +3.
+// Head dims over 64 run as two column halves (grid y = head · halves + half), each recomputing
+// the scores. Workgroup storage: 30 KiB (lavapipe allows 32 KiB).
 struct Params {
     b: u32,
     hq: u32,
@@ -31,18 +38,18 @@ struct Params {
 @group(0) @binding(6) var<storage, read> lse: array<f32>;   // [B, Hq, Tq]
 @group(0) @binding(7) var<storage, read> delta: array<f32>; // [B, Hq, Tq], rowsum(dO ∘ O)
 
-const DS: u32 = 129u;   // row stride of the shared tiles (head dims up to 128)
 const NEG: f32 = -1.0e30;
+const Q: u32 = 0u; // which input `elem` reads
+const K: u32 = 1u;
+const V: u32 = 2u;
+const DO: u32 = 3u;
 
-// 16-row tiles, 8-row tiles, and score tiles; each entry says what it keeps where.
-var<workgroup> tile16a: array<f32, 2064>;
-var<workgroup> tile16b: array<f32, 2064>;
-var<workgroup> tile16c: array<f32, 2064>;
-var<workgroup> tile8a: array<f32, 1032>;
-var<workgroup> tile8b: array<f32, 1032>;
-var<workgroup> sc_a: array<f32, 256>;
-var<workgroup> sc_b: array<f32, 128>;
-var<workgroup> rowst: array<f32, 16>;
+// Staging for xyt (X d-major at 0, Y d-major at 512) or acc_pv's B tile (row-major at 0).
+var<workgroup> fbuf: array<vec4<f32>, 768>;
+// Up to two A tiles for acc_pv, column-major: vec4 (c·16 + r/4) holds rows r..r+3 of column c.
+var<workgroup> fp: array<vec4<f32>, 1024>;
+// Per-thread row partials [8 tx][64 rows], for the forward's row maxima and sums.
+var<workgroup> fred: array<f32, 512>;
 
 fn kept(t: u32, j: u32) -> bool {
     return j < p.tk && (p.causal == 0u || j <= t + p.shift);
@@ -54,15 +61,100 @@ fn key_end(t_end: u32) -> u32 {
     return p.tk;
 }
 
-// Forward: workgroup (block of 64 queries, head · column half, batch), key tiles of 32, 128
-// threads. Thread (ty, tx) = (lid / 8, lid % 8) owns query rows 4·ty .. +3: their scores for keys
-// 4·tx .. +3 of each tile, and output columns 4·tx .. +3 and 32 + 4·tx .. +3 of its column half
-// (64 columns; a head dim over 64 runs two halves, each recomputing the scores).
-// S = Q·Kᵀ is accumulated over chunks of 32 head dims staged d-major in fbuf (Q then K); the P
-// tile goes to fp (key-major, vec4 of 4 rows) and the V tile reuses fbuf.
-var<workgroup> fbuf: array<vec4<f32>, 768>;
-var<workgroup> fp: array<vec4<f32>, 512>;
-var<workgroup> fred: array<f32, 512>; // per-thread row partials [8 tx][64 rows]
+fn elem(which: u32, at: u32) -> f32 {
+    switch which {
+        case 0u: { return q[p.q_off + at]; }
+        case 1u: { return k[p.k_off + at]; }
+        case 2u: { return v[p.v_off + at]; }
+        default: { return dout[p.do_off + at]; }
+    }
+}
+
+// Block (rows 4·ty .. +3) × (columns 4·tx .. +3) of X·Yᵀ: X is 64 rows of input `xw` from
+// element x_at (x_rows of them inside), Y 32 rows of `yw` from y_at (y_rows inside); column
+// r of the result holds row 4·ty + r. Outside rows read as zero.
+fn xyt(xw: u32, x_at: u32, x_rows: u32, yw: u32, y_at: u32, y_rows: u32, lid: u32, ty: u32, tx: u32) -> mat4x4<f32> {
+    var s0 = vec4<f32>();
+    var s1 = vec4<f32>();
+    var s2 = vec4<f32>();
+    var s3 = vec4<f32>();
+    for (var d0 = 0u; d0 < p.d; d0 += 32u) {
+        workgroupBarrier(); // fbuf is no longer read
+        for (var e = lid; e < 2048u; e += 128u) {
+            let i = e / 32u;
+            let dd = e % 32u;
+            var x = 0.0;
+            if i < x_rows && d0 + dd < p.d { x = elem(xw, x_at + i * p.d + d0 + dd); }
+            fbuf[dd * 16u + i / 4u][i % 4u] = x;
+        }
+        for (var e = lid; e < 1024u; e += 128u) {
+            let j = e / 32u;
+            let dd = e % 32u;
+            var y = 0.0;
+            if j < y_rows && d0 + dd < p.d { y = elem(yw, y_at + j * p.d + d0 + dd); }
+            fbuf[512u + dd * 8u + j / 4u][j % 4u] = y;
+        }
+        workgroupBarrier();
+        for (var dd = 0u; dd < 32u; dd++) {
+            let xv = fbuf[dd * 16u + ty];
+            let yv = fbuf[512u + dd * 8u + tx];
+            s0 += xv.x * yv;
+            s1 += xv.y * yv;
+            s2 += xv.z * yv;
+            s3 += xv.w * yv;
+        }
+    }
+    return mat4x4<f32>(s0, s1, s2, s3);
+}
+
+// Puts this thread's 4 × 4 block (column r = row 4·ty + r) into A tile `tile` of fp.
+fn put_a(tile: u32, s: mat4x4<f32>, ty: u32, tx: u32) {
+    let st = transpose(s);
+    for (var jj = 0u; jj < 4u; jj++) { fp[tile * 512u + (4u * tx + jj) * 16u + ty] = st[jj]; }
+}
+
+// o += A·B for this thread's rows and columns (see the top), A = tile `tile` of fp, B = 32 rows of
+// input `bw` from element b_at (b_rows inside), columns c0 .. c0 + 63.
+fn acc_pv(o: array<mat2x4<f32>, 4>, tile: u32, bw: u32, b_at: u32, b_rows: u32, c0: u32, lid: u32, ty: u32,
+          tx: u32) -> array<mat2x4<f32>, 4> {
+    workgroupBarrier(); // fbuf is no longer read; fp is written
+    for (var e = lid; e < 2048u; e += 128u) {
+        let j = e / 64u;
+        let col = c0 + e % 64u;
+        var x = 0.0;
+        if j < b_rows && col < p.d { x = elem(bw, b_at + j * p.d + col); }
+        fbuf[e / 4u][e % 4u] = x;
+    }
+    workgroupBarrier();
+    var o0 = o[0];
+    var o1 = o[1];
+    var o2 = o[2];
+    var o3 = o[3];
+    for (var j = 0u; j < 32u; j++) {
+        let a = fp[tile * 512u + j * 16u + ty];
+        let bj = mat2x4<f32>(fbuf[j * 16u + tx], fbuf[j * 16u + tx + 8u]);
+        o0 += bj * a.x;
+        o1 += bj * a.y;
+        o2 += bj * a.z;
+        o3 += bj * a.w;
+    }
+    return array<mat2x4<f32>, 4>(o0, o1, o2, o3);
+}
+
+// Writes this thread's rows × columns of o (times `scale`) to out from element `at` (row 0 of the
+// workgroup), rows below `rows`.
+fn store_o(o: array<mat2x4<f32>, 4>, at: u32, rows: u32, c0: u32, scale: vec4<f32>, ty: u32, tx: u32) {
+    for (var r = 0u; r < 4u; r++) {
+        if 4u * ty + r < rows {
+            for (var half = 0u; half < 2u; half++) {
+                for (var i = 0u; i < 4u; i++) {
+                    let col = c0 + 32u * half + 4u * tx + i;
+                    if col < p.d { out[at + (4u * ty + r) * p.d + col] = o[r][half][i] * scale[r]; }
+                }
+            }
+        }
+    }
+}
 
 // The maximum (or sum) over the 8 threads of each of this thread's 4 rows.
 fn row_reduce(x: vec4<f32>, ty: u32, tx: u32, is_max: bool) -> vec4<f32> {
@@ -79,59 +171,26 @@ fn row_reduce(x: vec4<f32>, ty: u32, tx: u32, is_max: bool) -> vec4<f32> {
     return y;
 }
 
+// Forward: workgroup (64 queries, head · half, batch); O and the log-sum-exp per query.
 @compute @workgroup_size(128)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let halves = (p.d + 63u) / 64u;
     let q0 = wid.x * 64u;
     let h = wid.y / halves;
-    let c0 = (wid.y % halves) * 64u; // first output column of this workgroup
-    let b = wid.z;
-    let kvh = h / (p.hq / p.hkv);
-    let row0 = (b * p.hq + h) * p.tq + q0; // global query row of tile row 0
-    let kbase = (b * p.hkv + kvh) * p.tk * p.d;
+    let c0 = (wid.y % halves) * 64u;
+    let bh = wid.z * p.hq + h;
+    let kvbase = (wid.z * p.hkv + h / (p.hq / p.hkv)) * p.tk * p.d;
     let ty = lid / 8u;
     let tx = lid % 8u;
+    let q_rows = min(64u, p.tq - q0);
     var m = vec4<f32>(NEG);
     var l = vec4<f32>(); // this thread's share of the row sums
-    var o0 = mat2x4<f32>(); // row 4·ty + r: columns c0 + 4·tx .. +3 and c0 + 32 + 4·tx .. +3
-    var o1 = mat2x4<f32>();
-    var o2 = mat2x4<f32>();
-    var o3 = mat2x4<f32>();
-    let kend = key_end(min(q0 + 64u, p.tq));
+    var o = array<mat2x4<f32>, 4>();
+    let kend = key_end(q0 + q_rows);
     for (var k0 = 0u; k0 < kend; k0 += 32u) {
-        // s_r: scores of row 4·ty + r for keys k0 + 4·tx .. +3.
-        var s0 = vec4<f32>();
-        var s1 = vec4<f32>();
-        var s2 = vec4<f32>();
-        var s3 = vec4<f32>();
-        for (var d0 = 0u; d0 < p.d; d0 += 32u) {
-            workgroupBarrier(); // fbuf is no longer read
-            for (var e = lid; e < 2048u; e += 128u) {
-                let i = e / 32u;
-                let dd = e % 32u;
-                var x = 0.0;
-                if q0 + i < p.tq && d0 + dd < p.d { x = q[p.q_off + (row0 + i) * p.d + d0 + dd]; }
-                fbuf[dd * 16u + i / 4u][i % 4u] = x * p.scale;
-            }
-            for (var e = lid; e < 1024u; e += 128u) {
-                let j = e / 32u;
-                let dd = e % 32u;
-                var x = 0.0;
-                if k0 + j < p.tk && d0 + dd < p.d { x = k[p.k_off + kbase + (k0 + j) * p.d + d0 + dd]; }
-                fbuf[512u + dd * 8u + j / 4u][j % 4u] = x;
-            }
-            workgroupBarrier();
-            for (var dd = 0u; dd < 32u; dd++) {
-                let qv = fbuf[dd * 16u + ty];
-                let kv = fbuf[512u + dd * 8u + tx];
-                s0 += qv.x * kv;
-                s1 += qv.y * kv;
-                s2 += qv.z * kv;
-                s3 += qv.w * kv;
-            }
-        }
+        let k_rows = min(32u, p.tk - k0);
+        var s = xyt(Q, (bh * p.tq + q0) * p.d, q_rows, K, kvbase + k0 * p.d, k_rows, lid, ty, tx) * p.scale;
         // Mask, then the online softmax: every thread of a row gets the same new maximum.
-        var s = mat4x4<f32>(s0, s1, s2, s3);
         var mt = vec4<f32>(NEG);
         for (var r = 0u; r < 4u; r++) {
             for (var jj = 0u; jj < 4u; jj++) {
@@ -142,227 +201,131 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         let m_new = max(m, row_reduce(mt, ty, tx, true));
         let alpha = exp(m - m_new);
         m = m_new;
-        var pt = mat4x4<f32>(); // pt[jj]: P of key 4·tx + jj for the 4 rows
         for (var r = 0u; r < 4u; r++) {
             for (var jj = 0u; jj < 4u; jj++) {
-                pt[jj][r] = select(exp(s[r][jj] - m_new[r]), 0.0, s[r][jj] == NEG);
+                s[r][jj] = select(exp(s[r][jj] - m_new[r]), 0.0, s[r][jj] == NEG);
             }
+            l[r] = l[r] * alpha[r] + s[r][0] + s[r][1] + s[r][2] + s[r][3];
+            o[r] *= alpha[r];
         }
-        l = l * alpha + pt[0] + pt[1] + pt[2] + pt[3];
-        o0 *= alpha.x;
-        o1 *= alpha.y;
-        o2 *= alpha.z;
-        o3 *= alpha.w;
-        workgroupBarrier(); // everyone is done with the Q and K chunks
-        for (var jj = 0u; jj < 4u; jj++) { fp[(4u * tx + jj) * 16u + ty] = pt[jj]; }
-        for (var e = lid; e < 2048u; e += 128u) {
-            let j = e / 64u;
-            let col = c0 + e % 64u;
-            var x = 0.0;
-            if k0 + j < p.tk && col < p.d { x = v[p.v_off + kbase + (k0 + j) * p.d + col]; }
-            fbuf[j * 16u + (e % 64u) / 4u][e % 4u] = x;
-        }
-        workgroupBarrier();
-        for (var j = 0u; j < 32u; j++) {
-            let pv = fp[j * 16u + ty];
-            let vj = mat2x4<f32>(fbuf[j * 16u + tx], fbuf[j * 16u + tx + 8u]);
-            o0 += vj * pv.x;
-            o1 += vj * pv.y;
-            o2 += vj * pv.z;
-            o3 += vj * pv.w;
-        }
+        put_a(0u, s, ty, tx);
+        o = acc_pv(o, 0u, V, kvbase + k0 * p.d, k_rows, c0, lid, ty, tx);
     }
     l = row_reduce(l, ty, tx, false);
-    let o = array<mat2x4<f32>, 4>(o0, o1, o2, o3);
+    let row0 = bh * p.tq + q0;
+    store_o(o, row0 * p.d, q_rows, c0, 1.0 / l, ty, tx);
     for (var r = 0u; r < 4u; r++) {
-        let t = q0 + 4u * ty + r;
-        if t < p.tq {
-            let row = row0 + 4u * ty + r;
-            for (var half = 0u; half < 2u; half++) {
-                for (var i = 0u; i < 4u; i++) {
-                    let col = c0 + 32u * half + 4u * tx + i;
-                    if col < p.d { out[row * p.d + col] = o[r][half][i] / l[r]; }
-                }
-            }
-            if tx == 0u && c0 == 0u { out[p.out2 + row] = m[r] + log(l[r]); }
-        }
+        if tx == 0u && c0 == 0u && 4u * ty + r < q_rows { out[p.out2 + row0 + 4u * ty + r] = m[r] + log(l[r]); }
     }
 }
 
-// dQ: workgroup (query block of 16, head, batch), key tiles of 8. Thread (r, c) = (lid / 8,
-// lid % 8) computes P and dS for query r and key c of each tile, and owns dQ columns c, c + 8, ...
-// tile16a = Q, tile16b = dO, tile8a = K tile, tile8b = V tile, sc_b = dS [16][8].
+// P and dS of a 4 × 4 block from its scores s and dP (already scaled), for queries t(r, jj) with
+// log-sum-exp lse_(r, jj) and delta de_(r, jj); masked entries are zero.
+fn grads_block(s: mat4x4<f32>, dp: mat4x4<f32>, lse_b: mat4x4<f32>, de_b: mat4x4<f32>, keep: mat4x4<f32>) -> array<mat4x4<f32>, 2> {
+    var pm = mat4x4<f32>();
+    var ds = mat4x4<f32>();
+    for (var r = 0u; r < 4u; r++) {
+        for (var jj = 0u; jj < 4u; jj++) {
+            if keep[r][jj] != 0.0 {
+                pm[r][jj] = exp(s[r][jj] - lse_b[r][jj]);
+                ds[r][jj] = pm[r][jj] * (dp[r][jj] - de_b[r][jj]);
+            }
+        }
+    }
+    return array<mat4x4<f32>, 2>(pm, ds);
+}
+
+// dQ: workgroup (64 queries, head · half, batch), key tiles of 32: dQ = scale · dS·K.
 @compute @workgroup_size(128)
 fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let q0 = wid.x * 16u;
-    let h = wid.y;
-    let b = wid.z;
-    let kvh = h / (p.hq / p.hkv);
-    let row0 = (b * p.hq + h) * p.tq + q0;
-    let kbase = (b * p.hkv + kvh) * p.tk * p.d;
-    let r = lid / 8u;
-    let c = lid % 8u;
-    let t = q0 + r;
-    for (var e = lid; e < 16u * p.d; e += 128u) {
-        let i = e / p.d;
-        let col = e % p.d;
-        var x = 0.0;
-        var g = 0.0;
-        if q0 + i < p.tq {
-            x = q[p.q_off + (row0 + i) * p.d + col];
-            g = dout[p.do_off + (row0 + i) * p.d + col];
+    let halves = (p.d + 63u) / 64u;
+    let q0 = wid.x * 64u;
+    let h = wid.y / halves;
+    let c0 = (wid.y % halves) * 64u;
+    let bh = wid.z * p.hq + h;
+    let kvbase = (wid.z * p.hkv + h / (p.hq / p.hkv)) * p.tk * p.d;
+    let ty = lid / 8u;
+    let tx = lid % 8u;
+    let q_rows = min(64u, p.tq - q0);
+    let row0 = bh * p.tq + q0;
+    var lse_r = vec4<f32>();
+    var de_r = vec4<f32>();
+    for (var r = 0u; r < 4u; r++) {
+        if 4u * ty + r < q_rows {
+            lse_r[r] = lse[p.lse_off + row0 + 4u * ty + r];
+            de_r[r] = delta[p.delta_off + row0 + 4u * ty + r];
         }
-        tile16a[i * DS + col] = x;
-        tile16b[i * DS + col] = g;
     }
-    var lse_t = 0.0;
-    var delta_t = 0.0;
-    if t < p.tq {
-        lse_t = lse[p.lse_off + row0 + r];
-        delta_t = delta[p.delta_off + row0 + r];
-    }
-    var acc: array<f32, 16>;
-    let kend = key_end(min(q0 + 16u, p.tq));
-    for (var k0 = 0u; k0 < kend; k0 += 8u) {
-        workgroupBarrier();
-        for (var e = lid; e < 8u * p.d; e += 128u) {
-            let j = e / p.d;
-            let col = e % p.d;
-            var kx = 0.0;
-            var vx = 0.0;
-            if k0 + j < p.tk {
-                kx = k[p.k_off + kbase + (k0 + j) * p.d + col];
-                vx = v[p.v_off + kbase + (k0 + j) * p.d + col];
-            }
-            tile8a[j * DS + col] = kx;
-            tile8b[j * DS + col] = vx;
-        }
-        workgroupBarrier();
-        var ds = 0.0;
-        if t < p.tq && kept(t, k0 + c) {
-            var s = 0.0;
-            var dp = 0.0;
-            for (var dd = 0u; dd < p.d; dd++) {
-                s += tile16a[r * DS + dd] * tile8a[c * DS + dd];
-                dp += tile16b[r * DS + dd] * tile8b[c * DS + dd];
-            }
-            ds = exp(s * p.scale - lse_t) * (dp - delta_t);
-        }
-        sc_b[r * 8u + c] = ds;
-        workgroupBarrier();
-        for (var j = 0u; j < 8u; j++) {
-            let dsj = sc_b[r * 8u + j];
-            for (var kk = 0u; kk < 16u; kk++) {
-                let col = c + 8u * kk;
-                if col < p.d { acc[kk] += dsj * tile8a[j * DS + col]; }
+    let lse_b = mat4x4<f32>(vec4(lse_r.x), vec4(lse_r.y), vec4(lse_r.z), vec4(lse_r.w));
+    let de_b = mat4x4<f32>(vec4(de_r.x), vec4(de_r.y), vec4(de_r.z), vec4(de_r.w));
+    var o = array<mat2x4<f32>, 4>();
+    let kend = key_end(q0 + q_rows);
+    for (var k0 = 0u; k0 < kend; k0 += 32u) {
+        let k_rows = min(32u, p.tk - k0);
+        let s = xyt(Q, row0 * p.d, q_rows, K, kvbase + k0 * p.d, k_rows, lid, ty, tx) * p.scale;
+        let dp = xyt(DO, row0 * p.d, q_rows, V, kvbase + k0 * p.d, k_rows, lid, ty, tx);
+        var keep = mat4x4<f32>();
+        for (var r = 0u; r < 4u; r++) {
+            for (var jj = 0u; jj < 4u; jj++) {
+                keep[r][jj] = select(0.0, 1.0, kept(q0 + 4u * ty + r, k0 + 4u * tx + jj));
             }
         }
+        let g = grads_block(s, dp, lse_b, de_b, keep);
+        put_a(0u, g[1], ty, tx);
+        o = acc_pv(o, 0u, K, kvbase + k0 * p.d, k_rows, c0, lid, ty, tx);
     }
-    if t < p.tq {
-        for (var kk = 0u; kk < 16u; kk++) {
-            let col = c + 8u * kk;
-            if col < p.d { out[(row0 + r) * p.d + col] = acc[kk] * p.scale; }
-        }
-    }
+    store_o(o, row0 * p.d, q_rows, c0, vec4<f32>(p.scale), ty, tx);
 }
 
-// dK, dV: workgroup (key block of 16, kv head, batch), looping over the group's query heads and
-// their query tiles of 8. Thread (i, j) = (lid / 16, lid % 16) computes P and dS for query i,
-// key j; thread (jr, c) = (lid / 8, lid % 8) owns dK and dV of key jr, columns c, c + 8, ...
-// tile16a = K, tile16b = V, tile8a = Q tile, tile8b = dO tile, sc_a = P, sc_b = dS [8][16],
-// rowst = LSE and delta of the tile's queries.
+// dK and dV: workgroup (64 keys, kv head · half, batch), query tiles of 32 of every query head of
+// the GQA group: dV = Pᵀ·dO, dK = scale · dSᵀ·Q, with Pᵀ and dSᵀ from Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ.
 @compute @workgroup_size(128)
 fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let k0 = wid.x * 16u;
-    let kvh = wid.y;
-    let b = wid.z;
+    let halves = (p.d + 63u) / 64u;
+    let j0 = wid.x * 64u;
+    let kvh = wid.y / halves;
+    let c0 = (wid.y % halves) * 64u;
     let group = p.hq / p.hkv;
-    let kbase = (b * p.hkv + kvh) * p.tk * p.d;
-    for (var e = lid; e < 16u * p.d; e += 128u) {
-        let j = e / p.d;
-        let col = e % p.d;
-        var kx = 0.0;
-        var vx = 0.0;
-        if k0 + j < p.tk {
-            kx = k[p.k_off + kbase + (k0 + j) * p.d + col];
-            vx = v[p.v_off + kbase + (k0 + j) * p.d + col];
-        }
-        tile16a[j * DS + col] = kx;
-        tile16b[j * DS + col] = vx;
-    }
-    let si = lid / 16u;
-    let sj = lid % 16u;
-    let jr = lid / 8u;
-    let c = lid % 8u;
-    var dk: array<f32, 16>;
-    var dv: array<f32, 16>;
-    // The first query that sees key k0.
-    var t_start = 0u;
-    if p.causal == 1u && k0 > p.shift { t_start = k0 - p.shift; }
+    let kvrow0 = (wid.z * p.hkv + kvh) * p.tk + j0;
+    let ty = lid / 8u;
+    let tx = lid % 8u;
+    let k_rows = min(64u, p.tk - j0);
+    // The first query that sees key j0, rounded down to a tile.
+    var t_begin = 0u;
+    if p.causal == 1u { t_begin = (max(j0, p.shift) - p.shift) / 32u * 32u; }
+    var dk = array<mat2x4<f32>, 4>();
+    var dv = array<mat2x4<f32>, 4>();
     for (var hh = 0u; hh < group; hh++) {
-        let row0 = (b * p.hq + kvh * group + hh) * p.tq; // global row of query 0 of this head
-        for (var q0 = t_start; q0 < p.tq; q0 += 8u) {
-            workgroupBarrier();
-            for (var e = lid; e < 8u * p.d; e += 128u) {
-                let i = e / p.d;
-                let col = e % p.d;
-                var x = 0.0;
-                var g = 0.0;
-                if q0 + i < p.tq {
-                    x = q[p.q_off + (row0 + q0 + i) * p.d + col];
-                    g = dout[p.do_off + (row0 + q0 + i) * p.d + col];
+        let qrow0 = (wid.z * p.hq + kvh * group + hh) * p.tq;
+        for (var t0 = t_begin; t0 < p.tq; t0 += 32u) {
+            let q_rows = min(32u, p.tq - t0);
+            let q_at = (qrow0 + t0) * p.d;
+            let st = xyt(K, kvrow0 * p.d, k_rows, Q, q_at, q_rows, lid, ty, tx) * p.scale;
+            let dpt = xyt(V, kvrow0 * p.d, k_rows, DO, q_at, q_rows, lid, ty, tx);
+            var lse_b = mat4x4<f32>();
+            var de_b = mat4x4<f32>();
+            var keep = mat4x4<f32>();
+            for (var jj = 0u; jj < 4u; jj++) {
+                let t = t0 + 4u * tx + jj;
+                var lt = 0.0;
+                var dt = 0.0;
+                if t < p.tq {
+                    lt = lse[p.lse_off + qrow0 + t];
+                    dt = delta[p.delta_off + qrow0 + t];
                 }
-                tile8a[i * DS + col] = x;
-                tile8b[i * DS + col] = g;
-            }
-            if lid < 8u {
-                var ls = 0.0;
-                var dl = 0.0;
-                if q0 + lid < p.tq {
-                    ls = lse[p.lse_off + row0 + q0 + lid];
-                    dl = delta[p.delta_off + row0 + q0 + lid];
-                }
-                rowst[lid] = ls;
-                rowst[8u + lid] = dl;
-            }
-            workgroupBarrier();
-            let t = q0 + si;
-            var pr = 0.0;
-            var ds = 0.0;
-            if t < p.tq && kept(t, k0 + sj) {
-                var s = 0.0;
-                var dp = 0.0;
-                for (var dd = 0u; dd < p.d; dd++) {
-                    s += tile8a[si * DS + dd] * tile16a[sj * DS + dd];
-                    dp += tile8b[si * DS + dd] * tile16b[sj * DS + dd];
-                }
-                pr = exp(s * p.scale - rowst[si]);
-                ds = pr * (dp - rowst[8u + si]);
-            }
-            sc_a[si * 16u + sj] = pr;
-            sc_b[si * 16u + sj] = ds;
-            workgroupBarrier();
-            for (var i = 0u; i < 8u; i++) {
-                let pij = sc_a[i * 16u + jr];
-                let dsij = sc_b[i * 16u + jr];
-                for (var kk = 0u; kk < 16u; kk++) {
-                    let col = c + 8u * kk;
-                    if col < p.d {
-                        dv[kk] += pij * tile8b[i * DS + col];
-                        dk[kk] += dsij * tile8a[i * DS + col];
-                    }
+                for (var r = 0u; r < 4u; r++) {
+                    lse_b[r][jj] = lt;
+                    de_b[r][jj] = dt;
+                    keep[r][jj] = select(0.0, 1.0, t < p.tq && kept(t, j0 + 4u * ty + r));
                 }
             }
+            let g = grads_block(st, dpt, lse_b, de_b, keep);
+            put_a(0u, g[0], ty, tx);
+            put_a(1u, g[1], ty, tx);
+            dv = acc_pv(dv, 0u, DO, q_at, q_rows, c0, lid, ty, tx);
+            dk = acc_pv(dk, 1u, Q, q_at, q_rows, c0, lid, ty, tx);
         }
     }
-    if k0 + jr < p.tk {
-        let at = kbase + (k0 + jr) * p.d;
-        for (var kk = 0u; kk < 16u; kk++) {
-            let col = c + 8u * kk;
-            if col < p.d {
-                out[at + col] = dk[kk] * p.scale;
-                out[p.out2 + at + col] = dv[kk];
-            }
-        }
-    }
+    store_o(dk, kvrow0 * p.d, k_rows, c0, vec4<f32>(p.scale), ty, tx);
+    store_o(dv, p.out2 + kvrow0 * p.d, k_rows, c0, vec4<f32>(1.0), ty, tx);
 }
