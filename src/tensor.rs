@@ -20,7 +20,8 @@ pub(crate) struct Inner {
     pub shape: Vec<usize>,
     pub dtype: Precision,
     pub requires_grad: bool,
-    pub grad_fn: Option<Arc<GradFn>>,
+    /// The op that made this tensor, and which of its outputs this is.
+    pub grad_fn: Option<(Arc<GradFn>, usize)>,
 }
 
 fn next_id() -> u64 {

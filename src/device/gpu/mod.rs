@@ -7,6 +7,7 @@ pub use batch::CommandBatch;
 
 use crate::{Error, Result};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// A WGSL source; its pipelines are compiled once per entry point and cached.
@@ -18,6 +19,49 @@ pub struct Kernel {
 /// GPU memory behind a tensor. Dropping it hands the buffer back to the pool.
 pub struct GpuBuffer {
     pub(crate) buffer: wgpu::Buffer,
+    /// The host data a u32 buffer was uploaded from (token ids). u32 buffers are never written
+    /// in place, so this stays equal to the GPU copy and checks on ids need no readback.
+    pub(crate) host_u32: Option<Box<[u32]>>,
+}
+
+/// Work sent to the GPU since the process started (always counted, relaxed atomics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Compute dispatches queued.
+    pub dispatches: u64,
+    /// Command buffers submitted.
+    pub submits: u64,
+    /// Reads of GPU memory by the host: each one waits for all queued work.
+    pub reads: u64,
+    /// Host-to-GPU uploads.
+    pub uploads: u64,
+}
+
+static DISPATCHES: AtomicU64 = AtomicU64::new(0);
+static SUBMITS: AtomicU64 = AtomicU64::new(0);
+static READS: AtomicU64 = AtomicU64::new(0);
+static UPLOADS: AtomicU64 = AtomicU64::new(0);
+
+/// The running totals; subtract two readings to count the work in between.
+pub fn counters() -> Counters {
+    Counters {
+        dispatches: DISPATCHES.load(Ordering::Relaxed),
+        submits: SUBMITS.load(Ordering::Relaxed),
+        reads: READS.load(Ordering::Relaxed),
+        uploads: UPLOADS.load(Ordering::Relaxed),
+    }
+}
+
+impl std::ops::Sub for Counters {
+    type Output = Counters;
+    fn sub(self, o: Counters) -> Counters {
+        Counters {
+            dispatches: self.dispatches - o.dispatches,
+            submits: self.submits - o.submits,
+            reads: self.reads - o.reads,
+            uploads: self.uploads - o.uploads,
+        }
+    }
 }
 
 impl Drop for GpuBuffer {
@@ -154,11 +198,12 @@ impl GpuContext {
     /// A buffer of at least `bytes` from the pool; its contents are undefined.
     pub fn alloc(&self, bytes: u64) -> GpuBuffer {
         let buffer = self.pool.take(&self.device, bytes, pool::Kind::Storage);
-        GpuBuffer { buffer }
+        GpuBuffer { buffer, host_u32: None }
     }
 
     /// A buffer holding `data` (padded to 4 bytes).
     pub fn upload(&self, data: &[u8]) -> GpuBuffer {
+        UPLOADS.fetch_add(1, Ordering::Relaxed);
         let buf = self.alloc(data.len() as u64);
         // The pool never hands out a buffer that unsubmitted work still uses, so this
         // write (ordered before the next submit) cannot clobber live data.
@@ -189,6 +234,7 @@ impl GpuContext {
         if end == start {
             return Vec::new();
         }
+        READS.fetch_add(1, Ordering::Relaxed);
         let staging = self.pool.take(&self.device, end - start, pool::Kind::Readback);
         self.record(|enc| enc.copy_buffer_to_buffer(&buf.buffer, start, &staging, 0, end - start));
         self.flush();
