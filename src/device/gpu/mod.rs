@@ -217,6 +217,13 @@ impl GpuContext {
         buf
     }
 
+    /// A buffer holding `data` that remembers it (see `GpuBuffer::host_u32`).
+    pub fn upload_u32(&self, data: &[u32]) -> GpuBuffer {
+        let mut buf = self.upload(bytemuck::cast_slice(data));
+        buf.host_u32 = Some(data.into());
+        buf
+    }
+
     /// A buffer of `bytes` zeros (cleared in queue order).
     pub fn zeros(&self, bytes: u64) -> GpuBuffer {
         let buf = self.alloc(bytes);
