@@ -1,8 +1,10 @@
 //! GPU work in one training step: dispatches, submits, host reads and uploads, counted on the
 //! step after a warm-up step. `cargo run --release --example step_counts -- [seed-tiny|test] [batch] [seq]`
-//! (runs on the GPU: IRONTENSOR_DEVICE is ignored).
+//! (runs on the GPU: IRONTENSOR_DEVICE is ignored). With IRONTENSOR_PROFILE=1 it also lists the
+//! dispatches of each op (the profiler's phase guards then add submits and waits of their own).
 
 use irontensor::device::gpu;
+use irontensor::profile;
 use irontensor::train::OptimizerKind;
 use irontensor::{Device, ModelConfig, Precision, Trainer, TrainingConfig};
 
@@ -43,6 +45,7 @@ fn main() -> irontensor::Result<()> {
     let mut t = Trainer::new_on(model, config, Device::Gpu)?;
     let ids: Vec<u32> = (0..batch * seq).map(|i| (i as u32).wrapping_mul(2_654_435_761) % vocab).collect();
     t.train_step(&ids[..], &ids[..], batch, seq)?;
+    profile::reset();
     let before = gpu::counters();
     let (loss, norm) = t.train_step(&ids[..], &ids[..], batch, seq)?;
     let c = gpu::counters() - before;
@@ -50,5 +53,12 @@ fn main() -> irontensor::Result<()> {
         "{{\"model\":\"{which}\",\"batch\":{batch},\"seq\":{seq},\"dispatches\":{},\"submits\":{},\"reads\":{},\"uploads\":{},\"loss\":{loss},\"norm\":{norm}}}",
         c.dispatches, c.submits, c.reads, c.uploads
     );
+    if profile::is_enabled() {
+        let mut ops: Vec<_> = profile::ops().into_iter().filter(|o| o.dispatches > 0).collect();
+        ops.sort_by_key(|o| std::cmp::Reverse(o.dispatches));
+        for o in ops {
+            println!("  {:<28} {:>5} calls {:>5} dispatches", o.name, o.count, o.dispatches);
+        }
+    }
     Ok(())
 }

@@ -7,7 +7,7 @@ pub use batch::CommandBatch;
 
 use crate::{Error, Result};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
 use std::sync::{Mutex, OnceLock};
 
 /// A WGSL source; its pipelines are compiled once per entry point and cached.
@@ -24,7 +24,8 @@ pub struct GpuBuffer {
     pub(crate) host_u32: Option<Box<[u32]>>,
 }
 
-/// Work sent to the GPU since the process started (always counted, relaxed atomics).
+/// Work this thread sent to the GPU so far. Counted per thread, so that tests running side by
+/// side do not see each other's work (ops dispatch on the thread that calls them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Compute dispatches queued.
@@ -37,19 +38,22 @@ pub struct Counters {
     pub uploads: u64,
 }
 
-static DISPATCHES: AtomicU64 = AtomicU64::new(0);
-static SUBMITS: AtomicU64 = AtomicU64::new(0);
-static READS: AtomicU64 = AtomicU64::new(0);
-static UPLOADS: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    static COUNTERS: Cell<Counters> = const { Cell::new(Counters { dispatches: 0, submits: 0, reads: 0, uploads: 0 }) };
+}
 
-/// The running totals; subtract two readings to count the work in between.
+/// Adds to this thread's counters.
+pub(crate) fn count(f: impl FnOnce(&mut Counters)) {
+    COUNTERS.with(|c| {
+        let mut v = c.get();
+        f(&mut v);
+        c.set(v);
+    });
+}
+
+/// This thread's running totals; subtract two readings to count the work in between.
 pub fn counters() -> Counters {
-    Counters {
-        dispatches: DISPATCHES.load(Ordering::Relaxed),
-        submits: SUBMITS.load(Ordering::Relaxed),
-        reads: READS.load(Ordering::Relaxed),
-        uploads: UPLOADS.load(Ordering::Relaxed),
-    }
+    COUNTERS.with(|c| c.get())
 }
 
 impl std::ops::Sub for Counters {
@@ -203,7 +207,7 @@ impl GpuContext {
 
     /// A buffer holding `data` (padded to 4 bytes).
     pub fn upload(&self, data: &[u8]) -> GpuBuffer {
-        UPLOADS.fetch_add(1, Ordering::Relaxed);
+        count(|c| c.uploads += 1);
         let buf = self.alloc(data.len() as u64);
         // The pool never hands out a buffer that unsubmitted work still uses, so this
         // write (ordered before the next submit) cannot clobber live data.
@@ -241,7 +245,7 @@ impl GpuContext {
         if end == start {
             return Vec::new();
         }
-        READS.fetch_add(1, Ordering::Relaxed);
+        count(|c| c.reads += 1);
         let staging = self.pool.take(&self.device, end - start, pool::Kind::Readback);
         self.record(|enc| enc.copy_buffer_to_buffer(&buf.buffer, start, &staging, 0, end - start));
         self.flush();
