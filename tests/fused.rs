@@ -30,7 +30,10 @@ fn swiglu(device: Device) {
         let n: usize = shape.iter().product();
         let seed = seed as u64;
         GradCheck {
-            inputs: vec![(rand_vec(n, -4.0, 4.0, seed), shape.clone()), (rand_vec(n, -2.0, 2.0, 40 + seed), shape.clone())],
+            inputs: vec![
+                (rand_vec(n, -4.0, 4.0, seed), shape.clone()),
+                (rand_vec(n, -2.0, 2.0, 40 + seed), shape.clone()),
+            ],
             op: &|t| ops::swiglu(&t[0], &t[1]),
             reference: &|x| x[0].iter().zip(&x[1]).map(|(&g, &u)| silu_ref(g) * u).collect(),
             atol: 1e-6,
@@ -62,11 +65,7 @@ fn swiglu_matches_unfused(device: Device) {
     };
     let (g, u, w) = (mk(1, -5.0, 5.0), mk(2, -2.0, 2.0), mk(3, -1.0, 1.0).detach());
     let run = |fused: bool| {
-        let y = if fused {
-            ops::swiglu(&g, &u).unwrap()
-        } else {
-            ops::mul(&ops::silu(&g).unwrap(), &u).unwrap()
-        };
+        let y = if fused { ops::swiglu(&g, &u).unwrap() } else { ops::mul(&ops::silu(&g).unwrap(), &u).unwrap() };
         let grads = ops::sum_all(&ops::mul(&y, &w).unwrap()).unwrap().backward().unwrap();
         [y.to_vec(), grads.get(&g).unwrap().to_vec(), grads.get(&u).unwrap().to_vec()]
     };

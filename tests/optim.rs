@@ -300,7 +300,8 @@ fn clip_grad_norm(device: Device) {
 fn step_control(device: Device) {
     let sizes = [7 * 33, 1, 70_001];
     let t = |v: &[f32]| Tensor::from_f32_on(v, &[v.len()], device).unwrap();
-    let grads: Vec<Tensor> = sizes.iter().enumerate().map(|(k, &n)| t(&rand_vec(n, -1.0, 1.0, 60 + k as u64))).collect();
+    let grads: Vec<Tensor> =
+        sizes.iter().enumerate().map(|(k, &n)| t(&rand_vec(n, -1.0, 1.0, 60 + k as u64))).collect();
     let norm: f64 = grads.iter().flat_map(|g| f64s(&g.to_vec())).map(|v| v * v).sum::<f64>().sqrt();
     let loss = Tensor::from_f32_on(&[2.5], &[], device).unwrap();
     for (max, scale) in [(norm / 4.0, 0.25), (norm * 2.0, 1.0), (0.0, 1.0)] {

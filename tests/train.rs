@@ -265,9 +265,8 @@ fn nan_step_is_skipped_on_the_device(device: Device) {
     let la = a.train_step(&x, &y, 2, 16).unwrap();
     let lb = b.train_step(&x, &y, 2, 16).unwrap();
     assert_eq!(la, lb, "the step after a skipped one");
-    let bits = |t: &Trainer| {
-        t.model.parameters().iter().flat_map(|(_, p)| p.to_vec()).map(f32::to_bits).collect::<Vec<_>>()
-    };
+    let bits =
+        |t: &Trainer| t.model.parameters().iter().flat_map(|(_, p)| p.to_vec()).map(f32::to_bits).collect::<Vec<_>>();
     assert!(bits(&a) == bits(&b), "weights after a skipped step and a good one");
 }
 

@@ -6,8 +6,8 @@ mod pool;
 pub use batch::CommandBatch;
 
 use crate::{Error, Result};
-use std::collections::HashMap;
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 /// A WGSL source; its pipelines are compiled once per entry point and cached.
