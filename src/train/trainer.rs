@@ -199,7 +199,11 @@ impl Trainer {
             let loss = {
                 let _forward = profile::phase(Phase::Forward);
                 let loss = self.model.loss(&x, &y, micro, seq_len, Some(seed))?;
-                ops::scale(&loss, 1.0 / accum as f32)?
+                if accum == 1 {
+                    loss // scaling by 1 would cost a dispatch each way and change nothing
+                } else {
+                    ops::scale(&loss, 1.0 / accum as f32)?
+                }
             };
             let backward = profile::phase(Phase::Backward);
             let g = loss.backward()?;
