@@ -136,7 +136,9 @@ impl Slots {
             }
         }
         if let Some(c) = control {
-            if c.dtype() != Precision::FP32 || c.numel() < 2 || params.first().is_some_and(|p| p.device() != c.device())
+            if c.dtype() != Precision::FP32
+                || c.numel() != 4
+                || params.first().is_some_and(|p| p.device() != c.device())
             {
                 bail!(Invalid, "{op}: the step control must be f32 [4] on the parameters' device, got {:?}", c.shape());
             }
