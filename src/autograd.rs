@@ -6,12 +6,14 @@ use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-type BackwardFn = dyn Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync;
+type BackwardFn = dyn Fn(&[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> + Send + Sync;
 
-/// How an op's output was made: its inputs and the rule giving their gradients from the output's.
+/// How an op's outputs were made: its inputs and the rule giving their gradients from the
+/// outputs' (most ops have one output; fused ops may have several).
 pub struct GradFn {
     op: &'static str,
     inputs: Vec<Tensor>,
+    outputs: usize,
     backward: Box<BackwardFn>,
 }
 
@@ -55,12 +57,37 @@ pub fn record(
     inputs: &[&Tensor],
     backward: impl Fn(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
 ) -> Tensor {
+    let [out] = record_multi(op, [out], inputs, move |dys| match &dys[0] {
+        Some(dy) => backward(dy),
+        None => unreachable!("a node runs only when one of its outputs has a gradient"),
+    });
+    out
+}
+
+/// `record` for an op with several outputs: `backward` runs once, after the gradients of all
+/// outputs are complete, and gets one per output (None where the loss does not use it).
+pub fn record_multi<const N: usize>(
+    op: &'static str,
+    outs: [Tensor; N],
+    inputs: &[&Tensor],
+    backward: impl Fn(&[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
+) -> [Tensor; N] {
     if !tracking(inputs) {
-        return out;
+        return outs;
     }
-    let node = GradFn { op, inputs: inputs.iter().map(|t| (*t).clone()).collect(), backward: Box::new(backward) };
-    let i = &out.0;
-    Tensor::from_storage(i.storage.clone(), i.offset, &i.shape, i.dtype).with_grad_fn(Arc::new(node))
+    let node = Arc::new(GradFn {
+        op,
+        inputs: inputs.iter().map(|t| (*t).clone()).collect(),
+        outputs: N,
+        backward: Box::new(backward),
+    });
+    let mut k = 0;
+    outs.map(|out| {
+        let i = &out.0;
+        let t = Tensor::from_storage(i.storage.clone(), i.offset, &i.shape, i.dtype).with_grad_fn(node.clone(), k);
+        k += 1;
+        t
+    })
 }
 
 /// For ops with no backward rule: an error if any input would need a gradient.
@@ -75,9 +102,9 @@ pub fn no_backward(op: &str, inputs: &[&Tensor]) -> Result<()> {
 }
 
 impl Tensor {
-    fn with_grad_fn(self, f: Arc<GradFn>) -> Tensor {
+    fn with_grad_fn(self, f: Arc<GradFn>, output: usize) -> Tensor {
         let mut inner = Arc::try_unwrap(self.0).unwrap_or_else(|_| unreachable!("fresh tensor"));
-        inner.grad_fn = Some(f);
+        inner.grad_fn = Some((f, output));
         Tensor(Arc::new(inner))
     }
 
@@ -106,40 +133,52 @@ impl Tensor {
     }
 }
 
+/// Where a tensor's gradient collects: an op's output (node address, output index) or a leaf.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Slot {
+    Output(usize, usize),
+    Leaf(u64),
+}
+
+fn slot(t: &Tensor) -> Slot {
+    match &t.0.grad_fn {
+        Some((f, k)) => Slot::Output(Arc::as_ptr(f) as usize, *k),
+        None => Slot::Leaf(t.id()),
+    }
+}
+
 fn run_backward(root: &Tensor, dy: &Tensor) -> Result<Gradients> {
-    // Reverse topological order by iterative DFS (post-order), so deep graphs don't recurse.
-    let mut order: Vec<Tensor> = Vec::new();
-    let mut seen: HashSet<u64> = HashSet::new();
-    let mut stack: Vec<(Tensor, bool)> = vec![(root.clone(), false)];
-    while let Some((t, expanded)) = stack.pop() {
+    let mut grads: HashMap<Slot, Tensor> = HashMap::new();
+    grads.insert(slot(root), dy.clone());
+    // Nodes in reverse topological order by iterative DFS (post-order), so deep graphs don't
+    // recurse; a node runs after every consumer of any of its outputs.
+    let mut order: Vec<Arc<GradFn>> = Vec::new();
+    let mut seen: HashSet<usize> = HashSet::new();
+    let mut stack: Vec<(Arc<GradFn>, bool)> = root.0.grad_fn.iter().map(|(f, _)| (f.clone(), false)).collect();
+    while let Some((f, expanded)) = stack.pop() {
         if expanded {
-            order.push(t);
+            order.push(f);
             continue;
         }
-        if !seen.insert(t.id()) {
+        if !seen.insert(Arc::as_ptr(&f) as usize) {
             continue;
         }
-        stack.push((t.clone(), true));
-        if let Some(f) = &t.0.grad_fn {
-            for inp in &f.inputs {
-                if inp.tracks_grad() && !seen.contains(&inp.id()) {
-                    stack.push((inp.clone(), false));
+        stack.push((f.clone(), true));
+        for inp in &f.inputs {
+            if let Some((g, _)) = &inp.0.grad_fn {
+                if !seen.contains(&(Arc::as_ptr(g) as usize)) {
+                    stack.push((g.clone(), false));
                 }
             }
         }
     }
-    let mut grads: HashMap<u64, Tensor> = HashMap::new();
-    grads.insert(root.id(), dy.clone());
-    let mut leaves = HashMap::new();
-    for t in order.iter().rev() {
-        let Some(g) = grads.remove(&t.id()) else {
+    for f in order.iter().rev() {
+        let id = Arc::as_ptr(f) as usize;
+        let dys: Vec<Option<Tensor>> = (0..f.outputs).map(|k| grads.remove(&Slot::Output(id, k))).collect();
+        if dys.iter().all(Option::is_none) {
             continue;
-        };
-        let Some(f) = &t.0.grad_fn else {
-            leaves.insert(t.id(), g);
-            continue;
-        };
-        let input_grads = (f.backward)(&g)?;
+        }
+        let input_grads = (f.backward)(&dys)?;
         debug_assert_eq!(input_grads.len(), f.inputs.len(), "{}: backward arity", f.op);
         for (inp, ig) in f.inputs.iter().zip(input_grads) {
             let Some(ig) = ig else { continue };
@@ -155,14 +194,22 @@ fn run_backward(root: &Tensor, dy: &Tensor) -> Result<Gradients> {
                     inp.shape()
                 );
             }
-            let acc = match grads.remove(&inp.id()) {
+            let acc = match grads.remove(&slot(inp)) {
                 Some(prev) => crate::ops::add(&prev, &ig)?,
                 None => ig,
             };
-            grads.insert(inp.id(), acc);
+            grads.insert(slot(inp), acc);
         }
     }
-    Ok(Gradients { map: leaves })
+    // What is left are the leaves' gradients.
+    let map = grads
+        .into_iter()
+        .filter_map(|(s, g)| match s {
+            Slot::Leaf(id) => Some((id, g)),
+            Slot::Output(..) => None,
+        })
+        .collect();
+    Ok(Gradients { map })
 }
 
 /// Gradients by tensor identity, as returned by `backward`.

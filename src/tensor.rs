@@ -20,7 +20,8 @@ pub(crate) struct Inner {
     pub shape: Vec<usize>,
     pub dtype: Precision,
     pub requires_grad: bool,
-    pub grad_fn: Option<Arc<GradFn>>,
+    /// The op that made this tensor, and which of its outputs this is.
+    pub grad_fn: Option<(Arc<GradFn>, usize)>,
 }
 
 fn next_id() -> u64 {
@@ -131,10 +132,7 @@ impl Tensor {
         }
         Ok(match device {
             Device::Cpu => Tensor::from_cpu(CpuBuffer::U32(data.to_vec()), shape),
-            Device::Gpu => {
-                let ctx = gpu::context()?;
-                Tensor::from_gpu(ctx.upload(bytemuck::cast_slice(data)), shape, Precision::U32)
-            }
+            Device::Gpu => Tensor::from_gpu(gpu::context()?.upload_u32(data), shape, Precision::U32),
         })
     }
 
@@ -260,6 +258,12 @@ impl Tensor {
     }
 
     pub fn to_vec_u32(&self) -> Vec<u32> {
+        // Ids uploaded from the host are answered from the host copy: no GPU round trip.
+        if let Storage::Gpu(buf) = self.storage() {
+            if let (Precision::U32, Some(host)) = (self.dtype(), &buf.host_u32) {
+                return host[self.offset()..self.offset() + self.numel()].to_vec();
+            }
+        }
         match self.dtype() {
             Precision::U32 => bytemuck::pod_collect_to_vec(&self.raw_bytes()),
             _ => self.to_vec().into_iter().map(|v| v as u32).collect(),
@@ -299,6 +303,9 @@ impl Tensor {
             bail!(Shape, "from_bytes: {} bytes cannot hold {shape:?} of {}", bytes.len(), dtype.name());
         }
         Ok(match device {
+            Device::Gpu if dtype == Precision::U32 => {
+                Tensor::from_gpu(gpu::context()?.upload_u32(&bytemuck::pod_collect_to_vec(bytes)), shape, dtype)
+            }
             Device::Gpu => Tensor::from_gpu(gpu::context()?.upload(bytes), shape, dtype),
             Device::Cpu => Tensor::from_cpu(
                 match dtype {

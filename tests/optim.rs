@@ -295,6 +295,65 @@ fn clip_grad_norm(device: Device) {
     assert!(optim::clip_grad_norm(&[bf], 1.0).is_err());
 }
 
+/// The step control gives clip_grad_norm's factor, the norm and the loss; a controlled step
+/// equals clipping then stepping, and a NaN/Inf control changes neither weights nor state.
+fn step_control(device: Device) {
+    let sizes = [7 * 33, 1, 70_001];
+    let t = |v: &[f32]| Tensor::from_f32_on(v, &[v.len()], device).unwrap();
+    let grads: Vec<Tensor> =
+        sizes.iter().enumerate().map(|(k, &n)| t(&rand_vec(n, -1.0, 1.0, 60 + k as u64))).collect();
+    let norm: f64 = grads.iter().flat_map(|g| f64s(&g.to_vec())).map(|v| v * v).sum::<f64>().sqrt();
+    let loss = Tensor::from_f32_on(&[2.5], &[], device).unwrap();
+    for (max, scale) in [(norm / 4.0, 0.25), (norm * 2.0, 1.0), (0.0, 1.0)] {
+        let c = optim::step_control(&grads, &loss, max as f32).unwrap().to_vec();
+        assert_close(&c, &[scale, 1.0, norm, 2.5], 1e-6, 1e-5, &format!("control for max_norm {max}"));
+    }
+    // Controlled (scale, then step) against clip_grad_norm then step, for both rules.
+    let params = |seed| sizes.iter().map(|&n| t(&rand_vec(n, -1.0, 1.0, seed))).collect::<Vec<_>>();
+    let (lion, adamw) = (LionConfig { lr: 0.01, ..Default::default() }, AdamWConfig { lr: 0.01, ..Default::default() });
+    for mut pair in [
+        [Opt::Lion(Lion::new(lion)), Opt::Lion(Lion::new(lion))],
+        [Opt::AdamW(AdamW::new(adamw)), Opt::AdamW(AdamW::new(adamw))],
+    ] {
+        let (pa, pb) = (params(70), params(70));
+        let gb: Vec<Tensor> = grads.iter().map(|g| t(&g.to_vec())).collect();
+        let control = optim::step_control(&grads, &loss, (norm / 3.0) as f32).unwrap();
+        match &mut pair[0] {
+            Opt::Lion(o) => o.step_controlled(&pa, &grads, &control).unwrap(),
+            Opt::AdamW(o) => o.step_controlled(&pa, &grads, &control).unwrap(),
+        }
+        optim::clip_grad_norm(&gb, (norm / 3.0) as f32).unwrap();
+        pair[1].step(&pb, &gb, 0.01).unwrap();
+        for (a, b) in pa.iter().zip(&pb) {
+            assert_close(&a.to_vec(), &f64s(&b.to_vec()), 1e-6, 1e-6, "controlled step vs clip + step");
+        }
+        // A non-finite loss or gradient: nothing moves, and the step can be handed back.
+        let (w, s) = (pa.iter().map(|p| p.to_vec()).collect::<Vec<_>>(), pair[0].state()[0].to_vec());
+        let nan = Tensor::from_f32_on(&[f32::NAN], &[1], device).unwrap();
+        let inf_grads: Vec<Tensor> = grads.iter().map(|g| ops::scale(g, f32::INFINITY).unwrap()).collect();
+        for (g, l) in [(&grads, &nan), (&inf_grads, &loss)] {
+            let c = optim::step_control(g, l, 1.0).unwrap();
+            assert_eq!(c.to_vec()[1], 0.0, "a NaN/Inf step is marked as skipped");
+            match &mut pair[0] {
+                Opt::Lion(o) => {
+                    o.step_controlled(&pa, g, &c).unwrap();
+                    o.uncount_step();
+                    assert_eq!(o.steps(), 1);
+                }
+                Opt::AdamW(o) => {
+                    o.step_controlled(&pa, g, &c).unwrap();
+                    o.uncount_step();
+                    assert_eq!(o.steps(), 1);
+                }
+            }
+        }
+        assert_eq!(pa.iter().map(|p| p.to_vec()).collect::<Vec<_>>(), w, "a skipped step moved the weights");
+        assert_eq!(pair[0].state()[0].to_vec(), s, "a skipped step moved the state");
+    }
+    let msg = optim::step_control(&grads, &t(&[1.0, 2.0]), 1.0).unwrap_err().to_string();
+    assert!(msg.contains("step_control") && msg.contains("[2]"), "{msg}");
+}
+
 fn errors(device: Device) {
     let t = |v: f32, shape: &[usize]| {
         let n = shape.iter().product();
@@ -324,4 +383,11 @@ fn errors(device: Device) {
     assert!(lion.step(&p2, &g2).is_err());
 }
 
-device_tests!(f32_rules_match_reference, bf16_params_round_stochastically, stochastic_rounding, clip_grad_norm, errors,);
+device_tests!(
+    f32_rules_match_reference,
+    bf16_params_round_stochastically,
+    stochastic_rounding,
+    clip_grad_norm,
+    step_control,
+    errors,
+);

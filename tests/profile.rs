@@ -170,7 +170,7 @@ fn a_training_step_fills_every_phase() {
         assert!(profile::phase_time(p) > Duration::ZERO, "{p:?} was not timed");
     }
     let names: Vec<_> = profile::ops().into_iter().map(|o| o.name).collect();
-    for want in ["matmul", "rmsnorm_backward", "embedding", "global_norm"] {
+    for want in ["matmul", "rmsnorm_backward", "embedding", "step_control"] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
 }

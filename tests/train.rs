@@ -238,6 +238,68 @@ fn nan_loss_skips_the_update() {
     assert_eq!(t.skipped_steps, 0);
 }
 
+/// A NaN step on either device: no weight, optimizer state or step count moves, so the next
+/// good step gives what it gives in a trainer that never saw the NaN batch.
+fn nan_step_is_skipped_on_the_device(device: Device) {
+    let mut cfg = train_config(OptimizerKind::AdamW, 1e-2, 10);
+    cfg.schedule = Decay::Constant;
+    cfg.warmup_steps = 0; // the same learning rate at trainer steps 0 and 1
+    let model = GPTModel::new_on(tiny(), Device::Cpu, 5).unwrap();
+    let mut tensors: std::collections::HashMap<String, Tensor> = model.parameters().iter().cloned().collect();
+    let emb = &tensors["model.embed_tokens.weight"];
+    let mut v = emb.to_vec();
+    v[..32].fill(f32::NAN); // token 0's row: batches of token 0 give a NaN loss
+    tensors.insert("model.embed_tokens.weight".into(), Tensor::from_f32_on(&v, emb.shape(), Device::Cpu).unwrap());
+    let make = || {
+        // Fresh copies: the two trainers must not share weights.
+        let copy = |t: &Tensor| Tensor::from_f32_on(&t.to_vec(), t.shape(), device).unwrap();
+        let t = tensors.iter().map(|(k, t)| (k.clone(), copy(t))).collect();
+        Trainer::with_model(GPTModel::from_tensors(tiny(), t).unwrap(), cfg.clone()).unwrap()
+    };
+    let (mut a, mut b) = (make(), make());
+    let (x, y) = text_batch(300, 2, 16, 64);
+    let x: Vec<u32> = x.iter().map(|&t| t.max(1)).collect();
+    let (loss, _) = a.train_step(&[0; 32], &y, 2, 16).unwrap();
+    assert!(!loss.is_finite());
+    assert_eq!((a.skipped_steps, a.step), (1, 1));
+    let la = a.train_step(&x, &y, 2, 16).unwrap();
+    let lb = b.train_step(&x, &y, 2, 16).unwrap();
+    assert_eq!(la, lb, "the step after a skipped one");
+    let bits =
+        |t: &Trainer| t.model.parameters().iter().flat_map(|(_, p)| p.to_vec()).map(f32::to_bits).collect::<Vec<_>>();
+    assert!(bits(&a) == bits(&b), "weights after a skipped step and a good one");
+}
+
+#[test]
+fn nan_step_is_skipped_on_cpu() {
+    nan_step_is_skipped_on_the_device(Device::Cpu);
+}
+
+#[test]
+fn nan_step_is_skipped_on_gpu() {
+    if let Some(gpu) = common::gpu() {
+        nan_step_is_skipped_on_the_device(gpu);
+    }
+}
+
+/// A GPU training step reads the GPU from the host once (the loss and norm at its end): token
+/// ids are checked on their host copy, and clipping and the NaN skip are decided on the GPU.
+#[test]
+fn a_gpu_step_reads_the_host_once() {
+    let Some(gpu) = common::gpu() else { return };
+    for accum in [1, 2] {
+        let mut cfg = train_config(OptimizerKind::Lion, 1e-3, 10);
+        cfg.grad_accum_steps = accum;
+        let mut t = Trainer::new_on(tiny(), cfg, gpu).unwrap();
+        let (x, y) = text_batch(0, 2, 16, 64);
+        t.train_step(&x, &y, 2, 16).unwrap();
+        let before = irontensor::device::gpu::counters();
+        t.train_step(&x, &y, 2, 16).unwrap();
+        let c = irontensor::device::gpu::counters() - before;
+        assert_eq!(c.reads, 1, "host reads in one step with {accum} micro-batches: {c:?}");
+    }
+}
+
 #[test]
 fn bf16_tracks_fp32() {
     let mut curves = Vec::new();

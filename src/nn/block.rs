@@ -36,13 +36,34 @@ impl TransformerBlock {
         cache: Option<&mut KvCache>,
         dropout: Option<(f32, u64)>,
     ) -> Result<Tensor> {
+        let (x, m) = self.forward_residual(x, None, b, t, pos, cache, dropout)?;
+        ops::add(&x, &m)
+    }
+
+    /// The block on the residual stream x + `pending` (a branch output not yet added), giving
+    /// the next (x, pending): each residual add is left to the norm after it, which fuses it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_residual(
+        &self,
+        x: &Tensor,
+        pending: Option<&Tensor>,
+        b: usize,
+        t: usize,
+        pos: usize,
+        cache: Option<&mut KvCache>,
+        dropout: Option<(f32, u64)>,
+    ) -> Result<(Tensor, Tensor)> {
         let drop = |y: Tensor, salt: u64| match dropout {
             Some((p, seed)) => ops::dropout(&y, p, seed.wrapping_add(salt)),
             None => Ok(y),
         };
-        let a = self.self_attn.forward(&self.input_layernorm.forward(x)?, b, t, pos, cache)?;
-        let x = ops::add(x, &drop(a, 1)?)?;
-        let m = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
-        ops::add(&x, &drop(m, 2)?)
+        let (x, n) = match pending {
+            Some(p) => self.input_layernorm.add_forward(x, p)?,
+            None => (x.clone(), self.input_layernorm.forward(x)?),
+        };
+        let a = drop(self.self_attn.forward(&n, b, t, pos, cache)?, 1)?;
+        let (x, n) = self.post_attention_layernorm.add_forward(&x, &a)?;
+        let m = drop(self.mlp.forward(&n)?, 2)?;
+        Ok((x, m))
     }
 }

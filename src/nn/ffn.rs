@@ -21,7 +21,7 @@ impl FeedForward {
 
     // x: [N, C] -> [N, C]
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let a = ops::mul(&ops::silu(&self.gate_proj.forward(x)?)?, &self.up_proj.forward(x)?)?;
+        let a = ops::swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
         self.down_proj.forward(&a)
     }
 }

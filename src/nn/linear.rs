@@ -31,4 +31,9 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::rmsnorm(x, &self.weight, self.eps)
     }
+
+    /// (h, norm(h)) for h = x + y: the residual add fused with this norm.
+    pub fn add_forward(&self, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+        ops::add_rmsnorm(x, y, &self.weight, self.eps)
+    }
 }

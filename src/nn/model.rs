@@ -188,12 +188,18 @@ impl GPTModel {
         if let Some((p, s)) = dropout {
             x = ops::dropout(&x, p, s)?;
         }
+        // The residual stream is x + pending; each add is fused into the norm that follows it.
+        let mut pending: Option<Tensor> = None;
         for (i, layer) in self.layers.iter().enumerate() {
             let c = cache.as_deref_mut().map(|c| &mut c[i]);
             let d = dropout.map(|(p, s)| (p, s.wrapping_add(1000 * (i as u64 + 1))));
-            x = layer.forward(&x, batch, seq_len, pos, c, d)?;
+            let (nx, m) = layer.forward_residual(&x, pending.as_ref(), batch, seq_len, pos, c, d)?;
+            (x, pending) = (nx, Some(m));
         }
-        self.norm.forward(&x)
+        match pending {
+            Some(m) => Ok(self.norm.add_forward(&x, &m)?.1),
+            None => self.norm.forward(&x),
+        }
     }
 
     /// Logits [B, T, V] for tokens [B, T] at positions pos_offset.. (the spec's forward).

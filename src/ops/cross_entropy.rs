@@ -128,7 +128,8 @@ struct Rows {
 }
 
 impl Rows {
-    /// Checks targets on the host, before any kernel runs.
+    /// Checks targets on the host, before any kernel runs (on the host copy of targets uploaded
+    /// from the host: no GPU round trip).
     fn new(op: &str, targets: &Tensor, n: usize, v: usize, ignore: Option<u32>) -> Result<Rows> {
         if targets.dtype() != Precision::U32 || targets.shape() != [n] {
             bail!(Shape, "{op}: targets must be u32 [{n}], got {} {:?}", targets.dtype().name(), targets.shape());

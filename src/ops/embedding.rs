@@ -9,7 +9,8 @@ use crate::{bail, Precision, Result, Tensor};
 pub(crate) static KERNEL: Kernel = Kernel { name: "embedding", source: include_str!("embedding.wgsl") };
 
 /// ids: u32 [..], weight: [V, C] (F32 or BF16) -> [.., C] (f32). Ids >= V are an error,
-/// checked on the host before any kernel runs (GPU ids are read back for it).
+/// checked on the host before any kernel runs (ids uploaded from the host are checked on that
+/// copy; other GPU ids are read back).
 /// The gradient flows to `weight` (as f32, also for a BF16 weight); ids get none.
 pub fn embedding(ids: &Tensor, weight: &Tensor) -> Result<Tensor> {
     if ids.dtype() != Precision::U32 {

@@ -14,6 +14,7 @@ mod reduce;
 mod rmsnorm;
 mod rope;
 mod softmax;
+mod swiglu;
 
 pub use attention::attention;
 pub use cast::cast;
@@ -25,9 +26,10 @@ pub use flash_attention::flash_attention;
 pub use layout::{concat, permute, slice, transpose};
 pub use matmul::{coop_matmul_supported, matmul, matmul_precision, matmul_t, set_matmul_precision, MatmulPrecision};
 pub use reduce::{max, max_all, mean, mean_all, sum, sum_all, sum_rows};
-pub use rmsnorm::rmsnorm;
+pub use rmsnorm::{add_rmsnorm, rmsnorm};
 pub use rope::rope;
 pub use softmax::softmax;
+pub use swiglu::swiglu;
 
 use crate::device::gpu::Kernel;
 use crate::{bail, Device, Precision, Result, Tensor};
@@ -48,6 +50,7 @@ pub fn kernels() -> Vec<&'static Kernel> {
         &rmsnorm::KERNEL,
         &rope::KERNEL,
         &softmax::KERNEL,
+        &swiglu::KERNEL,
         &crate::optim::KERNEL,
         &crate::optim::clip::KERNEL,
     ]

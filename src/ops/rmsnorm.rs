@@ -1,7 +1,7 @@
 //! RMSNorm over the last dim, y = x / sqrt(mean(x²) + eps) * gamma, with its backward.
 
 use super::{float_input, on_device, same_device, sum_rows};
-use crate::autograd::record;
+use crate::autograd::{record, record_multi};
 use crate::device::gpu::{self, grid, Kernel};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
@@ -16,77 +16,156 @@ const ROWS_PER_GROUP: usize = 16;
 pub fn rmsnorm(x: &Tensor, gamma: &Tensor, eps: f32) -> Result<Tensor> {
     let (x, gamma) = (float_input("rmsnorm", x)?, float_input("rmsnorm", gamma)?);
     same_device("rmsnorm", &[&x, &gamma])?;
-    let c = match x.shape().last() {
-        Some(&c) if c > 0 => c,
-        _ => bail!(Shape, "rmsnorm: x needs a non-empty last dim, got shape {:?}", x.shape()),
-    };
-    if gamma.shape() != [c] {
-        bail!(Shape, "rmsnorm: gamma must be [{c}] to match x of shape {:?}, got {:?}", x.shape(), gamma.shape());
-    }
-    if eps.is_nan() || eps < 0.0 {
-        bail!(Invalid, "rmsnorm: eps must be >= 0, got {eps}");
-    }
-    let rows = x.numel() / c;
-    let (out, rstd) = forward(&x, &gamma, rows, c, eps)?;
+    let (rows, c) = check("rmsnorm", &x, &gamma, eps)?;
+    let (out, rstd, _) = forward(&x, None, &gamma, rows, c, eps)?;
     let (xs, gs) = (x.clone(), gamma.clone());
     Ok(record("rmsnorm", out, &[&x, &gamma], move |dy| {
-        let (dx, dgamma) = backward(&xs, &gs, &rstd, dy, rows, c)?;
+        let (dx, dgamma) = backward(&xs, &gs, &rstd, dy, None, rows, c)?;
         Ok(vec![Some(dx), Some(dgamma)])
     }))
 }
 
-/// y: [rows, C] and the per-row rstd: [rows], saved for the backward.
-fn forward(x: &Tensor, gamma: &Tensor, rows: usize, c: usize, eps: f32) -> Result<(Tensor, Tensor)> {
+/// The residual add and the norm after it, fused: h = x + y, n = rmsnorm(h, gamma).
+/// x, y: [.., C] (same shape), gamma: [C] -> (h, n), both f32. One kernel each way: the
+/// backward gives dx = dy = dh + (the norm's backward of dn) without a separate add.
+pub fn add_rmsnorm(x: &Tensor, y: &Tensor, gamma: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "add_rmsnorm";
+    let (x, y, gamma) = (float_input(OP, x)?, float_input(OP, y)?, float_input(OP, gamma)?);
+    same_device(OP, &[&x, &y, &gamma])?;
+    if x.shape() != y.shape() {
+        bail!(Shape, "{OP}: x and y must have the same shape, got {:?} and {:?}", x.shape(), y.shape());
+    }
+    let (rows, c) = check(OP, &x, &gamma, eps)?;
+    let (n, rstd, h) = forward(&x, Some(&y), &gamma, rows, c, eps)?;
+    let h = h.expect("the fused forward returns h");
+    let (hs, gs) = (h.clone(), gamma.clone());
+    let [h, n] = record_multi(OP, [h, n], &[&x, &y, &gamma], move |d| {
+        let (dx, dgamma) = match (&d[0], &d[1]) {
+            (dh, Some(dn)) => {
+                let (dx, dgamma) = backward(&hs, &gs, &rstd, dn, dh.as_ref(), rows, c)?;
+                (dx, Some(dgamma))
+            }
+            (Some(dh), None) => (float_input("add_rmsnorm backward", dh)?, None),
+            (None, None) => unreachable!("a node runs only when one of its outputs has a gradient"),
+        };
+        Ok(vec![Some(dx.clone()), Some(dx), dgamma])
+    });
+    Ok((h, n))
+}
+
+/// (rows, C) of x for the norm, after checking gamma and eps.
+fn check(op: &str, x: &Tensor, gamma: &Tensor, eps: f32) -> Result<(usize, usize)> {
+    let c = match x.shape().last() {
+        Some(&c) if c > 0 => c,
+        _ => bail!(Shape, "{op}: x needs a non-empty last dim, got shape {:?}", x.shape()),
+    };
+    if gamma.shape() != [c] {
+        bail!(Shape, "{op}: gamma must be [{c}] to match x of shape {:?}, got {:?}", x.shape(), gamma.shape());
+    }
+    if eps.is_nan() || eps < 0.0 {
+        bail!(Invalid, "{op}: eps must be >= 0, got {eps}");
+    }
+    Ok((x.numel() / c, c))
+}
+
+/// The norm: [rows, C] and the per-row rstd: [rows], saved for the backward. With `y`, the
+/// norm is of h = x + y, and h is returned third.
+fn forward(
+    x: &Tensor,
+    y: Option<&Tensor>,
+    gamma: &Tensor,
+    rows: usize,
+    c: usize,
+    eps: f32,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let op = if y.is_some() { "add_rmsnorm" } else { "rmsnorm" };
     on_device(
-        "rmsnorm",
+        op,
         x.device(),
         || {
-            let (xr, gr) = (x.cpu(), gamma.cpu());
-            let (xv, gv) = (xr.f32(), gr.f32());
+            let (xr, gr, yr) = (x.cpu(), gamma.cpu(), y.map(|y| y.cpu()));
+            let (xv, gv, yv) = (xr.f32(), gr.f32(), yr.as_ref().map(|y| y.f32()));
             let mut out = vec![0.0; rows * c];
+            let mut h = vec![0.0; if y.is_some() { rows * c } else { 0 }];
             let mut rstd = vec![0.0; rows];
-            out.par_chunks_mut(c).zip(rstd.par_iter_mut()).enumerate().for_each(|(r, (o, s))| {
-                let row = &xv[r * c..(r + 1) * c];
+            // o = row * rstd * gamma; s = rstd
+            let norm_row = |row: &[f32], o: &mut [f32], s: &mut f32| {
                 let ss: f32 = row.iter().map(|v| v * v).sum();
                 *s = 1.0 / (ss / c as f32 + eps).sqrt();
                 for ((o, &v), &g) in o.iter_mut().zip(row).zip(gv) {
                     *o = v * *s * g;
                 }
-            });
-            Ok((Tensor::cpu_f32(out, x.shape()), Tensor::cpu_f32(rstd, &[rows])))
+            };
+            let out_rows = out.par_chunks_mut(c).zip(rstd.par_iter_mut()).enumerate();
+            match yv {
+                None => out_rows.for_each(|(r, (o, s))| norm_row(&xv[r * c..(r + 1) * c], o, s)),
+                Some(yv) => out_rows.zip(h.par_chunks_mut(c)).for_each(|((r, (o, s)), hr)| {
+                    for ((hv, &a), &b) in hr.iter_mut().zip(&xv[r * c..]).zip(&yv[r * c..]) {
+                        *hv = a + b;
+                    }
+                    norm_row(hr, o, s);
+                }),
+            }
+            let h = y.map(|_| Tensor::cpu_f32(h, x.shape()));
+            Ok((Tensor::cpu_f32(out, x.shape()), Tensor::cpu_f32(rstd, &[rows]), h))
         },
         || {
             let ctx = gpu::context()?;
             let (out, rstd) = (ctx.alloc((rows * c) as u64 * 4), ctx.alloc(rows as u64 * 4));
-            let params = params(rows, c, x, gamma, 0, eps);
-            ctx.dispatch(&KERNEL, "forward", &params, &[x.gpu(), &rstd, &out, gamma.gpu()], grid(rows as u32));
-            Ok((Tensor::from_gpu(out, x.shape(), Precision::FP32), Tensor::from_gpu(rstd, &[rows], Precision::FP32)))
+            let shape = x.shape();
+            let f32_tensor = |b, s: &[usize]| Tensor::from_gpu(b, s, Precision::FP32);
+            match y {
+                None => {
+                    let params = params(rows, c, x, gamma, 0, eps, None);
+                    ctx.dispatch(&KERNEL, "forward", &params, &[x.gpu(), &rstd, &out, gamma.gpu()], grid(rows as u32));
+                    Ok((f32_tensor(out, shape), f32_tensor(rstd, &[rows]), None))
+                }
+                Some(y) => {
+                    let h = ctx.alloc((rows * c) as u64 * 4);
+                    let params = params(rows, c, x, gamma, y.offset(), eps, None);
+                    let bufs = [x.gpu(), &rstd, &out, gamma.gpu(), y.gpu(), &h];
+                    ctx.dispatch(&KERNEL, "add_forward", &params, &bufs, grid(rows as u32));
+                    Ok((f32_tensor(out, shape), f32_tensor(rstd, &[rows]), Some(f32_tensor(h, shape))))
+                }
+            }
         },
     )
 }
 
-fn params(rows: usize, c: usize, x: &Tensor, gamma: &Tensor, dy_off: usize, eps: f32) -> [u32; 7] {
+fn params(rows: usize, c: usize, x: &Tensor, gamma: &Tensor, y_off: usize, eps: f32, res: Option<&Tensor>) -> [u32; 9] {
     [
         rows as u32,
         c as u32,
         x.offset() as u32,
         gamma.offset() as u32,
-        dy_off as u32,
+        y_off as u32,
         eps.to_bits(),
         ROWS_PER_GROUP as u32,
+        res.map_or(0, |r| r.offset() as u32),
+        res.is_some() as u32,
     ]
 }
 
-/// dx = rstd * (gamma*dy - xhat * mean(gamma*dy*xhat)); dgamma = Σ_rows dy*xhat.
-fn backward(x: &Tensor, gamma: &Tensor, rstd: &Tensor, dy: &Tensor, rows: usize, c: usize) -> Result<(Tensor, Tensor)> {
+/// dx = rstd * (gamma*dy - xhat * mean(gamma*dy*xhat)) [+ dres]; dgamma = Σ_rows dy*xhat.
+fn backward(
+    x: &Tensor,
+    gamma: &Tensor,
+    rstd: &Tensor,
+    dy: &Tensor,
+    dres: Option<&Tensor>,
+    rows: usize,
+    c: usize,
+) -> Result<(Tensor, Tensor)> {
     let dy = float_input("rmsnorm backward", dy)?;
+    let dres = dres.map(|d| float_input("rmsnorm backward", d)).transpose()?;
     let groups = rows.div_ceil(ROWS_PER_GROUP);
     let (dx, part) = on_device(
-        "rmsnorm_backward",
+        if dres.is_some() { "add_rmsnorm_backward" } else { "rmsnorm_backward" },
         same_device("rmsnorm backward", &[x, &dy])?,
         || {
             let (xr, gr, sr, dr) = (x.cpu(), gamma.cpu(), rstd.cpu(), dy.cpu());
-            let (xv, gv, sv, dv) = (xr.f32(), gr.f32(), sr.f32(), dr.f32());
+            let rr = dres.as_ref().map(|d| d.cpu());
+            let (xv, gv, sv, dv, rv) = (xr.f32(), gr.f32(), sr.f32(), dr.f32(), rr.as_ref().map(|r| r.f32()));
             let mut dx = vec![0.0; rows * c];
             let mut part = vec![0.0; groups * c];
             dx.par_chunks_mut(ROWS_PER_GROUP * c).zip(part.par_chunks_mut(c)).enumerate().for_each(|(b, (dxb, pb))| {
@@ -98,7 +177,11 @@ fn backward(x: &Tensor, gamma: &Tensor, rstd: &Tensor, dy: &Tensor, rows: usize,
                     let m = dot * s / c as f32;
                     for k in 0..c {
                         let xhat = xrow[k] * s;
-                        dxr[k] = s * (drow[k] * gv[k] - xhat * m);
+                        let d = s * (drow[k] * gv[k] - xhat * m);
+                        dxr[k] = match rv {
+                            Some(rv) => rv[r * c + k] + d,
+                            None => d,
+                        };
                         pb[k] += drow[k] * xhat;
                     }
                 }
@@ -108,12 +191,14 @@ fn backward(x: &Tensor, gamma: &Tensor, rstd: &Tensor, dy: &Tensor, rows: usize,
         || {
             let ctx = gpu::context()?;
             let (dx, part) = (ctx.alloc((rows * c) as u64 * 4), ctx.alloc((groups * c) as u64 * 4));
-            let params = params(rows, c, x, gamma, dy.offset(), 0.0);
+            let params = params(rows, c, x, gamma, dy.offset(), 0.0, dres.as_ref());
+            // Without dres the kernel never reads that binding: dy stands in for it.
+            let res = dres.as_ref().unwrap_or(&dy);
             ctx.dispatch(
                 &KERNEL,
                 "backward",
                 &params,
-                &[x.gpu(), rstd.gpu(), &dx, gamma.gpu(), dy.gpu(), &part],
+                &[x.gpu(), rstd.gpu(), &dx, gamma.gpu(), dy.gpu(), &part, res.gpu()],
                 grid(groups as u32),
             );
             Ok((

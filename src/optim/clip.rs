@@ -16,45 +16,87 @@ pub fn global_norm(grads: &[Tensor]) -> Result<f32> {
     if grads.is_empty() {
         return Ok(0.0);
     }
-    let device = same_device("global_norm", &grads.iter().collect::<Vec<_>>())?;
-    for g in grads {
-        if g.dtype() != Precision::FP32 {
-            bail!(Dtype, "global_norm: gradients must be f32, got {} {:?}", g.dtype().name(), g.shape());
-        }
+    let device = check_grads("global_norm", grads)?;
+    on_device("global_norm", device, || Ok(cpu_norm(grads)), || Ok(gpu_control(grads, None, 0.0)?.to_vec()[2]))
+}
+
+/// One step's decision, made where the gradients live so the host need not wait for it:
+/// f32 [4] = (gradient scale, 1 if the update applies else 0, global norm, loss).
+/// The scale is max_norm / (norm + 1e-6) when that is below 1 (`clip_grad_norm`'s factor; 1
+/// when max_norm is 0); the update applies when the loss ([] or [1]) and the norm are finite.
+/// The optimizers' `step_controlled` read it in their update kernels.
+pub fn step_control(grads: &[Tensor], loss: &Tensor, max_norm: f32) -> Result<Tensor> {
+    let device = check_grads("step_control", grads)?;
+    if loss.numel() != 1 || loss.dtype() != Precision::FP32 || loss.device() != device {
+        bail!(
+            Invalid,
+            "step_control: the loss must be one f32 on the gradients' device, got {:?} {} on {}",
+            loss.shape(),
+            loss.dtype().name(),
+            loss.device().name()
+        );
     }
     on_device(
-        "global_norm",
+        "step_control",
         device,
         || {
-            // Fixed chunks summed in order: the same result on every run.
-            let mut total = 0.0f64;
-            for g in grads {
-                let r = g.cpu();
-                let parts: Vec<f64> =
-                    r.f32().par_chunks(CHUNK).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum()).collect();
-                total += parts.iter().sum::<f64>();
-            }
-            Ok(total.sqrt() as f32)
+            let (norm, loss) = (cpu_norm(grads), loss.item()?);
+            let ok = norm.is_finite() && loss.is_finite();
+            let coef = max_norm / (norm + 1e-6);
+            let scale = if max_norm > 0.0 && ok && coef < 1.0 { coef } else { 1.0 };
+            Ok(Tensor::cpu_f32(vec![scale, ok as u32 as f32, norm, loss], &[4]))
         },
-        || {
-            let ctx = gpu::context()?;
-            let groups: Vec<usize> = grads.iter().map(|g| g.numel().div_ceil(PER_GROUP)).collect();
-            let slots: usize = groups.iter().sum();
-            // Slot 0 gets the total; tensor k's partial sums follow those of tensors before it.
-            let part = ctx.zeros((1 + slots) as u64 * 4);
-            let mut base = 1;
-            for (g, &n_groups) in grads.iter().zip(&groups) {
-                if n_groups > 0 {
-                    let params = [g.numel() as u32, g.offset() as u32, base as u32, 0];
-                    ctx.dispatch(&KERNEL, "sumsq", &params, &[g.gpu(), &part], grid(n_groups as u32));
-                }
-                base += n_groups;
-            }
-            ctx.dispatch(&KERNEL, "total", &[slots as u32, 0, 0, 0], &[&part], [1, 1, 1]);
-            let bytes = ctx.read(&part, 0, 4);
-            Ok(f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]).sqrt())
-        },
+        || gpu_control(grads, Some(loss), max_norm),
     )
+}
+
+/// The device of `grads`, checked to be f32 and on one device.
+fn check_grads(op: &str, grads: &[Tensor]) -> Result<crate::Device> {
+    let Some(first) = grads.first() else { bail!(Invalid, "{op}: no gradients") };
+    same_device(op, &grads.iter().collect::<Vec<_>>())?;
+    for g in grads {
+        if g.dtype() != Precision::FP32 {
+            bail!(Dtype, "{op}: gradients must be f32, got {} {:?}", g.dtype().name(), g.shape());
+        }
+    }
+    Ok(first.device())
+}
+
+/// Fixed chunks summed in order: the same result on every run.
+fn cpu_norm(grads: &[Tensor]) -> f32 {
+    let mut total = 0.0f64;
+    for g in grads {
+        let r = g.cpu();
+        let parts: Vec<f64> =
+            r.f32().par_chunks(CHUNK).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum()).collect();
+        total += parts.iter().sum::<f64>();
+    }
+    total.sqrt() as f32
+}
+
+/// The step control on the GPU: partial sums of squares of every gradient (one dispatch per
+/// tensor), then one workgroup that totals them and decides. Slots 0..4 of the partial-sums
+/// buffer become the control; the loss (or 0) is copied into slot 3 first.
+fn gpu_control(grads: &[Tensor], loss: Option<&Tensor>, max_norm: f32) -> Result<Tensor> {
+    let ctx = gpu::context()?;
+    let groups: Vec<usize> = grads.iter().map(|g| g.numel().div_ceil(PER_GROUP)).collect();
+    let slots: usize = groups.iter().sum();
+    let part = ctx.zeros((4 + slots) as u64 * 4);
+    let mut base = 4;
+    for (g, &n_groups) in grads.iter().zip(&groups) {
+        if n_groups > 0 {
+            let params = [g.numel() as u32, g.offset() as u32, base as u32, 0];
+            ctx.dispatch(&KERNEL, "sumsq", &params, &[g.gpu(), &part], grid(n_groups as u32));
+        }
+        base += n_groups;
+    }
+    if let Some(loss) = loss {
+        let (src, dst) = (&loss.gpu().buffer, &part.buffer);
+        ctx.record(|enc| enc.copy_buffer_to_buffer(src, loss.offset() as u64 * 4, dst, 12, 4));
+    }
+    ctx.dispatch(&KERNEL, "control", &[slots as u32, 0, 0, max_norm.to_bits()], &[&part], [1, 1, 1]);
+    let part = Tensor::from_gpu(part, &[4 + slots], Precision::FP32);
+    crate::ops::slice(&part, 0, 0, 4)
 }
 
 /// Scales `grads` in place by max_norm / (norm + 1e-6) when their global norm is above

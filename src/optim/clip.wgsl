@@ -1,5 +1,5 @@
-// Gradient clipping: sums of squares over fixed slices (one workgroup each), their total,
-// and in-place scaling.
+// Gradient clipping: sums of squares over fixed slices (one workgroup each), their total and
+// the step's decision (`control`), and in-place scaling.
 struct Params {
     n: u32,    // elements of x (sumsq, scale) or partial sums (total)
     off: u32,  // element offset of x
@@ -40,16 +40,29 @@ fn sumsq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     if lid == 0u { part[p.base + grp] = sh[0]; }
 }
 
-// One workgroup: x[0] = x[1] + ... + x[n] (x is the buffer of partial sums).
+fn finite(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
+}
+
+// One workgroup decides the optimizer step (clip.rs `step_control`): from the partial sums
+// x[4..4 + n] and the loss in x[3] it writes x[0] = gradient scale, x[1] = 1 if the step
+// applies (loss and norm finite) else 0, x[2] = the global norm. p.s = max_norm (0: no clipping).
 @compute @workgroup_size(256)
-fn total(@builtin(local_invocation_index) lid: u32) {
+fn control(@builtin(local_invocation_index) lid: u32) {
     var acc = 0.0;
     for (var i = lid; i < p.n; i += 256u) {
-        acc += x[1u + i];
+        acc += x[4u + i];
     }
     sh[lid] = acc;
     tree_sum(lid);
-    if lid == 0u { x[0] = sh[0]; }
+    if lid == 0u {
+        let norm = sqrt(sh[0]);
+        let ok = finite(norm) && finite(x[3]);
+        let coef = p.s / (norm + 1e-6);
+        x[0] = select(1.0, coef, p.s > 0.0 && ok && coef < 1.0);
+        x[1] = select(0.0, 1.0, ok);
+        x[2] = norm;
+    }
 }
 
 @compute @workgroup_size(256)

@@ -56,14 +56,32 @@ impl Lion {
     /// One step: every parameter (f32 or bf16, any view) is updated in place from its f32
     /// gradient. The state is made on the first step; later steps must pass the same list.
     pub fn step(&mut self, params: &[Tensor], grads: &[Tensor]) -> Result<()> {
+        let settings = self.settings();
+        self.slots.step("lion", params, grads, None, settings)
+    }
+
+    fn settings(&self) -> impl Fn(u64) -> Settings {
         let c = self.config;
-        let settings = |_| Settings {
+        move |_| Settings {
             rule: Rule::Lion { beta1: c.beta1, beta2: c.beta2 },
             lr: c.lr,
             weight_decay: c.weight_decay,
             seed: c.seed,
-        };
-        self.slots.step("lion", params, grads, settings)
+        }
+    }
+
+    /// `step` under a step control from `step_control`: gradients scaled by its clipping
+    /// factor, and no change at all when it marks the step as skipped (a NaN/Inf loss or
+    /// gradient). The control is read where the update runs: the host does not wait for it.
+    /// A step that was skipped should be handed back with `uncount_step`.
+    pub fn step_controlled(&mut self, params: &[Tensor], grads: &[Tensor], control: &Tensor) -> Result<()> {
+        let settings = self.settings();
+        self.slots.step("lion", params, grads, Some(control), settings)
+    }
+
+    /// Forgets the last step in the step count (one its control skipped).
+    pub fn uncount_step(&mut self) {
+        self.slots.uncount_step();
     }
 
     /// Restores `state()` and `steps()` saved from an optimizer over the same `params`.

@@ -6,7 +6,7 @@ pub mod clip;
 mod lion;
 
 pub use adamw::{AdamW, AdamWConfig};
-pub use clip::{clip_grad_norm, global_norm};
+pub use clip::{clip_grad_norm, global_norm, step_control};
 pub use lion::{Lion, LionConfig};
 
 use crate::device::cpu::{CpuBuffer, CHUNK};
@@ -84,6 +84,11 @@ struct Slots {
 }
 
 impl Slots {
+    /// Takes back the step count of a step that its control skipped.
+    fn uncount_step(&mut self) {
+        self.steps = self.steps.saturating_sub(1);
+    }
+
     /// Takes state saved from `state` (a checkpoint), checking it against `params`.
     fn restore(&mut self, op: &str, params: &[Tensor], state: Vec<Tensor>, steps: u64, width: usize) -> Result<()> {
         if state.is_empty() && steps == 0 {
@@ -110,12 +115,15 @@ impl Slots {
     }
 
     /// Checks every parameter, gradient and state first, then updates each parameter in place.
-    /// `settings` gets the step number (1 for the first step).
+    /// `settings` gets the step number (1 for the first step). With `control` (see
+    /// `step_control`), the gradients are scaled by control[0] and nothing changes where
+    /// control[1] is 0; both are read where the update runs, so the host need not wait for them.
     fn step(
         &mut self,
         op: &'static str,
         params: &[Tensor],
         grads: &[Tensor],
+        control: Option<&Tensor>,
         settings: impl Fn(u64) -> Settings,
     ) -> Result<()> {
         let width = settings(self.steps + 1).rule.width();
@@ -125,6 +133,14 @@ impl Slots {
         if let Some(mask) = &self.decay {
             if mask.len() != params.len() {
                 bail!(Invalid, "{op}: the weight-decay mask has {} flags for {} parameters", mask.len(), params.len());
+            }
+        }
+        if let Some(c) = control {
+            if c.dtype() != Precision::FP32
+                || c.numel() != 4
+                || params.first().is_some_and(|p| p.device() != c.device())
+            {
+                bail!(Invalid, "{op}: the step control must be f32 [4] on the parameters' device, got {:?}", c.shape());
             }
         }
         for (k, (p, g)) in params.iter().zip(grads).enumerate() {
@@ -173,7 +189,7 @@ impl Slots {
                     wd: if decays { set.weight_decay } else { 0.0 },
                     key: noise_key(set.seed, k as u32, self.steps),
                 };
-                update(p, &float_input(op, g)?, s, &h)?;
+                update(p, &float_input(op, g)?, s, control, &h)?;
             }
             Ok(())
         })
@@ -199,17 +215,22 @@ struct Hyper {
     key: u32,
 }
 
-/// w (f32 or bf16), in place, from g: f32 and the state s.
-fn update(w: &Tensor, g: &Tensor, s: &Tensor, h: &Hyper) -> Result<()> {
+/// w (f32 or bf16), in place, from g: f32 and the state s, under the step's control.
+fn update(w: &Tensor, g: &Tensor, s: &Tensor, control: Option<&Tensor>, h: &Hyper) -> Result<()> {
     let n = w.numel();
     on_device(
         h.op,
         w.device(),
         || {
+            let gscale = match control.map(|c| c.to_vec()) {
+                Some(c) if c[1] == 0.0 => return Ok(()),
+                Some(c) => c[0],
+                None => 1.0,
+            };
             let (gr, mut sw, mut ww) = (g.cpu(), s.cpu_mut(), w.cpu_mut());
             match w.dtype() {
-                Precision::BF16 => cpu_update(ww.bf16(), gr.f32(), sw.f32(), h),
-                _ => cpu_update(ww.f32(), gr.f32(), sw.f32(), h),
+                Precision::BF16 => cpu_update(ww.bf16(), gr.f32(), gscale, sw.f32(), h),
+                _ => cpu_update(ww.f32(), gr.f32(), gscale, sw.f32(), h),
             }
             Ok(())
         },
@@ -234,19 +255,24 @@ fn update(w: &Tensor, g: &Tensor, s: &Tensor, h: &Hyper) -> Result<()> {
                 eps.to_bits(),
                 bc1.to_bits(),
                 bc2_sqrt.to_bits(),
+                control.is_some() as u32,
+                control.map_or(0, |c| c.offset() as u32),
             ];
-            ctx.dispatch(&KERNEL, "update", &params, &[w.gpu(), g.gpu(), s.gpu()], grid_for(threads));
+            // Without a control the kernel never reads that binding: g stands in for it.
+            let ctl = control.unwrap_or(g);
+            ctx.dispatch(&KERNEL, "update", &params, &[w.gpu(), g.gpu(), s.gpu(), ctl.gpu()], grid_for(threads));
             Ok(())
         },
     )
 }
 
-fn cpu_update<T: Elem>(w: &mut [T], g: &[f32], s: &mut [f32], h: &Hyper) {
+/// The update with the gradient scaled by `gscale` (the clipping factor, 1 without clipping).
+fn cpu_update<T: Elem>(w: &mut [T], g: &[f32], gscale: f32, s: &mut [f32], h: &Hyper) {
     let k = h.rule.width();
     w.par_chunks_mut(CHUNK).zip(s.par_chunks_mut(CHUNK * k)).enumerate().for_each(|(c, (wc, sc))| {
         for (j, (w, s)) in wc.iter_mut().zip(sc.chunks_mut(k)).enumerate() {
             let i = c * CHUNK + j;
-            let new = h.rule.apply(w.load(), g[i], s, h.lr, h.wd);
+            let new = h.rule.apply(w.load(), g[i] * gscale, s, h.lr, h.wd);
             w.store(new, h.key, i as u32);
         }
     });
@@ -329,7 +355,7 @@ pub fn stochastic_round(x: &Tensor, seed: u64) -> Result<Tensor> {
         || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 2);
-            let mut params = [0u32; 13];
+            let mut params = [0u32; 15];
             params[..6].copy_from_slice(&[n as u32, 0, x.offset() as u32, 1, 0, key]);
             ctx.dispatch(&KERNEL, "round_sr", &params, &[&out, x.gpu()], grid_for(n.div_ceil(2)));
             Ok(Tensor::from_gpu(out, x.shape(), Precision::BF16))

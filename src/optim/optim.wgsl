@@ -15,12 +15,15 @@ struct Params {
     eps: f32,
     bc1: f32,      // 1 - b1^t
     bc2_sqrt: f32, // sqrt(1 - b2^t)
+    use_ctl: u32,  // 1: the step control decides (ctl[0] scales g; ctl[1] == 0 skips the update)
+    ctl_off: u32,  // element offset of the step control
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> w: array<u32>; // parameter (f32 bits or bf16 pairs)
 @group(0) @binding(2) var<storage, read> g: array<f32>;       // gradient
 @group(0) @binding(3) var<storage, read_write> s: array<f32>; // state: Lion m; AdamW (m, v) pairs
+@group(0) @binding(4) var<storage, read> ctl: array<f32>;     // step control (clip.wgsl's `control`)
 
 fn pcg(v: u32) -> u32 {
     let st = v * 747796405u + 2891336453u;
@@ -42,9 +45,9 @@ fn round_bf16(x: f32, r: u32) -> u32 {
     return (b + (r & 0xffffu)) >> 16u;
 }
 
-// New weight of element i from its old value; updates the element's state.
-fn rule(i: u32, wi: f32) -> f32 {
-    let gi = g[p.g_off + i];
+// New weight of element i from its old value and the gradient scale; updates the element's state.
+fn rule(i: u32, wi: f32, gscale: f32) -> f32 {
+    let gi = g[p.g_off + i] * gscale;
     if p.rule == 0u {
         let m = s[i];
         let u = sign(p.b2 * m + (1.0 - p.b2) * gi);
@@ -67,10 +70,15 @@ fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
     let t = flat(wid, nwg, lid);
+    var gscale = 1.0;
+    if p.use_ctl != 0u {
+        if ctl[p.ctl_off + 1u] == 0.0 { return; } // a NaN/Inf step: nothing changes
+        gscale = ctl[p.ctl_off];
+    }
     if p.bf16 == 0u {
         if t >= p.n { return; }
         let e = p.w_off + t;
-        w[e] = bitcast<u32>(rule(t, bitcast<f32>(w[e])));
+        w[e] = bitcast<u32>(rule(t, bitcast<f32>(w[e]), gscale));
         return;
     }
     // Word `word` holds buffer elements 2·word and 2·word + 1; only those in the view change.
@@ -84,7 +92,7 @@ fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             let i = e - p.w_off;
             let shift = 16u * h;
             let old = bitcast<f32>(((bits >> shift) & 0xffffu) << 16u);
-            let nb = round_bf16(rule(i, old), noise(i));
+            let nb = round_bf16(rule(i, old, gscale), noise(i));
             bits = (bits & ~(0xffffu << shift)) | (nb << shift);
         }
     }

@@ -4,7 +4,7 @@
 use super::checkpoint::{load_tensors, save_tensors, sync_dir, write_atomic};
 use super::{Decay, LrScheduler};
 use crate::nn::{GPTModel, ModelConfig};
-use crate::optim::{clip_grad_norm, global_norm, AdamW, AdamWConfig, Lion, LionConfig};
+use crate::optim::{step_control, AdamW, AdamWConfig, Lion, LionConfig};
 use crate::profile::{self, Phase};
 use crate::{bail, no_grad, ops, Device, Error, Precision, Result, Tensor};
 use serde::{Deserialize, Serialize};
@@ -189,7 +189,8 @@ impl Trainer {
         let micro = batch / accum;
         let params: Vec<Tensor> = self.model.parameters().iter().map(|(_, t)| t.clone()).collect();
         let mut grads: Option<Vec<Tensor>> = None;
-        let mut loss_sum = 0.0;
+        // The summed loss stays on the device: the step reads the host only once, at its end.
+        let mut loss_sum: Option<Tensor> = None;
         for m in 0..accum {
             let range = m * micro * seq_len..(m + 1) * micro * seq_len;
             let x = self.tokens(&inputs[range.clone()], micro, seq_len)?;
@@ -198,7 +199,11 @@ impl Trainer {
             let loss = {
                 let _forward = profile::phase(Phase::Forward);
                 let loss = self.model.loss(&x, &y, micro, seq_len, Some(seed))?;
-                ops::scale(&loss, 1.0 / accum as f32)?
+                if accum == 1 {
+                    loss // scaling by 1 would cost a dispatch each way and change nothing
+                } else {
+                    ops::scale(&loss, 1.0 / accum as f32)?
+                }
             };
             let backward = profile::phase(Phase::Backward);
             let g = loss.backward()?;
@@ -206,33 +211,41 @@ impl Trainer {
                 .iter()
                 .map(|p| g.get(p).cloned().unwrap_or_else(|| Tensor::zeros_on(p.shape(), Precision::FP32, p.device())))
                 .collect();
-            grads = Some(match grads {
-                None => g,
-                Some(acc) => no_grad(|| acc.iter().zip(&g).map(|(a, b)| ops::add(a, b)).collect::<Result<_>>())?,
-            });
+            no_grad(|| -> Result<()> {
+                grads = Some(match grads.take() {
+                    None => g,
+                    Some(acc) => acc.iter().zip(&g).map(|(a, b)| ops::add(a, b)).collect::<Result<_>>()?,
+                });
+                loss_sum = Some(match loss_sum.take() {
+                    None => loss.detach(),
+                    Some(sum) => ops::add(&sum, &loss)?,
+                });
+                Ok(())
+            })?;
             drop(backward);
-            loss_sum += loss.item()?;
         }
-        let grads = grads.expect("at least one micro-batch");
+        let (grads, loss_sum) = (grads.expect("at least one micro-batch"), loss_sum.expect("at least one micro-batch"));
         let _optimizer = profile::phase(Phase::Optimizer);
-        let norm = if self.config.max_grad_norm > 0.0 {
-            clip_grad_norm(&grads, self.config.max_grad_norm)?
-        } else {
-            global_norm(&grads)?
-        };
-        if loss_sum.is_finite() && norm.is_finite() {
-            let lr = self.scheduler.get_lr(self.step);
-            match &mut self.optimizer {
-                Optimizer::Lion(o) => {
-                    o.set_lr(lr);
-                    o.step(&params, &grads)?
-                }
-                Optimizer::AdamW(o) => {
-                    o.set_lr(lr);
-                    o.step(&params, &grads)?
-                }
+        // Clipping and the NaN/Inf skip are decided on the device and applied inside the update.
+        let control = step_control(&grads, &loss_sum, self.config.max_grad_norm)?;
+        let lr = self.scheduler.get_lr(self.step);
+        match &mut self.optimizer {
+            Optimizer::Lion(o) => {
+                o.set_lr(lr);
+                o.step_controlled(&params, &grads, &control)?
             }
-        } else {
+            Optimizer::AdamW(o) => {
+                o.set_lr(lr);
+                o.step_controlled(&params, &grads, &control)?
+            }
+        }
+        let c = control.to_vec(); // the step's one host read
+        let (applied, norm, loss_sum) = (c[1] != 0.0, c[2], c[3]);
+        if !applied {
+            match &mut self.optimizer {
+                Optimizer::Lion(o) => o.uncount_step(),
+                Optimizer::AdamW(o) => o.uncount_step(),
+            }
             self.skipped_steps += 1;
             eprintln!("step {}: loss {loss_sum} / gradient norm {norm} is not finite; update skipped", self.step);
         }

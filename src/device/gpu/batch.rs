@@ -1,7 +1,7 @@
 //! Command batching: GPU work is recorded into one encoder and submitted together.
 //! A host read, `CommandBatch::sync`/`commit_async`/`end`, or a full batch submits it.
 
-use super::{context, pool::Kind, GpuBuffer, GpuContext, Kernel};
+use super::{context, count, pool::Kind, GpuBuffer, GpuContext, Kernel};
 use crate::profile;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -136,6 +136,7 @@ impl GpuContext {
             let limit = if BATCHING.load(Ordering::Relaxed) { MAX_DISPATCHES } else { UNBATCHED_DISPATCHES };
             b.dispatches >= limit
         };
+        count(|c| c.dispatches += 1);
         if let Some(op) = op {
             profile::gpu_dispatch(op);
         }
@@ -166,6 +167,7 @@ impl GpuContext {
             enc.copy_buffer_to_buffer(&q.resolve, 0, &q.readback, 0, n as u64 * 8);
         }
         self.queue.submit([enc.finish()]);
+        count(|c| c.submits += 1);
         if let Some(q) = queries {
             let bytes = q.ops.len() as u64 * 16;
             let state = q.state.clone();

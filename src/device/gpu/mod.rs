@@ -6,6 +6,7 @@ mod pool;
 pub use batch::CommandBatch;
 
 use crate::{Error, Result};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
@@ -18,6 +19,53 @@ pub struct Kernel {
 /// GPU memory behind a tensor. Dropping it hands the buffer back to the pool.
 pub struct GpuBuffer {
     pub(crate) buffer: wgpu::Buffer,
+    /// The host data a u32 buffer was uploaded from (token ids). u32 buffers are never written
+    /// in place, so this stays equal to the GPU copy and checks on ids need no readback.
+    pub(crate) host_u32: Option<Box<[u32]>>,
+}
+
+/// Work this thread sent to the GPU so far. Counted per thread, so that tests running side by
+/// side do not see each other's work (ops dispatch on the thread that calls them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Compute dispatches queued.
+    pub dispatches: u64,
+    /// Command buffers submitted.
+    pub submits: u64,
+    /// Reads of GPU memory by the host: each one waits for all queued work.
+    pub reads: u64,
+    /// Host-to-GPU uploads.
+    pub uploads: u64,
+}
+
+thread_local! {
+    static COUNTERS: Cell<Counters> = const { Cell::new(Counters { dispatches: 0, submits: 0, reads: 0, uploads: 0 }) };
+}
+
+/// Adds to this thread's counters.
+pub(crate) fn count(f: impl FnOnce(&mut Counters)) {
+    COUNTERS.with(|c| {
+        let mut v = c.get();
+        f(&mut v);
+        c.set(v);
+    });
+}
+
+/// This thread's running totals; subtract two readings to count the work in between.
+pub fn counters() -> Counters {
+    COUNTERS.with(|c| c.get())
+}
+
+impl std::ops::Sub for Counters {
+    type Output = Counters;
+    fn sub(self, o: Counters) -> Counters {
+        Counters {
+            dispatches: self.dispatches - o.dispatches,
+            submits: self.submits - o.submits,
+            reads: self.reads - o.reads,
+            uploads: self.uploads - o.uploads,
+        }
+    }
 }
 
 impl Drop for GpuBuffer {
@@ -154,11 +202,12 @@ impl GpuContext {
     /// A buffer of at least `bytes` from the pool; its contents are undefined.
     pub fn alloc(&self, bytes: u64) -> GpuBuffer {
         let buffer = self.pool.take(&self.device, bytes, pool::Kind::Storage);
-        GpuBuffer { buffer }
+        GpuBuffer { buffer, host_u32: None }
     }
 
     /// A buffer holding `data` (padded to 4 bytes).
     pub fn upload(&self, data: &[u8]) -> GpuBuffer {
+        count(|c| c.uploads += 1);
         let buf = self.alloc(data.len() as u64);
         // The pool never hands out a buffer that unsubmitted work still uses, so this
         // write (ordered before the next submit) cannot clobber live data.
@@ -169,6 +218,13 @@ impl GpuContext {
             padded.resize(data.len().div_ceil(4) * 4, 0);
             self.queue.write_buffer(&buf.buffer, 0, &padded);
         }
+        buf
+    }
+
+    /// A buffer holding `data` that remembers it (see `GpuBuffer::host_u32`).
+    pub fn upload_u32(&self, data: &[u32]) -> GpuBuffer {
+        let mut buf = self.upload(bytemuck::cast_slice(data));
+        buf.host_u32 = Some(data.into());
         buf
     }
 
@@ -189,6 +245,7 @@ impl GpuContext {
         if end == start {
             return Vec::new();
         }
+        count(|c| c.reads += 1);
         let staging = self.pool.take(&self.device, end - start, pool::Kind::Readback);
         self.record(|enc| enc.copy_buffer_to_buffer(&buf.buffer, start, &staging, 0, end - start));
         self.flush();
