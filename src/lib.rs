@@ -7,8 +7,10 @@
 //! - [`optim`]: Lion, AdamW (in-place updates, stochastic rounding for BF16), gradient clipping
 //! - [`profile`]: the opt-in profiler (`IRONTENSOR_PROFILE=1`): op times, training phases, a report
 //! - [`data`]: memory-mapped token datasets, the byte-level BPE tokenizer, checked downloads
+//! - [`bench`]: `irontensor bench`: training throughput of named workloads, kernel benchmarks
 
 pub mod autograd;
+pub mod bench;
 pub mod data;
 pub mod device;
 mod error;

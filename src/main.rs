@@ -40,16 +40,64 @@ enum Command {
     },
     /// The devices found, the adapter chosen, its backend, features and limits.
     Info,
-    /// Kernel benchmarks.
+    /// Benchmarks: training throughput of named workloads, and kernels (one JSON line each).
     Bench {
-        /// What to measure: `matmul`.
-        #[arg(default_value = "matmul")]
-        what: String,
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Training throughput of a named workload: seed-tiny or shakespeare (random tokens).
+    Train {
+        #[arg(long, default_value = "seed-tiny")]
+        workload: String,
         /// cpu, gpu or auto.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Timed steps.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Untimed steps first (pipelines compile, buffers pool); at least one runs.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        #[arg(long)]
+        batch: Option<usize>,
+        #[arg(long)]
+        seq: Option<usize>,
+        /// lion or adamw (default: the workload's).
+        #[arg(long)]
+        optimizer: Option<String>,
+        /// Skip the profiled pass that splits a step into forward, backward and optimizer.
+        #[arg(long)]
+        no_split: bool,
+    },
+    /// Matmul GFLOP/s.
+    Matmul {
         #[arg(long, default_value = "auto")]
         device: String,
         /// Shapes as MxNxK, comma separated.
         #[arg(long, default_value = "1024x1024x1024,4096x4096x1024")]
+        shapes: String,
+    },
+    /// FlashAttention forward and forward+backward.
+    Attention {
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Shapes as BxHxTxD (q, k and v alike), comma separated.
+        #[arg(long, default_value = "16x6x256x64,16x6x1024x64")]
+        shapes: String,
+        /// Attend to every key instead of the causal mask.
+        #[arg(long)]
+        no_causal: bool,
+    },
+    /// Fused linear cross-entropy forward and forward+backward.
+    CrossEntropy {
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Shapes as NxCxV (tokens, hidden, vocabulary), comma separated.
+        #[arg(long, default_value = "4096x384x4096,4096x384x32000")]
         shapes: String,
     },
 }
@@ -129,7 +177,7 @@ fn main() {
     let result = match (Device::from_env(), cli.command) {
         (Err(e), _) => Err(e.into()),
         (_, Some(Command::Info)) => info(start),
-        (_, Some(Command::Bench { what, device, shapes })) => bench(&what, &device, &shapes),
+        (_, Some(Command::Bench { what })) => bench(what),
         (_, Some(Command::Train(args))) => train(&args).map(|_| ()),
         (_, Some(Command::Generate(args))) => generate_cmd(&args),
         (_, Some(Command::Tokenize { data, vocab, out })) => prepare(data.as_deref(), vocab, &out, 1).map(|_| ()),
@@ -417,54 +465,25 @@ fn info(start: Instant) -> CliResult {
     Ok(())
 }
 
-fn bench(what: &str, device: &str, shapes: &str) -> CliResult {
-    if what != "matmul" {
-        return Err(format!("unknown benchmark {what:?}: expected matmul").into());
-    }
-    let device = Device::parse(device)?;
-    let name = match device {
-        Device::Gpu if irontensor::matmul_precision() == irontensor::MatmulPrecision::F16 => "gpu-f16",
-        d => d.name(),
-    };
-    for shape in shapes.split(',') {
-        let d: Vec<usize> = shape.split('x').map(|v| v.trim().parse()).collect::<Result<_, _>>()?;
-        let [m, n, k] = d[..] else { return Err(format!("bad shape {shape:?}: expected MxNxK").into()) };
-        let a = Tensor::randn_on(&[m, k], 1.0, 1, device);
-        let b = Tensor::randn_on(&[k, n], 1.0, 2, device);
-        // Warm-up (pipelines compile, inputs upload), checked so a wrong kernel reports no speed.
-        check_product(&a, &b, &irontensor::matmul(&a, &b)?.to_vec(), [m, n, k])?;
-        // `reps` products per submit-and-wait, so the wait's latency is spread over ~0.2 s of work.
-        let time = |reps: usize| -> Result<f64, irontensor::Error> {
-            let t = Instant::now();
-            for _ in 0..reps {
-                drop(irontensor::matmul(&a, &b)?);
-            }
-            irontensor::CommandBatch::sync();
-            Ok(t.elapsed().as_secs_f64() / reps as f64)
-        };
-        let reps = (0.2 / time(1)?).clamp(1.0, 100.0) as usize;
-        let mut best = f64::MAX;
-        for _ in 0..5 {
-            best = best.min(time(reps)?);
+fn bench(what: BenchCommand) -> CliResult {
+    use irontensor::bench;
+    match what {
+        BenchCommand::Train { workload, device, steps, warmup, batch, seq, optimizer, no_split } => {
+            let optimizer = match optimizer.as_deref() {
+                None => None,
+                Some("lion") => Some(OptimizerKind::Lion),
+                Some("adamw") => Some(OptimizerKind::AdamW),
+                Some(o) => return Err(format!("--optimizer {o}: expected adamw or lion").into()),
+            };
+            let device = Device::parse(&device)?;
+            let opts = bench::TrainBench { workload, device, steps, warmup, batch, seq, optimizer, split: !no_split };
+            bench::train(&opts)?;
         }
-        let gflops = 2.0 * (m * n * k) as f64 / best / 1e9;
-        println!("{{\"bench\":\"matmul\",\"device\":\"{name}\",\"m\":{m},\"n\":{n},\"k\":{k},\"best_ms\":{:.3},\"gflops\":{gflops:.1}}}", best * 1e3);
-    }
-    Ok(())
-}
-
-/// 16 elements of `c` = a·b against f64 dot products.
-fn check_product(a: &Tensor, b: &Tensor, c: &[f32], [m, n, k]: [usize; 3]) -> CliResult {
-    let (a, b) = (a.to_vec(), b.to_vec());
-    let mut rng = irontensor::rng::Rng::new(7);
-    for _ in 0..16 {
-        let (i, j) = ((rng.uniform() * m as f64) as usize, (rng.uniform() * n as f64) as usize);
-        let want: f64 = (0..k).map(|p| a[i * k + p] as f64 * b[p * n + j] as f64).sum();
-        // f32 rounding over K terms of size ~1 (f16 inputs: ~1e-3 relative each).
-        let tol = if irontensor::matmul_precision() == irontensor::MatmulPrecision::F16 { 1e-2 } else { 1e-5 };
-        if (c[i * n + j] as f64 - want).abs() > tol * (k as f64).sqrt() * 4.0 {
-            return Err(format!("matmul {m}x{n}x{k}: C[{i}, {j}] is {} but should be {want}", c[i * n + j]).into());
+        BenchCommand::Matmul { device, shapes } => bench::matmul(Device::parse(&device)?, &shapes)?,
+        BenchCommand::Attention { device, shapes, no_causal } => {
+            bench::attention(Device::parse(&device)?, &shapes, !no_causal)?
         }
+        BenchCommand::CrossEntropy { device, shapes } => bench::cross_entropy(Device::parse(&device)?, &shapes)?,
     }
     Ok(())
 }

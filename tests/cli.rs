@@ -1,6 +1,8 @@
 //! The `irontensor` binary: `info`, and the environment variables it reads at start.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 fn irontensor(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_irontensor"));
@@ -32,8 +34,8 @@ fn a_bad_device_name_is_a_clear_error() {
     assert!(out.contains("IRONTENSOR_DEVICE=tpu") && out.contains("cpu, gpu or auto"), "{out}");
 }
 
-/// A run directory with a tiny model trained for a few steps on a slice of TinyShakespeare.
-fn tiny_run(dir: &std::path::Path) -> (bool, String) {
+/// A slice of TinyShakespeare and a tiny model config in `dir`: (data file, config file).
+fn tiny_setup(dir: &Path) -> (PathBuf, PathBuf) {
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/tinyshakespeare.txt")).unwrap();
     std::fs::create_dir_all(dir).unwrap();
@@ -51,6 +53,12 @@ fn tiny_run(dir: &std::path::Path) -> (bool, String) {
     ) = (320, 32, 2, 4, 2, 64, 32);
     let cfg_path = dir.join("model.json");
     std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
+    (data, cfg_path)
+}
+
+/// A run directory with a tiny model trained for a few steps on a slice of TinyShakespeare.
+fn tiny_run(dir: &Path) -> (bool, String) {
+    let (data, cfg_path) = tiny_setup(dir);
     let out = dir.join("run");
     let args = [
         "train",
@@ -156,4 +164,116 @@ fn train_then_generate_end_to_end() {
 fn missing_data_says_what_to_pass() {
     let (ok, out) = irontensor(&["train", "--data", "/nonexistent/input.txt", "--device", "cpu"], &[]);
     assert!(!ok && out.contains("--data /nonexistent/input.txt: no such file"), "{out}");
+}
+
+/// Steps logged so far in a run's train_log.jsonl.
+fn logged_steps(out: &Path) -> Vec<u64> {
+    let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap_or_default();
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect()
+}
+
+/// Ctrl-C (SIGINT) while training saves a checkpoint and exits cleanly; --resume carries on
+/// from that checkpoint with the next step.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_resume_carries_on() {
+    let dir = std::env::temp_dir().join(format!("irontensor-sigint-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (data, cfg) = tiny_setup(&dir);
+    let out = dir.join("run");
+    let args = |steps: &str| {
+        let mut a = vec!["train", "--data", data.to_str().unwrap(), "--config", cfg.to_str().unwrap()];
+        a.extend(["--device", "cpu", "--batch", "2", "--seq", "16", "--sample-tokens", "0", "--steps", steps]);
+        a.extend(["--out", out.to_str().unwrap()]);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let stderr_path = dir.join("stderr.txt");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_irontensor"))
+        .args(args("1000000"))
+        .env_remove("IRONTENSOR_DEVICE")
+        .stdout(std::fs::File::create(dir.join("stdout.txt")).unwrap())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let output = || {
+        std::fs::read_to_string(dir.join("stdout.txt")).unwrap_or_default()
+            + &std::fs::read_to_string(&stderr_path).unwrap_or_default()
+    };
+    // Wait (bounded) until a few steps are logged: by then the Ctrl-C handler is installed.
+    let start = Instant::now();
+    while logged_steps(&out).len() < 3 {
+        if start.elapsed() > Duration::from_secs(120) || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("training did not log 3 steps in time:\n{}", output());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("training did not stop within 60 s of SIGINT:\n{}", output());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = output();
+    assert!(status.success(), "exit status {status} after SIGINT:\n{text}");
+    assert!(text.contains("interrupted: saved") && text.contains("--resume"), "{text}");
+    let steps = logged_steps(&out);
+    let n = steps.len() as u64;
+    assert_eq!(steps, (0..n).collect::<Vec<_>>(), "one log line per step before the interrupt");
+    let ckpt = out.join(format!("checkpoints/step_{n:08}"));
+    assert!(ckpt.join("trainer.json").exists(), "no checkpoint at step {n}:\n{text}");
+    // Resume: training carries on from step n to n + 3.
+    let total = (n + 3).to_string();
+    let (ok, text) = irontensor(&args(&total).iter().map(String::as_str).chain(["--resume"]).collect::<Vec<_>>(), &[]);
+    assert!(ok && text.contains("resuming from") && text.contains(&format!("at step {n}")), "{text}");
+    assert_eq!(logged_steps(&out), (0..n + 3).collect::<Vec<_>>(), "the resumed run logs steps {n}..{}", n + 3);
+    assert!(out.join(format!("checkpoints/step_{:08}", n + 3)).exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `irontensor bench` prints one JSON object per result with the keys dev/bench_compare.py reads.
+#[test]
+fn bench_prints_json_lines() {
+    let json_lines = |out: &str| -> Vec<serde_json::Value> {
+        out.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let (ok, out) = irontensor(
+        &["bench", "train", "--workload", "seed-tiny", "--device", "cpu", "--batch", "1", "--seq", "8"]
+            .into_iter()
+            .chain(["--steps", "2", "--warmup", "1"])
+            .collect::<Vec<_>>(),
+        &[],
+    );
+    assert!(ok, "{out}");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "{out}");
+    let r = &lines[0];
+    assert_eq!(r["params"], irontensor::bench::workload("seed-tiny").unwrap().model.num_params());
+    for k in
+        ["tokens_per_s", "ms_per_step", "forward_ms", "backward_ms", "optimizer_ms", "peak_bytes", "expected_bytes"]
+    {
+        assert!(r[k].as_f64().is_some_and(|v| v > 0.0), "{k} missing in {r}");
+    }
+    let (ok, out) = irontensor(&["bench", "train", "--workload", "gpt5", "--device", "cpu"], &[]);
+    assert!(!ok && out.contains("seed-tiny, shakespeare"), "{out}");
+    for (what, shapes, n) in [("matmul", "7x5x3", 1), ("attention", "1x2x9x8", 2), ("cross-entropy", "9x8x33", 2)] {
+        let (ok, out) = irontensor(&["bench", what, "--device", "cpu", "--shapes", shapes], &[]);
+        assert!(ok, "{out}");
+        let lines = json_lines(&out);
+        assert_eq!(lines.len(), n, "{out}");
+        assert!(lines.iter().all(|l| l["impl"] == "irontensor" && l["ms"].as_f64().is_some()), "{out}");
+    }
+    let (ok, out) = irontensor(&["bench", "attention", "--device", "cpu", "--shapes", "1x2x9"], &[]);
+    assert!(!ok && out.contains("BxHxTxD"), "{out}");
 }
