@@ -102,11 +102,27 @@ impl Tensor {
         if !self.tracks_grad() {
             bail!(Grad, "backward: the output does not depend on any tensor that requires grad");
         }
-        crate::autograd::no_grad(|| run_backward(self, dy))
+        crate::autograd::no_grad(|| run_backward(self, dy, &mut |_, _| Ok(())))
+    }
+
+    /// `backward` that calls `hook(leaf, gradient)` as soon as each leaf's gradient is final,
+    /// while the rest of the backward pass is still to run (data-parallel training starts
+    /// sending gradients then).
+    pub fn backward_with_hook(&self, hook: &mut dyn FnMut(&Tensor, &Tensor) -> Result<()>) -> Result<Gradients> {
+        if self.numel() != 1 {
+            bail!(Grad, "backward_with_hook: needs a one-element loss, got shape {:?}", self.shape());
+        }
+        if !self.tracks_grad() {
+            bail!(Grad, "backward: the output does not depend on any tensor that requires grad");
+        }
+        let seed = Tensor::full_on(self.shape(), 1.0, self.device());
+        crate::autograd::no_grad(|| run_backward(self, &seed, hook))
     }
 }
 
-fn run_backward(root: &Tensor, dy: &Tensor) -> Result<Gradients> {
+type LeafHook<'a> = &'a mut dyn FnMut(&Tensor, &Tensor) -> Result<()>;
+
+fn run_backward(root: &Tensor, dy: &Tensor, hook: LeafHook) -> Result<Gradients> {
     // Reverse topological order by iterative DFS (post-order), so deep graphs don't recurse.
     let mut order: Vec<Tensor> = Vec::new();
     let mut seen: HashSet<u64> = HashSet::new();
@@ -136,6 +152,8 @@ fn run_backward(root: &Tensor, dy: &Tensor) -> Result<Gradients> {
             continue;
         };
         let Some(f) = &t.0.grad_fn else {
+            // Every consumer of a leaf comes before it in this order: its gradient is final.
+            hook(t, &g)?;
             leaves.insert(t.id(), g);
             continue;
         };

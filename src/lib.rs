@@ -7,10 +7,12 @@
 //! - [`optim`]: Lion, AdamW (in-place updates, stochastic rounding for BF16), gradient clipping
 //! - [`profile`]: the opt-in profiler (`IRONTENSOR_PROFILE=1`): op times, training phases, a report
 //! - [`data`]: memory-mapped token datasets, the byte-level BPE tokenizer, checked downloads
+//! - [`dist`]: data-parallel training over MPI (`--features distributed`, ranks started by mpirun)
 
 pub mod autograd;
 pub mod data;
 pub mod device;
+pub mod dist;
 mod error;
 pub mod infer;
 pub mod nn;
