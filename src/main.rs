@@ -88,6 +88,9 @@ struct TrainArgs {
     seq: Option<usize>,
     #[arg(long)]
     lr: Option<f32>,
+    /// Write a checkpoint every N steps (and at the end).
+    #[arg(long)]
+    save_interval: Option<usize>,
     /// lion or adamw.
     #[arg(long, default_value = "adamw")]
     optimizer: String,
@@ -269,6 +272,7 @@ fn plan(args: &TrainArgs, device: Device) -> CliResult<(ModelConfig, TrainingCon
     if let Some(lr) = args.lr {
         t.learning_rate = lr;
     }
+    t.save_interval = args.save_interval.unwrap_or(t.save_interval);
     if small_cpu_run {
         note!(
             "no GPU in use: training a smaller model ({} layers, hidden {}, {} steps of {batch}×{seq} tokens) that finishes in minutes; \
@@ -316,6 +320,8 @@ fn train_on(args: &TrainArgs, dist: Option<&Arc<Dist>>) -> CliResult<()> {
                 let mut t = Trainer::load_checkpoint(&ckpt, device)?;
                 t.config.total_steps = args.steps.unwrap_or(t.config.total_steps);
                 t.scheduler.total = t.config.total_steps;
+                // Checkpoints go to this run's directory, even if it was moved or copied.
+                t.config.checkpoint_dir = train_cfg.checkpoint_dir.clone();
                 note!("resuming from {} at step {}", ckpt.display(), t.step);
                 t
             }

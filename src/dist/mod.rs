@@ -100,7 +100,11 @@ impl Dist {
             .map_err(|e| Error::Device(format!("cannot start the MPI thread: {e}")))?;
         let (rank, size, library) = match start.recv_timeout(timeout) {
             Ok(Ok(started)) => started,
-            Ok(Err(e)) => return Err(Error::Device(format!("MPI: {e}"))),
+            Ok(Err(e)) => {
+                let rank = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"].iter().find_map(|v| std::env::var(v).ok());
+                let who = rank.map_or(String::new(), |r| format!(" on rank {r}"));
+                return Err(Error::Device(format!("MPI could not start{who}: {e}")));
+            }
             Err(_) => {
                 return Err(Error::Device(format!(
                     "MPI did not start within {} s: a rank could not start",
@@ -241,7 +245,7 @@ impl Dist {
             mpi.abort(code);
             let _ = done.send(());
         }));
-        let _ = wait.recv_timeout(Duration::from_secs(10));
+        let _ = wait.recv_timeout(Duration::from_secs(5));
         std::process::exit(code);
     }
 

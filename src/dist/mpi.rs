@@ -4,6 +4,7 @@
 
 use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
 use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::OnceLock;
 
 /// Libraries tried in order when `IRONTENSOR_MPI_LIB` is unset.
 const CANDIDATES: &[&str] = if cfg!(target_os = "macos") {
@@ -189,6 +190,7 @@ impl Mpi {
             mpi.check(unsafe { (a.comm_size)(a.comm_world, &mut size) }, "MPI_Comm_size")?;
         });
         (mpi.rank, mpi.size) = (rank as usize, size as usize);
+        report_termination(mpi.rank, mpi.size);
         Ok(mpi)
     }
 
@@ -247,4 +249,28 @@ impl Mpi {
         let rc = unsafe { (self.finalize)() };
         self.check(rc, "MPI_Finalize")
     }
+}
+
+/// What a rank prints when mpirun ends it.
+static TERM_MESSAGE: OnceLock<Vec<u8>> = OnceLock::new();
+
+extern "C" fn on_sigterm(_: c_int) {
+    // Only async-signal-safe calls here: write(2) and _exit(2).
+    if let Some(m) = TERM_MESSAGE.get() {
+        // SAFETY: a valid buffer for its length.
+        unsafe { libc::write(2, m.as_ptr().cast(), m.len()) };
+    }
+    // SAFETY: ends the process at once, without running destructors that may wait on MPI.
+    unsafe { libc::_exit(128 + libc::SIGTERM) };
+}
+
+/// When another rank fails, mpirun sends the survivors SIGTERM: each says so before it exits.
+fn report_termination(rank: usize, size: usize) {
+    let msg = format!(
+        "rank {rank} of {size}: stopped by SIGTERM, which mpirun sends when another rank has failed (see its \
+         message) or the job is cancelled; the newest complete checkpoint stays usable\n"
+    );
+    let _ = TERM_MESSAGE.set(msg.into_bytes());
+    // SAFETY: installs a handler that only calls async-signal-safe functions.
+    unsafe { libc::signal(libc::SIGTERM, on_sigterm as *const () as libc::sighandler_t) };
 }
