@@ -1,8 +1,8 @@
 //! Data-parallel training over MPI, through `mpirun` and the `irontensor` binary on the CPU:
 //! 2 ranks match 1 rank, a rank that dies or hangs ends the job with an error and leaves a
 //! checkpoint that resumes, and a checkpoint resumes under a different number of ranks.
-//! Needs `--features distributed` and mpirun; without mpirun the tests skip, unless
-//! IRONTENSOR_REQUIRE_MPI=1 makes that a failure.
+//! Needs `--features distributed` and mpirun (`IRONTENSOR_MPIRUN` names another launcher, e.g.
+//! mpirun.mpich); without it the tests skip, unless IRONTENSOR_REQUIRE_MPI=1 makes that a failure.
 #![cfg(feature = "distributed")]
 
 use irontensor::train::checkpoint::load_tensors;
@@ -16,10 +16,15 @@ use std::time::{Duration, Instant};
 /// The longest any run here may take before the test calls it a hang.
 const DEADLINE: Duration = Duration::from_secs(180);
 
-/// `Some(is Open MPI)` when mpirun runs; `None` (the test skips) when it is absent.
+/// The launcher: `IRONTENSOR_MPIRUN`, else mpirun.
+fn launcher() -> String {
+    std::env::var("IRONTENSOR_MPIRUN").unwrap_or_else(|_| "mpirun".into())
+}
+
+/// `Some(is Open MPI)` when the launcher runs; `None` (the test skips) when it is absent.
 fn mpirun() -> Option<bool> {
     static FOUND: OnceLock<Option<bool>> = OnceLock::new();
-    *FOUND.get_or_init(|| match Command::new("mpirun").arg("--version").output() {
+    *FOUND.get_or_init(|| match Command::new(launcher()).arg("--version").output() {
         Ok(out) => Some(String::from_utf8_lossy(&out.stdout).contains("Open MPI")),
         Err(e) if std::env::var("IRONTENSOR_REQUIRE_MPI").as_deref() == Ok("1") => {
             panic!("IRONTENSOR_REQUIRE_MPI=1 but mpirun cannot run: {e}")
@@ -107,7 +112,7 @@ fn ranks(n: usize, args: &[String], env: &[(&str, &str)]) -> (bool, String, f64)
     }
     a.push(env!("CARGO_BIN_EXE_irontensor").into());
     a.extend(args.iter().cloned());
-    run("mpirun", &a, env)
+    run(&launcher(), &a, env)
 }
 
 /// Per step, the last logged (loss, grad_norm) (a resumed run logs its restarted steps again).
@@ -264,7 +269,7 @@ fn a_rank_that_cannot_start_ends_the_job() {
     a.extend(args.iter().cloned());
     a.extend([":", "-n", "1", "-x", "IRONTENSOR_MPI_LIB=/nonexistent/libmpi.so", &bin].iter().map(|s| s.to_string()));
     a.extend(args.iter().cloned());
-    let (ok, out, secs) = run("mpirun", &a, &[]);
+    let (ok, out, secs) = run(&launcher(), &a, &[]);
     assert!(!ok, "{out}");
     assert!(out.contains("MPI could not start on rank 1") && out.contains("/nonexistent/libmpi.so"), "{out}");
     assert!(secs < 60.0, "the job took {secs:.0} s to end");

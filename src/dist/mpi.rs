@@ -108,10 +108,14 @@ fn api<H: Copy>(lib: &Library, consts: [H; 5], in_place: *mut c_void) -> Result<
 
 /// Opens the first MPI library that loads: `IRONTENSOR_MPI_LIB`, else the usual names.
 fn open_library() -> Result<(&'static Library, String), String> {
-    let names: Vec<String> = match std::env::var("IRONTENSOR_MPI_LIB") {
+    let mut names: Vec<String> = match std::env::var("IRONTENSOR_MPI_LIB") {
         Ok(p) if !p.is_empty() => vec![p],
         _ => CANDIDATES.iter().map(|s| s.to_string()).collect(),
     };
+    // Where both are installed, the library of the launcher that started us goes first.
+    if std::env::var_os("OMPI_COMM_WORLD_SIZE").is_none() && std::env::var_os("PMI_SIZE").is_some() {
+        names.sort_by_key(|n| !n.contains("mpich") && !n.contains(".12"));
+    }
     let mut errors = Vec::new();
     for name in &names {
         // SAFETY: loading MPI runs its initialisers, which are safe to run once in any process.
@@ -190,6 +194,16 @@ impl Mpi {
             mpi.check(unsafe { (a.comm_size)(a.comm_world, &mut size) }, "MPI_Comm_size")?;
         });
         (mpi.rank, mpi.size) = (rank as usize, size as usize);
+        // A library that is not the launcher's starts each process alone, as rank 0 of 1.
+        let launched = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"].iter().find_map(|v| std::env::var(v).ok()?.parse().ok());
+        if let Some(n) = launched.filter(|&n: &usize| n != mpi.size) {
+            mpi.finalize()?;
+            return Err(format!(
+                "mpirun started {n} ranks, but {} sees {}: it is not the MPI of this mpirun; \
+                 set IRONTENSOR_MPI_LIB to the libmpi of the MPI whose mpirun you use",
+                mpi.name, mpi.size
+            ));
+        }
         report_termination(mpi.rank, mpi.size);
         Ok(mpi)
     }
