@@ -115,8 +115,11 @@ fn ranks(n: usize, args: &[String], env: &[(&str, &str)]) -> (bool, String, f64)
     run(&launcher(), &a, env)
 }
 
+/// Per step, (loss, gradient norm).
+type Losses = HashMap<u64, (f64, f64)>;
+
 /// Per step, the last logged (loss, grad_norm) (a resumed run logs its restarted steps again).
-fn losses(run_dir: &Path) -> HashMap<u64, (f64, f64)> {
+fn losses(run_dir: &Path) -> Losses {
     let log = std::fs::read_to_string(run_dir.join("train_log.jsonl")).unwrap();
     let mut out = HashMap::new();
     for line in log.lines() {
@@ -147,7 +150,7 @@ fn assert_same_weights(a: &Path, b: &Path) {
 }
 
 /// Steps `from..10` of `got` match the single-process reference.
-fn assert_same_losses(got: &HashMap<u64, (f64, f64)>, want: &HashMap<u64, (f64, f64)>, from: u64) {
+fn assert_same_losses(got: &Losses, want: &Losses, from: u64) {
     for s in from..10 {
         let ((l, g), (rl, rg)) = (got[&s], want[&s]);
         assert!((l - rl).abs() <= 2e-5 * rl.abs(), "step {s}: loss {l} vs {rl} with one rank");
@@ -156,8 +159,8 @@ fn assert_same_losses(got: &HashMap<u64, (f64, f64)>, want: &HashMap<u64, (f64, 
 }
 
 /// One process with the whole batch of 4: what every distributed run is compared with.
-fn reference() -> &'static (PathBuf, HashMap<u64, (f64, f64)>) {
-    static REF: OnceLock<(PathBuf, HashMap<u64, (f64, f64)>)> = OnceLock::new();
+fn reference() -> &'static (PathBuf, Losses) {
+    static REF: OnceLock<(PathBuf, Losses)> = OnceLock::new();
     REF.get_or_init(|| {
         let dir = workdir("reference");
         let (ok, out, _) = single(&train_args(&dir, "run", &[]), &[]);

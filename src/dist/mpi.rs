@@ -154,11 +154,11 @@ impl Mpi {
                 g("ompi_mpi_op_sum")?,
                 g("ompi_mpi_errors_return")?,
             ];
-            Handles::OpenMpi(api(lib, consts, 1 as *mut c_void)?)
+            Handles::OpenMpi(api(lib, consts, std::ptr::without_provenance_mut(1))?)
         } else if ["MPICH", "Intel(R) MPI", "MVAPICH"].iter().any(|s| version.contains(s)) {
             // mpi.h of MPICH: MPI_COMM_WORLD, MPI_FLOAT, MPI_BYTE, MPI_SUM, MPI_ERRORS_RETURN.
             let consts = [0x4400_0000, 0x4c00_040a, 0x4c00_010d, 0x5800_0003, 0x5400_0001];
-            Handles::Mpich(api(lib, consts, usize::MAX as *mut c_void)?)
+            Handles::Mpich(api(lib, consts, std::ptr::without_provenance_mut(usize::MAX))?)
         } else {
             return Err(format!(
                 "{file} is an MPI this build does not know ({first_line:?}): Open MPI and MPICH are supported"
