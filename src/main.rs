@@ -91,6 +91,10 @@ struct TrainArgs {
     /// Write a checkpoint every N steps (and at the end).
     #[arg(long)]
     save_interval: Option<usize>,
+    /// Split each batch into N micro-batches whose gradients add up (less memory; under mpirun,
+    /// one all-reduce per N micro-batches).
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
     /// lion or adamw.
     #[arg(long, default_value = "adamw")]
     optimizer: String,
@@ -273,6 +277,7 @@ fn plan(args: &TrainArgs, device: Device) -> CliResult<(ModelConfig, TrainingCon
         t.learning_rate = lr;
     }
     t.save_interval = args.save_interval.unwrap_or(t.save_interval);
+    t.grad_accum_steps = args.grad_accum;
     if small_cpu_run {
         note!(
             "no GPU in use: training a smaller model ({} layers, hidden {}, {} steps of {batch}×{seq} tokens) that finishes in minutes; \

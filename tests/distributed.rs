@@ -191,6 +191,11 @@ fn two_ranks_match_one_rank() {
     for step in [5, 10] {
         assert_same_weights(&checkpoint(&run, step), &checkpoint(ref_run, step));
     }
+    // Each rank's 2 rows as 2 micro-batches of 1: one all-reduce per step still.
+    let (ok, out, _) = ranks(2, &train_args(&dir, "accum", &["--grad-accum", "2"]), &[]);
+    assert!(ok, "{out}");
+    assert_same_losses(&losses(&dir.join("accum")), ref_losses, 0);
+    assert_same_weights(&checkpoint(&dir.join("accum"), 10), &checkpoint(ref_run, 10));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
