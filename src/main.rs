@@ -93,8 +93,8 @@ struct TrainArgs {
     save_interval: Option<usize>,
     /// Split each batch into N micro-batches whose gradients add up (less memory; under mpirun,
     /// one all-reduce per N micro-batches).
-    #[arg(long, default_value_t = 1)]
-    grad_accum: usize,
+    #[arg(long)]
+    grad_accum: Option<usize>,
     /// lion or adamw.
     #[arg(long, default_value = "adamw")]
     optimizer: String,
@@ -277,7 +277,7 @@ fn plan(args: &TrainArgs, device: Device) -> CliResult<(ModelConfig, TrainingCon
         t.learning_rate = lr;
     }
     t.save_interval = args.save_interval.unwrap_or(t.save_interval);
-    t.grad_accum_steps = args.grad_accum;
+    t.grad_accum_steps = args.grad_accum.unwrap_or(1);
     if small_cpu_run {
         note!(
             "no GPU in use: training a smaller model ({} layers, hidden {}, {} steps of {batch}×{seq} tokens) that finishes in minutes; \
@@ -327,6 +327,8 @@ fn train_on(args: &TrainArgs, dist: Option<&Arc<Dist>>) -> CliResult<()> {
                 t.scheduler.total = t.config.total_steps;
                 // Checkpoints go to this run's directory, even if it was moved or copied.
                 t.config.checkpoint_dir = train_cfg.checkpoint_dir.clone();
+                t.config.save_interval = args.save_interval.unwrap_or(t.config.save_interval);
+                t.config.grad_accum_steps = args.grad_accum.unwrap_or(t.config.grad_accum_steps);
                 note!("resuming from {} at step {}", ckpt.display(), t.step);
                 t
             }
