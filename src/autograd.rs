@@ -129,7 +129,21 @@ impl Tensor {
         if !self.tracks_grad() {
             bail!(Grad, "backward: the output does not depend on any tensor that requires grad");
         }
-        crate::autograd::no_grad(|| run_backward(self, dy))
+        crate::autograd::no_grad(|| run_backward(self, dy, &mut |_, _| Ok(())))
+    }
+
+    /// `backward` that calls `hook(leaf, gradient)` as soon as each leaf's gradient is final,
+    /// while the rest of the backward pass is still to run (data-parallel training starts
+    /// sending gradients then).
+    pub fn backward_with_hook(&self, hook: &mut dyn FnMut(&Tensor, &Tensor) -> Result<()>) -> Result<Gradients> {
+        if self.numel() != 1 {
+            bail!(Grad, "backward_with_hook: needs a one-element loss, got shape {:?}", self.shape());
+        }
+        if !self.tracks_grad() {
+            bail!(Grad, "backward: the output does not depend on any tensor that requires grad");
+        }
+        let seed = Tensor::full_on(self.shape(), 1.0, self.device());
+        crate::autograd::no_grad(|| run_backward(self, &seed, hook))
     }
 }
 
@@ -147,7 +161,9 @@ fn slot(t: &Tensor) -> Slot {
     }
 }
 
-fn run_backward(root: &Tensor, dy: &Tensor) -> Result<Gradients> {
+type LeafHook<'a> = &'a mut dyn FnMut(&Tensor, &Tensor) -> Result<()>;
+
+fn run_backward(root: &Tensor, dy: &Tensor, hook: LeafHook) -> Result<Gradients> {
     let mut grads: HashMap<Slot, Tensor> = HashMap::new();
     grads.insert(slot(root), dy.clone());
     // Nodes in reverse topological order by iterative DFS (post-order), so deep graphs don't
@@ -155,6 +171,8 @@ fn run_backward(root: &Tensor, dy: &Tensor) -> Result<Gradients> {
     let mut order: Vec<Arc<GradFn>> = Vec::new();
     let mut seen: HashSet<usize> = HashSet::new();
     let mut stack: Vec<(Arc<GradFn>, bool)> = root.0.grad_fn.iter().map(|(f, _)| (f.clone(), false)).collect();
+    // Per leaf: the nodes still to run that take it as input; at 0 its gradient is final.
+    let mut pending: HashMap<u64, usize> = HashMap::new();
     while let Some((f, expanded)) = stack.pop() {
         if expanded {
             order.push(f);
@@ -164,6 +182,9 @@ fn run_backward(root: &Tensor, dy: &Tensor) -> Result<Gradients> {
             continue;
         }
         stack.push((f.clone(), true));
+        for inp in f.inputs.iter().filter(|i| i.tracks_grad() && i.0.grad_fn.is_none()) {
+            *pending.entry(inp.id()).or_default() += 1;
+        }
         for inp in &f.inputs {
             if let Some((g, _)) = &inp.0.grad_fn {
                 if !seen.contains(&(Arc::as_ptr(g) as usize)) {
@@ -175,10 +196,10 @@ fn run_backward(root: &Tensor, dy: &Tensor) -> Result<Gradients> {
     for f in order.iter().rev() {
         let id = Arc::as_ptr(f) as usize;
         let dys: Vec<Option<Tensor>> = (0..f.outputs).map(|k| grads.remove(&Slot::Output(id, k))).collect();
-        if dys.iter().all(Option::is_none) {
-            continue;
-        }
-        let input_grads = (f.backward)(&dys)?;
+        let input_grads = match dys.iter().all(Option::is_none) {
+            true => vec![None; f.inputs.len()],
+            false => (f.backward)(&dys)?,
+        };
         debug_assert_eq!(input_grads.len(), f.inputs.len(), "{}: backward arity", f.op);
         for (inp, ig) in f.inputs.iter().zip(input_grads) {
             let Some(ig) = ig else { continue };
@@ -200,6 +221,18 @@ fn run_backward(root: &Tensor, dy: &Tensor) -> Result<Gradients> {
             };
             grads.insert(slot(inp), acc);
         }
+        for inp in f.inputs.iter().filter(|i| i.tracks_grad() && i.0.grad_fn.is_none()) {
+            let left = pending.get_mut(&inp.id()).expect("counted above");
+            *left -= 1;
+            if *left == 0 {
+                if let Some(g) = grads.get(&Slot::Leaf(inp.id())) {
+                    hook(inp, g)?;
+                }
+            }
+        }
+    }
+    if root.0.grad_fn.is_none() {
+        hook(root, dy)?; // the loss is itself a leaf
     }
     // What is left are the leaves' gradients.
     let map = grads

@@ -8,11 +8,13 @@
 //! - [`profile`]: the opt-in profiler (`IRONTENSOR_PROFILE=1`): op times, training phases, a report
 //! - [`data`]: memory-mapped token datasets, the byte-level BPE tokenizer, checked downloads
 //! - [`bench`]: `irontensor bench`: training throughput of named workloads, kernel benchmarks
+//! - [`dist`]: data-parallel training over MPI (`--features distributed`, ranks started by mpirun)
 
 pub mod autograd;
 pub mod bench;
 pub mod data;
 pub mod device;
+pub mod dist;
 mod error;
 pub mod infer;
 pub mod nn;

@@ -4,13 +4,28 @@
 use clap::{Args, Parser, Subcommand};
 use irontensor::data::{tinyshakespeare, TokenDataset, Tokenizer};
 use irontensor::device::gpu;
+use irontensor::dist::Dist;
 use irontensor::infer::{generate, SamplingConfig};
 use irontensor::nn::{GPTModel, ModelConfig};
 use irontensor::train::{catch_ctrl_c, fit, OptimizerKind, RunOptions, Trainer, TrainingConfig};
-use irontensor::{Device, Tensor};
+use irontensor::{Device, Error, Tensor};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
+
+/// Set on MPI ranks other than 0, so that the job's output is rank 0's alone.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// `eprintln!`, except on MPI ranks other than 0.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        if !QUIET.load(Ordering::Relaxed) {
+            eprintln!($($arg)*);
+        }
+    };
+}
 
 #[derive(Parser)]
 #[command(
@@ -121,6 +136,13 @@ struct TrainArgs {
     seq: Option<usize>,
     #[arg(long)]
     lr: Option<f32>,
+    /// Write a checkpoint every N steps (and at the end).
+    #[arg(long)]
+    save_interval: Option<usize>,
+    /// Split each batch into N micro-batches whose gradients add up (less memory; under mpirun,
+    /// one all-reduce per N micro-batches).
+    #[arg(long)]
+    grad_accum: Option<usize>,
     /// lion or adamw.
     #[arg(long, default_value = "adamw")]
     optimizer: String,
@@ -222,7 +244,7 @@ fn prepare(
         let t = Instant::now();
         let tok = Tokenizer::train(train_text, vocab)?;
         tok.save(&tok_path)?;
-        eprintln!(
+        note!(
             "trained a {}-token BPE tokenizer in {:.1}s -> {}",
             tok.vocab_size(),
             t.elapsed().as_secs_f64(),
@@ -238,7 +260,7 @@ fn prepare(
     let train = TokenDataset::open(&train_bin, seq_len)?;
     let val = TokenDataset::open(&val_bin, seq_len)?;
     let chars_per_token = val_text.chars().count() as f64 / val.len() as f64;
-    eprintln!(
+    note!(
         "data: {} ({} characters), {} train / {} validation tokens, {chars_per_token:.2} characters per token",
         text_path.display(),
         text.chars().count(),
@@ -302,8 +324,10 @@ fn plan(args: &TrainArgs, device: Device) -> CliResult<(ModelConfig, TrainingCon
     if let Some(lr) = args.lr {
         t.learning_rate = lr;
     }
+    t.save_interval = args.save_interval.unwrap_or(t.save_interval);
+    t.grad_accum_steps = args.grad_accum.unwrap_or(1);
     if small_cpu_run {
-        eprintln!(
+        note!(
             "no GPU in use: training a smaller model ({} layers, hidden {}, {} steps of {batch}×{seq} tokens) that finishes in minutes; \
              --device gpu or --config/--steps/--batch/--seq choose otherwise",
             m.num_layers, m.hidden_dim, t.total_steps
@@ -313,30 +337,66 @@ fn plan(args: &TrainArgs, device: Device) -> CliResult<(ModelConfig, TrainingCon
 }
 
 fn train(args: &TrainArgs) -> CliResult<()> {
+    // Under mpirun: every rank runs this; an error on one ends the whole job.
+    let Some(dist) = Dist::from_env()? else { return train_on(args, None) };
+    QUIET.store(!dist.is_root(), Ordering::Relaxed);
+    note!("MPI: {} ranks ({})", dist.size(), dist.library);
+    match train_on(args, Some(&dist)) {
+        Ok(()) => Ok(dist.finalize()?),
+        Err(e) => {
+            eprintln!("error on rank {} of {}: {e}", dist.rank(), dist.size());
+            dist.abort(1)
+        }
+    }
+}
+
+fn train_on(args: &TrainArgs, dist: Option<&Arc<Dist>>) -> CliResult<()> {
     let device = Device::parse(&args.device)?;
     let (mut model_cfg, train_cfg, batch, seq) = plan(args, device)?;
-    let (tok, train_ds, val_ds, chars_per_token) = prepare(args.data.as_deref(), model_cfg.vocab_size, &args.out, seq)?;
+    let prep = || prepare(args.data.as_deref(), model_cfg.vocab_size, &args.out, seq);
+    let (tok, train_ds, val_ds, chars_per_token) = match dist {
+        None => prep()?,
+        Some(d) => {
+            // Rank 0 makes the tokenizer and token files; ranks on other machines make theirs,
+            // which must come out the same.
+            let ready = d.root_first("preparing the data", || prep().map_err(|e| Error::Invalid(e.to_string())))?;
+            let tok_json = std::fs::read(args.out.join("tokenizer.json"))?;
+            let sizes = format!("{} {} {}", ready.1.len(), ready.2.len(), ready.0.vocab_size());
+            d.check_same("the tokenizer and token files", &[tok_json, sizes.into_bytes()].concat())?;
+            ready
+        }
+    };
     model_cfg.vocab_size = tok.vocab_size();
-    let mut trainer = match Trainer::latest_checkpoint(&train_cfg.checkpoint_dir)? {
-        Some(ckpt) if args.resume => {
-            let mut t = Trainer::load_checkpoint(&ckpt, device)?;
-            t.config.total_steps = args.steps.unwrap_or(t.config.total_steps);
-            t.scheduler.total = t.config.total_steps;
-            eprintln!("resuming from {} at step {}", ckpt.display(), t.step);
-            t
-        }
-        Some(ckpt) => {
-            return Err(format!(
-                "{} already holds a run ({}); pass --resume to carry on, or --out DIR for a new run",
-                args.out.display(),
-                ckpt.display()
-            )
-            .into())
-        }
-        None => Trainer::new_on(model_cfg, train_cfg, device)?,
+    let make = || -> CliResult<Trainer> {
+        Ok(match Trainer::latest_checkpoint(&train_cfg.checkpoint_dir)? {
+            Some(ckpt) if args.resume => {
+                let mut t = Trainer::load_checkpoint(&ckpt, device)?;
+                t.config.total_steps = args.steps.unwrap_or(t.config.total_steps);
+                t.scheduler.total = t.config.total_steps;
+                // Checkpoints go to this run's directory, even if it was moved or copied.
+                t.config.checkpoint_dir = train_cfg.checkpoint_dir.clone();
+                t.config.save_interval = args.save_interval.unwrap_or(t.config.save_interval);
+                t.config.grad_accum_steps = args.grad_accum.unwrap_or(t.config.grad_accum_steps);
+                note!("resuming from {} at step {}", ckpt.display(), t.step);
+                t
+            }
+            Some(ckpt) => {
+                return Err(format!(
+                    "{} already holds a run ({}); pass --resume to carry on, or --out DIR for a new run",
+                    args.out.display(),
+                    ckpt.display()
+                )
+                .into())
+            }
+            None => Trainer::new_on(model_cfg.clone(), train_cfg.clone(), device)?,
+        })
+    };
+    let mut trainer = match dist {
+        None => make()?,
+        Some(d) => Trainer::shared(d, || make().map_err(|e| Error::Invalid(e.to_string())), device)?,
     };
     let c = &trainer.model.config;
-    eprintln!(
+    note!(
         "model: {:.1}M parameters ({} layers, hidden {}, {} heads, vocab {}) on {} ({})",
         c.num_params() as f64 / 1e6,
         c.num_layers,
@@ -349,9 +409,20 @@ fn train(args: &TrainArgs) -> CliResult<()> {
     let seed = trainer.config.seed;
     // A fixed validation set: 20 batches spread over the split.
     let val: Vec<_> = (0..20u64).map(|i| val_ds.batch_at(i, batch, seed ^ 0x5eed)).collect();
+    if let (Some(d), Some((buckets, values))) = (dist, trainer.all_reduce_plan()) {
+        note!(
+            "data parallel: {} ranks × {} rows; {:.1} MB of gradients all-reduced per step in {buckets} buckets",
+            d.size(),
+            batch / d.size().max(1),
+            values as f64 * 4.0 / 1e6
+        );
+    }
     catch_ctrl_c();
     let opts = RunOptions { batch, seq_len: seq, out_dir: args.out.clone(), show_progress: true };
     let summary = fit(&mut trainer, |step| Ok(train_ds.batch_at(step as u64, batch, seed)), &val, &opts)?;
+    if QUIET.load(Ordering::Relaxed) {
+        return Ok(()); // rank 0 reports
+    }
     if summary.interrupted {
         eprintln!(
             "interrupted: saved {}; `irontensor train --resume --out {}` carries on",

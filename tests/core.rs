@@ -110,7 +110,43 @@ fn deep_graph(device: Device) {
     assert_eq!(g.get(&x).unwrap().to_vec(), vec![1.0]);
 }
 
-device_tests!(tensors, devices_move, autograd, deep_graph);
+fn backward_hook(device: Device) {
+    // `a` feeds the start of the graph and the end; `b` only the end; `c` needs no gradient.
+    let t = |seed, grad: bool| {
+        let v = Tensor::from_f32_on(&rand_vec(12, -1.0, 1.0, seed), &[3, 4], device).unwrap();
+        if grad {
+            v.requires_grad_()
+        } else {
+            v
+        }
+    };
+    let (a, b, c) = (t(11, true), t(12, true), t(13, false));
+    let deep = ops::mul(&ops::exp(&ops::mul(&a, &c).unwrap()).unwrap(), &b).unwrap();
+    let loss = ops::add(&ops::sum_all(&deep).unwrap(), &ops::sum_all(&ops::mul(&a, &a).unwrap()).unwrap()).unwrap();
+    let plain = loss.backward().unwrap();
+    let mut seen: Vec<(u64, Vec<f32>)> = Vec::new();
+    let hooked = loss
+        .backward_with_hook(&mut |leaf, g| {
+            seen.push((leaf.id(), g.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+    // Each leaf once, with its whole (accumulated) gradient, as `backward` gives it.
+    let mut ids: Vec<u64> = seen.iter().map(|(id, _)| *id).collect();
+    ids.sort();
+    let mut want = vec![a.id(), b.id()];
+    want.sort();
+    assert_eq!(ids, want);
+    for (leaf, g) in [(&a, &plain), (&b, &plain), (&a, &hooked), (&b, &hooked)] {
+        let from_hook = &seen.iter().find(|(id, _)| *id == leaf.id()).unwrap().1;
+        assert_eq!(from_hook, &g.get(leaf).unwrap().to_vec());
+    }
+    // An error from the hook ends the backward pass with that error.
+    let err = loss.backward_with_hook(&mut |_, _| Err(irontensor::Error::Invalid("hook says no".into())));
+    assert!(err.unwrap_err().to_string().contains("hook says no"));
+}
+
+device_tests!(tensors, devices_move, autograd, deep_graph, backward_hook);
 
 #[test]
 fn command_batch() {

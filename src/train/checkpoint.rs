@@ -40,6 +40,11 @@ fn dtype(p: Precision) -> Dtype {
 
 /// Saves named tensors (read back from any device) as one safetensors file.
 pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    write_atomic(path, &tensors_to_bytes(tensors, None)?)
+}
+
+/// Named tensors (and string metadata) in the safetensors format, in memory.
+pub fn tensors_to_bytes(tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
     let data: Vec<(String, Vec<u8>, &Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t.raw_bytes(), t)).collect();
     let views = data
         .iter()
@@ -49,31 +54,35 @@ pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
             Ok((n.clone(), v))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, None).map_err(|e| Error::Invalid(format!("safetensors: {e}")))?;
-    write_atomic(path, &bytes)
+    safetensors::serialize(views, metadata).map_err(|e| Error::Invalid(format!("safetensors: {e}")))
 }
 
 /// Loads every tensor of a safetensors file onto `device`.
 pub fn load_tensors(path: &Path, device: Device) -> Result<HashMap<String, Tensor>> {
     let bytes = fs::read(path).map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
-        Error::Invalid(format!("{} is not a valid safetensors file (truncated or corrupt?): {e}", path.display()))
-    })?;
+    Ok(tensors_from_bytes(&bytes, device, &path.display().to_string())?.0)
+}
+
+/// The tensors (onto `device`) and metadata of safetensors bytes; `source` names them in errors.
+pub fn tensors_from_bytes(
+    bytes: &[u8],
+    device: Device,
+    source: &str,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let corrupt = |e| Error::Invalid(format!("{source} is not a valid safetensors file (truncated or corrupt?): {e}"));
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(corrupt)?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         let p = match view.dtype() {
             Dtype::F32 => Precision::FP32,
             Dtype::BF16 => Precision::BF16,
             Dtype::U32 => Precision::U32,
-            other => bail!(
-                Dtype,
-                "{}: tensor {name} has dtype {other:?}; only F32, BF16 and U32 are supported",
-                path.display()
-            ),
+            other => bail!(Dtype, "{source}: tensor {name} has dtype {other:?}; only F32, BF16 and U32 are supported"),
         };
         out.insert(name, Tensor::from_bytes(view.data(), view.shape(), p, device)?);
     }
-    Ok(out)
+    let metadata = safetensors::SafeTensors::read_metadata(bytes).map_err(corrupt)?.1.metadata().clone();
+    Ok((out, metadata.unwrap_or_default()))
 }
 
 impl GPTModel {

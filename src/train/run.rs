@@ -3,7 +3,7 @@
 
 use super::plot::loss_svg;
 use super::Trainer;
-use crate::{CommandBatch, Result};
+use crate::{bail, CommandBatch, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,17 +48,30 @@ pub fn fit(
     val: &[(Vec<u32>, Vec<u32>)],
     opts: &RunOptions,
 ) -> Result<RunSummary> {
-    std::fs::create_dir_all(&opts.out_dir)?;
+    // Data-parallel: every rank takes its rows of each batch; rank 0 alone evaluates and writes.
+    let dist = trainer.dist().cloned();
+    let (rank, ranks) = dist.as_ref().map_or((0, 1), |d| (d.rank(), d.size()));
+    let root = rank == 0;
+    if !opts.batch.is_multiple_of(ranks) {
+        bail!(Invalid, "fit: the batch of {} rows cannot be split evenly over {ranks} ranks", opts.batch);
+    }
+    let local_batch = opts.batch / ranks;
+    let rows = rank * local_batch * opts.seq_len..(rank + 1) * local_batch * opts.seq_len;
+    let mut log = None;
+    let (mut train_curve, mut val_curve) = (Vec::new(), Vec::new());
     let log_path = opts.out_dir.join("train_log.jsonl");
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    if root {
+        std::fs::create_dir_all(&opts.out_dir)?;
+        log = Some(std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?);
+        (train_curve, val_curve) = read_curves(&log_path);
+    }
     let total = trainer.config.total_steps;
-    let bar = if opts.show_progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
+    let bar = if opts.show_progress && root { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]")
             .expect("valid template"),
     );
     bar.set_position(trainer.step as u64);
-    let (mut train_curve, mut val_curve) = read_curves(&log_path);
     // Lines past the checkpoint we resume from belong to a run that was cut short.
     train_curve.retain(|&(s, _)| s < trainer.step);
     val_curve.retain(|&(s, _)| s <= trainer.step);
@@ -70,33 +83,51 @@ pub fn fit(
     let eval_every = trainer.config.eval_interval.max(1);
     let save_every = trainer.config.save_interval.max(1);
     CommandBatch::begin();
-    while trainer.step < total && !INTERRUPTED.load(Ordering::SeqCst) {
+    while trainer.step < total {
+        // A Ctrl-C on any rank stops them all at the same step.
+        let stop = INTERRUPTED.load(Ordering::SeqCst);
+        let stop = match &dist {
+            Some(d) => d.any("agreeing whether to stop", stop)?,
+            None => stop,
+        };
+        if stop {
+            INTERRUPTED.store(true, Ordering::SeqCst);
+            break;
+        }
         let step = trainer.step;
+        if let Some(d) = &dist {
+            d.failure_test(step);
+        }
         let t0 = Instant::now();
         let (x, y) = batch_for(step)?;
+        let (x, y) = if ranks > 1 { (x[rows.clone()].to_vec(), y[rows.clone()].to_vec()) } else { (x, y) };
         let lr = trainer.learning_rate();
-        let (loss, grad_norm) = trainer.train_step(&x, &y, opts.batch, opts.seq_len)?;
+        let (loss, grad_norm) = trainer.train_step(&x, &y, local_batch, opts.seq_len)?;
         trainer.data_position = trainer.step as u64;
         let dt = t0.elapsed().as_secs_f64();
         last_loss = loss;
         train_curve.push((step, loss));
         let tps = tokens_per_step * (trainer.step - first) as f64 / start.elapsed().as_secs_f64();
-        writeln!(
-            log,
-            "{{\"step\":{step},\"loss\":{},\"grad_norm\":{},\"lr\":{lr},\"step_ms\":{:.2},\"tokens_per_s\":{tps:.1}}}",
-            json_num(loss),
-            json_num(grad_norm),
-            dt * 1e3
-        )?;
+        if let Some(log) = &mut log {
+            writeln!(
+                log,
+                "{{\"step\":{step},\"loss\":{},\"grad_norm\":{},\"lr\":{lr},\"step_ms\":{:.2},\"tokens_per_s\":{tps:.1}}}",
+                json_num(loss),
+                json_num(grad_norm),
+                dt * 1e3
+            )?;
+        }
         let done = trainer.step;
-        if !val.is_empty() && (done.is_multiple_of(eval_every) || done == total) {
+        if root && !val.is_empty() && (done.is_multiple_of(eval_every) || done == total) {
             let v = trainer.evaluate(val, opts.batch, opts.seq_len)?;
             last_val = Some(v);
             val_curve.push((done, v));
-            writeln!(log, "{{\"step\":{done},\"val_loss\":{v}}}")?;
+            if let Some(log) = &mut log {
+                writeln!(log, "{{\"step\":{done},\"val_loss\":{v}}}")?;
+            }
         }
         if done.is_multiple_of(save_every) && done < total {
-            trainer.save_numbered()?;
+            save(trainer)?;
         }
         bar.set_position(done as u64);
         let val_msg = last_val.map_or(String::new(), |v| format!(" val {v:.3}"));
@@ -105,9 +136,11 @@ pub fn fit(
     CommandBatch::end();
     bar.finish();
     let interrupted = INTERRUPTED.swap(false, Ordering::SeqCst);
-    let checkpoint = trainer.save_numbered()?;
-    let svg = loss_svg(&train_curve, &val_curve, "IronTensor training loss");
-    std::fs::write(opts.out_dir.join("loss.svg"), svg)?;
+    let checkpoint = save(trainer)?;
+    if root {
+        let svg = loss_svg(&train_curve, &val_curve, "IronTensor training loss");
+        std::fs::write(opts.out_dir.join("loss.svg"), svg)?;
+    }
     let seconds = start.elapsed().as_secs_f64();
     Ok(RunSummary {
         steps: trainer.step,
@@ -118,6 +151,20 @@ pub fn fit(
         interrupted,
         checkpoint,
     })
+}
+
+/// A numbered checkpoint, written by rank 0 alone after the ranks confirm they hold the same
+/// weights; every rank gets its path.
+fn save(trainer: &Trainer) -> Result<PathBuf> {
+    match trainer.dist() {
+        None => trainer.save_numbered(),
+        Some(d) => {
+            d.check_same("the weights", &trainer.weights_fingerprint())?;
+            let saved = if d.is_root() { trainer.save_numbered().map(|_| ()) } else { Ok(()) };
+            d.agree("writing the checkpoint", saved)?;
+            Ok(trainer.numbered_path())
+        }
+    }
 }
 
 /// A number for JSON: NaN and infinities (a skipped step) become null.

@@ -1,15 +1,18 @@
 //! Trainer: forward, backward, clipping and the optimizer step, with gradient accumulation,
 //! NaN/Inf protection, evaluation, and checkpoints that resume exactly.
 
-use super::checkpoint::{load_tensors, save_tensors, sync_dir, write_atomic};
+use super::checkpoint::{load_tensors, save_tensors, sync_dir, tensors_from_bytes, tensors_to_bytes, write_atomic};
 use super::{Decay, LrScheduler};
+use crate::dist::{Dist, GradSync};
 use crate::nn::{GPTModel, ModelConfig};
 use crate::optim::{step_control, AdamW, AdamWConfig, Lion, LionConfig};
 use crate::profile::{self, Phase};
 use crate::{bail, no_grad, ops, Device, Error, Precision, Result, Tensor};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum OptimizerKind {
@@ -103,7 +106,12 @@ pub struct Trainer {
     /// Where the caller's data stream is; saved and restored with the checkpoint.
     pub data_position: u64,
     optimizer: Optimizer,
+    /// Gradient averaging across MPI ranks (`distribute`).
+    sync: Option<GradSync>,
 }
+
+/// Gradient all-reduce buckets of this many MiB (`IRONTENSOR_DIST_BUCKET_MB`).
+const BUCKET_MB: f64 = 4.0;
 
 impl Trainer {
     /// A fresh model on the default device, and its optimizer.
@@ -162,7 +170,32 @@ impl Trainer {
             Optimizer::Lion(o) => o.set_decay_mask(mask),
             Optimizer::AdamW(o) => o.set_decay_mask(mask),
         }
-        Ok(Trainer { model, config, scheduler, step: 0, skipped_steps: 0, data_position: 0, optimizer })
+        Ok(Trainer { model, config, scheduler, step: 0, skipped_steps: 0, data_position: 0, optimizer, sync: None })
+    }
+
+    /// Averages every step's gradients (and loss) over the ranks of `dist`: each rank then
+    /// passes its own shard of the batch to `train_step`. All ranks must hold the same
+    /// weights and state first (`Trainer::shared`).
+    pub fn distribute(&mut self, dist: Arc<Dist>) -> Result<()> {
+        let mb = match std::env::var("IRONTENSOR_DIST_BUCKET_MB") {
+            Ok(v) => v.parse::<f64>().ok().filter(|m| *m > 0.0).ok_or_else(|| {
+                Error::Invalid(format!("IRONTENSOR_DIST_BUCKET_MB={v}: expected a positive number of MiB"))
+            })?,
+            Err(_) => BUCKET_MB,
+        };
+        let params: Vec<Tensor> = self.model.parameters().iter().map(|(_, t)| t.clone()).collect();
+        self.sync = Some(GradSync::new(dist, &params, (mb * (1 << 20) as f64) as usize));
+        Ok(())
+    }
+
+    /// The MPI job this trainer is part of, if any.
+    pub fn dist(&self) -> Option<&Arc<Dist>> {
+        self.sync.as_ref().map(|s| s.dist())
+    }
+
+    /// The gradient buckets: (how many, f32 values all-reduced per step), when distributed.
+    pub fn all_reduce_plan(&self) -> Option<(usize, usize)> {
+        self.sync.as_ref().map(|s| (s.num_buckets(), s.values_per_step()))
     }
 
     fn tokens(&self, ids: &[u32], b: usize, t: usize) -> Result<Tensor> {
@@ -195,7 +228,9 @@ impl Trainer {
             let range = m * micro * seq_len..(m + 1) * micro * seq_len;
             let x = self.tokens(&inputs[range.clone()], micro, seq_len)?;
             let y = self.tokens(&targets[range], micro, seq_len)?;
-            let seed = self.config.seed ^ ((self.step as u64) << 20) ^ m as u64;
+            // Ranks draw different dropout masks (rank 0 the same as a single process).
+            let rank = self.dist().map_or(0, |d| d.rank() as u64);
+            let seed = self.config.seed ^ ((self.step as u64) << 20) ^ m as u64 ^ (rank << 40);
             let loss = {
                 let _forward = profile::phase(Phase::Forward);
                 let loss = self.model.loss(&x, &y, micro, seq_len, Some(seed))?;
@@ -206,6 +241,18 @@ impl Trainer {
                 }
             };
             let backward = profile::phase(Phase::Backward);
+            if let (Some(sync), true) = (&self.sync, m + 1 == accum) {
+                // The last micro-batch: buckets are averaged across ranks while backward runs.
+                let mut round = sync.round(grads.take());
+                loss.backward_with_hook(&mut |leaf, g| round.ready(leaf, g))?;
+                let local = loss.item()? + loss_sum.take().map_or(Ok(0.0), |s| s.item())?;
+                let (averaged, sums) = round.finish(vec![local])?;
+                let mean = sums[0] / sync.dist().size() as f32;
+                loss_sum = Some(Tensor::full_on(loss.shape(), mean, loss.device()));
+                grads = Some(averaged);
+                drop(backward);
+                continue;
+            }
             let g = loss.backward()?;
             let g: Vec<Tensor> = params
                 .iter()
@@ -247,7 +294,9 @@ impl Trainer {
                 Optimizer::AdamW(o) => o.uncount_step(),
             }
             self.skipped_steps += 1;
-            eprintln!("step {}: loss {loss_sum} / gradient norm {norm} is not finite; update skipped", self.step);
+            if self.dist().is_none_or(|d| d.is_root()) {
+                eprintln!("step {}: loss {loss_sum} / gradient norm {norm} is not finite; update skipped", self.step);
+            }
         }
         self.step += 1;
         profile::step();
@@ -280,6 +329,22 @@ impl Trainer {
         }
     }
 
+    fn meta(&self) -> TrainerState {
+        TrainerState {
+            format: FORMAT,
+            step: self.step,
+            optimizer_steps: self.optimizer_state().1,
+            skipped_steps: self.skipped_steps,
+            data_position: self.data_position,
+            model_config: self.model.config.clone(),
+            train_config: self.config.clone(),
+        }
+    }
+
+    fn named_state(&self) -> Vec<(String, Tensor)> {
+        self.optimizer_state().0.iter().enumerate().map(|(i, t)| (format!("state.{i}"), t.clone())).collect()
+    }
+
     /// Writes a checkpoint directory at `path`: weights (HF layout), optimizer state, step,
     /// data position and both configs. The directory appears whole or not at all.
     pub fn save_checkpoint(&self, path: impl AsRef<Path>) -> Result<()> {
@@ -290,20 +355,8 @@ impl Trainer {
         }
         fs::create_dir_all(&tmp)?;
         self.model.save_pretrained(&tmp)?;
-        let (state, optimizer_steps) = self.optimizer_state();
-        let named: Vec<(String, Tensor)> =
-            state.iter().enumerate().map(|(i, t)| (format!("state.{i}"), t.clone())).collect();
-        save_tensors(&tmp.join("optimizer.safetensors"), &named)?;
-        let meta = TrainerState {
-            format: FORMAT,
-            step: self.step,
-            optimizer_steps,
-            skipped_steps: self.skipped_steps,
-            data_position: self.data_position,
-            model_config: self.model.config.clone(),
-            train_config: self.config.clone(),
-        };
-        write_atomic(&tmp.join("trainer.json"), &serde_json::to_vec_pretty(&meta).expect("serialises"))?;
+        save_tensors(&tmp.join("optimizer.safetensors"), &self.named_state())?;
+        write_atomic(&tmp.join("trainer.json"), &serde_json::to_vec_pretty(&self.meta()).expect("serialises"))?;
         sync_dir(&tmp)?;
         // Replacing a checkpoint: the old one moves aside first, so one complete copy always exists.
         let old = path.with_extension("old");
@@ -321,13 +374,18 @@ impl Trainer {
     pub fn save_numbered(&self) -> Result<PathBuf> {
         let dir = Path::new(&self.config.checkpoint_dir);
         fs::create_dir_all(dir)?;
-        let path = dir.join(format!("step_{:08}", self.step));
+        let path = self.numbered_path();
         self.save_checkpoint(&path)?;
         let mut all = list_checkpoints(dir)?;
         while all.len() > self.config.keep_checkpoints.max(1) {
             fs::remove_dir_all(all.remove(0))?;
         }
         Ok(path)
+    }
+
+    /// Where `save_numbered` puts the checkpoint of the current step.
+    pub fn numbered_path(&self) -> PathBuf {
+        Path::new(&self.config.checkpoint_dir).join(format!("step_{:08}", self.step))
     }
 
     /// Restores a trainer from `save_checkpoint`'s directory onto `device`.
@@ -342,15 +400,24 @@ impl Trainer {
         if meta.format != FORMAT {
             bail!(Invalid, "{}: checkpoint format {} is not {FORMAT}", path.display(), meta.format);
         }
-        let model = GPTModel::from_tensors(meta.model_config, load_tensors(&path.join("model.safetensors"), device)?)?;
-        let mut trainer = Trainer::with_model(model, meta.train_config)?;
+        let model = load_tensors(&path.join("model.safetensors"), device)?;
         let state = load_tensors(&path.join("optimizer.safetensors"), device)?;
+        Trainer::from_parts(meta, model, state, &path.display().to_string())
+    }
+
+    /// A trainer from its metadata, weights by name and optimizer state (`state.{i}`).
+    fn from_parts(
+        meta: TrainerState,
+        model: HashMap<String, Tensor>,
+        state: HashMap<String, Tensor>,
+        source: &str,
+    ) -> Result<Trainer> {
+        let model = GPTModel::from_tensors(meta.model_config, model)?;
+        let mut trainer = Trainer::with_model(model, meta.train_config)?;
         let state = (0..state.len())
             .map(|i| state.get(&format!("state.{i}")).cloned())
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| {
-                Error::Invalid(format!("{}: optimizer.safetensors is missing state tensors", path.display()))
-            })?;
+            .ok_or_else(|| Error::Invalid(format!("{source}: the optimizer state is missing tensors")))?;
         let params: Vec<Tensor> = trainer.model.parameters().iter().map(|(_, t)| t.clone()).collect();
         match &mut trainer.optimizer {
             Optimizer::Lion(o) => o.restore(&params, state, meta.optimizer_steps)?,
@@ -360,6 +427,67 @@ impl Trainer {
         trainer.skipped_steps = meta.skipped_steps;
         trainer.data_position = meta.data_position;
         Ok(trainer)
+    }
+
+    /// One trainer on every rank of `dist`: rank 0 makes it with `make` (fresh, or from a
+    /// checkpoint: the rank count does not matter) and sends weights, optimizer state, step and
+    /// configs to the others, so all start identical. An error on rank 0 reaches every rank.
+    pub fn shared(dist: &Arc<Dist>, make: impl FnOnce() -> Result<Trainer>, device: Device) -> Result<Trainer> {
+        let (mine, payload) = if dist.is_root() {
+            let made = make();
+            let payload = match &made {
+                Ok(t) => t.snapshot().map(|bytes| [&[0u8][..], &bytes].concat()),
+                Err(e) => Err(Error::Invalid(e.to_string())),
+            };
+            (Some(made), payload.unwrap_or_else(|e| [&[1u8][..], e.to_string().as_bytes()].concat()))
+        } else {
+            (None, Vec::new())
+        };
+        let got = dist.broadcast("sending the model from rank 0", payload)?;
+        let mut trainer = match (mine, got.split_first()) {
+            (Some(made), _) => made?,
+            (None, Some((0, bytes))) => Trainer::from_snapshot(bytes, device)?,
+            (None, Some((_, msg))) => {
+                bail!(Invalid, "rank 0 could not set up training: {}", String::from_utf8_lossy(msg))
+            }
+            (None, None) => bail!(Invalid, "rank 0 sent no model"),
+        };
+        trainer.distribute(dist.clone())?;
+        Ok(trainer)
+    }
+
+    /// Weights, optimizer state and metadata as one safetensors buffer (what `shared` sends).
+    fn snapshot(&self) -> Result<Vec<u8>> {
+        let mut named: Vec<(String, Tensor)> =
+            self.model.parameters().iter().map(|(n, t)| (format!("model.{n}"), t.clone())).collect();
+        named.extend(self.named_state());
+        let meta = serde_json::to_string(&self.meta()).expect("serialises");
+        tensors_to_bytes(&named, Some(HashMap::from([("trainer".to_string(), meta)])))
+    }
+
+    fn from_snapshot(bytes: &[u8], device: Device) -> Result<Trainer> {
+        let (tensors, metadata) = tensors_from_bytes(bytes, device, "the model sent by rank 0")?;
+        let meta: TrainerState = metadata
+            .get("trainer")
+            .and_then(|m| serde_json::from_str(m).ok())
+            .ok_or_else(|| Error::Invalid("the model sent by rank 0 has no trainer state".into()))?;
+        let (mut model, mut state) = (HashMap::new(), HashMap::new());
+        for (name, t) in tensors {
+            match name.strip_prefix("model.") {
+                Some(n) => model.insert(n.to_string(), t),
+                None => state.insert(name, t),
+            };
+        }
+        Trainer::from_parts(meta, model, state, "the model sent by rank 0")
+    }
+
+    /// A hash of the weights, to check that ranks still agree.
+    pub fn weights_fingerprint(&self) -> Vec<u8> {
+        let mut h = Vec::new();
+        for (_, t) in self.model.parameters() {
+            h.extend(crate::dist::fingerprint(&t.raw_bytes()).to_le_bytes());
+        }
+        h
     }
 
     /// The newest checkpoint in `dir`, if any.
