@@ -79,7 +79,7 @@ impl ModelConfig {
             num_kv_heads: 6,
             intermediate_dim: 1024,
             max_seq_len: 256,
-            dropout: 0.2,
+            dropout: 0.25,
             ..Self::tiny()
         }
     }
