@@ -2,7 +2,7 @@
 //! backward recomputes the scores tile by tile from the saved log-sum-exp.
 
 use super::attention::{attention_dims, AttnDims};
-use super::{float_input, mul, on_device, sum};
+use super::{float_input, on_device};
 use crate::autograd::record;
 use crate::device::gpu::{self, Kernel};
 use crate::device::Storage;
@@ -10,15 +10,22 @@ use crate::{bail, Device, Precision, Result, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
-pub(crate) static KERNEL: Kernel = Kernel { name: "flash_attention", source: include_str!("flash_attention.wgsl") };
+/// The kernels with rows padded to 64 and to 128 columns (the WGSL's DH).
+pub(crate) static KERNEL_64: Kernel = Kernel {
+    name: "flash_attention_64",
+    source: concat!("const DH: u32 = 64u;\n", include_str!("flash_attention.wgsl")),
+};
+pub(crate) static KERNEL_128: Kernel = Kernel {
+    name: "flash_attention_128",
+    source: concat!("const DH: u32 = 128u;\n", include_str!("flash_attention.wgsl")),
+};
 
 /// CPU tile: queries × keys per block.
 const BQ: usize = 64;
 const BK: usize = 64;
-/// Rows a GPU workgroup owns (queries; keys for dK/dV) and head-dim columns (fixed in the WGSL).
+/// Rows a GPU workgroup owns (queries; keys for dK/dV), one per thread (fixed in the WGSL).
 const GPU_ROWS: usize = 64;
-const GPU_COLS: usize = 64;
-/// Largest head dim the WGSL's shared-memory tiles hold (they fit 32 KiB of workgroup storage).
+/// Largest head dim of the GPU kernels (a thread keeps up to three rows in registers).
 const GPU_MAX_D: usize = 128;
 
 /// Same result as `attention(q, k, v, causal)` (same layout, GQA and mask), in O(T) memory:
@@ -36,13 +43,11 @@ pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Resu
     let (sq, sk, sv, so) = (q.clone(), k.clone(), v.clone(), o.clone());
     Ok(record(OP, o, &[&q, &k, &v], move |dout| {
         let dout = float_input(OP, dout)?;
-        // delta[row] = Σ dO·O, the rowsum that every dS = P ∘ (dP - delta) needs.
-        let delta = sum(&mul(&dout, &so)?)?;
         let (dq, dk, dv) = on_device(
             "flash_attention_backward",
             dout.device(),
-            || Ok(cpu_backward(&sq, &sk, &sv, &dout, &lse, &delta, a, causal)),
-            || gpu_backward(&sq, &sk, &sv, &dout, &lse, &delta, a, causal),
+            || Ok(cpu_backward(&sq, &sk, &sv, &so, &dout, &lse, a, causal)),
+            || gpu_backward(&sq, &sk, &sv, &so, &dout, &lse, a, causal),
         )?;
         Ok(vec![Some(dq), Some(dk), Some(dv)])
     }))
@@ -201,22 +206,26 @@ fn tile_grads(
     }
 }
 
-/// dQ, dK, dV from the saved LSE and delta = rowsum(dO ∘ O), in two passes so that no two tasks
-/// write the same gradient: dQ by query blocks, dK and dV by key blocks.
+/// dQ, dK, dV from the output O and the saved LSE, in two passes so that no two tasks write the
+/// same gradient: dQ by query blocks, dK and dV by key blocks.
 #[allow(clippy::too_many_arguments)]
 fn cpu_backward(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
+    o: &Tensor,
     dout: &Tensor,
     lse: &Tensor,
-    delta: &Tensor,
     a: AttnDims,
     causal: bool,
 ) -> (Tensor, Tensor, Tensor) {
-    let (qr, kr, vr, dor, lr, der) = (q.cpu(), k.cpu(), v.cpu(), dout.cpu(), lse.cpu(), delta.cpu());
-    let (qv, kv, vv, dov, lv, dev) = (qr.f32(), kr.f32(), vr.f32(), dor.f32(), lr.f32(), der.f32());
+    let (qr, kr, vr, or, dor, lr) = (q.cpu(), k.cpu(), v.cpu(), o.cpu(), dout.cpu(), lse.cpu());
+    let (qv, kv, vv, ov, dov, lv) = (qr.f32(), kr.f32(), vr.f32(), or.f32(), dor.f32(), lr.f32());
     let d = a.d;
+    // delta[row] = Σ dO·O, the rowsum that every dS = P ∘ (dP - delta) needs.
+    let delta: Vec<f32> =
+        dov.chunks(d).zip(ov.chunks(d)).map(|(x, y)| x.iter().zip(y).map(|(x, y)| x * y).sum()).collect();
+    let dev = &delta[..];
     let scale = 1.0 / (d as f32).sqrt();
 
     // dQ[t] = scale · Σ_j dS[t, j] K[j], one task per (batch, head, query block).
@@ -272,8 +281,8 @@ fn cpu_backward(
     (Tensor::cpu_f32(dq, q.shape()), Tensor::cpu_f32(dk, k.shape()), Tensor::cpu_f32(dv, v.shape()))
 }
 
-/// Uniform parameters shared by the three kernels (see Params in the WGSL): sizes, then element
-/// offsets of q, k, v, dO, LSE, delta, and where the second output starts in `out`.
+/// Uniform parameters shared by the kernels (see Params in the WGSL): sizes, then element
+/// offsets of q, k, v, dO, LSE, aux (binding order: aux before LSE), and where the second output starts in `out`.
 fn params(a: &AttnDims, causal: bool, offs: [usize; 7]) -> Vec<u32> {
     let scale = 1.0 / (a.d as f32).sqrt();
     let mut p = vec![
@@ -291,6 +300,14 @@ fn params(a: &AttnDims, causal: bool, offs: [usize; 7]) -> Vec<u32> {
     p
 }
 
+fn gpu_kernel(a: &AttnDims) -> &'static Kernel {
+    if a.d <= 64 {
+        &KERNEL_64
+    } else {
+        &KERNEL_128
+    }
+}
+
 fn check_grid(groups: [u32; 3]) -> Result<()> {
     if groups.iter().any(|&g| g > 65535) {
         bail!(Shape, "flash_attention: workgroup grid {groups:?} exceeds the GPU's 65535 per dim");
@@ -298,18 +315,19 @@ fn check_grid(groups: [u32; 3]) -> Result<()> {
     Ok(())
 }
 
-// Each entry writes one buffer (bindings are shared by the entries: see the WGSL), so two
-// outputs share it: O then LSE in the forward, dK then dV in the backward.
+// Each entry writes one buffer, so two outputs share it: O then LSE in the forward, dQ then
+// delta in the first backward kernel, dK then dV in the second.
 fn gpu_forward(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, causal: bool) -> Result<(Tensor, Tensor)> {
     let ctx = gpu::context()?;
     let rows = a.b * a.hq * a.tq;
     let out = ctx.alloc((rows * a.d + rows) as u64 * 4);
     let offs = [q.offset(), k.offset(), v.offset(), 0, 0, 0, rows * a.d];
-    let groups = [a.tq.div_ceil(GPU_ROWS) as u32, (a.hq * a.d.div_ceil(GPU_COLS)) as u32, a.b as u32];
+    let groups = [a.tq.div_ceil(GPU_ROWS) as u32, a.hq as u32, a.b as u32];
     check_grid(groups)?;
-    // The forward reads no dO, but its loads share one switch with the backward's, so q stands in.
-    let bufs = [q.gpu(), k.gpu(), v.gpu(), &out, q.gpu()];
-    ctx.dispatch(&KERNEL, "forward", &params(&a, causal, offs), &bufs, groups);
+    // The forward reads no dO or aux, but its loads share one switch with the backward's, so q
+    // stands in.
+    let bufs = [q.gpu(), k.gpu(), v.gpu(), &out, q.gpu(), q.gpu()];
+    ctx.dispatch(gpu_kernel(&a), "forward", &params(&a, causal, offs), &bufs, groups);
     let out = Storage::Gpu(Arc::new(out));
     Ok((
         Tensor::from_storage(out.clone(), 0, q.shape(), Precision::FP32),
@@ -322,27 +340,28 @@ fn gpu_backward(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
+    o: &Tensor,
     dout: &Tensor,
     lse: &Tensor,
-    delta: &Tensor,
     a: AttnDims,
     causal: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let ctx = gpu::context()?;
-    let nk = k.numel();
-    let (dq, dkv) = (ctx.alloc(q.numel() as u64 * 4), ctx.alloc(2 * nk as u64 * 4));
-    let offs = [q.offset(), k.offset(), v.offset(), dout.offset(), lse.offset(), delta.offset(), nk];
-    let p = params(&a, causal, offs);
-    let halves = a.d.div_ceil(GPU_COLS);
-    let groups = [a.tq.div_ceil(GPU_ROWS) as u32, (a.hq * halves) as u32, a.b as u32];
+    let (nq, nk) = (q.numel(), k.numel());
+    let (dq, dkv) = (ctx.alloc((nq + a.b * a.hq * a.tq) as u64 * 4), ctx.alloc(2 * nk as u64 * 4));
+    let offs = |aux_off, out2| [q.offset(), k.offset(), v.offset(), dout.offset(), lse.offset(), aux_off, out2];
+    let groups = [a.tq.div_ceil(GPU_ROWS) as u32, a.hq as u32, a.b as u32];
     check_grid(groups)?;
-    let bufs = |out| [q.gpu(), k.gpu(), v.gpu(), out, dout.gpu(), lse.gpu(), delta.gpu()];
-    ctx.dispatch(&KERNEL, "backward_dq", &p, &bufs(&dq), groups);
-    let groups = [a.tk.div_ceil(GPU_ROWS) as u32, (a.hkv * halves) as u32, a.b as u32];
-    ctx.dispatch(&KERNEL, "backward_dkdv", &p, &bufs(&dkv), groups);
+    let bufs = [q.gpu(), k.gpu(), v.gpu(), &dq, dout.gpu(), o.gpu(), lse.gpu()];
+    ctx.dispatch(gpu_kernel(&a), "backward_dq", &params(&a, causal, offs(o.offset(), nq)), &bufs, groups);
+    // Grid y: dK for the first Hkv, dV for the rest; both read delta from after dQ.
+    let groups = [a.tk.div_ceil(GPU_ROWS) as u32, 2 * a.hkv as u32, a.b as u32];
+    check_grid(groups)?;
+    let bufs = [q.gpu(), k.gpu(), v.gpu(), &dkv, dout.gpu(), &dq, lse.gpu()];
+    ctx.dispatch(gpu_kernel(&a), "backward_dkdv", &params(&a, causal, offs(nq, nk)), &bufs, groups);
     let dkv = Storage::Gpu(Arc::new(dkv));
     Ok((
-        Tensor::from_gpu(dq, q.shape(), Precision::FP32),
+        Tensor::from_storage(Storage::Gpu(Arc::new(dq)), 0, q.shape(), Precision::FP32),
         Tensor::from_storage(dkv.clone(), 0, k.shape(), Precision::FP32),
         Tensor::from_storage(dkv, nk, v.shape(), Precision::FP32),
     ))

@@ -1,15 +1,10 @@
-// FlashAttention: the forward (online softmax) and two backward kernels, dQ (looping over key
-// tiles) and dK/dV (looping over query tiles and the query heads of a GQA group), so no gradient
-// is written by two workgroups. 128 threads each, as a 16 × 8 grid: thread (ty, tx) = (lid / 8,
-// lid % 8). A workgroup owns 64 rows (queries, or keys for dK/dV) and walks tiles of 32 columns
-// (keys, or queries). Every product is one of two register-blocked shapes:
-// - `xyt`: the 64 × 32 block X·Yᵀ over the head dim (scores S = Q·Kᵀ, dP = dO·Vᵀ, and their
-//   transposes for dK/dV), thread (ty, tx) holding rows 4·ty .. +3 × columns 4·tx .. +3;
-// - `acc_pv`: 64 × 64 output columns += A·B with A a 64 × 32 tile kept in shared memory
-//   (P, dS, or their transposes) and B 32 rows of a global matrix (V, K, dO or Q), thread (ty, tx)
-//   holding rows 4·ty .. +3 × columns 4·tx .. +3 and 32 + 4·tx .. +3.
-// Head dims over 64 run as two column halves (grid y = head · halves + half), each recomputing
-// the scores. Workgroup storage: 30 KiB (lavapipe allows 32 KiB).
+// FlashAttention: the forward (online softmax) and the backward as two kernels: dQ (with
+// delta = rowsum(dO ∘ O)), then dK and dV (one dispatch; both need delta).
+// One thread owns one row (a query, or a key for dK/dV): that row of the inputs it needs and its
+// output row live in registers, padded to DH columns (DH, 64 or 128, is prepended by the host).
+// A workgroup of 64 rows walks the other side (keys, or queries) in tiles of TR rows staged in
+// shared memory, which every thread reads at the same address (a broadcast). So the softmax of a
+// row is one thread's, and no reduction or barrier runs inside a tile.
 struct Params {
     b: u32,
     hq: u32,
@@ -25,34 +20,47 @@ struct Params {
     v_off: u32,
     do_off: u32,
     lse_off: u32,
-    delta_off: u32,
-    out2: u32,      // where the second output starts in out (LSE after O, dV after dK)
+    aux_off: u32,
+    out2: u32,      // where the second output starts in out: LSE after O, delta after dQ, dV after dK
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;     // [B, Hq, Tq, D]
 @group(0) @binding(2) var<storage, read> k: array<f32>;     // [B, Hkv, Tk, D]
 @group(0) @binding(3) var<storage, read> v: array<f32>;     // [B, Hkv, Tk, D]
-@group(0) @binding(4) var<storage, read_write> out: array<f32>; // O+LSE, dQ, or dK+dV
+@group(0) @binding(4) var<storage, read_write> out: array<f32>; // O+LSE, dQ+delta, or dK+dV
 @group(0) @binding(5) var<storage, read> dout: array<f32>;  // [B, Hq, Tq, D] (backward)
-@group(0) @binding(6) var<storage, read> lse: array<f32>;   // [B, Hq, Tq]
-@group(0) @binding(7) var<storage, read> delta: array<f32>; // [B, Hq, Tq], rowsum(dO ∘ O)
+@group(0) @binding(6) var<storage, read> aux: array<f32>;   // O for dQ, delta [B, Hq, Tq] for dK/dV
+@group(0) @binding(7) var<storage, read> lse: array<f32>;   // [B, Hq, Tq] (backward)
 
+const WG: u32 = 64u;          // rows per workgroup, one per thread
+const DV: u32 = DH / 4u;      // vec4s per padded row
+const TR: u32 = 2048u / DH;   // rows per staged tile: two tiles take 16 KiB
+const B_TILE: u32 = 512u;     // where the second tile starts in `tiles`
 const NEG: f32 = -1.0e30;
+// The forward rescales its sums only when a score passes the running maximum by this much (so
+// exp(s - m) stays below e^8): rare after the first keys, where a strict maximum would rescale
+// whenever any thread of a subgroup saw a new maximum.
+const SLACK: f32 = 8.0;
 const Q: u32 = 0u; // which input `elem` reads
 const K: u32 = 1u;
 const V: u32 = 2u;
 const DO: u32 = 3u;
+const AUX: u32 = 4u;
 
-// Staging for xyt (X d-major at 0, Y d-major at 512) or acc_pv's B tile (row-major at 0).
-var<workgroup> fbuf: array<vec4<f32>, 768>;
-// Up to two A tiles for acc_pv, column-major: vec4 (c·16 + r/4) holds rows r..r+3 of column c.
-var<workgroup> fp: array<vec4<f32>, 1024>;
-// Per-thread row partials [8 tx][64 rows], for the forward's row maxima and sums.
-var<workgroup> fred: array<f32, 512>;
+// Two tiles of TR padded rows: rows of K (or Q) from 0, of V (or dO) from B_TILE.
+var<workgroup> tiles: array<vec4<f32>, 1024>;
+var<workgroup> tile_lse: array<f32, TR>;
+var<workgroup> tile_delta: array<f32, TR>;
 
-fn kept(t: u32, j: u32) -> bool {
-    return j < p.tk && (p.causal == 0u || j <= t + p.shift);
+fn elem(which: u32, at: u32) -> f32 {
+    switch which {
+        case 0u: { return q[p.q_off + at]; }
+        case 1u: { return k[p.k_off + at]; }
+        case 2u: { return v[p.v_off + at]; }
+        case 3u: { return dout[p.do_off + at]; }
+        default: { return aux[p.aux_off + at]; }
+    }
 }
 
 // Keys that queries before t_end can see.
@@ -61,271 +69,194 @@ fn key_end(t_end: u32) -> u32 {
     return p.tk;
 }
 
-fn elem(which: u32, at: u32) -> f32 {
-    switch which {
-        case 0u: { return q[p.q_off + at]; }
-        case 1u: { return k[p.k_off + at]; }
-        case 2u: { return v[p.v_off + at]; }
-        default: { return dout[p.do_off + at]; }
+// One padded row of input `which` from element `at`; zeros for a thread without a row.
+fn load_row(which: u32, at: u32, live: bool, scale: f32) -> array<vec4<f32>, DV> {
+    var r: array<vec4<f32>, DV>;
+    if live {
+        for (var c = 0u; c < DV; c++) {
+            for (var i = 0u; i < 4u; i++) {
+                if 4u * c + i < p.d { r[c][i] = elem(which, at + 4u * c + i) * scale; }
+            }
+        }
+    }
+    return r;
+}
+
+// Stages `rows` rows of input `which` from element `at` into the tile at `base`, zero-padded.
+fn stage(which: u32, at: u32, rows: u32, base: u32, lid: u32) {
+    for (var e = lid; e < TR * DV; e += WG) {
+        let r = e / DV;
+        var x = vec4<f32>();
+        for (var i = 0u; i < 4u; i++) {
+            let c = (e % DV) * 4u + i;
+            if r < rows && c < p.d { x[i] = elem(which, at + r * p.d + c); }
+        }
+        tiles[base + e] = x;
     }
 }
 
-// Block (rows 4·ty .. +3) × (columns 4·tx .. +3) of X·Yᵀ: X is 64 rows of input `xw` from
-// element x_at (x_rows of them inside), Y 32 rows of `yw` from y_at (y_rows inside); column
-// r of the result holds row 4·ty + r. Outside rows read as zero.
-fn xyt(xw: u32, x_at: u32, x_rows: u32, yw: u32, y_at: u32, y_rows: u32, lid: u32, ty: u32, tx: u32) -> mat4x4<f32> {
+// x · (tile row at vec4 index `at`).
+fn dot_row(x: ptr<function, array<vec4<f32>, DV>>, at: u32) -> f32 {
     var s0 = vec4<f32>();
     var s1 = vec4<f32>();
-    var s2 = vec4<f32>();
-    var s3 = vec4<f32>();
-    for (var d0 = 0u; d0 < p.d; d0 += 32u) {
-        workgroupBarrier(); // fbuf is no longer read
-        for (var e = lid; e < 2048u; e += 128u) {
-            let i = e / 32u;
-            let dd = e % 32u;
-            var x = 0.0;
-            if i < x_rows && d0 + dd < p.d { x = elem(xw, x_at + i * p.d + d0 + dd); }
-            fbuf[dd * 16u + i / 4u][i % 4u] = x;
+    for (var c = 0u; c < DV; c += 2u) {
+        s0 = fma((*x)[c], tiles[at + c], s0);
+        s1 = fma((*x)[c + 1u], tiles[at + c + 1u], s1);
+    }
+    let s = s0 + s1;
+    return s.x + s.y + s.z + s.w;
+}
+
+// y += a · (tile row at vec4 index `at`).
+fn axpy_row(y: ptr<function, array<vec4<f32>, DV>>, a: f32, at: u32) {
+    for (var c = 0u; c < DV; c++) { (*y)[c] = fma(vec4(a), tiles[at + c], (*y)[c]); }
+}
+
+// Writes the first d columns of x · scale to out from element `at`.
+fn store_row(x: ptr<function, array<vec4<f32>, DV>>, at: u32, scale: f32) {
+    for (var c = 0u; c < DV; c++) {
+        for (var i = 0u; i < 4u; i++) {
+            if 4u * c + i < p.d { out[at + 4u * c + i] = (*x)[c][i] * scale; }
         }
-        for (var e = lid; e < 1024u; e += 128u) {
-            let j = e / 32u;
-            let dd = e % 32u;
-            var y = 0.0;
-            if j < y_rows && d0 + dd < p.d { y = elem(yw, y_at + j * p.d + d0 + dd); }
-            fbuf[512u + dd * 8u + j / 4u][j % 4u] = y;
-        }
+    }
+}
+
+// The workgroup's first query: blocks in reverse, so that the longest (causal) rows start first.
+fn first_query(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return (nwg.x - 1u - wid.x) * WG;
+}
+
+// Element offset of the kv head that query head h of batch b reads.
+fn kv_base(b: u32, h: u32) -> u32 {
+    return (b * p.hkv + h / (p.hq / p.hkv)) * p.tk * p.d;
+}
+
+// Forward: workgroup (64 queries, head, batch); O and the log-sum-exp per query.
+@compute @workgroup_size(64)
+fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let t0 = first_query(wid, nwg);
+    let t = t0 + lid;
+    let live = t < p.tq;
+    let row = (wid.z * p.hq + wid.y) * p.tq + t;
+    let kv = kv_base(wid.z, wid.y);
+    var qr = load_row(Q, row * p.d, live, p.scale);
+    var o: array<vec4<f32>, DV>;
+    var m = NEG;
+    var l = 0.0;
+    let my_end = select(0u, key_end(t + 1u), live);
+    for (var k0 = 0u; k0 < key_end(min(p.tq, t0 + WG)); k0 += TR) {
+        workgroupBarrier(); // the previous tiles are read
+        stage(K, kv + k0 * p.d, min(TR, p.tk - k0), 0u, lid);
+        stage(V, kv + k0 * p.d, min(TR, p.tk - k0), B_TILE, lid);
         workgroupBarrier();
-        for (var dd = 0u; dd < 32u; dd++) {
-            let xv = fbuf[dd * 16u + ty];
-            let yv = fbuf[512u + dd * 8u + tx];
-            s0 += xv.x * yv;
-            s1 += xv.y * yv;
-            s2 += xv.z * yv;
-            s3 += xv.w * yv;
+        for (var j = 0u; j < min(TR, max(my_end, k0) - k0); j++) {
+            let s = dot_row(&qr, j * DV);
+            if s > m + SLACK {
+                let a = exp(m - s);
+                l *= a;
+                for (var c = 0u; c < DV; c++) { o[c] *= a; }
+                m = s;
+            }
+            let pj = exp(s - m);
+            l += pj;
+            axpy_row(&o, pj, B_TILE + j * DV);
         }
     }
-    return mat4x4<f32>(s0, s1, s2, s3);
-}
-
-// Puts this thread's 4 × 4 block (column r = row 4·ty + r) into A tile `tile` of fp.
-fn put_a(tile: u32, s: mat4x4<f32>, ty: u32, tx: u32) {
-    let st = transpose(s);
-    for (var jj = 0u; jj < 4u; jj++) { fp[tile * 512u + (4u * tx + jj) * 16u + ty] = st[jj]; }
-}
-
-// o += A·B for this thread's rows and columns (see the top), A = tile `tile` of fp, B = 32 rows of
-// input `bw` from element b_at (b_rows inside), columns c0 .. c0 + 63.
-fn acc_pv(o: array<mat2x4<f32>, 4>, tile: u32, bw: u32, b_at: u32, b_rows: u32, c0: u32, lid: u32, ty: u32,
-          tx: u32) -> array<mat2x4<f32>, 4> {
-    workgroupBarrier(); // fbuf is no longer read; fp is written
-    for (var e = lid; e < 2048u; e += 128u) {
-        let j = e / 64u;
-        let col = c0 + e % 64u;
-        var x = 0.0;
-        if j < b_rows && col < p.d { x = elem(bw, b_at + j * p.d + col); }
-        fbuf[e / 4u][e % 4u] = x;
+    if live {
+        store_row(&o, row * p.d, 1.0 / l);
+        out[p.out2 + row] = m + log(l);
     }
-    workgroupBarrier();
-    var o0 = o[0];
-    var o1 = o[1];
-    var o2 = o[2];
-    var o3 = o[3];
-    for (var j = 0u; j < 32u; j++) {
-        let a = fp[tile * 512u + j * 16u + ty];
-        let bj = mat2x4<f32>(fbuf[j * 16u + tx], fbuf[j * 16u + tx + 8u]);
-        o0 += bj * a.x;
-        o1 += bj * a.y;
-        o2 += bj * a.z;
-        o3 += bj * a.w;
-    }
-    return array<mat2x4<f32>, 4>(o0, o1, o2, o3);
 }
 
-// Writes this thread's rows × columns of o (times `scale`) to out from element `at` (row 0 of the
-// workgroup), rows below `rows`.
-fn store_o(o: array<mat2x4<f32>, 4>, at: u32, rows: u32, c0: u32, scale: vec4<f32>, ty: u32, tx: u32) {
-    for (var r = 0u; r < 4u; r++) {
-        if 4u * ty + r < rows {
-            for (var half = 0u; half < 2u; half++) {
-                for (var i = 0u; i < 4u; i++) {
-                    let col = c0 + 32u * half + 4u * tx + i;
-                    if col < p.d { out[at + (4u * ty + r) * p.d + col] = o[r][half][i] * scale[r]; }
-                }
+// dQ = scale · Σ_j dS_j K_j with dS = P ∘ (dP - delta), P = exp(S - lse), dP = dO·Vᵀ: workgroup
+// (64 queries, head, batch). Also writes delta = dO·O per query, for the dK/dV kernel.
+@compute @workgroup_size(64)
+fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let t0 = first_query(wid, nwg);
+    let t = t0 + lid;
+    let live = t < p.tq;
+    let row = (wid.z * p.hq + wid.y) * p.tq + t;
+    let kv = kv_base(wid.z, wid.y);
+    var qr = load_row(Q, row * p.d, live, p.scale);
+    var dr = load_row(DO, row * p.d, live, 1.0);
+    var delta = 0.0;
+    var ls = 0.0;
+    if live {
+        for (var c = 0u; c < DV; c++) {
+            for (var i = 0u; i < 4u; i++) {
+                if 4u * c + i < p.d { delta += dr[c][i] * elem(AUX, row * p.d + 4u * c + i); }
             }
         }
+        out[p.out2 + row] = delta;
+        ls = lse[p.lse_off + row];
     }
+    var dq: array<vec4<f32>, DV>;
+    let my_end = select(0u, key_end(t + 1u), live);
+    for (var k0 = 0u; k0 < key_end(min(p.tq, t0 + WG)); k0 += TR) {
+        workgroupBarrier();
+        stage(K, kv + k0 * p.d, min(TR, p.tk - k0), 0u, lid);
+        stage(V, kv + k0 * p.d, min(TR, p.tk - k0), B_TILE, lid);
+        workgroupBarrier();
+        for (var j = 0u; j < min(TR, max(my_end, k0) - k0); j++) {
+            let pj = exp(dot_row(&qr, j * DV) - ls);
+            let ds = pj * (dot_row(&dr, B_TILE + j * DV) - delta);
+            axpy_row(&dq, ds, j * DV);
+        }
+    }
+    if live { store_row(&dq, row * p.d, p.scale); }
 }
 
-// The maximum (or sum) over the 8 threads of each of this thread's 4 rows.
-fn row_reduce(x: vec4<f32>, ty: u32, tx: u32, is_max: bool) -> vec4<f32> {
-    workgroupBarrier(); // fred's previous contents are read
-    for (var r = 0u; r < 4u; r++) { fred[tx * 64u + 4u * ty + r] = x[r]; }
-    workgroupBarrier();
-    var y = x;
-    for (var r = 0u; r < 4u; r++) {
-        for (var o = 0u; o < 8u; o++) {
-            let z = fred[o * 64u + 4u * ty + r];
-            if o != tx { y[r] = select(y[r] + z, max(y[r], z), is_max); }
-        }
-    }
-    return y;
-}
-
-// Forward: workgroup (64 queries, head · half, batch); O and the log-sum-exp per query.
-@compute @workgroup_size(128)
-fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let halves = (p.d + 63u) / 64u;
-    let q0 = wid.x * 64u;
-    let h = wid.y / halves;
-    let c0 = (wid.y % halves) * 64u;
-    let bh = wid.z * p.hq + h;
-    let kvbase = (wid.z * p.hkv + h / (p.hq / p.hkv)) * p.tk * p.d;
-    let ty = lid / 8u;
-    let tx = lid % 8u;
-    let q_rows = min(64u, p.tq - q0);
-    var m = vec4<f32>(NEG);
-    var l = vec4<f32>(); // this thread's share of the row sums
-    var o = array<mat2x4<f32>, 4>();
-    let kend = key_end(q0 + q_rows);
-    for (var k0 = 0u; k0 < kend; k0 += 32u) {
-        let k_rows = min(32u, p.tk - k0);
-        var s = xyt(Q, (bh * p.tq + q0) * p.d, q_rows, K, kvbase + k0 * p.d, k_rows, lid, ty, tx) * p.scale;
-        // Mask, then the online softmax: every thread of a row gets the same new maximum.
-        var mt = vec4<f32>(NEG);
-        for (var r = 0u; r < 4u; r++) {
-            for (var jj = 0u; jj < 4u; jj++) {
-                if !kept(q0 + 4u * ty + r, k0 + 4u * tx + jj) { s[r][jj] = NEG; }
-                mt[r] = max(mt[r], s[r][jj]);
-            }
-        }
-        let m_new = max(m, row_reduce(mt, ty, tx, true));
-        let alpha = exp(m - m_new);
-        m = m_new;
-        for (var r = 0u; r < 4u; r++) {
-            for (var jj = 0u; jj < 4u; jj++) {
-                s[r][jj] = select(exp(s[r][jj] - m_new[r]), 0.0, s[r][jj] == NEG);
-            }
-            l[r] = l[r] * alpha[r] + s[r][0] + s[r][1] + s[r][2] + s[r][3];
-            o[r] *= alpha[r];
-        }
-        put_a(0u, s, ty, tx);
-        o = acc_pv(o, 0u, V, kvbase + k0 * p.d, k_rows, c0, lid, ty, tx);
-    }
-    l = row_reduce(l, ty, tx, false);
-    let row0 = bh * p.tq + q0;
-    store_o(o, row0 * p.d, q_rows, c0, 1.0 / l, ty, tx);
-    for (var r = 0u; r < 4u; r++) {
-        if tx == 0u && c0 == 0u && 4u * ty + r < q_rows { out[p.out2 + row0 + 4u * ty + r] = m[r] + log(l[r]); }
-    }
-}
-
-// P and dS of a 4 × 4 block from its scores s and dP (already scaled), for queries t(r, jj) with
-// log-sum-exp lse_(r, jj) and delta de_(r, jj); masked entries are zero.
-fn grads_block(s: mat4x4<f32>, dp: mat4x4<f32>, lse_b: mat4x4<f32>, de_b: mat4x4<f32>, keep: mat4x4<f32>) -> array<mat4x4<f32>, 2> {
-    var pm = mat4x4<f32>();
-    var ds = mat4x4<f32>();
-    for (var r = 0u; r < 4u; r++) {
-        for (var jj = 0u; jj < 4u; jj++) {
-            if keep[r][jj] != 0.0 {
-                pm[r][jj] = exp(s[r][jj] - lse_b[r][jj]);
-                ds[r][jj] = pm[r][jj] * (dp[r][jj] - de_b[r][jj]);
-            }
-        }
-    }
-    return array<mat4x4<f32>, 2>(pm, ds);
-}
-
-// dQ: workgroup (64 queries, head · half, batch), key tiles of 32: dQ = scale · dS·K.
-@compute @workgroup_size(128)
-fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let halves = (p.d + 63u) / 64u;
-    let q0 = wid.x * 64u;
-    let h = wid.y / halves;
-    let c0 = (wid.y % halves) * 64u;
-    let bh = wid.z * p.hq + h;
-    let kvbase = (wid.z * p.hkv + h / (p.hq / p.hkv)) * p.tk * p.d;
-    let ty = lid / 8u;
-    let tx = lid % 8u;
-    let q_rows = min(64u, p.tq - q0);
-    let row0 = bh * p.tq + q0;
-    var lse_r = vec4<f32>();
-    var de_r = vec4<f32>();
-    for (var r = 0u; r < 4u; r++) {
-        if 4u * ty + r < q_rows {
-            lse_r[r] = lse[p.lse_off + row0 + 4u * ty + r];
-            de_r[r] = delta[p.delta_off + row0 + 4u * ty + r];
-        }
-    }
-    let lse_b = mat4x4<f32>(vec4(lse_r.x), vec4(lse_r.y), vec4(lse_r.z), vec4(lse_r.w));
-    let de_b = mat4x4<f32>(vec4(de_r.x), vec4(de_r.y), vec4(de_r.z), vec4(de_r.w));
-    var o = array<mat2x4<f32>, 4>();
-    let kend = key_end(q0 + q_rows);
-    for (var k0 = 0u; k0 < kend; k0 += 32u) {
-        let k_rows = min(32u, p.tk - k0);
-        let s = xyt(Q, row0 * p.d, q_rows, K, kvbase + k0 * p.d, k_rows, lid, ty, tx) * p.scale;
-        let dp = xyt(DO, row0 * p.d, q_rows, V, kvbase + k0 * p.d, k_rows, lid, ty, tx);
-        var keep = mat4x4<f32>();
-        for (var r = 0u; r < 4u; r++) {
-            for (var jj = 0u; jj < 4u; jj++) {
-                keep[r][jj] = select(0.0, 1.0, kept(q0 + 4u * ty + r, k0 + 4u * tx + jj));
-            }
-        }
-        let g = grads_block(s, dp, lse_b, de_b, keep);
-        put_a(0u, g[1], ty, tx);
-        o = acc_pv(o, 0u, K, kvbase + k0 * p.d, k_rows, c0, lid, ty, tx);
-    }
-    store_o(o, row0 * p.d, q_rows, c0, vec4<f32>(p.scale), ty, tx);
-}
-
-// dK and dV: workgroup (64 keys, kv head · half, batch), query tiles of 32 of every query head of
-// the GQA group: dV = Pᵀ·dO, dK = scale · dSᵀ·Q, with Pᵀ and dSᵀ from Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ.
-@compute @workgroup_size(128)
+// dK = scale · Σ_t dS_t Q_t and dV = Σ_t P_t dO_t over the queries of every query head of the
+// GQA group: workgroup (64 keys, kv head, batch) computes dK for grid y < Hkv, else dV.
+@compute @workgroup_size(64)
 fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let halves = (p.d + 63u) / 64u;
-    let j0 = wid.x * 64u;
-    let kvh = wid.y / halves;
-    let c0 = (wid.y % halves) * 64u;
+    let is_dv = wid.y >= p.hkv;
+    let kvh = wid.y % p.hkv;
     let group = p.hq / p.hkv;
-    let kvrow0 = (wid.z * p.hkv + kvh) * p.tk + j0;
-    let ty = lid / 8u;
-    let tx = lid % 8u;
-    let k_rows = min(64u, p.tk - j0);
-    // The first query that sees key j0, rounded down to a tile.
-    var t_begin = 0u;
-    if p.causal == 1u { t_begin = (max(j0, p.shift) - p.shift) / 32u * 32u; }
-    var dk = array<mat2x4<f32>, 4>();
-    var dv = array<mat2x4<f32>, 4>();
+    let j0 = wid.x * WG;
+    let j = j0 + lid;
+    let live = j < p.tk;
+    let kvrow = (wid.z * p.hkv + kvh) * p.tk + j;
+    var kr = load_row(K, kvrow * p.d, live, p.scale);
+    var vr = load_row(V, kvrow * p.d, live && !is_dv, 1.0);
+    var g: array<vec4<f32>, DV>;
+    // The first query that sees key j (and key j0, for the workgroup).
+    var t_first = 0u;
+    var my_first = select(p.tq, 0u, live);
+    if p.causal == 1u {
+        t_first = max(j0, p.shift) - p.shift;
+        if live { my_first = max(j, p.shift) - p.shift; }
+    }
     for (var hh = 0u; hh < group; hh++) {
         let qrow0 = (wid.z * p.hq + kvh * group + hh) * p.tq;
-        for (var t0 = t_begin; t0 < p.tq; t0 += 32u) {
-            let q_rows = min(32u, p.tq - t0);
-            let q_at = (qrow0 + t0) * p.d;
-            let st = xyt(K, kvrow0 * p.d, k_rows, Q, q_at, q_rows, lid, ty, tx) * p.scale;
-            let dpt = xyt(V, kvrow0 * p.d, k_rows, DO, q_at, q_rows, lid, ty, tx);
-            var lse_b = mat4x4<f32>();
-            var de_b = mat4x4<f32>();
-            var keep = mat4x4<f32>();
-            for (var jj = 0u; jj < 4u; jj++) {
-                let t = t0 + 4u * tx + jj;
-                var lt = 0.0;
-                var dt = 0.0;
-                if t < p.tq {
-                    lt = lse[p.lse_off + qrow0 + t];
-                    dt = delta[p.delta_off + qrow0 + t];
-                }
-                for (var r = 0u; r < 4u; r++) {
-                    lse_b[r][jj] = lt;
-                    de_b[r][jj] = dt;
-                    keep[r][jj] = select(0.0, 1.0, t < p.tq && kept(t, j0 + 4u * ty + r));
+        for (var t0 = t_first; t0 < p.tq; t0 += TR) {
+            let rows = min(TR, p.tq - t0);
+            workgroupBarrier();
+            stage(Q, (qrow0 + t0) * p.d, rows, 0u, lid);
+            stage(DO, (qrow0 + t0) * p.d, rows, B_TILE, lid);
+            for (var i = lid; i < rows; i += WG) {
+                tile_lse[i] = lse[p.lse_off + qrow0 + t0 + i];
+                tile_delta[i] = aux[p.aux_off + qrow0 + t0 + i];
+            }
+            workgroupBarrier();
+            for (var i = min(rows, max(my_first, t0) - t0); i < rows; i++) {
+                let pt = exp(dot_row(&kr, i * DV) - tile_lse[i]);
+                if is_dv {
+                    axpy_row(&g, pt, B_TILE + i * DV);
+                } else {
+                    let ds = pt * (dot_row(&vr, B_TILE + i * DV) - tile_delta[i]);
+                    axpy_row(&g, ds, i * DV);
                 }
             }
-            let g = grads_block(st, dpt, lse_b, de_b, keep);
-            put_a(0u, g[0], ty, tx);
-            put_a(1u, g[1], ty, tx);
-            dv = acc_pv(dv, 0u, DO, q_at, q_rows, c0, lid, ty, tx);
-            dk = acc_pv(dk, 1u, Q, q_at, q_rows, c0, lid, ty, tx);
         }
     }
-    store_o(dk, kvrow0 * p.d, k_rows, c0, vec4<f32>(p.scale), ty, tx);
-    store_o(dv, p.out2 + kvrow0 * p.d, k_rows, c0, vec4<f32>(1.0), ty, tx);
+    if live {
+        if is_dv {
+            store_row(&g, p.out2 + kvrow * p.d, 1.0);
+        } else {
+            store_row(&g, kvrow * p.d, p.scale);
+        }
+    }
 }
