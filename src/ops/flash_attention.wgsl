@@ -1,7 +1,7 @@
 // FlashAttention: the forward (online softmax) and the backward as two kernels: dQ (with
 // delta = rowsum(dO ∘ O)), then dK and dV (one dispatch; both need delta).
 // One thread owns one row (a query, or a key for dK/dV): that row of the inputs it needs and its
-// output row live in registers, padded to DH columns (DH, 64 or 128, is prepended by the host).
+// output row live in registers (`Row`), padded to DH columns (DH, 64 or 128, is prepended by the host).
 // A workgroup of 64 rows walks the other side (keys, or queries) in tiles of TR rows staged in
 // shared memory, which every thread reads at the same address (a broadcast). So the softmax of a
 // row is one thread's, and no reduction or barrier runs inside a tile.
@@ -69,14 +69,43 @@ fn key_end(t_end: u32) -> u32 {
     return p.tk;
 }
 
-// One padded row of input `which` from element `at`; zeros for a thread without a row.
-fn load_row(which: u32, at: u32, live: bool, scale: f32) -> array<vec4<f32>, DV> {
-    var r: array<vec4<f32>, DV>;
+// A row padded to DH columns, as matrices so that every access has a constant index and the
+// row stays in registers (an array indexed in a loop may not); m4..m7 are used only when DH = 128.
+struct Row {
+    m0: mat4x4<f32>,
+    m1: mat4x4<f32>,
+    m2: mat4x4<f32>,
+    m3: mat4x4<f32>,
+    m4: mat4x4<f32>,
+    m5: mat4x4<f32>,
+    m6: mat4x4<f32>,
+    m7: mat4x4<f32>,
+}
+
+// Columns c0 .. c0 + 15 of input `which` from element `at` (row start), times scale.
+fn load_m(which: u32, at: u32, c0: u32, scale: f32) -> mat4x4<f32> {
+    var m = mat4x4<f32>();
+    for (var c = 0u; c < 4u; c++) {
+        for (var i = 0u; i < 4u; i++) {
+            if c0 + 4u * c + i < p.d { m[c][i] = elem(which, at + c0 + 4u * c + i) * scale; }
+        }
+    }
+    return m;
+}
+
+// One row of input `which` from element `at`; zeros for a thread without a row.
+fn load_row(which: u32, at: u32, live: bool, scale: f32) -> Row {
+    var r: Row;
     if live {
-        for (var c = 0u; c < DV; c++) {
-            for (var i = 0u; i < 4u; i++) {
-                if 4u * c + i < p.d { r[c][i] = elem(which, at + 4u * c + i) * scale; }
-            }
+        r.m0 = load_m(which, at, 0u, scale);
+        r.m1 = load_m(which, at, 16u, scale);
+        r.m2 = load_m(which, at, 32u, scale);
+        r.m3 = load_m(which, at, 48u, scale);
+        if DH > 64u {
+            r.m4 = load_m(which, at, 64u, scale);
+            r.m5 = load_m(which, at, 80u, scale);
+            r.m6 = load_m(which, at, 96u, scale);
+            r.m7 = load_m(which, at, 112u, scale);
         }
     }
     return r;
@@ -95,29 +124,76 @@ fn stage(which: u32, at: u32, rows: u32, base: u32, lid: u32) {
     }
 }
 
+// Σ m[c] ∘ (tile vec4 at + c), as a vec4 of partial sums.
+fn mdot(m: mat4x4<f32>, at: u32) -> vec4<f32> {
+    return m[0] * tiles[at] + m[1] * tiles[at + 1u] + m[2] * tiles[at + 2u] + m[3] * tiles[at + 3u];
+}
+
 // x · (tile row at vec4 index `at`).
-fn dot_row(x: ptr<function, array<vec4<f32>, DV>>, at: u32) -> f32 {
-    var s0 = vec4<f32>();
-    var s1 = vec4<f32>();
-    for (var c = 0u; c < DV; c += 2u) {
-        s0 = fma((*x)[c], tiles[at + c], s0);
-        s1 = fma((*x)[c + 1u], tiles[at + c + 1u], s1);
+fn dot_row(x: Row, at: u32) -> f32 {
+    var s = (mdot(x.m0, at) + mdot(x.m1, at + 4u)) + (mdot(x.m2, at + 8u) + mdot(x.m3, at + 12u));
+    if DH > 64u {
+        s += (mdot(x.m4, at + 16u) + mdot(x.m5, at + 20u)) + (mdot(x.m6, at + 24u) + mdot(x.m7, at + 28u));
     }
-    let s = s0 + s1;
     return s.x + s.y + s.z + s.w;
 }
 
-// y += a · (tile row at vec4 index `at`).
-fn axpy_row(y: ptr<function, array<vec4<f32>, DV>>, a: f32, at: u32) {
-    for (var c = 0u; c < DV; c++) { (*y)[c] = fma(vec4(a), tiles[at + c], (*y)[c]); }
+fn maxpy(m: mat4x4<f32>, a: f32, at: u32) -> mat4x4<f32> {
+    let t = vec4(a);
+    return mat4x4<f32>(fma(t, tiles[at], m[0]), fma(t, tiles[at + 1u], m[1]), fma(t, tiles[at + 2u], m[2]),
+                       fma(t, tiles[at + 3u], m[3]));
+}
+
+// y + a · (tile row at vec4 index `at`).
+fn axpy_row(y: Row, a: f32, at: u32) -> Row {
+    var r = y;
+    r.m0 = maxpy(y.m0, a, at);
+    r.m1 = maxpy(y.m1, a, at + 4u);
+    r.m2 = maxpy(y.m2, a, at + 8u);
+    r.m3 = maxpy(y.m3, a, at + 12u);
+    if DH > 64u {
+        r.m4 = maxpy(y.m4, a, at + 16u);
+        r.m5 = maxpy(y.m5, a, at + 20u);
+        r.m6 = maxpy(y.m6, a, at + 24u);
+        r.m7 = maxpy(y.m7, a, at + 28u);
+    }
+    return r;
+}
+
+fn scale_row(y: Row, a: f32) -> Row {
+    return Row(y.m0 * a, y.m1 * a, y.m2 * a, y.m3 * a, y.m4 * a, y.m5 * a, y.m6 * a, y.m7 * a);
+}
+
+fn mdot_m(x: mat4x4<f32>, y: mat4x4<f32>) -> f32 {
+    return dot(x[0], y[0]) + dot(x[1], y[1]) + dot(x[2], y[2]) + dot(x[3], y[3]);
+}
+
+// x · y.
+fn dot_rows(x: Row, y: Row) -> f32 {
+    let s = mdot_m(x.m0, y.m0) + mdot_m(x.m1, y.m1) + mdot_m(x.m2, y.m2) + mdot_m(x.m3, y.m3);
+    return s + mdot_m(x.m4, y.m4) + mdot_m(x.m5, y.m5) + mdot_m(x.m6, y.m6) + mdot_m(x.m7, y.m7);
+}
+
+fn store_m(m: mat4x4<f32>, at: u32, c0: u32) {
+    for (var c = 0u; c < 4u; c++) {
+        for (var i = 0u; i < 4u; i++) {
+            if c0 + 4u * c + i < p.d { out[at + c0 + 4u * c + i] = m[c][i]; }
+        }
+    }
 }
 
 // Writes the first d columns of x · scale to out from element `at`.
-fn store_row(x: ptr<function, array<vec4<f32>, DV>>, at: u32, scale: f32) {
-    for (var c = 0u; c < DV; c++) {
-        for (var i = 0u; i < 4u; i++) {
-            if 4u * c + i < p.d { out[at + 4u * c + i] = (*x)[c][i] * scale; }
-        }
+fn store_row(x: Row, at: u32, scale: f32) {
+    let y = scale_row(x, scale);
+    store_m(y.m0, at, 0u);
+    store_m(y.m1, at, 16u);
+    store_m(y.m2, at, 32u);
+    store_m(y.m3, at, 48u);
+    if DH > 64u {
+        store_m(y.m4, at, 64u);
+        store_m(y.m5, at, 80u);
+        store_m(y.m6, at, 96u);
+        store_m(y.m7, at, 112u);
     }
 }
 
@@ -140,8 +216,8 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let live = t < p.tq;
     let row = (wid.z * p.hq + wid.y) * p.tq + t;
     let kv = kv_base(wid.z, wid.y);
-    var qr = load_row(Q, row * p.d, live, p.scale);
-    var o: array<vec4<f32>, DV>;
+    let qr = load_row(Q, row * p.d, live, p.scale);
+    var o: Row;
     var m = NEG;
     var l = 0.0;
     let my_end = select(0u, key_end(t + 1u), live);
@@ -151,20 +227,20 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         stage(V, kv + k0 * p.d, min(TR, p.tk - k0), B_TILE, lid);
         workgroupBarrier();
         for (var j = 0u; j < min(TR, max(my_end, k0) - k0); j++) {
-            let s = dot_row(&qr, j * DV);
+            let s = dot_row(qr, j * DV);
             if s > m + SLACK {
                 let a = exp(m - s);
                 l *= a;
-                for (var c = 0u; c < DV; c++) { o[c] *= a; }
+                o = scale_row(o, a);
                 m = s;
             }
             let pj = exp(s - m);
             l += pj;
-            axpy_row(&o, pj, B_TILE + j * DV);
+            o = axpy_row(o, pj, B_TILE + j * DV);
         }
     }
     if live {
-        store_row(&o, row * p.d, 1.0 / l);
+        store_row(o, row * p.d, 1.0 / l);
         out[p.out2 + row] = m + log(l);
     }
 }
@@ -179,20 +255,15 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let live = t < p.tq;
     let row = (wid.z * p.hq + wid.y) * p.tq + t;
     let kv = kv_base(wid.z, wid.y);
-    var qr = load_row(Q, row * p.d, live, p.scale);
-    var dr = load_row(DO, row * p.d, live, 1.0);
-    var delta = 0.0;
+    let qr = load_row(Q, row * p.d, live, p.scale);
+    let dr = load_row(DO, row * p.d, live, 1.0);
+    let delta = dot_rows(dr, load_row(AUX, row * p.d, live, 1.0));
     var ls = 0.0;
     if live {
-        for (var c = 0u; c < DV; c++) {
-            for (var i = 0u; i < 4u; i++) {
-                if 4u * c + i < p.d { delta += dr[c][i] * elem(AUX, row * p.d + 4u * c + i); }
-            }
-        }
         out[p.out2 + row] = delta;
         ls = lse[p.lse_off + row];
     }
-    var dq: array<vec4<f32>, DV>;
+    var dq: Row;
     let my_end = select(0u, key_end(t + 1u), live);
     for (var k0 = 0u; k0 < key_end(min(p.tq, t0 + WG)); k0 += TR) {
         workgroupBarrier();
@@ -200,12 +271,12 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         stage(V, kv + k0 * p.d, min(TR, p.tk - k0), B_TILE, lid);
         workgroupBarrier();
         for (var j = 0u; j < min(TR, max(my_end, k0) - k0); j++) {
-            let pj = exp(dot_row(&qr, j * DV) - ls);
-            let ds = pj * (dot_row(&dr, B_TILE + j * DV) - delta);
-            axpy_row(&dq, ds, j * DV);
+            let pj = exp(dot_row(qr, j * DV) - ls);
+            let ds = pj * (dot_row(dr, B_TILE + j * DV) - delta);
+            dq = axpy_row(dq, ds, j * DV);
         }
     }
-    if live { store_row(&dq, row * p.d, p.scale); }
+    if live { store_row(dq, row * p.d, p.scale); }
 }
 
 // dK = scale · Σ_t dS_t Q_t and dV = Σ_t P_t dO_t over the queries of every query head of the
@@ -219,9 +290,9 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let j = j0 + lid;
     let live = j < p.tk;
     let kvrow = (wid.z * p.hkv + kvh) * p.tk + j;
-    var kr = load_row(K, kvrow * p.d, live, p.scale);
-    var vr = load_row(V, kvrow * p.d, live && !is_dv, 1.0);
-    var g: array<vec4<f32>, DV>;
+    let kr = load_row(K, kvrow * p.d, live, p.scale);
+    let vr = load_row(V, kvrow * p.d, live && !is_dv, 1.0);
+    var g: Row;
     // The first query that sees key j (and key j0, for the workgroup).
     var t_first = 0u;
     var my_first = select(p.tq, 0u, live);
@@ -242,21 +313,21 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             }
             workgroupBarrier();
             for (var i = min(rows, max(my_first, t0) - t0); i < rows; i++) {
-                let pt = exp(dot_row(&kr, i * DV) - tile_lse[i]);
+                let pt = exp(dot_row(kr, i * DV) - tile_lse[i]);
                 if is_dv {
-                    axpy_row(&g, pt, B_TILE + i * DV);
+                    g = axpy_row(g, pt, B_TILE + i * DV);
                 } else {
-                    let ds = pt * (dot_row(&vr, B_TILE + i * DV) - tile_delta[i]);
-                    axpy_row(&g, ds, i * DV);
+                    let ds = pt * (dot_row(vr, B_TILE + i * DV) - tile_delta[i]);
+                    g = axpy_row(g, ds, i * DV);
                 }
             }
         }
     }
     if live {
         if is_dv {
-            store_row(&g, p.out2 + kvrow * p.d, 1.0);
+            store_row(g, p.out2 + kvrow * p.d, 1.0);
         } else {
-            store_row(&g, kvrow * p.d, p.scale);
+            store_row(g, kvrow * p.d, p.scale);
         }
     }
 }
