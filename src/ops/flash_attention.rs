@@ -24,7 +24,7 @@ pub(crate) static KERNEL_128: Kernel = Kernel {
 const BQ: usize = 64;
 const BK: usize = 64;
 /// Rows a GPU workgroup owns (queries; keys for dK/dV), one per thread (fixed in the WGSL).
-const GPU_ROWS: usize = 64;
+const GPU_ROWS: usize = 128;
 /// Largest head dim of the GPU kernels (a thread keeps up to three rows in registers).
 const GPU_MAX_D: usize = 128;
 

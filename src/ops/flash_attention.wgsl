@@ -2,7 +2,7 @@
 // delta = rowsum(dO ∘ O)), then dK and dV (one dispatch; both need delta).
 // One thread owns one row (a query, or a key for dK/dV): that row of the inputs it needs and its
 // output row live in registers (`Row`), padded to DH columns (DH, 64 or 128, is prepended by the host).
-// A workgroup of 64 rows walks the other side (keys, or queries) in tiles of TR rows staged in
+// A workgroup of WG rows walks the other side (keys, or queries) in tiles of TR rows staged in
 // shared memory, which every thread reads at the same address (a broadcast). So the softmax of a
 // row is one thread's, and no reduction or barrier runs inside a tile.
 struct Params {
@@ -33,7 +33,7 @@ struct Params {
 @group(0) @binding(6) var<storage, read> aux: array<f32>;   // O for dQ, delta [B, Hq, Tq] for dK/dV
 @group(0) @binding(7) var<storage, read> lse: array<f32>;   // [B, Hq, Tq] (backward)
 
-const WG: u32 = 64u;          // rows per workgroup, one per thread
+const WG: u32 = 128u;         // rows per workgroup, one per thread
 const DV: u32 = DH / 4u;      // vec4s per padded row
 const TR: u32 = 2048u / DH;   // rows per staged tile: two tiles take 16 KiB
 const B_TILE: u32 = 512u;     // where the second tile starts in `tiles`
@@ -207,8 +207,8 @@ fn kv_base(b: u32, h: u32) -> u32 {
     return (b * p.hkv + h / (p.hq / p.hkv)) * p.tk * p.d;
 }
 
-// Forward: workgroup (64 queries, head, batch); O and the log-sum-exp per query.
-@compute @workgroup_size(64)
+// Forward: workgroup (WG queries, head, batch); O and the log-sum-exp per query.
+@compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let t0 = first_query(wid, nwg);
@@ -246,8 +246,8 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 }
 
 // dQ = scale · Σ_j dS_j K_j with dS = P ∘ (dP - delta), P = exp(S - lse), dP = dO·Vᵀ: workgroup
-// (64 queries, head, batch). Also writes delta = dO·O per query, for the dK/dV kernel.
-@compute @workgroup_size(64)
+// (WG queries, head, batch). Also writes delta = dO·O per query, for the dK/dV kernel.
+@compute @workgroup_size(WG)
 fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let t0 = first_query(wid, nwg);
@@ -280,8 +280,8 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 }
 
 // dK = scale · Σ_t dS_t Q_t and dV = Σ_t P_t dO_t over the queries of every query head of the
-// GQA group: workgroup (64 keys, kv head, batch) computes dK for grid y < Hkv, else dV.
-@compute @workgroup_size(64)
+// GQA group: workgroup (WG keys, kv head, batch) computes dK for grid y < Hkv, else dV.
+@compute @workgroup_size(WG)
 fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let is_dv = wid.y >= p.hkv;
     let kvh = wid.y % p.hkv;

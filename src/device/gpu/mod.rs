@@ -16,6 +16,20 @@ pub struct Kernel {
     pub source: &'static str,
 }
 
+/// The WGSL of `kernel`: its built-in source, or, for kernel work on a machine without Rust,
+/// `$IRONTENSOR_KERNEL_DIR/<name>.wgsl` when that file exists (the whole source, constants too).
+fn kernel_source(kernel: &Kernel) -> String {
+    let Some(dir) = std::env::var_os("IRONTENSOR_KERNEL_DIR") else { return kernel.source.into() };
+    let path = std::path::Path::new(&dir).join(format!("{}.wgsl", kernel.name));
+    match std::fs::read_to_string(&path) {
+        Ok(source) => {
+            eprintln!("kernel {} from {}", kernel.name, path.display());
+            source
+        }
+        Err(_) => kernel.source.into(),
+    }
+}
+
 /// GPU memory behind a tensor. Dropping it hands the buffer back to the pool.
 pub struct GpuBuffer {
     pub(crate) buffer: wgpu::Buffer,
@@ -185,7 +199,7 @@ impl GpuContext {
             .or_insert_with(|| {
                 let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(kernel.name),
-                    source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+                    source: wgpu::ShaderSource::Wgsl(kernel_source(kernel).into()),
                 });
                 self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(entry),
