@@ -2,7 +2,7 @@
 //! (data, BPE tokenizer, training, evaluation, checkpoint, generated text).
 
 use clap::{Args, Parser, Subcommand};
-use irontensor::data::{tinyshakespeare, TokenDataset, Tokenizer};
+use irontensor::data::{tinyshakespeare, LazyTokenizer, TokenDataset, Tokenizer};
 use irontensor::device::gpu;
 use irontensor::dist::Dist;
 use irontensor::infer::{generate, SamplingConfig};
@@ -196,15 +196,19 @@ fn main() {
     if irontensor::profile::is_enabled() {
         eprintln!("profiling on (IRONTENSOR_PROFILE=1)");
     }
-    let result = match (Device::from_env(), cli.command) {
+    let result = match (Device::check_env(), cli.command) {
         (Err(e), _) => Err(e.into()),
         (_, Some(Command::Info)) => info(start),
         (_, Some(Command::Bench { what })) => bench(what),
-        (_, Some(Command::Train(args))) => train(&args).map(|_| ()),
+        (_, Some(Command::Train(args))) => train(&args, start),
         (_, Some(Command::Generate(args))) => generate_cmd(&args),
-        (_, Some(Command::Tokenize { data, vocab, out })) => prepare(data.as_deref(), vocab, &out, 1).map(|_| ()),
-        (_, None) => train(&DefaultRun::parse_from(["irontensor"]).args).map(|_| ()),
+        (_, Some(Command::Tokenize { data, vocab, out })) => {
+            prepare(data.as_deref(), vocab, &out, 1).and_then(|mut p| Ok(p.0.get().map(|_| ())?))
+        }
+        (_, None) => train(&DefaultRun::parse_from(["irontensor"]).args, start),
     };
+    // Pipelines compiled in this run start the next one sooner.
+    gpu::save_pipeline_cache();
     if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);
@@ -229,7 +233,7 @@ fn prepare(
     vocab: usize,
     out: &Path,
     seq_len: usize,
-) -> CliResult<(Tokenizer, TokenDataset, TokenDataset, f64)> {
+) -> CliResult<(LazyTokenizer, TokenDataset, TokenDataset, f64)> {
     std::fs::create_dir_all(out)?;
     let text_path = data_file(data)?;
     let text = std::fs::read_to_string(&text_path)
@@ -238,8 +242,8 @@ fn prepare(
     let (train_text, val_text) = text.split_at(split);
     let tok_path = out.join("tokenizer.json");
     let (train_bin, val_bin) = (out.join("train.bin"), out.join("val.bin"));
-    let tok = if tok_path.exists() {
-        Tokenizer::load(&tok_path)?
+    let mut tok = if tok_path.exists() {
+        Tokenizer::load_lazily(&tok_path)?
     } else {
         let t = Instant::now();
         let tok = Tokenizer::train(train_text, vocab)?;
@@ -251,11 +255,12 @@ fn prepare(
             tok_path.display()
         );
         let _ = std::fs::remove_file(&train_bin);
-        tok
+        LazyTokenizer::from(tok)
     };
     if !train_bin.exists() || !val_bin.exists() {
-        TokenDataset::create(&train_bin, &tok.encode(train_text))?;
-        TokenDataset::create(&val_bin, &tok.encode(val_text))?;
+        let t = tok.get()?;
+        TokenDataset::create(&train_bin, &t.encode(train_text))?;
+        TokenDataset::create(&val_bin, &t.encode(val_text))?;
     }
     let train = TokenDataset::open(&train_bin, seq_len)?;
     let val = TokenDataset::open(&val_bin, seq_len)?;
@@ -338,12 +343,12 @@ fn plan(args: &TrainArgs, device: Device) -> CliResult<(ModelConfig, TrainingCon
     Ok((m, t, batch, seq))
 }
 
-fn train(args: &TrainArgs) -> CliResult<()> {
+fn train(args: &TrainArgs, start: Instant) -> CliResult<()> {
     // Under mpirun: every rank runs this; an error on one ends the whole job.
-    let Some(dist) = Dist::from_env()? else { return train_on(args, None) };
+    let Some(dist) = Dist::from_env()? else { return train_on(args, None, start) };
     QUIET.store(!dist.is_root(), Ordering::Relaxed);
     note!("MPI: {} ranks ({})", dist.size(), dist.library);
-    match train_on(args, Some(&dist)) {
+    match train_on(args, Some(&dist), start) {
         Ok(()) => Ok(dist.finalize()?),
         Err(e) => {
             eprintln!("error on rank {} of {}: {e}", dist.rank(), dist.size());
@@ -352,11 +357,11 @@ fn train(args: &TrainArgs) -> CliResult<()> {
     }
 }
 
-fn train_on(args: &TrainArgs, dist: Option<&Arc<Dist>>) -> CliResult<()> {
+fn train_on(args: &TrainArgs, dist: Option<&Arc<Dist>>, start: Instant) -> CliResult<()> {
     let device = Device::parse(&args.device)?;
     let (mut model_cfg, train_cfg, batch, seq) = plan(args, device)?;
     let prep = || prepare(args.data.as_deref(), model_cfg.vocab_size, &args.out, seq);
-    let (tok, train_ds, val_ds, chars_per_token) = match dist {
+    let (mut tok, train_ds, val_ds, chars_per_token) = match dist {
         None => prep()?,
         Some(d) => {
             // Rank 0 makes the tokenizer and token files; ranks on other machines make theirs,
@@ -408,6 +413,9 @@ fn train_on(args: &TrainArgs, dist: Option<&Arc<Dist>>) -> CliResult<()> {
         device.name(),
         device_name(device)
     );
+    if let (Device::Gpu, Some(ctx)) = (device, gpu::started()) {
+        note!("pipeline cache: {}", ctx.pipeline_cache());
+    }
     let seed = trainer.config.seed;
     // A fixed validation set: 20 batches spread over the split.
     let val: Vec<_> = (0..20u64).map(|i| val_ds.batch_at(i, batch, seed ^ 0x5eed)).collect();
@@ -419,8 +427,9 @@ fn train_on(args: &TrainArgs, dist: Option<&Arc<Dist>>) -> CliResult<()> {
             values as f64 * 4.0 / 1e6
         );
     }
+    tok.get()?; // loaded while the model initialised; a bad tokenizer.json stops the run here
     catch_ctrl_c();
-    let opts = RunOptions { batch, seq_len: seq, out_dir: args.out.clone(), show_progress: true };
+    let opts = RunOptions { batch, seq_len: seq, out_dir: args.out.clone(), show_progress: true, started: Some(start) };
     let summary = fit(&mut trainer, |step| Ok(train_ds.batch_at(step as u64, batch, seed)), &val, &opts)?;
     if QUIET.load(Ordering::Relaxed) {
         return Ok(()); // rank 0 reports
@@ -449,14 +458,15 @@ fn train_on(args: &TrainArgs, dist: Option<&Arc<Dist>>) -> CliResult<()> {
     if args.sample_tokens > 0 {
         println!("\n--- sample ---");
         let cfg = SamplingConfig { max_tokens: args.sample_tokens, ..Default::default() };
-        write_text(&trainer.model, &tok, "\n", &cfg, true)?;
+        write_text(&trainer.model, tok.get()?, "\n", &cfg, true)?;
     }
     Ok(())
 }
 
 fn device_name(device: Device) -> String {
-    match (device, gpu::context()) {
-        (Device::Gpu, Ok(ctx)) => format!("{}, {:?}", ctx.info.name, ctx.info.backend),
+    // gpu::started: a run on the CPU does not start the GPU to name it.
+    match (device, gpu::started()) {
+        (Device::Gpu, Some(ctx)) => format!("{}, {:?}", ctx.info.name, ctx.info.backend),
         _ => format!("{} threads", rayon::current_num_threads()),
     }
 }
@@ -530,6 +540,7 @@ fn info(start: Instant) -> CliResult {
             println!("  submit and wait after every op (IRONTENSOR_SYNC_GPU): {}", ctx.sync_every_op());
             println!("  subgroup size: {}..{}", i.subgroup_min_size, i.subgroup_max_size);
             println!("  f16 cooperative-matrix matmul (IRONTENSOR_MATMUL=coop): {}", ctx.coop_matmul);
+            println!("  pipeline cache: {}", ctx.pipeline_cache());
             let t = Tensor::from_f32_on(&[1.0, 2.0, 3.0], &[3], Device::Gpu)?;
             let y = irontensor::scale(&t, 2.0)?.to_vec();
             println!("  first GPU result {y:?} after {:.1} ms from process start", start.elapsed().as_secs_f64() * 1e3);

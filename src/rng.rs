@@ -1,5 +1,7 @@
 //! A small seeded generator (SplitMix64) for reproducible random tensors.
 
+const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
 #[derive(Clone, Debug)]
 pub struct Rng {
     state: u64,
@@ -14,8 +16,14 @@ impl Rng {
         self.state
     }
 
+    /// The generator `n` numbers further on: SplitMix64's state is a counter, so parallel
+    /// chunks can each start where a sequential run would be.
+    pub fn skip(&self, n: u64) -> Rng {
+        Rng { state: self.state.wrapping_add(n.wrapping_mul(GAMMA)) }
+    }
+
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        self.state = self.state.wrapping_add(GAMMA);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

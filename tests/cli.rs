@@ -1,5 +1,9 @@
-//! The `irontensor` binary: `info`, and the environment variables it reads at start.
+//! The `irontensor` binary: `info`, the environment variables it reads at start, training and
+//! generation end to end, and the pipeline cache across runs.
 
+mod common;
+
+use sha2::Digest;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -7,6 +11,7 @@ use std::time::{Duration, Instant};
 fn irontensor(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_irontensor"));
     cmd.args(args).env_remove("IRONTENSOR_DEVICE").env_remove("IRONTENSOR_SYNC_GPU");
+    cmd.env("IRONTENSOR_CACHE_DIR", "off"); // tests leave the user's pipeline cache alone
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -106,6 +111,10 @@ fn train_then_generate_end_to_end() {
     let log = std::fs::read_to_string(run.join("train_log.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.iter().filter(|l| l.get("loss").is_some()).count(), 6, "one log line per step:\n{log}");
+    // Start-up: process start to the first step, on stderr and in the first log line.
+    assert!(out.contains("start-up: the first step began"), "{out}");
+    let (began, done) = (lines[0]["startup_ms"].as_f64().unwrap(), lines[0]["first_step_done_ms"].as_f64().unwrap());
+    assert!(0.0 < began && began < done, "{}", lines[0]);
     assert!(lines.iter().any(|l| l.get("val_loss").is_some()));
     assert!(std::fs::read_to_string(run.join("loss.svg")).unwrap().starts_with("<svg"));
     // Generate from the run directory: greedy text, the same with and without the KV cache.
@@ -276,4 +285,64 @@ fn bench_prints_json_lines() {
     }
     let (ok, out) = irontensor(&["bench", "attention", "--device", "cpu", "--shapes", "1x2x9"], &[]);
     assert!(!ok && out.contains("BxHxTxD"), "{out}");
+}
+
+/// IRONTENSOR_CACHE_DIR: a GPU run writes the pipeline cache file, the next run loads it, a
+/// damaged or foreign file is ignored (and replaced), an unwritable directory is one warning,
+/// and `off` turns the cache off. Lavapipe (Mesa 22.3) has the feature, but its cache data is only
+/// Vulkan's 32-byte header: this checks the file handling, not that compiling gets faster.
+#[test]
+fn pipeline_cache_is_written_reused_and_bad_files_are_ignored() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("irontensor-pcache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cache_dir = dir.join("cache"); // made by the first run
+    let info = |cache: &str| {
+        let (ok, out) = irontensor(&["info"], &[("IRONTENSOR_DEVICE", "gpu"), ("IRONTENSOR_CACHE_DIR", cache)]);
+        assert!(ok && out.contains("first GPU result [2.0, 4.0, 6.0]"), "{out}");
+        out.lines().find(|l| l.contains("pipeline cache:")).unwrap_or_else(|| panic!("{out}")).to_string()
+    };
+    let cache = cache_dir.to_str().unwrap();
+    let line = info(cache);
+    if line.contains("not available") {
+        eprintln!("this adapter has no pipeline cache (wgpu has one on Vulkan only): {line}");
+        return;
+    }
+    assert!(line.ends_with("(empty)"), "{line}");
+    let file = std::fs::read_dir(&cache_dir).unwrap().next().expect("a cache file after the first run").unwrap().path();
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(bytes.len() > 32, "{} bytes", bytes.len());
+    // The second run loads it: the data, without its 32-byte SHA-256.
+    assert!(info(cache).ends_with(&format!("(loaded {} bytes)", bytes.len() - 32)), "{}", info(cache));
+    // A damaged file (checksum wrong) is ignored and replaced by a good one.
+    std::fs::write(&file, b"not a pipeline cache").unwrap();
+    assert!(info(cache).ends_with("(ignored a damaged file)"));
+    assert_eq!(std::fs::read(&file).unwrap(), bytes);
+    // A file from another device (wgpu's header says so; the checksum is right) is ignored too.
+    let mut foreign = bytes[..bytes.len() - 32].to_vec();
+    foreign[20] ^= 0xff; // in the adapter key of wgpu's header
+    foreign.extend_from_slice(&sha2::Sha256::digest(&foreign));
+    std::fs::write(&file, &foreign).unwrap();
+    assert!(info(cache).ends_with("(ignored a file from another device, driver or wgpu)"));
+    assert_eq!(std::fs::read(&file).unwrap(), bytes);
+    // Garbage with a right checksum reaches wgpu, which falls back to an empty cache.
+    let mut garbage = vec![7u8; 200];
+    garbage.extend_from_slice(&sha2::Sha256::digest(&garbage));
+    std::fs::write(&file, &garbage).unwrap();
+    info(cache);
+    assert_eq!(std::fs::read(&file).unwrap(), bytes);
+    // An unwritable directory: one warning, and the run goes on.
+    let blocker = dir.join("a-file");
+    std::fs::write(&blocker, b"").unwrap();
+    let (ok, out) = irontensor(
+        &["info"],
+        &[("IRONTENSOR_DEVICE", "gpu"), ("IRONTENSOR_CACHE_DIR", blocker.join("cache").to_str().unwrap())],
+    );
+    assert!(ok && out.matches("warning: pipeline cache not saved").count() == 1, "{out}");
+    for off in ["off", ""] {
+        assert!(info(off).ends_with("off (IRONTENSOR_CACHE_DIR)"), "{}", info(off));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -28,6 +28,10 @@ fn tensors(device: Device) {
     let mean = a.iter().sum::<f32>() / 257.0;
     let var = a.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / 257.0;
     assert!(mean.abs() < 0.2 && (var - 1.0).abs() < 0.25, "randn mean {mean} var {var}");
+    // Filled in parallel chunks, the values are those of one sequential stream.
+    let big = Tensor::randn_on(&[3, 100_003], 0.5, 9, device).to_vec();
+    let mut rng = irontensor::rng::Rng::new(9);
+    assert!(big.iter().all(|&x| x == (rng.normal() * 0.5) as f32), "randn differs from the sequential stream");
     let u = Tensor::uniform_on(&[1000], -2.0, 3.0, 7, device).to_vec();
     assert!(u.iter().all(|&x| (-2.0..3.0).contains(&x)));
     // U32 token ids round-trip exactly, including values above 2^24.

@@ -210,7 +210,14 @@ fn tokenizer_trains_saves_loads_and_round_trips() {
         assert_eq!(back.encode(s), tok.encode(s), "loaded tokenizer encodes {s:?} the same");
     }
 
+    // Loading on another thread: the vocabulary size is known at once, the tokenizer the same.
+    assert_eq!(Tokenizer::vocab_size_of(&path), Some(tok.vocab_size()));
+    let mut lazy = Tokenizer::load_lazily(&path).unwrap();
+    assert_eq!(lazy.vocab_size(), tok.vocab_size());
+    assert_eq!(lazy.get().unwrap().encode(sample), tok.encode(sample));
+
     // Load errors name the file.
+    assert!(Tokenizer::load_lazily(dir.join("nope.json")).unwrap_err().to_string().contains("nope.json"));
     let e = Tokenizer::load(dir.join("nope.json")).unwrap_err().to_string();
     assert!(e.contains("nope.json"), "{e}");
     std::fs::write(dir.join("bad.json"), "{\"not\": \"a tokenizer\"}").unwrap();

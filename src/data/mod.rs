@@ -8,4 +8,4 @@ pub use dataset::TokenDataset;
 pub use download::{
     download, sha256_file, tinyshakespeare, TINYSHAKESPEARE_BYTES, TINYSHAKESPEARE_SHA256, TINYSHAKESPEARE_URL,
 };
-pub use tokenizer::{Tokenizer, EOS_TOKEN};
+pub use tokenizer::{LazyTokenizer, Tokenizer, EOS_TOKEN};

@@ -2,6 +2,7 @@
 
 use crate::train::checkpoint::write_atomic;
 use crate::{bail, Error, Result};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
@@ -98,6 +99,42 @@ impl Tokenizer {
         Self::wrap(inner, &format!("tokenizer {}", path.display()))
     }
 
+    /// `load` on another thread: a run needs only the vocabulary size before its first step,
+    /// and that is read from the file in a few ms, while building the tokenizer takes tens.
+    pub fn load_lazily(path: impl AsRef<Path>) -> Result<LazyTokenizer> {
+        let path = path.as_ref().to_path_buf();
+        let Some(vocab_size) = Tokenizer::vocab_size_of(&path) else {
+            return Ok(Tokenizer::load(path)?.into());
+        };
+        Ok(LazyTokenizer { vocab_size, loading: Some(std::thread::spawn(move || Tokenizer::load(path))), built: None })
+    }
+
+    /// What `load(path)?.vocab_size()` gives, read without building the tokenizer: a few ms
+    /// instead of tens. None where the file is not a BPE tokenizer.json (then `load` tells why).
+    pub fn vocab_size_of(path: impl AsRef<Path>) -> Option<usize> {
+        use serde::de::IgnoredAny;
+        #[derive(serde::Deserialize)]
+        struct Added {
+            content: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Model {
+            #[serde(rename = "type")]
+            kind: String,
+            vocab: HashMap<String, IgnoredAny>,
+        }
+        #[derive(serde::Deserialize)]
+        struct File {
+            added_tokens: Vec<Added>,
+            model: Model,
+        }
+        let f: File = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        // As tokenizers counts: the model's vocabulary, plus added tokens that are not in it.
+        let added: HashSet<&str> = f.added_tokens.iter().map(|a| a.content.as_str()).collect();
+        let added = added.iter().filter(|a| !f.model.vocab.contains_key(**a)).count();
+        (f.model.kind == "BPE").then_some(f.model.vocab.len() + added)
+    }
+
     /// Token ids of `text`; special-token text such as `<|endoftext|>` becomes its id.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         // A byte-level BPE (checked in `wrap`) has a token for every byte, so encoding cannot fail.
@@ -123,6 +160,49 @@ impl Tokenizer {
     /// The underlying Hugging Face tokenizer.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
+    }
+}
+
+/// A tokenizer that may still be loading (`Tokenizer::load_lazily`).
+pub struct LazyTokenizer {
+    vocab_size: usize,
+    loading: Option<std::thread::JoinHandle<Result<Tokenizer>>>,
+    built: Option<Tokenizer>,
+}
+
+impl From<Tokenizer> for LazyTokenizer {
+    fn from(tok: Tokenizer) -> LazyTokenizer {
+        LazyTokenizer { vocab_size: tok.vocab_size(), loading: None, built: Some(tok) }
+    }
+}
+
+impl LazyTokenizer {
+    /// Known at once.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// The tokenizer, waiting for it if it is still loading; errors in the file show here.
+    pub fn get(&mut self) -> Result<&Tokenizer> {
+        if let Some(loading) = self.loading.take() {
+            let tok =
+                loading.join().map_err(|_| Error::Invalid("tokenizer: the thread loading it panicked".into()))??;
+            if tok.vocab_size() != self.vocab_size {
+                let (n, m) = (tok.vocab_size(), self.vocab_size);
+                bail!(Invalid, "tokenizer: {n} tokens once loaded, but {m} read ahead from the file");
+            }
+            self.built = Some(tok);
+        }
+        Ok(self.built.as_ref().expect("a tokenizer loaded or loading"))
+    }
+}
+
+impl std::fmt::Debug for LazyTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyTokenizer")
+            .field("vocab_size", &self.vocab_size)
+            .field("loaded", &self.built.is_some())
+            .finish()
     }
 }
 

@@ -41,6 +41,15 @@ impl Device {
         }
     }
 
+    /// Checks `IRONTENSOR_DEVICE` like `from_env`, but starts the GPU only when it says `gpu`
+    /// (a run on the CPU then never pays for adapter and device creation).
+    pub fn check_env() -> Result<()> {
+        match std::env::var("IRONTENSOR_DEVICE").unwrap_or_default().to_ascii_lowercase().as_str() {
+            "" | "auto" | "cpu" => Ok(()),
+            _ => Device::from_env().map(|_| ()),
+        }
+    }
+
     /// Parses "cpu", "gpu" or "auto"; "gpu" fails when no adapter is found.
     pub fn parse(name: &str) -> Result<Device> {
         match name.to_ascii_lowercase().as_str() {

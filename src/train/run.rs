@@ -3,12 +3,13 @@
 
 use super::plot::loss_svg;
 use super::Trainer;
+use crate::device::gpu;
 use crate::{bail, CommandBatch, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -28,6 +29,9 @@ pub struct RunOptions {
     /// Where `train_log.jsonl` and `loss.svg` go.
     pub out_dir: PathBuf,
     pub show_progress: bool,
+    /// When the process started: the first step then reports how long start-up took (stderr,
+    /// and `startup_ms`, `first_step_done_ms`, `pipelines_ms` in its log line).
+    pub started: Option<Instant>,
 }
 
 pub struct RunSummary {
@@ -102,16 +106,29 @@ pub fn fit(
         let (x, y) = batch_for(step)?;
         let (x, y) = if ranks > 1 { (x[rows.clone()].to_vec(), y[rows.clone()].to_vec()) } else { (x, y) };
         let lr = trainer.learning_rate();
+        let before_first = (step == first).then(pipeline_time);
         let (loss, grad_norm) = trainer.train_step(&x, &y, local_batch, opts.seq_len)?;
         trainer.data_position = trainer.step as u64;
         let dt = t0.elapsed().as_secs_f64();
+        let mut startup = String::new();
+        if let Some(pipelines_before) = before_first {
+            // Pipelines compiled in this step are kept for the next run, even if this one is killed.
+            gpu::save_pipeline_cache();
+            if let Some(started) = opts.started {
+                let line;
+                (line, startup) = startup_report(started, t0, pipelines_before);
+                if root {
+                    bar.suspend(|| eprintln!("{line}"));
+                }
+            }
+        }
         last_loss = loss;
         train_curve.push((step, loss));
         let tps = tokens_per_step * (trainer.step - first) as f64 / start.elapsed().as_secs_f64();
         if let Some(log) = &mut log {
             writeln!(
                 log,
-                "{{\"step\":{step},\"loss\":{},\"grad_norm\":{},\"lr\":{lr},\"step_ms\":{:.2},\"tokens_per_s\":{tps:.1}}}",
+                "{{\"step\":{step},\"loss\":{},\"grad_norm\":{},\"lr\":{lr},\"step_ms\":{:.2},\"tokens_per_s\":{tps:.1}{startup}}}",
                 json_num(loss),
                 json_num(grad_norm),
                 dt * 1e3
@@ -165,6 +182,30 @@ fn save(trainer: &Trainer) -> Result<PathBuf> {
             Ok(trainer.numbered_path())
         }
     }
+}
+
+/// How long the process took to start the first step and to finish it, and how much of that
+/// went to creating GPU pipelines: (a line for stderr, fields for the first log record).
+fn startup_report(started: Instant, began: Instant, pipelines_before: Duration) -> (String, String) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (began, done) = (ms(began - started), ms(started.elapsed()));
+    let mut line = format!("start-up: the first step began {began:.0} ms after process start");
+    let mut fields = format!(",\"startup_ms\":{began:.1},\"first_step_done_ms\":{done:.1}");
+    match gpu::started().map(|c| c.compile_time()) {
+        None => line += &format!(", ended after {done:.0} ms"),
+        Some((n, pipelines)) => {
+            let (before, pipelines) = (ms(pipelines_before), ms(pipelines));
+            line += &format!(" ({before:.0} ms of it creating GPU pipelines), ended after {done:.0} ms ");
+            line += &format!("({n} pipelines created in {pipelines:.0} ms)");
+            fields += &format!(",\"pipelines_ms\":{pipelines:.1}");
+        }
+    }
+    (line, fields)
+}
+
+/// Time spent creating GPU pipelines so far (zero without a GPU context).
+fn pipeline_time() -> Duration {
+    gpu::started().map_or(Duration::ZERO, |c| c.compile_time().1)
 }
 
 /// A number for JSON: NaN and infinities (a skipped step) become null.

@@ -1,7 +1,7 @@
 //! Command batching: GPU work is recorded into one encoder and submitted together.
 //! A host read, `CommandBatch::sync`/`commit_async`/`end`, or a full batch submits it.
 
-use super::{context, count, pool::Kind, GpuBuffer, GpuContext, Kernel};
+use super::{count, pool::Kind, started, GpuBuffer, GpuContext, Kernel};
 use crate::profile;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -253,7 +253,7 @@ impl GpuContext {
 }
 
 /// The spec's batching API. GPU ops are always queued; these calls say when to submit and wait.
-/// With no GPU they do nothing.
+/// With no GPU context started (a run on the CPU) they do nothing, and start none.
 pub struct CommandBatch;
 
 impl CommandBatch {
@@ -264,7 +264,7 @@ impl CommandBatch {
 
     /// Submits the queued work and waits for it.
     pub fn sync() {
-        if let Ok(ctx) = context() {
+        if let Some(ctx) = started() {
             ctx.flush();
             ctx.wait();
         }
@@ -278,14 +278,14 @@ impl CommandBatch {
 
     /// Submits the queued work and returns at once, so the CPU can prepare the next batch.
     pub fn commit_async() {
-        if let Ok(ctx) = context() {
+        if let Some(ctx) = started() {
             ctx.flush();
         }
     }
 
     /// Waits for all submitted work.
     pub fn wait_for_completion() {
-        if let Ok(ctx) = context() {
+        if let Some(ctx) = started() {
             ctx.wait();
         }
     }

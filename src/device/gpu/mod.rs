@@ -1,6 +1,7 @@
 //! The GPU backend: one global wgpu context, its pipeline cache, buffer pool and command batch.
 
 mod batch;
+mod cache;
 mod pool;
 
 pub use batch::CommandBatch;
@@ -8,7 +9,9 @@ pub use batch::CommandBatch;
 use crate::{Error, Result};
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// A WGSL source; its pipelines are compiled once per entry point and cached.
 pub struct Kernel {
@@ -100,12 +103,22 @@ pub struct GpuContext {
     pub others: Vec<String>,
     /// Whether the f16 cooperative-matrix matmul can run here (see `ops::MatmulPrecision`).
     pub coop_matmul: bool,
-    pipelines: Mutex<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>,
+    compiled: Mutex<Compiled>,
+    /// Nanoseconds spent creating shader modules and pipelines.
+    compile_ns: AtomicU64,
+    disk_cache: cache::DiskCache,
     pool: pool::Pool,
     batch: Mutex<batch::Batch>,
     /// Timestamp query sets of submitted batches, for the profiler.
     timing: Mutex<batch::Timing>,
     sync_every_op: bool,
+}
+
+/// Shader modules by kernel name, and pipelines by (kernel name, entry point).
+#[derive(Default)]
+struct Compiled {
+    modules: HashMap<&'static str, wgpu::ShaderModule>,
+    pipelines: HashMap<(&'static str, &'static str), wgpu::ComputePipeline>,
 }
 
 /// Optional adapter features we use when present.
@@ -114,7 +127,8 @@ const WANTED: wgpu::Features = wgpu::Features::SUBGROUP
     .union(wgpu::Features::TIMESTAMP_QUERY)
     .union(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS)
     .union(wgpu::Features::IMMEDIATES)
-    .union(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+    .union(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+    .union(wgpu::Features::PIPELINE_CACHE);
 
 /// The global GPU context, created on first use; an error if no adapter is usable.
 pub fn context() -> Result<&'static GpuContext> {
@@ -123,8 +137,16 @@ pub fn context() -> Result<&'static GpuContext> {
 
 static CTX: OnceLock<std::result::Result<GpuContext, String>> = OnceLock::new();
 
+/// Saves the global context's pipeline cache (see `GpuContext::save_pipeline_cache`), if a
+/// context was started.
+pub fn save_pipeline_cache() {
+    if let Some(ctx) = started() {
+        ctx.save_pipeline_cache();
+    }
+}
+
 /// The global context if one was already created; never starts one.
-pub(crate) fn started() -> Option<&'static GpuContext> {
+pub fn started() -> Option<&'static GpuContext> {
     CTX.get().and_then(|c| c.as_ref().ok())
 }
 
@@ -176,15 +198,19 @@ impl GpuContext {
         }))
         .map_err(|e| format!("the GPU adapter {} refused a device: {e}", adapter.get_info().name))?;
         let sync_every_op = std::env::var("IRONTENSOR_SYNC_GPU").is_ok_and(|v| v == "1");
+        let info = adapter.get_info();
+        let disk_cache = cache::DiskCache::open(&device, &info, features);
         Ok(GpuContext {
-            info: adapter.get_info(),
+            info,
             features,
             limits,
             device,
             queue,
             others,
             coop_matmul,
-            pipelines: Mutex::new(HashMap::new()),
+            compiled: Mutex::new(Compiled::default()),
+            compile_ns: AtomicU64::new(0),
+            disk_cache,
             pool: pool::Pool::default(),
             batch: Mutex::new(batch::Batch::default()),
             timing: Mutex::new(batch::Timing::default()),
@@ -193,24 +219,49 @@ impl GpuContext {
     }
 
     fn pipeline(&self, kernel: &Kernel, entry: &'static str) -> wgpu::ComputePipeline {
-        let mut cache = self.pipelines.lock().unwrap();
-        cache
-            .entry((kernel.name, entry))
-            .or_insert_with(|| {
-                let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(kernel.name),
-                    source: wgpu::ShaderSource::Wgsl(kernel_source(kernel).into()),
-                });
-                self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(entry),
-                    layout: None,
-                    module: &module,
-                    entry_point: Some(entry),
-                    compilation_options: Default::default(),
-                    cache: None,
-                })
+        let mut compiled = self.compiled.lock().unwrap();
+        let Compiled { modules, pipelines } = &mut *compiled;
+        if let Some(p) = pipelines.get(&(kernel.name, entry)) {
+            return p.clone();
+        }
+        let t = Instant::now();
+        // One module per WGSL file: its entry points share the parsed and validated source.
+        let module = modules.entry(kernel.name).or_insert_with(|| {
+            self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(kernel.name),
+                source: wgpu::ShaderSource::Wgsl(kernel_source(kernel).into()),
             })
-            .clone()
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: self.disk_cache.cache.as_ref(),
+        });
+        self.compile_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        pipelines.insert((kernel.name, entry), pipeline.clone());
+        pipeline
+    }
+
+    /// Pipelines created so far, and the time spent creating them and their shader modules.
+    /// (Drivers may finish compiling at the first dispatch, which this does not see.)
+    pub fn compile_time(&self) -> (usize, Duration) {
+        let n = self.compiled.lock().unwrap().pipelines.len();
+        (n, Duration::from_nanos(self.compile_ns.load(Ordering::Relaxed)))
+    }
+
+    /// Where compiled pipelines are kept across runs, and what was loaded: one line.
+    pub fn pipeline_cache(&self) -> &str {
+        &self.disk_cache.status
+    }
+
+    /// Writes the pipeline cache file if pipelines were created since the last call.
+    /// Never fails: a cache that cannot be written is a warning, printed once.
+    pub fn save_pipeline_cache(&self) {
+        let n = self.compiled.lock().unwrap().pipelines.len();
+        self.disk_cache.save(n);
     }
 
     /// A buffer of at least `bytes` from the pool; its contents are undefined.
