@@ -316,7 +316,7 @@ fn check_grid(groups: [u32; 3]) -> Result<()> {
 }
 
 // Each entry writes one buffer, so two outputs share it: O then LSE in the forward, dQ then
-// delta in the first backward kernel.
+// delta in the first backward kernel, dK then dV in the second.
 fn gpu_forward(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, causal: bool) -> Result<(Tensor, Tensor)> {
     let ctx = gpu::context()?;
     let rows = a.b * a.hq * a.tq;
@@ -347,25 +347,22 @@ fn gpu_backward(
     causal: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let ctx = gpu::context()?;
-    let nq = q.numel();
-    let dq = ctx.alloc((nq + a.b * a.hq * a.tq) as u64 * 4);
-    let (dk, dv) = (ctx.alloc(k.numel() as u64 * 4), ctx.alloc(v.numel() as u64 * 4));
-    let offs = |aux_off| [q.offset(), k.offset(), v.offset(), dout.offset(), lse.offset(), aux_off, nq];
+    let (nq, nk) = (q.numel(), k.numel());
+    let (dq, dkv) = (ctx.alloc((nq + a.b * a.hq * a.tq) as u64 * 4), ctx.alloc(2 * nk as u64 * 4));
+    let offs = |aux_off, out2| [q.offset(), k.offset(), v.offset(), dout.offset(), lse.offset(), aux_off, out2];
     let groups = [a.tq.div_ceil(GPU_ROWS) as u32, a.hq as u32, a.b as u32];
     check_grid(groups)?;
     let bufs = [q.gpu(), k.gpu(), v.gpu(), &dq, dout.gpu(), o.gpu(), lse.gpu()];
-    ctx.dispatch(gpu_kernel(&a), "backward_dq", &params(&a, causal, offs(o.offset())), &bufs, groups);
-    // dK and dV read delta from after dQ; they write separate buffers, so they may run together.
-    let groups = [a.tk.div_ceil(GPU_ROWS) as u32, a.hkv as u32, a.b as u32];
+    ctx.dispatch(gpu_kernel(&a), "backward_dq", &params(&a, causal, offs(o.offset(), nq)), &bufs, groups);
+    // Grid y: dK for the first Hkv, dV for the rest; both read delta from after dQ.
+    let groups = [a.tk.div_ceil(GPU_ROWS) as u32, 2 * a.hkv as u32, a.b as u32];
     check_grid(groups)?;
-    let p = params(&a, causal, offs(nq));
-    for (entry, out) in [("backward_dk", &dk), ("backward_dv", &dv)] {
-        let bufs = [q.gpu(), k.gpu(), v.gpu(), out, dout.gpu(), &dq, lse.gpu()];
-        ctx.dispatch(gpu_kernel(&a), entry, &p, &bufs, groups);
-    }
+    let bufs = [q.gpu(), k.gpu(), v.gpu(), &dkv, dout.gpu(), &dq, lse.gpu()];
+    ctx.dispatch(gpu_kernel(&a), "backward_dkdv", &params(&a, causal, offs(nq, nk)), &bufs, groups);
+    let dkv = Storage::Gpu(Arc::new(dkv));
     Ok((
         Tensor::from_storage(Storage::Gpu(Arc::new(dq)), 0, q.shape(), Precision::FP32),
-        Tensor::from_gpu(dk, k.shape(), Precision::FP32),
-        Tensor::from_gpu(dv, v.shape(), Precision::FP32),
+        Tensor::from_storage(dkv.clone(), 0, k.shape(), Precision::FP32),
+        Tensor::from_storage(dkv, nk, v.shape(), Precision::FP32),
     ))
 }

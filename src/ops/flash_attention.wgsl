@@ -1,5 +1,5 @@
-// FlashAttention: the forward (online softmax) and the backward: dQ (with delta = rowsum(dO ∘ O)),
-// then dK and dV (both need delta).
+// FlashAttention: the forward (online softmax) and the backward as two kernels: dQ (with
+// delta = rowsum(dO ∘ O)), then dK and dV (one dispatch; both need delta).
 // One thread owns one row (a query, or a key for dK/dV): that row of the inputs it needs and its
 // output row live in registers (`Row`), padded to DH columns (DH, 64 or 128, is prepended by the host).
 // A workgroup of WG rows walks the other side (keys, or queries) in tiles of TR rows staged in
@@ -21,14 +21,14 @@ struct Params {
     do_off: u32,
     lse_off: u32,
     aux_off: u32,
-    out2: u32,      // where the second output starts in out: LSE after O, delta after dQ
+    out2: u32,      // where the second output starts in out: LSE after O, delta after dQ, dV after dK
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;     // [B, Hq, Tq, D]
 @group(0) @binding(2) var<storage, read> k: array<f32>;     // [B, Hkv, Tk, D]
 @group(0) @binding(3) var<storage, read> v: array<f32>;     // [B, Hkv, Tk, D]
-@group(0) @binding(4) var<storage, read_write> out: array<f32>; // O+LSE, dQ+delta, dK or dV
+@group(0) @binding(4) var<storage, read_write> out: array<f32>; // O+LSE, dQ+delta, or dK+dV
 @group(0) @binding(5) var<storage, read> dout: array<f32>;  // [B, Hq, Tq, D] (backward)
 @group(0) @binding(6) var<storage, read> aux: array<f32>;   // O for dQ, delta [B, Hq, Tq] for dK/dV
 @group(0) @binding(7) var<storage, read> lse: array<f32>;   // [B, Hq, Tq] (backward)
@@ -280,20 +280,11 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 }
 
 // dK = scale · Σ_t dS_t Q_t and dV = Σ_t P_t dO_t over the queries of every query head of the
-// GQA group: workgroup (WG keys, kv head, batch). Two entry points, so that dV, which keeps two
-// rows in registers instead of three, runs with fewer registers and more threads per SM.
+// GQA group: workgroup (WG keys, kv head, batch) computes dK for grid y < Hkv, else dV.
 @compute @workgroup_size(WG)
-fn backward_dk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    dkdv(wid, lid, false);
-}
-
-@compute @workgroup_size(WG)
-fn backward_dv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    dkdv(wid, lid, true);
-}
-
-fn dkdv(wid: vec3<u32>, lid: u32, is_dv: bool) {
-    let kvh = wid.y;
+fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let is_dv = wid.y >= p.hkv;
+    let kvh = wid.y % p.hkv;
     let group = p.hq / p.hkv;
     let j0 = wid.x * WG;
     let j = j0 + lid;
@@ -332,5 +323,11 @@ fn dkdv(wid: vec3<u32>, lid: u32, is_dv: bool) {
             }
         }
     }
-    if live { store_row(g, kvrow * p.d, select(p.scale, 1.0, is_dv)); }
+    if live {
+        if is_dv {
+            store_row(g, p.out2 + kvrow * p.d, 1.0);
+        } else {
+            store_row(g, kvrow * p.d, p.scale);
+        }
+    }
 }
