@@ -221,6 +221,55 @@ fn flash_memory(device: Device) {
     }
 }
 
+/// [b, h, t, d] <-> [b, t, h, d] on the host (`dims` as the data is laid out).
+fn swap_ht(x: &[f32], [_, h, t, d]: [usize; 4]) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for (i, &v) in x.iter().enumerate() {
+        let (bi, hi, ti, di) = (i / (h * t * d), i / (t * d) % h, i / d % t, i % d);
+        out[((bi * t + ti) * h + hi) * d + di] = v;
+    }
+    out
+}
+
+/// flash_attention_bthd against flash_attention on the same data laid out [B, H, T, D]: output
+/// and the three gradients (the GPU reads the [B, T, H, D] layout directly).
+fn flash_bthd(device: Device) {
+    let _g = shared();
+    let cases = [
+        Case::new(4, 2, 65, 64, true),
+        Case { tk: 70, ..Case::new(2, 1, 33, 72, true) },
+        Case::new(4, 4, 7, 16, false),
+        Case { tk: 12, ..Case::new(2, 1, 1, 8, false) },
+    ];
+    for c in cases {
+        let reference = run_with_grads(ops::flash_attention, c, device);
+        let dims = [[c.b, c.hq, c.tq, c.d], [c.b, c.hkv, c.tk, c.d], [c.b, c.hkv, c.tk, c.d]];
+        let ts: Vec<Tensor> = c
+            .inputs()
+            .iter()
+            .zip(dims)
+            .map(|((v, _), [b, h, t, d])| {
+                Tensor::from_f32_on(&swap_ht(v, [b, h, t, d]), &[b, t, h, d], device).unwrap().requires_grad_()
+            })
+            .collect();
+        let out = ops::flash_attention_bthd(&ts[0], &ts[1], &ts[2], c.causal).unwrap();
+        assert_eq!(out.shape(), &[c.b, c.tq, c.hq, c.d]);
+        let w = swap_ht(&rand_vec(out.numel(), -1.0, 1.0, 5), dims[0]);
+        let w = Tensor::from_f32_on(&w, out.shape(), device).unwrap();
+        let grads = ops::sum_all(&ops::mul(&out, &w).unwrap()).unwrap().backward().unwrap();
+        let mut got = vec![out.to_vec()];
+        got.extend(ts.iter().map(|t| grads.get(t).unwrap().to_vec()));
+        for (i, (what, (g, r))) in ["out", "dq", "dk", "dv"].iter().zip(got.iter().zip(&reference)).enumerate() {
+            let [b, h, t, d] = dims[i.max(1) - 1];
+            let g = swap_ht(g, [b, t, h, d]);
+            assert_close(&g, &f64s(r), 1e-6, 1e-5, &format!("flash_attention_bthd {what} {c:?} on {device:?}"));
+        }
+    }
+    let t = |s: &[usize]| Tensor::from_f32_on(&vec![0.0; s.iter().product()], s, device).unwrap();
+    let msg = ops::flash_attention_bthd(&t(&[2, 4, 8]), &t(&[1, 4, 2, 8]), &t(&[1, 4, 2, 8]), true).unwrap_err();
+    assert!(msg.to_string().contains("[B, T, Hq, D]"), "{msg}");
+}
+
 fn errors(device: Device) {
     let _g = shared();
     let t = |s: &[usize]| Tensor::from_f32_on(&rand_vec(s.iter().product(), -1.0, 1.0, 1), s, device).unwrap();
@@ -242,7 +291,7 @@ fn errors(device: Device) {
     }
 }
 
-device_tests!(softmax, attention, flash_attention, flash_vs_materialised, flash_memory, errors);
+device_tests!(softmax, attention, flash_attention, flash_vs_materialised, flash_bthd, flash_memory, errors);
 
 /// Peak CPU memory of materialised vs flash attention, forward + backward, B=1, H=4, D=64, causal.
 /// `cargo test --release --test attention -- --ignored --nocapture memory_report`

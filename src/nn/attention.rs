@@ -34,11 +34,14 @@ impl Attention {
     /// and the new ones appended; `pos` is the position of x's first token.
     pub fn forward(&self, x: &Tensor, b: usize, t: usize, pos: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let d = self.head_dim;
-        // [B*T, H*D] -> [B, T, H, D], rotate, -> [B, H, T, D]
+        // [B*T, H*D] -> [B, T, H, D], rotated for q and k: attention reads that layout as it is.
         let heads = |y: Tensor, h: usize, rotate: bool| -> Result<Tensor> {
             let y = y.view(&[b, t, h, d])?;
-            let y = if rotate { ops::rope(&y, self.rope_base, pos)? } else { y };
-            ops::permute(&y, &[0, 2, 1, 3])
+            if rotate {
+                ops::rope(&y, self.rope_base, pos)
+            } else {
+                Ok(y)
+            }
         };
         let q = heads(self.q_proj.forward(x)?, self.heads, true)?;
         let mut k = heads(self.k_proj.forward(x)?, self.kv_heads, true)?;
@@ -47,15 +50,15 @@ impl Attention {
             (k, v) = cache.append(k, v)?;
         }
         // A prompt attends causally; one new token after it attends to every cached key.
-        let o = match (k.shape()[2] == t, t) {
-            (true, _) => ops::flash_attention(&q, &k, &v, true)?,
-            (false, 1) => ops::flash_attention(&q, &k, &v, false)?,
+        let o = match (k.shape()[1] == t, t) {
+            (true, _) => ops::flash_attention_bthd(&q, &k, &v, true)?,
+            (false, 1) => ops::flash_attention_bthd(&q, &k, &v, false)?,
             _ => crate::bail!(
                 Invalid,
                 "attention: with a KV cache, feed the prompt at once and then one token at a time"
             ),
         };
-        let o = ops::permute(&o, &[0, 2, 1, 3])?.view(&[b * t, self.heads * d])?;
+        let o = o.view(&[b * t, self.heads * d])?;
         self.o_proj.forward(&o)
     }
 }

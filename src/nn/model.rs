@@ -30,7 +30,7 @@ impl<'a> Loader<'a> {
     }
 }
 
-/// Keys and values of the positions seen so far, one per layer: [B, Hkv, T, D] each.
+/// Keys and values of the positions seen so far, one per layer: [B, T, Hkv, D] each.
 #[derive(Default)]
 pub struct KvCache {
     k: Option<Tensor>,
@@ -41,7 +41,7 @@ impl KvCache {
     /// Appends the new positions and returns the whole keys and values.
     pub fn append(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
         let (k, v) = match (self.k.take(), self.v.take()) {
-            (Some(pk), Some(pv)) => (ops::concat(&[&pk, &k], 2)?, ops::concat(&[&pv, &v], 2)?),
+            (Some(pk), Some(pv)) => (ops::concat(&[&pk, &k], 1)?, ops::concat(&[&pv, &v], 1)?),
             _ => (k, v),
         };
         self.k = Some(k.clone());
@@ -51,7 +51,7 @@ impl KvCache {
 
     /// Positions cached.
     pub fn len(&self) -> usize {
-        self.k.as_ref().map_or(0, |k| k.shape()[2])
+        self.k.as_ref().map_or(0, |k| k.shape()[1])
     }
 
     pub fn is_empty(&self) -> bool {

@@ -5,7 +5,8 @@ use super::softmax::{softmax_masked, Mask};
 use super::{matmul, matmul_t, same_device, scale};
 use crate::{bail, Result, Tensor};
 
-/// Sizes of an attention call: q [B, Hq, Tq, D], k and v [B, Hkv, Tk, D].
+/// Sizes of an attention call: q [B, Hq, Tq, D], k and v [B, Hkv, Tk, D], or with `bthd`
+/// q [B, Tq, Hq, D], k and v [B, Tk, Hkv, D].
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct AttnDims {
     pub b: usize,
@@ -14,6 +15,7 @@ pub(crate) struct AttnDims {
     pub tq: usize,
     pub tk: usize,
     pub d: usize,
+    pub bthd: bool,
 }
 
 impl AttnDims {
@@ -30,11 +32,25 @@ impl AttnDims {
 
 /// Checks the shapes (and devices) of q, k, v; errors name `op` and the shapes.
 pub(crate) fn attention_dims(op: &str, q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<AttnDims> {
+    attention_dims_in(op, q, k, v, causal, false)
+}
+
+/// `attention_dims` for q, k, v in [B, H, T, D] or, with `bthd`, [B, T, H, D].
+pub(crate) fn attention_dims_in(
+    op: &str,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal: bool,
+    bthd: bool,
+) -> Result<AttnDims> {
     same_device(op, &[q, k, v])?;
     let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
-    let (&[b, hq, tq, d], &[kb, hkv, tk, kd]) = (qs, ks) else {
-        bail!(Shape, "{op}: q must be [B, Hq, T, D] and k, v [B, Hkv, T, D], got q {qs:?}, k {ks:?}");
+    let (&[b, q1, q2, d], &[kb, k1, k2, kd]) = (qs, ks) else {
+        let want = if bthd { "[B, T, Hq, D] and k, v [B, T, Hkv, D]" } else { "[B, Hq, T, D] and k, v [B, Hkv, T, D]" };
+        bail!(Shape, "{op}: q must be {want}, got q {qs:?}, k {ks:?}");
     };
+    let ((hq, tq), (hkv, tk)) = if bthd { ((q2, q1), (k2, k1)) } else { ((q1, q2), (k1, k2)) };
     if kb != b || kd != d || vs != ks {
         bail!(Shape, "{op}: q {qs:?}, k {ks:?} and v {vs:?} must agree in batch and head dim, and k and v in shape");
     }
@@ -47,7 +63,7 @@ pub(crate) fn attention_dims(op: &str, q: &Tensor, k: &Tensor, v: &Tensor, causa
     if causal && tq > tk {
         bail!(Shape, "{op}: a causal mask needs no more queries than keys, got q {qs:?}, k {ks:?}");
     }
-    Ok(AttnDims { b, hq, hkv, tq, tk, d })
+    Ok(AttnDims { b, hq, hkv, tq, tk, d, bthd })
 }
 
 /// softmax(Q·Kᵀ/√D + mask)·V with q [B, Hq, T, D], k and v [B, Hkv, T, D] -> [B, Hq, T, D].

@@ -1,8 +1,8 @@
 //! FlashAttention: attention tiled with an online softmax, never holding a T×T matrix; the
 //! backward recomputes the scores tile by tile from the saved log-sum-exp.
 
-use super::attention::{attention_dims, AttnDims};
-use super::{float_input, on_device};
+use super::attention::{attention_dims_in, AttnDims};
+use super::{float_input, on_device, permute};
 use crate::autograd::record;
 use crate::device::gpu::{self, Kernel};
 use crate::device::Storage;
@@ -32,17 +32,35 @@ const GPU_MAX_D: usize = 128;
 /// only the output and the per-row log-sum-exp are kept for the backward. On the GPU the head
 /// dim must be at most 128.
 pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
-    const OP: &str = "flash_attention";
-    let a = attention_dims(OP, q, k, v, causal)?;
-    let (q, k, v) = (float_input(OP, q)?, float_input(OP, k)?, float_input(OP, v)?);
-    if q.device() == Device::Gpu && a.d > GPU_MAX_D {
-        bail!(Shape, "{OP}: the GPU kernel supports head dims up to {GPU_MAX_D}, got q {:?}", q.shape());
+    flash("flash_attention", q, k, v, causal, false)
+}
+
+/// `flash_attention` in the layout the projections produce: q [B, Tq, Hq, D], k and v
+/// [B, Tk, Hkv, D] -> [B, Tq, Hq, D]. The GPU kernels read and write it as it is, so a model
+/// needs no permutes around attention; the CPU permutes to [B, H, T, D] and back.
+pub fn flash_attention_bthd(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
+    const OP: &str = "flash_attention_bthd";
+    if q.device() == Device::Cpu {
+        attention_dims_in(OP, q, k, v, causal, true)?;
+        let heads_first = |x: &Tensor| permute(x, &[0, 2, 1, 3]);
+        let o = flash_attention(&heads_first(q)?, &heads_first(k)?, &heads_first(v)?, causal)?;
+        return heads_first(&o);
     }
+    flash(OP, q, k, v, causal, true)
+}
+
+fn flash(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, bthd: bool) -> Result<Tensor> {
+    let a = attention_dims_in(op, q, k, v, causal, bthd)?;
+    let (q, k, v) = (float_input(op, q)?, float_input(op, k)?, float_input(op, v)?);
+    if q.device() == Device::Gpu && a.d > GPU_MAX_D {
+        bail!(Shape, "{op}: the GPU kernel supports head dims up to {GPU_MAX_D}, got q {:?}", q.shape());
+    }
+    // (The CPU kernels take [B, H, T, D] only: flash_attention_bthd permutes before it gets here.)
     let (o, lse) =
-        on_device(OP, q.device(), || Ok(cpu_forward(&q, &k, &v, a, causal)), || gpu_forward(&q, &k, &v, a, causal))?;
+        on_device(op, q.device(), || Ok(cpu_forward(&q, &k, &v, a, causal)), || gpu_forward(&q, &k, &v, a, causal))?;
     let (sq, sk, sv, so) = (q.clone(), k.clone(), v.clone(), o.clone());
-    Ok(record(OP, o, &[&q, &k, &v], move |dout| {
-        let dout = float_input(OP, dout)?;
+    Ok(record(op, o, &[&q, &k, &v], move |dout| {
+        let dout = float_input(op, dout)?;
         let (dq, dk, dv) = on_device(
             "flash_attention_backward",
             dout.device(),
@@ -282,7 +300,8 @@ fn cpu_backward(
 }
 
 /// Uniform parameters shared by the kernels (see Params in the WGSL): sizes, then element
-/// offsets of q, k, v, dO, LSE, aux (binding order: aux before LSE), and where the second output starts in `out`.
+/// offsets of q, k, v, dO, LSE, aux (binding order: aux before LSE), where the second output starts
+/// in `out`, and the layout's strides.
 fn params(a: &AttnDims, causal: bool, offs: [usize; 7]) -> Vec<u32> {
     let scale = 1.0 / (a.d as f32).sqrt();
     let mut p = vec![
@@ -297,6 +316,12 @@ fn params(a: &AttnDims, causal: bool, offs: [usize; 7]) -> Vec<u32> {
         scale.to_bits(),
     ];
     p.extend(offs.map(|o| o as u32));
+    // Head and position strides of q-shaped and kv-shaped tensors.
+    let ((q_hs, q_rs), (kv_hs, kv_rs)) = match a.bthd {
+        true => ((a.d, a.hq * a.d), (a.d, a.hkv * a.d)),
+        false => ((a.tq * a.d, a.d), (a.tk * a.d, a.d)),
+    };
+    p.extend([q_hs, q_rs, kv_hs, kv_rs].map(|s| s as u32));
     p
 }
 

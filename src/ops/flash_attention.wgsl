@@ -22,14 +22,18 @@ struct Params {
     lse_off: u32,
     aux_off: u32,
     out2: u32,      // where the second output starts in out: LSE after O, delta after dQ, dV after dK
+    q_hs: u32,      // element strides between heads and between positions of q, dO, O, dQ:
+    q_rs: u32,      // [B, H, T, D]: T·D and D; [B, T, H, D]: D and H·D
+    kv_hs: u32,     // the same for k, v, dK, dV
+    kv_rs: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;     // [B, Hq, Tq, D]
-@group(0) @binding(2) var<storage, read> k: array<f32>;     // [B, Hkv, Tk, D]
-@group(0) @binding(3) var<storage, read> v: array<f32>;     // [B, Hkv, Tk, D]
+@group(0) @binding(1) var<storage, read> q: array<f32>;     // [B, Hq, Tq, D] or [B, Tq, Hq, D]
+@group(0) @binding(2) var<storage, read> k: array<f32>;     // [B, Hkv, Tk, D] or [B, Tk, Hkv, D]
+@group(0) @binding(3) var<storage, read> v: array<f32>;     // as k
 @group(0) @binding(4) var<storage, read_write> out: array<f32>; // O+LSE, dQ+delta, or dK+dV
-@group(0) @binding(5) var<storage, read> dout: array<f32>;  // [B, Hq, Tq, D] (backward)
+@group(0) @binding(5) var<storage, read> dout: array<f32>;  // as q (backward)
 @group(0) @binding(6) var<storage, read> aux: array<f32>;   // O for dQ, delta [B, Hq, Tq] for dK/dV
 @group(0) @binding(7) var<storage, read> lse: array<f32>;   // [B, Hq, Tq] (backward)
 
@@ -111,14 +115,15 @@ fn load_row(which: u32, at: u32, live: bool, scale: f32) -> Row {
     return r;
 }
 
-// Stages `rows` rows of input `which` from element `at` into the tile at `base`, zero-padded.
-fn stage(which: u32, at: u32, rows: u32, base: u32, lid: u32) {
+// Stages `rows` rows of input `which`, `rs` elements apart from element `at`, into the tile at
+// `base`, zero-padded.
+fn stage(which: u32, at: u32, rs: u32, rows: u32, base: u32, lid: u32) {
     for (var e = lid; e < TR * DV; e += WG) {
         let r = e / DV;
         var x = vec4<f32>();
         for (var i = 0u; i < 4u; i++) {
             let c = (e % DV) * 4u + i;
-            if r < rows && c < p.d { x[i] = elem(which, at + r * p.d + c); }
+            if r < rows && c < p.d { x[i] = elem(which, at + r * rs + c); }
         }
         tiles[base + e] = x;
     }
@@ -202,9 +207,13 @@ fn first_query(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return (nwg.x - 1u - wid.x) * WG;
 }
 
-// Element offset of the kv head that query head h of batch b reads.
-fn kv_base(b: u32, h: u32) -> u32 {
-    return (b * p.hkv + h / (p.hq / p.hkv)) * p.tk * p.d;
+// Element offsets of row t of query head h, and of row j of kv head h, in batch b.
+fn q_at(b: u32, h: u32, t: u32) -> u32 {
+    return b * p.hq * p.tq * p.d + h * p.q_hs + t * p.q_rs;
+}
+
+fn kv_at(b: u32, h: u32, j: u32) -> u32 {
+    return b * p.hkv * p.tk * p.d + h * p.kv_hs + j * p.kv_rs;
 }
 
 // Forward: workgroup (WG queries, head, batch); O and the log-sum-exp per query.
@@ -214,17 +223,17 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let t0 = first_query(wid, nwg);
     let t = t0 + lid;
     let live = t < p.tq;
-    let row = (wid.z * p.hq + wid.y) * p.tq + t;
-    let kv = kv_base(wid.z, wid.y);
-    let qr = load_row(Q, row * p.d, live, p.scale);
+    let row = (wid.z * p.hq + wid.y) * p.tq + t; // of LSE
+    let kv = kv_at(wid.z, wid.y / (p.hq / p.hkv), 0u);
+    let qr = load_row(Q, q_at(wid.z, wid.y, t), live, p.scale);
     var o: Row;
     var m = NEG;
     var l = 0.0;
     let my_end = select(0u, key_end(t + 1u), live);
     for (var k0 = 0u; k0 < key_end(min(p.tq, t0 + WG)); k0 += TR) {
         workgroupBarrier(); // the previous tiles are read
-        stage(K, kv + k0 * p.d, min(TR, p.tk - k0), 0u, lid);
-        stage(V, kv + k0 * p.d, min(TR, p.tk - k0), B_TILE, lid);
+        stage(K, kv + k0 * p.kv_rs, p.kv_rs, min(TR, p.tk - k0), 0u, lid);
+        stage(V, kv + k0 * p.kv_rs, p.kv_rs, min(TR, p.tk - k0), B_TILE, lid);
         workgroupBarrier();
         for (var j = 0u; j < min(TR, max(my_end, k0) - k0); j++) {
             let s = dot_row(qr, j * DV);
@@ -240,7 +249,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         }
     }
     if live {
-        store_row(o, row * p.d, 1.0 / l);
+        store_row(o, q_at(wid.z, wid.y, t), 1.0 / l);
         out[p.out2 + row] = m + log(l);
     }
 }
@@ -253,11 +262,12 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let t0 = first_query(wid, nwg);
     let t = t0 + lid;
     let live = t < p.tq;
-    let row = (wid.z * p.hq + wid.y) * p.tq + t;
-    let kv = kv_base(wid.z, wid.y);
-    let qr = load_row(Q, row * p.d, live, p.scale);
-    let dr = load_row(DO, row * p.d, live, 1.0);
-    let delta = dot_rows(dr, load_row(AUX, row * p.d, live, 1.0));
+    let row = (wid.z * p.hq + wid.y) * p.tq + t; // of LSE and delta
+    let at = q_at(wid.z, wid.y, t);
+    let kv = kv_at(wid.z, wid.y / (p.hq / p.hkv), 0u);
+    let qr = load_row(Q, at, live, p.scale);
+    let dr = load_row(DO, at, live, 1.0);
+    let delta = dot_rows(dr, load_row(AUX, at, live, 1.0));
     var ls = 0.0;
     if live {
         out[p.out2 + row] = delta;
@@ -267,8 +277,8 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let my_end = select(0u, key_end(t + 1u), live);
     for (var k0 = 0u; k0 < key_end(min(p.tq, t0 + WG)); k0 += TR) {
         workgroupBarrier();
-        stage(K, kv + k0 * p.d, min(TR, p.tk - k0), 0u, lid);
-        stage(V, kv + k0 * p.d, min(TR, p.tk - k0), B_TILE, lid);
+        stage(K, kv + k0 * p.kv_rs, p.kv_rs, min(TR, p.tk - k0), 0u, lid);
+        stage(V, kv + k0 * p.kv_rs, p.kv_rs, min(TR, p.tk - k0), B_TILE, lid);
         workgroupBarrier();
         for (var j = 0u; j < min(TR, max(my_end, k0) - k0); j++) {
             let pj = exp(dot_row(qr, j * DV) - ls);
@@ -276,7 +286,7 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             dq = axpy_row(dq, ds, j * DV);
         }
     }
-    if live { store_row(dq, row * p.d, p.scale); }
+    if live { store_row(dq, at, p.scale); }
 }
 
 // dK = scale · Σ_t dS_t Q_t and dV = Σ_t P_t dO_t over the queries of every query head of the
@@ -289,9 +299,9 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let j0 = wid.x * WG;
     let j = j0 + lid;
     let live = j < p.tk;
-    let kvrow = (wid.z * p.hkv + kvh) * p.tk + j;
-    let kr = load_row(K, kvrow * p.d, live, p.scale);
-    let vr = load_row(V, kvrow * p.d, live && !is_dv, 1.0);
+    let at = kv_at(wid.z, kvh, j);
+    let kr = load_row(K, at, live, p.scale);
+    let vr = load_row(V, at, live && !is_dv, 1.0);
     var g: Row;
     // The first query that sees key j (and key j0, for the workgroup).
     var t_first = 0u;
@@ -301,12 +311,13 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         if live { my_first = max(j, p.shift) - p.shift; }
     }
     for (var hh = 0u; hh < group; hh++) {
-        let qrow0 = (wid.z * p.hq + kvh * group + hh) * p.tq;
+        let h = kvh * group + hh;
+        let qrow0 = (wid.z * p.hq + h) * p.tq; // of LSE and delta
         for (var t0 = t_first; t0 < p.tq; t0 += TR) {
             let rows = min(TR, p.tq - t0);
             workgroupBarrier();
-            stage(Q, (qrow0 + t0) * p.d, rows, 0u, lid);
-            stage(DO, (qrow0 + t0) * p.d, rows, B_TILE, lid);
+            stage(Q, q_at(wid.z, h, t0), p.q_rs, rows, 0u, lid);
+            stage(DO, q_at(wid.z, h, t0), p.q_rs, rows, B_TILE, lid);
             for (var i = lid; i < rows; i += WG) {
                 tile_lse[i] = lse[p.lse_off + qrow0 + t0 + i];
                 tile_delta[i] = aux[p.aux_off + qrow0 + t0 + i];
@@ -325,9 +336,9 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     }
     if live {
         if is_dv {
-            store_row(g, p.out2 + kvrow * p.d, 1.0);
+            store_row(g, p.out2 + at, 1.0);
         } else {
-            store_row(g, kvrow * p.d, p.scale);
+            store_row(g, at, p.scale);
         }
     }
 }

@@ -22,7 +22,7 @@ pub use cross_entropy::{cross_entropy, fused_linear_cross_entropy, fused_linear_
 pub use dropout::dropout;
 pub use elementwise::{add, div, exp, gelu, log, mul, neg, relu, rsqrt, scale, silu, sqrt, sub};
 pub use embedding::embedding;
-pub use flash_attention::flash_attention;
+pub use flash_attention::{flash_attention, flash_attention_bthd};
 pub use layout::{concat, permute, slice, transpose};
 pub use matmul::{coop_matmul_supported, matmul, matmul_precision, matmul_t, set_matmul_precision, MatmulPrecision};
 pub use reduce::{max, max_all, mean, mean_all, sum, sum_all, sum_rows};
