@@ -1,7 +1,10 @@
 //! Matmul kernel lab: times WGSL matmul variants read at run time (so they can be edited on a
 //! machine without Rust), with and without wgpu's bounds checks, checked against an f64 reference.
 //! Kernels: src/ops/matmul.wgsl and every dev/lab/*.wgsl with the same Params and entry points.
-//! `cargo run --release --example matmul_lab -- [SHAPE ...]`, SHAPE = MxNxK[:nn|nt|tn|tt][:splits].
+//! `cargo run --release --example matmul_lab -- [SHAPE ...]`, SHAPE = MxNxK[xBATCH][:nn|nt|tn|tt][:splits].
+//! A kernel whose output tile is not 128×128 says so in a line `// lab: tile 128x256` (rows × columns).
+//! A batch runs B products with their own A and B; outputs are all checked when the product is small.
+//! LAB_DIR=dir reads the variants from another folder; LAB_REPS=1 for a correctness run on lavapipe.
 
 use irontensor::device::gpu;
 use std::time::Instant;
@@ -10,6 +13,7 @@ struct Shape {
     m: usize,
     n: usize,
     k: usize,
+    batch: usize,
     ta: bool,
     tb: bool,
     splits: usize,
@@ -20,7 +24,8 @@ fn parse(s: &str) -> Shape {
     let d: Vec<usize> = parts.next().unwrap().split('x').map(|v| v.parse().unwrap()).collect();
     let t = parts.next().unwrap_or("nn").as_bytes().to_vec();
     let splits = parts.next().map_or(1, |v| v.parse().unwrap());
-    Shape { m: d[0], n: d[1], k: d[2], ta: t[0] == b't', tb: t[1] == b't', splits }
+    let batch = d.get(3).copied().unwrap_or(1);
+    Shape { m: d[0], n: d[1], k: d[2], batch, ta: t[0] == b't', tb: t[1] == b't', splits }
 }
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -53,6 +58,7 @@ fn main() {
     for file in &files {
         let src = std::fs::read_to_string(file).unwrap();
         let split_k = src.contains("splits: u32");
+        let tile = tile(&src);
         for checked in [true, false] {
             let desc =
                 wgpu::ShaderModuleDescriptor { label: None, source: wgpu::ShaderSource::Wgsl(src.clone().into()) };
@@ -67,15 +73,24 @@ fn main() {
                     continue;
                 }
                 let entry = format!("matmul_{}{}", if s.ta { "t" } else { "n" }, if s.tb { "t" } else { "n" });
-                let (ms, err) = run(dev, &ctx.queue, &module, &entry, s, split_k);
-                let gflops = 2.0 * (s.m * s.n * s.k) as f64 / ms / 1e6;
+                let (ms, err) = run(dev, &ctx.queue, &module, &entry, s, split_k, tile);
+                let gflops = 2.0 * (s.batch * s.m * s.n * s.k) as f64 / ms / 1e6;
                 println!(
-                    "{file} checks={checked} {}x{}x{} {entry} splits={}: {ms:.3} ms {gflops:.0} GFLOP/s max_err={err:.2e}",
-                    s.m, s.n, s.k, s.splits
+                    "{file} checks={checked} {}x{}x{}x{} {entry} splits={}: {ms:.3} ms {gflops:.0} GFLOP/s max_err={err:.2e}",
+                    s.m, s.n, s.k, s.batch, s.splits
                 );
             }
         }
     }
+}
+
+/// The output tile (rows, columns) from a `// lab: tile RxC` line, else 128×128.
+fn tile(src: &str) -> (usize, usize) {
+    let line = src.lines().find_map(|l| l.trim().strip_prefix("// lab: tile "));
+    line.map_or((128, 128), |l| {
+        let d: Vec<usize> = l.split_whitespace().next().unwrap().split('x').map(|v| v.parse().unwrap()).collect();
+        (d[0], d[1])
+    })
 }
 
 fn buffer<T: bytemuck::Pod>(dev: &wgpu::Device, data: &[T], usage: wgpu::BufferUsages) -> wgpu::Buffer {
@@ -105,17 +120,22 @@ fn run(
     entry: &str,
     s: &Shape,
     split_k: bool,
+    tile: (usize, usize),
 ) -> (f64, f64) {
-    let (m, n, k) = (s.m, s.n, s.k);
-    let a = random(m * k, 1);
-    let b = random(k * n, 2);
+    let (m, n, k, batch) = (s.m, s.n, s.k, s.batch);
+    let a = random(batch * m * k, 1);
+    let b = random(batch * k * n, 2);
     let storage = wgpu::BufferUsages::STORAGE;
-    let (ab, bb) = (buffer(dev, &a, storage), buffer(dev, &b, storage));
-    let cb = buffer(dev, &vec![0.0; m * n * s.splits], storage);
+    // Buffers are read as vec4s: pad them to a multiple of 4 with NaN, which no correct read touches.
+    let padded = |v: &[f32]| [v, &[f32::NAN; 3][..(4 - v.len() % 4) % 4]].concat();
+    let (ab, bb) = (buffer(dev, &padded(&a), storage), buffer(dev, &padded(&b), storage));
+    let cb = buffer(dev, &padded(&vec![0.0; batch * m * n * s.splits]), storage);
     let ks = k.div_ceil(s.splits).div_ceil(8) * 8;
-    let mut params = vec![m as u32, n as u32, k as u32, 0, 0, 0, 0];
+    let (a_bs, b_bs) = if batch > 1 { (m * k, k * n) } else { (0, 0) };
+    let mut params = [m, n, k, 0, 0, a_bs, b_bs].map(|v| v as u32).to_vec();
     if split_k {
-        params.extend([s.splits as u32, ks as u32, 1]);
+        let aligned = [m, n, k].iter().all(|v| v % 4 == 0);
+        params.extend([s.splits as u32, ks as u32, aligned as u32]);
     }
     let pb = buffer::<u32>(dev, &params, wgpu::BufferUsages::UNIFORM);
     let pipe = |e: &str| {
@@ -134,7 +154,7 @@ fn run(
         layout: &mm.get_bind_group_layout(0),
         entries: &entries(&[(0, &pb), (1, &ab), (2, &bb), (3, &cb)]),
     });
-    let groups = [n.div_ceil(128) as u32, m.div_ceil(128) as u32, s.splits as u32];
+    let groups = [n.div_ceil(tile.1) as u32, m.div_ceil(tile.0) as u32, (s.splits * batch) as u32];
     let record = |enc: &mut wgpu::CommandEncoder| pass(enc, &mm, &mm_bind, groups);
     let go = |reps: usize| {
         let mut enc = dev.create_command_encoder(&Default::default());
@@ -147,11 +167,13 @@ fn run(
         t.elapsed().as_secs_f64()
     };
     go(1);
-    let flops = 2.0 * (m * n * k) as f64;
-    let reps = ((2e12 / flops) as usize).clamp(3, 200);
+    let flops = 2.0 * (batch * m * n * k) as f64;
+    // LAB_REPS=1 keeps a correctness run on a slow adapter (lavapipe) short.
+    let reps = std::env::var("LAB_REPS").map_or(((2e12 / flops) as usize).clamp(3, 200), |v| v.parse().unwrap());
     let ms = (0..3).map(|_| go(reps) / reps as f64 * 1e3).fold(f64::MAX, f64::min);
-    // Check 64 sampled outputs (the split-K slices summed here) against an f64 reference.
-    let size = (m * n * s.splits * 4) as u64;
+    // Check every output of a small product, else 64 samples (the split-K slices summed here),
+    // against an f64 reference. Any NaN makes the reported error NaN.
+    let size = (batch * m * n * s.splits * 4) as u64;
     let staging = dev.create_buffer(&wgpu::BufferDescriptor {
         label: None,
         size,
@@ -164,19 +186,30 @@ fn run(
     staging.slice(..).map_async(wgpu::MapMode::Read, |_| {});
     dev.poll(wgpu::PollType::wait_indefinitely()).unwrap();
     let parts: Vec<f32> = bytemuck::cast_slice(&staging.slice(..).get_mapped_range().unwrap()).to_vec();
-    let got: Vec<f32> = (0..m * n).map(|i| (0..s.splits).map(|p| parts[p * m * n + i]).sum()).collect();
+    let size = batch * m * n;
+    let got: Vec<f32> = (0..size).map(|i| (0..s.splits).map(|p| parts[p * size + i]).sum()).collect();
     let mut err = 0.0f64;
     let mut r = irontensor::rng::Rng::new(3);
-    for t in 0..64 {
-        let (i, j) =
-            if t < 2 { (t * (m - 1), t * (n - 1)) } else { (r.below(m as u64) as usize, r.below(n as u64) as usize) };
+    let all = size * k <= 1 << 27;
+    for t in 0..if all { size } else { 64 } {
+        let (bi, i, j) = if all {
+            (t / (m * n), t / n % m, t % n)
+        } else if t < 2 {
+            (t * (batch - 1), t * (m - 1), t * (n - 1))
+        } else {
+            (r.below(batch as u64) as usize, r.below(m as u64) as usize, r.below(n as u64) as usize)
+        };
+        let (a, b) = (&a[bi * m * k..], &b[bi * k * n..]);
         let mut want = 0.0f64;
         for p in 0..k {
             let av = if s.ta { a[p * m + i] } else { a[i * k + p] };
             let bv = if s.tb { b[j * k + p] } else { b[p * n + j] };
             want += av as f64 * bv as f64;
         }
-        err = err.max((got[i * n + j] as f64 - want).abs() / (1.0 + want.abs()));
+        let e = (got[(bi * m + i) * n + j] as f64 - want).abs() / (1.0 + want.abs());
+        if e.is_nan() || e > err {
+            err = e;
+        }
     }
     (ms, err)
 }

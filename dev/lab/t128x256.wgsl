@@ -1,0 +1,268 @@
+// lab: tile 128x256 threads 256
+// Variant (a) of src/ops/matmul.wgsl (same Params, bindings, entry points and results): a 128×256
+// tile of C per workgroup of 256 threads, 8×16 outputs per thread, K in steps of 8, one shared
+// buffer (two barriers a step), the next step's tiles prefetched into registers.
+// The k loop is written out: `fma_k(0u)` .. `fma_k(7u)` on accumulators in `var<private>`. A WGSL
+// loop gets wgpu's loop bounding (a 64-bit counter and an extra exit) when checks are on, which
+// we suspect keeps the driver from unrolling it (checks off, the loop is plain). With constant k
+// every shared read has a constant row, and only the per-thread column is clamped (once).
+// Expected on the H100: ~128 accumulators + 12 prefetch + 24 fragment + ~15 address registers ≈
+// 180 per thread, so 1 workgroup (8 warps) per SM (2 would need 92K of the 64K registers);
+// shared memory 12.25 KiB. Per k each thread reads 6 vec4s from shared memory for 128 FMAs. With
+// one workgroup per SM the two barriers a step stall the whole SM: the cost this variant pays
+// and (c) removes. Tile waste: N = 384 runs 2 column tiles for 1.5 (25% idle).
+// If adopted: TILE in matmul.rs becomes (128, 256).
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    a_off: u32, // element offsets
+    b_off: u32,
+    a_bs: u32, // batch strides in elements (0 = shared across the batch)
+    b_bs: u32,
+    splits: u32,
+    ks: u32, // K per split, a multiple of 8
+    aligned: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> c: array<vec4<f32>>;
+
+const BM: u32 = 128u;
+const BN: u32 = 256u;
+const BK: u32 = 8u;
+
+// k-major tiles As[k][m / 4], Bs[k][n / 4], each row padded by one vec4 so the transposing
+// scalar stores of a K-contiguous operand hit distinct banks.
+var<workgroup> As: array<array<vec4<f32>, 33>, 8>;
+var<workgroup> Bs: array<array<vec4<f32>, 65>, 8>;
+
+// cR_J: row 4·ty + 64·(R / 4) + R % 4 of the tile, columns 4·tx + 64·J .. +3.
+var<private> c0_0: vec4<f32>; var<private> c0_1: vec4<f32>; var<private> c0_2: vec4<f32>; var<private> c0_3: vec4<f32>;
+var<private> c1_0: vec4<f32>; var<private> c1_1: vec4<f32>; var<private> c1_2: vec4<f32>; var<private> c1_3: vec4<f32>;
+var<private> c2_0: vec4<f32>; var<private> c2_1: vec4<f32>; var<private> c2_2: vec4<f32>; var<private> c2_3: vec4<f32>;
+var<private> c3_0: vec4<f32>; var<private> c3_1: vec4<f32>; var<private> c3_2: vec4<f32>; var<private> c3_3: vec4<f32>;
+var<private> c4_0: vec4<f32>; var<private> c4_1: vec4<f32>; var<private> c4_2: vec4<f32>; var<private> c4_3: vec4<f32>;
+var<private> c5_0: vec4<f32>; var<private> c5_1: vec4<f32>; var<private> c5_2: vec4<f32>; var<private> c5_3: vec4<f32>;
+var<private> c6_0: vec4<f32>; var<private> c6_1: vec4<f32>; var<private> c6_2: vec4<f32>; var<private> c6_3: vec4<f32>;
+var<private> c7_0: vec4<f32>; var<private> c7_1: vec4<f32>; var<private> c7_2: vec4<f32>; var<private> c7_3: vec4<f32>;
+
+// How many of the 4 contiguous elements of a load lie inside the matrix. `kc`: they run along K
+// from k, in row mn; else along M (or N) from mn, in K row k.
+fn count(kc: bool, k: u32, k_end: u32, mn: u32, mn_size: u32) -> u32 {
+    if kc {
+        return select(0u, min(k_end - min(k, k_end), 4u), mn < mn_size);
+    }
+    return select(0u, min(mn_size - min(mn, mn_size), 4u), k < k_end);
+}
+
+fn elem_a(i: u32) -> f32 {
+    return a[i / 4u][i % 4u];
+}
+
+fn elem_b(i: u32) -> f32 {
+    return b[i / 4u][i % 4u];
+}
+
+// Elements at..at+3 of A (or B), the first n of them (the rest read as zero). When aligned, n is 0 or 4.
+fn read_a(at: u32, n: u32) -> vec4<f32> {
+    var v = vec4<f32>();
+    if p.aligned == 1u {
+        if n != 0u {
+            v = a[at / 4u];
+        }
+        return v;
+    }
+    if n > 0u { v.x = elem_a(at); }
+    if n > 1u { v.y = elem_a(at + 1u); }
+    if n > 2u { v.z = elem_a(at + 2u); }
+    if n > 3u { v.w = elem_a(at + 3u); }
+    return v;
+}
+
+fn read_b(at: u32, n: u32) -> vec4<f32> {
+    var v = vec4<f32>();
+    if p.aligned == 1u {
+        if n != 0u {
+            v = b[at / 4u];
+        }
+        return v;
+    }
+    if n > 0u { v.x = elem_b(at); }
+    if n > 1u { v.y = elem_b(at + 1u); }
+    if n > 2u { v.z = elem_b(at + 2u); }
+    if n > 3u { v.w = elem_b(at + 3u); }
+    return v;
+}
+
+// Tile stores. A K-contiguous load (kc) of row r, k..k+3 is transposed into 4 scalar stores;
+// otherwise a load of K row k, columns 4·q..4·q+3, is one vec4 store.
+fn store_a(v: vec4<f32>, kc: bool, k: u32, r: u32) {
+    if kc {
+        As[k][r / 4u][r % 4u] = v.x;
+        As[k + 1u][r / 4u][r % 4u] = v.y;
+        As[k + 2u][r / 4u][r % 4u] = v.z;
+        As[k + 3u][r / 4u][r % 4u] = v.w;
+    } else {
+        As[k][r / 4u] = v;
+    }
+}
+
+fn store_b(v: vec4<f32>, kc: bool, k: u32, r: u32) {
+    if kc {
+        Bs[k][r / 4u][r % 4u] = v.x;
+        Bs[k + 1u][r / 4u][r % 4u] = v.y;
+        Bs[k + 2u][r / 4u][r % 4u] = v.z;
+        Bs[k + 3u][r / 4u][r % 4u] = v.w;
+    } else {
+        Bs[k][r / 4u] = v;
+    }
+}
+
+// One k of the tile: 2 + 4 vec4 reads, 128 FMAs. Called with constant kk.
+fn fma_k(kk: u32, ty: u32, tx: u32) {
+    let a0 = As[kk][ty];
+    let a1 = As[kk][ty + 16u];
+    let b0 = Bs[kk][tx];
+    let b1 = Bs[kk][tx + 16u];
+    let b2 = Bs[kk][tx + 32u];
+    let b3 = Bs[kk][tx + 48u];
+    c0_0 += a0.x * b0; c0_1 += a0.x * b1; c0_2 += a0.x * b2; c0_3 += a0.x * b3;
+    c1_0 += a0.y * b0; c1_1 += a0.y * b1; c1_2 += a0.y * b2; c1_3 += a0.y * b3;
+    c2_0 += a0.z * b0; c2_1 += a0.z * b1; c2_2 += a0.z * b2; c2_3 += a0.z * b3;
+    c3_0 += a0.w * b0; c3_1 += a0.w * b1; c3_2 += a0.w * b2; c3_3 += a0.w * b3;
+    c4_0 += a1.x * b0; c4_1 += a1.x * b1; c4_2 += a1.x * b2; c4_3 += a1.x * b3;
+    c5_0 += a1.y * b0; c5_1 += a1.y * b1; c5_2 += a1.y * b2; c5_3 += a1.y * b3;
+    c6_0 += a1.z * b0; c6_1 += a1.z * b1; c6_2 += a1.z * b2; c6_3 += a1.z * b3;
+    c7_0 += a1.w * b0; c7_1 += a1.w * b1; c7_2 += a1.w * b2; c7_3 += a1.w * b3;
+}
+
+// Columns col..col+3 of C's row `row` (offset `at`), those inside C.
+fn write_c(at: u32, row: u32, col: u32, v: vec4<f32>) {
+    if row >= p.m || col >= p.n {
+        return;
+    }
+    if p.aligned == 1u {
+        c[at / 4u] = v;
+        return;
+    }
+    c[at / 4u][at % 4u] = v.x;
+    if col + 1u < p.n { c[(at + 1u) / 4u][(at + 1u) % 4u] = v.y; }
+    if col + 2u < p.n { c[(at + 2u) / 4u][(at + 2u) % 4u] = v.z; }
+    if col + 3u < p.n { c[(at + 3u) / 4u][(at + 3u) % 4u] = v.w; }
+}
+
+// Row `row` of C: columns col + 64·J .. +3 from vJ.
+fn store_row(base: u32, row: u32, col: u32, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>) {
+    let at = base + row * p.n + col;
+    write_c(at, row, col, v0);
+    write_c(at + 64u, row, col + 64u, v1);
+    write_c(at + 128u, row, col + 128u, v2);
+    write_c(at + 192u, row, col + 192u, v3);
+}
+
+fn gemm(wid: vec3<u32>, nz: u32, li: u32, ta: bool, tb: bool) {
+    let tx = li % 16u;
+    let ty = li / 16u;
+    let m0 = wid.y * BM;
+    let n0 = wid.x * BN;
+    // Workgroup z = split · products + product; each writes its own [M, N] slice of C.
+    let products = nz / p.splits;
+    let batch = wid.z % products;
+    let a_base = p.a_off + batch * p.a_bs;
+    let b_base = p.b_off + batch * p.b_bs;
+    let k_begin = (wid.z / products) * p.ks;
+    let k_end = max(k_begin, min(p.k, k_begin + p.ks));
+    // All of this workgroup's outputs lie inside C (uniform across the workgroup).
+    let inside = m0 + BM <= p.m && n0 + BN <= p.n;
+    let steps = (k_end - k_begin + BK - 1u) / BK;
+    let full_steps = (k_end - k_begin) / BK;
+
+    // This thread's loads, as (k, row or column) inside the tile, and their element offsets.
+    // A: 1 vec4 a step. [M, K]: row li / 2, k 4·(li % 2); [K, M]: k li / 32, rows 4·(li % 32)..
+    let a_kc = !ta;
+    let ak = select(li / 32u, 4u * (li % 2u), a_kc);
+    let am = select(4u * (li % 32u), li / 2u, a_kc);
+    var a_at = a_base + select((k_begin + ak) * p.m + m0 + am, (m0 + am) * p.k + k_begin + ak, a_kc);
+    let a_step = select(BK * p.m, BK, a_kc);
+    // B: 2 vec4s a step. [N, K]: column li / 2 (+128), k 4·(li % 2); [K, N]: k li / 64 (+4),
+    // columns 4·(li % 64)..
+    let b_kc = tb;
+    let bk = select(li / 64u, 4u * (li % 2u), b_kc);
+    let bn = select(4u * (li % 64u), li / 2u, b_kc);
+    var b_at = b_base + select((k_begin + bk) * p.n + n0 + bn, (n0 + bn) * p.k + k_begin + bk, b_kc);
+    let b_step = select(BK * p.n, BK, b_kc);
+    let bk1 = bk + select(4u, 0u, b_kc); // the second load
+    let bn1 = bn + select(0u, 128u, b_kc);
+    let b_at1 = select(4u * p.n, 128u * p.k, b_kc);
+
+    // The next step's tiles wait in registers while this step computes.
+    var k0 = k_begin;
+    var check = !inside || full_steps == 0u;
+    var ra = read_a(a_at, select(4u, count(a_kc, k0 + ak, k_end, m0 + am, p.m), check));
+    var rb0 = read_b(b_at, select(4u, count(b_kc, k0 + bk, k_end, n0 + bn, p.n), check));
+    var rb1 = read_b(b_at + b_at1, select(4u, count(b_kc, k0 + bk1, k_end, n0 + bn1, p.n), check));
+
+    for (var s = 0u; s < steps; s++) {
+        workgroupBarrier(); // the previous step's reads are done
+        store_a(ra, a_kc, ak, am);
+        store_b(rb0, b_kc, bk, bn);
+        store_b(rb1, b_kc, bk1, bn1);
+        workgroupBarrier();
+        if s + 1u < steps {
+            k0 += BK;
+            a_at += a_step;
+            b_at += b_step;
+            check = !inside || s + 1u >= full_steps;
+            ra = read_a(a_at, select(4u, count(a_kc, k0 + ak, k_end, m0 + am, p.m), check));
+            rb0 = read_b(b_at, select(4u, count(b_kc, k0 + bk, k_end, n0 + bn, p.n), check));
+            rb1 = read_b(b_at + b_at1, select(4u, count(b_kc, k0 + bk1, k_end, n0 + bn1, p.n), check));
+        }
+        fma_k(0u, ty, tx);
+        fma_k(1u, ty, tx);
+        fma_k(2u, ty, tx);
+        fma_k(3u, ty, tx);
+        fma_k(4u, ty, tx);
+        fma_k(5u, ty, tx);
+        fma_k(6u, ty, tx);
+        fma_k(7u, ty, tx);
+    }
+
+    let c_base = wid.z * p.m * p.n;
+    let row0 = m0 + 4u * ty;
+    let col0 = n0 + 4u * tx;
+    store_row(c_base, row0 + 0u, col0, c0_0, c0_1, c0_2, c0_3);
+    store_row(c_base, row0 + 1u, col0, c1_0, c1_1, c1_2, c1_3);
+    store_row(c_base, row0 + 2u, col0, c2_0, c2_1, c2_2, c2_3);
+    store_row(c_base, row0 + 3u, col0, c3_0, c3_1, c3_2, c3_3);
+    store_row(c_base, row0 + 64u, col0, c4_0, c4_1, c4_2, c4_3);
+    store_row(c_base, row0 + 65u, col0, c5_0, c5_1, c5_2, c5_3);
+    store_row(c_base, row0 + 66u, col0, c6_0, c6_1, c6_2, c6_3);
+    store_row(c_base, row0 + 67u, col0, c7_0, c7_1, c7_2, c7_3);
+}
+
+@compute @workgroup_size(256)
+fn matmul_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) li: u32) {
+    gemm(wid, nwg.z, li, false, false);
+}
+
+@compute @workgroup_size(256)
+fn matmul_tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) li: u32) {
+    gemm(wid, nwg.z, li, true, false);
+}
+
+@compute @workgroup_size(256)
+fn matmul_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) li: u32) {
+    gemm(wid, nwg.z, li, false, true);
+}
+
+@compute @workgroup_size(256)
+fn matmul_tt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) li: u32) {
+    gemm(wid, nwg.z, li, true, true);
+}
