@@ -1,5 +1,5 @@
-//! Batched matrix multiply with transpose flags: CPU through `gemm`, GPU through a register-blocked
-//! WGSL SGEMM, or (opt-in) f16 cooperative matrices.
+//! Batched matrix multiply with transpose flags: CPU through `gemm`, GPU through register-blocked
+//! WGSL SGEMMs (matmul.wgsl, matmul_wide.wgsl), or (opt-in) f16 cooperative matrices.
 
 use super::{float_input, on_device, same_device, sum_to};
 use crate::autograd::record;
@@ -8,10 +8,13 @@ use crate::{bail, Precision, Result, Tensor};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 pub(crate) static KERNEL: Kernel = Kernel { name: "matmul", source: include_str!("matmul.wgsl") };
+pub(crate) static WIDE_KERNEL: Kernel = Kernel { name: "matmul_wide", source: include_str!("matmul_wide.wgsl") };
 pub(crate) static COOP_KERNEL: Kernel = Kernel { name: "matmul_coop", source: include_str!("matmul_coop.wgsl") };
 
-/// Output tile of one workgroup, (rows, columns): the SGEMM's and the cooperative kernel's.
+/// Output tile of one workgroup, (rows, columns): the SGEMM's, the wide SGEMM's and the
+/// cooperative kernel's.
 const TILE: (usize, usize) = (128, 128);
+const WIDE_TILE: (usize, usize) = (128, 256);
 const COOP_TILE: (usize, usize) = (128, 256);
 
 /// How GPU matmuls multiply (the CPU always uses f32).
@@ -138,7 +141,13 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims) -> Result<Te
         }
         _ => (1, d.k.max(1)),
     };
-    let (tm, tn) = if coop { COOP_TILE } else { TILE };
+    // The wide kernel is the faster one where A is not transposed and K is not split.
+    let wide = !coop && !ta && splits == 1;
+    let (tm, tn) = match (coop, wide) {
+        (true, _) => COOP_TILE,
+        (_, true) => WIDE_TILE,
+        _ => TILE,
+    };
     let groups = [d.n.div_ceil(tn), d.m.div_ceil(tm), d.batch * splits];
     if groups.iter().any(|&g| g > 65535) {
         let (m, k, n, batch) = (d.m, d.k, d.n, d.batch);
@@ -160,7 +169,7 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims) -> Result<Te
         // One entry point per transpose combination, each compiled to its own addressing.
         let entry = [["matmul_nn", "matmul_nt"], ["matmul_tn", "matmul_tt"]][ta as usize][tb as usize];
         let params = [d.m, d.n, d.k, ao, bo, d.a_bs, d.b_bs, splits, ks, aligned as usize].map(|v| v as u32);
-        ctx.dispatch(&KERNEL, entry, &params, &buffers, groups);
+        ctx.dispatch(if wide { &WIDE_KERNEL } else { &KERNEL }, entry, &params, &buffers, groups);
     }
     let out = Tensor::from_gpu(out, &[splits, d.batch * d.m * d.n], Precision::FP32);
     if splits == 1 {

@@ -46,6 +46,7 @@ pub fn kernels() -> Vec<&'static Kernel> {
         &flash_attention::KERNEL_128,
         &layout::KERNEL,
         &matmul::KERNEL,
+        &matmul::WIDE_KERNEL,
         &matmul::COOP_KERNEL,
         &reduce::KERNEL,
         &rmsnorm::KERNEL,
