@@ -101,8 +101,9 @@ impl Case {
 
 fn sizes(device: Device) {
     let _lock = precision_lock();
-    // (M, N, K): 1, 7, 33, 65, 127, 129, 257 on every side; 128 and 256 fill whole 128×128 tiles,
-    // alone and with K not a multiple of the K step (13, 257).
+    // (M, N, K): 1, 7, 33, 65, 127, 129, 257 on every side; 128 and 256 fill whole 128×128 tiles
+    // (and 128×256 ones of the wide kernel), alone and with K not a multiple of the K steps of 8
+    // and 16 (13, 257, 9).
     let shapes = [
         (1, 1, 1),
         (1, 257, 33),
@@ -123,7 +124,7 @@ fn sizes(device: Device) {
             Case::new(m, n, k, t).check(device, (i * 4 + j) as u64);
         }
     }
-    // The largest GPU test shape: 4×4 tiles, all interior.
+    // The largest GPU test shape: 4×4 tiles (4×2 wide ones), all interior.
     Case::new(512, 512, 96, (false, true)).check(device, 99);
 }
 
