@@ -149,11 +149,17 @@ fn reductions(device: Device) {
         }
         .run(device, name);
     }
-    // Column sums: [R, C] -> [C].
-    let x = rand_vec(9 * 70, -1.0, 1.0, 11);
-    let t = Tensor::from_f32_on(&x, &[9, 70], device).unwrap();
-    let want: Vec<f64> = (0..70).map(|c| (0..9).map(|r| x[r * 70 + c] as f64).sum()).collect();
-    assert_close(&ops::sum_rows(&t).unwrap().to_vec(), &want, 1e-5, 1e-5, "sum_rows");
+    // Column sums: [R, C] -> [C], few rows (one pass on the GPU) and many (blocks of rows first),
+    // from an offset view; no rows gives zeros.
+    for (rows, cols) in [(9, 70), (1000, 3), (67, 129)] {
+        let x = rand_vec(5 + rows * cols, -1.0, 1.0, 11);
+        let t = Tensor::from_f32_on(&x, &[5 + rows * cols], device).unwrap();
+        let t = ops::slice(&t, 0, 5, rows * cols).unwrap().view(&[rows, cols]).unwrap();
+        let want: Vec<f64> = (0..cols).map(|c| (0..rows).map(|r| x[5 + r * cols + c] as f64).sum()).collect();
+        assert_close(&ops::sum_rows(&t).unwrap().to_vec(), &want, 1e-5, 1e-5, &format!("sum_rows {rows}×{cols}"));
+    }
+    let empty = Tensor::from_f32_on(&[], &[0, 4], device).unwrap();
+    assert_eq!(ops::sum_rows(&empty).unwrap().to_vec(), vec![0.0; 4]);
 }
 
 /// C[b] = op(A[b]) · op(B[b]) in f64; batch stride 0 means shared.

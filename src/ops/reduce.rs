@@ -202,11 +202,20 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
             Ok(Tensor::cpu_f32(out, &[cols]))
         },
         || {
+            // Many rows: first blocks of 32 rows in parallel, then the block sums.
             let ctx = gpu::context()?;
-            let out = ctx.alloc(cols as u64 * 4);
-            let params = [rows as u32, cols as u32, x.numel() as u32, x.offset() as u32, 0];
-            ctx.dispatch(&KERNEL, "col_sum", &params, &[x.gpu(), &out], grid_for(cols));
-            Ok(Tensor::from_gpu(out, &[cols], Precision::FP32))
+            let col_sum = |x: &Tensor, rows: usize, block: usize| {
+                let out_rows = rows.div_ceil(block).max(1);
+                let out = ctx.alloc((out_rows * cols) as u64 * 4);
+                let params = [rows as u32, cols as u32, x.numel() as u32, x.offset() as u32, 0, block as u32];
+                ctx.dispatch(&KERNEL, "col_sum", &params, &[x.gpu(), &out], grid_for(out_rows * cols));
+                Tensor::from_gpu(out, &[out_rows, cols], Precision::FP32)
+            };
+            let (x, rows) = match rows > 64 {
+                true => (col_sum(&x, rows, 32), rows.div_ceil(32)),
+                false => (x.clone(), rows),
+            };
+            col_sum(&x, rows, rows.max(1)).view(&[cols])
         },
     )
 }

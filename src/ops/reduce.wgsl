@@ -5,6 +5,7 @@ struct Params {
     n: u32,     // elements of x
     x_off: u32,
     scale: f32, // applied to sums (1/cols for a mean)
+    block: u32, // col_sum: rows summed into each output row
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -76,17 +77,21 @@ fn row_max(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
 }
 
-// out[c] = sum over rows of x[r, c]: one thread per column, rows in order.
+// Column sums of blocks of rows: out[b, c] = Σ x[r, c] over rows r of block b (p.block rows each),
+// in row order, one thread per (block, column).
 @compute @workgroup_size(256)
 fn col_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let c = row_of(wid, nwg) * 256u + lid;
-    if c >= p.cols { return; }
+    let i = row_of(wid, nwg) * 256u + lid;
+    let blocks = max(1u, (p.rows + p.block - 1u) / p.block); // no rows: one row of zeros
+    if i >= blocks * p.cols { return; }
+    let c = i % p.cols;
+    let r0 = i / p.cols * p.block;
     var acc = 0.0;
-    for (var r = 0u; r < p.rows; r++) {
+    for (var r = r0; r < min(r0 + p.block, p.rows); r++) {
         acc += x[p.x_off + r * p.cols + c];
     }
-    out[c] = acc;
+    out[i] = acc;
 }
 
 // Backward of row_sum: out[r, c] = x[r] * scale (x holds dy).
