@@ -1,8 +1,9 @@
 //! Matmul kernel lab: times WGSL matmul variants read at run time (so they can be edited on a
 //! machine without Rust), with and without wgpu's bounds checks, checked against an f64 reference.
-//! Kernels: src/ops/matmul.wgsl and every dev/lab/*.wgsl with the same Params and entry points.
+//! Kernels: src/ops/matmul.wgsl, src/ops/matmul_wide.wgsl and every dev/lab/*.wgsl with the same
+//! entry points, each after src/ops/matmul_common.wgsl (Params, bindings, reads and writes) unless
+//! it declares its own `struct Params`. The output tile comes from its `const BM` and `const BN`.
 //! `cargo run --release --example matmul_lab -- [SHAPE ...]`, SHAPE = MxNxK[xBATCH][:nn|nt|tn|tt][:splits].
-//! A kernel whose output tile is not 128×128 says so in a line `// lab: tile 128x256` (rows × columns).
 //! A batch runs B products with their own A and B; outputs are all checked when the product is small.
 //! LAB_DIR=dir reads the variants from another folder; LAB_REPS=1 for a correctness run on lavapipe.
 
@@ -53,10 +54,14 @@ fn main() {
         .filter(|p| p.ends_with(".wgsl"))
         .collect();
     files.sort();
-    files.insert(0, "src/ops/matmul.wgsl".into());
+    files.splice(0..0, ["src/ops/matmul.wgsl".to_string(), "src/ops/matmul_wide.wgsl".to_string()]);
+    let common = std::fs::read_to_string("src/ops/matmul_common.wgsl").unwrap();
     let dev = &ctx.device;
     for file in &files {
-        let src = std::fs::read_to_string(file).unwrap();
+        let mut src = std::fs::read_to_string(file).unwrap();
+        if !src.contains("struct Params") {
+            src = format!("{common}{src}");
+        }
         let split_k = src.contains("splits: u32");
         let tile = tile(&src);
         for checked in [true, false] {
@@ -84,13 +89,13 @@ fn main() {
     }
 }
 
-/// The output tile (rows, columns) from a `// lab: tile RxC` line, else 128×128.
+/// The output tile (rows, columns) from the kernel's `const BM` and `const BN`, else 128×128.
 fn tile(src: &str) -> (usize, usize) {
-    let line = src.lines().find_map(|l| l.trim().strip_prefix("// lab: tile "));
-    line.map_or((128, 128), |l| {
-        let d: Vec<usize> = l.split_whitespace().next().unwrap().split('x').map(|v| v.parse().unwrap()).collect();
-        (d[0], d[1])
-    })
+    let get = |name: &str| {
+        let line = src.lines().find_map(|l| l.trim().strip_prefix(&format!("const {name}: u32 = ")));
+        line.map_or(128, |v| v.trim_end_matches(';').trim_end_matches('u').parse().unwrap())
+    };
+    (get("BM"), get("BN"))
 }
 
 fn buffer<T: bytemuck::Pod>(dev: &wgpu::Device, data: &[T], usage: wgpu::BufferUsages) -> wgpu::Buffer {

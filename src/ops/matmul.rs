@@ -7,8 +7,12 @@ use crate::device::gpu::{self, Kernel};
 use crate::{bail, Precision, Result, Tensor};
 use std::sync::atomic::{AtomicU8, Ordering};
 
-pub(crate) static KERNEL: Kernel = Kernel { name: "matmul", source: include_str!("matmul.wgsl") };
-pub(crate) static WIDE_KERNEL: Kernel = Kernel { name: "matmul_wide", source: include_str!("matmul_wide.wgsl") };
+pub(crate) static KERNEL: Kernel =
+    Kernel { name: "matmul", source: concat!(include_str!("matmul_common.wgsl"), include_str!("matmul.wgsl")) };
+pub(crate) static WIDE_KERNEL: Kernel = Kernel {
+    name: "matmul_wide",
+    source: concat!(include_str!("matmul_common.wgsl"), include_str!("matmul_wide.wgsl")),
+};
 pub(crate) static COOP_KERNEL: Kernel = Kernel { name: "matmul_coop", source: include_str!("matmul_coop.wgsl") };
 
 /// Output tile of one workgroup, (rows, columns): the SGEMM's, the wide SGEMM's and the

@@ -6,24 +6,6 @@
 // 4096³ against matmul.wgsl's 32.8, and 5–12% more on the training shapes with A untransposed;
 // on transposed-A shapes (weight gradients) it was slower, so those stay with matmul.wgsl.
 // A split's K range (a multiple of 8) may end in a half step, which takes the checked loads.
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    a_off: u32, // element offsets
-    b_off: u32,
-    a_bs: u32, // batch strides in elements (0 = shared across the batch)
-    b_bs: u32,
-    splits: u32,
-    ks: u32, // K per split, a multiple of 8
-    aligned: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> c: array<vec4<f32>>;
-
 const BM: u32 = 128u;
 const BN: u32 = 256u;
 const BK: u32 = 16u;
@@ -42,54 +24,6 @@ var<private> c4_0: vec4<f32>; var<private> c4_1: vec4<f32>; var<private> c4_2: v
 var<private> c5_0: vec4<f32>; var<private> c5_1: vec4<f32>; var<private> c5_2: vec4<f32>; var<private> c5_3: vec4<f32>;
 var<private> c6_0: vec4<f32>; var<private> c6_1: vec4<f32>; var<private> c6_2: vec4<f32>; var<private> c6_3: vec4<f32>;
 var<private> c7_0: vec4<f32>; var<private> c7_1: vec4<f32>; var<private> c7_2: vec4<f32>; var<private> c7_3: vec4<f32>;
-
-// How many of the 4 contiguous elements of a load lie inside the matrix. `kc`: they run along K
-// from k, in row mn; else along M (or N) from mn, in K row k.
-fn count(kc: bool, k: u32, k_end: u32, mn: u32, mn_size: u32) -> u32 {
-    if kc {
-        return select(0u, min(k_end - min(k, k_end), 4u), mn < mn_size);
-    }
-    return select(0u, min(mn_size - min(mn, mn_size), 4u), k < k_end);
-}
-
-fn elem_a(i: u32) -> f32 {
-    return a[i / 4u][i % 4u];
-}
-
-fn elem_b(i: u32) -> f32 {
-    return b[i / 4u][i % 4u];
-}
-
-// Elements at..at+3 of A (or B), the first n of them (the rest read as zero). When aligned, n is 0 or 4.
-fn read_a(at: u32, n: u32) -> vec4<f32> {
-    var v = vec4<f32>();
-    if p.aligned == 1u {
-        if n != 0u {
-            v = a[at / 4u];
-        }
-        return v;
-    }
-    if n > 0u { v.x = elem_a(at); }
-    if n > 1u { v.y = elem_a(at + 1u); }
-    if n > 2u { v.z = elem_a(at + 2u); }
-    if n > 3u { v.w = elem_a(at + 3u); }
-    return v;
-}
-
-fn read_b(at: u32, n: u32) -> vec4<f32> {
-    var v = vec4<f32>();
-    if p.aligned == 1u {
-        if n != 0u {
-            v = b[at / 4u];
-        }
-        return v;
-    }
-    if n > 0u { v.x = elem_b(at); }
-    if n > 1u { v.y = elem_b(at + 1u); }
-    if n > 2u { v.z = elem_b(at + 2u); }
-    if n > 3u { v.w = elem_b(at + 3u); }
-    return v;
-}
 
 // Tile stores. A K-contiguous load (kc) of row r, k..k+3 is transposed into 4 scalar stores;
 // otherwise a load of K row k, columns 4·q..4·q+3, is one vec4 store.
@@ -131,21 +65,6 @@ fn fma_k(kk: u32, ty: u32, tx: u32) {
     c5_0 += a1.y * b0; c5_1 += a1.y * b1; c5_2 += a1.y * b2; c5_3 += a1.y * b3;
     c6_0 += a1.z * b0; c6_1 += a1.z * b1; c6_2 += a1.z * b2; c6_3 += a1.z * b3;
     c7_0 += a1.w * b0; c7_1 += a1.w * b1; c7_2 += a1.w * b2; c7_3 += a1.w * b3;
-}
-
-// Columns col..col+3 of C's row `row` (offset `at`), those inside C.
-fn write_c(at: u32, row: u32, col: u32, v: vec4<f32>) {
-    if row >= p.m || col >= p.n {
-        return;
-    }
-    if p.aligned == 1u {
-        c[at / 4u] = v;
-        return;
-    }
-    c[at / 4u][at % 4u] = v.x;
-    if col + 1u < p.n { c[(at + 1u) / 4u][(at + 1u) % 4u] = v.y; }
-    if col + 2u < p.n { c[(at + 2u) / 4u][(at + 2u) % 4u] = v.z; }
-    if col + 3u < p.n { c[(at + 3u) / 4u][(at + 3u) % 4u] = v.w; }
 }
 
 // Row `row` of C: columns col + 64·J .. +3 from vJ.
