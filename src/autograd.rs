@@ -4,7 +4,7 @@
 use crate::{bail, Result, Tensor};
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 type BackwardFn = dyn Fn(&[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> + Send + Sync;
 
@@ -12,10 +12,20 @@ type BackwardFn = dyn Fn(&[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> + Sen
 /// outputs' (most ops have one output; fused ops may have several).
 pub struct GradFn {
     op: &'static str,
-    inputs: Vec<Tensor>,
     outputs: usize,
+    /// Taken when the node runs, so that a backward pass frees what the forward saved as it
+    /// goes (as PyTorch does without `retain_graph`); a second pass over the graph is an error.
+    saved: Mutex<Option<Saved>>,
+}
+
+struct Saved {
+    inputs: Vec<Tensor>,
+    /// Holds the tensors the op saved for its backward.
     backward: Box<BackwardFn>,
 }
+
+const USED: &str = "backward: this graph was already used by a backward pass, which frees what the forward \
+                    saved; run the forward again";
 
 thread_local! {
     static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
@@ -77,9 +87,11 @@ pub fn record_multi<const N: usize>(
     }
     let node = Arc::new(GradFn {
         op,
-        inputs: inputs.iter().map(|t| (*t).clone()).collect(),
         outputs: N,
-        backward: Box::new(backward),
+        saved: Mutex::new(Some(Saved {
+            inputs: inputs.iter().map(|t| (*t).clone()).collect(),
+            backward: Box::new(backward),
+        })),
     });
     let mut k = 0;
     outs.map(|out| {
@@ -109,6 +121,7 @@ impl Tensor {
     }
 
     /// Gradients of this one-element tensor with respect to every leaf that requires grad.
+    /// The pass frees what the forward saved as it goes: run the forward again for another.
     pub fn backward(&self) -> Result<Gradients> {
         if self.numel() != 1 {
             bail!(
@@ -182,10 +195,12 @@ fn run_backward(root: &Tensor, dy: &Tensor, hook: LeafHook) -> Result<Gradients>
             continue;
         }
         stack.push((f.clone(), true));
-        for inp in f.inputs.iter().filter(|i| i.tracks_grad() && i.0.grad_fn.is_none()) {
+        let saved = f.saved.lock().unwrap();
+        let Some(saved) = saved.as_ref() else { bail!(Grad, "{USED}") };
+        for inp in saved.inputs.iter().filter(|i| i.tracks_grad() && i.0.grad_fn.is_none()) {
             *pending.entry(inp.id()).or_default() += 1;
         }
-        for inp in &f.inputs {
+        for inp in &saved.inputs {
             if let Some((g, _)) = &inp.0.grad_fn {
                 if !seen.contains(&(Arc::as_ptr(g) as usize)) {
                     stack.push((g.clone(), false));
@@ -196,12 +211,14 @@ fn run_backward(root: &Tensor, dy: &Tensor, hook: LeafHook) -> Result<Gradients>
     for f in order.iter().rev() {
         let id = Arc::as_ptr(f) as usize;
         let dys: Vec<Option<Tensor>> = (0..f.outputs).map(|k| grads.remove(&Slot::Output(id, k))).collect();
+        // Dropped at the end of this iteration: the node's saved tensors go with it.
+        let Some(Saved { inputs, backward }) = f.saved.lock().unwrap().take() else { bail!(Grad, "{USED}") };
         let input_grads = match dys.iter().all(Option::is_none) {
-            true => vec![None; f.inputs.len()],
-            false => (f.backward)(&dys)?,
+            true => vec![None; inputs.len()],
+            false => backward(&dys)?,
         };
-        debug_assert_eq!(input_grads.len(), f.inputs.len(), "{}: backward arity", f.op);
-        for (inp, ig) in f.inputs.iter().zip(input_grads) {
+        debug_assert_eq!(input_grads.len(), inputs.len(), "{}: backward arity", f.op);
+        for (inp, ig) in inputs.iter().zip(input_grads) {
             let Some(ig) = ig else { continue };
             if !inp.tracks_grad() {
                 continue;
@@ -221,7 +238,7 @@ fn run_backward(root: &Tensor, dy: &Tensor, hook: LeafHook) -> Result<Gradients>
             };
             grads.insert(slot(inp), acc);
         }
-        for inp in f.inputs.iter().filter(|i| i.tracks_grad() && i.0.grad_fn.is_none()) {
+        for inp in inputs.iter().filter(|i| i.tracks_grad() && i.0.grad_fn.is_none()) {
             let left = pending.get_mut(&inp.id()).expect("counted above");
             *left -= 1;
             if *left == 0 {

@@ -125,11 +125,14 @@ fn backward_hook(device: Device) {
         }
     };
     let (a, b, c) = (t(11, true), t(12, true), t(13, false));
-    let deep = ops::mul(&ops::exp(&ops::mul(&a, &c).unwrap()).unwrap(), &b).unwrap();
-    let loss = ops::add(&ops::sum_all(&deep).unwrap(), &ops::sum_all(&ops::mul(&a, &a).unwrap()).unwrap()).unwrap();
-    let plain = loss.backward().unwrap();
+    // Each backward pass frees its graph, so each gets its own forward.
+    let forward = || {
+        let deep = ops::mul(&ops::exp(&ops::mul(&a, &c).unwrap()).unwrap(), &b).unwrap();
+        ops::add(&ops::sum_all(&deep).unwrap(), &ops::sum_all(&ops::mul(&a, &a).unwrap()).unwrap()).unwrap()
+    };
+    let plain = forward().backward().unwrap();
     let mut seen: Vec<(u64, Vec<f32>)> = Vec::new();
-    let hooked = loss
+    let hooked = forward()
         .backward_with_hook(&mut |leaf, g| {
             seen.push((leaf.id(), g.to_vec()));
             Ok(())
@@ -146,11 +149,33 @@ fn backward_hook(device: Device) {
         assert_eq!(from_hook, &g.get(leaf).unwrap().to_vec());
     }
     // An error from the hook ends the backward pass with that error.
-    let err = loss.backward_with_hook(&mut |_, _| Err(irontensor::Error::Invalid("hook says no".into())));
+    let err = forward().backward_with_hook(&mut |_, _| Err(irontensor::Error::Invalid("hook says no".into())));
     assert!(err.unwrap_err().to_string().contains("hook says no"));
 }
 
-device_tests!(tensors, devices_move, autograd, deep_graph, backward_hook);
+/// A backward pass frees what the forward saved as it goes, even while the loss is alive; a
+/// second pass over the same graph is an error that says what to do.
+fn backward_frees_graph(device: Device) {
+    let n = 1 << 20;
+    let x = Tensor::from_f32_on(&rand_vec(n, -1.0, 1.0, 3), &[n], device).unwrap().requires_grad_();
+    let live = || device.memory().0;
+    let before = live();
+    // The two exp outputs (4 MiB each) stay for the backward (exp saves its output, mul its inputs).
+    let loss = ops::sum_all(&ops::mul(&ops::exp(&ops::exp(&x).unwrap()).unwrap(), &x).unwrap()).unwrap();
+    irontensor::bench::sync(device);
+    let after_forward = live();
+    assert!(after_forward >= before + 2 * 4 * n as u64, "forward kept {} bytes", after_forward - before);
+    let g = loss.backward().unwrap();
+    irontensor::bench::sync(device);
+    // Left: the gradient of x (4 MiB) and the loss; kept activations would add 8 MiB more.
+    let after_backward = live();
+    assert!(after_backward < before + 6 * n as u64, "after backward {} bytes live", after_backward - before);
+    assert!(g.get(&x).is_some());
+    let msg = loss.backward().unwrap_err().to_string();
+    assert!(msg.contains("already used") && msg.contains("forward again"), "{msg}");
+}
+
+device_tests!(tensors, devices_move, autograd, deep_graph, backward_hook, backward_frees_graph);
 
 #[test]
 fn command_batch() {
