@@ -202,9 +202,30 @@ fn store_row(x: Row, at: u32, scale: f32) {
     }
 }
 
-// The workgroup's first query: blocks in reverse, so that the longest (causal) rows start first.
-fn first_query(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (nwg.x - 1u - wid.x) * WG;
+// A query thread of the forward and dQ kernels: workgroup (WG queries, head, batch), the blocks
+// in reverse so that the longest (causal) rows start first.
+struct Query {
+    t0: u32,   // the workgroup's first query
+    t: u32,    // this thread's
+    live: bool,
+    row: u32,  // of LSE and delta
+    at: u32,   // element offset of its row in q, dO, O, dQ
+    kv: u32,   // element offset of its kv head's first row
+}
+
+fn query(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Query {
+    let t0 = (nwg.x - 1u - wid.x) * WG;
+    let t = t0 + lid;
+    let row = (wid.z * p.hq + wid.y) * p.tq + t;
+    return Query(t0, t, t < p.tq, row, q_at(wid.z, wid.y, t), kv_at(wid.z, wid.y / (p.hq / p.hkv), 0u));
+}
+
+// Stages the tiles of keys and values from key k0 (after the previous tiles are read).
+fn stage_keys(kv: u32, k0: u32, lid: u32) {
+    workgroupBarrier();
+    stage(K, kv + k0 * p.kv_rs, p.kv_rs, min(TR, p.tk - k0), 0u, lid);
+    stage(V, kv + k0 * p.kv_rs, p.kv_rs, min(TR, p.tk - k0), B_TILE, lid);
+    workgroupBarrier();
 }
 
 // Element offsets of row t of query head h, and of row j of kv head h, in batch b.
@@ -220,21 +241,17 @@ fn kv_at(b: u32, h: u32, j: u32) -> u32 {
 @compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let t0 = first_query(wid, nwg);
-    let t = t0 + lid;
-    let live = t < p.tq;
-    let row = (wid.z * p.hq + wid.y) * p.tq + t; // of LSE
-    let kv = kv_at(wid.z, wid.y / (p.hq / p.hkv), 0u);
-    let qr = load_row(Q, q_at(wid.z, wid.y, t), live, p.scale);
+    let qy = query(wid, nwg, lid);
+    let t = qy.t;
+    let live = qy.live;
+    let row = qy.row;
+    let qr = load_row(Q, qy.at, live, p.scale);
     var o: Row;
     var m = NEG;
     var l = 0.0;
     let my_end = select(0u, key_end(t + 1u), live);
-    for (var k0 = 0u; k0 < key_end(min(p.tq, t0 + WG)); k0 += TR) {
-        workgroupBarrier(); // the previous tiles are read
-        stage(K, kv + k0 * p.kv_rs, p.kv_rs, min(TR, p.tk - k0), 0u, lid);
-        stage(V, kv + k0 * p.kv_rs, p.kv_rs, min(TR, p.tk - k0), B_TILE, lid);
-        workgroupBarrier();
+    for (var k0 = 0u; k0 < key_end(min(p.tq, qy.t0 + WG)); k0 += TR) {
+        stage_keys(qy.kv, k0, lid);
         for (var j = 0u; j < min(TR, max(my_end, k0) - k0); j++) {
             let s = dot_row(qr, j * DV);
             if s > m + SLACK {
@@ -249,7 +266,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         }
     }
     if live {
-        store_row(o, q_at(wid.z, wid.y, t), 1.0 / l);
+        store_row(o, qy.at, 1.0 / l);
         out[p.out2 + row] = m + log(l);
     }
 }
@@ -259,15 +276,13 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 @compute @workgroup_size(WG)
 fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let t0 = first_query(wid, nwg);
-    let t = t0 + lid;
-    let live = t < p.tq;
-    let row = (wid.z * p.hq + wid.y) * p.tq + t; // of LSE and delta
-    let at = q_at(wid.z, wid.y, t);
-    let kv = kv_at(wid.z, wid.y / (p.hq / p.hkv), 0u);
-    let qr = load_row(Q, at, live, p.scale);
-    let dr = load_row(DO, at, live, 1.0);
-    let delta = dot_rows(dr, load_row(AUX, at, live, 1.0));
+    let qy = query(wid, nwg, lid);
+    let t = qy.t;
+    let live = qy.live;
+    let row = qy.row;
+    let qr = load_row(Q, qy.at, live, p.scale);
+    let dr = load_row(DO, qy.at, live, 1.0);
+    let delta = dot_rows(dr, load_row(AUX, qy.at, live, 1.0));
     var ls = 0.0;
     if live {
         out[p.out2 + row] = delta;
@@ -275,18 +290,15 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
     var dq: Row;
     let my_end = select(0u, key_end(t + 1u), live);
-    for (var k0 = 0u; k0 < key_end(min(p.tq, t0 + WG)); k0 += TR) {
-        workgroupBarrier();
-        stage(K, kv + k0 * p.kv_rs, p.kv_rs, min(TR, p.tk - k0), 0u, lid);
-        stage(V, kv + k0 * p.kv_rs, p.kv_rs, min(TR, p.tk - k0), B_TILE, lid);
-        workgroupBarrier();
+    for (var k0 = 0u; k0 < key_end(min(p.tq, qy.t0 + WG)); k0 += TR) {
+        stage_keys(qy.kv, k0, lid);
         for (var j = 0u; j < min(TR, max(my_end, k0) - k0); j++) {
             let pj = exp(dot_row(qr, j * DV) - ls);
             let ds = pj * (dot_row(dr, B_TILE + j * DV) - delta);
             dq = axpy_row(dq, ds, j * DV);
         }
     }
-    if live { store_row(dq, at, p.scale); }
+    if live { store_row(dq, qy.at, p.scale); }
 }
 
 // dK = scale · Σ_t dS_t Q_t and dV = Σ_t P_t dO_t over the queries of every query head of the
