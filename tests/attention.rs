@@ -232,7 +232,8 @@ fn swap_ht(x: &[f32], [_, h, t, d]: [usize; 4]) -> Vec<f32> {
 }
 
 /// flash_attention_bthd against flash_attention on the same data laid out [B, H, T, D]: output
-/// and the three gradients (the GPU reads the [B, T, H, D] layout directly).
+/// and the three gradients, and the output without gradients (the GPU reads the [B, T, H, D]
+/// layout directly; the CPU does so for inference).
 fn flash_bthd(device: Device) {
     let _g = shared();
     let cases = [
@@ -240,6 +241,7 @@ fn flash_bthd(device: Device) {
         Case { tk: 70, ..Case::new(2, 1, 33, 72, true) },
         Case::new(4, 4, 7, 16, false),
         Case { tk: 12, ..Case::new(2, 1, 1, 8, false) },
+        Case { tk: 9, ..Case::new(4, 2, 1, 16, true) },
     ];
     for c in cases {
         let reference = run_with_grads(ops::flash_attention, c, device);
@@ -254,6 +256,10 @@ fn flash_bthd(device: Device) {
             .collect();
         let out = ops::flash_attention_bthd(&ts[0], &ts[1], &ts[2], c.causal).unwrap();
         assert_eq!(out.shape(), &[c.b, c.tq, c.hq, c.d]);
+        // Without gradients the CPU reads the layout directly when Tq = 1 (decoding): the same result.
+        let plain = irontensor::no_grad(|| ops::flash_attention_bthd(&ts[0], &ts[1], &ts[2], c.causal)).unwrap();
+        let what = format!("flash_attention_bthd without grad {c:?} on {device:?}");
+        assert_close(&swap_ht(&plain.to_vec(), [c.b, c.tq, c.hq, c.d]), &f64s(&reference[0]), 1e-6, 1e-5, &what);
         let w = swap_ht(&rand_vec(out.numel(), -1.0, 1.0, 5), dims[0]);
         let w = Tensor::from_f32_on(&w, out.shape(), device).unwrap();
         let grads = ops::sum_all(&ops::mul(&out, &w).unwrap()).unwrap().backward().unwrap();

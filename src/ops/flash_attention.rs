@@ -41,7 +41,14 @@ pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Resu
 pub fn flash_attention_bthd(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
     const OP: &str = "flash_attention_bthd";
     if q.device() == Device::Cpu {
-        attention_dims_in(OP, q, k, v, causal, true)?;
+        let a = attention_dims_in(OP, q, k, v, causal, true)?;
+        let tracked = crate::autograd::is_grad_enabled() && [q, k, v].iter().any(|t| t.tracks_grad());
+        if a.tq == 1 && !tracked {
+            // Decoding one token with a KV cache: read the layout as it is rather than copy the
+            // cache (longer inputs are worth the copies for the blocked kernel).
+            let (q, k, v) = (float_input(OP, q)?, float_input(OP, k)?, float_input(OP, v)?);
+            return Ok(cpu_bthd_inference(&q, &k, &v, a, causal));
+        }
         let heads_first = |x: &Tensor| permute(x, &[0, 2, 1, 3]);
         let o = flash_attention(&heads_first(q)?, &heads_first(k)?, &heads_first(v)?, causal)?;
         return heads_first(&o);
@@ -190,6 +197,33 @@ fn cpu_forward(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, causal: bool) ->
     });
     let shape = [a.b, a.hq, a.tq];
     (Tensor::cpu_f32(o, q.shape()), Tensor::cpu_f32(lse, &shape))
+}
+
+/// `flash_attention_bthd` without a backward, on the CPU, for one query per head: one task per
+/// query row, its scores over the keys it sees (Tk floats), then softmax and the weighted sum of V.
+fn cpu_bthd_inference(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, causal: bool) -> Tensor {
+    let (qr, kr, vr) = (q.cpu(), k.cpu(), v.cpu());
+    let (qv, kv, vv) = (qr.f32(), kr.f32(), vr.f32());
+    let d = a.d;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut o = vec![0.0; q.numel()];
+    // Row i of o (and q) is (b, t, h) = (i / (Tq·Hq), i / Hq % Tq, i % Hq).
+    o.par_chunks_mut(d).enumerate().for_each(|(i, out)| {
+        let (b, t, h) = (i / (a.tq * a.hq), i / a.hq % a.tq, i % a.hq);
+        let key_row = |j: usize| ((b * a.tk + j) * a.hkv + h / a.group()) * d;
+        let qrow = &qv[i * d..(i + 1) * d];
+        let mut s: Vec<f32> = (0..key_end(&a, causal, t + 1))
+            .map(|j| qrow.iter().zip(&kv[key_row(j)..key_row(j) + d]).map(|(x, y)| x * y).sum::<f32>() * scale)
+            .collect();
+        let m = s.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y));
+        s.iter_mut().for_each(|x| *x = (*x - m).exp());
+        let sum: f32 = s.iter().sum();
+        for (j, p) in s.iter().enumerate() {
+            let w = p / sum;
+            out.iter_mut().zip(&vv[key_row(j)..key_row(j) + d]).for_each(|(o, x)| *o += w * x);
+        }
+    });
+    Tensor::cpu_f32(o, q.shape())
 }
 
 /// Element offset of the kv head that query head `bh` (= b·Hq + h) reads.
