@@ -37,7 +37,8 @@ pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Resu
 
 /// `flash_attention` in the layout the projections produce: q [B, Tq, Hq, D], k and v
 /// [B, Tk, Hkv, D] -> [B, Tq, Hq, D]. The GPU kernels read and write it as it is, so a model
-/// needs no permutes around attention; the CPU permutes to [B, H, T, D] and back.
+/// needs no permutes around attention; the CPU permutes to [B, H, T, D] and back, except when
+/// decoding one token without gradients (it then reads the KV cache in place).
 pub fn flash_attention_bthd(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
     const OP: &str = "flash_attention_bthd";
     if q.device() == Device::Cpu {
@@ -47,7 +48,8 @@ pub fn flash_attention_bthd(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) ->
             // Decoding one token with a KV cache: read the layout as it is rather than copy the
             // cache (longer inputs are worth the copies for the blocked kernel).
             let (q, k, v) = (float_input(OP, q)?, float_input(OP, k)?, float_input(OP, v)?);
-            return Ok(cpu_bthd_inference(&q, &k, &v, a, causal));
+            let gpu = || unreachable!("a CPU tensor");
+            return on_device(OP, Device::Cpu, || Ok(cpu_bthd_inference(&q, &k, &v, a, causal)), gpu);
         }
         let heads_first = |x: &Tensor| permute(x, &[0, 2, 1, 3]);
         let o = flash_attention(&heads_first(q)?, &heads_first(k)?, &heads_first(v)?, causal)?;
