@@ -21,8 +21,8 @@ pub fn sync(device: Device) {
 
 /// What runs `device`: the adapter's name and backend, or the CPU's thread count.
 pub fn adapter(device: Device) -> String {
-    match (device, gpu::context()) {
-        (Device::Gpu, Ok(ctx)) => format!("{} ({:?})", ctx.info.name, ctx.info.backend),
+    match (device == Device::Gpu).then(gpu::context) {
+        Some(Ok(ctx)) => format!("{} ({:?})", ctx.info.name, ctx.info.backend),
         _ => format!("cpu, {} threads", rayon::current_num_threads()),
     }
 }
