@@ -166,7 +166,7 @@ fn run_with_grads(op: AttnFn, c: Case, device: Device) -> Vec<Vec<f32>> {
 }
 
 /// Flash against the materialised op, forward and all three gradients, at sizes that cross
-/// several CPU and GPU tiles (CPU blocks are 64; GPU workgroups 64 rows, tiles of 32 rows, 16 for D > 64).
+/// several CPU and GPU tiles (CPU blocks are 64; GPU workgroups 128 rows, tiles of 16 rows, 8 for D > 64).
 fn flash_vs_materialised(device: Device) {
     let _g = shared();
     let mut cases = vec![

@@ -39,8 +39,8 @@ struct Params {
 
 const WG: u32 = 128u;         // rows per workgroup, one per thread
 const DV: u32 = DH / 4u;      // vec4s per padded row
-const TR: u32 = 2048u / DH;   // rows per staged tile: two tiles take 16 KiB
-const B_TILE: u32 = 512u;     // where the second tile starts in `tiles`
+const TR: u32 = 1024u / DH;   // rows per staged tile: two take 8 KiB (16 rows measured 7% faster than 32)
+const B_TILE: u32 = TR * DV;  // where the second tile starts in `tiles`
 const NEG: f32 = -1.0e30;
 // The forward rescales its sums only when a score passes the running maximum by this much (so
 // exp(s - m) stays below e^8): rare after the first keys, where a strict maximum would rescale
@@ -53,7 +53,7 @@ const DO: u32 = 3u;
 const AUX: u32 = 4u;
 
 // Two tiles of TR padded rows: rows of K (or Q) from 0, of V (or dO) from B_TILE.
-var<workgroup> tiles: array<vec4<f32>, 1024>;
+var<workgroup> tiles: array<vec4<f32>, 512>;
 var<workgroup> tile_lse: array<f32, TR>;
 var<workgroup> tile_delta: array<f32, TR>;
 
