@@ -205,19 +205,22 @@ fn store_row(x: Row, at: u32, scale: f32) {
 // A query thread of the forward and dQ kernels: workgroup (WG queries, head, batch), the blocks
 // in reverse so that the longest (causal) rows start first.
 struct Query {
-    t0: u32,   // the workgroup's first query
-    t: u32,    // this thread's
     live: bool,
-    row: u32,  // of LSE and delta
-    at: u32,   // element offset of its row in q, dO, O, dQ
-    kv: u32,   // element offset of its kv head's first row
+    row: u32,   // of LSE and delta
+    at: u32,    // element offset of its row in q, dO, O, dQ
+    kv: u32,    // element offset of its kv head's first row
+    keys: u32,  // keys the workgroup's queries see (its loop over key tiles)
+    sees: u32,  // keys this thread's query sees (0 without a query)
 }
 
 fn query(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Query {
     let t0 = (nwg.x - 1u - wid.x) * WG;
     let t = t0 + lid;
+    let live = t < p.tq;
     let row = (wid.z * p.hq + wid.y) * p.tq + t;
-    return Query(t0, t, t < p.tq, row, q_at(wid.z, wid.y, t), kv_at(wid.z, wid.y / (p.hq / p.hkv), 0u));
+    let kv = kv_at(wid.z, wid.y / (p.hq / p.hkv), 0u);
+    let sees = select(0u, key_end(t + 1u), live);
+    return Query(live, row, q_at(wid.z, wid.y, t), kv, key_end(min(p.tq, t0 + WG)), sees);
 }
 
 // Stages the tiles of keys and values from key k0 (after the previous tiles are read).
@@ -242,17 +245,13 @@ fn kv_at(b: u32, h: u32, j: u32) -> u32 {
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let qy = query(wid, nwg, lid);
-    let t = qy.t;
-    let live = qy.live;
-    let row = qy.row;
-    let qr = load_row(Q, qy.at, live, p.scale);
+    let qr = load_row(Q, qy.at, qy.live, p.scale);
     var o: Row;
     var m = NEG;
     var l = 0.0;
-    let my_end = select(0u, key_end(t + 1u), live);
-    for (var k0 = 0u; k0 < key_end(min(p.tq, qy.t0 + WG)); k0 += TR) {
+    for (var k0 = 0u; k0 < qy.keys; k0 += TR) {
         stage_keys(qy.kv, k0, lid);
-        for (var j = 0u; j < min(TR, max(my_end, k0) - k0); j++) {
+        for (var j = 0u; j < min(TR, max(qy.sees, k0) - k0); j++) {
             let s = dot_row(qr, j * DV);
             if s > m + SLACK {
                 let a = exp(m - s);
@@ -265,9 +264,9 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             o = axpy_row(o, pj, B_TILE + j * DV);
         }
     }
-    if live {
+    if qy.live {
         store_row(o, qy.at, 1.0 / l);
-        out[p.out2 + row] = m + log(l);
+        out[p.out2 + qy.row] = m + log(l);
     }
 }
 
@@ -277,28 +276,24 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let qy = query(wid, nwg, lid);
-    let t = qy.t;
-    let live = qy.live;
-    let row = qy.row;
-    let qr = load_row(Q, qy.at, live, p.scale);
-    let dr = load_row(DO, qy.at, live, 1.0);
-    let delta = dot_rows(dr, load_row(AUX, qy.at, live, 1.0));
+    let qr = load_row(Q, qy.at, qy.live, p.scale);
+    let dr = load_row(DO, qy.at, qy.live, 1.0);
+    let delta = dot_rows(dr, load_row(AUX, qy.at, qy.live, 1.0));
     var ls = 0.0;
-    if live {
-        out[p.out2 + row] = delta;
-        ls = lse[p.lse_off + row];
+    if qy.live {
+        out[p.out2 + qy.row] = delta;
+        ls = lse[p.lse_off + qy.row];
     }
     var dq: Row;
-    let my_end = select(0u, key_end(t + 1u), live);
-    for (var k0 = 0u; k0 < key_end(min(p.tq, qy.t0 + WG)); k0 += TR) {
+    for (var k0 = 0u; k0 < qy.keys; k0 += TR) {
         stage_keys(qy.kv, k0, lid);
-        for (var j = 0u; j < min(TR, max(my_end, k0) - k0); j++) {
+        for (var j = 0u; j < min(TR, max(qy.sees, k0) - k0); j++) {
             let pj = exp(dot_row(qr, j * DV) - ls);
             let ds = pj * (dot_row(dr, B_TILE + j * DV) - delta);
             dq = axpy_row(dq, ds, j * DV);
         }
     }
-    if live { store_row(dq, qy.at, p.scale); }
+    if qy.live { store_row(dq, qy.at, p.scale); }
 }
 
 // dK = scale · Σ_t dS_t Q_t and dV = Σ_t P_t dO_t over the queries of every query head of the
