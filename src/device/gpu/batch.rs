@@ -21,9 +21,6 @@ pub(super) struct Batch {
     params: Vec<u8>,
     params_buf: Option<wgpu::Buffer>,
     dispatches: usize,
-    /// Buffers dropped since the last submit: recorded work may still read them,
-    /// so they return to the pool only once that work is submitted.
-    retired: Vec<wgpu::Buffer>,
     /// While profiling with timestamps: this batch's query set and the op of each timed pass.
     queries: Option<Queries>,
 }
@@ -60,9 +57,9 @@ impl GpuContext {
     }
 
     pub(super) fn retire(&self, buffer: wgpu::Buffer) {
-        let mut b = self.batch.lock().unwrap();
+        let b = self.batch.lock().unwrap();
         if b.encoder.is_some() {
-            b.retired.push(buffer);
+            self.pool.retire(buffer);
         } else {
             // Submitted work that still reads it runs before any later use, in queue order.
             self.pool.give(buffer, Kind::Storage);
@@ -91,7 +88,7 @@ impl GpuContext {
             }
             let params_buf = b
                 .params_buf
-                .get_or_insert_with(|| self.pool.take(&self.device, (SLOT * MAX_DISPATCHES) as u64, Kind::Uniform))
+                .get_or_insert_with(|| self.pool.take(&self.device, (SLOT * MAX_DISPATCHES) as u64, Kind::Uniform, false))
                 .clone();
             let offset = b.params.len();
             b.params.extend(params.iter().flat_map(|w| w.to_le_bytes()));
@@ -177,9 +174,7 @@ impl GpuContext {
             });
             self.timing.lock().unwrap().pending.push(q);
         }
-        for buf in b.retired.drain(..) {
-            self.pool.give(buf, Kind::Storage);
-        }
+        self.pool.settle();
         b.params.clear();
         b.dispatches = 0;
     }

@@ -265,17 +265,18 @@ impl GpuContext {
     }
 
     /// A buffer of at least `bytes` from the pool; its contents are undefined.
+    /// Only GPU work recorded after this call may write it (`upload` writes from the host).
     pub fn alloc(&self, bytes: u64) -> GpuBuffer {
-        let buffer = self.pool.take(&self.device, bytes, pool::Kind::Storage);
+        let buffer = self.pool.take(&self.device, bytes, pool::Kind::Storage, true);
         GpuBuffer { buffer, host_u32: None }
     }
 
     /// A buffer holding `data` (padded to 4 bytes).
     pub fn upload(&self, data: &[u8]) -> GpuBuffer {
         count(|c| c.uploads += 1);
-        let buf = self.alloc(data.len() as u64);
-        // The pool never hands out a buffer that unsubmitted work still uses, so this
-        // write (ordered before the next submit) cannot clobber live data.
+        // Not a buffer that unsubmitted work still uses: this write lands before that work.
+        let buffer = self.pool.take(&self.device, data.len() as u64, pool::Kind::Storage, false);
+        let buf = GpuBuffer { buffer, host_u32: None };
         if data.len().is_multiple_of(4) {
             self.queue.write_buffer(&buf.buffer, 0, data);
         } else {
@@ -311,7 +312,7 @@ impl GpuContext {
             return Vec::new();
         }
         count(|c| c.reads += 1);
-        let staging = self.pool.take(&self.device, end - start, pool::Kind::Readback);
+        let staging = self.pool.take(&self.device, end - start, pool::Kind::Readback, false);
         self.record(|enc| enc.copy_buffer_to_buffer(&buf.buffer, start, &staging, 0, end - start));
         self.flush();
         let slice = staging.slice(0..end - start);

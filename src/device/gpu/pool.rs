@@ -25,6 +25,10 @@ impl Kind {
 #[derive(Default)]
 pub struct Pool {
     free: Mutex<HashMap<(Kind, u64), Vec<wgpu::Buffer>>>,
+    /// Storage buffers dropped while the open encoder may still use them. Work recorded later
+    /// in that encoder runs after it, so GPU-written outputs may reuse them; a host write
+    /// (`queue.write_buffer`, which lands before the encoder's work) may not.
+    recent: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     live: AtomicU64,
     peak: AtomicU64,
     held: AtomicU64,
@@ -41,11 +45,17 @@ pub fn size_class(bytes: u64) -> u64 {
 }
 
 impl Pool {
-    pub fn take(&self, device: &wgpu::Device, bytes: u64, kind: Kind) -> wgpu::Buffer {
+    /// A buffer of at least `bytes`; `gpu_written` allows one that recorded work still uses.
+    pub fn take(&self, device: &wgpu::Device, bytes: u64, kind: Kind, gpu_written: bool) -> wgpu::Buffer {
         let size = size_class(bytes);
         if kind == Kind::Storage {
             let live = self.live.fetch_add(size, Ordering::Relaxed) + size;
             self.peak.fetch_max(live, Ordering::Relaxed);
+            if gpu_written {
+                if let Some(buf) = self.recent.lock().unwrap().get_mut(&size).and_then(|v| v.pop()) {
+                    return buf;
+                }
+            }
         }
         if let Some(buf) = self.free.lock().unwrap().get_mut(&(kind, size)).and_then(|v| v.pop()) {
             return buf;
@@ -66,6 +76,20 @@ impl Pool {
             self.live.fetch_sub(size, Ordering::Relaxed);
         }
         self.free.lock().unwrap().entry((kind, size)).or_default().push(buf);
+    }
+
+    /// A storage buffer dropped while the open encoder may still use it (see `recent`).
+    pub fn retire(&self, buf: wgpu::Buffer) {
+        self.live.fetch_sub(buf.size(), Ordering::Relaxed);
+        self.recent.lock().unwrap().entry(buf.size()).or_default().push(buf);
+    }
+
+    /// The open encoder was submitted: its retired buffers are free for any use.
+    pub fn settle(&self) {
+        let mut free = self.free.lock().unwrap();
+        for (size, bufs) in self.recent.lock().unwrap().drain() {
+            free.entry((Kind::Storage, size)).or_default().extend(bufs);
+        }
     }
 
     pub fn usage(&self) -> (u64, u64) {
