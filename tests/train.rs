@@ -300,6 +300,33 @@ fn a_gpu_step_reads_the_host_once() {
     }
 }
 
+/// On the GPU the parameters are views of one buffer (fresh and loaded models alike) and the
+/// trainer gathers the gradients into one: clipping and the update then add three dispatches
+/// to the forward and backward, whatever the number of parameters.
+#[test]
+fn a_gpu_optimizer_step_is_three_dispatches() {
+    let Some(gpu) = common::gpu() else { return };
+    let dir = std::env::temp_dir().join(format!("irontensor-flat-{}", std::process::id()));
+    let mut t = Trainer::new_on(tiny(), train_config(OptimizerKind::AdamW, 1e-3, 10), gpu).unwrap();
+    let (x, y) = text_batch(0, 2, 16, 64);
+    t.train_step(&x, &y, 2, 16).unwrap();
+    t.save_checkpoint(&dir).unwrap();
+    let loaded = Trainer::load_checkpoint(&dir, gpu).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    for model in [&t.model, &loaded.model] {
+        let params = model.parameters();
+        assert!(params.len() > 10 && params.iter().all(|(_, p)| p.shares_storage(&params[0].1)));
+    }
+    let (xt, yt) = (Tensor::from_u32_on(&x, &[2, 16], gpu).unwrap(), Tensor::from_u32_on(&y, &[2, 16], gpu).unwrap());
+    let before = irontensor::device::gpu::counters();
+    t.model.loss(&xt, &yt, 2, 16, None).unwrap().backward().unwrap();
+    let forward_backward = (irontensor::device::gpu::counters() - before).dispatches;
+    let before = irontensor::device::gpu::counters();
+    t.train_step(&x, &y, 2, 16).unwrap();
+    let step = (irontensor::device::gpu::counters() - before).dispatches;
+    assert_eq!(step, forward_backward + 3, "a step's dispatches beyond forward and backward");
+}
+
 #[test]
 fn bf16_tracks_fp32() {
     let mut curves = Vec::new();

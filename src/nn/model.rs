@@ -2,7 +2,9 @@
 //! out like Hugging Face's `LlamaForCausalLM`.
 
 use super::{ModelConfig, RmsNorm, TransformerBlock};
-use crate::{bail, ops, Device, Precision, Result, Tensor};
+use crate::ops::{self, flat};
+use crate::{bail, Device, Error, Precision, Result, Tensor};
+use std::collections::HashMap;
 
 type Getter<'a> = Box<dyn FnMut(&str, &[usize]) -> Result<Tensor> + 'a>;
 
@@ -10,11 +12,13 @@ type Getter<'a> = Box<dyn FnMut(&str, &[usize]) -> Result<Tensor> + 'a>;
 pub struct Loader<'a> {
     get: Getter<'a>,
     params: Vec<(String, Tensor)>,
+    /// Whether `get` gave a tensor that already tracks gradients (kept as it is).
+    kept_graph: bool,
 }
 
 impl<'a> Loader<'a> {
     pub fn new(get: impl FnMut(&str, &[usize]) -> Result<Tensor> + 'a) -> Loader<'a> {
-        Loader { get: Box::new(get), params: Vec::new() }
+        Loader { get: Box::new(get), params: Vec::new(), kept_graph: false }
     }
 
     /// The parameter `name` of `shape`: a leaf that requires grad (a tensor that already
@@ -24,6 +28,7 @@ impl<'a> Loader<'a> {
         if t.shape() != shape {
             bail!(Shape, "{name}: expected shape {shape:?}, got {:?}", t.shape());
         }
+        self.kept_graph |= t.tracks_grad();
         let t = if t.tracks_grad() { t } else { t.detach().requires_grad_() };
         self.params.push((name.to_string(), t.clone()));
         Ok(t)
@@ -97,7 +102,27 @@ impl GPTModel {
     }
 
     /// Builds the model from `get(name, shape)`, called once per Hugging Face parameter name.
+    /// On the GPU the parameters are then copied into one buffer (see `ops::flat`), so that the
+    /// optimizer updates them all in one dispatch.
     pub fn load(config: ModelConfig, get: impl FnMut(&str, &[usize]) -> Result<Tensor>) -> Result<GPTModel> {
+        let (model, kept_graph) = GPTModel::build(config, get)?;
+        let tensors: Vec<Tensor> = model.params.iter().map(|(_, t)| t.detach()).collect();
+        let one_dtype = tensors.iter().all(|t| t.dtype() == tensors[0].dtype());
+        if model.device() != Device::Gpu || kept_graph || !one_dtype {
+            return Ok(model);
+        }
+        let mut packed: HashMap<&str, Tensor> =
+            model.params.iter().map(|(n, _)| n.as_str()).zip(flat::pack(&tensors)?).collect();
+        let (model, _) = GPTModel::build(model.config.clone(), |name, _| {
+            packed
+                .remove(name)
+                .ok_or_else(|| Error::Invalid(format!("model load: parameter {name} was asked for twice")))
+        })?;
+        Ok(model)
+    }
+
+    /// The model from `get`, and whether `get` gave tensors that already track gradients.
+    fn build(config: ModelConfig, get: impl FnMut(&str, &[usize]) -> Result<Tensor>) -> Result<(GPTModel, bool)> {
         config.validate()?;
         let c = &config;
         let mut l = Loader::new(get);
@@ -108,8 +133,8 @@ impl GPTModel {
         let norm = RmsNorm::load(&mut l, "model.norm", c.hidden_dim, c.norm_eps)?;
         let lm_head =
             if c.tie_weights { None } else { Some(l.param("lm_head.weight", &[c.vocab_size, c.hidden_dim])?) };
-        let params = l.params;
-        Ok(GPTModel { config, embed_tokens, layers, norm, lm_head, params })
+        let (params, kept_graph) = (l.params, l.kept_graph);
+        Ok((GPTModel { config, embed_tokens, layers, norm, lm_head, params }, kept_graph))
     }
 
     /// Every parameter with its Hugging Face name, in a fixed order.

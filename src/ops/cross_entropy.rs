@@ -1,11 +1,12 @@
 //! Cross-entropy: on materialised logits, and fused with the output projection so the
 //! [N, V] logits never exist (the vocabulary is processed a chunk at a time).
 
-use super::{add, float_input, grid_for, matmul, matmul_t, on_device, same_device, slice, sum_all};
+use super::flat::copy_into;
+use super::{add, float_input, grid_for, matmul, matmul_t, on_device, same_device, scale, slice, sum_all};
 use crate::autograd::{no_grad, record};
 use crate::device::cpu::CHUNK;
 use crate::device::gpu::{self, grid, Kernel};
-use crate::{bail, Device, Precision, Result, Tensor};
+use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
 
 pub(crate) static KERNEL: Kernel = Kernel { name: "cross_entropy", source: include_str!("cross_entropy.wgsl") };
@@ -28,7 +29,8 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: Option<u32
         Ok((st, sum_all(&row_loss)?))
     })?;
     let x = logits.clone();
-    Ok(record(OP, loss, &[&logits], move |dy| Ok(vec![Some(softmax_grad(&x, 0, &st, &rows, dy)?)])))
+    // softmax_grad overwrites its input: it gets a copy of the caller's logits.
+    Ok(record(OP, loss, &[&logits], move |dy| Ok(vec![Some(softmax_grad(scale(&x, 1.0)?, 0, &st, &rows, dy)?)])))
 }
 
 /// `cross_entropy(hidden · weightᵀ, targets, ignore_index)` without the [N, V] logits:
@@ -89,7 +91,6 @@ pub fn fused_linear_cross_entropy_chunked(
             // logits: [N, vc]
             let logits = matmul_t(&hidden, &slice(weight, 0, c0, vc)?, false, true)?;
             lse_update(&logits, c0, &st, &row_loss, &rows, c0 == 0, c0 + vc == v)?;
-            end_chunk(device)?;
         }
         Ok((st, sum_all(&row_loss)?))
     })?;
@@ -100,7 +101,7 @@ pub fn fused_linear_cross_entropy_chunked(
         let dw = need_dw.then(|| Tensor::zeros_on(&[v, c], Precision::FP32, device));
         for &(c0, vc) in &chunks {
             let wc = float_input(OP, &slice(&w, 0, c0, vc)?)?; // [vc, C]
-            let dlogits = softmax_grad(&matmul_t(&h, &wc, false, true)?, c0, &st, &rows, dy)?;
+            let dlogits = softmax_grad(matmul_t(&h, &wc, false, true)?, c0, &st, &rows, dy)?;
             if need_dh {
                 let part = matmul(&dlogits, &wc)?; // [N, C]
                 dh = Some(match dh {
@@ -110,9 +111,8 @@ pub fn fused_linear_cross_entropy_chunked(
             }
             if let Some(dw) = &dw {
                 // Each chunk owns its rows of dweight: no accumulation across chunks.
-                write_rows(dw, c0, &matmul_t(&dlogits, &h, true, false)?)?;
+                copy_into(&slice(dw, 0, c0, vc)?, &matmul_t(&dlogits, &h, true, false)?)?;
             }
-            end_chunk(device)?;
         }
         Ok(vec![dh, dw])
     }))
@@ -235,73 +235,45 @@ fn lse_update(
     )
 }
 
-/// d logits for the chunk x: [N, cols] starting at vocabulary column c0, given the final state.
-fn softmax_grad(x: &Tensor, c0: usize, st: &Tensor, rows: &Rows, dy: &Tensor) -> Result<Tensor> {
+/// d logits for the chunk x: [N, cols] starting at vocabulary column c0, given the final state,
+/// written over x (a temporary the caller gives up: the chunk's logits and their gradient
+/// never exist at once).
+fn softmax_grad(x: Tensor, c0: usize, st: &Tensor, rows: &Rows, dy: &Tensor) -> Result<Tensor> {
     let &[n, cols] = x.shape() else { unreachable!("logits are 2-D") };
     let dy = float_input("cross_entropy backward", dy)?;
     on_device(
         "cross_entropy_backward",
-        same_device("cross_entropy backward", &[x, &dy])?,
+        same_device("cross_entropy backward", &[&x, &dy])?,
         || {
-            let (xr, tr, sr) = (x.cpu(), rows.targets.cpu(), st.cpu());
-            let (xv, tv, sv) = (xr.f32(), tr.u32(), sr.f32());
+            let (tr, sr) = (rows.targets.cpu(), st.cpu());
+            let (tv, sv) = (tr.u32(), sr.f32());
             let g = dy.cpu().f32()[0] * rows.scale;
-            let mut out = vec![0.0; n * cols];
-            crate::device::cpu::par_rows(&mut out, cols, |r, o| {
+            let mut xw = x.cpu_mut();
+            crate::device::cpu::par_rows(xw.f32(), cols, |r, o| {
                 if tv[r] == rows.ignore {
+                    o.fill(0.0);
                     return;
                 }
                 let lse = sv[3 * r];
-                for (j, (o, &v)) in o.iter_mut().zip(&xv[r * cols..]).enumerate() {
+                for (j, o) in o.iter_mut().enumerate() {
                     let onehot = if c0 + j == tv[r] as usize { 1.0 } else { 0.0 };
-                    *o = ((v - lse).exp() - onehot) * g;
+                    *o = ((*o - lse).exp() - onehot) * g;
                 }
             });
-            Ok(Tensor::cpu_f32(out, &[n, cols]))
+            Ok(())
         },
         || {
             let ctx = gpu::context()?;
-            let out = ctx.alloc((n * cols) as u64 * 4);
-            let params = rows.params(x, c0, 0, dy.offset());
+            let params = rows.params(&x, c0, 0, dy.offset());
             ctx.dispatch(
                 &KERNEL,
                 "softmax_grad",
                 &params,
-                &[x.gpu(), rows.targets.gpu(), st.gpu(), &out, dy.gpu()],
+                &[x.gpu(), rows.targets.gpu(), st.gpu(), dy.gpu()],
                 grid_for(n * cols),
             );
-            Ok(Tensor::from_gpu(out, &[n, cols], Precision::FP32))
-        },
-    )
-}
-
-/// Copies src: [R, C] into rows row0.. of dst: [_, C], in place.
-fn write_rows(dst: &Tensor, row0: usize, src: &Tensor) -> Result<()> {
-    let start = row0 * src.shape()[1];
-    on_device(
-        "copy_rows",
-        dst.device(),
-        || {
-            let mut d = dst.cpu_mut();
-            d.f32()[start..start + src.numel()].copy_from_slice(src.cpu().f32());
             Ok(())
         },
-        || {
-            let ctx = gpu::context()?;
-            let (s, d) = (&src.gpu().buffer, &dst.gpu().buffer);
-            let bytes = src.numel() as u64 * 4;
-            let (so, dof) = (src.offset() as u64 * 4, (dst.offset() + start) as u64 * 4);
-            ctx.record(|enc| enc.copy_buffer_to_buffer(s, so, d, dof, bytes));
-            Ok(())
-        },
-    )
-}
-
-/// Submits a GPU chunk's work so its temporaries go back to the pool before the next chunk
-/// (otherwise a long command batch would hold every chunk's logits at once).
-fn end_chunk(device: Device) -> Result<()> {
-    if device == Device::Gpu {
-        gpu::context()?.flush();
-    }
-    Ok(())
+    )?;
+    Ok(x)
 }

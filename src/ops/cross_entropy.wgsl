@@ -15,11 +15,11 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;       // [rows, cols]
-@group(0) @binding(2) var<storage, read> tg: array<u32>;      // [rows]
-@group(0) @binding(3) var<storage, read_write> st: array<f32>; // [rows, 3]
-@group(0) @binding(4) var<storage, read_write> out: array<f32>; // row loss [rows], or d logits
-@group(0) @binding(5) var<storage, read> dy: array<f32>;      // [1]
+// x: a chunk's logits, a temporary that softmax_grad overwrites with their gradient.
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;   // [rows, cols]
+@group(0) @binding(2) var<storage, read> tg: array<u32>;        // [rows]
+@group(0) @binding(3) var<storage, read_write> st: array<f32>;  // [rows, 3]
+@group(0) @binding(4) var<storage, read_write> aux: array<f32>; // row loss [rows], or dy [1]
 
 const NEG_INF: u32 = 0xff800000u;
 var<workgroup> red: array<f32, 256>;
@@ -68,7 +68,7 @@ fn lse_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     if (p.flags & 2u) != 0u {
         let lse = m + log(sum);
         st[3u * r] = lse;
-        out[r] = select((lse - tl) * p.scale, 0.0, tgt == p.ignore);
+        aux[r] = select((lse - tl) * p.scale, 0.0, tgt == p.ignore);
     } else {
         st[3u * r] = m;
         st[3u * r + 1u] = sum;
@@ -76,7 +76,7 @@ fn lse_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
 }
 
-// d x[r, j] = (exp(x[r, j] - lse[r]) - [c0 + j == target[r]]) · dy · scale; 0 on ignored rows.
+// x[r, j] <- (exp(x[r, j] - lse[r]) - [c0 + j == target[r]]) · dy · scale; 0 on ignored rows.
 @compute @workgroup_size(256)
 fn softmax_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
@@ -89,7 +89,7 @@ fn softmax_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     if tgt != p.ignore {
         d = exp(x[p.x_off + i] - st[3u * r]);
         if tgt - p.c0 == j && tgt >= p.c0 { d -= 1.0; }
-        d *= dy[p.dy_off] * p.scale;
+        d *= aux[p.dy_off] * p.scale;
     }
-    out[i] = d;
+    x[p.x_off + i] = d;
 }

@@ -8,6 +8,7 @@ mod dropout;
 mod elementwise;
 mod embedding;
 mod flash_attention;
+pub(crate) mod flat;
 mod layout;
 mod matmul;
 mod reduce;

@@ -2,7 +2,7 @@
 
 use crate::device::cpu::CHUNK;
 use crate::device::gpu::{self, grid, Kernel};
-use crate::ops::{grid_for, on_device, same_device};
+use crate::ops::{flat, grid_for, on_device, same_device};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
 
@@ -75,20 +75,28 @@ fn cpu_norm(grads: &[Tensor]) -> f32 {
 }
 
 /// The step control on the GPU: partial sums of squares of every gradient (one dispatch per
-/// tensor), then one workgroup that totals them and decides. Slots 0..4 of the partial-sums
-/// buffer become the control; the loss (or 0) is copied into slot 3 first.
+/// run of gradients sharing a buffer: one in all for a trainer's flat gradients), then one
+/// workgroup that totals them and decides. Slots 0..4 of the partial-sums buffer become the
+/// control; the loss (or 0) is copied into slot 3 first.
 fn gpu_control(grads: &[Tensor], loss: Option<&Tensor>, max_norm: f32) -> Result<Tensor> {
     let ctx = gpu::context()?;
     let groups: Vec<usize> = grads.iter().map(|g| g.numel().div_ceil(PER_GROUP)).collect();
     let slots: usize = groups.iter().sum();
     let part = ctx.zeros((4 + slots) as u64 * 4);
     let mut base = 4;
-    for (g, &n_groups) in grads.iter().zip(&groups) {
-        if n_groups > 0 {
-            let params = [g.numel() as u32, g.offset() as u32, base as u32, 0];
-            ctx.dispatch(&KERNEL, "sumsq", &params, &[g.gpu(), &part], grid(n_groups as u32));
+    for run in flat::runs(grads.len(), |a, k| grads[a].shares_storage(&grads[k])) {
+        let mut table: Vec<u32> = Vec::with_capacity(4 * run.len());
+        let mut first = 0;
+        for k in run.clone() {
+            table.extend([grads[k].offset(), grads[k].numel(), first, 0].map(|v| v as u32));
+            first += groups[k];
         }
-        base += n_groups;
+        if first > 0 {
+            let table = ctx.upload(bytemuck::cast_slice(&table));
+            let params = [run.len() as u32, 0, base as u32, 0];
+            ctx.dispatch(&KERNEL, "sumsq", &params, &[grads[run.start].gpu(), &part, &table], grid(first as u32));
+        }
+        base += first;
     }
     if let Some(loss) = loss {
         let (src, dst) = (&loss.gpu().buffer, &part.buffer);

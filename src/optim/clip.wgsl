@@ -1,17 +1,26 @@
 // Gradient clipping: sums of squares over fixed slices (one workgroup each), their total and
 // the step's decision (`control`), and in-place scaling.
 struct Params {
-    n: u32,    // elements of x (sumsq, scale) or partial sums (total)
-    off: u32,  // element offset of x
-    base: u32, // slot of this tensor's first partial sum in part
+    n: u32,    // elements of x (scale), partial sums (control) or segments (sumsq)
+    off: u32,  // element offset of x (scale)
+    base: u32, // sumsq: slot of the first segment's first partial sum in part
     s: f32,    // scale factor
+}
+
+// One tensor of a sumsq dispatch: where it starts in x, its length, and its first workgroup.
+struct Segment {
+    off: u32,
+    n: u32,
+    first: u32,
+    pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> part: array<f32>;
+@group(0) @binding(3) var<storage, read> seg: array<Segment>; // sorted by `first`
 
-const PER_GROUP: u32 = 4096u; // elements per workgroup; mod.rs/clip.rs uses the same
+const PER_GROUP: u32 = 4096u; // elements per workgroup; clip.rs uses the same
 var<workgroup> sh: array<f32, 256>;
 
 fn tree_sum(lid: u32) {
@@ -22,17 +31,25 @@ fn tree_sum(lid: u32) {
     }
 }
 
-// part[base + group] = sum of x² over the group's slice.
+// part[base + group] = sum of x² over the group's slice of its segment (the last segment
+// whose first group is at or before it).
 @compute @workgroup_size(256)
 fn sumsq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
     let grp = wid.x + wid.y * nwg.x;
-    let start = grp * PER_GROUP;
-    if start >= p.n { return; }
-    let end = min(start + PER_GROUP, p.n);
+    var lo = 0u;
+    var hi = p.n - 1u;
+    while lo < hi {
+        let mid = (lo + hi + 1u) / 2u;
+        if seg[mid].first <= grp { lo = mid; } else { hi = mid - 1u; }
+    }
+    let sg = seg[lo];
+    let start = (grp - sg.first) * PER_GROUP;
+    if start >= sg.n { return; }
+    let end = min(start + PER_GROUP, sg.n);
     var acc = 0.0;
     for (var i = start + lid; i < end; i += 256u) {
-        let v = x[p.off + i];
+        let v = x[sg.off + i];
         acc += v * v;
     }
     sh[lid] = acc;

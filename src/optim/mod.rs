@@ -11,7 +11,7 @@ pub use lion::{Lion, LionConfig};
 
 use crate::device::cpu::{CpuBuffer, CHUNK};
 use crate::device::gpu::{self, Kernel};
-use crate::ops::{float_input, grid_for, on_device, same_device};
+use crate::ops::{flat, float_input, grid_for, on_device, same_device};
 use crate::precision::f32_to_bf16_bits;
 use crate::{bail, no_grad, Precision, Result, Tensor};
 use half::bf16;
@@ -109,7 +109,9 @@ impl Slots {
                 );
             }
         }
-        self.state = state.iter().zip(params).map(|(s, p)| s.to_device(p.device())).collect::<Result<_>>()?;
+        let state: Vec<Tensor> =
+            state.iter().zip(params).map(|(s, p)| s.to_device(p.device())).collect::<Result<_>>()?;
+        self.state = flat::pack(&state)?; // one buffer, as a fresh state is made
         self.steps = steps;
         Ok(())
     }
@@ -143,8 +145,9 @@ impl Slots {
                 bail!(Invalid, "{op}: the step control must be f32 [4] on the parameters' device, got {:?}", c.shape());
             }
         }
+        let Some(device) = params.first().map(|p| p.device()) else { return Ok(()) };
+        same_device(op, &params.iter().chain(grads).collect::<Vec<_>>())?;
         for (k, (p, g)) in params.iter().zip(grads).enumerate() {
-            same_device(op, &[p, g])?;
             if p.dtype() == Precision::U32 || g.dtype() == Precision::U32 {
                 bail!(
                     Dtype,
@@ -161,8 +164,10 @@ impl Slots {
             }
         }
         if self.state.is_empty() {
-            self.state =
-                params.iter().map(|p| Tensor::zeros_on(&[p.numel() * width], Precision::FP32, p.device())).collect();
+            let shapes: Vec<[usize; 1]> = params.iter().map(|p| [p.numel() * width]).collect();
+            let shapes: Vec<&[usize]> = shapes.iter().map(|s| &s[..]).collect();
+            // One buffer for all: the GPU update then covers every parameter in one dispatch.
+            self.state = flat::zeros(&shapes, Precision::FP32, device);
         }
         if self.state.len() != params.len() {
             bail!(Invalid, "{op}: state was made for {} parameters, got {}", self.state.len(), params.len());
@@ -179,19 +184,37 @@ impl Slots {
         }
         self.steps += 1;
         let set = settings(self.steps);
+        let hypers: Vec<Hyper> = (0..params.len())
+            .map(|k| Hyper {
+                rule: set.rule,
+                lr: set.lr,
+                wd: if self.decay.as_ref().is_none_or(|m| m[k]) { set.weight_decay } else { 0.0 },
+                key: noise_key(set.seed, k as u32, self.steps),
+            })
+            .collect();
         no_grad(|| {
-            for (k, ((p, g), s)) in params.iter().zip(grads).zip(&self.state).enumerate() {
-                let decays = self.decay.as_ref().is_none_or(|m| m[k]);
-                let h = Hyper {
-                    op,
-                    rule: set.rule,
-                    lr: set.lr,
-                    wd: if decays { set.weight_decay } else { 0.0 },
-                    key: noise_key(set.seed, k as u32, self.steps),
-                };
-                update(p, &float_input(op, g)?, s, control, &h)?;
-            }
-            Ok(())
+            let grads = grads.iter().map(|g| float_input(op, g)).collect::<Result<Vec<_>>>()?;
+            let state = &self.state;
+            on_device(
+                op,
+                device,
+                || {
+                    let gscale = match control.map(|c| c.to_vec()) {
+                        Some(c) if c[1] == 0.0 => return Ok(()),
+                        Some(c) => c[0],
+                        None => 1.0,
+                    };
+                    for (((w, g), s), h) in params.iter().zip(&grads).zip(state).zip(&hypers) {
+                        let (gr, mut sw, mut ww) = (g.cpu(), s.cpu_mut(), w.cpu_mut());
+                        match w.dtype() {
+                            Precision::BF16 => cpu_update(ww.bf16(), gr.f32(), gscale, sw.f32(), h),
+                            _ => cpu_update(ww.f32(), gr.f32(), gscale, sw.f32(), h),
+                        }
+                    }
+                    Ok(())
+                },
+                || gpu_update(params, &grads, state, control, &hypers),
+            )
         })
     }
 }
@@ -206,8 +229,6 @@ struct Settings {
 
 /// Everything one parameter's update needs besides the tensors.
 struct Hyper {
-    /// The optimizer's name, for the profiler.
-    op: &'static str,
     rule: Rule,
     lr: f32,
     wd: f32,
@@ -215,55 +236,59 @@ struct Hyper {
     key: u32,
 }
 
-/// w (f32 or bf16), in place, from g: f32 and the state s, under the step's control.
-fn update(w: &Tensor, g: &Tensor, s: &Tensor, control: Option<&Tensor>, h: &Hyper) -> Result<()> {
-    let n = w.numel();
-    on_device(
-        h.op,
-        w.device(),
-        || {
-            let gscale = match control.map(|c| c.to_vec()) {
-                Some(c) if c[1] == 0.0 => return Ok(()),
-                Some(c) => c[0],
-                None => 1.0,
-            };
-            let (gr, mut sw, mut ww) = (g.cpu(), s.cpu_mut(), w.cpu_mut());
-            match w.dtype() {
-                Precision::BF16 => cpu_update(ww.bf16(), gr.f32(), gscale, sw.f32(), h),
-                _ => cpu_update(ww.f32(), gr.f32(), gscale, sw.f32(), h),
-            }
-            Ok(())
-        },
-        || {
-            let ctx = gpu::context()?;
-            let is_bf16 = w.dtype() == Precision::BF16;
-            let off = w.offset();
+/// The update on the GPU: one dispatch for each run of parameters whose weights, gradients and
+/// states share buffers (all of them, for a model's flat parameters: see `ops::flat`).
+fn gpu_update(w: &[Tensor], g: &[Tensor], s: &[Tensor], control: Option<&Tensor>, hs: &[Hyper]) -> Result<()> {
+    let ctx = gpu::context()?;
+    let bf16 = |k: usize| w[k].dtype() == Precision::BF16;
+    // Two bf16 parameters may share a u32 word unless both start and end on even elements.
+    let whole_words = |k: usize| !bf16(k) || (w[k].offset().is_multiple_of(2) && w[k].numel().is_multiple_of(2));
+    let joins = |a: usize, k: usize| {
+        w[a].shares_storage(&w[k])
+            && g[a].shares_storage(&g[k])
+            && s[a].shares_storage(&s[k])
+            && bf16(a) == bf16(k)
+            && whole_words(a)
+            && whole_words(k)
+    };
+    let (code, [b1, b2, eps, bc1, bc2_sqrt]) = hs[0].rule.params();
+    for run in flat::runs(w.len(), joins) {
+        let mut table: Vec<u32> = Vec::with_capacity(8 * run.len());
+        let mut threads = 0;
+        for k in run.clone() {
+            let (off, n) = (w[k].offset(), w[k].numel());
+            table.extend([off, g[k].offset(), s[k].offset(), n].map(|v| v as u32));
+            table.extend([hs[k].wd.to_bits(), hs[k].key, threads as u32, 0]);
             // BF16: one thread per u32 word, so the two halves of a word never race.
-            let threads = if is_bf16 { (off + n).div_ceil(2) - off / 2 } else { n };
-            let (code, [b1, b2, eps, bc1, bc2_sqrt]) = h.rule.params();
-            let params = [
-                n as u32,
-                off as u32,
-                g.offset() as u32,
-                is_bf16 as u32,
-                code,
-                h.key,
-                h.lr.to_bits(),
-                h.wd.to_bits(),
-                b1.to_bits(),
-                b2.to_bits(),
-                eps.to_bits(),
-                bc1.to_bits(),
-                bc2_sqrt.to_bits(),
-                control.is_some() as u32,
-                control.map_or(0, |c| c.offset() as u32),
-            ];
-            // Without a control the kernel never reads that binding: g stands in for it.
-            let ctl = control.unwrap_or(g);
-            ctx.dispatch(&KERNEL, "update", &params, &[w.gpu(), g.gpu(), s.gpu(), ctl.gpu()], grid_for(threads));
-            Ok(())
-        },
-    )
+            threads += if bf16(k) { (off + n).div_ceil(2) - off / 2 } else { n };
+        }
+        if threads == 0 {
+            continue;
+        }
+        let k = run.start;
+        let params = [
+            threads as u32,
+            0,
+            0,
+            run.len() as u32,
+            bf16(k) as u32,
+            code,
+            hs[k].lr.to_bits(),
+            b1.to_bits(),
+            b2.to_bits(),
+            eps.to_bits(),
+            bc1.to_bits(),
+            bc2_sqrt.to_bits(),
+            control.is_some() as u32,
+            control.map_or(0, |c| c.offset() as u32),
+        ];
+        // Without a control the kernel never reads that binding: g stands in for it.
+        let ctl = control.unwrap_or(&g[k]);
+        let table = ctx.upload(bytemuck::cast_slice(&table));
+        let buffers = [w[k].gpu(), g[k].gpu(), s[k].gpu(), ctl.gpu(), &table];
+        ctx.dispatch(&KERNEL, "update", &params, &buffers, grid_for(threads));
+    }
+    Ok(())
 }
 
 /// The update with the gradient scaled by `gscale` (the clipping factor, 1 without clipping).
@@ -355,8 +380,7 @@ pub fn stochastic_round(x: &Tensor, seed: u64) -> Result<Tensor> {
         || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 2);
-            let mut params = [0u32; 15];
-            params[..6].copy_from_slice(&[n as u32, 0, x.offset() as u32, 1, 0, key]);
+            let params = [n as u32, x.offset() as u32, key];
             ctx.dispatch(&KERNEL, "round_sr", &params, &[&out, x.gpu()], grid_for(n.div_ceil(2)));
             Ok(Tensor::from_gpu(out, x.shape(), Precision::BF16))
         },

@@ -2,14 +2,13 @@
 // and stochastic rounding to bf16. The formulas match `Rule::apply` and the hash `pcg` in mod.rs.
 // BF16 is packed two per u32 (element 2i in the low half); one thread owns a whole word.
 struct Params {
-    n: u32,     // elements of the parameter
-    w_off: u32, // element offset of the parameter in its buffer
-    g_off: u32, // element offset of the gradient
-    bf16: u32,  // 1: w holds packed bf16
-    rule: u32,  // 0: Lion, 1: AdamW
-    key: u32,   // stochastic-rounding key of this (seed, parameter, step)
+    n: u32,        // update: threads in all segments; round_sr: elements
+    g_off: u32,    // round_sr: element offset of its input
+    key: u32,      // round_sr: stochastic-rounding key
+    segments: u32, // update: entries of `seg`
+    bf16: u32,     // 1: w holds packed bf16
+    rule: u32,     // 0: Lion, 1: AdamW
     lr: f32,
-    wd: f32,    // decoupled weight decay (0: this parameter does not decay)
     b1: f32,
     b2: f32,
     eps: f32,
@@ -19,11 +18,25 @@ struct Params {
     ctl_off: u32,  // element offset of the step control
 }
 
+// One parameter of the update: element offsets of its weights, gradient and state in their
+// buffers, its length, weight decay and rounding key, and its first thread in the dispatch.
+struct Segment {
+    w_off: u32,
+    g_off: u32,
+    s_off: u32,
+    n: u32,
+    wd: f32, // decoupled weight decay (0: this parameter does not decay)
+    key: u32,
+    first: u32,
+    pad: u32,
+}
+
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> w: array<u32>; // parameter (f32 bits or bf16 pairs)
-@group(0) @binding(2) var<storage, read> g: array<f32>;       // gradient
+@group(0) @binding(1) var<storage, read_write> w: array<u32>; // parameters (f32 bits or bf16 pairs)
+@group(0) @binding(2) var<storage, read> g: array<f32>;       // gradients
 @group(0) @binding(3) var<storage, read_write> s: array<f32>; // state: Lion m; AdamW (m, v) pairs
 @group(0) @binding(4) var<storage, read> ctl: array<f32>;     // step control (clip.wgsl's `control`)
+@group(0) @binding(5) var<storage, read> seg: array<Segment>; // sorted by `first`
 
 fn pcg(v: u32) -> u32 {
     let st = v * 747796405u + 2891336453u;
@@ -31,8 +44,8 @@ fn pcg(v: u32) -> u32 {
     return (x >> 22u) ^ x;
 }
 
-fn noise(i: u32) -> u32 {
-    return pcg(pcg(i) ^ p.key);
+fn noise(key: u32, i: u32) -> u32 {
+    return pcg(pcg(i) ^ key);
 }
 
 // bf16 bits of x, rounded up with probability equal to the dropped fraction.
@@ -45,20 +58,22 @@ fn round_bf16(x: f32, r: u32) -> u32 {
     return (b + (r & 0xffffu)) >> 16u;
 }
 
-// New weight of element i from its old value and the gradient scale; updates the element's state.
-fn rule(i: u32, wi: f32, gscale: f32) -> f32 {
-    let gi = g[p.g_off + i] * gscale;
+// New weight of element i of segment sg from its old value and the gradient scale; updates
+// the element's state.
+fn rule(sg: Segment, i: u32, wi: f32, gscale: f32) -> f32 {
+    let gi = g[sg.g_off + i] * gscale;
     if p.rule == 0u {
-        let m = s[i];
+        let m = s[sg.s_off + i];
         let u = sign(p.b2 * m + (1.0 - p.b2) * gi);
-        s[i] = p.b1 * m + (1.0 - p.b1) * gi;
-        return wi - p.lr * u - p.lr * p.wd * wi;
+        s[sg.s_off + i] = p.b1 * m + (1.0 - p.b1) * gi;
+        return wi - p.lr * u - p.lr * sg.wd * wi;
     }
-    let w1 = wi - p.lr * p.wd * wi;
-    let m = p.b1 * s[2u * i] + (1.0 - p.b1) * gi;
-    let v = p.b2 * s[2u * i + 1u] + (1.0 - p.b2) * gi * gi;
-    s[2u * i] = m;
-    s[2u * i + 1u] = v;
+    let w1 = wi - p.lr * sg.wd * wi;
+    let k = sg.s_off + 2u * i;
+    let m = p.b1 * s[k] + (1.0 - p.b1) * gi;
+    let v = p.b2 * s[k + 1u] + (1.0 - p.b2) * gi * gi;
+    s[k] = m;
+    s[k + 1u] = v;
     return w1 - p.lr * (m / p.bc1) / (sqrt(v) / p.bc2_sqrt + p.eps);
 }
 
@@ -66,33 +81,46 @@ fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * 256u + lid;
 }
 
+// The segment that thread t belongs to: the last one starting at or before t.
+fn find(t: u32) -> Segment {
+    var lo = 0u;
+    var hi = p.segments - 1u;
+    while lo < hi {
+        let mid = (lo + hi + 1u) / 2u;
+        if seg[mid].first <= t { lo = mid; } else { hi = mid - 1u; }
+    }
+    return seg[lo];
+}
+
+// Every parameter of the dispatch: one thread per f32 element, or per u32 word of bf16.
 @compute @workgroup_size(256)
 fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
     let t = flat(wid, nwg, lid);
+    if t >= p.n { return; }
     var gscale = 1.0;
     if p.use_ctl != 0u {
         if ctl[p.ctl_off + 1u] == 0.0 { return; } // a NaN/Inf step: nothing changes
         gscale = ctl[p.ctl_off];
     }
+    let sg = find(t);
     if p.bf16 == 0u {
-        if t >= p.n { return; }
-        let e = p.w_off + t;
-        w[e] = bitcast<u32>(rule(t, bitcast<f32>(w[e]), gscale));
+        let i = t - sg.first;
+        let e = sg.w_off + i;
+        w[e] = bitcast<u32>(rule(sg, i, bitcast<f32>(w[e]), gscale));
         return;
     }
     // Word `word` holds buffer elements 2·word and 2·word + 1; only those in the view change.
-    let word = p.w_off / 2u + t;
-    let end = p.w_off + p.n;
-    if 2u * word >= end { return; }
+    let word = sg.w_off / 2u + t - sg.first;
+    let end = sg.w_off + sg.n;
     var bits = w[word];
     for (var h = 0u; h < 2u; h++) {
         let e = 2u * word + h;
-        if e >= p.w_off && e < end {
-            let i = e - p.w_off;
+        if e >= sg.w_off && e < end {
+            let i = e - sg.w_off;
             let shift = 16u * h;
             let old = bitcast<f32>(((bits >> shift) & 0xffffu) << 16u);
-            let nb = round_bf16(rule(i, old, gscale), noise(i));
+            let nb = round_bf16(rule(sg, i, old, gscale), noise(sg.key, i));
             bits = (bits & ~(0xffffu << shift)) | (nb << shift);
         }
     }
@@ -106,7 +134,7 @@ fn round_sr(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let t = flat(wid, nwg, lid);
     let i = 2u * t;
     if i >= p.n { return; }
-    var bits = round_bf16(g[p.g_off + i], noise(i));
-    if i + 1u < p.n { bits |= round_bf16(g[p.g_off + i + 1u], noise(i + 1u)) << 16u; }
+    var bits = round_bf16(g[p.g_off + i], noise(p.key, i));
+    if i + 1u < p.n { bits |= round_bf16(g[p.g_off + i + 1u], noise(p.key, i + 1u)) << 16u; }
     w[t] = bits;
 }

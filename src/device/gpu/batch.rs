@@ -88,7 +88,9 @@ impl GpuContext {
             }
             let params_buf = b
                 .params_buf
-                .get_or_insert_with(|| self.pool.take(&self.device, (SLOT * MAX_DISPATCHES) as u64, Kind::Uniform, false))
+                .get_or_insert_with(|| {
+                    self.pool.take(&self.device, (SLOT * MAX_DISPATCHES) as u64, Kind::Uniform, false)
+                })
                 .clone();
             let offset = b.params.len();
             b.params.extend(params.iter().flat_map(|w| w.to_le_bytes()));
