@@ -6,9 +6,6 @@ use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-/// Called with each leaf and its final gradient; true if it took the gradient (see `backward_with_hook`).
-pub type LeafHook<'a> = &'a mut dyn FnMut(&Tensor, &Tensor) -> Result<bool>;
-
 type BackwardFn = dyn Fn(&[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> + Send + Sync;
 
 /// How an op's outputs were made: its inputs and the rule giving their gradients from the
@@ -145,14 +142,13 @@ impl Tensor {
         if !self.tracks_grad() {
             bail!(Grad, "backward: the output does not depend on any tensor that requires grad");
         }
-        crate::autograd::no_grad(|| run_backward(self, dy, &mut |_, _| Ok(false)))
+        crate::autograd::no_grad(|| run_backward(self, dy, &mut |_, _| Ok(())))
     }
 
     /// `backward` that calls `hook(leaf, gradient)` as soon as each leaf's gradient is final,
     /// while the rest of the backward pass is still to run (data-parallel training starts
-    /// sending gradients then). A hook that returns true has taken the gradient: it is dropped
-    /// then, and is not in the result.
-    pub fn backward_with_hook(&self, hook: LeafHook) -> Result<Gradients> {
+    /// sending gradients then).
+    pub fn backward_with_hook(&self, hook: &mut dyn FnMut(&Tensor, &Tensor) -> Result<()>) -> Result<Gradients> {
         if self.numel() != 1 {
             bail!(Grad, "backward_with_hook: needs a one-element loss, got shape {:?}", self.shape());
         }
@@ -177,6 +173,8 @@ fn slot(t: &Tensor) -> Slot {
         None => Slot::Leaf(t.id()),
     }
 }
+
+type LeafHook<'a> = &'a mut dyn FnMut(&Tensor, &Tensor) -> Result<()>;
 
 fn run_backward(root: &Tensor, dy: &Tensor, hook: LeafHook) -> Result<Gradients> {
     let mut grads: HashMap<Slot, Tensor> = HashMap::new();
@@ -245,16 +243,13 @@ fn run_backward(root: &Tensor, dy: &Tensor, hook: LeafHook) -> Result<Gradients>
             *left -= 1;
             if *left == 0 {
                 if let Some(g) = grads.get(&Slot::Leaf(inp.id())) {
-                    if hook(inp, g)? {
-                        grads.remove(&Slot::Leaf(inp.id()));
-                    }
+                    hook(inp, g)?;
                 }
             }
         }
     }
-    // The loss is itself a leaf.
-    if root.0.grad_fn.is_none() && hook(root, dy)? {
-        grads.remove(&slot(root));
+    if root.0.grad_fn.is_none() {
+        hook(root, dy)?; // the loss is itself a leaf
     }
     // What is left are the leaves' gradients.
     let map = grads

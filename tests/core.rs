@@ -135,7 +135,7 @@ fn backward_hook(device: Device) {
     let hooked = forward()
         .backward_with_hook(&mut |leaf, g| {
             seen.push((leaf.id(), g.to_vec()));
-            Ok(false)
+            Ok(())
         })
         .unwrap();
     // Each leaf once, with its whole (accumulated) gradient, as `backward` gives it.
@@ -148,10 +148,6 @@ fn backward_hook(device: Device) {
         let from_hook = &seen.iter().find(|(id, _)| *id == leaf.id()).unwrap().1;
         assert_eq!(from_hook, &g.get(leaf).unwrap().to_vec());
     }
-    // A hook that takes a gradient removes it from the result.
-    let taken = forward().backward_with_hook(&mut |leaf, _| Ok(leaf.id() == a.id())).unwrap();
-    assert!(taken.get(&a).is_none());
-    assert_eq!(taken.get(&b).unwrap().to_vec(), plain.get(&b).unwrap().to_vec());
     // An error from the hook ends the backward pass with that error.
     let err = forward().backward_with_hook(&mut |_, _| Err(irontensor::Error::Invalid("hook says no".into())));
     assert!(err.unwrap_err().to_string().contains("hook says no"));

@@ -246,7 +246,7 @@ impl Trainer {
             if let (Some(sync), true) = (&self.sync, last) {
                 // The last micro-batch: buckets are averaged across ranks while backward runs.
                 let mut round = sync.round(grads.take());
-                loss.backward_with_hook(&mut |leaf, g| round.ready(leaf, g).map(|_| false))?;
+                loss.backward_with_hook(&mut |leaf, g| round.ready(leaf, g))?;
                 let local = loss.item()? + loss_sum.take().map_or(Ok(0.0), |s| s.item())?;
                 let (averaged, sums) = round.finish(vec![local])?;
                 let mean = sums[0] / sync.dist().size() as f32;
@@ -255,21 +255,18 @@ impl Trainer {
                 drop(backward);
                 continue;
             }
-            grads = Some(if last && self.model.device() == Device::Gpu {
-                gather_grads(&loss, &params, grads.take())?
-            } else {
-                let g = loss.backward()?;
-                let g: Vec<Tensor> = params
-                    .iter()
-                    .map(|p| {
-                        g.get(p).cloned().unwrap_or_else(|| Tensor::zeros_on(p.shape(), Precision::FP32, p.device()))
-                    })
-                    .collect();
-                match grads.take() {
-                    None => g,
-                    Some(acc) => no_grad(|| acc.iter().zip(&g).map(|(a, b)| ops::add(a, b)).collect::<Result<_>>())?,
-                }
-            });
+            let g = loss.backward()?;
+            let g: Vec<Tensor> = params
+                .iter()
+                .map(|p| g.get(p).cloned().unwrap_or_else(|| Tensor::zeros_on(p.shape(), Precision::FP32, p.device())))
+                .collect();
+            let sum = match grads.take() {
+                None => g,
+                Some(acc) => no_grad(|| acc.iter().zip(&g).map(|(a, b)| ops::add(a, b)).collect::<Result<_>>())?,
+            };
+            // On the GPU the step's gradients go into one buffer, after the backward pass (whose
+            // peak is earlier): the norm and the update are then one dispatch each.
+            grads = Some(if last && self.model.device() == Device::Gpu { flat::pack(&sum)? } else { sum });
             loss_sum = Some(match loss_sum.take() {
                 None => loss.detach(),
                 Some(sum) => no_grad(|| ops::add(&sum, &loss))?,
@@ -516,34 +513,4 @@ fn list_checkpoints(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     all.sort();
     Ok(all)
-}
-
-/// The backward pass of `loss` with each parameter's gradient (plus `acc`, earlier
-/// micro-batches' sum) copied into one flat buffer as soon as it is final, and dropped: the
-/// gradient norm and the optimizer update then cover all parameters in one dispatch each.
-fn gather_grads(loss: &Tensor, params: &[Tensor], acc: Option<Vec<Tensor>>) -> Result<Vec<Tensor>> {
-    let shapes: Vec<&[usize]> = params.iter().map(|p| p.shape()).collect();
-    let zeros = || flat::zeros(&shapes, Precision::FP32, loss.device());
-    let index: HashMap<u64, usize> = params.iter().enumerate().map(|(k, p)| (p.id(), k)).collect();
-    // Made at the first final gradient, after the loss's own backward (often the step's peak).
-    let mut flat: Option<Vec<Tensor>> = None;
-    let mut done = vec![false; params.len()];
-    loss.backward_with_hook(&mut |leaf, g| {
-        let Some(&k) = index.get(&leaf.id()) else { return Ok(false) };
-        let dst = &flat.get_or_insert_with(zeros)[k];
-        match &acc {
-            Some(acc) => flat::copy_into(dst, &ops::add(&acc[k], g)?)?,
-            None => flat::copy_into(dst, g)?,
-        }
-        done[k] = true;
-        Ok(true)
-    })?;
-    let flat = flat.unwrap_or_else(zeros);
-    // Parameters the loss does not reach keep zeros, or what earlier micro-batches gave them.
-    if let Some(acc) = &acc {
-        for k in (0..params.len()).filter(|&k| !done[k]) {
-            flat::copy_into(&flat[k], &acc[k])?;
-        }
-    }
-    Ok(flat)
 }

@@ -34,13 +34,14 @@ pub struct Pool {
     held: AtomicU64,
 }
 
-/// Size classes: 256 bytes, then four steps per power of two (at most 25% slack).
+/// Size classes: 256 bytes, then sixteen steps per power of two (at most 6.25% slack: the
+/// flat parameter and optimizer-state buffers are large and live for the whole run).
 pub fn size_class(bytes: u64) -> u64 {
     if bytes <= 256 {
         return 256;
     }
     let p = bytes.next_power_of_two();
-    let step = (p / 8).max(256);
+    let step = (p / 32).max(256);
     bytes.div_ceil(step) * step
 }
 
