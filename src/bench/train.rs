@@ -211,7 +211,9 @@ fn phase_split(
     let total = start.elapsed().as_secs_f64();
     let ms = |p: Phase| profile::phase_time(p).as_secs_f64() * 1e3 / steps as f64;
     let split = (ms(Phase::Forward), ms(Phase::Backward), ms(Phase::Optimizer), total * 1e3 / steps as f64);
-    if !was_on {
+    if was_on {
+        eprintln!("{}", profile::report()); // IRONTENSOR_PROFILE=1: the split pass, op by op
+    } else {
         profile::disable();
     }
     profile::reset();

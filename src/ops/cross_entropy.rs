@@ -1,8 +1,8 @@
 //! Cross-entropy: on materialised logits, and fused with the output projection so the
 //! [N, V] logits never exist (the vocabulary is processed a chunk at a time).
 
-use super::flat::copy_into;
-use super::{add, float_input, grid_for, matmul, matmul_t, on_device, same_device, scale, slice, sum_all};
+use super::matmul::matmul_into;
+use super::{float_input, grid_for, matmul, matmul_t, on_device, same_device, scale, slice, sum_all};
 use crate::autograd::{no_grad, record};
 use crate::device::cpu::CHUNK;
 use crate::device::gpu::{self, grid, Kernel};
@@ -103,15 +103,15 @@ pub fn fused_linear_cross_entropy_chunked(
             let wc = float_input(OP, &slice(&w, 0, c0, vc)?)?; // [vc, C]
             let dlogits = softmax_grad(matmul_t(&h, &wc, false, true)?, c0, &st, &rows, dy)?;
             if need_dh {
-                let part = matmul(&dlogits, &wc)?; // [N, C]
-                dh = Some(match dh {
-                    Some(acc) => add(&acc, &part)?,
-                    None => part,
-                });
+                // dh: [N, C] += dlogits · wc, in place after the first chunk.
+                match &dh {
+                    Some(acc) => matmul_into(acc, &dlogits, &wc, false, false, true)?,
+                    None => dh = Some(matmul(&dlogits, &wc)?),
+                }
             }
             if let Some(dw) = &dw {
                 // Each chunk owns its rows of dweight: no accumulation across chunks.
-                copy_into(&slice(dw, 0, c0, vc)?, &matmul_t(&dlogits, &h, true, false)?)?;
+                matmul_into(&slice(dw, 0, c0, vc)?, &dlogits, &h, true, false, false)?;
             }
         }
         Ok(vec![dh, dw])

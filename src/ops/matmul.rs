@@ -182,10 +182,39 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims) -> Result<Te
     super::sum_rows(&out)?.view(&d.out_shape)
 }
 
+/// dst (f32, shaped like op(a)·op(b)) = op(a)·op(b), or += with `accumulate`, in place and
+/// without autograd: for backward rules that sum or place products (the fused cross-entropy's
+/// chunks). The CPU writes straight into dst; the GPU computes the product, then adds and copies.
+pub(crate) fn matmul_into(dst: &Tensor, a: &Tensor, b: &Tensor, ta: bool, tb: bool, accumulate: bool) -> Result<()> {
+    let d = dims(a.shape(), b.shape(), ta, tb)?;
+    if dst.dtype() != Precision::FP32 || dst.shape() != d.out_shape || dst.shares_storage(a) || dst.shares_storage(b) {
+        bail!(Shape, "matmul_into: destination {:?} must be a separate f32 {:?}", dst.shape(), d.out_shape);
+    }
+    let (a, b) = (float_input("matmul", a)?, float_input("matmul", b)?);
+    on_device(
+        "matmul",
+        same_device("matmul", &[dst, &a, &b])?,
+        || {
+            cpu_gemm(dst.cpu_mut().f32(), &a, &b, ta, tb, &d, accumulate);
+            Ok(())
+        },
+        || {
+            let c = gpu_matmul(&a, &b, ta, tb, &d)?;
+            super::flat::copy_into(dst, &if accumulate { super::add(dst, &c)? } else { c })
+        },
+    )
+}
+
 fn cpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims) -> Tensor {
+    let mut out = vec![0.0f32; d.batch * d.m * d.n];
+    cpu_gemm(&mut out, a, b, ta, tb, d, false);
+    Tensor::cpu_f32(out, &d.out_shape)
+}
+
+/// out = op(a)·op(b), or out += op(a)·op(b) with `accumulate`.
+fn cpu_gemm(out: &mut [f32], a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims, accumulate: bool) {
     let (ar, br) = (a.cpu(), b.cpu());
     let (av, bv) = (ar.f32(), br.f32());
-    let mut out = vec![0.0f32; d.batch * d.m * d.n];
     // Element strides (column, row) of op(A) [M, K] and op(B) [K, N].
     let (a_cs, a_rs) = if ta { (d.m, 1) } else { (1, d.k) };
     let (b_cs, b_rs) = if tb { (d.k, 1) } else { (1, d.n) };
@@ -210,14 +239,14 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims) -> Tensor {
                 c.as_mut_ptr(),
                 1,
                 d.n as isize,
-                false,
+                accumulate,
                 av[a_base..].as_ptr(),
                 a_cs as isize,
                 a_rs as isize,
                 bv[b_base..].as_ptr(),
                 b_cs as isize,
                 b_rs as isize,
-                0.0,
+                1.0, // with `accumulate`: out = 1·out + 1·op(a)·op(b)
                 1.0,
                 false,
                 false,
@@ -226,5 +255,4 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims) -> Tensor {
             );
         }
     }
-    Tensor::cpu_f32(out, &d.out_shape)
 }
