@@ -11,7 +11,7 @@ use crate::{bail, Device, Precision, Result, Tensor};
 const ALIGN: usize = 64;
 
 /// Element offsets of consecutive views of `numels` elements, and the elements they span.
-pub(crate) fn layout(numels: impl IntoIterator<Item = usize>) -> (Vec<usize>, usize) {
+fn layout(numels: impl IntoIterator<Item = usize>) -> (Vec<usize>, usize) {
     let mut end = 0;
     let offsets = numels
         .into_iter()

@@ -1,6 +1,8 @@
-// In-place optimizer updates (Lion as the spec writes it, AdamW) of f32 or bf16 parameters,
-// and stochastic rounding to bf16. The formulas match `Rule::apply` and the hash `pcg` in mod.rs.
-// BF16 is packed two per u32 (element 2i in the low half); one thread owns a whole word.
+// In-place optimizer updates (Lion as the spec writes it, AdamW) of f32 or bf16 parameters, every
+// parameter whose weights, gradient and state sit in the bound buffers in one dispatch (a table
+// of segments says where each is), and stochastic rounding to bf16. The formulas match
+// `Rule::apply` and the hash `pcg` in mod.rs. BF16 is packed two per u32 (element 2i in the low
+// half); one thread owns a whole word.
 struct Params {
     n: u32,        // update: threads in all segments; round_sr: elements
     g_off: u32,    // round_sr: element offset of its input
