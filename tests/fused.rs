@@ -54,6 +54,26 @@ fn swiglu(device: Device) {
     assert_close(&y.to_vec(), &want, 1e-6, 1e-5, "swiglu of views");
     let msg = ops::swiglu(&gt, &ut).unwrap_err().to_string();
     assert!(msg.contains("swiglu") && msg.contains("[44]") && msg.contains("[40]"), "{msg}");
+    // swiglu_halves: gate and up side by side in each row of one [.., 2F] (the FFN's one matmul),
+    // here a view at an odd offset.
+    for (seed, shape) in shapes().into_iter().enumerate() {
+        let f = *shape.last().unwrap();
+        let mut wide = shape.clone();
+        *wide.last_mut().unwrap() = 2 * f;
+        let n: usize = wide.iter().product();
+        let x = rand_vec(n + 3, -4.0, 4.0, 70 + seed as u64);
+        GradCheck {
+            inputs: vec![(x, vec![n + 3])],
+            op: &|t| ops::swiglu_halves(&ops::slice(&t[0], 0, 3, n)?.view(&wide)?),
+            reference: &|x| x[0][3..].chunks(2 * f).flat_map(|r| (0..f).map(|c| silu_ref(r[c]) * r[f + c])).collect(),
+            atol: 1e-6,
+            rtol: 1e-5,
+            fd_elems: 200,
+        }
+        .run(device, &format!("swiglu_halves {wide:?}"));
+    }
+    let msg = ops::swiglu_halves(&ut.view(&[8, 5]).unwrap()).unwrap_err().to_string();
+    assert!(msg.contains("swiglu_halves") && msg.contains("[8, 5]"), "{msg}");
 }
 
 /// The fused op gives what `mul(silu(gate), up)` gave, forward and backward (bit for bit on

@@ -102,6 +102,42 @@ fn rope(device: Device) {
     }
 }
 
+/// rope_qkv on [B, T, H + 2·Hkv, D]: q and k heads rotated as `rope` does, v copied; the three
+/// outputs checked (and differentiated) as one flat vector.
+fn rope_qkv(device: Device) {
+    for (seed, (b, t, h, hkv, d, off)) in [(2, 5, 3, 1, 6, 3), (1, 33, 4, 2, 16, 0), (2, 1, 2, 2, 64, 70)].into_iter().enumerate() {
+        let g = h + 2 * hkv;
+        let y = rand_vec(b * t * g * d, -1.0, 1.0, 50 + seed as u64);
+        let reference = |x: &[Vec<f64>]| {
+            let part = |h0: usize, n: usize| -> Vec<f64> {
+                x[0].chunks(g * d).flat_map(|row| row[h0 * d..(h0 + n) * d].to_vec()).collect()
+            };
+            let mut out = rope_ref(&part(0, h), &[b, t, h, d], 10000.0, off);
+            out.extend(rope_ref(&part(h, hkv), &[b, t, hkv, d], 10000.0, off));
+            out.extend(part(h + hkv, hkv));
+            out
+        };
+        GradCheck {
+            inputs: vec![(y.clone(), vec![b, t, g, d])],
+            op: &|x| {
+                let [q, k, v] = ops::rope_qkv(&x[0], h, hkv, 10000.0, off)?;
+                let flat = |x: &Tensor| x.view(&[x.numel()]);
+                ops::concat(&[&flat(&q)?, &flat(&k)?, &flat(&v)?], 0)
+            },
+            reference: &reference,
+            atol: 2e-5,
+            rtol: 1e-5,
+            fd_elems: 200,
+        }
+        .run(device, &format!("rope_qkv B{b} T{t} H{h} Hkv{hkv} D{d} offset {off}"));
+        // A loss of q alone: k and v get no gradient, their part of dy is zero.
+        let x = Tensor::from_f32_on(&y, &[b, t, g, d], device).unwrap().requires_grad_();
+        let [q, _, _] = ops::rope_qkv(&x, h, hkv, 10000.0, off).unwrap();
+        let dy = ops::sum_all(&q).unwrap().backward().unwrap().get(&x).unwrap().to_vec();
+        assert!(dy.chunks(g * d).all(|row| row[h * d..].iter().all(|&v| v == 0.0)), "rope_qkv: dk, dv parts");
+    }
+}
+
 fn rope_long_positions(device: Device) {
     // Positions 8128..8192: a plain f32 pos·freq would be off by ~5e-4 rad here.
     let shape = [1, 65, 2, 64];
@@ -214,6 +250,7 @@ device_tests!(
     rmsnorm,
     rmsnorm_deterministic,
     rope,
+    rope_qkv,
     rope_long_positions,
     rope_kv_cache,
     embedding,

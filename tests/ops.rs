@@ -316,6 +316,15 @@ fn layout(device: Device) {
     let t = Tensor::from_f32_on(&x, &shape, device).unwrap();
     let s = ops::slice(&t, 0, 1, 1).unwrap();
     assert!(s.shares_storage(&t), "slice along dim 0 should be a view");
+    // Leading-dim pieces that lie one after another in one buffer join as a view of it (a
+    // model's flat weights), and the gradient still splits between them.
+    let w = Tensor::from_f32_on(&rand_vec(7 * 4, -1.0, 1.0, 8), &[7, 4], device).unwrap().requires_grad_();
+    let (top, rest) = (ops::slice(&w, 0, 0, 2).unwrap(), ops::slice(&w, 0, 2, 5).unwrap());
+    let joined = ops::concat(&[&top, &rest], 0).unwrap();
+    assert!(joined.shares_storage(&w), "adjacent pieces should join as a view");
+    let g = ops::sum_all(&ops::mul(&joined, &joined).unwrap()).unwrap().backward().unwrap();
+    let want: Vec<f64> = f64s(&w.to_vec()).iter().map(|v| 2.0 * v).collect();
+    assert_close(&g.get(&w).unwrap().to_vec(), &want, 1e-6, 1e-6, "gradient through a joined view");
     assert_close(&s.to_vec(), &f64s(&x[105..]), 0.0, 0.0, "row slice view");
 }
 

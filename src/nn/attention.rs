@@ -33,19 +33,12 @@ impl Attention {
     /// x: [B*T, C] -> [B*T, C]. With a cache, keys and values of earlier positions are reused
     /// and the new ones appended; `pos` is the position of x's first token.
     pub fn forward(&self, x: &Tensor, b: usize, t: usize, pos: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let d = self.head_dim;
-        // [B*T, H*D] -> [B, T, H, D], rotated for q and k: attention reads that layout as it is.
-        let heads = |y: Tensor, h: usize, rotate: bool| -> Result<Tensor> {
-            let y = y.view(&[b, t, h, d])?;
-            if rotate {
-                ops::rope(&y, self.rope_base, pos)
-            } else {
-                Ok(y)
-            }
-        };
-        let q = heads(self.q_proj.forward(x)?, self.heads, true)?;
-        let mut k = heads(self.k_proj.forward(x)?, self.kv_heads, true)?;
-        let mut v = heads(self.v_proj.forward(x)?, self.kv_heads, false)?;
+        // The three projections as one matmul: [N, C] · [H + 2·Hkv heads of D, C]ᵀ. On the GPU
+        // the weights lie one after another in the flat parameter buffer, so joining them is free.
+        let (q, k, v) = (&self.q_proj.weight, &self.k_proj.weight, &self.v_proj.weight);
+        let y = ops::matmul_t(x, &ops::concat(&[q, k, v], 0)?, false, true)?;
+        let y = y.view(&[b, t, self.heads + 2 * self.kv_heads, self.head_dim])?;
+        let [q, mut k, mut v] = ops::rope_qkv(&y, self.heads, self.kv_heads, self.rope_base, pos)?;
         if let Some(cache) = cache {
             (k, v) = cache.append(k, v)?;
         }
@@ -58,7 +51,7 @@ impl Attention {
                 "attention: with a KV cache, feed the prompt at once and then one token at a time"
             ),
         };
-        let o = o.view(&[b * t, self.heads * d])?;
+        let o = o.view(&[b * t, self.heads * self.head_dim])?;
         self.o_proj.forward(&o)
     }
 }

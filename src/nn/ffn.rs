@@ -21,7 +21,10 @@ impl FeedForward {
 
     // x: [N, C] -> [N, C]
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let a = ops::swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
+        // gate and up as one matmul, [N, C] · [2F, C]ᵀ: on the GPU their weights lie one after
+        // another in the flat parameter buffer, so joining them is free.
+        let w = ops::concat(&[&self.gate_proj.weight, &self.up_proj.weight], 0)?;
+        let a = ops::swiglu_halves(&ops::matmul_t(x, &w, false, true)?)?;
         self.down_proj.forward(&a)
     }
 }

@@ -210,21 +210,28 @@ pub fn concat(xs: &[&Tensor], dim: usize) -> Result<Tensor> {
             bail!(Dtype, "concat: mixed dtypes {} and {}", dtype.name(), x.dtype().name());
         }
     }
+    let mut out_shape = s0.to_vec();
+    out_shape[dim] = xs.iter().map(|x| x.shape()[dim]).sum();
+    let starts: Vec<(usize, usize)> =
+        xs.iter().scan(0, |at, x| Some((std::mem::replace(at, *at + x.shape()[dim]), x.shape()[dim]))).collect();
+    let backward = move |dy: &Tensor| starts.iter().map(|&(s, len)| slice(dy, dim, s, len).map(Some)).collect();
+    // Pieces that already lie one after another in one buffer (a model's flat parameters,
+    // joined along their leading dim): the result is a view of them.
+    let adjacent = xs.windows(2).all(|w| w[1].shares_storage(w[0]) && w[1].offset() == w[0].offset() + w[0].numel());
+    if adjacent && s0[..dim].iter().all(|&d| d == 1) {
+        let out = Tensor::from_storage(first.storage().clone(), first.offset(), &out_shape, dtype);
+        return Ok(record("concat", out, xs, backward));
+    }
     if dtype == Precision::BF16 {
         let wide = xs.iter().map(|x| x.to_f32()).collect::<Result<Vec<_>>>()?;
         return concat(&wide.iter().collect::<Vec<_>>(), dim)?.to_bf16();
     }
-    let mut out_shape = s0.to_vec();
-    out_shape[dim] = xs.iter().map(|x| x.shape()[dim]).sum();
     let st = strides(&out_shape);
     let mut out = Out::new(device, numel(&out_shape), false)?;
     let mut at = 0;
-    let mut starts = Vec::new();
     for x in xs {
         out.copy("concat", x, x.shape(), 0, &strides(x.shape()), at * st[dim], &st)?;
-        starts.push((at, x.shape()[dim]));
         at += x.shape()[dim];
     }
-    let out = out.into_tensor(&out_shape, dtype);
-    Ok(record("concat", out, xs, move |dy| starts.iter().map(|&(s, len)| slice(dy, dim, s, len).map(Some)).collect()))
+    Ok(record("concat", out.into_tensor(&out_shape, dtype), xs, backward))
 }

@@ -28,9 +28,9 @@ pub use layout::{concat, permute, slice, transpose};
 pub use matmul::{coop_matmul_supported, matmul, matmul_precision, matmul_t, set_matmul_precision, MatmulPrecision};
 pub use reduce::{max, max_all, mean, mean_all, sum, sum_all, sum_rows};
 pub use rmsnorm::{add_rmsnorm, rmsnorm};
-pub use rope::rope;
+pub use rope::{rope, rope_qkv};
 pub use softmax::softmax;
-pub use swiglu::swiglu;
+pub use swiglu::{swiglu, swiglu_halves};
 
 use crate::device::gpu::Kernel;
 use crate::{bail, Device, Precision, Result, Tensor};

@@ -1,10 +1,11 @@
 //! Rotary position embedding (Hugging Face Llama's rotate-half convention) and its backward.
 
-use super::{float_input, grid_for, on_device};
-use crate::autograd::record;
+use super::{float_input, grid_for, on_device, same_device};
+use crate::autograd::{record, record_multi};
 use crate::device::cpu::par_rows;
 use crate::device::gpu::{self, Kernel};
 use crate::{bail, Precision, Result, Tensor};
+use rayon::prelude::*;
 
 pub(crate) static KERNEL: Kernel = Kernel { name: "rope", source: include_str!("rope.wgsl") };
 
@@ -20,18 +21,150 @@ pub fn rope(x: &Tensor, base: f32, pos_offset: usize) -> Result<Tensor> {
     if d == 0 || d % 2 == 1 {
         bail!(Shape, "rope: head dim D must be even and > 0, got D = {d} in shape {:?}", x.shape());
     }
-    if !(base.is_finite() && base > 0.0) {
-        bail!(Invalid, "rope: base must be finite and > 0, got {base}");
-    }
-    if pos_offset + t > u32::MAX as usize {
-        bail!(Invalid, "rope: positions up to {} do not fit in u32", pos_offset + t);
-    }
+    check(base, pos_offset + t)?;
     let turns = turn_table(base, d);
     let out = rotate("rope", &x, &turns, pos_offset, 1.0)?;
     Ok(record("rope", out, &[&x], move |dy| {
         let dy = float_input("rope backward", dy)?;
         Ok(vec![Some(rotate("rope_backward", &dy, &turns, pos_offset, -1.0)?)])
     }))
+}
+
+fn check(base: f32, end: usize) -> Result<()> {
+    if !(base.is_finite() && base > 0.0) {
+        bail!(Invalid, "rope: base must be finite and > 0, got {base}");
+    }
+    if end > u32::MAX as usize {
+        bail!(Invalid, "rope: positions up to {end} do not fit in u32");
+    }
+    Ok(())
+}
+
+/// The attention's fused projection y: [B, T, H + 2·Hkv, D] (the heads of queries, then keys,
+/// then values: one matmul makes them) -> (`rope(q)`, `rope(k)`, v) as [B, T, H, D],
+/// [B, T, Hkv, D] and [B, T, Hkv, D]: one pass each way instead of two ropes and three copies.
+pub fn rope_qkv(y: &Tensor, heads: usize, kv_heads: usize, base: f32, pos_offset: usize) -> Result<[Tensor; 3]> {
+    let y = float_input("rope_qkv", y)?;
+    let &[b, t, g, d] = y.shape() else {
+        bail!(Shape, "rope_qkv: y must be [B, T, H + 2·Hkv, D], got shape {:?}", y.shape());
+    };
+    if g != heads + 2 * kv_heads || d == 0 || d % 2 == 1 {
+        bail!(
+            Shape,
+            "rope_qkv: y {:?} must hold {heads} query and 2 × {kv_heads} key/value heads of even size",
+            y.shape()
+        );
+    }
+    check(base, pos_offset + t)?;
+    let turns = turn_table(base, d);
+    let out = split(&y, heads, kv_heads, &turns, pos_offset)?;
+    let (sizes, device) = ([heads, kv_heads, kv_heads], y.device());
+    let outs = [0, 1, 2].map(|k| {
+        let at = out.offset() + b * t * d * sizes[..k].iter().sum::<usize>();
+        Tensor::from_storage(out.storage().clone(), at, &[b, t, sizes[k], d], Precision::FP32)
+    });
+    Ok(record_multi("rope_qkv", outs, &[&y], move |dys| {
+        let dys = (0..3)
+            .map(|k| match &dys[k] {
+                Some(dy) => float_input("rope_qkv backward", dy),
+                None => Ok(Tensor::zeros_on(&[b, t, sizes[k], d], Precision::FP32, device)),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(vec![Some(merge(&dys, g, &turns, pos_offset)?)])
+    }))
+}
+
+/// rope_qkv's forward: q, k (rotated) and v one after another in one new [B·T·(H + 2·Hkv)·D].
+fn split(y: &Tensor, hq: usize, hkv: usize, turns: &[f32], pos_offset: usize) -> Result<Tensor> {
+    let &[b, t, g, d] = y.shape() else { unreachable!("rope_qkv: shape checked") };
+    let rows = b * t;
+    on_device(
+        "rope_qkv",
+        y.device(),
+        || {
+            let yr = y.cpu();
+            let yv = yr.f32();
+            let mut out = vec![0.0; y.numel()];
+            let (q, rest) = out.split_at_mut(rows * hq * d);
+            let (k, v) = rest.split_at_mut(rows * hkv * d);
+            let rows = q.par_chunks_mut(hq * d).zip(k.par_chunks_mut(hkv * d)).zip(v.par_chunks_mut(hkv * d));
+            rows.enumerate().for_each(|(r, ((q, k), v))| {
+                let (cos, sin) = cos_sin(turns, (pos_offset + r % t) as u32, 1.0);
+                let src = &yv[r * g * d..(r + 1) * g * d];
+                rotate_heads(&src[..hq * d], q, &cos, &sin);
+                rotate_heads(&src[hq * d..(hq + hkv) * d], k, &cos, &sin);
+                v.copy_from_slice(&src[(hq + hkv) * d..]);
+            });
+            Ok(Tensor::cpu_f32(out, &[y.numel()]))
+        },
+        || {
+            let ctx = gpu::context()?;
+            let n = y.numel() / 2;
+            let out = ctx.alloc(y.numel() as u64 * 4);
+            let table = ctx.upload(bytemuck::cast_slice(turns));
+            let params = [n, t, g, d / 2, y.offset(), pos_offset, 0, hq, hkv, 0, 0].map(|v| v as u32);
+            ctx.dispatch(&KERNEL, "qkv_rope", &params, &[y.gpu(), &table, &out], grid_for(n));
+            Ok(Tensor::from_gpu(out, &[y.numel()], Precision::FP32))
+        },
+    )
+}
+
+/// rope_qkv's backward: dy [B, T, H + 2·Hkv, D] from dq, dk (rotated back) and dv.
+fn merge(dys: &[Tensor], g: usize, turns: &[f32], pos_offset: usize) -> Result<Tensor> {
+    let (dq, dk, dv) = (&dys[0], &dys[1], &dys[2]);
+    let &[b, t, hq, d] = dq.shape() else { unreachable!("rope_qkv: shapes checked") };
+    let hkv = dk.shape()[2];
+    let shape = [b, t, g, d];
+    on_device(
+        "rope_qkv_backward",
+        same_device("rope_qkv backward", &[dq, dk, dv])?,
+        || {
+            let (qr, kr, vr) = (dq.cpu(), dk.cpu(), dv.cpu());
+            let (qv, kv, vv) = (qr.f32(), kr.f32(), vr.f32());
+            let mut out = vec![0.0; b * t * g * d];
+            par_rows(&mut out, g * d, |r, row| {
+                let (cos, sin) = cos_sin(turns, (pos_offset + r % t) as u32, -1.0);
+                let (q, rest) = row.split_at_mut(hq * d);
+                let (k, v) = rest.split_at_mut(hkv * d);
+                rotate_heads(&qv[r * hq * d..(r + 1) * hq * d], q, &cos, &sin);
+                rotate_heads(&kv[r * hkv * d..(r + 1) * hkv * d], k, &cos, &sin);
+                v.copy_from_slice(&vv[r * hkv * d..(r + 1) * hkv * d]);
+            });
+            Ok(Tensor::cpu_f32(out, &shape))
+        },
+        || {
+            let ctx = gpu::context()?;
+            let n = b * t * g * d / 2;
+            let out = ctx.alloc(n as u64 * 8);
+            let table = ctx.upload(bytemuck::cast_slice(turns));
+            let params = [n, t, g, d / 2, dq.offset(), pos_offset, 0, hq, hkv, dk.offset(), dv.offset()];
+            let buffers = [dq.gpu(), &table, &out, dk.gpu(), dv.gpu()];
+            ctx.dispatch(&KERNEL, "qkv_rope_backward", &params.map(|v| v as u32), &buffers, grid_for(n));
+            Ok(Tensor::from_gpu(out, &shape, Precision::FP32))
+        },
+    )
+}
+
+/// cos and sign · sin of every frequency's angle at `pos`.
+fn cos_sin(turns: &[f32], pos: u32, sign: f32) -> (Vec<f32>, Vec<f32>) {
+    (0..turns.len() / 2)
+        .map(|i| {
+            let th = angle(turns, pos, i);
+            (th.cos(), sign * th.sin())
+        })
+        .unzip()
+}
+
+/// Each head (D = 2·cos.len() values) of x rotated into out: (a, b) -> (a·cos - b·sin, b·cos + a·sin).
+fn rotate_heads(x: &[f32], out: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = cos.len();
+    for (o, xh) in out.chunks_mut(2 * half).zip(x.chunks(2 * half)) {
+        for i in 0..half {
+            let (a, b) = (xh[i], xh[i + half]);
+            o[i] = a * cos[i] - b * sin[i];
+            o[i + half] = b * cos[i] + a * sin[i];
+        }
+    }
 }
 
 /// freq_i / 2π for i < D/2, each split as hi + lo with hi rounded to 8 significant bits
@@ -70,21 +203,8 @@ fn rotate(op: &'static str, x: &Tensor, turns: &[f32], pos_offset: usize, sign: 
             let mut out = vec![0.0; x.numel()];
             // One row per (b, t): the cos/sin of its position serve all H heads.
             par_rows(&mut out, h * d, |r, row| {
-                let pos = (pos_offset + r % t) as u32;
-                let (cos, sin): (Vec<f32>, Vec<f32>) = (0..half)
-                    .map(|i| {
-                        let th = angle(turns, pos, i);
-                        (th.cos(), sign * th.sin())
-                    })
-                    .unzip();
-                let xrow = &xv[r * h * d..(r + 1) * h * d];
-                for (o, xh) in row.chunks_mut(d).zip(xrow.chunks(d)) {
-                    for i in 0..half {
-                        let (a, b) = (xh[i], xh[i + half]);
-                        o[i] = a * cos[i] - b * sin[i];
-                        o[i + half] = b * cos[i] + a * sin[i];
-                    }
-                }
+                let (cos, sin) = cos_sin(turns, (pos_offset + r % t) as u32, sign);
+                rotate_heads(&xv[r * h * d..(r + 1) * h * d], row, &cos, &sin);
             });
             Ok(Tensor::cpu_f32(out, x.shape()))
         },

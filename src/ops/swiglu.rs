@@ -2,7 +2,7 @@
 
 use super::{float_input, grid_for, on_device, same_device};
 use crate::autograd::record;
-use crate::device::cpu::{par_fill, CHUNK};
+use crate::device::cpu::par_rows;
 use crate::device::gpu::{self, Kernel};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
@@ -12,71 +12,125 @@ pub(crate) static KERNEL: Kernel = Kernel { name: "swiglu", source: include_str!
 /// gate, up: [.., F] (same shape) -> silu(gate) * up (f32), as `mul(silu(gate), up)` computes it.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     let (gate, up) = (float_input("swiglu", gate)?, float_input("swiglu", up)?);
-    let device = same_device("swiglu", &[&gate, &up])?;
+    same_device("swiglu", &[&gate, &up])?;
     if gate.shape() != up.shape() {
         bail!(Shape, "swiglu: gate and up must have the same shape, got {:?} and {:?}", gate.shape(), up.shape());
     }
-    let n = gate.numel();
-    let out = on_device(
-        "swiglu",
-        device,
-        || {
-            let (gr, ur) = (gate.cpu(), up.cpu());
-            let (gv, uv) = (gr.f32(), ur.f32());
-            let mut out = vec![0.0; n];
-            par_fill(&mut out, |i| silu(gv[i]) * uv[i]);
-            Ok(Tensor::cpu_f32(out, gate.shape()))
-        },
-        || {
-            let ctx = gpu::context()?;
-            let out = ctx.alloc(n as u64 * 4);
-            let params = [n as u32, gate.offset() as u32, up.offset() as u32, 0];
-            ctx.dispatch(&KERNEL, "forward", &params, &[gate.gpu(), up.gpu(), &out], grid_for(n));
-            Ok(Tensor::from_gpu(out, gate.shape(), Precision::FP32))
-        },
-    )?;
-    let (g, u) = (gate.clone(), up.clone());
+    let cols = gate.shape().last().copied().unwrap_or(1);
+    let rows = gate.numel() / cols.max(1);
+    let l = Layout { rows, cols, rs: cols, g_off: gate.offset(), u_off: up.offset() };
+    let out = forward(&gate, &up, &l, gate.shape())?;
+    let (g, u, shape) = (gate.clone(), up.clone(), gate.shape().to_vec());
     Ok(record("swiglu", out, &[&gate, &up], move |dy| {
-        let (dgate, dup) = backward(&g, &u, dy)?;
-        Ok(vec![Some(dgate), Some(dup)])
+        // dgate and dup side by side in one [2, rows, F] buffer.
+        let d = backward(&g, &u, &l, dy, (cols, 0, rows * cols))?;
+        let part = |k: usize| Tensor::from_storage(d.storage().clone(), d.offset() + k * rows * cols, &shape, d.dtype());
+        Ok(vec![Some(part(0)), Some(part(1))])
     }))
+}
+
+/// x: [.., 2F], gate and up side by side in each row (one matmul makes both) -> [.., F] =
+/// silu(x[.., :F]) * x[.., F:]; its gradient is again one [.., 2F].
+pub fn swiglu_halves(x: &Tensor) -> Result<Tensor> {
+    let x = float_input("swiglu_halves", x)?;
+    let shape = x.shape().to_vec();
+    let Some(&two_f) = shape.last().filter(|&&c| c % 2 == 0 && c > 0) else {
+        bail!(Shape, "swiglu_halves: the last dim must be even (gate and up side by side), got shape {shape:?}");
+    };
+    let (rows, cols) = (x.numel() / two_f, two_f / 2);
+    let l = Layout { rows, cols, rs: two_f, g_off: x.offset(), u_off: x.offset() + cols };
+    let mut out_shape = shape.clone();
+    *out_shape.last_mut().unwrap() = cols;
+    let out = forward(&x, &x, &l, &out_shape)?;
+    let saved = x.clone();
+    Ok(record("swiglu", out, &[&x], move |dy| Ok(vec![Some(backward(&saved, &saved, &l, dy, (two_f, 0, cols))?.view(&shape)?)])))
+}
+
+/// Where gate and up are: element (r, c) of gate at g_off + r·rs + c, of up at u_off + r·rs + c.
+#[derive(Clone, Copy)]
+struct Layout {
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    g_off: usize,
+    u_off: usize,
 }
 
 fn silu(g: f32) -> f32 {
     g / (1.0 + (-g).exp())
 }
 
-/// dgate = dy·up·silu'(gate), dup = dy·silu(gate), in one pass.
-fn backward(gate: &Tensor, up: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+fn forward(gate: &Tensor, up: &Tensor, l: &Layout, shape: &[usize]) -> Result<Tensor> {
+    let n = l.rows * l.cols;
+    on_device(
+        "swiglu",
+        gate.device(),
+        || {
+            let (gr, ur) = (gate.cpu(), up.cpu());
+            // The host's slices start at each tensor's own offset.
+            let (gv, uv) = (&gr.f32()[l.g_off - gate.offset()..], &ur.f32()[l.u_off - up.offset()..]);
+            let mut out = vec![0.0; n];
+            par_rows(&mut out, l.cols, |r, o| {
+                let (g, u) = (&gv[r * l.rs..], &uv[r * l.rs..]);
+                for (c, o) in o.iter_mut().enumerate() {
+                    *o = silu(g[c]) * u[c];
+                }
+            });
+            Ok(Tensor::cpu_f32(out, shape))
+        },
+        || {
+            let ctx = gpu::context()?;
+            let out = ctx.alloc(n as u64 * 4);
+            let params = [n, l.cols, l.rs, l.g_off, l.u_off, 0, 0, 0, 0].map(|v| v as u32);
+            ctx.dispatch(&KERNEL, "forward", &params, &[gate.gpu(), up.gpu(), &out], grid_for(n));
+            Ok(Tensor::from_gpu(out, shape, Precision::FP32))
+        },
+    )
+}
+
+/// dgate = dy·up·silu'(gate) and dup = dy·silu(gate), in one pass, into one new buffer laid out
+/// by `(row stride, dgate's offset, dup's offset)`; returned flat.
+fn backward(gate: &Tensor, up: &Tensor, l: &Layout, dy: &Tensor, to: (usize, usize, usize)) -> Result<Tensor> {
     let dy = float_input("swiglu backward", dy)?;
-    let n = gate.numel();
+    let (n, (ors, dg_off, du_off)) = (l.rows * l.cols, to);
+    let size = 2 * n;
     on_device(
         "swiglu_backward",
         same_device("swiglu backward", &[gate, &dy])?,
         || {
             let (gr, ur, dr) = (gate.cpu(), up.cpu(), dy.cpu());
-            let (gv, uv, dv) = (gr.f32(), ur.f32(), dr.f32());
-            let (mut dgate, mut dup) = (vec![0.0; n], vec![0.0; n]);
-            dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (dg, du))| {
-                for (j, (dg, du)) in dg.iter_mut().zip(du).enumerate() {
-                    let i = c * CHUNK + j;
-                    let (g, d) = (gv[i], dv[i]);
-                    let s = 1.0 / (1.0 + (-g).exp());
-                    *dg = d * uv[i] * (s * (1.0 + g * (1.0 - s)));
-                    *du = d * silu(g);
-                }
-            });
-            Ok((Tensor::cpu_f32(dgate, gate.shape()), Tensor::cpu_f32(dup, gate.shape())))
+            let (gv, uv) = (&gr.f32()[l.g_off - gate.offset()..], &ur.f32()[l.u_off - up.offset()..]);
+            let dv = dr.f32();
+            let mut out = vec![0.0; size];
+            let pair = |r: usize, c: usize| {
+                let (g, d) = (gv[r * l.rs + c], dv[r * l.cols + c]);
+                let s = 1.0 / (1.0 + (-g).exp());
+                (d * uv[r * l.rs + c] * (s * (1.0 + g * (1.0 - s))), d * silu(g))
+            };
+            if ors == l.cols {
+                // Separate dgate and dup: each its own half of `out`.
+                let (dg, du) = out.split_at_mut(n);
+                dg.par_chunks_mut(l.cols).zip(du.par_chunks_mut(l.cols)).enumerate().for_each(|(r, (dg, du))| {
+                    for c in 0..l.cols {
+                        (dg[c], du[c]) = pair(r, c);
+                    }
+                });
+            } else {
+                // Side by side in each row.
+                par_rows(&mut out, ors, |r, o| {
+                    for c in 0..l.cols {
+                        (o[dg_off + c], o[du_off + c]) = pair(r, c);
+                    }
+                });
+            }
+            Ok(Tensor::cpu_f32(out, &[size]))
         },
         || {
             let ctx = gpu::context()?;
-            let (dgate, dup) = (ctx.alloc(n as u64 * 4), ctx.alloc(n as u64 * 4));
-            let params = [n as u32, gate.offset() as u32, up.offset() as u32, dy.offset() as u32];
-            ctx.dispatch(&KERNEL, "backward", &params, &[gate.gpu(), up.gpu(), &dgate, dy.gpu(), &dup], grid_for(n));
-            Ok((
-                Tensor::from_gpu(dgate, gate.shape(), Precision::FP32),
-                Tensor::from_gpu(dup, gate.shape(), Precision::FP32),
-            ))
+            let out = ctx.alloc(size as u64 * 4);
+            let params = [n, l.cols, l.rs, l.g_off, l.u_off, dy.offset(), ors, dg_off, du_off].map(|v| v as u32);
+            ctx.dispatch(&KERNEL, "backward", &params, &[gate.gpu(), up.gpu(), &out, dy.gpu()], grid_for(n));
+            Ok(Tensor::from_gpu(out, &[size], Precision::FP32))
         },
     )
 }
