@@ -19,9 +19,45 @@ pub struct GradFn {
 }
 
 struct Saved {
-    inputs: Vec<Tensor>,
+    inputs: Vec<Input>,
     /// Holds the tensors the op saved for its backward.
     backward: Box<BackwardFn>,
+}
+
+/// What the graph keeps of a node's input: a leaf that requires grad (a parameter, alive anyway),
+/// or the node that made it and its shape. Not the input's data: a backward rule that needs it
+/// saves it itself, so an input it does not need (of an add, a view, a RoPE) is freed early.
+enum Input {
+    Leaf(Tensor),
+    Output { node: Arc<GradFn>, k: usize, shape: Vec<usize> },
+    Constant,
+}
+
+impl Input {
+    fn new(t: &Tensor) -> Input {
+        match &t.0.grad_fn {
+            Some((node, k)) => Input::Output { node: node.clone(), k: *k, shape: t.shape().to_vec() },
+            None if t.0.requires_grad => Input::Leaf(t.clone()),
+            None => Input::Constant,
+        }
+    }
+
+    /// Where its gradient collects; None for a constant.
+    fn slot(&self) -> Option<Slot> {
+        match self {
+            Input::Leaf(t) => Some(Slot::Leaf(t.id())),
+            Input::Output { node, k, .. } => Some(Slot::Output(Arc::as_ptr(node) as usize, *k)),
+            Input::Constant => None,
+        }
+    }
+
+    fn shape(&self) -> &[usize] {
+        match self {
+            Input::Leaf(t) => t.shape(),
+            Input::Output { shape, .. } => shape,
+            Input::Constant => &[],
+        }
+    }
 }
 
 const USED: &str = "backward: this graph was already used by a backward pass, which frees what the forward \
@@ -89,7 +125,7 @@ pub fn record_multi<const N: usize>(
         op,
         outputs: N,
         saved: Mutex::new(Some(Saved {
-            inputs: inputs.iter().map(|t| (*t).clone()).collect(),
+            inputs: inputs.iter().map(|t| Input::new(t)).collect(),
             backward: Box::new(backward),
         })),
     });
@@ -197,14 +233,13 @@ fn run_backward(root: &Tensor, dy: &Tensor, hook: LeafHook) -> Result<Gradients>
         stack.push((f.clone(), true));
         let saved = f.saved.lock().unwrap();
         let Some(saved) = saved.as_ref() else { bail!(Grad, "{USED}") };
-        for inp in saved.inputs.iter().filter(|i| i.tracks_grad() && i.0.grad_fn.is_none()) {
-            *pending.entry(inp.id()).or_default() += 1;
-        }
         for inp in &saved.inputs {
-            if let Some((g, _)) = &inp.0.grad_fn {
-                if !seen.contains(&(Arc::as_ptr(g) as usize)) {
-                    stack.push((g.clone(), false));
+            match inp {
+                Input::Leaf(t) => *pending.entry(t.id()).or_default() += 1,
+                Input::Output { node, .. } if !seen.contains(&(Arc::as_ptr(node) as usize)) => {
+                    stack.push((node.clone(), false))
                 }
+                _ => {}
             }
         }
     }
@@ -219,10 +254,7 @@ fn run_backward(root: &Tensor, dy: &Tensor, hook: LeafHook) -> Result<Gradients>
         };
         debug_assert_eq!(input_grads.len(), inputs.len(), "{}: backward arity", f.op);
         for (inp, ig) in inputs.iter().zip(input_grads) {
-            let Some(ig) = ig else { continue };
-            if !inp.tracks_grad() {
-                continue;
-            }
+            let (Some(ig), Some(slot)) = (ig, inp.slot()) else { continue };
             if ig.shape() != inp.shape() {
                 bail!(
                     Grad,
@@ -232,18 +264,19 @@ fn run_backward(root: &Tensor, dy: &Tensor, hook: LeafHook) -> Result<Gradients>
                     inp.shape()
                 );
             }
-            let acc = match grads.remove(&slot(inp)) {
+            let acc = match grads.remove(&slot) {
                 Some(prev) => crate::ops::add(&prev, &ig)?,
                 None => ig,
             };
-            grads.insert(slot(inp), acc);
+            grads.insert(slot, acc);
         }
-        for inp in inputs.iter().filter(|i| i.tracks_grad() && i.0.grad_fn.is_none()) {
-            let left = pending.get_mut(&inp.id()).expect("counted above");
+        for inp in &inputs {
+            let Input::Leaf(leaf) = inp else { continue };
+            let left = pending.get_mut(&leaf.id()).expect("counted above");
             *left -= 1;
             if *left == 0 {
-                if let Some(g) = grads.get(&Slot::Leaf(inp.id())) {
-                    hook(inp, g)?;
+                if let Some(g) = grads.get(&Slot::Leaf(leaf.id())) {
+                    hook(leaf, g)?;
                 }
             }
         }

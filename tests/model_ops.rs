@@ -105,7 +105,9 @@ fn rope(device: Device) {
 /// rope_qkv on [B, T, H + 2·Hkv, D]: q and k heads rotated as `rope` does, v copied; the three
 /// outputs checked (and differentiated) as one flat vector.
 fn rope_qkv(device: Device) {
-    for (seed, (b, t, h, hkv, d, off)) in [(2, 5, 3, 1, 6, 3), (1, 33, 4, 2, 16, 0), (2, 1, 2, 2, 64, 70)].into_iter().enumerate() {
+    for (seed, (b, t, h, hkv, d, off)) in
+        [(2, 5, 3, 1, 6, 3), (1, 33, 4, 2, 16, 0), (2, 1, 2, 2, 64, 70)].into_iter().enumerate()
+    {
         let g = h + 2 * hkv;
         let y = rand_vec(b * t * g * d, -1.0, 1.0, 50 + seed as u64);
         let reference = |x: &[Vec<f64>]| {

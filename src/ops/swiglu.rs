@@ -24,7 +24,8 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     Ok(record("swiglu", out, &[&gate, &up], move |dy| {
         // dgate and dup side by side in one [2, rows, F] buffer.
         let d = backward(&g, &u, &l, dy, (cols, 0, rows * cols))?;
-        let part = |k: usize| Tensor::from_storage(d.storage().clone(), d.offset() + k * rows * cols, &shape, d.dtype());
+        let part =
+            |k: usize| Tensor::from_storage(d.storage().clone(), d.offset() + k * rows * cols, &shape, d.dtype());
         Ok(vec![Some(part(0)), Some(part(1))])
     }))
 }
@@ -43,7 +44,9 @@ pub fn swiglu_halves(x: &Tensor) -> Result<Tensor> {
     *out_shape.last_mut().unwrap() = cols;
     let out = forward(&x, &x, &l, &out_shape)?;
     let saved = x.clone();
-    Ok(record("swiglu", out, &[&x], move |dy| Ok(vec![Some(backward(&saved, &saved, &l, dy, (two_f, 0, cols))?.view(&shape)?)])))
+    Ok(record("swiglu", out, &[&x], move |dy| {
+        Ok(vec![Some(backward(&saved, &saved, &l, dy, (two_f, 0, cols))?.view(&shape)?)])
+    }))
 }
 
 /// Where gate and up are: element (r, c) of gate at g_off + r·rs + c, of up at u_off + r·rs + c.
