@@ -88,19 +88,27 @@ fn cpu_and_gpu_agree_for_20_steps() {
     }
 }
 
+/// On the CPU, and on the GPU (parameters, gradients and optimizer state in flat buffers there).
 #[test]
 fn resume_is_bit_exact() {
-    let dir = std::env::temp_dir().join(format!("irontensor-resume-{}", std::process::id()));
+    resume_is_bit_exact_on(Device::Cpu);
+    if let Some(gpu) = common::gpu() {
+        resume_is_bit_exact_on(gpu);
+    }
+}
+
+fn resume_is_bit_exact_on(device: Device) {
+    let dir = std::env::temp_dir().join(format!("irontensor-resume-{}-{}", std::process::id(), device.name()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut cfg = train_config(OptimizerKind::Lion, 1e-3, 8);
     cfg.checkpoint_dir = dir.to_string_lossy().into_owned();
     let mut model = tiny();
     model.dropout = 0.1; // the dropout masks must resume too
     let batches: Vec<_> = (0..8).map(|i| text_batch(i * 3000, 2, 16, 64)).collect();
-    let mut full = Trainer::new_on(model.clone(), cfg.clone(), Device::Cpu).unwrap();
+    let mut full = Trainer::new_on(model.clone(), cfg.clone(), device).unwrap();
     let want: Vec<f32> = batches.iter().map(|(x, y)| full.train_step(x, y, 2, 16).unwrap().0).collect();
 
-    let mut first = Trainer::new_on(model, cfg, Device::Cpu).unwrap();
+    let mut first = Trainer::new_on(model, cfg, device).unwrap();
     for (x, y) in &batches[..4] {
         first.train_step(x, y, 2, 16).unwrap();
     }
@@ -109,7 +117,7 @@ fn resume_is_bit_exact() {
     drop(first); // "killed"
     let latest = Trainer::latest_checkpoint(&dir).unwrap().unwrap();
     assert_eq!(latest, saved);
-    let mut resumed = Trainer::load_checkpoint(&latest, Device::Cpu).unwrap();
+    let mut resumed = Trainer::load_checkpoint(&latest, device).unwrap();
     assert_eq!((resumed.step, resumed.data_position), (4, 4));
     let got: Vec<f32> = batches[4..].iter().map(|(x, y)| resumed.train_step(x, y, 2, 16).unwrap().0).collect();
     assert_eq!(
@@ -329,11 +337,18 @@ fn a_gpu_optimizer_step_is_three_dispatches() {
 
 #[test]
 fn bf16_tracks_fp32() {
+    bf16_tracks_fp32_on(Device::Cpu);
+    if let Some(gpu) = common::gpu() {
+        bf16_tracks_fp32_on(gpu);
+    }
+}
+
+fn bf16_tracks_fp32_on(device: Device) {
     let mut curves = Vec::new();
     for bf16 in [false, true] {
         let mut cfg = train_config(OptimizerKind::AdamW, 3e-3, 30);
         cfg.use_bf16 = bf16;
-        let mut t = Trainer::new_on(tiny(), cfg, Device::Cpu).unwrap();
+        let mut t = Trainer::new_on(tiny(), cfg, device).unwrap();
         assert_eq!(t.model.parameters()[0].1.dtype(), if bf16 { Precision::BF16 } else { Precision::FP32 });
         let curve: Vec<f32> = (0..30)
             .map(|s| {
@@ -345,7 +360,7 @@ fn bf16_tracks_fp32() {
     let (f, b) = (&curves[0], &curves[1]);
     assert!(f[29] < f[0] - 0.5, "fp32 should learn: {} -> {}", f[0], f[29]);
     for s in 0..30 {
-        assert!((f[s] - b[s]).abs() < 0.1 * f[s], "step {s}: fp32 {} vs bf16 {}", f[s], b[s]);
+        assert!((f[s] - b[s]).abs() < 0.1 * f[s], "{device:?} step {s}: fp32 {} vs bf16 {}", f[s], b[s]);
     }
 }
 
