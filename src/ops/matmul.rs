@@ -139,7 +139,7 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims) -> Result<Te
     let aligned = [d.m, d.n, d.k, a.offset(), b.offset()].iter().all(|v| v % 4 == 0);
     // K per split, a multiple of the kernel's step of 8; then the splits that covers.
     let (splits, ks) = match k_splits(d) {
-        s if s > 1 && aligned && !coop => {
+        s if s > 1 && aligned => {
             let ks = d.k.div_ceil(s).div_ceil(8) * 8;
             (d.k.div_ceil(ks), ks)
         }
@@ -167,8 +167,8 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims) -> Result<Te
     let buffers = [a.gpu(), b.gpu(), &out];
     let groups = groups.map(|g| g as u32);
     if coop {
-        let params = [d.m, d.n, d.k, ao, bo, d.a_bs, d.b_bs, ta as usize, tb as usize].map(|v| v as u32);
-        ctx.dispatch(&COOP_KERNEL, "matmul_coop", &params, &buffers, groups);
+        let params = [d.m, d.n, d.k, ao, bo, d.a_bs, d.b_bs, ta as usize, tb as usize, aligned as usize, splits, ks];
+        ctx.dispatch(&COOP_KERNEL, "matmul_coop", &params.map(|v| v as u32), &buffers, groups);
     } else {
         // One entry point per transpose combination, each compiled to its own addressing.
         let entry = [["matmul_nn", "matmul_nt"], ["matmul_tn", "matmul_tt"]][ta as usize][tb as usize];

@@ -3,8 +3,10 @@
 // A 128×256 tile of C per workgroup of 256 threads = 8 subgroups of 32 (checked on the host), in 2×4
 // blocks of 64×64 = 4×4 matrices of 16×16 each. K in steps of 16, staged through shared memory as f16
 // (tiles typed f16: a u32 tile would make u32 matrices, which NVIDIA's driver fails to compile).
-// Tiles keep the orientation A and B have in memory, so global reads coalesce; coopLoad (column-major)
-// or coopLoadT (row-major) reads them as op(A), op(B). Edge tiles go through a checked store.
+// Tiles keep the orientation A and B have in memory, so global reads coalesce (as vec4s when the
+// matrices allow), and coopLoad (column-major) or coopLoadT (row-major) reads them as op(A), op(B).
+// Every index into a local vector or array is a constant (a dynamically indexed one goes to local
+// memory: the kernel was 10× slower so). Edge tiles go through a checked store.
 enable f16;
 enable wgpu_cooperative_matrix;
 
@@ -18,11 +20,14 @@ struct Params {
     b_bs: u32,
     ta: u32, // A is stored [K, M]
     tb: u32, // B is stored [N, K]
+    aligned: u32, // 1: offsets, strides and row lengths are multiples of 4, so vec4 reads line up
+    splits: u32, // split-K as in matmul.wgsl: split s sums K range [s·ks, s·ks + ks) into its own
+    ks: u32,     // slice of C, [splits, batch, M, N]; the host adds the slices
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
 const BM: u32 = 128u;
@@ -34,42 +39,65 @@ var<workgroup> As: array<f16, 3072>; // [128][16 + PAD], or [16][128 + PAD] when
 var<workgroup> Bs: array<f16, 6144>; // [16][256 + PAD], or [256][16 + PAD] when B is stored [N, K]
 var<workgroup> Cs: array<f32, 2048>; // one 16×16 result per subgroup, for the checked stores
 
-// Elements i0..i0+3 of this thread's share of A's tile, whose corner is `org` in A as stored
-// ([rows, cols] = dims); zeros outside A when `check`. Rows s.x + i·step, column s.y of the tile.
-fn fetch_a(base: u32, org: vec2<u32>, dims: vec2<u32>, s: vec2<u32>, step: u32, i0: u32, check: bool) -> vec4<f16> {
-    var v = vec4<f16>();
-    for (var i = 0u; i < 4u; i++) {
-        let r = org.x + s.x + (i0 + i) * step;
-        let col = org.y + s.y;
-        if !check || (r < dims.x && col < dims.y) {
-            v[i] = f16(a[base + r * dims.y + col]);
-        }
+// Elements (r, col..col+3) of a row-major matrix with rows of `ld` elements at offset `base`;
+// zeros at rows from `rows` and columns from `cols` on.
+fn load_a(base: u32, r: u32, col: u32, rows: u32, cols: u32, ld: u32) -> vec4<f32> {
+    var v = vec4<f32>();
+    if r >= rows || col >= cols {
+        return v;
     }
+    let at = base + r * ld + col;
+    if p.aligned == 1u {
+        return a[at / 4u];
+    }
+    v.x = a[at / 4u][at % 4u];
+    if col + 1u < cols { v.y = a[(at + 1u) / 4u][(at + 1u) % 4u]; }
+    if col + 2u < cols { v.z = a[(at + 2u) / 4u][(at + 2u) % 4u]; }
+    if col + 3u < cols { v.w = a[(at + 3u) / 4u][(at + 3u) % 4u]; }
     return v;
 }
 
-fn fetch_b(base: u32, org: vec2<u32>, dims: vec2<u32>, s: vec2<u32>, step: u32, i0: u32, check: bool) -> vec4<f16> {
-    var v = vec4<f16>();
-    for (var i = 0u; i < 4u; i++) {
-        let r = org.x + s.x + (i0 + i) * step;
-        let col = org.y + s.y;
-        if !check || (r < dims.x && col < dims.y) {
-            v[i] = f16(b[base + r * dims.y + col]);
-        }
+fn load_b(base: u32, r: u32, col: u32, rows: u32, cols: u32, ld: u32) -> vec4<f32> {
+    var v = vec4<f32>();
+    if r >= rows || col >= cols {
+        return v;
     }
+    let at = base + r * ld + col;
+    if p.aligned == 1u {
+        return b[at / 4u];
+    }
+    v.x = b[at / 4u][at % 4u];
+    if col + 1u < cols { v.y = b[(at + 1u) / 4u][(at + 1u) % 4u]; }
+    if col + 2u < cols { v.z = b[(at + 2u) / 4u][(at + 2u) % 4u]; }
+    if col + 3u < cols { v.w = b[(at + 3u) / 4u][(at + 3u) % 4u]; }
     return v;
 }
 
-fn stage_a(s: vec2<u32>, step: u32, stride: u32, i0: u32, v: vec4<f16>) {
-    for (var i = 0u; i < 4u; i++) {
-        As[(s.x + (i0 + i) * step) * stride + s.y] = v[i];
-    }
+fn put_a(at: u32, v: vec4<f32>) {
+    As[at] = f16(v.x);
+    As[at + 1u] = f16(v.y);
+    As[at + 2u] = f16(v.z);
+    As[at + 3u] = f16(v.w);
 }
 
-fn stage_b(s: vec2<u32>, step: u32, stride: u32, i0: u32, v: vec4<f16>) {
-    for (var i = 0u; i < 4u; i++) {
-        Bs[(s.x + (i0 + i) * step) * stride + s.y] = v[i];
-    }
+fn put_b(at: u32, v: vec4<f32>) {
+    Bs[at] = f16(v.x);
+    Bs[at + 1u] = f16(v.y);
+    Bs[at + 2u] = f16(v.z);
+    Bs[at + 3u] = f16(v.w);
+}
+
+// This thread's share of a tile with `cols` elements a row as stored (cols / 4 vec4s): its i-th
+// vec4 is in row r + i·step (step = 1024 / cols), from element column c.
+struct Share {
+    r: u32,
+    c: u32,   // first element column
+    step: u32,
+}
+
+fn share(li: u32, cols: u32) -> Share {
+    let per_row = cols / 4u;
+    return Share(li / per_row, (li % per_row) * 4u, 256u / per_row);
 }
 
 fn store_inside(acc: coop_mat16x16<f32, C>, at: u32) {
@@ -94,44 +122,31 @@ fn store_edge(acc: coop_mat16x16<f32, C>, x: u32, y: u32, sg: u32, li: u32, c_ba
     workgroupBarrier();
 }
 
+// Each K step stages the tiles fetched in the previous one, fetches the next into registers and
+// multiplies. The transposes are uniform branches (cooperative operations need uniform control flow).
 @compute @workgroup_size(256)
-fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32,
-               @builtin(subgroup_id) sg: u32) {
-    let m0 = wid.y * BM;
-    let n0 = wid.x * BN;
-    let a_base = p.a_off + wid.z * p.a_bs;
-    let b_base = p.b_off + wid.z * p.b_bs;
+fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) li: u32, @builtin(subgroup_id) sg: u32) {
     let ta = p.ta == 1u;
     let tb = p.tb == 1u;
-    // Each tile in memory order: `cols` contiguous elements a row; thread li loads rows
-    // li / cols + i·(256 / cols) of column li % cols. k0 moves the corner along `kdir`.
-    let a_dims = select(vec2<u32>(p.m, p.k), vec2<u32>(p.k, p.m), ta);
-    let a_cols = select(BK, BM, ta);
-    let a_kdir = select(vec2<u32>(0u, 1u), vec2<u32>(1u, 0u), ta);
-    let a_org = select(vec2<u32>(m0, 0u), vec2<u32>(0u, m0), ta);
-    let a_s = vec2<u32>(li / a_cols, li % a_cols);
-    let a_step = 256u / a_cols;
-    let b_dims = select(vec2<u32>(p.k, p.n), vec2<u32>(p.n, p.k), tb);
-    let b_cols = select(BN, BK, tb);
-    let b_kdir = select(vec2<u32>(1u, 0u), vec2<u32>(0u, 1u), tb);
-    let b_org = select(vec2<u32>(0u, n0), vec2<u32>(n0, 0u), tb);
-    let b_s = vec2<u32>(li / b_cols, li % b_cols);
-    let b_step = 256u / b_cols;
+    let m0 = wid.y * BM;
+    let n0 = wid.x * BN;
+    let products = nwg.z / p.splits;
+    let batch = wid.z % products;
+    let k_begin = (wid.z / products) * p.ks;
+    let k_end = max(k_begin, min(p.k, k_begin + p.ks));
+    let a_base = p.a_off + batch * p.a_bs;
+    let b_base = p.b_off + batch * p.b_bs;
+    // A as stored: [M, K] (tile 128 × 16) or [K, M] (16 × 128); B: [K, N] (16 × 256) or [N, K] (256 × 16).
+    let sa = share(li, select(BK, BM, ta));
+    let sb = share(li, select(BN, BK, tb));
+    let a_stride = select(BK, BM, ta) + PAD;
+    let b_stride = select(BN, BK, tb) + PAD;
+    var ra: array<vec4<f32>, 2>;
+    var rb: array<vec4<f32>, 4>;
     // This subgroup's 64×64 block of the tile.
     let wm = (sg / 4u) * 64u;
     let wn = (sg % 4u) * 64u;
-
-    let inside = m0 + BM <= p.m && n0 + BN <= p.n;
-    let steps = (p.k + BK - 1u) / BK;
-    let full_steps = p.k / BK;
-    let check0 = !inside || full_steps == 0u;
-    var ra0 = fetch_a(a_base, a_org, a_dims, a_s, a_step, 0u, check0);
-    var ra1 = fetch_a(a_base, a_org, a_dims, a_s, a_step, 4u, check0);
-    var rb0 = fetch_b(b_base, b_org, b_dims, b_s, b_step, 0u, check0);
-    var rb1 = fetch_b(b_base, b_org, b_dims, b_s, b_step, 4u, check0);
-    var rb2 = fetch_b(b_base, b_org, b_dims, b_s, b_step, 8u, check0);
-    var rb3 = fetch_b(b_base, b_org, b_dims, b_s, b_step, 12u, check0);
-
     var c00 = coop_mat16x16<f32, C>(); var c01 = coop_mat16x16<f32, C>();
     var c02 = coop_mat16x16<f32, C>(); var c03 = coop_mat16x16<f32, C>();
     var c10 = coop_mat16x16<f32, C>(); var c11 = coop_mat16x16<f32, C>();
@@ -140,26 +155,41 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     var c22 = coop_mat16x16<f32, C>(); var c23 = coop_mat16x16<f32, C>();
     var c30 = coop_mat16x16<f32, C>(); var c31 = coop_mat16x16<f32, C>();
     var c32 = coop_mat16x16<f32, C>(); var c33 = coop_mat16x16<f32, C>();
-    for (var s = 0u; s < steps; s++) {
-        workgroupBarrier(); // the previous step's reads are done
-        stage_a(a_s, a_step, a_cols + PAD, 0u, ra0);
-        stage_a(a_s, a_step, a_cols + PAD, 4u, ra1);
-        stage_b(b_s, b_step, b_cols + PAD, 0u, rb0);
-        stage_b(b_s, b_step, b_cols + PAD, 4u, rb1);
-        stage_b(b_s, b_step, b_cols + PAD, 8u, rb2);
-        stage_b(b_s, b_step, b_cols + PAD, 12u, rb3);
-        workgroupBarrier();
-        if s + 1u < steps {
-            let k0 = (s + 1u) * BK;
-            let check = !inside || s + 1u >= full_steps;
-            let ao = a_org + k0 * a_kdir;
-            let bo = b_org + k0 * b_kdir;
-            ra0 = fetch_a(a_base, ao, a_dims, a_s, a_step, 0u, check);
-            ra1 = fetch_a(a_base, ao, a_dims, a_s, a_step, 4u, check);
-            rb0 = fetch_b(b_base, bo, b_dims, b_s, b_step, 0u, check);
-            rb1 = fetch_b(b_base, bo, b_dims, b_s, b_step, 4u, check);
-            rb2 = fetch_b(b_base, bo, b_dims, b_s, b_step, 8u, check);
-            rb3 = fetch_b(b_base, bo, b_dims, b_s, b_step, 12u, check);
+    let steps = (k_end - k_begin + BK - 1u) / BK;
+    for (var s = 0u; s <= steps; s++) {
+        if s > 0u {
+            workgroupBarrier(); // the previous step's reads of the tiles are done
+            put_a(sa.r * a_stride + sa.c, ra[0]);
+            put_a((sa.r + sa.step) * a_stride + sa.c, ra[1]);
+            put_b(sb.r * b_stride + sb.c, rb[0]);
+            put_b((sb.r + sb.step) * b_stride + sb.c, rb[1]);
+            put_b((sb.r + 2u * sb.step) * b_stride + sb.c, rb[2]);
+            put_b((sb.r + 3u * sb.step) * b_stride + sb.c, rb[3]);
+            workgroupBarrier();
+        }
+        if s < steps {
+            let k0 = k_begin + s * BK;
+            if ta {
+                ra[0] = load_a(a_base, k0 + sa.r, m0 + sa.c, k_end, p.m, p.m);
+                ra[1] = load_a(a_base, k0 + sa.r + sa.step, m0 + sa.c, k_end, p.m, p.m);
+            } else {
+                ra[0] = load_a(a_base, m0 + sa.r, k0 + sa.c, p.m, k_end, p.k);
+                ra[1] = load_a(a_base, m0 + sa.r + sa.step, k0 + sa.c, p.m, k_end, p.k);
+            }
+            if tb {
+                rb[0] = load_b(b_base, n0 + sb.r, k0 + sb.c, p.n, k_end, p.k);
+                rb[1] = load_b(b_base, n0 + sb.r + sb.step, k0 + sb.c, p.n, k_end, p.k);
+                rb[2] = load_b(b_base, n0 + sb.r + 2u * sb.step, k0 + sb.c, p.n, k_end, p.k);
+                rb[3] = load_b(b_base, n0 + sb.r + 3u * sb.step, k0 + sb.c, p.n, k_end, p.k);
+            } else {
+                rb[0] = load_b(b_base, k0 + sb.r, n0 + sb.c, k_end, p.n, p.n);
+                rb[1] = load_b(b_base, k0 + sb.r + sb.step, n0 + sb.c, k_end, p.n, p.n);
+                rb[2] = load_b(b_base, k0 + sb.r + 2u * sb.step, n0 + sb.c, k_end, p.n, p.n);
+                rb[3] = load_b(b_base, k0 + sb.r + 3u * sb.step, n0 + sb.c, k_end, p.n, p.n);
+            }
+        }
+        if s == 0u {
+            continue;
         }
         var a0: coop_mat16x16<f16, A>;
         var a1: coop_mat16x16<f16, A>;
@@ -170,46 +200,30 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         var b2: coop_mat16x16<f16, B>;
         var b3: coop_mat16x16<f16, B>;
         if ta { // As is [k][m]: column-major fragments
-            let s = BM + PAD;
-            let i0 = wm + 0u;
-            let i1 = wm + 16u;
-            let i2 = wm + 32u;
-            let i3 = wm + 48u;
-            a0 = coopLoad<coop_mat16x16<f16, A>>(&As[i0], s);
-            a1 = coopLoad<coop_mat16x16<f16, A>>(&As[i1], s);
-            a2 = coopLoad<coop_mat16x16<f16, A>>(&As[i2], s);
-            a3 = coopLoad<coop_mat16x16<f16, A>>(&As[i3], s);
+            let st = BM + PAD;
+            a0 = coopLoad<coop_mat16x16<f16, A>>(&As[wm], st);
+            a1 = coopLoad<coop_mat16x16<f16, A>>(&As[wm + 16u], st);
+            a2 = coopLoad<coop_mat16x16<f16, A>>(&As[wm + 32u], st);
+            a3 = coopLoad<coop_mat16x16<f16, A>>(&As[wm + 48u], st);
         } else { // As is [m][k]: row-major
-            let s = BK + PAD;
-            let i0 = (wm + 0u) * s;
-            let i1 = (wm + 16u) * s;
-            let i2 = (wm + 32u) * s;
-            let i3 = (wm + 48u) * s;
-            a0 = coopLoadT<coop_mat16x16<f16, A>>(&As[i0], s);
-            a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[i1], s);
-            a2 = coopLoadT<coop_mat16x16<f16, A>>(&As[i2], s);
-            a3 = coopLoadT<coop_mat16x16<f16, A>>(&As[i3], s);
+            let st = BK + PAD;
+            a0 = coopLoadT<coop_mat16x16<f16, A>>(&As[wm * st], st);
+            a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[(wm + 16u) * st], st);
+            a2 = coopLoadT<coop_mat16x16<f16, A>>(&As[(wm + 32u) * st], st);
+            a3 = coopLoadT<coop_mat16x16<f16, A>>(&As[(wm + 48u) * st], st);
         }
         if tb { // Bs is [n][k]: column-major
-            let s = BK + PAD;
-            let i0 = (wn + 0u) * s;
-            let i1 = (wn + 16u) * s;
-            let i2 = (wn + 32u) * s;
-            let i3 = (wn + 48u) * s;
-            b0 = coopLoad<coop_mat16x16<f16, B>>(&Bs[i0], s);
-            b1 = coopLoad<coop_mat16x16<f16, B>>(&Bs[i1], s);
-            b2 = coopLoad<coop_mat16x16<f16, B>>(&Bs[i2], s);
-            b3 = coopLoad<coop_mat16x16<f16, B>>(&Bs[i3], s);
+            let st = BK + PAD;
+            b0 = coopLoad<coop_mat16x16<f16, B>>(&Bs[wn * st], st);
+            b1 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(wn + 16u) * st], st);
+            b2 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(wn + 32u) * st], st);
+            b3 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(wn + 48u) * st], st);
         } else { // Bs is [k][n]: row-major
-            let s = BN + PAD;
-            let i0 = wn + 0u;
-            let i1 = wn + 16u;
-            let i2 = wn + 32u;
-            let i3 = wn + 48u;
-            b0 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[i0], s);
-            b1 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[i1], s);
-            b2 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[i2], s);
-            b3 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[i3], s);
+            let st = BN + PAD;
+            b0 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[wn], st);
+            b1 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[wn + 16u], st);
+            b2 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[wn + 32u], st);
+            b3 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[wn + 48u], st);
         }
         c00 = coopMultiplyAdd(a0, b0, c00);
         c01 = coopMultiplyAdd(a0, b1, c01);
@@ -231,41 +245,41 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 
     let c_base = wid.z * p.m * p.n;
     // coopStoreT to C needs 16-byte aligned rows (Vulkan's rule for cooperative-matrix pointers and strides).
-    if inside && p.n % 4u == 0u {
-        let row0 = m0 + wm;
-        let col0 = n0 + wn;
-        store_inside(c00, c_base + (row0 + 0u) * p.n + col0 + 0u);
-        store_inside(c01, c_base + (row0 + 0u) * p.n + col0 + 16u);
-        store_inside(c02, c_base + (row0 + 0u) * p.n + col0 + 32u);
-        store_inside(c03, c_base + (row0 + 0u) * p.n + col0 + 48u);
-        store_inside(c10, c_base + (row0 + 16u) * p.n + col0 + 0u);
-        store_inside(c11, c_base + (row0 + 16u) * p.n + col0 + 16u);
-        store_inside(c12, c_base + (row0 + 16u) * p.n + col0 + 32u);
-        store_inside(c13, c_base + (row0 + 16u) * p.n + col0 + 48u);
-        store_inside(c20, c_base + (row0 + 32u) * p.n + col0 + 0u);
-        store_inside(c21, c_base + (row0 + 32u) * p.n + col0 + 16u);
-        store_inside(c22, c_base + (row0 + 32u) * p.n + col0 + 32u);
-        store_inside(c23, c_base + (row0 + 32u) * p.n + col0 + 48u);
-        store_inside(c30, c_base + (row0 + 48u) * p.n + col0 + 0u);
-        store_inside(c31, c_base + (row0 + 48u) * p.n + col0 + 16u);
-        store_inside(c32, c_base + (row0 + 48u) * p.n + col0 + 32u);
-        store_inside(c33, c_base + (row0 + 48u) * p.n + col0 + 48u);
-    } else {
-        store_edge(c00, 0u, 0u, sg, li, c_base, m0, n0);
-        store_edge(c01, 0u, 1u, sg, li, c_base, m0, n0);
-        store_edge(c02, 0u, 2u, sg, li, c_base, m0, n0);
-        store_edge(c03, 0u, 3u, sg, li, c_base, m0, n0);
-        store_edge(c10, 1u, 0u, sg, li, c_base, m0, n0);
-        store_edge(c11, 1u, 1u, sg, li, c_base, m0, n0);
-        store_edge(c12, 1u, 2u, sg, li, c_base, m0, n0);
-        store_edge(c13, 1u, 3u, sg, li, c_base, m0, n0);
-        store_edge(c20, 2u, 0u, sg, li, c_base, m0, n0);
-        store_edge(c21, 2u, 1u, sg, li, c_base, m0, n0);
-        store_edge(c22, 2u, 2u, sg, li, c_base, m0, n0);
-        store_edge(c23, 2u, 3u, sg, li, c_base, m0, n0);
-        store_edge(c30, 3u, 0u, sg, li, c_base, m0, n0);
-        store_edge(c31, 3u, 1u, sg, li, c_base, m0, n0);
-        store_edge(c32, 3u, 2u, sg, li, c_base, m0, n0);
-        store_edge(c33, 3u, 3u, sg, li, c_base, m0, n0);
+    if m0 + BM <= p.m && n0 + BN <= p.n && p.n % 4u == 0u {
+        let at = c_base + (m0 + wm) * p.n + n0 + wn;
+        let r = 16u * p.n;
+        store_inside(c00, at);
+        store_inside(c01, at + 16u);
+        store_inside(c02, at + 32u);
+        store_inside(c03, at + 48u);
+        store_inside(c10, at + r);
+        store_inside(c11, at + r + 16u);
+        store_inside(c12, at + r + 32u);
+        store_inside(c13, at + r + 48u);
+        store_inside(c20, at + 2u * r);
+        store_inside(c21, at + 2u * r + 16u);
+        store_inside(c22, at + 2u * r + 32u);
+        store_inside(c23, at + 2u * r + 48u);
+        store_inside(c30, at + 3u * r);
+        store_inside(c31, at + 3u * r + 16u);
+        store_inside(c32, at + 3u * r + 32u);
+        store_inside(c33, at + 3u * r + 48u);
+        return;
     }
+    store_edge(c00, 0u, 0u, sg, li, c_base, m0, n0);
+    store_edge(c01, 0u, 1u, sg, li, c_base, m0, n0);
+    store_edge(c02, 0u, 2u, sg, li, c_base, m0, n0);
+    store_edge(c03, 0u, 3u, sg, li, c_base, m0, n0);
+    store_edge(c10, 1u, 0u, sg, li, c_base, m0, n0);
+    store_edge(c11, 1u, 1u, sg, li, c_base, m0, n0);
+    store_edge(c12, 1u, 2u, sg, li, c_base, m0, n0);
+    store_edge(c13, 1u, 3u, sg, li, c_base, m0, n0);
+    store_edge(c20, 2u, 0u, sg, li, c_base, m0, n0);
+    store_edge(c21, 2u, 1u, sg, li, c_base, m0, n0);
+    store_edge(c22, 2u, 2u, sg, li, c_base, m0, n0);
+    store_edge(c23, 2u, 3u, sg, li, c_base, m0, n0);
+    store_edge(c30, 3u, 0u, sg, li, c_base, m0, n0);
+    store_edge(c31, 3u, 1u, sg, li, c_base, m0, n0);
+    store_edge(c32, 3u, 2u, sg, li, c_base, m0, n0);
+    store_edge(c33, 3u, 3u, sg, li, c_base, m0, n0);
 }
