@@ -156,6 +156,7 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     var c30 = coop_mat16x16<f32, C>(); var c31 = coop_mat16x16<f32, C>();
     var c32 = coop_mat16x16<f32, C>(); var c33 = coop_mat16x16<f32, C>();
     let steps = (k_end - k_begin + BK - 1u) / BK;
+    let fast = p.aligned == 1u && m0 + BM <= p.m && n0 + BN <= p.n;
     for (var s = 0u; s <= steps; s++) {
         if s > 0u {
             workgroupBarrier(); // the previous step's reads of the tiles are done
@@ -169,23 +170,49 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         }
         if s < steps {
             let k0 = k_begin + s * BK;
-            if ta {
+            if fast && k0 + BK <= k_end {
+                // The whole tile lies inside A and B, as vec4s: no checks.
+                if ta {
+                    ra[0] = a[(a_base + (k0 + sa.r) * p.m + m0 + sa.c) / 4u];
+                    ra[1] = a[(a_base + (k0 + sa.r + sa.step) * p.m + m0 + sa.c) / 4u];
+                } else {
+                    ra[0] = a[(a_base + (m0 + sa.r) * p.k + k0 + sa.c) / 4u];
+                    ra[1] = a[(a_base + (m0 + sa.r + sa.step) * p.k + k0 + sa.c) / 4u];
+                }
+                if tb {
+                    let at = (b_base + (n0 + sb.r) * p.k + k0 + sb.c) / 4u;
+                    let st = sb.step * p.k / 4u;
+                    rb[0] = b[at];
+                    rb[1] = b[at + st];
+                    rb[2] = b[at + 2u * st];
+                    rb[3] = b[at + 3u * st];
+                } else {
+                    let at = (b_base + (k0 + sb.r) * p.n + n0 + sb.c) / 4u;
+                    let st = sb.step * p.n / 4u;
+                    rb[0] = b[at];
+                    rb[1] = b[at + st];
+                    rb[2] = b[at + 2u * st];
+                    rb[3] = b[at + 3u * st];
+                }
+            } else if ta {
                 ra[0] = load_a(a_base, k0 + sa.r, m0 + sa.c, k_end, p.m, p.m);
                 ra[1] = load_a(a_base, k0 + sa.r + sa.step, m0 + sa.c, k_end, p.m, p.m);
             } else {
                 ra[0] = load_a(a_base, m0 + sa.r, k0 + sa.c, p.m, k_end, p.k);
                 ra[1] = load_a(a_base, m0 + sa.r + sa.step, k0 + sa.c, p.m, k_end, p.k);
             }
-            if tb {
-                rb[0] = load_b(b_base, n0 + sb.r, k0 + sb.c, p.n, k_end, p.k);
-                rb[1] = load_b(b_base, n0 + sb.r + sb.step, k0 + sb.c, p.n, k_end, p.k);
-                rb[2] = load_b(b_base, n0 + sb.r + 2u * sb.step, k0 + sb.c, p.n, k_end, p.k);
-                rb[3] = load_b(b_base, n0 + sb.r + 3u * sb.step, k0 + sb.c, p.n, k_end, p.k);
-            } else {
-                rb[0] = load_b(b_base, k0 + sb.r, n0 + sb.c, k_end, p.n, p.n);
-                rb[1] = load_b(b_base, k0 + sb.r + sb.step, n0 + sb.c, k_end, p.n, p.n);
-                rb[2] = load_b(b_base, k0 + sb.r + 2u * sb.step, n0 + sb.c, k_end, p.n, p.n);
-                rb[3] = load_b(b_base, k0 + sb.r + 3u * sb.step, n0 + sb.c, k_end, p.n, p.n);
+            if !(fast && k0 + BK <= k_end) {
+                if tb {
+                    rb[0] = load_b(b_base, n0 + sb.r, k0 + sb.c, p.n, k_end, p.k);
+                    rb[1] = load_b(b_base, n0 + sb.r + sb.step, k0 + sb.c, p.n, k_end, p.k);
+                    rb[2] = load_b(b_base, n0 + sb.r + 2u * sb.step, k0 + sb.c, p.n, k_end, p.k);
+                    rb[3] = load_b(b_base, n0 + sb.r + 3u * sb.step, k0 + sb.c, p.n, k_end, p.k);
+                } else {
+                    rb[0] = load_b(b_base, k0 + sb.r, n0 + sb.c, k_end, p.n, p.n);
+                    rb[1] = load_b(b_base, k0 + sb.r + sb.step, n0 + sb.c, k_end, p.n, p.n);
+                    rb[2] = load_b(b_base, k0 + sb.r + 2u * sb.step, n0 + sb.c, k_end, p.n, p.n);
+                    rb[3] = load_b(b_base, k0 + sb.r + 3u * sb.step, n0 + sb.c, k_end, p.n, p.n);
+                }
             }
         }
         if s == 0u {
