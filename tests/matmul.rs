@@ -248,3 +248,53 @@ fn coop_f16() {
     // Back on FP32, products are exact to f32 again.
     Case::new(129, 257, 127, (false, false)).check(device, 300);
 }
+
+/// Training with f16 matmuls: the trainer scales the loss (dynamic loss scaling), so a tiny model
+/// learns as it does with FP32 matmuls; without it the gradients underflow f16 and it stalls.
+#[test]
+fn coop_f16_training() {
+    use irontensor::nn::ModelConfig;
+    use irontensor::train::{Trainer, TrainingConfig};
+    let Some(device) = common::gpu() else { return };
+    if !ops::coop_matmul_supported() {
+        eprintln!("coop_f16_training skipped: this GPU has no 16×16 f16 cooperative matrices");
+        return;
+    }
+    let _lock = precision_lock();
+    let model = ModelConfig {
+        vocab_size: 64,
+        hidden_dim: 64,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        intermediate_dim: 128,
+        max_seq_len: 64,
+        rope_base: 10000.0,
+        norm_eps: 1e-5,
+        tie_weights: false,
+        precision: irontensor::Precision::FP32,
+        dropout: 0.0,
+    };
+    let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/tinyshakespeare.txt")).unwrap();
+    let ids: Vec<u32> = text[..64 * 33 * 40].iter().map(|&b| b as u32 % 64).collect();
+    let mut curves = Vec::new();
+    for precision in [MatmulPrecision::FP32, MatmulPrecision::F16] {
+        ops::set_matmul_precision(precision).unwrap();
+        let cfg = TrainingConfig { learning_rate: 3e-3, total_steps: 40, warmup_steps: 5, ..Default::default() };
+        let mut t = Trainer::new_on(model.clone(), cfg, device).unwrap();
+        let curve: Vec<f32> = (0..40)
+            .map(|s| {
+                let w = &ids[s * 64 * 33..(s + 1) * 64 * 33];
+                let (x, y): (Vec<u32>, Vec<u32>) =
+                    w.chunks(33).flat_map(|r| r[..32].iter().zip(&r[1..]).map(|(&a, &b)| (a, b))).unzip();
+                t.train_step(&x, &y, 64, 32).unwrap().0
+            })
+            .collect();
+        curves.push(curve);
+    }
+    ops::set_matmul_precision(MatmulPrecision::FP32).unwrap();
+    let (f, h) = (&curves[0], &curves[1]);
+    assert!(f[39] < f[0] - 0.5, "fp32 should learn: {} -> {}", f[0], f[39]);
+    let tail = |c: &[f32]| c[30..].iter().sum::<f32>() / 10.0;
+    assert!((tail(h) - tail(f)).abs() < 0.05 * tail(f), "f16 matmuls: last losses {} vs fp32 {}", tail(h), tail(f));
+}

@@ -379,6 +379,15 @@ fn step_control(device: Device) {
             assert_close(&c, &[scale, 1.0, norm, 2.5], 1e-6, 1e-5, &format!("{what}: control for max_norm {max}"));
         }
     }
+    // Gradients of a loss scaled by 1024 (loss scaling), told so: the same decision, the scale
+    // including 1/1024; and an overflowed (infinite) scaled gradient skips the step.
+    let scaled: Vec<Tensor> = grads.iter().map(|g| ops::scale(g, 1024.0).unwrap()).collect();
+    for (max, scale) in [(norm / 4.0, 0.25), (norm * 2.0, 1.0), (0.0, 1.0)] {
+        let c = optim::step_control_scaled(&scaled, &loss, max as f32, 1024.0).unwrap().to_vec();
+        assert_close(&c, &[scale / 1024.0, 1.0, norm, 2.5], 1e-6, 1e-5, &format!("scaled control for max_norm {max}"));
+    }
+    let inf: Vec<Tensor> = scaled.iter().map(|g| ops::scale(g, f32::INFINITY).unwrap()).collect();
+    assert_eq!(optim::step_control_scaled(&inf, &loss, 1.0, 1024.0).unwrap().to_vec()[1], 0.0, "overflow skips");
     // Controlled (scale, then step) against clip_grad_norm then step, for both rules.
     let params = |seed| sizes.iter().map(|&n| t(&rand_vec(n, -1.0, 1.0, seed))).collect::<Vec<_>>();
     let (lion, adamw) = (LionConfig { lr: 0.01, ..Default::default() }, AdamWConfig { lr: 0.01, ..Default::default() });

@@ -17,7 +17,7 @@ pub fn global_norm(grads: &[Tensor]) -> Result<f32> {
         return Ok(0.0);
     }
     let device = check_grads("global_norm", grads)?;
-    on_device("global_norm", device, || Ok(cpu_norm(grads)), || Ok(gpu_control(grads, None, 0.0)?.to_vec()[2]))
+    on_device("global_norm", device, || Ok(cpu_norm(grads)), || Ok(gpu_control(grads, None, 0.0, 1.0)?.to_vec()[2]))
 }
 
 /// One step's decision, made where the gradients live so the host need not wait for it:
@@ -26,7 +26,18 @@ pub fn global_norm(grads: &[Tensor]) -> Result<f32> {
 /// when max_norm is 0); the update applies when the loss ([] or [1]) and the norm are finite.
 /// The optimizers' `step_controlled` read it in their update kernels.
 pub fn step_control(grads: &[Tensor], loss: &Tensor, max_norm: f32) -> Result<Tensor> {
+    step_control_scaled(grads, loss, max_norm, 1.0)
+}
+
+/// `step_control` for gradients of a loss multiplied by `loss_scale` (loss scaling, for f16
+/// matmuls): the norm is that of the gradients divided by it, and the gradient scale includes
+/// 1 / loss_scale, so the update sees the true gradients. A scaled gradient that overflowed makes
+/// the norm infinite: the step is skipped.
+pub fn step_control_scaled(grads: &[Tensor], loss: &Tensor, max_norm: f32, loss_scale: f32) -> Result<Tensor> {
     let device = check_grads("step_control", grads)?;
+    if !(loss_scale.is_finite() && loss_scale > 0.0) {
+        bail!(Invalid, "step_control: the loss scale must be finite and > 0, got {loss_scale}");
+    }
     if loss.numel() != 1 || loss.dtype() != Precision::FP32 || loss.device() != device {
         bail!(
             Invalid,
@@ -40,13 +51,13 @@ pub fn step_control(grads: &[Tensor], loss: &Tensor, max_norm: f32) -> Result<Te
         "step_control",
         device,
         || {
-            let (norm, loss) = (cpu_norm(grads), loss.item()?);
+            let (norm, loss) = (cpu_norm(grads) / loss_scale, loss.item()?);
             let ok = norm.is_finite() && loss.is_finite();
             let coef = max_norm / (norm + 1e-6);
             let scale = if max_norm > 0.0 && ok && coef < 1.0 { coef } else { 1.0 };
-            Ok(Tensor::cpu_f32(vec![scale, ok as u32 as f32, norm, loss], &[4]))
+            Ok(Tensor::cpu_f32(vec![scale / loss_scale, ok as u32 as f32, norm, loss], &[4]))
         },
-        || gpu_control(grads, Some(loss), max_norm),
+        || gpu_control(grads, Some(loss), max_norm, loss_scale),
     )
 }
 
@@ -78,7 +89,7 @@ fn cpu_norm(grads: &[Tensor]) -> f32 {
 /// run of gradients sharing a buffer: one in all for a trainer's flat gradients), then one
 /// workgroup that totals them and decides. Slots 0..4 of the partial-sums buffer become the
 /// control; the loss (or 0) is copied into slot 3 first.
-fn gpu_control(grads: &[Tensor], loss: Option<&Tensor>, max_norm: f32) -> Result<Tensor> {
+fn gpu_control(grads: &[Tensor], loss: Option<&Tensor>, max_norm: f32, loss_scale: f32) -> Result<Tensor> {
     let ctx = gpu::context()?;
     let groups: Vec<usize> = grads.iter().map(|g| g.numel().div_ceil(PER_GROUP)).collect();
     let slots: usize = groups.iter().sum();
@@ -93,7 +104,7 @@ fn gpu_control(grads: &[Tensor], loss: Option<&Tensor>, max_norm: f32) -> Result
         }
         if first > 0 {
             let table = ctx.upload(bytemuck::cast_slice(&table));
-            let params = [run.len() as u32, 0, base as u32, 0];
+            let params = [run.len() as u32, 0, base as u32, 0, 0];
             ctx.dispatch(&KERNEL, "sumsq", &params, &[grads[run.start].gpu(), &part, &table], grid(first as u32));
         }
         base += first;
@@ -102,7 +113,8 @@ fn gpu_control(grads: &[Tensor], loss: Option<&Tensor>, max_norm: f32) -> Result
         let (src, dst) = (&loss.gpu().buffer, &part.buffer);
         ctx.record(|enc| enc.copy_buffer_to_buffer(src, loss.offset() as u64 * 4, dst, 12, 4));
     }
-    ctx.dispatch(&KERNEL, "control", &[slots as u32, 0, 0, max_norm.to_bits()], &[&part], [1, 1, 1]);
+    let params = [slots as u32, 0, 0, max_norm.to_bits(), (1.0 / loss_scale).to_bits()];
+    ctx.dispatch(&KERNEL, "control", &params, &[&part], [1, 1, 1]);
     let part = Tensor::from_gpu(part, &[4 + slots], Precision::FP32);
     crate::ops::slice(&part, 0, 0, 4)
 }
@@ -131,7 +143,7 @@ fn scale_in_place(g: &Tensor, s: f32) -> Result<()> {
         || {
             let ctx = gpu::context()?;
             let n = g.numel();
-            let params = [n as u32, g.offset() as u32, 0, s.to_bits()];
+            let params = [n as u32, g.offset() as u32, 0, s.to_bits(), 0];
             ctx.dispatch(&KERNEL, "scale", &params, &[g.gpu()], grid_for(n));
             Ok(())
         },

@@ -4,7 +4,8 @@ struct Params {
     n: u32,    // elements of x (scale), partial sums (control) or segments (sumsq)
     off: u32,  // element offset of x (scale)
     base: u32, // sumsq: slot of the first segment's first partial sum in part
-    s: f32,    // scale factor
+    s: f32,    // scale factor (scale), max_norm (control)
+    inv: f32,  // control: 1 / loss scale (the gradients are the loss's times the loss scale)
 }
 
 // One tensor of a sumsq dispatch: where it starts in x, its length, and its first workgroup.
@@ -63,7 +64,8 @@ fn finite(v: f32) -> bool {
 
 // One workgroup decides the optimizer step (clip.rs `step_control`): from the partial sums
 // x[4..4 + n] and the loss in x[3] it writes x[0] = gradient scale, x[1] = 1 if the step
-// applies (loss and norm finite) else 0, x[2] = the global norm. p.s = max_norm (0: no clipping).
+// applies (loss and norm finite) else 0, x[2] = the global norm. p.s = max_norm (0: no clipping);
+// the gradients are the loss scale's multiple, so the norm and the scale include p.inv.
 @compute @workgroup_size(256)
 fn control(@builtin(local_invocation_index) lid: u32) {
     var acc = 0.0;
@@ -73,10 +75,10 @@ fn control(@builtin(local_invocation_index) lid: u32) {
     sh[lid] = acc;
     tree_sum(lid);
     if lid == 0u {
-        let norm = sqrt(sh[0]);
+        let norm = sqrt(sh[0]) * p.inv;
         let ok = finite(norm) && finite(x[3]);
         let coef = p.s / (norm + 1e-6);
-        x[0] = select(1.0, coef, p.s > 0.0 && ok && coef < 1.0);
+        x[0] = select(1.0, coef, p.s > 0.0 && ok && coef < 1.0) * p.inv;
         x[1] = select(0.0, 1.0, ok);
         x[2] = norm;
     }

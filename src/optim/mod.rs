@@ -6,7 +6,7 @@ pub mod clip;
 mod lion;
 
 pub use adamw::{AdamW, AdamWConfig};
-pub use clip::{clip_grad_norm, global_norm, step_control};
+pub use clip::{clip_grad_norm, global_norm, step_control, step_control_scaled};
 pub use lion::{Lion, LionConfig};
 
 use crate::device::cpu::{CpuBuffer, CHUNK};

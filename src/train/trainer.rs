@@ -6,7 +6,7 @@ use super::{Decay, LrScheduler};
 use crate::dist::{Dist, GradSync};
 use crate::nn::{GPTModel, ModelConfig};
 use crate::ops::{self, flat};
-use crate::optim::{step_control, AdamW, AdamWConfig, Lion, LionConfig};
+use crate::optim::{step_control_scaled, AdamW, AdamWConfig, Lion, LionConfig};
 use crate::profile::{self, Phase};
 use crate::{bail, no_grad, Device, Error, Precision, Result, Tensor};
 use serde::{Deserialize, Serialize};
@@ -109,6 +109,48 @@ pub struct Trainer {
     optimizer: Optimizer,
     /// Gradient averaging across MPI ranks (`distribute`).
     sync: Option<GradSync>,
+    /// Dynamic loss scaling, used while GPU matmuls round to f16 (`MatmulPrecision::F16`).
+    loss_scale: LossScale,
+}
+
+/// PyTorch's GradScaler rule: start at 2^16, halve when the scaled gradients overflow (that step
+/// is skipped), double after 1000 steps in a row without. Not saved in checkpoints: a resumed run
+/// starts again at 2^16.
+struct LossScale {
+    scale: f32,
+    good_steps: u32,
+}
+
+impl Default for LossScale {
+    fn default() -> Self {
+        LossScale { scale: 65536.0, good_steps: 0 }
+    }
+}
+
+impl LossScale {
+    /// The scale for this step: 1 unless GPU matmuls take f16 inputs, whose range the small
+    /// gradients of a mean loss would fall below.
+    fn now(&self, device: Device) -> f32 {
+        let f16 = device == Device::Gpu && ops::matmul_precision() == ops::MatmulPrecision::F16;
+        if f16 {
+            self.scale
+        } else {
+            1.0
+        }
+    }
+
+    fn update(&mut self, applied: bool) {
+        if !applied {
+            self.scale = (self.scale / 2.0).max(1.0);
+            self.good_steps = 0;
+        } else {
+            self.good_steps += 1;
+            if self.good_steps == 1000 {
+                self.scale = (self.scale * 2.0).min(16_777_216.0);
+                self.good_steps = 0;
+            }
+        }
+    }
 }
 
 /// Gradient all-reduce buckets of this many MiB (`IRONTENSOR_DIST_BUCKET_MB`).
@@ -165,20 +207,23 @@ impl Trainer {
                 ..Default::default()
             })),
         };
-        if model.device() == Device::Gpu && ops::matmul_precision() == ops::MatmulPrecision::F16 {
-            // Measured: the shakespeare run ends at 2.59 nats/character instead of 1.46.
-            eprintln!(
-                "warning: f16 matmuls (IRONTENSOR_MATMUL=coop) round gradients to f16 without loss scaling, \
-                 which stalls training; use the default FP32 matmuls to train"
-            );
-        }
         // Weight decay on matrices only: not on norms.
         let mask = model.parameters().iter().map(|(_, t)| t.rank() >= 2).collect();
         match &mut optimizer {
             Optimizer::Lion(o) => o.set_decay_mask(mask),
             Optimizer::AdamW(o) => o.set_decay_mask(mask),
         }
-        Ok(Trainer { model, config, scheduler, step: 0, skipped_steps: 0, data_position: 0, optimizer, sync: None })
+        Ok(Trainer {
+            model,
+            config,
+            scheduler,
+            step: 0,
+            skipped_steps: 0,
+            data_position: 0,
+            optimizer,
+            sync: None,
+            loss_scale: LossScale::default(),
+        })
     }
 
     /// Averages every step's gradients (and loss) over the ranks of `dist`: each rank then
@@ -228,6 +273,7 @@ impl Trainer {
             bail!(Shape, "train_step: batch {batch} is not divisible by grad_accum_steps {accum}");
         }
         let micro = batch / accum;
+        let scale = self.loss_scale.now(self.model.device());
         let params: Vec<Tensor> = self.model.parameters().iter().map(|(_, t)| t.clone()).collect();
         let mut grads: Option<Vec<Tensor>> = None;
         // The summed loss stays on the device: the step reads the host only once, at its end.
@@ -250,10 +296,12 @@ impl Trainer {
             };
             let backward = profile::phase(Phase::Backward);
             let last = m + 1 == accum;
+            // The loss the backward pass starts from (the loss itself unless loss scaling is on).
+            let scaled = if scale == 1.0 { loss.clone() } else { ops::scale(&loss, scale)? };
             if let (Some(sync), true) = (&self.sync, last) {
                 // The last micro-batch: buckets are averaged across ranks while backward runs.
                 let mut round = sync.round(grads.take());
-                loss.backward_with_hook(&mut |leaf, g| round.ready(leaf, g))?;
+                scaled.backward_with_hook(&mut |leaf, g| round.ready(leaf, g))?;
                 let local = loss.item()? + loss_sum.take().map_or(Ok(0.0), |s| s.item())?;
                 let (averaged, sums) = round.finish(vec![local])?;
                 let mean = sums[0] / sync.dist().size() as f32;
@@ -262,7 +310,7 @@ impl Trainer {
                 drop(backward);
                 continue;
             }
-            let g = loss.backward()?;
+            let g = scaled.backward()?;
             let g: Vec<Tensor> = params
                 .iter()
                 .map(|p| g.get(p).cloned().unwrap_or_else(|| Tensor::zeros_on(p.shape(), Precision::FP32, p.device())))
@@ -283,7 +331,7 @@ impl Trainer {
         let (grads, loss_sum) = (grads.expect("at least one micro-batch"), loss_sum.expect("at least one micro-batch"));
         let _optimizer = profile::phase(Phase::Optimizer);
         // Clipping and the NaN/Inf skip are decided on the device and applied inside the update.
-        let control = step_control(&grads, &loss_sum, self.config.max_grad_norm)?;
+        let control = step_control_scaled(&grads, &loss_sum, self.config.max_grad_norm, scale)?;
         let lr = self.scheduler.get_lr(self.step);
         match &mut self.optimizer {
             Optimizer::Lion(o) => {
@@ -297,6 +345,9 @@ impl Trainer {
         }
         let c = control.to_vec(); // the step's one host read
         let (applied, norm, loss_sum) = (c[1] != 0.0, c[2], c[3]);
+        if scale != 1.0 {
+            self.loss_scale.update(applied);
+        }
         if !applied {
             match &mut self.optimizer {
                 Optimizer::Lion(o) => o.uncount_step(),
@@ -304,7 +355,14 @@ impl Trainer {
             }
             self.skipped_steps += 1;
             if self.dist().is_none_or(|d| d.is_root()) {
-                eprintln!("step {}: loss {loss_sum} / gradient norm {norm} is not finite; update skipped", self.step);
+                let why = match scale != 1.0 && loss_sum.is_finite() {
+                    true => format!(
+                        "gradients overflowed at loss scale {scale}; the scale is now {}",
+                        self.loss_scale.scale
+                    ),
+                    false => format!("loss {loss_sum} / gradient norm {norm} is not finite"),
+                };
+                eprintln!("step {}: {why}; update skipped", self.step);
             }
         }
         self.step += 1;
