@@ -171,37 +171,27 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         if s < steps {
             let k0 = k_begin + s * BK;
             if fast && k0 + BK <= k_end {
-                // The whole tile lies inside A and B, as vec4s: no checks.
-                if ta {
-                    ra[0] = a[(a_base + (k0 + sa.r) * p.m + m0 + sa.c) / 4u];
-                    ra[1] = a[(a_base + (k0 + sa.r + sa.step) * p.m + m0 + sa.c) / 4u];
-                } else {
-                    ra[0] = a[(a_base + (m0 + sa.r) * p.k + k0 + sa.c) / 4u];
-                    ra[1] = a[(a_base + (m0 + sa.r + sa.step) * p.k + k0 + sa.c) / 4u];
-                }
-                if tb {
-                    let at = (b_base + (n0 + sb.r) * p.k + k0 + sb.c) / 4u;
-                    let st = sb.step * p.k / 4u;
-                    rb[0] = b[at];
-                    rb[1] = b[at + st];
-                    rb[2] = b[at + 2u * st];
-                    rb[3] = b[at + 3u * st];
-                } else {
-                    let at = (b_base + (k0 + sb.r) * p.n + n0 + sb.c) / 4u;
-                    let st = sb.step * p.n / 4u;
-                    rb[0] = b[at];
-                    rb[1] = b[at + st];
-                    rb[2] = b[at + 2u * st];
-                    rb[3] = b[at + 3u * st];
-                }
-            } else if ta {
-                ra[0] = load_a(a_base, k0 + sa.r, m0 + sa.c, k_end, p.m, p.m);
-                ra[1] = load_a(a_base, k0 + sa.r + sa.step, m0 + sa.c, k_end, p.m, p.m);
+                // The whole tile lies inside A and B, as vec4s: no checks. Rows as stored are
+                // K long (A is [M, K]) or M long ([K, M]); N long (B is [K, N]) or K long ([N, K]).
+                let lda = select(p.k, p.m, ta);
+                let a_at = (a_base + (select(m0, k0, ta) + sa.r) * lda + select(k0, m0, ta) + sa.c) / 4u;
+                ra[0] = a[a_at];
+                ra[1] = a[a_at + sa.step * lda / 4u];
+                let ldb = select(p.n, p.k, tb);
+                let b_at = (b_base + (select(k0, n0, tb) + sb.r) * ldb + select(n0, k0, tb) + sb.c) / 4u;
+                let st = sb.step * ldb / 4u;
+                rb[0] = b[b_at];
+                rb[1] = b[b_at + st];
+                rb[2] = b[b_at + 2u * st];
+                rb[3] = b[b_at + 3u * st];
             } else {
-                ra[0] = load_a(a_base, m0 + sa.r, k0 + sa.c, p.m, k_end, p.k);
-                ra[1] = load_a(a_base, m0 + sa.r + sa.step, k0 + sa.c, p.m, k_end, p.k);
-            }
-            if !(fast && k0 + BK <= k_end) {
+                if ta {
+                    ra[0] = load_a(a_base, k0 + sa.r, m0 + sa.c, k_end, p.m, p.m);
+                    ra[1] = load_a(a_base, k0 + sa.r + sa.step, m0 + sa.c, k_end, p.m, p.m);
+                } else {
+                    ra[0] = load_a(a_base, m0 + sa.r, k0 + sa.c, p.m, k_end, p.k);
+                    ra[1] = load_a(a_base, m0 + sa.r + sa.step, k0 + sa.c, p.m, k_end, p.k);
+                }
                 if tb {
                     rb[0] = load_b(b_base, n0 + sb.r, k0 + sb.c, p.n, k_end, p.k);
                     rb[1] = load_b(b_base, n0 + sb.r + sb.step, k0 + sb.c, p.n, k_end, p.k);

@@ -48,7 +48,7 @@ pub fn rope_qkv(y: &Tensor, heads: usize, kv_heads: usize, base: f32, pos_offset
     let &[b, t, g, d] = y.shape() else {
         bail!(Shape, "rope_qkv: y must be [B, T, H + 2·Hkv, D], got shape {:?}", y.shape());
     };
-    if g != heads + 2 * kv_heads || d == 0 || d % 2 == 1 {
+    if heads == 0 || kv_heads == 0 || g != heads + 2 * kv_heads || d == 0 || d % 2 == 1 {
         bail!(
             Shape,
             "rope_qkv: y {:?} must hold {heads} query and 2 × {kv_heads} key/value heads of even size",
