@@ -282,15 +282,25 @@ fn coop_f16_training() {
         ops::set_matmul_precision(precision).unwrap();
         let cfg = TrainingConfig { learning_rate: 3e-3, total_steps: 40, warmup_steps: 5, ..Default::default() };
         let mut t = Trainer::new_on(model.clone(), cfg, device).unwrap();
-        let curve: Vec<f32> = (0..40)
+        let batch = |s: usize| -> (Vec<u32>, Vec<u32>) {
+            let w = &ids[s * 64 * 33..(s + 1) * 64 * 33];
+            w.chunks(33).flat_map(|r| r[..32].iter().zip(&r[1..]).map(|(&a, &b)| (a, b))).unzip()
+        };
+        let curve: Vec<f32> = (0..39)
             .map(|s| {
-                let w = &ids[s * 64 * 33..(s + 1) * 64 * 33];
-                let (x, y): (Vec<u32>, Vec<u32>) =
-                    w.chunks(33).flat_map(|r| r[..32].iter().zip(&r[1..]).map(|(&a, &b)| (a, b))).unzip();
+                let (x, y) = batch(s);
                 t.train_step(&x, &y, 64, 32).unwrap().0
             })
             .collect();
-        curves.push(curve);
+        // A checkpoint keeps the loss scale too: the resumed trainer takes the same last step.
+        let dir = std::env::temp_dir().join(format!("irontensor-coop-{}-{precision:?}", std::process::id()));
+        t.save_checkpoint(&dir).unwrap();
+        let mut resumed = Trainer::load_checkpoint(&dir, device).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let (x, y) = batch(39);
+        let (last, again) = (t.train_step(&x, &y, 64, 32).unwrap().0, resumed.train_step(&x, &y, 64, 32).unwrap().0);
+        assert_eq!(last.to_bits(), again.to_bits(), "{precision:?}: the resumed step differs");
+        curves.push([curve, vec![last]].concat());
     }
     ops::set_matmul_precision(MatmulPrecision::FP32).unwrap();
     let (f, h) = (&curves[0], &curves[1]);

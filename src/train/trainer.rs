@@ -92,6 +92,9 @@ struct TrainerState {
     data_position: u64,
     model_config: ModelConfig,
     train_config: TrainingConfig,
+    /// The loss scaling's state (absent from checkpoints written before it existed).
+    #[serde(default)]
+    loss_scale: LossScale,
 }
 
 const FORMAT: u32 = 1;
@@ -114,8 +117,8 @@ pub struct Trainer {
 }
 
 /// PyTorch's GradScaler rule: start at 2^16, halve when the scaled gradients overflow (that step
-/// is skipped), double after 1000 steps in a row without. Not saved in checkpoints: a resumed run
-/// starts again at 2^16.
+/// is skipped), double after 1000 steps in a row without. Saved in checkpoints.
+#[derive(Clone, Copy, Serialize, Deserialize)]
 struct LossScale {
     scale: f32,
     good_steps: u32,
@@ -405,6 +408,7 @@ impl Trainer {
             data_position: self.data_position,
             model_config: self.model.config.clone(),
             train_config: self.config.clone(),
+            loss_scale: self.loss_scale,
         }
     }
 
@@ -493,6 +497,7 @@ impl Trainer {
         trainer.step = meta.step;
         trainer.skipped_steps = meta.skipped_steps;
         trainer.data_position = meta.data_position;
+        trainer.loss_scale = meta.loss_scale;
         Ok(trainer)
     }
 
