@@ -32,43 +32,60 @@ fn angle(pos: u32, i: u32) -> f32 {
     return t * 6.283185307179586;
 }
 
+// Thread k's rotation pair: frequency i of flat head `head` (b, t, h) in row `row` (b, t).
+struct Pair {
+    i: u32,
+    head: u32,
+    row: u32,
+}
+
+fn pair(k: u32) -> Pair {
+    let head = k / p.half;
+    return Pair(k % p.half, head, head / p.h);
+}
+
+// (a, b) turned by th: (a·cos - b·sin, b·cos + a·sin).
+fn turn(a: f32, b: f32, th: f32) -> vec2<f32> {
+    let c = cos(th);
+    let s = sin(th);
+    return vec2<f32>(a * c - b * s, b * c + a * s);
+}
+
 // x: [B, T, H, D]; one thread per rotation pair.
 @compute @workgroup_size(256)
 fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let k = (wid.x + wid.y * nwg.x) * 256u + lid;
     if k >= p.n { return; }
-    let i = k % p.half;
-    let head = k / p.half;              // flat (b, t, h)
-    let pos = p.pos_offset + (head / p.h) % p.t;
-    let th = angle(pos, i);
-    let c = cos(th);
-    let s = p.sign * sin(th);
-    let e = head * 2u * p.half + i;
-    let a = x[p.x_off + e];
-    let b = x[p.x_off + e + p.half];
-    out[e] = a * c - b * s;
-    out[e + p.half] = b * c + a * s;
+    let q = pair(k);
+    let e = q.head * 2u * p.half + q.i;
+    let v = turn(x[p.x_off + e], x[p.x_off + e + p.half], p.sign * angle(p.pos_offset + q.row % p.t, q.i));
+    out[e] = v.x;
+    out[e + p.half] = v.y;
 }
 
-// Where pair i of head g of row r of the fused projection goes in rope_qkv's output (q, then k,
-// then v, each [B·T, heads, D]), and whether it turns (v does not).
+// Where pair i of head g of row r of the fused projection belongs in rope_qkv: its part (0 q,
+// 1 k, 2 v, each [B·T, heads, D]) and its element offset in that part.
 struct Dest {
+    part: u32,
     at: u32,
-    turns: bool,
 }
 
 fn qkv_dest(r: u32, g: u32, i: u32) -> Dest {
     let d = 2u * p.half;
-    let rows = p.n / (p.h * p.half);
     if g < p.hq {
-        return Dest((r * p.hq + g) * d + i, true);
+        return Dest(0u, (r * p.hq + g) * d + i);
     }
     let kv = g - p.hq;
     if kv < p.hkv {
-        return Dest(rows * p.hq * d + (r * p.hkv + kv) * d + i, true);
+        return Dest(1u, (r * p.hkv + kv) * d + i);
     }
-    return Dest(rows * (p.hq + p.hkv) * d + (r * p.hkv + kv - p.hkv) * d + i, false);
+    return Dest(2u, (r * p.hkv + kv - p.hkv) * d + i);
+}
+
+// The angle pair q turns by in rope_qkv: none for v.
+fn qkv_angle(q: Pair, part: u32) -> f32 {
+    return select(0.0, angle(p.pos_offset + q.row % p.t, q.i), part < 2u);
 }
 
 // y: [B, T, Hq + 2·Hkv, D] -> q, k rotated and v copied, one after another; one thread per pair.
@@ -77,18 +94,16 @@ fn qkv_rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             @builtin(local_invocation_index) lid: u32) {
     let k = (wid.x + wid.y * nwg.x) * 256u + lid;
     if k >= p.n { return; }
-    let i = k % p.half;
-    let head = k / p.half; // flat (b, t, g)
-    let r = head / p.h;
-    let dst = qkv_dest(r, head % p.h, i);
-    let th = select(0.0, angle(p.pos_offset + r % p.t, i), dst.turns);
-    let c = cos(th);
-    let s = sin(th);
-    let e = p.x_off + head * 2u * p.half + i;
-    let a = x[e];
-    let b = x[e + p.half];
-    out[dst.at] = a * c - b * s;
-    out[dst.at + p.half] = b * c + a * s;
+    let q = pair(k);
+    let dst = qkv_dest(q.row, q.head % p.h, q.i);
+    // Parts start after the B·T rows of the ones before: q has hq heads a row, k hkv.
+    let rows = p.n / (p.h * p.half);
+    let heads_before = select(select(p.hq + p.hkv, p.hq, dst.part == 1u), 0u, dst.part == 0u);
+    let at = rows * heads_before * 2u * p.half + dst.at;
+    let e = p.x_off + q.head * 2u * p.half + q.i;
+    let v = turn(x[e], x[e + p.half], qkv_angle(q, dst.part));
+    out[at] = v.x;
+    out[at + p.half] = v.y;
 }
 
 // The backward: dy [B, T, Hq + 2·Hkv, D] from dq, dk (turned back) and dv.
@@ -97,32 +112,22 @@ fn qkv_rope_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
                      @builtin(local_invocation_index) lid: u32) {
     let k = (wid.x + wid.y * nwg.x) * 256u + lid;
     if k >= p.n { return; }
-    let i = k % p.half;
-    let head = k / p.half;
-    let r = head / p.h;
-    let g = head % p.h;
-    let src = qkv_dest(r, g, i);
-    // qkv_dest's offsets count from the start of q; dk and dv are separate tensors.
-    let d = 2u * p.half;
-    let rows = p.n / (p.h * p.half);
+    let q = pair(k);
+    let src = qkv_dest(q.row, q.head % p.h, q.i);
     var a: f32;
     var b: f32;
-    if g < p.hq {
+    if src.part == 0u {
         a = x[p.x_off + src.at];
         b = x[p.x_off + src.at + p.half];
-    } else if g < p.hq + p.hkv {
-        let at = p.k_off + src.at - rows * p.hq * d;
-        a = xk[at];
-        b = xk[at + p.half];
+    } else if src.part == 1u {
+        a = xk[p.k_off + src.at];
+        b = xk[p.k_off + src.at + p.half];
     } else {
-        let at = p.v_off + src.at - rows * (p.hq + p.hkv) * d;
-        a = xv[at];
-        b = xv[at + p.half];
+        a = xv[p.v_off + src.at];
+        b = xv[p.v_off + src.at + p.half];
     }
-    let th = select(0.0, angle(p.pos_offset + r % p.t, i), src.turns);
-    let c = cos(th);
-    let s = -sin(th);
-    let e = head * d + i;
-    out[e] = a * c - b * s;
-    out[e + p.half] = b * c + a * s;
+    let v = turn(a, b, -qkv_angle(q, src.part));
+    let e = q.head * 2u * p.half + q.i;
+    out[e] = v.x;
+    out[e + p.half] = v.y;
 }
