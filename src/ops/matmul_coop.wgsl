@@ -58,6 +58,7 @@ fn load_a(base: u32, r: u32, col: u32, rows: u32, cols: u32, ld: u32) -> vec4<f3
     return v;
 }
 
+// load_a's mirror for B (WGSL cannot pass a storage buffer to a function).
 fn load_b(base: u32, r: u32, col: u32, rows: u32, cols: u32, ld: u32) -> vec4<f32> {
     var v = vec4<f32>();
     if r >= rows || col >= cols {
@@ -81,6 +82,7 @@ fn put_a(at: u32, v: vec4<f32>) {
     As[at + 3u] = f16(v.w);
 }
 
+// put_a's mirror for Bs.
 fn put_b(at: u32, v: vec4<f32>) {
     Bs[at] = f16(v.x);
     Bs[at + 1u] = f16(v.y);

@@ -186,8 +186,6 @@ impl Slots {
         let set = settings(self.steps);
         let hypers: Vec<Hyper> = (0..params.len())
             .map(|k| Hyper {
-                rule: set.rule,
-                lr: set.lr,
                 wd: if self.decay.as_ref().is_none_or(|m| m[k]) { set.weight_decay } else { 0.0 },
                 key: noise_key(set.seed, k as u32, self.steps),
             })
@@ -207,13 +205,13 @@ impl Slots {
                     for (((w, g), s), h) in params.iter().zip(&grads).zip(state).zip(&hypers) {
                         let (gr, mut sw, mut ww) = (g.cpu(), s.cpu_mut(), w.cpu_mut());
                         match w.dtype() {
-                            Precision::BF16 => cpu_update(ww.bf16(), gr.f32(), gscale, sw.f32(), h),
-                            _ => cpu_update(ww.f32(), gr.f32(), gscale, sw.f32(), h),
+                            Precision::BF16 => cpu_update(ww.bf16(), gr.f32(), gscale, sw.f32(), &set, h),
+                            _ => cpu_update(ww.f32(), gr.f32(), gscale, sw.f32(), &set, h),
                         }
                     }
                     Ok(())
                 },
-                || gpu_update(params, &grads, state, control, &hypers),
+                || gpu_update(params, &grads, state, control, &set, &hypers),
             )
         })
     }
@@ -227,10 +225,8 @@ struct Settings {
     seed: u64,
 }
 
-/// Everything one parameter's update needs besides the tensors.
+/// What differs between parameters in one step's update.
 struct Hyper {
-    rule: Rule,
-    lr: f32,
     wd: f32,
     /// Stochastic-rounding key for this (seed, parameter, step).
     key: u32,
@@ -238,7 +234,14 @@ struct Hyper {
 
 /// The update on the GPU: one dispatch for each run of parameters whose weights, gradients and
 /// states share buffers (all of them, for a model's flat parameters: see `ops::flat`).
-fn gpu_update(w: &[Tensor], g: &[Tensor], s: &[Tensor], control: Option<&Tensor>, hs: &[Hyper]) -> Result<()> {
+fn gpu_update(
+    w: &[Tensor],
+    g: &[Tensor],
+    s: &[Tensor],
+    control: Option<&Tensor>,
+    set: &Settings,
+    hs: &[Hyper],
+) -> Result<()> {
     let ctx = gpu::context()?;
     let bf16 = |k: usize| w[k].dtype() == Precision::BF16;
     // Two bf16 parameters may share a u32 word unless both start and end on even elements.
@@ -251,7 +254,7 @@ fn gpu_update(w: &[Tensor], g: &[Tensor], s: &[Tensor], control: Option<&Tensor>
             && whole_words(a)
             && whole_words(k)
     };
-    let (code, [b1, b2, eps, bc1, bc2_sqrt]) = hs[0].rule.params();
+    let (code, [b1, b2, eps, bc1, bc2_sqrt]) = set.rule.params();
     for run in flat::runs(w.len(), joins) {
         let mut table: Vec<u32> = Vec::with_capacity(8 * run.len());
         let mut threads = 0;
@@ -273,7 +276,7 @@ fn gpu_update(w: &[Tensor], g: &[Tensor], s: &[Tensor], control: Option<&Tensor>
             run.len() as u32,
             bf16(k) as u32,
             code,
-            hs[k].lr.to_bits(),
+            set.lr.to_bits(),
             b1.to_bits(),
             b2.to_bits(),
             eps.to_bits(),
@@ -292,12 +295,12 @@ fn gpu_update(w: &[Tensor], g: &[Tensor], s: &[Tensor], control: Option<&Tensor>
 }
 
 /// The update with the gradient scaled by `gscale` (the clipping factor, 1 without clipping).
-fn cpu_update<T: Elem>(w: &mut [T], g: &[f32], gscale: f32, s: &mut [f32], h: &Hyper) {
-    let k = h.rule.width();
+fn cpu_update<T: Elem>(w: &mut [T], g: &[f32], gscale: f32, s: &mut [f32], set: &Settings, h: &Hyper) {
+    let k = set.rule.width();
     w.par_chunks_mut(CHUNK).zip(s.par_chunks_mut(CHUNK * k)).enumerate().for_each(|(c, (wc, sc))| {
         for (j, (w, s)) in wc.iter_mut().zip(sc.chunks_mut(k)).enumerate() {
             let i = c * CHUNK + j;
-            let new = h.rule.apply(w.load(), g[i] * gscale, s, h.lr, h.wd);
+            let new = set.rule.apply(w.load(), g[i] * gscale, s, set.lr, h.wd);
             w.store(new, h.key, i as u32);
         }
     });
