@@ -23,9 +23,9 @@ pub(crate) static KERNEL_128: Kernel = Kernel {
 /// CPU tile: queries × keys per block.
 const BQ: usize = 64;
 const BK: usize = 64;
-/// Rows a GPU workgroup owns (queries; keys for dK/dV), one per thread (fixed in the WGSL).
-const GPU_ROWS: usize = 128;
-/// Largest head dim of the GPU kernels (a thread keeps up to three rows in registers).
+/// Rows a GPU workgroup owns (queries; keys for dK/dV; BR in the WGSL).
+const GPU_ROWS: usize = 64;
+/// Largest head dim of the GPU kernels (their rows are padded to 64 or 128 columns).
 const GPU_MAX_D: usize = 128;
 
 /// Same result as `attention(q, k, v, causal)` (same layout, GQA and mask), in O(T) memory:
@@ -415,8 +415,8 @@ fn gpu_backward(
     check_grid(groups)?;
     let bufs = [q.gpu(), k.gpu(), v.gpu(), &dq, dout.gpu(), o.gpu(), lse.gpu()];
     ctx.dispatch(gpu_kernel(&a), "backward_dq", &params(&a, causal, offs(o.offset(), nq)), &bufs, groups);
-    // Grid y: dK for the first Hkv, dV for the rest; both read delta from after dQ.
-    let groups = [a.tk.div_ceil(GPU_ROWS) as u32, 2 * a.hkv as u32, a.b as u32];
+    // dK and dV read delta from after dQ.
+    let groups = [a.tk.div_ceil(GPU_ROWS) as u32, a.hkv as u32, a.b as u32];
     check_grid(groups)?;
     let bufs = [q.gpu(), k.gpu(), v.gpu(), &dkv, dout.gpu(), &dq, lse.gpu()];
     ctx.dispatch(gpu_kernel(&a), "backward_dkdv", &params(&a, causal, offs(nq, nk)), &bufs, groups);

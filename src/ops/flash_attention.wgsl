@@ -1,10 +1,10 @@
-// FlashAttention: the forward (online softmax) and the backward as two kernels: dQ (with
-// delta = rowsum(dO ∘ O)), then dK and dV (one dispatch; both need delta).
-// One thread owns one row (a query, or a key for dK/dV): that row of the inputs it needs and its
-// output row live in registers (`Row`), padded to DH columns (DH, 64 or 128, is prepended by the host).
-// A workgroup of WG rows walks the other side (keys, or queries) in tiles of TR rows staged in
-// shared memory, which every thread reads at the same address (a broadcast). So the softmax of a
-// row is one thread's, and no reduction or barrier runs inside a tile.
+// FlashAttention as tiled matrix products: the forward (online softmax), then the backward as two
+// kernels: dQ (with delta = rowsum(dO ∘ O)), then dK and dV (they need delta).
+// A workgroup of 128 threads owns 64 rows (queries; keys for dK/dV) and walks the other side in
+// tiles. Each product is register-blocked like a matmul: a thread holds a 4×8 block of scores (a
+// 4×4 block in dK/dV) and a 4-row block of its output. Operands go through shared memory in
+// chunks of DC columns, so every kernel stays within 32 KiB of it (Apple GPUs' limit, and
+// lavapipe's). DH, the head dim padded to 64 or 128, is prepended by the host.
 struct Params {
     b: u32,
     hq: u32,
@@ -37,25 +37,27 @@ struct Params {
 @group(0) @binding(6) var<storage, read> aux: array<f32>;   // O for dQ, delta [B, Hq, Tq] for dK/dV
 @group(0) @binding(7) var<storage, read> lse: array<f32>;   // [B, Hq, Tq] (backward)
 
-const WG: u32 = 128u;         // rows per workgroup, one per thread
-const DV: u32 = DH / 4u;      // vec4s per padded row
-const TR: u32 = 1024u / DH;   // rows per staged tile: two take 8 KiB (16 rows measured 7% faster than 32)
-const B_TILE: u32 = TR * DV;  // where the second tile starts in `tiles`
+const NT: u32 = 128u;      // threads per workgroup
+const BR: u32 = 64u;       // rows a workgroup owns; keys per tile in the forward and dQ
+const BQ: u32 = 32u;       // queries per tile in dK/dV
+const DC: u32 = 16u;       // columns (or rows) per staged chunk
+const DV: u32 = DH / 4u;   // vec4s per padded row
+const G: u32 = DH / 32u;   // vec4s of an output row per thread: columns (8g + c)·4.. for g < G
 const NEG: f32 = -1.0e30;
-// The forward rescales its sums only when a score passes the running maximum by this much (so
-// exp(s - m) stays below e^8): rare after the first keys, where a strict maximum would rescale
-// whenever any thread of a subgroup saw a new maximum.
-const SLACK: f32 = 8.0;
 const Q: u32 = 0u; // which input `elem` reads
 const K: u32 = 1u;
 const V: u32 = 2u;
 const DO: u32 = 3u;
 const AUX: u32 = 4u;
 
-// Two tiles of TR padded rows: rows of K (or Q) from 0, of V (or dO) from B_TILE.
-var<workgroup> tiles: array<vec4<f32>, 512>;
-var<workgroup> tile_lse: array<f32, TR>;
-var<workgroup> tile_delta: array<f32, TR>;
+// Shared memory, in vec4s: staged chunks at SA (two slabs of [DC][64], or DC rows of DH), a tile of
+// probabilities or score gradients at PS (64 × 64, or two of 64 × 32 in dK/dV), the forward's
+// cross-thread row maxima and sums at RED.
+const SA: u32 = 0u;
+const SB: u32 = 256u;
+const PS: u32 = 512u;
+const RED: u32 = 1536u;
+var<workgroup> sh: array<vec4<f32>, 1664>;
 
 fn elem(which: u32, at: u32) -> f32 {
     switch which {
@@ -73,164 +75,6 @@ fn key_end(t_end: u32) -> u32 {
     return p.tk;
 }
 
-// A row padded to DH columns, as matrices so that every access has a constant index and the
-// row stays in registers (an array indexed in a loop may not); m4..m7 are used only when DH = 128.
-struct Row {
-    m0: mat4x4<f32>,
-    m1: mat4x4<f32>,
-    m2: mat4x4<f32>,
-    m3: mat4x4<f32>,
-    m4: mat4x4<f32>,
-    m5: mat4x4<f32>,
-    m6: mat4x4<f32>,
-    m7: mat4x4<f32>,
-}
-
-// Columns c0 .. c0 + 15 of input `which` from element `at` (row start), times scale.
-fn load_m(which: u32, at: u32, c0: u32, scale: f32) -> mat4x4<f32> {
-    var m = mat4x4<f32>();
-    for (var c = 0u; c < 4u; c++) {
-        for (var i = 0u; i < 4u; i++) {
-            if c0 + 4u * c + i < p.d { m[c][i] = elem(which, at + c0 + 4u * c + i) * scale; }
-        }
-    }
-    return m;
-}
-
-// One row of input `which` from element `at`; zeros for a thread without a row.
-fn load_row(which: u32, at: u32, live: bool, scale: f32) -> Row {
-    var r: Row;
-    if live {
-        r.m0 = load_m(which, at, 0u, scale);
-        r.m1 = load_m(which, at, 16u, scale);
-        r.m2 = load_m(which, at, 32u, scale);
-        r.m3 = load_m(which, at, 48u, scale);
-        if DH > 64u {
-            r.m4 = load_m(which, at, 64u, scale);
-            r.m5 = load_m(which, at, 80u, scale);
-            r.m6 = load_m(which, at, 96u, scale);
-            r.m7 = load_m(which, at, 112u, scale);
-        }
-    }
-    return r;
-}
-
-// Stages `rows` rows of input `which`, `rs` elements apart from element `at`, into the tile at
-// `base`, zero-padded.
-fn stage(which: u32, at: u32, rs: u32, rows: u32, base: u32, lid: u32) {
-    for (var e = lid; e < TR * DV; e += WG) {
-        let r = e / DV;
-        var x = vec4<f32>();
-        for (var i = 0u; i < 4u; i++) {
-            let c = (e % DV) * 4u + i;
-            if r < rows && c < p.d { x[i] = elem(which, at + r * rs + c); }
-        }
-        tiles[base + e] = x;
-    }
-}
-
-// Σ m[c] ∘ (tile vec4 at + c), as a vec4 of partial sums.
-fn mdot(m: mat4x4<f32>, at: u32) -> vec4<f32> {
-    return m[0] * tiles[at] + m[1] * tiles[at + 1u] + m[2] * tiles[at + 2u] + m[3] * tiles[at + 3u];
-}
-
-// x · (tile row at vec4 index `at`).
-fn dot_row(x: Row, at: u32) -> f32 {
-    var s = (mdot(x.m0, at) + mdot(x.m1, at + 4u)) + (mdot(x.m2, at + 8u) + mdot(x.m3, at + 12u));
-    if DH > 64u {
-        s += (mdot(x.m4, at + 16u) + mdot(x.m5, at + 20u)) + (mdot(x.m6, at + 24u) + mdot(x.m7, at + 28u));
-    }
-    return s.x + s.y + s.z + s.w;
-}
-
-fn maxpy(m: mat4x4<f32>, a: f32, at: u32) -> mat4x4<f32> {
-    let t = vec4(a);
-    return mat4x4<f32>(fma(t, tiles[at], m[0]), fma(t, tiles[at + 1u], m[1]), fma(t, tiles[at + 2u], m[2]),
-                       fma(t, tiles[at + 3u], m[3]));
-}
-
-// y + a · (tile row at vec4 index `at`).
-fn axpy_row(y: Row, a: f32, at: u32) -> Row {
-    var r = y;
-    r.m0 = maxpy(y.m0, a, at);
-    r.m1 = maxpy(y.m1, a, at + 4u);
-    r.m2 = maxpy(y.m2, a, at + 8u);
-    r.m3 = maxpy(y.m3, a, at + 12u);
-    if DH > 64u {
-        r.m4 = maxpy(y.m4, a, at + 16u);
-        r.m5 = maxpy(y.m5, a, at + 20u);
-        r.m6 = maxpy(y.m6, a, at + 24u);
-        r.m7 = maxpy(y.m7, a, at + 28u);
-    }
-    return r;
-}
-
-fn scale_row(y: Row, a: f32) -> Row {
-    return Row(y.m0 * a, y.m1 * a, y.m2 * a, y.m3 * a, y.m4 * a, y.m5 * a, y.m6 * a, y.m7 * a);
-}
-
-fn mdot_m(x: mat4x4<f32>, y: mat4x4<f32>) -> f32 {
-    return dot(x[0], y[0]) + dot(x[1], y[1]) + dot(x[2], y[2]) + dot(x[3], y[3]);
-}
-
-// x · y.
-fn dot_rows(x: Row, y: Row) -> f32 {
-    let s = mdot_m(x.m0, y.m0) + mdot_m(x.m1, y.m1) + mdot_m(x.m2, y.m2) + mdot_m(x.m3, y.m3);
-    return s + mdot_m(x.m4, y.m4) + mdot_m(x.m5, y.m5) + mdot_m(x.m6, y.m6) + mdot_m(x.m7, y.m7);
-}
-
-fn store_m(m: mat4x4<f32>, at: u32, c0: u32) {
-    for (var c = 0u; c < 4u; c++) {
-        for (var i = 0u; i < 4u; i++) {
-            if c0 + 4u * c + i < p.d { out[at + c0 + 4u * c + i] = m[c][i]; }
-        }
-    }
-}
-
-// Writes the first d columns of x · scale to out from element `at`.
-fn store_row(x: Row, at: u32, scale: f32) {
-    let y = scale_row(x, scale);
-    store_m(y.m0, at, 0u);
-    store_m(y.m1, at, 16u);
-    store_m(y.m2, at, 32u);
-    store_m(y.m3, at, 48u);
-    if DH > 64u {
-        store_m(y.m4, at, 64u);
-        store_m(y.m5, at, 80u);
-        store_m(y.m6, at, 96u);
-        store_m(y.m7, at, 112u);
-    }
-}
-
-// A query thread of the forward and dQ kernels: workgroup (WG queries, head, batch), the blocks
-// in reverse so that the longest (causal) rows start first.
-struct Query {
-    live: bool,
-    row: u32,   // of LSE and delta
-    at: u32,    // element offset of its row in q, dO, O, dQ
-    kv: u32,    // element offset of its kv head's first row
-    keys: u32,  // keys the workgroup's queries see (its loop over key tiles)
-    sees: u32,  // keys this thread's query sees (0 without a query)
-}
-
-fn query(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Query {
-    let t0 = (nwg.x - 1u - wid.x) * WG;
-    let t = t0 + lid;
-    let live = t < p.tq;
-    let row = (wid.z * p.hq + wid.y) * p.tq + t;
-    let kv = kv_at(wid.z, wid.y / (p.hq / p.hkv), 0u);
-    let sees = select(0u, key_end(t + 1u), live);
-    return Query(live, row, q_at(wid.z, wid.y, t), kv, key_end(min(p.tq, t0 + WG)), sees);
-}
-
-// Stages the tiles of keys and values from key k0 (after the previous tiles are read).
-fn stage_keys(kv: u32, k0: u32, lid: u32) {
-    workgroupBarrier();
-    stage(K, kv + k0 * p.kv_rs, p.kv_rs, min(TR, p.tk - k0), 0u, lid);
-    stage(V, kv + k0 * p.kv_rs, p.kv_rs, min(TR, p.tk - k0), B_TILE, lid);
-    workgroupBarrier();
-}
-
 // Element offsets of row t of query head h, and of row j of kv head h, in batch b.
 fn q_at(b: u32, h: u32, t: u32) -> u32 {
     return b * p.hq * p.tq * p.d + h * p.q_hs + t * p.q_rs;
@@ -240,112 +84,434 @@ fn kv_at(b: u32, h: u32, j: u32) -> u32 {
     return b * p.hkv * p.tk * p.d + h * p.kv_hs + j * p.kv_rs;
 }
 
-// Forward: workgroup (WG queries, head, batch); O and the log-sum-exp per query.
-@compute @workgroup_size(WG)
-fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-           @builtin(local_invocation_index) lid: u32) {
-    let qy = query(wid, nwg, lid);
-    let qr = load_row(Q, qy.at, qy.live, p.scale);
-    var o: Row;
-    var m = NEG;
-    var l = 0.0;
-    for (var k0 = 0u; k0 < qy.keys; k0 += TR) {
-        stage_keys(qy.kv, k0, lid);
-        for (var j = 0u; j < min(TR, max(qy.sees, k0) - k0); j++) {
-            let s = dot_row(qr, j * DV);
-            if s > m + SLACK {
-                let a = exp(m - s);
-                l *= a;
-                o = scale_row(o, a);
-                m = s;
-            }
-            let pj = exp(s - m);
-            l += pj;
-            o = axpy_row(o, pj, B_TILE + j * DV);
-        }
+// Which of four keys (or queries) from `first` query t may see (and that exist).
+fn seen(first: vec4<u32>, t: vec4<u32>, tq: u32) -> vec4<bool> {
+    let causal = vec4(p.causal == 0u) | (first <= t + vec4(p.shift));
+    return (first < vec4(p.tk)) & (t < vec4(tq)) & causal;
+}
+
+// Element e of input `which` if ok, else 0.
+fn ld1(which: u32, e: u32, ok: bool) -> f32 {
+    if ok { return elem(which, e); }
+    return 0.0;
+}
+
+// Columns c .. c+3 of row r of input `which` (row r at element at + r·rs; zeros past `rows` and d).
+fn ld4(which: u32, at: u32, rs: u32, rows: u32, r: u32, c: u32) -> vec4<f32> {
+    if r >= rows { return vec4(0.0); }
+    let e = at + r * rs + c;
+    return vec4(ld1(which, e, c < p.d), ld1(which, e + 1u, c + 1u < p.d), ld1(which, e + 2u, c + 2u < p.d),
+                ld1(which, e + 3u, c + 3u < p.d));
+}
+
+// A chunk of operands on its way from global to shared memory: a thread loads everything it
+// will store first (and the next chunk while it computes), so the loads' latency is paid once.
+struct Fetch {
+    x0: vec4<f32>,
+    x1: vec4<f32>,
+    x2: vec4<f32>,
+    x3: vec4<f32>,
+}
+
+// For `scores`: columns c0 .. c0 + DC of 64 rows of A (x0, x1: rows lid/4 and lid/4 + 32) and of
+// 32·nb rows of B (x2, x3), four columns from (lid % 4)·4 each.
+fn fetch_t(wa: u32, a_at: u32, a_rs: u32, a_rows: u32, wb: u32, b_at: u32, b_rs: u32, b_rows: u32, nb: u32,
+           c0: u32, lid: u32) -> Fetch {
+    let r = lid / 4u;
+    let c = c0 + 4u * (lid % 4u);
+    var f: Fetch;
+    f.x0 = ld4(wa, a_at, a_rs, a_rows, r, c);
+    f.x1 = ld4(wa, a_at, a_rs, a_rows, r + 32u, c);
+    f.x2 = ld4(wb, b_at, b_rs, b_rows, r, c);
+    if nb == 2u { f.x3 = ld4(wb, b_at, b_rs, b_rows, r + 32u, c); }
+    return f;
+}
+
+// Stores x (row r, columns c .. c+3 of a chunk) into the slab at `base` transposed: element
+// (r, c) at vec4 base + c·w + ((r/4) ^ (c % w)), lane r % 4, for a slab of 4w rows. The xor
+// spreads a warp's stores over the banks while a vec4 still holds four consecutive rows.
+fn put_t(x: vec4<f32>, base: u32, w: u32, r: u32, c: u32) {
+    let r4 = r / 4u;
+    let l = r % 4u;
+    sh[base + c * w + (r4 ^ (c % w))][l] = x.x;
+    sh[base + (c + 1u) * w + (r4 ^ ((c + 1u) % w))][l] = x.y;
+    sh[base + (c + 2u) * w + (r4 ^ ((c + 2u) % w))][l] = x.z;
+    sh[base + (c + 3u) * w + (r4 ^ ((c + 3u) % w))][l] = x.w;
+}
+
+fn put_fetched_t(f: Fetch, nb: u32, lid: u32) {
+    let r = lid / 4u;
+    let c = 4u * (lid % 4u);
+    put_t(f.x0, SA, 16u, r, c);
+    put_t(f.x1, SA, 16u, r + 32u, c);
+    put_t(f.x2, SB, 8u * nb, r, c);
+    if nb == 2u { put_t(f.x3, SB, 16u, r + 32u, c); }
+}
+
+// For `mul_acc`: DC rows from row k0 of input `which`, as DC·DV vec4s: thread lid loads row
+// lid/DV + i·NT/DV, columns (lid % DV)·4 .. +3, for i < 2 (DH = 64) or 4.
+fn fetch_rows(which: u32, at: u32, rs: u32, rows: u32, k0: u32, lid: u32) -> Fetch {
+    let r = k0 + lid / DV;
+    let c = 4u * (lid % DV);
+    let step = NT / DV;
+    var f: Fetch;
+    f.x0 = ld4(which, at, rs, rows, r, c);
+    f.x1 = ld4(which, at, rs, rows, r + step, c);
+    if G > 2u {
+        f.x2 = ld4(which, at, rs, rows, r + 2u * step, c);
+        f.x3 = ld4(which, at, rs, rows, r + 3u * step, c);
     }
-    if qy.live {
-        store_row(o, qy.at, 1.0 / l);
-        out[p.out2 + qy.row] = m + log(l);
+    return f;
+}
+
+// Stores a fetch_rows chunk at SA, row-major: element (r, c) at vec4 SA + r·DV + c/4.
+fn put_rows(f: Fetch, lid: u32) {
+    sh[SA + lid] = f.x0;
+    sh[SA + NT + lid] = f.x1;
+    if G > 2u {
+        sh[SA + 2u * NT + lid] = f.x2;
+        sh[SA + 3u * NT + lid] = f.x3;
     }
 }
 
-// dQ = scale · Σ_j dS_j K_j with dS = P ∘ (dP - delta), P = exp(S - lse), dP = dO·Vᵀ: workgroup
-// (WG queries, head, batch). Also writes delta = dO·O per query, for the dK/dV kernel.
-@compute @workgroup_size(WG)
-fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-               @builtin(local_invocation_index) lid: u32) {
-    let qy = query(wid, nwg, lid);
-    let qr = load_row(Q, qy.at, qy.live, p.scale);
-    let dr = load_row(DO, qy.at, qy.live, 1.0);
-    let delta = dot_rows(dr, load_row(AUX, qy.at, qy.live, 1.0));
-    var ls = 0.0;
-    if qy.live {
-        out[p.out2 + qy.row] = delta;
-        ls = lse[p.lse_off + qy.row];
-    }
-    var dq: Row;
-    for (var k0 = 0u; k0 < qy.keys; k0 += TR) {
-        stage_keys(qy.kv, k0, lid);
-        for (var j = 0u; j < min(TR, max(qy.sees, k0) - k0); j++) {
-            let pj = exp(dot_row(qr, j * DV) - ls);
-            let ds = pj * (dot_row(dr, B_TILE + j * DV) - delta);
-            dq = axpy_row(dq, ds, j * DV);
+// A 4×4 block, and four rows of an output block: column i of g<k>, row i's columns
+// (8k + c)·4 .. +3 for the thread's c (g2 and g3 only when DH = 128). Every product below
+// indexes these with constants, so they stay in registers.
+struct Acc {
+    g0: mat4x4<f32>,
+    g1: mat4x4<f32>,
+    g2: mat4x4<f32>,
+    g3: mat4x4<f32>,
+}
+
+// m + a ⊗ x: column i gains a[i] · x.
+fn outer(a: vec4<f32>, x: vec4<f32>, m: mat4x4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(fma(vec4(a.x), x, m[0]), fma(vec4(a.y), x, m[1]), fma(vec4(a.z), x, m[2]),
+                       fma(vec4(a.w), x, m[3]));
+}
+
+// Column i times a[i].
+fn scale_cols(m: mat4x4<f32>, a: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(m[0] * a.x, m[1] * a.y, m[2] * a.z, m[3] * a.w);
+}
+
+// Scores A·Bᵀ over the d columns, for A rows 4ia .. 4ia+3 of 64 and B rows (8h + ib)·4 .. +3 for
+// h < nb of 32·nb: column i of g0 (h = 0) and g1 (h = 1) holds A row 4ia + i against those B rows.
+fn scores(wa: u32, a_at: u32, a_rs: u32, a_rows: u32, wb: u32, b_at: u32, b_rs: u32, b_rows: u32, nb: u32,
+          ia: u32, ib: u32, lid: u32) -> Acc {
+    var s: Acc;
+    let w = 8u * nb;
+    var f = fetch_t(wa, a_at, a_rs, a_rows, wb, b_at, b_rs, b_rows, nb, 0u, lid);
+    for (var c0 = 0u; c0 < p.d; c0 += DC) {
+        workgroupBarrier();
+        put_fetched_t(f, nb, lid);
+        workgroupBarrier();
+        if c0 + DC < p.d { f = fetch_t(wa, a_at, a_rs, a_rows, wb, b_at, b_rs, b_rows, nb, c0 + DC, lid); }
+        for (var c = 0u; c < DC; c++) {
+            let a = sh[SA + c * 16u + (ia ^ c)];
+            s.g0 = outer(a, sh[SB + c * w + (ib ^ (c % w))], s.g0);
+            if nb == 2u { s.g1 = outer(a, sh[SB + c * 16u + ((ib + 8u) ^ c)], s.g1); }
         }
     }
-    if qy.live { store_row(dq, qy.at, p.scale); }
+    return s;
+}
+
+// acc + mu ⊗ (row of X staged at vec4 `at`, the thread's columns).
+fn acc_row(acc: Acc, mu: vec4<f32>, at: u32) -> Acc {
+    var r = acc;
+    r.g0 = outer(mu, sh[at], acc.g0);
+    r.g1 = outer(mu, sh[at + 8u], acc.g1);
+    if G > 2u {
+        r.g2 = outer(mu, sh[at + 16u], acc.g2);
+        r.g3 = outer(mu, sh[at + 24u], acc.g3);
+    }
+    return r;
+}
+
+// acc + M·X for M rows 4ri .. 4ri+3 of the tile at vec4 `m` (mw vec4s per row; zero past column
+// `rows`) and X = `rows` rows of input `which` from element `at`, rs apart (see Acc).
+fn mul_acc(acc: Acc, m: u32, mw: u32, which: u32, at: u32, rs: u32, rows: u32, ri: u32, cx: u32,
+           lid: u32) -> Acc {
+    var r = acc;
+    var f = fetch_rows(which, at, rs, rows, 0u, lid);
+    for (var k0 = 0u; k0 < rows; k0 += DC) {
+        workgroupBarrier();
+        put_rows(f, lid);
+        workgroupBarrier();
+        if k0 + DC < rows { f = fetch_rows(which, at, rs, rows, k0 + DC, lid); }
+        for (var k4 = 0u; k4 < DC / 4u; k4++) {
+            let col = m + 4u * ri * mw + k0 / 4u + k4;
+            // Column u: the four rows' entries for X row 4·k4 + u.
+            let mt = transpose(mat4x4<f32>(sh[col], sh[col + mw], sh[col + 2u * mw], sh[col + 3u * mw]));
+            let x = SA + 4u * k4 * DV + cx;
+            r = acc_row(r, mt[0], x);
+            r = acc_row(r, mt[1], x + DV);
+            r = acc_row(r, mt[2], x + 2u * DV);
+            r = acc_row(r, mt[3], x + 3u * DV);
+        }
+    }
+    return r;
+}
+
+// Writes row 4ri + i of `m` (x, the thread's columns from col) times scale to out, if it exists.
+fn store_row(x: vec4<f32>, at: u32, rs: u32, row: u32, rows: u32, col: u32, scale: f32) {
+    if row < rows {
+        for (var c = 0u; c < 4u; c++) {
+            if col + c < p.d { out[at + row * rs + col + c] = x[c] * scale; }
+        }
+    }
+}
+
+fn store_g(m: mat4x4<f32>, at: u32, rs: u32, rows: u32, ri: u32, col: u32, scale: vec4<f32>) {
+    store_row(m[0], at, rs, 4u * ri, rows, col, scale.x);
+    store_row(m[1], at, rs, 4u * ri + 1u, rows, col, scale.y);
+    store_row(m[2], at, rs, 4u * ri + 2u, rows, col, scale.z);
+    store_row(m[3], at, rs, 4u * ri + 3u, rows, col, scale.w);
+}
+
+// Writes acc (as mul_acc lays it out), row i times scale[i]: rows 4ri + i < rows of out from
+// element `at`, rs apart, the first d columns.
+fn store(acc: Acc, at: u32, rs: u32, rows: u32, ri: u32, cx: u32, scale: vec4<f32>) {
+    store_g(acc.g0, at, rs, rows, ri, 4u * cx, scale);
+    store_g(acc.g1, at, rs, rows, ri, 4u * (8u + cx), scale);
+    if G > 2u {
+        store_g(acc.g2, at, rs, rows, ri, 4u * (16u + cx), scale);
+        store_g(acc.g3, at, rs, rows, ri, 4u * (24u + cx), scale);
+    }
+}
+
+// Four rows of a tile to shared memory at vec4 `at`, `stride` apart.
+fn put(m: mat4x4<f32>, at: u32, stride: u32) {
+    sh[at] = m[0];
+    sh[at + stride] = m[1];
+    sh[at + 2u * stride] = m[2];
+    sh[at + 3u * stride] = m[3];
+}
+
+// A query block of the forward and dQ kernels: workgroup (64 queries, head, batch), the blocks in
+// reverse so that the longest (causal) rows start first. Thread lid holds queries 4·(lid/8) .. +3
+// against keys (8h + lid%8)·4 .. +3 of each tile, h < 2, and output columns (8g + lid%8)·4 .. +3.
+struct Block {
+    t0: u32,
+    rows: u32,  // queries in the block
+    at: u32,    // element offset of its first query in q, dO, O, dQ
+    kv: u32,    // element offset of its kv head's first row
+    row: u32,   // of LSE and delta, its first query
+    keys: u32,  // keys its queries see
+}
+
+fn block(wid: vec3<u32>, nwg: vec3<u32>) -> Block {
+    let t0 = (nwg.x - 1u - wid.x) * BR;
+    let rows = min(BR, p.tq - t0);
+    let kv = kv_at(wid.z, wid.y / (p.hq / p.hkv), 0u);
+    let row = (wid.z * p.hq + wid.y) * p.tq + t0;
+    return Block(t0, rows, q_at(wid.z, wid.y, t0), kv, row, key_end(t0 + rows));
+}
+
+// Which of the four keys from k0 + (8h + tk8)·4 the block's query r sees. Rows past tq see keys
+// too, so that their scores stay finite.
+fn seen_keys(bl: Block, r: u32, tk8: u32, k0: u32, h: u32) -> vec4<bool> {
+    let first = vec4(k0 + (8u * h + tk8) * 4u) + vec4(0u, 1u, 2u, 3u);
+    return seen(first, vec4(bl.t0 + r), p.tq + BR);
+}
+
+// A tile's scores times scale, NEG where the query does not see the key.
+fn masked(s: mat4x4<f32>, bl: Block, tq4: u32, tk8: u32, k0: u32, h: u32) -> mat4x4<f32> {
+    let n = vec4(NEG);
+    let r = 4u * tq4;
+    return mat4x4<f32>(select(n, s[0] * p.scale, seen_keys(bl, r, tk8, k0, h)),
+                       select(n, s[1] * p.scale, seen_keys(bl, r + 1u, tk8, k0, h)),
+                       select(n, s[2] * p.scale, seen_keys(bl, r + 2u, tk8, k0, h)),
+                       select(n, s[3] * p.scale, seen_keys(bl, r + 3u, tk8, k0, h)));
+}
+
+fn max4(x: vec4<f32>) -> f32 {
+    return max(max(x.x, x.y), max(x.z, x.w));
+}
+
+fn sum4(x: vec4<f32>) -> f32 {
+    return x.x + x.y + x.z + x.w;
+}
+
+// exp(s - m) of a masked score, 0 where masked.
+fn prob(s: vec4<f32>, m: f32) -> vec4<f32> {
+    return select(vec4(0.0), exp(s - vec4(m)), s > vec4(0.5 * NEG));
+}
+
+fn probs(s: mat4x4<f32>, m: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(prob(s[0], m.x), prob(s[1], m.y), prob(s[2], m.z), prob(s[3], m.w));
+}
+
+// Σ over the eight threads of a row (lid % 8) of x, through RED.
+fn row_sum(x: vec4<f32>, tq4: u32, tk8: u32) -> vec4<f32> {
+    sh[RED + tk8 * 16u + tq4] = x;
+    workgroupBarrier();
+    var sum = vec4(0.0);
+    for (var t = 0u; t < 8u; t++) { sum += sh[RED + t * 16u + tq4]; }
+    return sum;
+}
+
+// Forward: O and the log-sum-exp per query.
+@compute @workgroup_size(NT)
+fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let bl = block(wid, nwg);
+    let tq4 = lid / 8u;
+    let tk8 = lid % 8u;
+    var o: Acc;
+    var m = vec4(NEG);
+    var l = vec4(0.0); // this thread's part of each row's sum
+    for (var k0 = 0u; k0 < bl.keys; k0 += BR) {
+        let kr = min(BR, p.tk - k0);
+        let s = scores(Q, bl.at, p.q_rs, bl.rows, K, bl.kv + k0 * p.kv_rs, p.kv_rs, kr, 2u, tq4, tk8, lid);
+        let s0 = masked(s.g0, bl, tq4, tk8, k0, 0u);
+        let s1 = masked(s.g1, bl, tq4, tk8, k0, 1u);
+        let mx = vec4(max(max4(s0[0]), max4(s1[0])), max(max4(s0[1]), max4(s1[1])),
+                      max(max4(s0[2]), max4(s1[2])), max(max4(s0[3]), max4(s1[3])));
+        // The row maxima over the eight threads (the last reads of RED were before mul_acc's
+        // barriers).
+        sh[RED + tk8 * 16u + tq4] = mx;
+        workgroupBarrier();
+        var m_new = m;
+        for (var t = 0u; t < 8u; t++) { m_new = max(m_new, sh[RED + t * 16u + tq4]); }
+        let alpha = exp(m - m_new);
+        m = m_new;
+        let p0 = probs(s0, m);
+        let p1 = probs(s1, m);
+        l = l * alpha + vec4(sum4(p0[0] + p1[0]), sum4(p0[1] + p1[1]), sum4(p0[2] + p1[2]), sum4(p0[3] + p1[3]));
+        put(p0, PS + 4u * tq4 * 16u + tk8, 16u);
+        put(p1, PS + 4u * tq4 * 16u + 8u + tk8, 16u);
+        o = Acc(scale_cols(o.g0, alpha), scale_cols(o.g1, alpha), scale_cols(o.g2, alpha), scale_cols(o.g3, alpha));
+        o = mul_acc(o, PS, 16u, V, bl.kv + k0 * p.kv_rs, p.kv_rs, kr, tq4, tk8, lid);
+    }
+    let sum = row_sum(l, tq4, tk8);
+    store(o, bl.at, p.q_rs, bl.rows, tq4, tk8, 1.0 / sum);
+    if tk8 == 0u {
+        let lse_v = m + log(sum);
+        let at = p.out2 + bl.row + 4u * tq4;
+        if 4u * tq4 < bl.rows { out[at] = lse_v.x; }
+        if 4u * tq4 + 1u < bl.rows { out[at + 1u] = lse_v.y; }
+        if 4u * tq4 + 2u < bl.rows { out[at + 2u] = lse_v.z; }
+        if 4u * tq4 + 3u < bl.rows { out[at + 3u] = lse_v.w; }
+    }
+}
+
+// Part of dO·O for the block's query r: columns c, c + 8, ...
+fn delta_part(bl: Block, r: u32, c: u32) -> f32 {
+    var x = 0.0;
+    if r < bl.rows {
+        let at = bl.at + r * p.q_rs;
+        for (var e = c; e < p.d; e += 8u) { x += elem(DO, at + e) * elem(AUX, at + e); }
+    }
+    return x;
+}
+
+// LSE of the block's query r (0 past the last).
+fn lse_of(bl: Block, r: u32) -> f32 {
+    if r < bl.rows { return lse[p.lse_off + bl.row + r]; }
+    return 0.0;
+}
+
+// Score gradients dS = P ∘ (dP - delta) of four queries against four keys, P = exp(S - lse).
+fn dscores(s: mat4x4<f32>, dp: mat4x4<f32>, ls: vec4<f32>, de: vec4<f32>, bl: Block, tq4: u32, tk8: u32,
+           k0: u32, h: u32) -> mat4x4<f32> {
+    let r = 4u * tq4;
+    let z = vec4(0.0);
+    let p0 = select(z, exp(s[0] * p.scale - vec4(ls.x)), seen_keys(bl, r, tk8, k0, h));
+    let p1 = select(z, exp(s[1] * p.scale - vec4(ls.y)), seen_keys(bl, r + 1u, tk8, k0, h));
+    let p2 = select(z, exp(s[2] * p.scale - vec4(ls.z)), seen_keys(bl, r + 2u, tk8, k0, h));
+    let p3 = select(z, exp(s[3] * p.scale - vec4(ls.w)), seen_keys(bl, r + 3u, tk8, k0, h));
+    return mat4x4<f32>(p0 * (dp[0] - vec4(de.x)), p1 * (dp[1] - vec4(de.y)), p2 * (dp[2] - vec4(de.z)),
+                       p3 * (dp[3] - vec4(de.w)));
+}
+
+// dQ = scale · Σ_j dS_j K_j with dS = P ∘ (dP - delta), P = exp(S - lse), dP = dO·Vᵀ. Also writes
+// delta = dO·O per query, for the dK/dV kernel.
+@compute @workgroup_size(NT)
+fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let bl = block(wid, nwg);
+    let tq4 = lid / 8u;
+    let tk8 = lid % 8u;
+    let r = 4u * tq4;
+    let part = vec4(delta_part(bl, r, tk8), delta_part(bl, r + 1u, tk8), delta_part(bl, r + 2u, tk8),
+                    delta_part(bl, r + 3u, tk8));
+    let delta = row_sum(part, tq4, tk8);
+    let ls = vec4(lse_of(bl, r), lse_of(bl, r + 1u), lse_of(bl, r + 2u), lse_of(bl, r + 3u));
+    if tk8 == 0u {
+        let at = p.out2 + bl.row + r;
+        if r < bl.rows { out[at] = delta.x; }
+        if r + 1u < bl.rows { out[at + 1u] = delta.y; }
+        if r + 2u < bl.rows { out[at + 2u] = delta.z; }
+        if r + 3u < bl.rows { out[at + 3u] = delta.w; }
+    }
+    var dq: Acc;
+    for (var k0 = 0u; k0 < bl.keys; k0 += BR) {
+        let kr = min(BR, p.tk - k0);
+        let kat = bl.kv + k0 * p.kv_rs;
+        let s = scores(Q, bl.at, p.q_rs, bl.rows, K, kat, p.kv_rs, kr, 2u, tq4, tk8, lid);
+        let dp = scores(DO, bl.at, p.q_rs, bl.rows, V, kat, p.kv_rs, kr, 2u, tq4, tk8, lid);
+        put(dscores(s.g0, dp.g0, ls, delta, bl, tq4, tk8, k0, 0u), PS + r * 16u + tk8, 16u);
+        put(dscores(s.g1, dp.g1, ls, delta, bl, tq4, tk8, k0, 1u), PS + r * 16u + 8u + tk8, 16u);
+        dq = mul_acc(dq, PS, 16u, K, kat, p.kv_rs, kr, tq4, tk8, lid);
+    }
+    store(dq, bl.at, p.q_rs, bl.rows, tq4, tk8, vec4(p.scale));
+}
+
+// P and dS of key j against four queries t (their LSE ls and delta de).
+fn key_probs(s: vec4<f32>, key: u32, t: vec4<u32>, ls: vec4<f32>) -> vec4<f32> {
+    return select(vec4(0.0), exp(s * p.scale - ls), seen(vec4(key), t, p.tq));
+}
+
+// LSE (or delta, from aux) at row `at` if query t exists.
+fn row_val(at: u32, t: u32, from_aux: bool) -> f32 {
+    if t >= p.tq { return 0.0; }
+    if from_aux { return aux[p.aux_off + at]; }
+    return lse[p.lse_off + at];
 }
 
 // dK = scale · Σ_t dS_t Q_t and dV = Σ_t P_t dO_t over the queries of every query head of the
-// GQA group: workgroup (WG keys, kv head, batch) computes dK for grid y < Hkv, else dV.
-@compute @workgroup_size(WG)
+// GQA group: workgroup (64 keys, kv head, batch), query tiles of 32. Thread lid holds keys
+// 4·(lid/8) .. +3 against queries (lid%8)·4 .. +3 of a tile, and output columns (8g + lid%8)·4 .. +3.
+// The tile's P and dS are stored transposed at PS and PS + 512 (64 keys × 32 queries each).
+@compute @workgroup_size(NT)
 fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let is_dv = wid.y >= p.hkv;
-    let kvh = wid.y % p.hkv;
     let group = p.hq / p.hkv;
-    let j0 = wid.x * WG;
-    let j = j0 + lid;
-    let live = j < p.tk;
-    let at = kv_at(wid.z, kvh, j);
-    let kr = load_row(K, at, live, p.scale);
-    let vr = load_row(V, at, live && !is_dv, 1.0);
-    var g: Row;
-    // The first query that sees key j (and key j0, for the workgroup).
+    let j0 = wid.x * BR;
+    let rows = min(BR, p.tk - j0);
+    let at = kv_at(wid.z, wid.y, j0);
+    let k4 = lid / 8u;
+    let q8 = lid % 8u;
+    let key = j0 + 4u * k4;
+    var dk: Acc;
+    var dv: Acc;
+    // The first query that sees key j0.
     var t_first = 0u;
-    var my_first = select(p.tq, 0u, live);
-    if p.causal == 1u {
-        t_first = max(j0, p.shift) - p.shift;
-        if live { my_first = max(j, p.shift) - p.shift; }
-    }
+    if p.causal == 1u { t_first = max(j0, p.shift) - p.shift; }
     for (var hh = 0u; hh < group; hh++) {
-        let h = kvh * group + hh;
-        let qrow0 = (wid.z * p.hq + h) * p.tq; // of LSE and delta
-        for (var t0 = t_first; t0 < p.tq; t0 += TR) {
-            let rows = min(TR, p.tq - t0);
-            workgroupBarrier();
-            stage(Q, q_at(wid.z, h, t0), p.q_rs, rows, 0u, lid);
-            stage(DO, q_at(wid.z, h, t0), p.q_rs, rows, B_TILE, lid);
-            for (var i = lid; i < rows; i += WG) {
-                tile_lse[i] = lse[p.lse_off + qrow0 + t0 + i];
-                tile_delta[i] = aux[p.aux_off + qrow0 + t0 + i];
-            }
-            workgroupBarrier();
-            for (var i = min(rows, max(my_first, t0) - t0); i < rows; i++) {
-                let pt = exp(dot_row(kr, i * DV) - tile_lse[i]);
-                if is_dv {
-                    g = axpy_row(g, pt, B_TILE + i * DV);
-                } else {
-                    let ds = pt * (dot_row(vr, B_TILE + i * DV) - tile_delta[i]);
-                    g = axpy_row(g, ds, i * DV);
-                }
-            }
+        let h = wid.y * group + hh;
+        let row0 = (wid.z * p.hq + h) * p.tq; // of LSE and delta
+        for (var t0 = t_first; t0 < p.tq; t0 += BQ) {
+            let qrows = min(BQ, p.tq - t0);
+            let qat = q_at(wid.z, h, t0);
+            let s = scores(K, at, p.kv_rs, rows, Q, qat, p.q_rs, qrows, 1u, k4, q8, lid);
+            let dp = scores(V, at, p.kv_rs, rows, DO, qat, p.q_rs, qrows, 1u, k4, q8, lid);
+            let t = vec4(t0 + 4u * q8) + vec4(0u, 1u, 2u, 3u);
+            let r = row0 + t0 + 4u * q8;
+            let ls = vec4(row_val(r, t.x, false), row_val(r + 1u, t.y, false), row_val(r + 2u, t.z, false),
+                          row_val(r + 3u, t.w, false));
+            let de = vec4(row_val(r, t.x, true), row_val(r + 1u, t.y, true), row_val(r + 2u, t.z, true),
+                          row_val(r + 3u, t.w, true));
+            let pt = mat4x4<f32>(key_probs(s.g0[0], key, t, ls), key_probs(s.g0[1], key + 1u, t, ls),
+                                 key_probs(s.g0[2], key + 2u, t, ls), key_probs(s.g0[3], key + 3u, t, ls));
+            let dst = mat4x4<f32>(pt[0] * (dp.g0[0] - de), pt[1] * (dp.g0[1] - de), pt[2] * (dp.g0[2] - de),
+                                  pt[3] * (dp.g0[3] - de));
+            put(pt, PS + 4u * k4 * 8u + q8, 8u);
+            put(dst, PS + 512u + 4u * k4 * 8u + q8, 8u);
+            dv = mul_acc(dv, PS, 8u, DO, qat, p.q_rs, qrows, k4, q8, lid);
+            dk = mul_acc(dk, PS + 512u, 8u, Q, qat, p.q_rs, qrows, k4, q8, lid);
         }
     }
-    if live {
-        if is_dv {
-            store_row(g, p.out2 + at, 1.0);
-        } else {
-            store_row(g, at, p.scale);
-        }
-    }
+    store(dk, at, p.kv_rs, rows, k4, q8, vec4(p.scale));
+    store(dv, p.out2 + at, p.kv_rs, rows, k4, q8, vec4(1.0));
 }
