@@ -50,14 +50,13 @@ const V: u32 = 2u;
 const DO: u32 = 3u;
 const AUX: u32 = 4u;
 
-// Shared memory, in vec4s: staged chunks at SA (two slabs of [DC][64], or DC rows of DH), a tile of
-// probabilities or score gradients at PS (64 × 64, or two of 64 × 32 in dK/dV), the forward's
-// cross-thread row maxima and sums at RED.
+// Shared memory, in vec4s: chunks staged at SA (the slabs of two products, [DC][64] each, or DC
+// rows of DH for each of two), a tile of probabilities or score gradients at PS (64 × 64, or two
+// of 64 × 32 in dK/dV), and the cross-thread row sums at RED (where no second product is staged).
 const SA: u32 = 0u;
-const SB: u32 = 256u;
-const PS: u32 = 512u;
-const RED: u32 = 1536u;
-var<workgroup> sh: array<vec4<f32>, 1664>;
+const PS: u32 = 1024u;
+const RED: u32 = 512u;
+var<workgroup> sh: array<vec4<f32>, 2048>;
 
 fn elem(which: u32, at: u32) -> f32 {
     switch which {
@@ -113,17 +112,29 @@ struct Fetch {
     x3: vec4<f32>,
 }
 
+// The operands of a product A·Bᵀ: `a_rows` rows of input wa from element a_at, a_rs apart, and
+// the same for B.
+struct Pair {
+    wa: u32,
+    a_at: u32,
+    a_rs: u32,
+    a_rows: u32,
+    wb: u32,
+    b_at: u32,
+    b_rs: u32,
+    b_rows: u32,
+}
+
 // For `scores`: columns c0 .. c0 + DC of 64 rows of A (x0, x1: rows lid/4 and lid/4 + 32) and of
 // 32·nb rows of B (x2, x3), four columns from (lid % 4)·4 each.
-fn fetch_t(wa: u32, a_at: u32, a_rs: u32, a_rows: u32, wb: u32, b_at: u32, b_rs: u32, b_rows: u32, nb: u32,
-           c0: u32, lid: u32) -> Fetch {
+fn fetch_t(o: Pair, nb: u32, c0: u32, lid: u32) -> Fetch {
     let r = lid / 4u;
     let c = c0 + 4u * (lid % 4u);
     var f: Fetch;
-    f.x0 = ld4(wa, a_at, a_rs, a_rows, r, c);
-    f.x1 = ld4(wa, a_at, a_rs, a_rows, r + 32u, c);
-    f.x2 = ld4(wb, b_at, b_rs, b_rows, r, c);
-    if nb == 2u { f.x3 = ld4(wb, b_at, b_rs, b_rows, r + 32u, c); }
+    f.x0 = ld4(o.wa, o.a_at, o.a_rs, o.a_rows, r, c);
+    f.x1 = ld4(o.wa, o.a_at, o.a_rs, o.a_rows, r + 32u, c);
+    f.x2 = ld4(o.wb, o.b_at, o.b_rs, o.b_rows, r, c);
+    if nb == 2u { f.x3 = ld4(o.wb, o.b_at, o.b_rs, o.b_rows, r + 32u, c); }
     return f;
 }
 
@@ -139,13 +150,14 @@ fn put_t(x: vec4<f32>, base: u32, w: u32, r: u32, c: u32) {
     sh[base + (c + 3u) * w + (r4 ^ ((c + 3u) % w))][l] = x.w;
 }
 
-fn put_fetched_t(f: Fetch, nb: u32, lid: u32) {
+// Stores a fetch_t chunk: A's slab at `base`, B's at base + 256.
+fn put_fetched_t(f: Fetch, nb: u32, base: u32, lid: u32) {
     let r = lid / 4u;
     let c = 4u * (lid % 4u);
-    put_t(f.x0, SA, 16u, r, c);
-    put_t(f.x1, SA, 16u, r + 32u, c);
-    put_t(f.x2, SB, 8u * nb, r, c);
-    if nb == 2u { put_t(f.x3, SB, 16u, r + 32u, c); }
+    put_t(f.x0, base, 16u, r, c);
+    put_t(f.x1, base, 16u, r + 32u, c);
+    put_t(f.x2, base + 256u, 8u * nb, r, c);
+    if nb == 2u { put_t(f.x3, base + 256u, 16u, r + 32u, c); }
 }
 
 // For `mul_acc`: DC rows from row k0 of input `which`, as DC·DV vec4s: thread lid loads row
@@ -164,13 +176,13 @@ fn fetch_rows(which: u32, at: u32, rs: u32, rows: u32, k0: u32, lid: u32) -> Fet
     return f;
 }
 
-// Stores a fetch_rows chunk at SA, row-major: element (r, c) at vec4 SA + r·DV + c/4.
-fn put_rows(f: Fetch, lid: u32) {
-    sh[SA + lid] = f.x0;
-    sh[SA + NT + lid] = f.x1;
+// Stores a fetch_rows chunk at `base`, row-major: element (r, c) at vec4 base + r·DV + c/4.
+fn put_rows(f: Fetch, base: u32, lid: u32) {
+    sh[base + lid] = f.x0;
+    sh[base + NT + lid] = f.x1;
     if G > 2u {
-        sh[SA + 2u * NT + lid] = f.x2;
-        sh[SA + 3u * NT + lid] = f.x3;
+        sh[base + 2u * NT + lid] = f.x2;
+        sh[base + 3u * NT + lid] = f.x3;
     }
 }
 
@@ -195,22 +207,41 @@ fn scale_cols(m: mat4x4<f32>, a: vec4<f32>) -> mat4x4<f32> {
     return mat4x4<f32>(m[0] * a.x, m[1] * a.y, m[2] * a.z, m[3] * a.w);
 }
 
-// Scores A·Bᵀ over the d columns, for A rows 4ia .. 4ia+3 of 64 and B rows (8h + ib)·4 .. +3 for
-// h < nb of 32·nb: column i of g0 (h = 0) and g1 (h = 1) holds A row 4ia + i against those B rows.
-fn scores(wa: u32, a_at: u32, a_rs: u32, a_rows: u32, wb: u32, b_at: u32, b_rs: u32, b_rows: u32, nb: u32,
-          ia: u32, ib: u32, lid: u32) -> Acc {
-    var s: Acc;
+// Scores of one or two products (x, and y when `two`), over the d columns, for A rows
+// 4ia .. 4ia+3 of 64 and B rows (8h + ib)·4 .. +3 for h < nb of 32·nb: column i of s0 (h = 0)
+// and s1 (h = 1) holds A row 4ia + i of x against those B rows; d0 and d1 the same for y.
+struct Tile {
+    s0: mat4x4<f32>,
+    s1: mat4x4<f32>,
+    d0: mat4x4<f32>,
+    d1: mat4x4<f32>,
+}
+
+fn scores(x: Pair, y: Pair, two: bool, nb: u32, ia: u32, ib: u32, lid: u32) -> Tile {
+    var s: Tile;
     let w = 8u * nb;
-    var f = fetch_t(wa, a_at, a_rs, a_rows, wb, b_at, b_rs, b_rows, nb, 0u, lid);
+    var f = fetch_t(x, nb, 0u, lid);
+    var g: Fetch;
+    if two { g = fetch_t(y, nb, 0u, lid); }
     for (var c0 = 0u; c0 < p.d; c0 += DC) {
         workgroupBarrier();
-        put_fetched_t(f, nb, lid);
+        put_fetched_t(f, nb, SA, lid);
+        if two { put_fetched_t(g, nb, SA + 512u, lid); }
         workgroupBarrier();
-        if c0 + DC < p.d { f = fetch_t(wa, a_at, a_rs, a_rows, wb, b_at, b_rs, b_rows, nb, c0 + DC, lid); }
+        if c0 + DC < p.d {
+            f = fetch_t(x, nb, c0 + DC, lid);
+            if two { g = fetch_t(y, nb, c0 + DC, lid); }
+        }
         for (var c = 0u; c < DC; c++) {
-            let a = sh[SA + c * 16u + (ia ^ c)];
-            s.g0 = outer(a, sh[SB + c * w + (ib ^ (c % w))], s.g0);
-            if nb == 2u { s.g1 = outer(a, sh[SB + c * 16u + ((ib + 8u) ^ c)], s.g1); }
+            let at = SA + c * 16u + (ia ^ c);
+            let bt = SA + 256u + c * w + (ib ^ (c % w));
+            let bt1 = SA + 256u + c * 16u + ((ib + 8u) ^ c);
+            s.s0 = outer(sh[at], sh[bt], s.s0);
+            if nb == 2u { s.s1 = outer(sh[at], sh[bt1], s.s1); }
+            if two {
+                s.d0 = outer(sh[at + 512u], sh[bt + 512u], s.d0);
+                if nb == 2u { s.d1 = outer(sh[at + 512u], sh[bt1 + 512u], s.d1); }
+            }
         }
     }
     return s;
@@ -228,26 +259,51 @@ fn acc_row(acc: Acc, mu: vec4<f32>, at: u32) -> Acc {
     return r;
 }
 
-// acc + M·X for M rows 4ri .. 4ri+3 of the tile at vec4 `m` (mw vec4s per row; zero past column
-// `rows`) and X = `rows` rows of input `which` from element `at`, rs apart (see Acc).
-fn mul_acc(acc: Acc, m: u32, mw: u32, which: u32, at: u32, rs: u32, rows: u32, ri: u32, cx: u32,
-           lid: u32) -> Acc {
+// Rows 4ri .. 4ri+3 of the tile at vec4 `m` (mw vec4s per row), columns 4·col .. +3, transposed:
+// column u holds the four rows' entries in column 4·col + u.
+fn m_cols(m: u32, mw: u32, ri: u32, col: u32) -> mat4x4<f32> {
+    let at = m + 4u * ri * mw + col;
+    return transpose(mat4x4<f32>(sh[at], sh[at + mw], sh[at + 2u * mw], sh[at + 3u * mw]));
+}
+
+struct Acc2 {
+    a: Acc,
+    b: Acc,
+}
+
+// acc.a + M·X for M rows 4ri .. 4ri+3 of the tile at vec4 `m` (mw vec4s per row; zero past column
+// `rows`) and X = `rows` rows of input `wx` from element `at`, rs apart (see Acc); when `two`,
+// also acc.b + M2·Y for the tile at m2 and input wy (same rows).
+fn mul_acc(acc: Acc2, m: u32, m2: u32, mw: u32, wx: u32, wy: u32, two: bool, at: u32, rs: u32, rows: u32,
+           ri: u32, cx: u32, lid: u32) -> Acc2 {
     var r = acc;
-    var f = fetch_rows(which, at, rs, rows, 0u, lid);
+    var f = fetch_rows(wx, at, rs, rows, 0u, lid);
+    var g: Fetch;
+    if two { g = fetch_rows(wy, at, rs, rows, 0u, lid); }
     for (var k0 = 0u; k0 < rows; k0 += DC) {
         workgroupBarrier();
-        put_rows(f, lid);
+        put_rows(f, SA, lid);
+        if two { put_rows(g, SA + 512u, lid); }
         workgroupBarrier();
-        if k0 + DC < rows { f = fetch_rows(which, at, rs, rows, k0 + DC, lid); }
+        if k0 + DC < rows {
+            f = fetch_rows(wx, at, rs, rows, k0 + DC, lid);
+            if two { g = fetch_rows(wy, at, rs, rows, k0 + DC, lid); }
+        }
         for (var k4 = 0u; k4 < DC / 4u; k4++) {
-            let col = m + 4u * ri * mw + k0 / 4u + k4;
-            // Column u: the four rows' entries for X row 4·k4 + u.
-            let mt = transpose(mat4x4<f32>(sh[col], sh[col + mw], sh[col + 2u * mw], sh[col + 3u * mw]));
+            let col = k0 / 4u + k4;
             let x = SA + 4u * k4 * DV + cx;
-            r = acc_row(r, mt[0], x);
-            r = acc_row(r, mt[1], x + DV);
-            r = acc_row(r, mt[2], x + 2u * DV);
-            r = acc_row(r, mt[3], x + 3u * DV);
+            let mt = m_cols(m, mw, ri, col);
+            r.a = acc_row(r.a, mt[0], x);
+            r.a = acc_row(r.a, mt[1], x + DV);
+            r.a = acc_row(r.a, mt[2], x + 2u * DV);
+            r.a = acc_row(r.a, mt[3], x + 3u * DV);
+            if two {
+                let mt2 = m_cols(m2, mw, ri, col);
+                r.b = acc_row(r.b, mt2[0], x + 512u);
+                r.b = acc_row(r.b, mt2[1], x + 512u + DV);
+                r.b = acc_row(r.b, mt2[2], x + 512u + 2u * DV);
+                r.b = acc_row(r.b, mt2[3], x + 512u + 3u * DV);
+            }
         }
     }
     return r;
@@ -358,14 +414,16 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let bl = block(wid, nwg);
     let tq4 = lid / 8u;
     let tk8 = lid % 8u;
-    var o: Acc;
+    var o: Acc2;
     var m = vec4(NEG);
     var l = vec4(0.0); // this thread's part of each row's sum
     for (var k0 = 0u; k0 < bl.keys; k0 += BR) {
         let kr = min(BR, p.tk - k0);
-        let s = scores(Q, bl.at, p.q_rs, bl.rows, K, bl.kv + k0 * p.kv_rs, p.kv_rs, kr, 2u, tq4, tk8, lid);
-        let s0 = masked(s.g0, bl, tq4, tk8, k0, 0u);
-        let s1 = masked(s.g1, bl, tq4, tk8, k0, 1u);
+        let kat = bl.kv + k0 * p.kv_rs;
+        let qk = Pair(Q, bl.at, p.q_rs, bl.rows, K, kat, p.kv_rs, kr);
+        let s = scores(qk, qk, false, 2u, tq4, tk8, lid);
+        let s0 = masked(s.s0, bl, tq4, tk8, k0, 0u);
+        let s1 = masked(s.s1, bl, tq4, tk8, k0, 1u);
         let mx = vec4(max(max4(s0[0]), max4(s1[0])), max(max4(s0[1]), max4(s1[1])),
                       max(max4(s0[2]), max4(s1[2])), max(max4(s0[3]), max4(s1[3])));
         // The row maxima over the eight threads (the last reads of RED were before mul_acc's
@@ -381,11 +439,12 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         l = l * alpha + vec4(sum4(p0[0] + p1[0]), sum4(p0[1] + p1[1]), sum4(p0[2] + p1[2]), sum4(p0[3] + p1[3]));
         put(p0, PS + 4u * tq4 * 16u + tk8, 16u);
         put(p1, PS + 4u * tq4 * 16u + 8u + tk8, 16u);
-        o = Acc(scale_cols(o.g0, alpha), scale_cols(o.g1, alpha), scale_cols(o.g2, alpha), scale_cols(o.g3, alpha));
-        o = mul_acc(o, PS, 16u, V, bl.kv + k0 * p.kv_rs, p.kv_rs, kr, tq4, tk8, lid);
+        o.a = Acc(scale_cols(o.a.g0, alpha), scale_cols(o.a.g1, alpha), scale_cols(o.a.g2, alpha),
+                  scale_cols(o.a.g3, alpha));
+        o = mul_acc(o, PS, PS, 16u, V, V, false, kat, p.kv_rs, kr, tq4, tk8, lid);
     }
     let sum = row_sum(l, tq4, tk8);
-    store(o, bl.at, p.q_rs, bl.rows, tq4, tk8, 1.0 / sum);
+    store(o.a, bl.at, p.q_rs, bl.rows, tq4, tk8, 1.0 / sum);
     if tk8 == 0u {
         let lse_v = m + log(sum);
         let at = p.out2 + bl.row + 4u * tq4;
@@ -445,17 +504,17 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         if r + 2u < bl.rows { out[at + 2u] = delta.z; }
         if r + 3u < bl.rows { out[at + 3u] = delta.w; }
     }
-    var dq: Acc;
+    var dq: Acc2;
     for (var k0 = 0u; k0 < bl.keys; k0 += BR) {
         let kr = min(BR, p.tk - k0);
         let kat = bl.kv + k0 * p.kv_rs;
-        let s = scores(Q, bl.at, p.q_rs, bl.rows, K, kat, p.kv_rs, kr, 2u, tq4, tk8, lid);
-        let dp = scores(DO, bl.at, p.q_rs, bl.rows, V, kat, p.kv_rs, kr, 2u, tq4, tk8, lid);
-        put(dscores(s.g0, dp.g0, ls, delta, bl, tq4, tk8, k0, 0u), PS + r * 16u + tk8, 16u);
-        put(dscores(s.g1, dp.g1, ls, delta, bl, tq4, tk8, k0, 1u), PS + r * 16u + 8u + tk8, 16u);
-        dq = mul_acc(dq, PS, 16u, K, kat, p.kv_rs, kr, tq4, tk8, lid);
+        let s = scores(Pair(Q, bl.at, p.q_rs, bl.rows, K, kat, p.kv_rs, kr),
+                       Pair(DO, bl.at, p.q_rs, bl.rows, V, kat, p.kv_rs, kr), true, 2u, tq4, tk8, lid);
+        put(dscores(s.s0, s.d0, ls, delta, bl, tq4, tk8, k0, 0u), PS + r * 16u + tk8, 16u);
+        put(dscores(s.s1, s.d1, ls, delta, bl, tq4, tk8, k0, 1u), PS + r * 16u + 8u + tk8, 16u);
+        dq = mul_acc(dq, PS, PS, 16u, K, K, false, kat, p.kv_rs, kr, tq4, tk8, lid);
     }
-    store(dq, bl.at, p.q_rs, bl.rows, tq4, tk8, vec4(p.scale));
+    store(dq.a, bl.at, p.q_rs, bl.rows, tq4, tk8, vec4(p.scale));
 }
 
 // P and dS of key j against four queries t (their LSE ls and delta de).
@@ -483,8 +542,7 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let k4 = lid / 8u;
     let q8 = lid % 8u;
     let key = j0 + 4u * k4;
-    var dk: Acc;
-    var dv: Acc;
+    var g: Acc2; // dV, dK
     // The first query that sees key j0.
     var t_first = 0u;
     if p.causal == 1u { t_first = max(j0, p.shift) - p.shift; }
@@ -494,24 +552,23 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         for (var t0 = t_first; t0 < p.tq; t0 += BQ) {
             let qrows = min(BQ, p.tq - t0);
             let qat = q_at(wid.z, h, t0);
-            let s = scores(K, at, p.kv_rs, rows, Q, qat, p.q_rs, qrows, 1u, k4, q8, lid);
-            let dp = scores(V, at, p.kv_rs, rows, DO, qat, p.q_rs, qrows, 1u, k4, q8, lid);
+            let s = scores(Pair(K, at, p.kv_rs, rows, Q, qat, p.q_rs, qrows),
+                           Pair(V, at, p.kv_rs, rows, DO, qat, p.q_rs, qrows), true, 1u, k4, q8, lid);
             let t = vec4(t0 + 4u * q8) + vec4(0u, 1u, 2u, 3u);
             let r = row0 + t0 + 4u * q8;
             let ls = vec4(row_val(r, t.x, false), row_val(r + 1u, t.y, false), row_val(r + 2u, t.z, false),
                           row_val(r + 3u, t.w, false));
             let de = vec4(row_val(r, t.x, true), row_val(r + 1u, t.y, true), row_val(r + 2u, t.z, true),
                           row_val(r + 3u, t.w, true));
-            let pt = mat4x4<f32>(key_probs(s.g0[0], key, t, ls), key_probs(s.g0[1], key + 1u, t, ls),
-                                 key_probs(s.g0[2], key + 2u, t, ls), key_probs(s.g0[3], key + 3u, t, ls));
-            let dst = mat4x4<f32>(pt[0] * (dp.g0[0] - de), pt[1] * (dp.g0[1] - de), pt[2] * (dp.g0[2] - de),
-                                  pt[3] * (dp.g0[3] - de));
+            let pt = mat4x4<f32>(key_probs(s.s0[0], key, t, ls), key_probs(s.s0[1], key + 1u, t, ls),
+                                 key_probs(s.s0[2], key + 2u, t, ls), key_probs(s.s0[3], key + 3u, t, ls));
+            let dst = mat4x4<f32>(pt[0] * (s.d0[0] - de), pt[1] * (s.d0[1] - de), pt[2] * (s.d0[2] - de),
+                                  pt[3] * (s.d0[3] - de));
             put(pt, PS + 4u * k4 * 8u + q8, 8u);
             put(dst, PS + 512u + 4u * k4 * 8u + q8, 8u);
-            dv = mul_acc(dv, PS, 8u, DO, qat, p.q_rs, qrows, k4, q8, lid);
-            dk = mul_acc(dk, PS + 512u, 8u, Q, qat, p.q_rs, qrows, k4, q8, lid);
+            g = mul_acc(g, PS, PS + 512u, 8u, DO, Q, true, qat, p.q_rs, qrows, k4, q8, lid);
         }
     }
-    store(dk, at, p.kv_rs, rows, k4, q8, vec4(p.scale));
-    store(dv, p.out2 + at, p.kv_rs, rows, k4, q8, vec4(1.0));
+    store(g.b, at, p.kv_rs, rows, k4, q8, vec4(p.scale));
+    store(g.a, p.out2 + at, p.kv_rs, rows, k4, q8, vec4(1.0));
 }
