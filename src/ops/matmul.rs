@@ -123,14 +123,17 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     }))
 }
 
-/// How many K splits a GPU matmul of `d` gets: enough workgroups for a large GPU (~256) when the
-/// output alone gives few, with at least 256 of K a split.
-fn k_splits(d: &Dims) -> usize {
-    let tiles = d.m.div_ceil(TILE.0) * d.n.div_ceil(TILE.1) * d.batch;
-    if tiles >= 128 || d.k < 512 {
+/// How many K splits a GPU matmul of `d` gets when its output alone gives few workgroups: up to
+/// `target` workgroups of `tile` outputs, with at least 256 of K a split. The FP32 kernel aims at
+/// ~256 workgroups; the f16 kernel (more shared memory per workgroup) at 128, one wave on an H100:
+/// its weight gradients ran up to 1.5× slower just past that (384×1152×16384 with 9 splits of its
+/// 15 tiles, 135 workgroups: 0.28 ms; 8 splits: 0.19 ms).
+fn k_splits(d: &Dims, tile: (usize, usize), target: usize) -> usize {
+    let tiles = d.m.div_ceil(tile.0) * d.n.div_ceil(tile.1) * d.batch;
+    if tiles >= target / 2 || d.k < 512 {
         return 1;
     }
-    (256 / tiles).clamp(1, d.k / 256)
+    (target / tiles).clamp(1, d.k / 256)
 }
 
 fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims) -> Result<Tensor> {
@@ -138,7 +141,8 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims) -> Result<Te
     let coop = matmul_precision() == MatmulPrecision::F16 && ctx.coop_matmul;
     let aligned = [d.m, d.n, d.k, a.offset(), b.offset()].iter().all(|v| v % 4 == 0);
     // K per split, a multiple of the kernel's step of 8; then the splits that covers.
-    let (splits, ks) = match k_splits(d) {
+    let split_at = if coop { (COOP_TILE, 128) } else { (TILE, 256) };
+    let (splits, ks) = match k_splits(d, split_at.0, split_at.1) {
         s if s > 1 && aligned => {
             let ks = d.k.div_ceil(s).div_ceil(8) * 8;
             (d.k.div_ceil(ks), ks)
