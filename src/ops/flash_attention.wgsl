@@ -83,7 +83,8 @@ fn kv_at(b: u32, h: u32, j: u32) -> u32 {
     return b * p.hkv * p.tk * p.d + h * p.kv_hs + j * p.kv_rs;
 }
 
-// Which of four keys (or queries) from `first` query t may see (and that exist).
+// Which of the keys `first` the queries `t` see: keys that exist, queries before tq, and the
+// causal mask.
 fn seen(first: vec4<u32>, t: vec4<u32>, tq: u32) -> vec4<bool> {
     let causal = vec4(p.causal == 0u) | (first <= t + vec4(p.shift));
     return (first < vec4(p.tk)) & (t < vec4(tq)) & causal;
@@ -330,7 +331,7 @@ fn mul_acc(acc: Acc2, m: u32, m2: u32, mw: u32, wx: u32, wy: u32, two: bool, at:
     return r;
 }
 
-// Writes row 4ri + i of `m` (x, the thread's columns from col) times scale to out, if it exists.
+// Writes x (columns col .. col+3 of row `row`) times scale to out, if the row and columns exist.
 fn store_row(x: vec4<f32>, at: u32, rs: u32, row: u32, rows: u32, col: u32, scale: f32) {
     if row < rows {
         for (var c = 0u; c < 4u; c++) {

@@ -125,9 +125,9 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
 
 /// How many K splits a GPU matmul of `d` gets when its output alone gives few workgroups: up to
 /// `target` workgroups of `tile` outputs, with at least 256 of K a split. The FP32 kernel aims at
-/// ~256 workgroups; the f16 kernel (more shared memory per workgroup) at 128, one wave on an H100:
-/// its weight gradients ran up to 1.5× slower just past that (384×1152×16384 with 9 splits of its
-/// 15 tiles, 135 workgroups: 0.28 ms; 8 splits: 0.19 ms).
+/// ~256 workgroups, the f16 kernel at 128 (one wave on an H100): its weight gradients ran up to
+/// 1.5× slower just past that (384×1152×16384 with 9 splits of its 15 tiles, 135 workgroups:
+/// 0.28 ms; 8 splits: 0.19 ms). Sweeps of both on the H100: docs/PERFORMANCE.md.
 fn k_splits(d: &Dims, tile: (usize, usize), target: usize) -> usize {
     let tiles = d.m.div_ceil(tile.0) * d.n.div_ceil(tile.1) * d.batch;
     if tiles >= target / 2 || d.k < 512 {
