@@ -420,6 +420,13 @@ fn probs(s: mat4x4<f32>, m: vec4<f32>) -> mat4x4<f32> {
     return mat4x4<f32>(prob(s[0], m.x), prob(s[1], m.y), prob(s[2], m.z), prob(s[3], m.w));
 }
 
+// x[i] to the second output (LSE or delta) for the block's queries r + i that exist.
+fn store_per_row(x: vec4<f32>, bl: Block, r: u32) {
+    for (var i = 0u; i < 4u; i++) {
+        if r + i < bl.rows { out[p.out2 + bl.row + r + i] = x[i]; }
+    }
+}
+
 // Σ over the eight threads of a row (lid % 8) of x, through RED.
 fn row_sum(x: vec4<f32>, tq4: u32, tk8: u32) -> vec4<f32> {
     sh[RED + tk8 * 16u + tq4] = x;
@@ -467,14 +474,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
     let sum = row_sum(l, tq4, tk8);
     store(o.a, bl.at, p.q_rs, bl.rows, tq4, tk8, 1.0 / sum);
-    if tk8 == 0u {
-        let lse_v = m + log(sum);
-        let at = p.out2 + bl.row + 4u * tq4;
-        if 4u * tq4 < bl.rows { out[at] = lse_v.x; }
-        if 4u * tq4 + 1u < bl.rows { out[at + 1u] = lse_v.y; }
-        if 4u * tq4 + 2u < bl.rows { out[at + 2u] = lse_v.z; }
-        if 4u * tq4 + 3u < bl.rows { out[at + 3u] = lse_v.w; }
-    }
+    if tk8 == 0u { store_per_row(m + log(sum), bl, 4u * tq4); }
 }
 
 // Part of dO·O for the block's query r: columns c, c + 8, ...
@@ -487,11 +487,6 @@ fn delta_part(bl: Block, r: u32, c: u32) -> f32 {
     return x;
 }
 
-// LSE of the block's query r (0 past the last).
-fn lse_of(bl: Block, r: u32) -> f32 {
-    if r < bl.rows { return lse[p.lse_off + bl.row + r]; }
-    return 0.0;
-}
 
 // Score gradients dS = P ∘ (dP - delta) of four queries against four keys, P = exp(S - lse).
 fn dscores(s: mat4x4<f32>, dp: mat4x4<f32>, ls: vec4<f32>, de: vec4<f32>, bl: Block, tq4: u32, tk8: u32,
@@ -518,14 +513,11 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let part = vec4(delta_part(bl, r, tk8), delta_part(bl, r + 1u, tk8), delta_part(bl, r + 2u, tk8),
                     delta_part(bl, r + 3u, tk8));
     let delta = row_sum(part, tq4, tk8);
-    let ls = vec4(lse_of(bl, r), lse_of(bl, r + 1u), lse_of(bl, r + 2u), lse_of(bl, r + 3u));
-    if tk8 == 0u {
-        let at = p.out2 + bl.row + r;
-        if r < bl.rows { out[at] = delta.x; }
-        if r + 1u < bl.rows { out[at + 1u] = delta.y; }
-        if r + 2u < bl.rows { out[at + 2u] = delta.z; }
-        if r + 3u < bl.rows { out[at + 3u] = delta.w; }
-    }
+    let at = bl.row + r;
+    let t = bl.t0 + r;
+    let ls = vec4(row_val(at, t, false), row_val(at + 1u, t + 1u, false), row_val(at + 2u, t + 2u, false),
+                  row_val(at + 3u, t + 3u, false));
+    if tk8 == 0u { store_per_row(delta, bl, r); }
     var dq: Acc2;
     for (var k0 = 0u; k0 < bl.keys; k0 += BR) {
         let kr = min(BR, p.tk - k0);
@@ -544,7 +536,7 @@ fn key_probs(s: vec4<f32>, key: u32, t: vec4<u32>, ls: vec4<f32>) -> vec4<f32> {
     return select(vec4(0.0), exp(s * p.scale - ls), seen(vec4(key), t, p.tq));
 }
 
-// LSE (or delta, from aux) at row `at` if query t exists.
+// LSE (or delta, from aux) at row `at` of [B, Hq, Tq] if query t exists, else 0.
 fn row_val(at: u32, t: u32, from_aux: bool) -> f32 {
     if t >= p.tq { return 0.0; }
     if from_aux { return aux[p.aux_off + at]; }
