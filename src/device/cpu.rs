@@ -83,3 +83,84 @@ pub fn par_rows(out: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sy
         }
     });
 }
+
+/// e^x without a libm call, so that loops over rows vectorise (libm's `expf` is ~10× slower per
+/// element here). x = n·ln 2 + r with |r| ≤ ln 2 / 2; e^r by its Taylor series to r⁷ (the
+/// first term left out is < 6e-9 of the result); 2^n written into the exponent bits.
+/// Within 1e-7 relative of e^x for x in [-87, 88] (measured); 0 below, e^88 above, NaN for NaN.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
+    const LN2_HI: f32 = 0.693_359_4; // 355 / 512: n · LN2_HI is exact
+    const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 - LN2_HI
+    let xc = x.clamp(-87.0, 88.0);
+    let t = xc * std::f32::consts::LOG2_E + ROUND; // its low mantissa bits hold n
+    let n = t - ROUND;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let c = [1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
+    let p = c.iter().fold(0.0, |acc, &ck| acc * r + ck);
+    let two_n = f32::from_bits(t.to_bits().wrapping_add(127) << 23);
+    if x < -87.0 {
+        0.0
+    } else {
+        p * two_n
+    }
+}
+
+/// Σ x in eight lanes (a plain `.sum()` adds in order, which does not vectorise).
+pub fn sum(x: &[f32]) -> f32 {
+    lanes(x, 0.0, |a, v| a + v).iter().sum()
+}
+
+/// The largest element of x (-∞ when empty), in eight lanes.
+pub fn max(x: &[f32]) -> f32 {
+    lanes(x, f32::NEG_INFINITY, f32::max).into_iter().fold(f32::NEG_INFINITY, f32::max)
+}
+
+fn lanes(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> [f32; 8] {
+    let mut acc = [init; 8];
+    let chunks = x.chunks_exact(8);
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a = f(*a, v);
+    }
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = f(*a, v);
+        }
+    }
+    acc
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exp_against_f64() {
+        let mut worst = 0.0f64;
+        for i in -900_000..=880_000 {
+            let x = i as f32 * 1e-4;
+            let (got, want) = (super::exp(x) as f64, (x as f64).exp());
+            if x < -87.0 {
+                assert_eq!(got, 0.0, "exp({x})");
+                continue;
+            }
+            worst = worst.max((got - want).abs() / want);
+        }
+        // Measured 9.9e-8; 2 ulps of f32 near 1 are 2.4e-7.
+        assert!(worst < 2.4e-7, "worst relative error {worst:e}");
+        assert_eq!(super::exp(0.0), 1.0);
+        assert!(super::exp(f32::NAN).is_nan());
+        assert_eq!(super::exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(super::exp(100.0), super::exp(88.0));
+    }
+
+    #[test]
+    fn lane_reductions() {
+        let x: Vec<f32> = (0..37).map(|i| ((i * 7919) % 101) as f32 - 50.0).collect();
+        for n in [0, 1, 7, 8, 9, 37] {
+            let want_sum: f64 = x[..n].iter().map(|&v| v as f64).sum();
+            assert_eq!(super::sum(&x[..n]) as f64, want_sum, "sum of {n}");
+            let want_max = x[..n].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(super::max(&x[..n]), want_max, "max of {n}");
+        }
+    }
+}

@@ -1,10 +1,11 @@
 //! Cross-entropy: on materialised logits, and fused with the output projection so the
-//! [N, V] logits never exist (the vocabulary is processed a chunk at a time).
+//! [N, V] logits never exist (they are made a chunk of rows at a time).
 
+use super::elementwise::mul_into;
 use super::matmul::matmul_into;
-use super::{float_input, grid_for, matmul, matmul_t, on_device, same_device, scale, slice, sum_all};
-use crate::autograd::{no_grad, record};
-use crate::device::cpu::CHUNK;
+use super::{float_input, grid_for, matmul_t, on_device, same_device, scale, slice, sum_all};
+use crate::autograd::{is_grad_enabled, no_grad, record};
+use crate::device::cpu;
 use crate::device::gpu::{self, grid, Kernel};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
@@ -22,45 +23,43 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: Option<u32
     };
     let rows = Rows::new(OP, targets, n, v, ignore_index)?;
     let device = same_device(OP, &[&logits, targets])?;
-    let (st, loss) = no_grad(|| -> Result<_> {
-        let (st, row_loss) =
-            (Tensor::zeros_on(&[n, 3], Precision::FP32, device), Tensor::zeros_on(&[n], Precision::FP32, device));
-        lse_update(&logits, 0, &st, &row_loss, &rows, true, true)?;
-        Ok((st, sum_all(&row_loss)?))
+    let (lse, loss) = no_grad(|| -> Result<_> {
+        let (lse, row_loss) =
+            (Tensor::zeros_on(&[n], Precision::FP32, device), Tensor::zeros_on(&[n], Precision::FP32, device));
+        row_loss_of(&logits, 0, &lse, &row_loss, &rows, false)?;
+        Ok((lse, sum_all(&row_loss)?))
     })?;
     let x = logits.clone();
     // softmax_grad overwrites its input: it gets a copy of the caller's logits.
-    Ok(record(OP, loss, &[&logits], move |dy| Ok(vec![Some(softmax_grad(scale(&x, 1.0)?, 0, &st, &rows, dy)?)])))
+    Ok(record(OP, loss, &[&logits], move |dy| Ok(vec![Some(softmax_grad(scale(&x, 1.0)?, 0, &lse, &rows, dy)?)])))
 }
 
 /// `cross_entropy(hidden · weightᵀ, targets, ignore_index)` without the [N, V] logits:
 /// hidden: [N, C], weight: [V, C] (f32 or bf16 storage), targets: u32 [N]; returns shape [].
-/// Forward and backward walk the vocabulary in chunks of 256..=2048 columns (CPU) or 256..=8192
-/// (GPU), so that N × chunk stays near 2^18 logits (1 MiB, cache-sized) on the CPU and 2^23 (32
-/// MiB) on the GPU, where wider chunks make the matmuls large enough to fill the device. (The
-/// backward's chunk sits on top of every saved activation: 2^24 made seed-tiny's step 6% faster
-/// on an H200 and its peak 32 MiB higher, ×1.225 of weights + gradients + state + activations.)
+/// Works a chunk of whole rows of logits at a time, about 2^23 logits (32 MiB) a chunk: on this
+/// 2-core CPU a seed-tiny forward and backward (N 4096, C 256, V 32000) took 1.4–1.8 s with
+/// 2^23, 1.7–1.9 with 2^24, 1.7–1.9 with 2^22 and 2.6 with 2^21. When gradients are wanted
+/// they are made in the forward, while each chunk's logits exist (the spec's `loss +
+/// grad_hidden`): three products with the weight, not the four of recomputing the logits in
+/// the backward, which then only multiplies them by d loss. They are held from forward to
+/// backward.
 pub fn fused_linear_cross_entropy(
     hidden: &Tensor,
     weight: &Tensor,
     targets: &Tensor,
     ignore_index: Option<u32>,
 ) -> Result<Tensor> {
-    let n = hidden.shape().first().copied().unwrap_or(1);
-    let chunk = match hidden.device() {
-        crate::Device::Cpu => ((1 << 18) / n.max(1)).clamp(256, 2048),
-        _ => ((1 << 23) / n.max(1)).clamp(256, 8192),
-    };
-    fused_linear_cross_entropy_chunked(hidden, weight, targets, ignore_index, chunk)
+    let v = weight.shape().first().copied().unwrap_or(1).max(1);
+    fused_linear_cross_entropy_chunked(hidden, weight, targets, ignore_index, ((1 << 23) / v).max(1))
 }
 
-/// `fused_linear_cross_entropy` with an explicit vocabulary chunk (columns of logits at once).
+/// `fused_linear_cross_entropy` with an explicit chunk: `rows` rows of logits at once.
 pub fn fused_linear_cross_entropy_chunked(
     hidden: &Tensor,
     weight: &Tensor,
     targets: &Tensor,
     ignore_index: Option<u32>,
-    chunk: usize,
+    rows: usize,
 ) -> Result<Tensor> {
     const OP: &str = "fused_linear_cross_entropy";
     let hidden = float_input(OP, hidden)?;
@@ -72,10 +71,10 @@ pub fn fused_linear_cross_entropy_chunked(
             weight.shape()
         );
     };
-    if c != cw || v == 0 || chunk == 0 {
+    if c != cw || v == 0 || rows == 0 {
         bail!(
             Shape,
-            "{OP}: hidden {:?} and weight {:?} must share C, with V > 0 (chunk {chunk})",
+            "{OP}: hidden {:?} and weight {:?} must share C, with V > 0 (chunk of {rows} rows)",
             hidden.shape(),
             weight.shape()
         );
@@ -83,40 +82,35 @@ pub fn fused_linear_cross_entropy_chunked(
     if weight.dtype() == Precision::U32 {
         bail!(Dtype, "{OP}: weight must be f32 or bf16, got u32");
     }
-    let rows = Rows::new(OP, targets, n, v, ignore_index)?;
+    let tr = Rows::new(OP, targets, n, v, ignore_index)?;
     let device = same_device(OP, &[&hidden, weight, targets])?;
-    let chunks: Vec<(usize, usize)> = (0..v).step_by(chunk).map(|c0| (c0, chunk.min(v - c0))).collect();
-    let (st, loss) = no_grad(|| -> Result<_> {
-        let st = Tensor::zeros_on(&[n, 3], Precision::FP32, device);
-        let row_loss = Tensor::zeros_on(&[n], Precision::FP32, device);
-        for &(c0, vc) in &chunks {
-            // logits: [N, vc]
-            let logits = matmul_t(&hidden, &slice(weight, 0, c0, vc)?, false, true)?;
-            lse_update(&logits, c0, &st, &row_loss, &rows, c0 == 0, c0 + vc == v)?;
-        }
-        Ok((st, sum_all(&row_loss)?))
-    })?;
-    let (need_dh, need_dw) = (hidden.tracks_grad(), weight.tracks_grad());
-    let (h, w) = (hidden.clone(), weight.clone());
-    Ok(record(OP, loss, &[&hidden, weight], move |dy| {
-        let mut dh: Option<Tensor> = None;
-        let dw = need_dw.then(|| Tensor::zeros_on(&[v, c], Precision::FP32, device));
-        for &(c0, vc) in &chunks {
-            let wc = float_input(OP, &slice(&w, 0, c0, vc)?)?; // [vc, C]
-            let dlogits = softmax_grad(matmul_t(&h, &wc, false, true)?, c0, &st, &rows, dy)?;
-            if need_dh {
-                // dh: [N, C] += dlogits · wc, in place after the first chunk.
-                match &dh {
-                    Some(acc) => matmul_into(acc, &dlogits, &wc, false, false, true)?,
-                    None => dh = Some(matmul(&dlogits, &wc)?),
-                }
+    let grad = |t: &Tensor| is_grad_enabled() && t.tracks_grad();
+    let (need_dh, need_dw) = (grad(&hidden), grad(weight));
+    let w = float_input(OP, weight)?; // bf16 storage is widened once, not per chunk
+    let (loss, dh, dw) = no_grad(|| -> Result<_> {
+        let zeros = |shape: &[usize]| Tensor::zeros_on(shape, Precision::FP32, device);
+        let (lse, row_loss) = (zeros(&[n]), zeros(&[n]));
+        let dh = need_dh.then(|| zeros(&[n, c]));
+        let dw = need_dw.then(|| zeros(&[v, c]));
+        for r0 in (0..n).step_by(rows) {
+            let h = slice(&hidden, 0, r0, rows.min(n - r0))?;
+            let logits = matmul_t(&h, &w, false, true)?; // [rows, V]
+            row_loss_of(&logits, r0, &lse, &row_loss, &tr, need_dh || need_dw)?;
+            if let Some(dh) = &dh {
+                matmul_into(&slice(dh, 0, r0, h.shape()[0])?, &logits, &w, false, false, false)?;
             }
             if let Some(dw) = &dw {
-                // Each chunk owns its rows of dweight: no accumulation across chunks.
-                matmul_into(&slice(dw, 0, c0, vc)?, &dlogits, &h, true, false, false)?;
+                matmul_into(dw, &logits, &h, true, false, r0 > 0)?;
             }
         }
-        Ok(vec![dh, dw])
+        Ok((sum_all(&row_loss)?, dh, dw))
+    })?;
+    Ok(record(OP, loss, &[&hidden, weight], move |dy| {
+        // The graph runs this once: scaling the held gradients in place is safe.
+        for g in dh.iter().chain(&dw) {
+            mul_into(g, dy)?;
+        }
+        Ok(vec![dh.clone(), dw.clone()])
     }))
 }
 
@@ -159,12 +153,12 @@ impl Rows {
         })
     }
 
-    fn params(&self, x: &Tensor, c0: usize, flags: u32, dy_off: usize) -> [u32; 9] {
+    fn params(&self, x: &Tensor, r0: usize, flags: u32, dy_off: usize) -> [u32; 9] {
         let &[rows, cols] = x.shape() else { unreachable!("logits are 2-D") };
         [
             rows as u32,
             cols as u32,
-            c0 as u32,
+            r0 as u32,
             x.offset() as u32,
             self.targets.offset() as u32,
             flags,
@@ -175,80 +169,65 @@ impl Rows {
     }
 }
 
-/// Folds the logits x: [N, cols] (vocabulary columns c0..) into the per-row state st: [N, 3];
-/// the last chunk leaves the LSE in st[r, 0] and writes row_loss[r] = (lse - x_target) · scale.
-fn lse_update(
-    x: &Tensor,
-    c0: usize,
-    st: &Tensor,
-    row_loss: &Tensor,
-    rows: &Rows,
-    first: bool,
-    last: bool,
-) -> Result<()> {
+/// Row r of the logits x: [rows, V] is batch row r0 + r: writes its log-sum-exp to lse and its
+/// loss (lse - x[target]) · scale to row_loss; with `grad`, x becomes d loss / d x as well
+/// (softmax - onehot) · scale, computed from the same exponentials on the CPU.
+fn row_loss_of(x: &Tensor, r0: usize, lse: &Tensor, row_loss: &Tensor, rows: &Rows, grad: bool) -> Result<()> {
     let &[n, cols] = x.shape() else { unreachable!("logits are 2-D") };
     on_device(
         "cross_entropy",
         x.device(),
         || {
-            let (xr, tr) = (x.cpu(), rows.targets.cpu());
-            let (xv, tv) = (xr.f32(), tr.u32());
-            let (mut sw, mut lw) = (st.cpu_mut(), row_loss.cpu_mut());
-            let rb = (CHUNK / cols).max(1); // rows per task
-            sw.f32().par_chunks_mut(3 * rb).zip(lw.f32().par_chunks_mut(rb)).enumerate().for_each(|(b, (s, l))| {
-                for (k, (s, l)) in s.chunks_mut(3).zip(l).enumerate() {
-                    let r = b * rb + k;
-                    let row = &xv[r * cols..(r + 1) * cols];
-                    let cmax = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                    let csum: f32 = row.iter().map(|&v| (v - cmax).exp()).sum();
-                    let (mut m, mut sum, mut tl) = (cmax, csum, 0.0);
-                    if !first {
-                        m = s[0].max(cmax);
-                        sum = s[1] * (s[0] - m).exp() + csum * (cmax - m).exp();
-                        tl = s[2];
+            let tr = rows.targets.cpu();
+            let tv = &tr.u32()[r0..r0 + n];
+            let (mut lw, mut rw) = (lse.cpu_mut(), row_loss.cpu_mut());
+            let (lv, rv) = (&mut lw.f32()[r0..r0 + n], &mut rw.f32()[r0..r0 + n]);
+            let mut xw = x.cpu_mut();
+            xw.f32().par_chunks_mut(cols).zip(lv).zip(rv).zip(tv).for_each(|(((row, lse), loss), &t)| {
+                let m = cpu::max(row);
+                let xt = row.get(t as usize).copied().unwrap_or(0.0); // no row when ignored
+                if grad {
+                    row.iter_mut().for_each(|v| *v = cpu::exp(*v - m));
+                    let sum = cpu::sum(row);
+                    *lse = m + sum.ln();
+                    let g = if t == rows.ignore { 0.0 } else { rows.scale };
+                    let k = g / sum;
+                    row.iter_mut().for_each(|v| *v *= k);
+                    if let Some(v) = row.get_mut(t as usize).filter(|_| g != 0.0) {
+                        *v -= g;
                     }
-                    let t = tv[r] as usize;
-                    if (c0..c0 + cols).contains(&t) {
-                        tl = row[t - c0];
-                    }
-                    if last {
-                        let lse = m + sum.ln();
-                        s[0] = lse;
-                        *l = if tv[r] == rows.ignore { 0.0 } else { (lse - tl) * rows.scale };
-                    } else {
-                        s.copy_from_slice(&[m, sum, tl]);
-                    }
+                } else {
+                    let sum = row.iter().fold(0.0, |s, &v| s + cpu::exp(v - m));
+                    *lse = m + sum.ln();
                 }
+                *loss = if t == rows.ignore { 0.0 } else { (*lse - xt) * rows.scale };
             });
             Ok(())
         },
         || {
             let ctx = gpu::context()?;
-            let params = rows.params(x, c0, first as u32 | (last as u32) << 1, 0);
-            ctx.dispatch(
-                &KERNEL,
-                "lse_update",
-                &params,
-                &[x.gpu(), rows.targets.gpu(), st.gpu(), row_loss.gpu()],
-                grid(n as u32),
-            );
+            let params = rows.params(x, r0, 0, 0);
+            let buffers = [x.gpu(), rows.targets.gpu(), lse.gpu(), row_loss.gpu()];
+            ctx.dispatch(&KERNEL, "row_loss", &params, &buffers, grid(n as u32));
+            if grad {
+                ctx.dispatch(&KERNEL, "softmax_grad", &params, &buffers, grid_for(n * cols));
+            }
             Ok(())
         },
     )
 }
 
-/// d logits for the chunk x: [N, cols] starting at vocabulary column c0, given the final state,
-/// written over x (a temporary the caller gives up: the chunk's logits and their gradient
-/// never exist at once).
-fn softmax_grad(x: Tensor, c0: usize, st: &Tensor, rows: &Rows, dy: &Tensor) -> Result<Tensor> {
+/// d logits for x: [rows, V], batch rows r0.., given their log-sum-exp: (softmax - onehot)
+/// · scale · dy, written over x (a temporary the caller gives up).
+fn softmax_grad(x: Tensor, r0: usize, lse: &Tensor, rows: &Rows, dy: &Tensor) -> Result<Tensor> {
     let &[n, cols] = x.shape() else { unreachable!("logits are 2-D") };
     let dy = float_input("cross_entropy backward", dy)?;
     on_device(
         "cross_entropy_backward",
         same_device("cross_entropy backward", &[&x, &dy])?,
         || {
-            let (tr, sr) = (rows.targets.cpu(), st.cpu());
-            let (tv, sv) = (tr.u32(), sr.f32());
+            let (tr, lr) = (rows.targets.cpu(), lse.cpu());
+            let (tv, lv) = (&tr.u32()[r0..], &lr.f32()[r0..]);
             let g = dy.cpu().f32()[0] * rows.scale;
             let mut xw = x.cpu_mut();
             crate::device::cpu::par_rows(xw.f32(), cols, |r, o| {
@@ -256,22 +235,19 @@ fn softmax_grad(x: Tensor, c0: usize, st: &Tensor, rows: &Rows, dy: &Tensor) -> 
                     o.fill(0.0);
                     return;
                 }
-                let lse = sv[3 * r];
-                for (j, o) in o.iter_mut().enumerate() {
-                    let onehot = if c0 + j == tv[r] as usize { 1.0 } else { 0.0 };
-                    *o = ((*o - lse).exp() - onehot) * g;
-                }
+                o.iter_mut().for_each(|v| *v = cpu::exp(*v - lv[r]) * g);
+                o[tv[r] as usize] -= g;
             });
             Ok(())
         },
         || {
             let ctx = gpu::context()?;
-            let params = rows.params(&x, c0, 0, dy.offset());
+            let params = rows.params(&x, r0, 1, dy.offset());
             ctx.dispatch(
                 &KERNEL,
                 "softmax_grad",
                 &params,
-                &[x.gpu(), rows.targets.gpu(), st.gpu(), dy.gpu()],
+                &[x.gpu(), rows.targets.gpu(), lse.gpu(), dy.gpu()],
                 grid_for(n * cols),
             );
             Ok(())

@@ -1,33 +1,31 @@
-// Cross-entropy over rows of logits, a chunk of the vocabulary at a time: an online
-// log-sum-exp, and the backward d logits = (softmax - onehot) · dy · scale.
-// Row r's state st[3r..3r+3]: running max, running sum of exp(x - max), target logit.
-// After the last chunk st[3r] holds the row's log-sum-exp.
+// Cross-entropy over whole rows of logits x: [rows, cols] (rows r0.. of the batch): each row's
+// log-sum-exp and loss, and d logits = (softmax - onehot) · scale (· dy).
 struct Params {
     rows: u32,
-    cols: u32,   // columns of x (this chunk of the vocabulary)
-    c0: u32,     // vocabulary index of column 0
+    cols: u32,
+    r0: u32,     // batch row of x's row 0: targets, lse and row loss are indexed from it
     x_off: u32,
     t_off: u32,
-    flags: u32,  // 1: first chunk (state is fresh), 2: last chunk (write LSE and row loss)
+    flags: u32,  // softmax_grad: 1 multiplies by dy (aux[dy_off])
     ignore: u32, // rows with this target count for nothing
     scale: f32,  // 1 / rows not ignored (0 when all are)
     dy_off: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-// x: a chunk's logits, a temporary that softmax_grad overwrites with their gradient.
+// x: logits, a temporary that softmax_grad overwrites with their gradient.
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;   // [rows, cols]
-@group(0) @binding(2) var<storage, read> tg: array<u32>;        // [rows]
-@group(0) @binding(3) var<storage, read_write> st: array<f32>;  // [rows, 3]
-@group(0) @binding(4) var<storage, read_write> aux: array<f32>; // row loss [rows], or dy [1]
+@group(0) @binding(2) var<storage, read> tg: array<u32>;        // [batch rows]
+@group(0) @binding(3) var<storage, read_write> lse: array<f32>; // [batch rows]
+@group(0) @binding(4) var<storage, read_write> aux: array<f32>; // row loss [batch rows], or dy
 
 const NEG_INF: u32 = 0xff800000u;
 var<workgroup> red: array<f32, 256>;
 
-// One workgroup per row: the chunk's max and sum of exponentials, merged into the state.
+// One workgroup per row: its log-sum-exp and its loss (lse - x[target]) · scale.
 @compute @workgroup_size(256)
-fn lse_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-              @builtin(local_invocation_index) lid: u32) {
+fn row_loss(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
     let r = wid.x + wid.y * nwg.x;
     if r >= p.rows { return; }
     let base = p.x_off + r * p.cols;
@@ -41,11 +39,11 @@ fn lse_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         if lid < s { red[lid] = max(red[lid], red[lid + s]); }
         workgroupBarrier();
     }
-    let cmax = red[0];
+    let m = red[0];
     workgroupBarrier();
     var acc = 0.0;
     for (var j = lid; j < p.cols; j += 256u) {
-        acc += exp(x[base + j] - cmax);
+        acc += exp(x[base + j] - m);
     }
     red[lid] = acc;
     workgroupBarrier();
@@ -54,42 +52,32 @@ fn lse_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         workgroupBarrier();
     }
     if lid != 0u { return; }
-    let tgt = tg[p.t_off + r];
-    var m = cmax;
-    var sum = red[0];
-    var tl = 0.0;
-    if (p.flags & 1u) == 0u {
-        let m0 = st[3u * r];
-        m = max(m0, cmax);
-        sum = st[3u * r + 1u] * exp(m0 - m) + sum * exp(cmax - m);
-        tl = st[3u * r + 2u];
-    }
-    if tgt >= p.c0 && tgt - p.c0 < p.cols { tl = x[base + tgt - p.c0]; }
-    if (p.flags & 2u) != 0u {
-        let lse = m + log(sum);
-        st[3u * r] = lse;
-        aux[r] = select((lse - tl) * p.scale, 0.0, tgt == p.ignore);
+    let b = p.r0 + r;
+    let tgt = tg[p.t_off + b];
+    let l = m + log(red[0]);
+    lse[b] = l;
+    if tgt == p.ignore {
+        aux[b] = 0.0;
     } else {
-        st[3u * r] = m;
-        st[3u * r + 1u] = sum;
-        st[3u * r + 2u] = tl;
+        aux[b] = (l - x[base + tgt]) * p.scale;
     }
 }
 
-// x[r, j] <- (exp(x[r, j] - lse[r]) - [c0 + j == target[r]]) · dy · scale; 0 on ignored rows.
+// x[r, j] <- (exp(x[r, j] - lse[r]) - [j == target[r]]) · scale (· dy); 0 on ignored rows.
 @compute @workgroup_size(256)
 fn softmax_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let i = (wid.x + wid.y * nwg.x) * 256u + lid;
     if i >= p.rows * p.cols { return; }
-    let r = i / p.cols;
+    let b = p.r0 + i / p.cols;
     let j = i % p.cols;
-    let tgt = tg[p.t_off + r];
+    let tgt = tg[p.t_off + b];
     var d = 0.0;
     if tgt != p.ignore {
-        d = exp(x[p.x_off + i] - st[3u * r]);
-        if tgt - p.c0 == j && tgt >= p.c0 { d -= 1.0; }
-        d *= aux[p.dy_off] * p.scale;
+        d = exp(x[p.x_off + i] - lse[b]);
+        if tgt == j { d -= 1.0; }
+        d *= p.scale;
+        if (p.flags & 1u) != 0u { d *= aux[p.dy_off]; }
     }
     x[p.x_off + i] = d;
 }

@@ -3,9 +3,10 @@
 
 use super::{float_input, grid_for, on_device, same_device, sum_to};
 use crate::autograd::record;
-use crate::device::cpu::par_fill;
+use crate::device::cpu::{self, par_fill, CHUNK};
 use crate::device::gpu::{self, Kernel};
 use crate::{bail, Precision, Result, Tensor};
+use rayon::prelude::*;
 
 pub(crate) static KERNEL: Kernel = Kernel { name: "elementwise", source: include_str!("elementwise.wgsl") };
 
@@ -50,7 +51,7 @@ impl Unary {
             Unary::Log => v.ln(),
             Unary::Sqrt => v.sqrt(),
             Unary::Rsqrt => 1.0 / v.sqrt(),
-            Unary::Silu => v / (1.0 + (-v).exp()),
+            Unary::Silu => v / (1.0 + cpu::exp(-v)),
             Unary::Gelu => 0.5 * v * (1.0 + gelu_u(v).tanh()),
             Unary::Relu => v.max(0.0),
             Unary::Scale(s) => s * v,
@@ -81,7 +82,7 @@ impl Unary {
             Unary::Sqrt => 0.5 / v.sqrt(),
             Unary::Rsqrt => -0.5 / v.sqrt() / v,
             Unary::Silu => {
-                let s = 1.0 / (1.0 + (-v).exp());
+                let s = 1.0 / (1.0 + cpu::exp(-v));
                 s * (1.0 + v * (1.0 - s))
             }
             Unary::Gelu => {
@@ -249,6 +250,45 @@ fn binary(name: &'static str, a: &Tensor, b: &Tensor, op: Binary) -> Result<Tens
         };
         Ok(vec![Some(sum_to(&da, sa.shape())?), Some(sum_to(&db, sb.shape())?)])
     }))
+}
+
+/// dst = dst ∘ b in place, b repeating over dst as in `add` (its shape a suffix of dst's), without
+/// autograd: for backward rules that accumulate into, or rescale, a buffer of their own.
+fn binary_into(dst: &Tensor, b: &Tensor, op: Binary) -> Result<()> {
+    let b = float_input("binary_into", b)?;
+    let device = same_device("binary_into", &[dst, &b])?;
+    if dst.dtype() != Precision::FP32 || !dst.shape().ends_with(b.shape()) || dst.shares_storage(&b) {
+        bail!(Shape, "binary_into: {:?} must be a separate f32 tensor ending in {:?}", dst.shape(), b.shape());
+    }
+    let (n, nb) = (dst.numel(), b.numel().max(1));
+    on_device(
+        "binary_into",
+        device,
+        || {
+            let br = b.cpu();
+            let bv = br.f32();
+            let mut dw = dst.cpu_mut();
+            dw.f32().par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+                for (j, o) in chunk.iter_mut().enumerate() {
+                    *o = op.f(*o, bv[(c * CHUNK + j) % nb]);
+                }
+            });
+            Ok(())
+        },
+        || {
+            let ctx = gpu::context()?;
+            let params = [n as u32, op as u32, b.offset() as u32, dst.offset() as u32, nb as u32, 0, 0];
+            ctx.dispatch(&KERNEL, "binary_into", &params, &[b.gpu(), dst.gpu()], grid_for(n));
+            Ok(())
+        },
+    )
+}
+
+pub(crate) fn add_into(dst: &Tensor, b: &Tensor) -> Result<()> {
+    binary_into(dst, b, Binary::Add)
+}
+pub(crate) fn mul_into(dst: &Tensor, b: &Tensor) -> Result<()> {
+    binary_into(dst, b, Binary::Mul)
 }
 
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {

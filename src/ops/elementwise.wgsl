@@ -3,7 +3,7 @@ struct Params {
     n: u32,     // output elements
     op: u32,
     x_off: u32, // element offset of x (a for binary)
-    y_off: u32, // element offset of y (dy for unary backward, b for binary)
+    y_off: u32, // element offset of y (dy for unary backward, b for binary), or of out (binary_into)
     nx: u32,    // elements of x before it repeats (broadcast), binary only
     ny: u32,    // elements of y before it repeats
     s: f32,     // scale factor
@@ -94,4 +94,20 @@ fn binary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         default: { r = a / b; }
     }
     out[i] = r;
+}
+
+// out[y_off + i] = out[y_off + i] op x[x_off + i % nx], in place (y_off: out's offset).
+@compute @workgroup_size(256)
+fn binary_into(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid);
+    if i >= p.n { return; }
+    let o = p.y_off + i;
+    let b = x[p.x_off + i % p.nx];
+    switch p.op {
+        case 0u: { out[o] += b; }
+        case 1u: { out[o] -= b; }
+        case 2u: { out[o] *= b; }
+        default: { out[o] /= b; }
+    }
 }

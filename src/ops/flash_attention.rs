@@ -4,6 +4,7 @@
 use super::attention::{attention_dims_in, AttnDims};
 use super::{float_input, on_device, permute};
 use crate::autograd::record;
+use crate::device::cpu;
 use crate::device::gpu::{self, Kernel};
 use crate::device::Storage;
 use crate::{bail, Device, Precision, Result, Tensor};
@@ -174,17 +175,13 @@ fn cpu_forward(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, causal: bool) ->
             for i in 0..rows {
                 let row = &mut s[i * BK..i * BK + cols];
                 let n = (0..cols).take_while(|&j| kept(&a, causal, q0 + i, k0 + j)).count();
-                let mt = row[..n].iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y));
-                let m_new = m[i].max(mt);
-                let mut sum = 0.0;
-                for x in &mut row[..n] {
-                    *x = (*x - m_new).exp();
-                    sum += *x;
-                }
+                let m_new = m[i].max(cpu::max(&row[..n]));
+                row[..n].iter_mut().for_each(|x| *x = cpu::exp(*x - m_new));
+                let sum = cpu::sum(&row[..n]);
                 row[n..].fill(0.0);
                 if n > 0 {
                     // Rescale what was summed under the old max.
-                    let alpha = (m[i] - m_new).exp();
+                    let alpha = cpu::exp(m[i] - m_new);
                     l[i] = l[i] * alpha + sum;
                     m[i] = m_new;
                     o_blk[i * d..(i + 1) * d].iter_mut().for_each(|x| *x *= alpha);
@@ -217,9 +214,9 @@ fn cpu_bthd_inference(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, causal: b
         let mut s: Vec<f32> = (0..key_end(&a, causal, t + 1))
             .map(|j| qrow.iter().zip(&kv[key_row(j)..key_row(j) + d]).map(|(x, y)| x * y).sum::<f32>() * scale)
             .collect();
-        let m = s.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y));
-        s.iter_mut().for_each(|x| *x = (*x - m).exp());
-        let sum: f32 = s.iter().sum();
+        let m = cpu::max(&s);
+        s.iter_mut().for_each(|x| *x = cpu::exp(*x - m));
+        let sum = cpu::sum(&s);
         for (j, p) in s.iter().enumerate() {
             let w = p / sum;
             out.iter_mut().zip(&vv[key_row(j)..key_row(j) + d]).for_each(|(o, x)| *o += w * x);
@@ -250,7 +247,7 @@ fn tile_grads(
         for j in 0..cols {
             let e = i * BK + j;
             if kept(a, causal, t0 + i, k0 + j) {
-                s[e] = (s[e] - lse[i]).exp();
+                s[e] = cpu::exp(s[e] - lse[i]);
                 dp[e] = s[e] * (dp[e] - delta[i]);
             } else {
                 s[e] = 0.0;

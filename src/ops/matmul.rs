@@ -188,7 +188,8 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims) -> Result<Te
 
 /// dst (f32, shaped like op(a)·op(b)) = op(a)·op(b), or += with `accumulate`, in place and
 /// without autograd: for backward rules that sum or place products (the fused cross-entropy's
-/// chunks). The CPU writes straight into dst; the GPU computes the product, then adds and copies.
+/// chunks). The CPU writes straight into dst; the GPU computes the product, then adds it or
+/// copies it in.
 pub(crate) fn matmul_into(dst: &Tensor, a: &Tensor, b: &Tensor, ta: bool, tb: bool, accumulate: bool) -> Result<()> {
     let d = dims(a.shape(), b.shape(), ta, tb)?;
     if dst.dtype() != Precision::FP32 || dst.shape() != d.out_shape || dst.shares_storage(a) || dst.shares_storage(b) {
@@ -204,7 +205,11 @@ pub(crate) fn matmul_into(dst: &Tensor, a: &Tensor, b: &Tensor, ta: bool, tb: bo
         },
         || {
             let c = gpu_matmul(&a, &b, ta, tb, &d)?;
-            super::flat::copy_into(dst, &if accumulate { super::add(dst, &c)? } else { c })
+            if accumulate {
+                super::elementwise::add_into(dst, &c)
+            } else {
+                super::flat::copy_into(dst, &c)
+            }
         },
     )
 }

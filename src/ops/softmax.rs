@@ -2,7 +2,7 @@
 
 use super::{float_input, on_device, same_device};
 use crate::autograd::record;
-use crate::device::cpu::par_rows;
+use crate::device::cpu::{self, par_rows};
 use crate::device::gpu::{self, grid, Kernel};
 use crate::{bail, Precision, Result, Tensor};
 
@@ -69,13 +69,9 @@ fn forward(x: &Tensor, rows: usize, cols: usize, mask: Mask) -> Result<Tensor> {
             par_rows(&mut out, cols, |r, y| {
                 let n = mask.valid(r, cols);
                 let xs = &xv[r * cols..r * cols + n];
-                let m = xs.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let mut sum = 0.0;
-                for (o, &v) in y.iter_mut().zip(xs) {
-                    *o = (v - m).exp();
-                    sum += *o;
-                }
-                let inv = 1.0 / sum;
+                let m = cpu::max(xs);
+                y[..n].iter_mut().zip(xs).for_each(|(o, &v)| *o = cpu::exp(v - m));
+                let inv = 1.0 / cpu::sum(&y[..n]);
                 y[..n].iter_mut().for_each(|o| *o *= inv);
             });
             Ok(Tensor::cpu_f32(out, x.shape()))

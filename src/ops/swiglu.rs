@@ -2,7 +2,7 @@
 
 use super::{float_input, grid_for, on_device, same_device};
 use crate::autograd::record;
-use crate::device::cpu::par_rows;
+use crate::device::cpu::{self, par_rows};
 use crate::device::gpu::{self, Kernel};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
@@ -60,7 +60,7 @@ struct Layout {
 }
 
 fn silu(g: f32) -> f32 {
-    g / (1.0 + (-g).exp())
+    g / (1.0 + cpu::exp(-g))
 }
 
 fn forward(gate: &Tensor, up: &Tensor, l: &Layout, shape: &[usize]) -> Result<Tensor> {
@@ -107,7 +107,7 @@ fn backward(gate: &Tensor, up: &Tensor, l: &Layout, dy: &Tensor, to: (usize, usi
             let mut out = vec![0.0; size];
             let pair = |r: usize, c: usize| {
                 let (g, d) = (gv[r * l.rs + c], dv[r * l.cols + c]);
-                let s = 1.0 / (1.0 + (-g).exp());
+                let s = 1.0 / (1.0 + cpu::exp(-g));
                 (d * uv[r * l.rs + c] * (s * (1.0 + g * (1.0 - s))), d * silu(g))
             };
             if ors == l.cols {
