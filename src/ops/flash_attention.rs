@@ -279,53 +279,41 @@ fn cpu_backward(
     let dev = &delta[..];
     let scale = 1.0 / (d as f32).sqrt();
 
-    // dQ[t] = scale · Σ_j dS[t, j] K[j], one task per (batch, head, query block).
-    let mut dq = vec![0.0; q.numel()];
-    row_blocks(&mut dq, a.tq, d, BQ).into_par_iter().for_each(|(bh, q0, dq_blk)| {
-        let rows = dq_blk.len() / d;
-        let r0 = bh * a.tq + q0;
-        let (q_blk, do_blk) = (&qv[r0 * d..(r0 + rows) * d], &dov[r0 * d..(r0 + rows) * d]);
-        let kv0 = kv_head_base(&a, bh);
-        let (mut s, mut dp) = (vec![0.0f32; rows * BK], vec![0.0f32; rows * BK]);
-        for k0 in (0..key_end(&a, causal, q0 + rows)).step_by(BK) {
+    // One task per (batch, kv head): it owns that head's dK and dV and the dQ of its group's query
+    // heads, so each tile's S and dP are made once for all three (five products a tile; two
+    // passes, one for dQ and one for dK and dV, took seven). Key blocks outside, query blocks in:
+    // dV[j] += Pᵀ dO, dK[j] += scale · dSᵀ Q, dQ[t] += scale · dS K.
+    let (mut dq, mut dk, mut dv) = (vec![0.0; q.numel()], vec![0.0; k.numel()], vec![0.0; v.numel()]);
+    let tasks =
+        dq.par_chunks_mut(a.group() * a.tq * d).zip(dk.par_chunks_mut(a.tk * d)).zip(dv.par_chunks_mut(a.tk * d));
+    tasks.enumerate().for_each(|(bkv, ((dq_g, dk_h), dv_h))| {
+        let kv0 = bkv * a.tk * d;
+        let (mut s, mut dp) = (vec![0.0f32; BQ * BK], vec![0.0f32; BQ * BK]);
+        for k0 in (0..a.tk).step_by(BK) {
             let cols = BK.min(a.tk - k0);
             let kt = &kv[kv0 + k0 * d..kv0 + (k0 + cols) * d];
             let vt = &vv[kv0 + k0 * d..kv0 + (k0 + cols) * d];
-            tile_gemm(rows, cols, d, &mut s, BK, false, (q_blk, d, 1), (kt, 1, d), scale);
-            tile_gemm(rows, cols, d, &mut dp, BK, false, (do_blk, d, 1), (vt, 1, d), 1.0);
-            let (l, de) = (&lv[r0..r0 + rows], &dev[r0..r0 + rows]);
-            tile_grads(&a, causal, (q0, rows, k0, cols), &mut s, &mut dp, l, de);
-            tile_gemm(rows, d, cols, dq_blk, d, true, (&dp, BK, 1), (kt, d, 1), scale);
-        }
-    });
-
-    // dV[j] = Σ_t P[t, j] dO[t], dK[j] = scale · Σ_t dS[t, j] Q[t], summed over the query
-    // heads of the group; one task per (batch, kv head, key block).
-    let (mut dk, mut dv) = (vec![0.0; k.numel()], vec![0.0; v.numel()]);
-    let blocks: Vec<_> = row_blocks(&mut dk, a.tk, d, BK).into_iter().zip(row_blocks(&mut dv, a.tk, d, BK)).collect();
-    blocks.into_par_iter().for_each(|((bkv, k0, dk_blk), (_, _, dv_blk))| {
-        let cols = dk_blk.len() / d;
-        let kv0 = bkv * a.tk * d;
-        let kt = &kv[kv0 + k0 * d..kv0 + (k0 + cols) * d];
-        let vt = &vv[kv0 + k0 * d..kv0 + (k0 + cols) * d];
-        let (mut s, mut dp) = (vec![0.0f32; BQ * BK], vec![0.0f32; BQ * BK]);
-        // The first query that sees key k0.
-        let t_start = if causal { k0.saturating_sub(a.shift()) } else { 0 };
-        let (b, kvh) = (bkv / a.hkv, bkv % a.hkv);
-        for h in kvh * a.group()..(kvh + 1) * a.group() {
-            let bh = b * a.hq + h;
-            for q0 in (t_start..a.tq).step_by(BQ) {
-                let rows = BQ.min(a.tq - q0);
-                let r0 = bh * a.tq + q0;
-                let q_blk = &qv[r0 * d..(r0 + rows) * d];
-                let do_blk = &dov[r0 * d..(r0 + rows) * d];
-                tile_gemm(rows, cols, d, &mut s, BK, false, (q_blk, d, 1), (kt, 1, d), scale);
-                tile_gemm(rows, cols, d, &mut dp, BK, false, (do_blk, d, 1), (vt, 1, d), 1.0);
-                let (l, de) = (&lv[r0..r0 + rows], &dev[r0..r0 + rows]);
-                tile_grads(&a, causal, (q0, rows, k0, cols), &mut s, &mut dp, l, de);
-                // Pᵀ and dSᵀ: read the [rows, BK] tiles column-wise.
-                tile_gemm(cols, d, rows, dv_blk, d, true, (&s, 1, BK), (do_blk, d, 1), 1.0);
-                tile_gemm(cols, d, rows, dk_blk, d, true, (&dp, 1, BK), (q_blk, d, 1), scale);
+            let dk_blk = &mut dk_h[k0 * d..(k0 + cols) * d];
+            let dv_blk = &mut dv_h[k0 * d..(k0 + cols) * d];
+            // The first query that sees key k0.
+            let t_start = if causal { k0.saturating_sub(a.shift()) } else { 0 };
+            for g in 0..a.group() {
+                // Query head bkv · group + g of the batch: rows r0.. of Q and dO.
+                for q0 in (t_start..a.tq).step_by(BQ) {
+                    let rows = BQ.min(a.tq - q0);
+                    let (r0, qg) = ((bkv * a.group() + g) * a.tq + q0, g * a.tq + q0);
+                    let q_blk = &qv[r0 * d..(r0 + rows) * d];
+                    let do_blk = &dov[r0 * d..(r0 + rows) * d];
+                    tile_gemm(rows, cols, d, &mut s, BK, false, (q_blk, d, 1), (kt, 1, d), scale);
+                    tile_gemm(rows, cols, d, &mut dp, BK, false, (do_blk, d, 1), (vt, 1, d), 1.0);
+                    let (l, de) = (&lv[r0..r0 + rows], &dev[r0..r0 + rows]);
+                    tile_grads(&a, causal, (q0, rows, k0, cols), &mut s, &mut dp, l, de);
+                    // Pᵀ and dSᵀ: read the [rows, BK] tiles column-wise.
+                    tile_gemm(cols, d, rows, dv_blk, d, true, (&s, 1, BK), (do_blk, d, 1), 1.0);
+                    tile_gemm(cols, d, rows, dk_blk, d, true, (&dp, 1, BK), (q_blk, d, 1), scale);
+                    let dq_blk = &mut dq_g[qg * d..(qg + rows) * d];
+                    tile_gemm(rows, d, cols, dq_blk, d, true, (&dp, BK, 1), (kt, d, 1), scale);
+                }
             }
         }
     });

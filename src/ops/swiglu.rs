@@ -74,9 +74,8 @@ fn forward(gate: &Tensor, up: &Tensor, l: &Layout, shape: &[usize]) -> Result<Te
             let (gv, uv) = (&gr.f32()[l.g_off - gate.offset()..], &ur.f32()[l.u_off - up.offset()..]);
             let mut out = vec![0.0; n];
             par_rows(&mut out, l.cols, |r, o| {
-                let (g, u) = (&gv[r * l.rs..], &uv[r * l.rs..]);
-                for (c, o) in o.iter_mut().enumerate() {
-                    *o = silu(g[c]) * u[c];
+                for ((o, &g), &u) in o.iter_mut().zip(&gv[r * l.rs..]).zip(&uv[r * l.rs..]) {
+                    *o = silu(g) * u;
                 }
             });
             Ok(Tensor::cpu_f32(out, shape))
@@ -105,25 +104,33 @@ fn backward(gate: &Tensor, up: &Tensor, l: &Layout, dy: &Tensor, to: (usize, usi
             let (gv, uv) = (&gr.f32()[l.g_off - gate.offset()..], &ur.f32()[l.u_off - up.offset()..]);
             let dv = dr.f32();
             let mut out = vec![0.0; size];
-            let pair = |r: usize, c: usize| {
-                let (g, d) = (gv[r * l.rs + c], dv[r * l.cols + c]);
-                let s = 1.0 / (1.0 + cpu::exp(-g));
-                (d * uv[r * l.rs + c] * (s * (1.0 + g * (1.0 - s))), d * silu(g))
+            // Row r's dgate and dup, from slices (no index checks in the loop, which vectorises).
+            let grads = |r: usize, dg: &mut [f32], du: &mut [f32]| {
+                let (g, u) = (&gv[r * l.rs..][..l.cols], &uv[r * l.rs..][..l.cols]);
+                for ((((&g, &u), &d), dg), du) in g.iter().zip(u).zip(&dv[r * l.cols..]).zip(dg).zip(du) {
+                    let e = cpu::exp(-g);
+                    let s = 1.0 / (1.0 + e);
+                    (*dg, *du) = (d * u * (s * (1.0 + g * (1.0 - s))), d * (g / (1.0 + e)));
+                }
             };
             if ors == l.cols {
                 // Separate dgate and dup: each its own half of `out`.
                 let (dg, du) = out.split_at_mut(n);
-                dg.par_chunks_mut(l.cols).zip(du.par_chunks_mut(l.cols)).enumerate().for_each(|(r, (dg, du))| {
-                    for c in 0..l.cols {
-                        (dg[c], du[c]) = pair(r, c);
-                    }
-                });
+                dg.par_chunks_mut(l.cols)
+                    .zip(du.par_chunks_mut(l.cols))
+                    .enumerate()
+                    .for_each(|(r, (dg, du))| grads(r, dg, du));
             } else {
                 // Side by side in each row.
                 par_rows(&mut out, ors, |r, o| {
-                    for c in 0..l.cols {
-                        (o[dg_off + c], o[du_off + c]) = pair(r, c);
-                    }
+                    let (dg, du) = if dg_off < du_off {
+                        let (a, b) = o.split_at_mut(du_off);
+                        (&mut a[dg_off..], b)
+                    } else {
+                        let (a, b) = o.split_at_mut(dg_off);
+                        (b, &mut a[du_off..])
+                    };
+                    grads(r, &mut dg[..l.cols], &mut du[..l.cols]);
                 });
             }
             Ok(Tensor::cpu_f32(out, &[size]))
