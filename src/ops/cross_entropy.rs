@@ -41,7 +41,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: Option<u32
 /// 2^23, 1.7–1.9 with 2^24, 1.7–1.9 with 2^22 and 2.6 with 2^21. When gradients are wanted
 /// they are made in the forward, while each chunk's logits exist (the spec's `loss +
 /// grad_hidden`): three products with the weight, not the four of recomputing the logits in
-/// the backward, which then only multiplies them by d loss. They are held from forward to
+/// the backward, which then only multiplies them by d loss / N. They are held from forward to
 /// backward.
 pub fn fused_linear_cross_entropy(
     hidden: &Tensor,
@@ -111,10 +111,12 @@ pub fn fused_linear_cross_entropy_chunked(
         }
         Ok((sum_all(&row_loss)?, dh, dw))
     })?;
+    let mean = tr.scale;
     Ok(record(OP, loss, &[&hidden, weight], move |dy| {
         // The graph runs this once: scaling the held gradients in place is safe.
+        let k = scale(dy, mean)?;
         for g in dh.iter().chain(&dw) {
-            mul_into(g, dy)?;
+            mul_into(g, &k)?;
         }
         Ok(vec![dh.clone(), dw.clone()])
     }))
@@ -176,8 +178,10 @@ impl Rows {
 }
 
 /// Row r of the logits x: [rows, V] is batch row r0 + r: writes its log-sum-exp to lse and its
-/// loss (lse - x[target]) · scale to row_loss; with `grad`, x becomes d loss / d x as well
-/// (softmax - onehot) · scale, computed from the same exponentials on the CPU.
+/// loss (lse - x[target]) · scale to row_loss; with `grad`, x becomes softmax - onehot (0 on
+/// ignored rows), from the same exponentials on the CPU. Not yet times scale: with f16 matmuls
+/// (IRONTENSOR_MATMUL=coop) those values go through f16, where 1/N would push them under its
+/// range, and the loss scale that keeps them in range only arrives with d loss, in the backward.
 fn row_loss_of(x: &Tensor, r0: usize, lse: &Tensor, row_loss: &Tensor, rows: &Rows, grad: bool) -> Result<()> {
     let &[n, cols] = x.shape() else { unreachable!("logits are 2-D") };
     on_device(
@@ -196,7 +200,7 @@ fn row_loss_of(x: &Tensor, r0: usize, lse: &Tensor, row_loss: &Tensor, rows: &Ro
                     row.iter_mut().for_each(|v| *v = cpu::exp(*v - m));
                     let sum = cpu::sum(row);
                     *lse = m + sum.ln();
-                    let g = if t == rows.ignore { 0.0 } else { rows.scale };
+                    let g = if t == rows.ignore { 0.0 } else { 1.0 };
                     let k = g / sum;
                     row.iter_mut().for_each(|v| *v *= k);
                     if let Some(v) = row.get_mut(t as usize).filter(|_| g != 0.0) {
@@ -212,10 +216,11 @@ fn row_loss_of(x: &Tensor, r0: usize, lse: &Tensor, row_loss: &Tensor, rows: &Ro
         },
         || {
             let ctx = gpu::context()?;
-            let params = rows.params(x, r0, 0, 0);
+            let mut params = rows.params(x, r0, 0, 0);
             let buffers = [x.gpu(), rows.targets.gpu(), lse.gpu(), row_loss.gpu()];
             ctx.dispatch(&KERNEL, "row_loss", &params, &buffers, grid(n as u32));
             if grad {
+                params[7] = 1f32.to_bits(); // the gradient's scale: see row_loss_of
                 ctx.dispatch(&KERNEL, "softmax_grad", &params, &buffers, grid_for(n * cols));
             }
             Ok(())
