@@ -200,11 +200,12 @@ fn row_loss_of(x: &Tensor, r0: usize, lse: &Tensor, row_loss: &Tensor, rows: &Ro
                     row.iter_mut().for_each(|v| *v = cpu::exp(*v - m));
                     let sum = cpu::sum(row);
                     *lse = m + sum.ln();
-                    let g = if t == rows.ignore { 0.0 } else { 1.0 };
-                    let k = g / sum;
-                    row.iter_mut().for_each(|v| *v *= k);
-                    if let Some(v) = row.get_mut(t as usize).filter(|_| g != 0.0) {
-                        *v -= g;
+                    if t == rows.ignore {
+                        row.fill(0.0);
+                    } else {
+                        let k = 1.0 / sum;
+                        row.iter_mut().for_each(|v| *v *= k);
+                        row[t as usize] -= 1.0;
                     }
                 } else {
                     let sum = row.iter().fold(0.0, |s, &v| s + cpu::exp(v - m));

@@ -8,7 +8,7 @@ struct Params {
     t_off: u32,
     flags: u32,  // softmax_grad: 1 multiplies by dy (aux[dy_off])
     ignore: u32, // rows with this target count for nothing
-    scale: f32,  // 1 / rows not ignored (0 when all are)
+    scale: f32,  // 1 / rows not ignored (0 when all are); 1 for the fused op's softmax_grad
     dy_off: u32,
 }
 

@@ -268,11 +268,11 @@ fn binary_into(dst: &Tensor, b: &Tensor, op: Binary) -> Result<()> {
             let br = b.cpu();
             let bv = br.f32();
             let mut dw = dst.cpu_mut();
-            dw.f32().par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-                for (j, o) in chunk.iter_mut().enumerate() {
-                    *o = op.f(*o, bv[(c * CHUNK + j) % nb]);
-                }
-            });
+            if nb == 1 {
+                dw.f32().par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|o| *o = op.f(*o, bv[0])));
+            } else {
+                cpu::par_rows(dw.f32(), nb, |_, row| row.iter_mut().zip(bv).for_each(|(o, &v)| *o = op.f(*o, v)));
+            }
             Ok(())
         },
         || {

@@ -187,9 +187,8 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims) -> Result<Te
 }
 
 /// dst (f32, shaped like op(a)·op(b)) = op(a)·op(b), or += with `accumulate`, in place and
-/// without autograd: for backward rules that sum or place products (the fused cross-entropy's
-/// chunks). The CPU writes straight into dst; the GPU computes the product, then adds it or
-/// copies it in.
+/// without autograd: for rules that sum or place products (the fused cross-entropy's chunks).
+/// The CPU writes straight into dst; the GPU computes the product, then adds it or copies it in.
 pub(crate) fn matmul_into(dst: &Tensor, a: &Tensor, b: &Tensor, ta: bool, tb: bool, accumulate: bool) -> Result<()> {
     let d = dims(a.shape(), b.shape(), ta, tb)?;
     if dst.dtype() != Precision::FP32 || dst.shape() != d.out_shape || dst.shares_storage(a) || dst.shares_storage(b) {
