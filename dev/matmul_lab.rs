@@ -140,7 +140,7 @@ fn run(
     let mut params = [m, n, k, 0, 0, a_bs, b_bs].map(|v| v as u32).to_vec();
     if split_k {
         let aligned = [m, n, k].iter().all(|v| v % 4 == 0);
-        params.extend([s.splits as u32, ks as u32, aligned as u32]);
+        params.extend([s.splits as u32, ks as u32, aligned as u32, 0, 0]); // C at offset 0, C = A·B
     }
     let pb = buffer::<u32>(dev, &params, wgpu::BufferUsages::UNIFORM);
     let pipe = |e: &str| {

@@ -113,7 +113,8 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     let (a, b) = (float_input("matmul", a)?, float_input("matmul", b)?);
     let device = same_device("matmul", &[&a, &b])?;
     let d = dims(a.shape(), b.shape(), ta, tb)?;
-    let out = on_device("matmul", device, || Ok(cpu_matmul(&a, &b, ta, tb, &d)), || gpu_matmul(&a, &b, ta, tb, &d))?;
+    let out =
+        on_device("matmul", device, || Ok(cpu_matmul(&a, &b, ta, tb, &d)), || gpu_matmul(&a, &b, ta, tb, &d, None))?;
     let (sa, sb) = (a.clone(), b.clone());
     Ok(record("matmul", out, &[&a, &b], move |dc| {
         // C = op(A)·op(B): dA = dC·op(B)ᵀ (or its transpose), dB = op(A)ᵀ·dC (or its transpose).
@@ -136,7 +137,10 @@ fn k_splits(d: &Dims, tile: (usize, usize), target: usize) -> usize {
     (target / tiles).clamp(1, d.k / 256)
 }
 
-fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims) -> Result<Tensor> {
+/// op(a)·op(b) on the GPU: a new tensor, or with `into` = (dst, accumulate) written or added into
+/// dst, which is returned. The kernel writes (or adds) into dst itself where K is not split and
+/// dst's offset is 4-aligned; otherwise the product is made, then copied or added in.
+fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims, into: Option<(&Tensor, bool)>) -> Result<Tensor> {
     let ctx = gpu::context()?;
     let coop = matmul_precision() == MatmulPrecision::F16 && ctx.coop_matmul;
     let aligned = [d.m, d.n, d.k, a.offset(), b.offset()].iter().all(|v| v % 4 == 0);
@@ -166,29 +170,39 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims) -> Result<Te
             65535 * tn
         );
     }
-    let out = ctx.alloc((splits * d.batch * d.m * d.n) as u64 * 4);
+    let direct = into.filter(|(dst, _)| splits == 1 && dst.offset() % 4 == 0);
+    let fresh = direct.is_none().then(|| ctx.alloc((splits * d.batch * d.m * d.n) as u64 * 4));
+    let (out, c_off, acc) = match (&fresh, direct) {
+        (Some(buf), _) => (buf, 0, false),
+        (None, Some((dst, acc))) => (dst.gpu(), dst.offset(), acc),
+        (None, None) => unreachable!("a fresh buffer unless written into dst"),
+    };
     let (ao, bo) = (a.offset(), b.offset());
-    let buffers = [a.gpu(), b.gpu(), &out];
+    let buffers = [a.gpu(), b.gpu(), out];
     let groups = groups.map(|g| g as u32);
     if coop {
-        let params = [d.m, d.n, d.k, ao, bo, d.a_bs, d.b_bs, ta as usize, tb as usize, aligned as usize, splits, ks];
+        let (ta, tb, aligned, acc) = (ta as usize, tb as usize, aligned as usize, acc as usize);
+        let params = [d.m, d.n, d.k, ao, bo, d.a_bs, d.b_bs, ta, tb, aligned, splits, ks, c_off, acc];
         ctx.dispatch(&COOP_KERNEL, "matmul_coop", &params.map(|v| v as u32), &buffers, groups);
     } else {
         // One entry point per transpose combination, each compiled to its own addressing.
         let entry = [["matmul_nn", "matmul_nt"], ["matmul_tn", "matmul_tt"]][ta as usize][tb as usize];
-        let params = [d.m, d.n, d.k, ao, bo, d.a_bs, d.b_bs, splits, ks, aligned as usize].map(|v| v as u32);
-        ctx.dispatch(if wide { &WIDE_KERNEL } else { &KERNEL }, entry, &params, &buffers, groups);
+        let params = [d.m, d.n, d.k, ao, bo, d.a_bs, d.b_bs, splits, ks, aligned as usize, c_off, acc as usize];
+        ctx.dispatch(if wide { &WIDE_KERNEL } else { &KERNEL }, entry, &params.map(|v| v as u32), &buffers, groups);
     }
+    let Some(out) = fresh else { return Ok(into.expect("written into dst").0.clone()) };
     let out = Tensor::from_gpu(out, &[splits, d.batch * d.m * d.n], Precision::FP32);
-    if splits == 1 {
-        return out.view(&d.out_shape);
+    let c = if splits == 1 { out.view(&d.out_shape)? } else { super::sum_rows(&out)?.view(&d.out_shape)? };
+    match into {
+        Some((dst, true)) => super::elementwise::add_into(dst, &c).map(|_| dst.clone()),
+        Some((dst, false)) => super::flat::copy_into(dst, &c).map(|_| dst.clone()),
+        None => Ok(c),
     }
-    super::sum_rows(&out)?.view(&d.out_shape)
 }
 
 /// dst (f32, shaped like op(a)·op(b)) = op(a)·op(b), or += with `accumulate`, in place and
 /// without autograd: for rules that sum or place products (the fused cross-entropy's chunks).
-/// The CPU writes straight into dst; the GPU computes the product, then adds it or copies it in.
+/// The CPU writes straight into dst, and so does the GPU where it can (see gpu_matmul).
 pub(crate) fn matmul_into(dst: &Tensor, a: &Tensor, b: &Tensor, ta: bool, tb: bool, accumulate: bool) -> Result<()> {
     let d = dims(a.shape(), b.shape(), ta, tb)?;
     if dst.dtype() != Precision::FP32 || dst.shape() != d.out_shape || dst.shares_storage(a) || dst.shares_storage(b) {
@@ -202,14 +216,7 @@ pub(crate) fn matmul_into(dst: &Tensor, a: &Tensor, b: &Tensor, ta: bool, tb: bo
             cpu_gemm(dst.cpu_mut().f32(), &a, &b, ta, tb, &d, accumulate);
             Ok(())
         },
-        || {
-            let c = gpu_matmul(&a, &b, ta, tb, &d)?;
-            if accumulate {
-                super::elementwise::add_into(dst, &c)
-            } else {
-                super::flat::copy_into(dst, &c)
-            }
-        },
+        || gpu_matmul(&a, &b, ta, tb, &d, Some((dst, accumulate))).map(drop),
     )
 }
 
@@ -262,5 +269,66 @@ fn cpu_gemm(out: &mut [f32], a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dim
                 par,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Device;
+
+    /// matmul_into on the GPU where the kernel writes into dst (a 4-aligned view, K not split) and
+    /// where it cannot (an odd offset; a split K), = and +=, in FP32 and, where the GPU has them,
+    /// f16 cooperative matrices: against f64 sums, and the elements around the view untouched.
+    /// Inputs are multiples of 1/8 below 2, exact in f16, so both precisions get one tolerance.
+    #[test]
+    fn matmul_into_gpu() {
+        if let Err(e) = gpu::context() {
+            assert!(std::env::var("IRONTENSOR_REQUIRE_GPU").as_deref() != Ok("1"), "{e}");
+            return;
+        }
+        let vals =
+            |n: usize, seed: usize| -> Vec<f32> { (0..n).map(|i| ((i * 7 + seed) % 29) as f32 / 8.0 - 1.75).collect() };
+        let mut precisions = vec![MatmulPrecision::FP32];
+        if coop_matmul_supported() {
+            precisions.push(MatmulPrecision::F16);
+        }
+        for precision in precisions {
+            set_matmul_precision(precision).unwrap();
+            // (M, N, K, dst offset): direct with vec4 writes, direct with single ones, an odd
+            // offset, a split K (few tiles, long K), a whole f16 tile, edge tiles.
+            let cases = [
+                (36, 20, 48, 8),
+                (37, 20, 50, 8),
+                (37, 20, 50, 3),
+                (64, 64, 1536, 4),
+                (128, 256, 40, 4),
+                (130, 260, 40, 4),
+            ];
+            for (m, n, k, off) in cases {
+                for accumulate in [false, true] {
+                    let (a, b) = (vals(m * k, 1), vals(k * n, 2));
+                    let old = vals(off + m * n + 5, 3);
+                    let at = Tensor::from_f32_on(&a, &[m, k], Device::Gpu).unwrap();
+                    let bt = Tensor::from_f32_on(&b, &[k, n], Device::Gpu).unwrap();
+                    let buf = Tensor::from_f32_on(&old, &[old.len()], Device::Gpu).unwrap();
+                    let view = Tensor::from_storage(buf.storage().clone(), off, &[m, n], Precision::FP32);
+                    matmul_into(&view, &at, &bt, false, false, accumulate).unwrap();
+                    let got = buf.to_vec();
+                    for (i, (&g, &o)) in got.iter().zip(&old).enumerate() {
+                        let want = match i.checked_sub(off).filter(|&j| j < m * n) {
+                            None => o as f64,
+                            Some(j) => {
+                                let dot: f64 = (0..k).map(|l| a[j / n * k + l] as f64 * b[l * n + j % n] as f64).sum();
+                                dot + if accumulate { o as f64 } else { 0.0 }
+                            }
+                        };
+                        let case = format!("{precision:?} {m}×{n}×{k} at {off}, accumulate {accumulate}");
+                        assert!((g as f64 - want).abs() <= 1e-4 * want.abs().max(1.0), "{case}: [{i}] {g} vs {want}");
+                    }
+                }
+            }
+        }
+        set_matmul_precision(MatmulPrecision::FP32).unwrap();
     }
 }

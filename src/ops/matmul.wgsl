@@ -177,7 +177,7 @@ fn gemm(wid: vec3<u32>, nz: u32, li: u32, ta: bool, tb: bool) {
         workgroupBarrier();
     }
 
-    let c_base = wid.z * p.m * p.n;
+    let c_base = p.c_off + wid.z * p.m * p.n;
     let row0 = m0 + 4u * ty;
     let col0 = n0 + 4u * tx;
     store_row(c_base, row0 + 0u, col0, c00_0, c00_1);

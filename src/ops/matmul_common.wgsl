@@ -11,6 +11,8 @@ struct Params {
     splits: u32,
     ks: u32, // K per split, a multiple of 8
     aligned: u32,
+    c_off: u32, // element offset of C (its 4-alignment is part of `aligned`)
+    acc: u32,   // 1: C += the product, else C = it
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -66,17 +68,30 @@ fn read_b(at: u32, n: u32) -> vec4<f32> {
     return v;
 }
 
+// Element `at` of C = v, or += v.
+fn put_c(at: u32, v: f32) {
+    if p.acc == 1u {
+        c[at / 4u][at % 4u] += v;
+    } else {
+        c[at / 4u][at % 4u] = v;
+    }
+}
+
 // Columns col..col+3 of C's row `row` (offset `at`), those inside C.
 fn write_c(at: u32, row: u32, col: u32, v: vec4<f32>) {
     if row >= p.m || col >= p.n {
         return;
     }
     if p.aligned == 1u {
-        c[at / 4u] = v;
+        if p.acc == 1u {
+            c[at / 4u] += v;
+        } else {
+            c[at / 4u] = v;
+        }
         return;
     }
-    c[at / 4u][at % 4u] = v.x;
-    if col + 1u < p.n { c[(at + 1u) / 4u][(at + 1u) % 4u] = v.y; }
-    if col + 2u < p.n { c[(at + 2u) / 4u][(at + 2u) % 4u] = v.z; }
-    if col + 3u < p.n { c[(at + 3u) / 4u][(at + 3u) % 4u] = v.w; }
+    put_c(at, v.x);
+    if col + 1u < p.n { put_c(at + 1u, v.y); }
+    if col + 2u < p.n { put_c(at + 2u, v.z); }
+    if col + 3u < p.n { put_c(at + 3u, v.w); }
 }

@@ -24,6 +24,8 @@ struct Params {
     aligned: u32, // 1: offsets, strides and row lengths are multiples of 4, so vec4 reads line up
     splits: u32, // split-K as in matmul.wgsl: split s sums K range [s·ks, s·ks + ks) into its own
     ks: u32,     // slice of C, [splits, batch, M, N]; the host adds the slices
+    c_off: u32,  // element offset of C, a multiple of 4
+    acc: u32,    // 1: C += the product (inside tiles start from C, edge tiles add as they store)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -119,7 +121,12 @@ fn store_edge(acc: coop_mat16x16<f32, C>, x: u32, y: u32, sg: u32, li: u32, c_ba
         let row = m0 + (j / 4u) * 64u + x * 16u + li / 16u;
         let col = n0 + (j % 4u) * 64u + y * 16u + li % 16u;
         if row < p.m && col < p.n {
-            c[c_base + row * p.n + col] = Cs[j * 256u + li];
+            let at = c_base + row * p.n + col;
+            if p.acc == 1u {
+                c[at] += Cs[j * 256u + li];
+            } else {
+                c[at] = Cs[j * 256u + li];
+            }
         }
     }
     workgroupBarrier();
@@ -158,6 +165,30 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     var c22 = coop_mat16x16<f32, C>(); var c23 = coop_mat16x16<f32, C>();
     var c30 = coop_mat16x16<f32, C>(); var c31 = coop_mat16x16<f32, C>();
     var c32 = coop_mat16x16<f32, C>(); var c33 = coop_mat16x16<f32, C>();
+    let c_base = p.c_off + wid.z * p.m * p.n;
+    // coopStoreT to C needs 16-byte aligned rows (Vulkan's rule for cooperative-matrix pointers and strides).
+    // `&`, not `&&`: naga's uniformity analysis loses track of a short-circuit kept in a `let`.
+    let inside = (m0 + BM <= p.m) & (n0 + BN <= p.n) & (p.n % 4u == 0u);
+    let at = c_base + (m0 + wm) * p.n + n0 + wn;
+    let r = 16u * p.n;
+    if inside & (p.acc == 1u) {
+        c00 = coopLoadT<coop_mat16x16<f32, C>>(&c[at], p.n);
+        c01 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 16u], p.n);
+        c02 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 32u], p.n);
+        c03 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 48u], p.n);
+        c10 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + r], p.n);
+        c11 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + r + 16u], p.n);
+        c12 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + r + 32u], p.n);
+        c13 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + r + 48u], p.n);
+        c20 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 2u * r], p.n);
+        c21 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 2u * r + 16u], p.n);
+        c22 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 2u * r + 32u], p.n);
+        c23 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 2u * r + 48u], p.n);
+        c30 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 3u * r], p.n);
+        c31 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 3u * r + 16u], p.n);
+        c32 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 3u * r + 32u], p.n);
+        c33 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 3u * r + 48u], p.n);
+    }
     let steps = (k_end - k_begin + BK - 1u) / BK;
     let fast = p.aligned == 1u && m0 + BM <= p.m && n0 + BN <= p.n;
     for (var s = 0u; s <= steps; s++) {
@@ -290,11 +321,7 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         }
     }
 
-    let c_base = wid.z * p.m * p.n;
-    // coopStoreT to C needs 16-byte aligned rows (Vulkan's rule for cooperative-matrix pointers and strides).
-    if m0 + BM <= p.m && n0 + BN <= p.n && p.n % 4u == 0u {
-        let at = c_base + (m0 + wm) * p.n + n0 + wn;
-        let r = 16u * p.n;
+    if inside {
         store_inside(c00, at);
         store_inside(c01, at + 16u);
         store_inside(c02, at + 32u);
