@@ -155,6 +155,9 @@ struct TrainArgs {
     /// Tokens of text to write after training (0 = none).
     #[arg(long, default_value_t = 300)]
     sample_tokens: usize,
+    /// Seed of the initial weights, the order of the batches and the dropout masks.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 /// `irontensor` with no arguments: `train` with its defaults.
@@ -306,6 +309,7 @@ fn plan(args: &TrainArgs, device: Device) -> CliResult<(ModelConfig, TrainingCon
             o => return Err(format!("--optimizer {o}: expected adamw or lion").into()),
         },
         checkpoint_dir: args.out.join("checkpoints").to_string_lossy().into_owned(),
+        seed: args.seed,
         ..Default::default()
     };
     if t.optimizer == OptimizerKind::Lion {

@@ -169,6 +169,28 @@ fn train_then_generate_end_to_end() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `train --seed`: the same seed repeats a run exactly, another one changes it.
+#[test]
+fn seed_repeats_or_changes_the_run() {
+    let dir = std::env::temp_dir().join(format!("irontensor-cli-seed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (data, cfg) = tiny_setup(&dir);
+    let run = |seed: &str, name: &str| {
+        let out = dir.join(name);
+        let mut a = vec!["train", "--data", data.to_str().unwrap(), "--config", cfg.to_str().unwrap()];
+        a.extend(["--device", "cpu", "--batch", "2", "--seq", "16", "--sample-tokens", "0", "--steps", "3"]);
+        a.extend(["--out", out.to_str().unwrap(), "--seed", seed]);
+        let (ok, text) = irontensor(&a, &[]);
+        assert!(ok, "{text}");
+        let done = text.lines().find(|l| l.starts_with("done:")).unwrap_or_else(|| panic!("{text}"));
+        done.split("validation loss ").nth(1).unwrap().split(' ').next().unwrap().to_string()
+    };
+    let (one, again, two) = (run("1", "a"), run("1", "b"), run("2", "c"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(one, again, "the same seed gave another validation loss");
+    assert_ne!(one, two, "seeds 1 and 2 gave the same validation loss");
+}
+
 #[test]
 fn missing_data_says_what_to_pass() {
     let (ok, out) = irontensor(&["train", "--data", "/nonexistent/input.txt", "--device", "cpu"], &[]);
