@@ -161,7 +161,8 @@ impl Rows {
         })
     }
 
-    fn params(&self, x: &Tensor, r0: usize, flags: u32, dy_off: usize) -> [u32; 9] {
+    /// The kernels' Params for logits x from batch row r0, the gradient scaled by `scale`.
+    fn params(&self, x: &Tensor, r0: usize, flags: u32, scale: f32, dy_off: usize) -> [u32; 9] {
         let &[rows, cols] = x.shape() else { unreachable!("logits are 2-D") };
         [
             rows as u32,
@@ -171,7 +172,7 @@ impl Rows {
             self.targets.offset() as u32,
             flags,
             self.ignore,
-            self.scale.to_bits(),
+            scale.to_bits(),
             dy_off as u32,
         ]
     }
@@ -217,11 +218,11 @@ fn row_loss_of(x: &Tensor, r0: usize, lse: &Tensor, row_loss: &Tensor, rows: &Ro
         },
         || {
             let ctx = gpu::context()?;
-            let mut params = rows.params(x, r0, 0, 0);
             let buffers = [x.gpu(), rows.targets.gpu(), lse.gpu(), row_loss.gpu()];
+            let params = rows.params(x, r0, 0, rows.scale, 0);
             ctx.dispatch(&KERNEL, "row_loss", &params, &buffers, grid(n as u32));
             if grad {
-                params[7] = 1f32.to_bits(); // the gradient's scale: see row_loss_of
+                let params = rows.params(x, r0, 0, 1.0, 0); // unscaled: see above
                 ctx.dispatch(&KERNEL, "softmax_grad", &params, &buffers, grid_for(n * cols));
             }
             Ok(())
@@ -242,7 +243,7 @@ fn softmax_grad(x: Tensor, r0: usize, lse: &Tensor, rows: &Rows, dy: &Tensor) ->
             let (tv, lv) = (&tr.u32()[r0..], &lr.f32()[r0..]);
             let g = dy.cpu().f32()[0] * rows.scale;
             let mut xw = x.cpu_mut();
-            crate::device::cpu::par_rows(xw.f32(), cols, |r, o| {
+            cpu::par_rows(xw.f32(), cols, |r, o| {
                 if tv[r] == rows.ignore {
                     o.fill(0.0);
                     return;
@@ -254,7 +255,7 @@ fn softmax_grad(x: Tensor, r0: usize, lse: &Tensor, rows: &Rows, dy: &Tensor) ->
         },
         || {
             let ctx = gpu::context()?;
-            let params = rows.params(&x, r0, 1, dy.offset());
+            let params = rows.params(&x, r0, 1, rows.scale, dy.offset());
             ctx.dispatch(
                 &KERNEL,
                 "softmax_grad",

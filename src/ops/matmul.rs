@@ -173,9 +173,8 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims, into: Option
     let direct = into.filter(|(dst, _)| splits == 1 && dst.offset() % 4 == 0);
     let fresh = direct.is_none().then(|| ctx.alloc((splits * d.batch * d.m * d.n) as u64 * 4));
     let (out, c_off, acc) = match (&fresh, direct) {
-        (Some(buf), _) => (buf, 0, false),
-        (None, Some((dst, acc))) => (dst.gpu(), dst.offset(), acc),
-        (None, None) => unreachable!("a fresh buffer unless written into dst"),
+        (_, Some((dst, acc))) => (dst.gpu(), dst.offset(), acc),
+        (buf, None) => (buf.as_ref().expect("a fresh buffer unless written into dst"), 0, false),
     };
     let (ao, bo) = (a.offset(), b.offset());
     let buffers = [a.gpu(), b.gpu(), out];
@@ -190,7 +189,7 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims, into: Option
         let params = [d.m, d.n, d.k, ao, bo, d.a_bs, d.b_bs, splits, ks, aligned as usize, c_off, acc as usize];
         ctx.dispatch(if wide { &WIDE_KERNEL } else { &KERNEL }, entry, &params.map(|v| v as u32), &buffers, groups);
     }
-    let Some(out) = fresh else { return Ok(into.expect("written into dst").0.clone()) };
+    let Some(out) = fresh else { return Ok(direct.expect("written into dst").0.clone()) };
     let out = Tensor::from_gpu(out, &[splits, d.batch * d.m * d.n], Precision::FP32);
     let c = if splits == 1 { out.view(&d.out_shape)? } else { super::sum_rows(&out)?.view(&d.out_shape)? };
     match into {

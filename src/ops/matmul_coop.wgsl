@@ -105,6 +105,11 @@ fn share(li: u32, cols: u32) -> Share {
     return Share(li / per_row, (li % per_row) * 4u, 256u / per_row);
 }
 
+// store_inside's mirror: C's 16×16 block at `at`, to add the product to.
+fn load_inside(at: u32) -> coop_mat16x16<f32, C> {
+    return coopLoadT<coop_mat16x16<f32, C>>(&c[at], p.n);
+}
+
 fn store_inside(acc: coop_mat16x16<f32, C>, at: u32) {
     let stride = p.n;
     coopStoreT(acc, &c[at], stride);
@@ -172,22 +177,22 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let at = c_base + (m0 + wm) * p.n + n0 + wn;
     let r = 16u * p.n;
     if inside & (p.acc == 1u) {
-        c00 = coopLoadT<coop_mat16x16<f32, C>>(&c[at], p.n);
-        c01 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 16u], p.n);
-        c02 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 32u], p.n);
-        c03 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 48u], p.n);
-        c10 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + r], p.n);
-        c11 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + r + 16u], p.n);
-        c12 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + r + 32u], p.n);
-        c13 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + r + 48u], p.n);
-        c20 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 2u * r], p.n);
-        c21 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 2u * r + 16u], p.n);
-        c22 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 2u * r + 32u], p.n);
-        c23 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 2u * r + 48u], p.n);
-        c30 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 3u * r], p.n);
-        c31 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 3u * r + 16u], p.n);
-        c32 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 3u * r + 32u], p.n);
-        c33 = coopLoadT<coop_mat16x16<f32, C>>(&c[at + 3u * r + 48u], p.n);
+        c00 = load_inside(at);
+        c01 = load_inside(at + 16u);
+        c02 = load_inside(at + 32u);
+        c03 = load_inside(at + 48u);
+        c10 = load_inside(at + r);
+        c11 = load_inside(at + r + 16u);
+        c12 = load_inside(at + r + 32u);
+        c13 = load_inside(at + r + 48u);
+        c20 = load_inside(at + 2u * r);
+        c21 = load_inside(at + 2u * r + 16u);
+        c22 = load_inside(at + 2u * r + 32u);
+        c23 = load_inside(at + 2u * r + 48u);
+        c30 = load_inside(at + 3u * r);
+        c31 = load_inside(at + 3u * r + 16u);
+        c32 = load_inside(at + 3u * r + 32u);
+        c33 = load_inside(at + 3u * r + 48u);
     }
     let steps = (k_end - k_begin + BK - 1u) / BK;
     let fast = p.aligned == 1u && m0 + BM <= p.m && n0 + BN <= p.n;
