@@ -341,3 +341,63 @@ fn coop_f16_training() {
     let tail = |c: &[f32]| c[30..].iter().sum::<f32>() / 10.0;
     assert!((tail(h) - tail(f)).abs() < 0.05 * tail(f), "f16 matmuls: last losses {} vs fp32 {}", tail(h), tail(f));
 }
+
+/// FlashAttention with f16 matmuls runs on cooperative matrices (head dims up to 64): output and
+/// the three gradients against the FP32 kernels' (tested against f64 in tests/attention.rs), in
+/// both layouts, with GQA, causal masks (also with fewer queries than keys), edge tiles and padded
+/// head dims.
+#[test]
+fn coop_f16_attention() {
+    let Some(device) = common::gpu() else { return };
+    if !ops::coop_matmul_supported() {
+        eprintln!("coop_f16_attention skipped: this GPU has no 16×16 f16 cooperative matrices");
+        return;
+    }
+    let _lock = precision_lock();
+    // (batch, query heads, kv heads, queries, keys, head dim, causal, [B, T, H, D] layout)
+    let cases = [
+        (2, 4, 2, 65, 65, 64, true, false),
+        (2, 4, 2, 200, 200, 32, true, true),
+        (1, 2, 1, 33, 70, 16, true, false),
+        (2, 2, 2, 130, 130, 64, false, true),
+        (1, 3, 1, 47, 47, 8, false, false),
+        (2, 6, 6, 256, 256, 64, true, true),
+    ];
+    for (i, &(b, hq, hkv, tq, tk, d, causal, bthd)) in cases.iter().enumerate() {
+        let shape = |h, t| if bthd { vec![b, t, h, d] } else { vec![b, h, t, d] };
+        let shapes = [shape(hq, tq), shape(hkv, tk), shape(hkv, tk)];
+        let seed = 500 + 10 * i as u64;
+        let inputs: Vec<Tensor> = shapes
+            .iter()
+            .enumerate()
+            .map(|(j, s)| {
+                let x = rand_vec(s.iter().product(), -1.0, 1.0, seed + j as u64);
+                Tensor::from_f32_on(&x, s, device).unwrap().requires_grad_()
+            })
+            .collect();
+        let w = Tensor::from_f32_on(&rand_vec(b * hq * tq * d, -1.0, 1.0, seed + 5), &shapes[0], device).unwrap();
+        let run = |precision| {
+            ops::set_matmul_precision(precision).unwrap();
+            let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);
+            let out =
+                if bthd { ops::flash_attention_bthd(q, k, v, causal) } else { ops::flash_attention(q, k, v, causal) };
+            let out = out.unwrap();
+            let g = ops::sum_all(&ops::mul(&out, &w).unwrap()).unwrap().backward().unwrap();
+            let mut all = vec![out.to_vec()];
+            all.extend(inputs.iter().map(|t| g.get(t).unwrap().to_vec()));
+            all
+        };
+        let (f32s, f16s) = (run(MatmulPrecision::FP32), run(MatmulPrecision::F16));
+        ops::set_matmul_precision(MatmulPrecision::FP32).unwrap();
+        for (what, (want, got)) in ["out", "dq", "dk", "dv"].iter().zip(f32s.iter().zip(&f16s)) {
+            let norm = |x: &mut dyn Iterator<Item = f64>| x.map(|v| v * v).sum::<f64>().sqrt();
+            let err = norm(&mut want.iter().zip(got).map(|(&a, &b)| (a - b) as f64));
+            let rel = err / norm(&mut want.iter().map(|&a| a as f64));
+            let case = cases[i];
+            assert!(rel < 2e-3, "{case:?} {what} with f16 matmuls: relative error {rel:e} against FP32");
+            // The rounding to f16 shows: the cooperative kernels ran.
+            assert!(rel > 1e-5, "{case:?} {what}: f16 matmuls gave FP32's result ({rel:e})");
+            eprintln!("{case:?} {what}: relative error {rel:.2e}");
+        }
+    }
+}

@@ -1,5 +1,5 @@
-//! Every WGSL shader in src/ parses, validates and translates to Metal (MSL) with naga:
-//! the Metal path as far as Linux can check it.
+//! Every WGSL shader in src/ parses, validates and translates to Metal (MSL) and to SPIR-V with
+//! naga: the Metal path as far as Linux can check it, and the Vulkan path short of a driver.
 
 use std::path::{Path, PathBuf};
 
@@ -45,5 +45,22 @@ fn every_shader_translates_to_msl() {
         for ep in &module.entry_points {
             assert!(msl.contains(&ep.name), "{name}: entry point {} missing from the MSL", ep.name);
         }
+        // SPIR-V as wgpu writes it for Vulkan on a driver without robust buffer access (indices
+        // clamped): naga's writer can fail here on valid WGSL, which would otherwise show only
+        // on a GPU (the cooperative-matrix kernels never run on lavapipe).
+        let restrict = naga::proc::BoundsCheckPolicy::Restrict;
+        let options = naga::back::spv::Options {
+            lang_version: (1, 5),
+            bounds_check_policies: naga::proc::BoundsCheckPolicies {
+                index: restrict,
+                buffer: restrict,
+                image_load: restrict,
+                binding_array: naga::proc::BoundsCheckPolicy::Unchecked,
+            },
+            ..Default::default()
+        };
+        let spv = std::panic::catch_unwind(|| naga::back::spv::write_vec(&module, &info, &options, None))
+            .unwrap_or_else(|_| panic!("{name}: naga's SPIR-V writer panicked"));
+        spv.unwrap_or_else(|e| panic!("{name}: SPIR-V translation failed: {e}"));
     }
 }

@@ -2,7 +2,7 @@
 //! backward recomputes the scores tile by tile from the saved log-sum-exp.
 
 use super::attention::{attention_dims_in, AttnDims};
-use super::{float_input, on_device, permute};
+use super::{float_input, matmul_precision, on_device, permute, MatmulPrecision};
 use crate::autograd::record;
 use crate::device::cpu;
 use crate::device::gpu::{self, Kernel};
@@ -20,6 +20,11 @@ pub(crate) static KERNEL_128: Kernel = Kernel {
     name: "flash_attention_128",
     source: concat!("const DH: u32 = 128u;\n", include_str!("flash_attention.wgsl")),
 };
+
+/// The cooperative-matrix kernels (f16 products on tensor cores, see `MatmulPrecision::F16`), for
+/// head dims up to 64 with 4-aligned rows.
+pub(crate) static KERNEL_COOP: Kernel =
+    Kernel { name: "flash_attention_coop", source: include_str!("flash_attention_coop.wgsl") };
 
 /// CPU tile: queries × keys per block.
 const BQ: usize = 64;
@@ -346,8 +351,13 @@ fn params(a: &AttnDims, causal: bool, offs: [usize; 7]) -> Vec<u32> {
     p
 }
 
-fn gpu_kernel(a: &AttnDims) -> &'static Kernel {
-    if a.d <= 64 {
+/// The kernel for these dims: the cooperative-matrix one when matmuls are f16 and it can read
+/// every input (at element `offsets`) as vec4s, else the FP32 one for the head dim.
+fn gpu_kernel(a: &AttnDims, offsets: &[usize]) -> &'static Kernel {
+    let coop = matmul_precision() == MatmulPrecision::F16 && gpu::context().is_ok_and(|c| c.coop_matmul);
+    if coop && a.d <= 64 && a.d % 4 == 0 && offsets.iter().all(|o| o % 4 == 0) {
+        &KERNEL_COOP
+    } else if a.d <= 64 {
         &KERNEL_64
     } else {
         &KERNEL_128
@@ -373,7 +383,8 @@ fn gpu_forward(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, causal: bool) ->
     // The forward reads no dO or aux, but its loads share one switch with the backward's, so q
     // stands in.
     let bufs = [q.gpu(), k.gpu(), v.gpu(), &out, q.gpu(), q.gpu()];
-    ctx.dispatch(gpu_kernel(&a), "forward", &params(&a, causal, offs), &bufs, groups);
+    let kernel = gpu_kernel(&a, &[q.offset(), k.offset(), v.offset()]);
+    ctx.dispatch(kernel, "forward", &params(&a, causal, offs), &bufs, groups);
     let out = Storage::Gpu(Arc::new(out));
     Ok((
         Tensor::from_storage(out.clone(), 0, q.shape(), Precision::FP32),
@@ -399,12 +410,13 @@ fn gpu_backward(
     let groups = [a.tq.div_ceil(GPU_ROWS) as u32, a.hq as u32, a.b as u32];
     check_grid(groups)?;
     let bufs = [q.gpu(), k.gpu(), v.gpu(), &dq, dout.gpu(), o.gpu(), lse.gpu()];
-    ctx.dispatch(gpu_kernel(&a), "backward_dq", &params(&a, causal, offs(o.offset(), nq)), &bufs, groups);
+    let kernel = gpu_kernel(&a, &[q.offset(), k.offset(), v.offset(), dout.offset(), o.offset()]);
+    ctx.dispatch(kernel, "backward_dq", &params(&a, causal, offs(o.offset(), nq)), &bufs, groups);
     // dK and dV read delta from after dQ.
     let groups = [a.tk.div_ceil(GPU_ROWS) as u32, a.hkv as u32, a.b as u32];
     check_grid(groups)?;
     let bufs = [q.gpu(), k.gpu(), v.gpu(), &dkv, dout.gpu(), &dq, lse.gpu()];
-    ctx.dispatch(gpu_kernel(&a), "backward_dkdv", &params(&a, causal, offs(nq, nk)), &bufs, groups);
+    ctx.dispatch(kernel, "backward_dkdv", &params(&a, causal, offs(nq, nk)), &bufs, groups);
     let dkv = Storage::Gpu(Arc::new(dkv));
     Ok((
         Tensor::from_storage(Storage::Gpu(Arc::new(dq)), 0, q.shape(), Precision::FP32),

@@ -45,6 +45,7 @@ pub fn kernels() -> Vec<&'static Kernel> {
         &embedding::KERNEL,
         &flash_attention::KERNEL_64,
         &flash_attention::KERNEL_128,
+        &flash_attention::KERNEL_COOP,
         &layout::KERNEL,
         &matmul::KERNEL,
         &matmul::WIDE_KERNEL,

@@ -1,0 +1,487 @@
+// FlashAttention on cooperative matrices (tensor cores), for MatmulPrecision::F16: the same three
+// entry points, parameters and bindings as flash_attention.wgsl, for head dims up to 64 (zero
+// padded) with 4-aligned rows. Q, K, V, dO and the probabilities go through f16; scores, sums and
+// outputs stay f32.
+// A workgroup of 4 subgroups of 32 owns 64 rows (queries; keys in dK/dV), 16 per subgroup, held as
+// four 16×16 f16 matrices. The other side comes in tiles of 32 rows staged in shared memory as f16.
+// Each subgroup stores its 16×32 tile of scores to shared memory, where each lane takes 16 of them
+// (row lane % 16, half lane / 16), makes probabilities (or score gradients) and writes them back
+// as f16 for the next product. The forward walks the keys twice, first for each row's log-sum-exp,
+// then for O with the final probabilities: no rescaling of O, which a cooperative matrix cannot do
+// row by row. Needs subgroups of 32 and ~35 KiB of workgroup storage (checked on the host).
+enable f16;
+enable wgpu_cooperative_matrix;
+
+struct Params {
+    b: u32,
+    hq: u32,
+    hkv: u32,
+    tq: u32,
+    tk: u32,
+    d: u32,
+    causal: u32,
+    shift: u32,
+    scale: f32,
+    q_off: u32,
+    k_off: u32,
+    v_off: u32,
+    do_off: u32,
+    lse_off: u32,
+    aux_off: u32,
+    out2: u32,
+    q_hs: u32,
+    q_rs: u32,
+    kv_hs: u32,
+    kv_rs: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read> dout: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> aux: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> lse: array<f32>;
+
+const DH: u32 = 64u;  // head dim as padded
+const LD: u32 = 72u;  // f16 row stride of staged rows (16-byte aligned, off the bank period)
+const BR: u32 = 64u;  // rows a workgroup owns
+const BC: u32 = 32u;  // rows of the other side per tile
+const SS: u32 = 512u; // f32s of a subgroup's tile of scores (16 × 32)
+const LP: u32 = 40u;  // f16 row stride of a subgroup's probabilities
+const PS: u32 = 640u; // f16s of them (16 × LP)
+const NEG: f32 = -1.0e30;
+const Q: u32 = 0u; // which input `ld4` reads
+const K: u32 = 1u;
+const V: u32 = 2u;
+const DO: u32 = 3u;
+const AUX: u32 = 4u;
+
+alias A16 = coop_mat16x16<f16, A>;
+alias B16 = coop_mat16x16<f16, B>;
+alias C32 = coop_mat16x16<f32, C>;
+
+// Staged rows: 64 of the workgroup's own at the start, then two tiles of 32 at rows 0 and 32.
+var<workgroup> T: array<f16, 4608>;
+// Per subgroup at sg·SS: a tile of scores (row stride 32), and of dP in the backward.
+var<workgroup> S: array<f32, 2048>;
+var<workgroup> D: array<f32, 2048>;
+// Per subgroup at sg·PS: probabilities or score gradients as f16 (dK/dV: P at P1, dS at P2).
+var<workgroup> P1: array<f16, 2560>;
+var<workgroup> P2: array<f16, 2560>;
+// dK/dV: the query tile's log-sum-exp (0 .. 32) and delta (32 .. 64).
+var<workgroup> R: array<f32, 64>;
+
+// Columns 4·c4 .. +3 of row r of input `which` (row r at element at + r·rs past the input's
+// offset; zeros past `rows` and d).
+fn ld4(which: u32, at: u32, rs: u32, rows: u32, r: u32, c4: u32) -> vec4<f32> {
+    if r >= rows || 4u * c4 >= p.d {
+        return vec4(0.0);
+    }
+    let e = at + r * rs + 4u * c4;
+    switch which {
+        case 0u: { return q[(p.q_off + e) / 4u]; }
+        case 1u: { return k[(p.k_off + e) / 4u]; }
+        case 2u: { return v[(p.v_off + e) / 4u]; }
+        case 3u: { return dout[(p.do_off + e) / 4u]; }
+        default: { return aux[(p.aux_off + e) / 4u]; }
+    }
+}
+
+// 32 rows on their way to T: thread li holds columns 4·(li % 16) .. +3 of rows li/16 + 8i.
+struct Fetch {
+    x0: vec4<f32>,
+    x1: vec4<f32>,
+    x2: vec4<f32>,
+    x3: vec4<f32>,
+}
+
+fn fetch(which: u32, at: u32, rs: u32, rows: u32, li: u32) -> Fetch {
+    let r = li / 16u;
+    let c4 = li % 16u;
+    return Fetch(ld4(which, at, rs, rows, r, c4), ld4(which, at, rs, rows, r + 8u, c4),
+                 ld4(which, at, rs, rows, r + 16u, c4), ld4(which, at, rs, rows, r + 24u, c4));
+}
+
+fn put4(x: vec4<f32>, at: u32) {
+    T[at] = f16(x.x);
+    T[at + 1u] = f16(x.y);
+    T[at + 2u] = f16(x.z);
+    T[at + 3u] = f16(x.w);
+}
+
+// A fetch into T from row `row`.
+fn put(f: Fetch, row: u32, li: u32) {
+    let at = (row + li / 16u) * LD + 4u * (li % 16u);
+    put4(f.x0, at);
+    put4(f.x1, at + 8u * LD);
+    put4(f.x2, at + 16u * LD);
+    put4(f.x3, at + 24u * LD);
+}
+
+// The workgroup's 64 rows of input `which` into T (after the previous reads of T).
+fn stage_own(which: u32, at: u32, rs: u32, rows: u32, li: u32) {
+    let f0 = fetch(which, at, rs, rows, li);
+    let f1 = fetch(which, at + 32u * rs, rs, max(rows, 32u) - 32u, li);
+    workgroupBarrier();
+    put(f0, 0u, li);
+    put(f1, 32u, li);
+    workgroupBarrier();
+}
+
+// Columns 16j .. +15 of rows 16·sg .. +15 of T as an A matrix.
+fn own(sg: u32, j: u32) -> A16 {
+    return coopLoadT<A16>(&T[16u * sg * LD + 16u * j], LD);
+}
+
+// The subgroup's rows (x0 | x1 | x2 | x3, 16 × 64) against T's rows `row` .. +15: X · T[row..]ᵀ.
+fn dots(x0: A16, x1: A16, x2: A16, x3: A16, row: u32) -> C32 {
+    let at = row * LD;
+    let b0 = coopLoad<B16>(&T[at], LD);
+    let b1 = coopLoad<B16>(&T[at + 16u], LD);
+    let b2 = coopLoad<B16>(&T[at + 32u], LD);
+    let b3 = coopLoad<B16>(&T[at + 48u], LD);
+    var s = coopMultiplyAdd(x0, b0, C32());
+    s = coopMultiplyAdd(x1, b1, s);
+    s = coopMultiplyAdd(x2, b2, s);
+    return coopMultiplyAdd(x3, b3, s);
+}
+
+// Stores of a matrix, row-major. The address is a parameter: naga 30's SPIR-V writer fails
+// ("expression not cached") on a cooperative store whose index is computed in the call.
+fn to_s(x: C32, at: u32, stride: u32) {
+    coopStoreT(x, &S[at], stride);
+}
+
+fn to_d(x: C32, at: u32) {
+    coopStoreT(x, &D[at], 32u);
+}
+
+fn to_out(x: C32, at: u32, stride: u32) {
+    coopStoreT(x, &out[at], stride);
+}
+
+// X · the tile at T's row `row` (32 rows) into a subgroup's 16 × 32 at `at` of S or D.
+fn scores_to_s(x0: A16, x1: A16, x2: A16, x3: A16, row: u32, at: u32) {
+    to_s(dots(x0, x1, x2, x3, row), at, 32u);
+    to_s(dots(x0, x1, x2, x3, row + 16u), at + 16u, 32u);
+}
+
+fn scores_to_d(x0: A16, x1: A16, x2: A16, x3: A16, row: u32, at: u32) {
+    to_d(dots(x0, x1, x2, x3, row), at);
+    to_d(dots(x0, x1, x2, x3, row + 16u), at + 16u);
+}
+
+// acc + M · T[row .. row + 32, col .. col + 16] for M = (m0 | m1), 16 × 32.
+fn mul_t(acc: C32, m0: A16, m1: A16, row: u32, col: u32) -> C32 {
+    let b0 = coopLoadT<B16>(&T[row * LD + col], LD);
+    let b1 = coopLoadT<B16>(&T[(row + 16u) * LD + col], LD);
+    return coopMultiplyAdd(m1, b1, coopMultiplyAdd(m0, b0, acc));
+}
+
+// Columns 16h .. +15 of the 16 × 32 f16 tile of P1 (or P2) at `at`, as an A matrix.
+fn from_p1(at: u32, h: u32) -> A16 {
+    return coopLoadT<A16>(&P1[at + 16u * h], LP);
+}
+
+fn from_p2(at: u32, h: u32) -> A16 {
+    return coopLoadT<A16>(&P2[at + 16u * h], LP);
+}
+
+// A 16×16 block of output (rows r0.., columns col..) where some rows or columns fall outside:
+// through S, each lane writing what exists. Rows at element at + r·rs of out.
+fn store_edge(x: C32, at: u32, rs: u32, rows: u32, r0: u32, col: u32, sg: u32, lane: u32) {
+    to_s(x, sg * SS, 16u);
+    workgroupBarrier();
+    for (var i = 0u; i < 8u; i++) {
+        let e = lane + 32u * i;
+        let r = r0 + e / 16u;
+        let c = col + e % 16u;
+        if r < rows && c < p.d {
+            out[at + r * rs + c] = S[sg * SS + e];
+        }
+    }
+    workgroupBarrier();
+}
+
+// Four blocks of output, o_j at columns 16j ..: rows 16·sg .. +15 of `rows`, row r at element
+// at + r·rs of out.
+fn store(o0: C32, o1: C32, o2: C32, o3: C32, at: u32, rs: u32, rows: u32, sg: u32, lane: u32) {
+    let r0 = 16u * sg;
+    // Uniform across the workgroup: every row of its 64 and every column exists.
+    if rows == BR && p.d == DH {
+        let x = at + r0 * rs;
+        to_out(o0, x, rs);
+        to_out(o1, x + 16u, rs);
+        to_out(o2, x + 32u, rs);
+        to_out(o3, x + 48u, rs);
+    } else {
+        store_edge(o0, at, rs, rows, r0, 0u, sg, lane);
+        store_edge(o1, at, rs, rows, r0, 16u, sg, lane);
+        store_edge(o2, at, rs, rows, r0, 32u, sg, lane);
+        store_edge(o3, at, rs, rows, r0, 48u, sg, lane);
+    }
+}
+
+// Keys that queries before t_end can see.
+fn key_end(t_end: u32) -> u32 {
+    if p.causal == 1u { return min(p.tk, t_end + p.shift); }
+    return p.tk;
+}
+
+// Whether key j exists and query t may see it (query t itself exists or not).
+fn sees(t: u32, j: u32) -> bool {
+    return j < p.tk && (p.causal == 0u || j <= t + p.shift);
+}
+
+// The lane's column of a tile at step i: its half, rotated so that the 32 lanes hit 32 banks.
+fn col_at(i: u32, lane: u32) -> u32 {
+    return (lane / 16u) * 16u + (i + lane) % 16u;
+}
+
+// A query block of the forward and dQ kernels: workgroup (64 queries, head, batch), in reverse so
+// that the longest (causal) rows start first.
+struct Block {
+    t0: u32,
+    rows: u32,  // queries in the block
+    at: u32,    // element offset of its first query in q, dO, O, dQ (past their offsets)
+    kv: u32,    // element offset of its kv head's first row
+    row: u32,   // of LSE and delta, its first query
+    keys: u32,  // keys its queries see
+}
+
+fn block(wid: vec3<u32>, nwg: vec3<u32>) -> Block {
+    let t0 = (nwg.x - 1u - wid.x) * BR;
+    let rows = min(BR, p.tq - t0);
+    let b = wid.z;
+    let kv = b * p.hkv * p.tk * p.d + (wid.y / (p.hq / p.hkv)) * p.kv_hs;
+    let at = b * p.hq * p.tq * p.d + wid.y * p.q_hs + t0 * p.q_rs;
+    return Block(t0, rows, at, kv, (b * p.hq + wid.y) * p.tq + t0, key_end(t0 + rows));
+}
+
+// Forward: O and the log-sum-exp per query.
+@compute @workgroup_size(128)
+fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) li: u32, @builtin(subgroup_id) sg: u32,
+           @builtin(subgroup_invocation_id) lane: u32) {
+    let bl = block(wid, nwg);
+    stage_own(Q, bl.at, p.q_rs, bl.rows, li);
+    let x0 = own(sg, 0u);
+    let x1 = own(sg, 1u);
+    let x2 = own(sg, 2u);
+    let x3 = own(sg, 3u);
+    let r = 16u * sg + lane % 16u; // the lane's query in the block
+    let t = bl.t0 + r;
+    let s_at = sg * SS + (lane % 16u) * 32u;
+    // Pass 1: the lane's running max and sum over its half of each tile's row.
+    var m = NEG;
+    var l = 0.0;
+    for (var k0 = 0u; k0 < bl.keys; k0 += BC) {
+        let fk = fetch(K, bl.kv + k0 * p.kv_rs, p.kv_rs, p.tk - k0, li);
+        workgroupBarrier();
+        put(fk, 0u, li);
+        workgroupBarrier();
+        scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
+        workgroupBarrier();
+        var mx = m;
+        for (var i = 0u; i < 16u; i++) {
+            let c = col_at(i, lane);
+            if sees(t, k0 + c) { mx = max(mx, S[s_at + c] * p.scale); }
+        }
+        l *= exp(m - mx);
+        for (var i = 0u; i < 16u; i++) {
+            let c = col_at(i, lane);
+            if sees(t, k0 + c) { l += exp(S[s_at + c] * p.scale - mx); }
+        }
+        m = mx;
+    }
+    let m2 = subgroupShuffleXor(m, 16u);
+    let l2 = subgroupShuffleXor(l, 16u);
+    let mm = max(m, m2);
+    let ls = mm + log(l * exp(m - mm) + l2 * exp(m2 - mm));
+    if lane < 16u && r < bl.rows { out[p.out2 + bl.row + r] = ls; }
+    // Pass 2: O = Σ exp(S - lse) · V.
+    var o0 = C32();
+    var o1 = C32();
+    var o2 = C32();
+    var o3 = C32();
+    let p_at = sg * PS + (lane % 16u) * LP;
+    for (var k0 = 0u; k0 < bl.keys; k0 += BC) {
+        let at = bl.kv + k0 * p.kv_rs;
+        let fk = fetch(K, at, p.kv_rs, p.tk - k0, li);
+        let fv = fetch(V, at, p.kv_rs, p.tk - k0, li);
+        workgroupBarrier();
+        put(fk, 0u, li);
+        put(fv, BC, li);
+        workgroupBarrier();
+        scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
+        workgroupBarrier();
+        for (var i = 0u; i < 16u; i++) {
+            let c = col_at(i, lane);
+            let pr = exp(S[s_at + c] * p.scale - ls);
+            P1[p_at + c] = f16(select(0.0, pr, sees(t, k0 + c)));
+        }
+        workgroupBarrier();
+        let pma = from_p1(sg * PS, 0u);
+        let pmb = from_p1(sg * PS, 1u);
+        o0 = mul_t(o0, pma, pmb, BC, 0u);
+        o1 = mul_t(o1, pma, pmb, BC, 16u);
+        o2 = mul_t(o2, pma, pmb, BC, 32u);
+        o3 = mul_t(o3, pma, pmb, BC, 48u);
+    }
+    workgroupBarrier(); // the last reads of S
+    store(o0, o1, o2, o3, bl.at, p.q_rs, bl.rows, sg, lane);
+}
+
+// dQ = scale · Σ_j dS_j K_j with dS = P ∘ (dP - delta), P = exp(S - lse), dP = dO·Vᵀ. Also writes
+// delta = dO·O per query, for the dK/dV kernel.
+@compute @workgroup_size(128)
+fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) li: u32, @builtin(subgroup_id) sg: u32,
+               @builtin(subgroup_invocation_id) lane: u32) {
+    let bl = block(wid, nwg);
+    stage_own(Q, bl.at, p.q_rs, bl.rows, li);
+    let x0 = own(sg, 0u);
+    let x1 = own(sg, 1u);
+    let x2 = own(sg, 2u);
+    let x3 = own(sg, 3u);
+    stage_own(DO, bl.at, p.q_rs, bl.rows, li);
+    let y0 = own(sg, 0u);
+    let y1 = own(sg, 1u);
+    let y2 = own(sg, 2u);
+    let y3 = own(sg, 3u);
+    let r = 16u * sg + lane % 16u;
+    let t = bl.t0 + r;
+    let half = lane / 16u;
+    var part = 0.0;
+    var ls = 0.0;
+    if r < bl.rows {
+        for (var c4 = 8u * half; c4 < 8u * half + 8u; c4++) {
+            part += dot(ld4(DO, bl.at, p.q_rs, bl.rows, r, c4), ld4(AUX, bl.at, p.q_rs, bl.rows, r, c4));
+        }
+        ls = lse[p.lse_off + bl.row + r];
+    }
+    let delta = part + subgroupShuffleXor(part, 16u);
+    if lane < 16u && r < bl.rows { out[p.out2 + bl.row + r] = delta; }
+    let s_at = sg * SS + (lane % 16u) * 32u;
+    let p_at = sg * PS + (lane % 16u) * LP;
+    var g0 = C32();
+    var g1 = C32();
+    var g2 = C32();
+    var g3 = C32();
+    for (var k0 = 0u; k0 < bl.keys; k0 += BC) {
+        let at = bl.kv + k0 * p.kv_rs;
+        let fk = fetch(K, at, p.kv_rs, p.tk - k0, li);
+        let fv = fetch(V, at, p.kv_rs, p.tk - k0, li);
+        workgroupBarrier();
+        put(fk, 0u, li);
+        put(fv, BC, li);
+        workgroupBarrier();
+        scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
+        scores_to_d(y0, y1, y2, y3, BC, sg * SS);
+        workgroupBarrier();
+        for (var i = 0u; i < 16u; i++) {
+            let c = col_at(i, lane);
+            let pr = exp(S[s_at + c] * p.scale - ls);
+            let ds = pr * (D[s_at + c] - delta) * p.scale;
+            P1[p_at + c] = f16(select(0.0, ds, r < bl.rows && sees(t, k0 + c)));
+        }
+        workgroupBarrier();
+        let pma = from_p1(sg * PS, 0u);
+        let pmb = from_p1(sg * PS, 1u);
+        g0 = mul_t(g0, pma, pmb, 0u, 0u);
+        g1 = mul_t(g1, pma, pmb, 0u, 16u);
+        g2 = mul_t(g2, pma, pmb, 0u, 32u);
+        g3 = mul_t(g3, pma, pmb, 0u, 48u);
+    }
+    workgroupBarrier();
+    store(g0, g1, g2, g3, bl.at, p.q_rs, bl.rows, sg, lane);
+}
+
+// dK = scale · Σ_t dS_t Q_t and dV = Σ_t P_t dO_t over the queries of every query head of the
+// GQA group: workgroup (64 keys, kv head, batch), query tiles of 32. Each subgroup's tiles are
+// transposed (its 16 keys against the 32 queries).
+@compute @workgroup_size(128)
+fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32,
+                 @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {
+    let group = p.hq / p.hkv;
+    let j0 = wid.x * BR;
+    let rows = min(BR, p.tk - j0);
+    let at = wid.z * p.hkv * p.tk * p.d + wid.y * p.kv_hs + j0 * p.kv_rs;
+    stage_own(K, at, p.kv_rs, rows, li);
+    let x0 = own(sg, 0u);
+    let x1 = own(sg, 1u);
+    let x2 = own(sg, 2u);
+    let x3 = own(sg, 3u);
+    stage_own(V, at, p.kv_rs, rows, li);
+    let y0 = own(sg, 0u);
+    let y1 = own(sg, 1u);
+    let y2 = own(sg, 2u);
+    let y3 = own(sg, 3u);
+    let key = j0 + 16u * sg + lane % 16u;
+    let s_at = sg * SS + (lane % 16u) * 32u;
+    let p_at = sg * PS + (lane % 16u) * LP;
+    var dv0 = C32();
+    var dv1 = C32();
+    var dv2 = C32();
+    var dv3 = C32();
+    var dk0 = C32();
+    var dk1 = C32();
+    var dk2 = C32();
+    var dk3 = C32();
+    // The first query that sees key j0.
+    var t_first = 0u;
+    if p.causal == 1u { t_first = max(j0, p.shift) - p.shift; }
+    for (var hh = 0u; hh < group; hh++) {
+        let h = wid.y * group + hh;
+        let row0 = (wid.z * p.hq + h) * p.tq; // of LSE and delta
+        for (var t0 = t_first; t0 < p.tq; t0 += BC) {
+            let qat = wid.z * p.hq * p.tq * p.d + h * p.q_hs + t0 * p.q_rs;
+            let fq = fetch(Q, qat, p.q_rs, p.tq - t0, li);
+            let fo = fetch(DO, qat, p.q_rs, p.tq - t0, li);
+            var rv = 0.0;
+            let tr = t0 + li % 32u;
+            if li < 64u && tr < p.tq {
+                if li < 32u {
+                    rv = lse[p.lse_off + row0 + tr];
+                } else {
+                    let e = p.aux_off + row0 + tr;
+                    rv = aux[e / 4u][e % 4u];
+                }
+            }
+            workgroupBarrier();
+            put(fq, 0u, li);
+            put(fo, BC, li);
+            if li < 64u { R[li] = rv; }
+            workgroupBarrier();
+            scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
+            scores_to_d(y0, y1, y2, y3, BC, sg * SS);
+            workgroupBarrier();
+            for (var i = 0u; i < 16u; i++) {
+                let c = col_at(i, lane);
+                let tc = t0 + c;
+                let seen = tc < p.tq && sees(tc, key);
+                let pr = select(0.0, exp(S[s_at + c] * p.scale - R[c]), seen);
+                P1[p_at + c] = f16(pr);
+                P2[p_at + c] = f16(pr * (D[s_at + c] - R[BC + c]) * p.scale);
+            }
+            workgroupBarrier();
+            let pma = from_p1(sg * PS, 0u);
+            let pmb = from_p1(sg * PS, 1u);
+            dv0 = mul_t(dv0, pma, pmb, BC, 0u);
+            dv1 = mul_t(dv1, pma, pmb, BC, 16u);
+            dv2 = mul_t(dv2, pma, pmb, BC, 32u);
+            dv3 = mul_t(dv3, pma, pmb, BC, 48u);
+            let dma = from_p2(sg * PS, 0u);
+            let dmb = from_p2(sg * PS, 1u);
+            dk0 = mul_t(dk0, dma, dmb, 0u, 0u);
+            dk1 = mul_t(dk1, dma, dmb, 0u, 16u);
+            dk2 = mul_t(dk2, dma, dmb, 0u, 32u);
+            dk3 = mul_t(dk3, dma, dmb, 0u, 48u);
+        }
+    }
+    workgroupBarrier();
+    store(dk0, dk1, dk2, dk3, at, p.kv_rs, rows, sg, lane);
+    store(dv0, dv1, dv2, dv3, p.out2 + at, p.kv_rs, rows, sg, lane);
+}
