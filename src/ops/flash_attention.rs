@@ -355,7 +355,7 @@ fn params(a: &AttnDims, causal: bool, offs: [usize; 7]) -> Vec<u32> {
 /// every input (at element `offsets`) as vec4s, else the FP32 one for the head dim.
 fn gpu_kernel(a: &AttnDims, offsets: &[usize]) -> &'static Kernel {
     let coop = matmul_precision() == MatmulPrecision::F16 && gpu::context().is_ok_and(|c| c.coop_matmul);
-    if coop && a.d <= 64 && a.d % 4 == 0 && offsets.iter().all(|o| o % 4 == 0) {
+    if coop && a.d <= 64 && a.d.is_multiple_of(4) && offsets.iter().all(|o| o.is_multiple_of(4)) {
         &KERNEL_COOP
     } else if a.d <= 64 {
         &KERNEL_64
