@@ -19,7 +19,7 @@ pub(crate) static COOP_KERNEL: Kernel = Kernel { name: "matmul_coop", source: in
 /// cooperative kernel's.
 const TILE: (usize, usize) = (128, 128);
 const WIDE_TILE: (usize, usize) = (128, 256);
-const COOP_TILE: (usize, usize) = (128, 256);
+const COOP_TILE: (usize, usize) = (128, 128);
 
 /// How GPU matmuls multiply (the CPU always uses f32).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,10 +125,10 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
 }
 
 /// How many K splits a GPU matmul of `d` gets when its output alone gives few workgroups: up to
-/// `target` workgroups of `tile` outputs, with at least 256 of K a split. The FP32 kernel aims at
-/// ~256 workgroups, the f16 kernel at 128 (one wave on an H100): its weight gradients ran up to
-/// 1.5× slower just past that (384×1152×16384 with 9 splits of its 15 tiles, 135 workgroups:
-/// 0.28 ms; 8 splits: 0.19 ms). Sweeps of both on the H100: docs/PERFORMANCE.md.
+/// `target` workgroups of `tile` outputs, with at least 256 of K a split. Both kernels aim at ~256
+/// workgroups. (The f16 kernel's earlier 128×256 tiles on 256 threads ran one workgroup per SM and
+/// aimed at 128: 384×1152×16384 with 135 workgroups took 0.28 ms, with 120 0.19; its 128×128 tiles
+/// on 128 threads take 0.17 ms with 243.) Sweeps on the H100: docs/PERFORMANCE.md.
 fn k_splits(d: &Dims, tile: (usize, usize), target: usize) -> usize {
     let tiles = d.m.div_ceil(tile.0) * d.n.div_ceil(tile.1) * d.batch;
     if tiles >= target / 2 || d.k < 512 {
@@ -145,7 +145,7 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims, into: Option
     let coop = matmul_precision() == MatmulPrecision::F16 && ctx.coop_matmul;
     let aligned = [d.m, d.n, d.k, a.offset(), b.offset()].iter().all(|v| v % 4 == 0);
     // K per split, a multiple of the kernel's step of 8; then the splits that covers.
-    let split_at = if coop { (COOP_TILE, 128) } else { (TILE, 256) };
+    let split_at = if coop { (COOP_TILE, 256) } else { (TILE, 256) };
     let (splits, ks) = match k_splits(d, split_at.0, split_at.1) {
         s if s > 1 && aligned => {
             let ks = d.k.div_ceil(s).div_ceil(8) * 8;

@@ -1,8 +1,9 @@
 // Batched C = op(A) · op(B) on cooperative matrices (tensor cores): inputs rounded to f16, products
 // accumulated in f32. Opt-in only (ops::MatmulPrecision::F16): f16 keeps 11 significant bits and ±65504.
-// A 128×256 tile of C per workgroup of 256 threads = 8 subgroups of 32 (checked on the host), in 2×4
-// blocks of 64×64 = 4×4 matrices of 16×16 each. K in steps of 32 (two of the matrices' 16: 13%
-// faster than 16 at 4096³), staged through shared memory as f16 (38 KiB with Cs; tiles typed f16:
+// A 128×128 tile of C per workgroup of 128 threads = 4 subgroups of 32 (checked on the host), in 2×2
+// blocks of 64×64 = 4×4 matrices of 16×16 each (128×256 tiles on 8 subgroups ran no faster at
+// 4096³ and up to 1.25× slower where N = 384). K in steps of 32 (two of the matrices' 16: 13%
+// faster than 16 at 4096³), staged through shared memory as f16 (24 KiB with Cs; tiles typed f16:
 // a u32 tile would make u32 matrices, which NVIDIA's driver fails to compile).
 // Tiles keep the orientation A and B have in memory, so global reads coalesce (as vec4s when the
 // matrices allow), and coopLoad (column-major) or coopLoadT (row-major) reads them as op(A), op(B).
@@ -34,13 +35,13 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
 const BM: u32 = 128u;
-const BN: u32 = 256u;
+const BN: u32 = 128u;
 const BK: u32 = 32u;
 const PAD: u32 = 8u; // f16s of padding per tile row (keeps rows 16-byte aligned)
 
 var<workgroup> As: array<f16, 5120>; // [128][32 + PAD], or [32][128 + PAD] when A is stored [K, M]
-var<workgroup> Bs: array<f16, 10240>; // [32][256 + PAD], or [256][32 + PAD] when B is stored [N, K]
-var<workgroup> Cs: array<f32, 2048>; // one 16×16 result per subgroup, for the checked stores
+var<workgroup> Bs: array<f16, 5120>; // [32][128 + PAD], or [128][32 + PAD] when B is stored [N, K]
+var<workgroup> Cs: array<f32, 1024>; // one 16×16 result per subgroup, for the checked stores
 
 // Elements (r, col..col+3) of a row-major matrix with rows of `ld` elements at offset `base`;
 // zeros at rows from `rows` and columns from `cols` on.
@@ -102,7 +103,7 @@ struct Share {
 
 fn share(li: u32, cols: u32) -> Share {
     let per_row = cols / 4u;
-    return Share(li / per_row, (li % per_row) * 4u, 256u / per_row);
+    return Share(li / per_row, (li % per_row) * 4u, 128u / per_row);
 }
 
 // store_inside's mirror: C's 16×16 block at `at`, to add the product to.
@@ -122,15 +123,18 @@ fn store_edge(acc: coop_mat16x16<f32, C>, x: u32, y: u32, sg: u32, li: u32, c_ba
     coopStoreT(acc, &Cs[at], stride);
     workgroupBarrier();
     for (var j = 0u; j < 8u; j++) {
-        // Subgroup j's block is (j / 4, j % 4); this thread takes element li of its matrix.
-        let row = m0 + (j / 4u) * 64u + x * 16u + li / 16u;
-        let col = n0 + (j % 4u) * 64u + y * 16u + li % 16u;
+        // Subgroup g's block is (g / 2, g % 2); this thread takes elements li and li + 128 of its
+        // matrix.
+        let g = j / 2u;
+        let e = li + 128u * (j % 2u);
+        let row = m0 + (g / 2u) * 64u + x * 16u + e / 16u;
+        let col = n0 + (g % 2u) * 64u + y * 16u + e % 16u;
         if row < p.m && col < p.n {
             let at = c_base + row * p.n + col;
             if p.acc == 1u {
-                c[at] += Cs[j * 256u + li];
+                c[at] += Cs[g * 256u + e];
             } else {
-                c[at] = Cs[j * 256u + li];
+                c[at] = Cs[g * 256u + e];
             }
         }
     }
@@ -139,7 +143,7 @@ fn store_edge(acc: coop_mat16x16<f32, C>, x: u32, y: u32, sg: u32, li: u32, c_ba
 
 // Each K step stages the tiles fetched in the previous one, fetches the next into registers and
 // multiplies. The transposes are uniform branches (cooperative operations need uniform control flow).
-@compute @workgroup_size(256)
+@compute @workgroup_size(128)
 fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) li: u32, @builtin(subgroup_id) sg: u32) {
     let ta = p.ta == 1u;
@@ -157,11 +161,11 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let sb = share(li, select(BN, BK, tb));
     let a_stride = select(BK, BM, ta) + PAD;
     let b_stride = select(BN, BK, tb) + PAD;
-    var ra: array<vec4<f32>, 4>;
+    var ra: array<vec4<f32>, 8>;
     var rb: array<vec4<f32>, 8>;
     // This subgroup's 64×64 block of the tile.
-    let wm = (sg / 4u) * 64u;
-    let wn = (sg % 4u) * 64u;
+    let wm = (sg / 2u) * 64u;
+    let wn = (sg % 2u) * 64u;
     var c00 = coop_mat16x16<f32, C>(); var c01 = coop_mat16x16<f32, C>();
     var c02 = coop_mat16x16<f32, C>(); var c03 = coop_mat16x16<f32, C>();
     var c10 = coop_mat16x16<f32, C>(); var c11 = coop_mat16x16<f32, C>();
@@ -203,6 +207,10 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             put_a((sa.r + 1u * sa.step) * a_stride + sa.c, ra[1]);
             put_a((sa.r + 2u * sa.step) * a_stride + sa.c, ra[2]);
             put_a((sa.r + 3u * sa.step) * a_stride + sa.c, ra[3]);
+            put_a((sa.r + 4u * sa.step) * a_stride + sa.c, ra[4]);
+            put_a((sa.r + 5u * sa.step) * a_stride + sa.c, ra[5]);
+            put_a((sa.r + 6u * sa.step) * a_stride + sa.c, ra[6]);
+            put_a((sa.r + 7u * sa.step) * a_stride + sa.c, ra[7]);
             put_b((sb.r + 0u * sb.step) * b_stride + sb.c, rb[0]);
             put_b((sb.r + 1u * sb.step) * b_stride + sb.c, rb[1]);
             put_b((sb.r + 2u * sb.step) * b_stride + sb.c, rb[2]);
@@ -225,6 +233,10 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
                 ra[1] = a[a_at + 1u * sta];
                 ra[2] = a[a_at + 2u * sta];
                 ra[3] = a[a_at + 3u * sta];
+                ra[4] = a[a_at + 4u * sta];
+                ra[5] = a[a_at + 5u * sta];
+                ra[6] = a[a_at + 6u * sta];
+                ra[7] = a[a_at + 7u * sta];
                 let ldb = select(p.n, p.k, tb);
                 let b_at = (b_base + (select(k0, n0, tb) + sb.r) * ldb + select(n0, k0, tb) + sb.c) / 4u;
                 let st = sb.step * ldb / 4u;
@@ -242,11 +254,19 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
                     ra[1] = load_a(a_base, k0 + sa.r + 1u * sa.step, m0 + sa.c, k_end, p.m, p.m);
                     ra[2] = load_a(a_base, k0 + sa.r + 2u * sa.step, m0 + sa.c, k_end, p.m, p.m);
                     ra[3] = load_a(a_base, k0 + sa.r + 3u * sa.step, m0 + sa.c, k_end, p.m, p.m);
+                    ra[4] = load_a(a_base, k0 + sa.r + 4u * sa.step, m0 + sa.c, k_end, p.m, p.m);
+                    ra[5] = load_a(a_base, k0 + sa.r + 5u * sa.step, m0 + sa.c, k_end, p.m, p.m);
+                    ra[6] = load_a(a_base, k0 + sa.r + 6u * sa.step, m0 + sa.c, k_end, p.m, p.m);
+                    ra[7] = load_a(a_base, k0 + sa.r + 7u * sa.step, m0 + sa.c, k_end, p.m, p.m);
                 } else {
                     ra[0] = load_a(a_base, m0 + sa.r + 0u * sa.step, k0 + sa.c, p.m, k_end, p.k);
                     ra[1] = load_a(a_base, m0 + sa.r + 1u * sa.step, k0 + sa.c, p.m, k_end, p.k);
                     ra[2] = load_a(a_base, m0 + sa.r + 2u * sa.step, k0 + sa.c, p.m, k_end, p.k);
                     ra[3] = load_a(a_base, m0 + sa.r + 3u * sa.step, k0 + sa.c, p.m, k_end, p.k);
+                    ra[4] = load_a(a_base, m0 + sa.r + 4u * sa.step, k0 + sa.c, p.m, k_end, p.k);
+                    ra[5] = load_a(a_base, m0 + sa.r + 5u * sa.step, k0 + sa.c, p.m, k_end, p.k);
+                    ra[6] = load_a(a_base, m0 + sa.r + 6u * sa.step, k0 + sa.c, p.m, k_end, p.k);
+                    ra[7] = load_a(a_base, m0 + sa.r + 7u * sa.step, k0 + sa.c, p.m, k_end, p.k);
                 }
                 if tb {
                     rb[0] = load_b(b_base, n0 + sb.r + 0u * sb.step, k0 + sb.c, p.n, k_end, p.k);

@@ -360,7 +360,8 @@ impl GpuContext {
 }
 
 /// The f16 cooperative-matrix matmul (src/ops/matmul_coop.wgsl) needs 16×16×16 f16 -> f32 matrices,
-/// subgroups of exactly 32 (it splits a workgroup of 256 into 8 subgroups) and 38 KiB of workgroup storage.
+/// subgroups of exactly 32 (it splits a workgroup of 128 into 4 subgroups) and 24 KiB of workgroup
+/// storage; the cooperative FlashAttention kernels (src/ops/flash_attention_coop.wgsl) 36 KiB.
 fn coop_matmul_supported(adapter: &wgpu::Adapter, features: wgpu::Features, limits: &wgpu::Limits) -> bool {
     use wgpu::CooperativeScalarType as S;
     let needed =
@@ -369,8 +370,8 @@ fn coop_matmul_supported(adapter: &wgpu::Adapter, features: wgpu::Features, limi
     features.contains(needed)
         && info.subgroup_min_size == 32
         && info.subgroup_max_size == 32
-        && limits.max_compute_workgroup_storage_size >= 38 * 1024
-        && limits.max_compute_invocations_per_workgroup >= 256
+        && limits.max_compute_workgroup_storage_size >= 36 * 1024
+        && limits.max_compute_invocations_per_workgroup >= 128
         && adapter
             .cooperative_matrix_properties()
             .iter()
