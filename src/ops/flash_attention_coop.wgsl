@@ -62,8 +62,9 @@ alias A16 = coop_mat16x16<f16, A>;
 alias B16 = coop_mat16x16<f16, B>;
 alias C32 = coop_mat16x16<f32, C>;
 
-// Staged rows: 64 of the workgroup's own at the start, then two tiles of 32 at rows 0 and 32.
-var<workgroup> T: array<f16, 4608>;
+// Staged rows (as vec4s of f16; coopLoad counts in vec4s): 64 of the workgroup's own at the start,
+// then two tiles of 32 at rows 0 and 32.
+var<workgroup> T: array<vec4<f16>, 1152>;
 // Per subgroup at sg·SS: a tile of scores (row stride 32), and of dP in the backward.
 var<workgroup> S: array<f32, 2048>;
 var<workgroup> D: array<f32, 2048>;
@@ -104,11 +105,9 @@ fn fetch(which: u32, at: u32, rs: u32, rows: u32, li: u32) -> Fetch {
                  ld4(which, at, rs, rows, r + 16u, c4), ld4(which, at, rs, rows, r + 24u, c4));
 }
 
+// x at f16 `at` (a multiple of 4) of T.
 fn put4(x: vec4<f32>, at: u32) {
-    T[at] = f16(x.x);
-    T[at + 1u] = f16(x.y);
-    T[at + 2u] = f16(x.z);
-    T[at + 3u] = f16(x.w);
+    T[at / 4u] = vec4<f16>(x);
 }
 
 // A fetch into T from row `row`.
@@ -132,16 +131,16 @@ fn stage_own(which: u32, at: u32, rs: u32, rows: u32, li: u32) {
 
 // Columns 16j .. +15 of rows 16·sg .. +15 of T as an A matrix.
 fn own(sg: u32, j: u32) -> A16 {
-    return coopLoadT<A16>(&T[16u * sg * LD + 16u * j], LD);
+    return coopLoadT<A16>(&T[(16u * sg * LD + 16u * j) / 4u], LD / 4u);
 }
 
 // The subgroup's rows (x0 | x1 | x2 | x3, 16 × 64) against T's rows `row` .. +15: X · T[row..]ᵀ.
 fn dots(x0: A16, x1: A16, x2: A16, x3: A16, row: u32) -> C32 {
     let at = row * LD;
-    let b0 = coopLoad<B16>(&T[at], LD);
-    let b1 = coopLoad<B16>(&T[at + 16u], LD);
-    let b2 = coopLoad<B16>(&T[at + 32u], LD);
-    let b3 = coopLoad<B16>(&T[at + 48u], LD);
+    let b0 = coopLoad<B16>(&T[at / 4u], LD / 4u);
+    let b1 = coopLoad<B16>(&T[(at + 16u) / 4u], LD / 4u);
+    let b2 = coopLoad<B16>(&T[(at + 32u) / 4u], LD / 4u);
+    let b3 = coopLoad<B16>(&T[(at + 48u) / 4u], LD / 4u);
     var s = coopMultiplyAdd(x0, b0, C32());
     s = coopMultiplyAdd(x1, b1, s);
     s = coopMultiplyAdd(x2, b2, s);
@@ -175,8 +174,8 @@ fn scores_to_d(x0: A16, x1: A16, x2: A16, x3: A16, row: u32, at: u32) {
 
 // acc + M · T[row .. row + 32, col .. col + 16] for M = (m0 | m1), 16 × 32.
 fn mul_t(acc: C32, m0: A16, m1: A16, row: u32, col: u32) -> C32 {
-    let b0 = coopLoadT<B16>(&T[row * LD + col], LD);
-    let b1 = coopLoadT<B16>(&T[(row + 16u) * LD + col], LD);
+    let b0 = coopLoadT<B16>(&T[(row * LD + col) / 4u], LD / 4u);
+    let b1 = coopLoadT<B16>(&T[((row + 16u) * LD + col) / 4u], LD / 4u);
     return coopMultiplyAdd(m1, b1, coopMultiplyAdd(m0, b0, acc));
 }
 

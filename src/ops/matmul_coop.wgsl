@@ -3,8 +3,10 @@
 // A 128×128 tile of C per workgroup of 128 threads = 4 subgroups of 32 (checked on the host), in 2×2
 // blocks of 64×64 = 4×4 matrices of 16×16 each (128×256 tiles on 8 subgroups ran no faster at
 // 4096³ and up to 1.25× slower where N = 384). K in steps of 32 (two of the matrices' 16: 13%
-// faster than 16 at 4096³), staged through shared memory as f16 (24 KiB with Cs; tiles typed f16:
-// a u32 tile would make u32 matrices, which NVIDIA's driver fails to compile).
+// faster than 16 at 4096³), staged through shared memory as f16 (24 KiB with Cs). The tiles are
+// vec4<f16>s, one store per fetched vec4 (four f16 stores each made 4096³ 1.4× slower); coopLoad
+// counts their offsets and strides in vec4s. (Typed u32 they would make u32 matrices, which
+// NVIDIA's driver fails to compile.)
 // Tiles keep the orientation A and B have in memory, so global reads coalesce (as vec4s when the
 // matrices allow), and coopLoad (column-major) or coopLoadT (row-major) reads them as op(A), op(B).
 // Every index into a local vector or array is a constant (a dynamically indexed one goes to local
@@ -39,8 +41,8 @@ const BN: u32 = 128u;
 const BK: u32 = 32u;
 const PAD: u32 = 8u; // f16s of padding per tile row (keeps rows 16-byte aligned)
 
-var<workgroup> As: array<f16, 5120>; // [128][32 + PAD], or [32][128 + PAD] when A is stored [K, M]
-var<workgroup> Bs: array<f16, 5120>; // [32][128 + PAD], or [128][32 + PAD] when B is stored [N, K]
+var<workgroup> As: array<vec4<f16>, 1280>; // [128][32 + PAD] f16s, or [32][128 + PAD] when A is stored [K, M]
+var<workgroup> Bs: array<vec4<f16>, 1280>; // [32][128 + PAD], or [128][32 + PAD] when B is stored [N, K]
 var<workgroup> Cs: array<f32, 1024>; // one 16×16 result per subgroup, for the checked stores
 
 // Elements (r, col..col+3) of a row-major matrix with rows of `ld` elements at offset `base`;
@@ -78,19 +80,14 @@ fn load_b(base: u32, r: u32, col: u32, rows: u32, cols: u32, ld: u32) -> vec4<f3
     return v;
 }
 
+// v at f16 `at` (a multiple of 4) of As.
 fn put_a(at: u32, v: vec4<f32>) {
-    As[at] = f16(v.x);
-    As[at + 1u] = f16(v.y);
-    As[at + 2u] = f16(v.z);
-    As[at + 3u] = f16(v.w);
+    As[at / 4u] = vec4<f16>(v);
 }
 
 // put_a's mirror for Bs.
 fn put_b(at: u32, v: vec4<f32>) {
-    Bs[at] = f16(v.x);
-    Bs[at + 1u] = f16(v.y);
-    Bs[at + 2u] = f16(v.z);
-    Bs[at + 3u] = f16(v.w);
+    Bs[at / 4u] = vec4<f16>(v);
 }
 
 // This thread's share of a tile with `cols` elements a row as stored (cols / 4 vec4s): its i-th
@@ -303,29 +300,29 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             var b3: coop_mat16x16<f16, B>;
             if ta { // As is [k][m]: column-major fragments
                 let st = BM + PAD;
-                a0 = coopLoad<coop_mat16x16<f16, A>>(&As[kk * st + wm], st);
-                a1 = coopLoad<coop_mat16x16<f16, A>>(&As[kk * st + wm + 16u], st);
-                a2 = coopLoad<coop_mat16x16<f16, A>>(&As[kk * st + wm + 32u], st);
-                a3 = coopLoad<coop_mat16x16<f16, A>>(&As[kk * st + wm + 48u], st);
+                a0 = coopLoad<coop_mat16x16<f16, A>>(&As[(kk * st + wm) / 4u], st / 4u);
+                a1 = coopLoad<coop_mat16x16<f16, A>>(&As[(kk * st + wm + 16u) / 4u], st / 4u);
+                a2 = coopLoad<coop_mat16x16<f16, A>>(&As[(kk * st + wm + 32u) / 4u], st / 4u);
+                a3 = coopLoad<coop_mat16x16<f16, A>>(&As[(kk * st + wm + 48u) / 4u], st / 4u);
             } else { // As is [m][k]: row-major
                 let st = BK + PAD;
-                a0 = coopLoadT<coop_mat16x16<f16, A>>(&As[wm * st + kk], st);
-                a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[(wm + 16u) * st + kk], st);
-                a2 = coopLoadT<coop_mat16x16<f16, A>>(&As[(wm + 32u) * st + kk], st);
-                a3 = coopLoadT<coop_mat16x16<f16, A>>(&As[(wm + 48u) * st + kk], st);
+                a0 = coopLoadT<coop_mat16x16<f16, A>>(&As[(wm * st + kk) / 4u], st / 4u);
+                a1 = coopLoadT<coop_mat16x16<f16, A>>(&As[((wm + 16u) * st + kk) / 4u], st / 4u);
+                a2 = coopLoadT<coop_mat16x16<f16, A>>(&As[((wm + 32u) * st + kk) / 4u], st / 4u);
+                a3 = coopLoadT<coop_mat16x16<f16, A>>(&As[((wm + 48u) * st + kk) / 4u], st / 4u);
             }
             if tb { // Bs is [n][k]: column-major
                 let st = BK + PAD;
-                b0 = coopLoad<coop_mat16x16<f16, B>>(&Bs[wn * st + kk], st);
-                b1 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(wn + 16u) * st + kk], st);
-                b2 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(wn + 32u) * st + kk], st);
-                b3 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(wn + 48u) * st + kk], st);
+                b0 = coopLoad<coop_mat16x16<f16, B>>(&Bs[(wn * st + kk) / 4u], st / 4u);
+                b1 = coopLoad<coop_mat16x16<f16, B>>(&Bs[((wn + 16u) * st + kk) / 4u], st / 4u);
+                b2 = coopLoad<coop_mat16x16<f16, B>>(&Bs[((wn + 32u) * st + kk) / 4u], st / 4u);
+                b3 = coopLoad<coop_mat16x16<f16, B>>(&Bs[((wn + 48u) * st + kk) / 4u], st / 4u);
             } else { // Bs is [k][n]: row-major
                 let st = BN + PAD;
-                b0 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[kk * st + wn], st);
-                b1 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[kk * st + wn + 16u], st);
-                b2 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[kk * st + wn + 32u], st);
-                b3 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[kk * st + wn + 48u], st);
+                b0 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[(kk * st + wn) / 4u], st / 4u);
+                b1 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[(kk * st + wn + 16u) / 4u], st / 4u);
+                b2 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[(kk * st + wn + 32u) / 4u], st / 4u);
+                b3 = coopLoadT<coop_mat16x16<f16, B>>(&Bs[(kk * st + wn + 48u) / 4u], st / 4u);
             }
             c00 = coopMultiplyAdd(a0, b0, c00);
             c01 = coopMultiplyAdd(a0, b1, c01);
