@@ -223,6 +223,11 @@ fn store(o0: C32, o1: C32, o2: C32, o3: C32, at: u32, rs: u32, rows: u32, sg: u3
     }
 }
 
+// Rows of the tile after the one at k0 that exist before `end` (0 past the last: nothing loads).
+fn next_rows(k0: u32, end: u32) -> u32 {
+    return max(end, k0 + BC) - (k0 + BC);
+}
+
 // Keys that queries before t_end can see.
 fn key_end(t_end: u32) -> u32 {
     if p.causal == 1u { return min(p.tk, t_end + p.shift); }
@@ -276,11 +281,13 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     // Pass 1: the lane's running max and sum over its half of each tile's row.
     var m = NEG;
     var l = 0.0;
+    var fk = fetch(K, bl.kv, p.kv_rs, bl.keys, li);
     for (var k0 = 0u; k0 < bl.keys; k0 += BC) {
-        let fk = fetch(K, bl.kv + k0 * p.kv_rs, p.kv_rs, p.tk - k0, li);
         workgroupBarrier();
         put(fk, 0u, li);
         workgroupBarrier();
+        // The next tile's loads are in flight while this one is multiplied.
+        fk = fetch(K, bl.kv + (k0 + BC) * p.kv_rs, p.kv_rs, next_rows(k0, bl.keys), li);
         scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
         workgroupBarrier();
         var mx = m;
@@ -306,14 +313,16 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     var o2 = C32();
     var o3 = C32();
     let p_at = sg * PS + (lane % 16u) * LP;
+    fk = fetch(K, bl.kv, p.kv_rs, bl.keys, li);
+    var fv = fetch(V, bl.kv, p.kv_rs, bl.keys, li);
     for (var k0 = 0u; k0 < bl.keys; k0 += BC) {
-        let at = bl.kv + k0 * p.kv_rs;
-        let fk = fetch(K, at, p.kv_rs, p.tk - k0, li);
-        let fv = fetch(V, at, p.kv_rs, p.tk - k0, li);
         workgroupBarrier();
         put(fk, 0u, li);
         put(fv, BC, li);
         workgroupBarrier();
+        let next = bl.kv + (k0 + BC) * p.kv_rs;
+        fk = fetch(K, next, p.kv_rs, next_rows(k0, bl.keys), li);
+        fv = fetch(V, next, p.kv_rs, next_rows(k0, bl.keys), li);
         scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
         workgroupBarrier();
         for (var i = 0u; i < 16u; i++) {
@@ -369,14 +378,16 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     var g1 = C32();
     var g2 = C32();
     var g3 = C32();
+    var fk = fetch(K, bl.kv, p.kv_rs, bl.keys, li);
+    var fv = fetch(V, bl.kv, p.kv_rs, bl.keys, li);
     for (var k0 = 0u; k0 < bl.keys; k0 += BC) {
-        let at = bl.kv + k0 * p.kv_rs;
-        let fk = fetch(K, at, p.kv_rs, p.tk - k0, li);
-        let fv = fetch(V, at, p.kv_rs, p.tk - k0, li);
         workgroupBarrier();
         put(fk, 0u, li);
         put(fv, BC, li);
         workgroupBarrier();
+        let next = bl.kv + (k0 + BC) * p.kv_rs;
+        fk = fetch(K, next, p.kv_rs, next_rows(k0, bl.keys), li);
+        fv = fetch(V, next, p.kv_rs, next_rows(k0, bl.keys), li);
         scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
         scores_to_d(y0, y1, y2, y3, BC, sg * SS);
         workgroupBarrier();
@@ -396,6 +407,36 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
     workgroupBarrier();
     store(g0, g1, g2, g3, bl.at, p.q_rs, bl.rows, sg, lane);
+}
+
+// A query tile of dK/dV on its way to shared memory: Q and dO rows, and thread li < 64's value
+// of R (the LSE of query li, or the delta of query li - 32).
+struct QTile {
+    q: Fetch,
+    o: Fetch,
+    r: f32,
+}
+
+// Tile i of `tiles` (zeros past the last) of batch b: query head h0 + i / n, queries from
+// t_first + (i % n) · BC.
+fn fetch_q(b: u32, h0: u32, t_first: u32, n: u32, i: u32, tiles: u32, li: u32) -> QTile {
+    var f: QTile;
+    if i >= tiles { return f; }
+    let h = h0 + i / n;
+    let t0 = t_first + (i % n) * BC;
+    let at = b * p.hq * p.tq * p.d + h * p.q_hs + t0 * p.q_rs;
+    f.q = fetch(Q, at, p.q_rs, p.tq - t0, li);
+    f.o = fetch(DO, at, p.q_rs, p.tq - t0, li);
+    let row = (b * p.hq + h) * p.tq + t0 + li % 32u; // of LSE and delta
+    if li < 64u && t0 + li % 32u < p.tq {
+        if li < 32u {
+            f.r = lse[p.lse_off + row];
+        } else {
+            let e = p.aux_off + row;
+            f.r = aux[e / 4u][e % 4u];
+        }
+    }
+    return f;
 }
 
 // dK = scale · Σ_t dS_t Q_t and dV = Σ_t P_t dO_t over the queries of every query head of the
@@ -432,53 +473,42 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     // The first query that sees key j0.
     var t_first = 0u;
     if p.causal == 1u { t_first = max(j0, p.shift) - p.shift; }
-    for (var hh = 0u; hh < group; hh++) {
-        let h = wid.y * group + hh;
-        let row0 = (wid.z * p.hq + h) * p.tq; // of LSE and delta
-        for (var t0 = t_first; t0 < p.tq; t0 += BC) {
-            let qat = wid.z * p.hq * p.tq * p.d + h * p.q_hs + t0 * p.q_rs;
-            let fq = fetch(Q, qat, p.q_rs, p.tq - t0, li);
-            let fo = fetch(DO, qat, p.q_rs, p.tq - t0, li);
-            var rv = 0.0;
-            let tr = t0 + li % 32u;
-            if li < 64u && tr < p.tq {
-                if li < 32u {
-                    rv = lse[p.lse_off + row0 + tr];
-                } else {
-                    let e = p.aux_off + row0 + tr;
-                    rv = aux[e / 4u][e % 4u];
-                }
-            }
-            workgroupBarrier();
-            put(fq, 0u, li);
-            put(fo, BC, li);
-            if li < 64u { R[li] = rv; }
-            workgroupBarrier();
-            scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
-            scores_to_d(y0, y1, y2, y3, BC, sg * SS);
-            workgroupBarrier();
-            for (var i = 0u; i < 16u; i++) {
-                let c = col_at(i, lane);
-                let tc = t0 + c;
-                let seen = tc < p.tq && sees(tc, key);
-                let pr = select(0.0, exp(S[s_at + c] * p.scale - R[c]), seen);
-                P1[p_at + c] = f16(pr);
-                P2[p_at + c] = f16(pr * (D[s_at + c] - R[BC + c]) * p.scale);
-            }
-            workgroupBarrier();
-            let pma = from_p1(sg * PS, 0u);
-            let pmb = from_p1(sg * PS, 1u);
-            dv0 = mul_t(dv0, pma, pmb, BC, 0u);
-            dv1 = mul_t(dv1, pma, pmb, BC, 16u);
-            dv2 = mul_t(dv2, pma, pmb, BC, 32u);
-            dv3 = mul_t(dv3, pma, pmb, BC, 48u);
-            let dma = from_p2(sg * PS, 0u);
-            let dmb = from_p2(sg * PS, 1u);
-            dk0 = mul_t(dk0, dma, dmb, 0u, 0u);
-            dk1 = mul_t(dk1, dma, dmb, 0u, 16u);
-            dk2 = mul_t(dk2, dma, dmb, 0u, 32u);
-            dk3 = mul_t(dk3, dma, dmb, 0u, 48u);
+    // Query tiles qt = 0 .. group · n: query head h0 + qt / n, queries from t_first + (qt % n) · BC.
+    let n = (max(p.tq, t_first) - t_first + BC - 1u) / BC;
+    let h0 = wid.y * group;
+    var f = fetch_q(wid.z, h0, t_first, n, 0u, group * n, li);
+    for (var qt = 0u; qt < group * n; qt++) {
+        let t0 = t_first + (qt % n) * BC;
+        workgroupBarrier();
+        put(f.q, 0u, li);
+        put(f.o, BC, li);
+        if li < 64u { R[li] = f.r; }
+        workgroupBarrier();
+        f = fetch_q(wid.z, h0, t_first, n, qt + 1u, group * n, li);
+        scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
+        scores_to_d(y0, y1, y2, y3, BC, sg * SS);
+        workgroupBarrier();
+        for (var i = 0u; i < 16u; i++) {
+            let c = col_at(i, lane);
+            let tc = t0 + c;
+            let seen = tc < p.tq && sees(tc, key);
+            let pr = select(0.0, exp(S[s_at + c] * p.scale - R[c]), seen);
+            P1[p_at + c] = f16(pr);
+            P2[p_at + c] = f16(pr * (D[s_at + c] - R[BC + c]) * p.scale);
         }
+        workgroupBarrier();
+        let pma = from_p1(sg * PS, 0u);
+        let pmb = from_p1(sg * PS, 1u);
+        dv0 = mul_t(dv0, pma, pmb, BC, 0u);
+        dv1 = mul_t(dv1, pma, pmb, BC, 16u);
+        dv2 = mul_t(dv2, pma, pmb, BC, 32u);
+        dv3 = mul_t(dv3, pma, pmb, BC, 48u);
+        let dma = from_p2(sg * PS, 0u);
+        let dmb = from_p2(sg * PS, 1u);
+        dk0 = mul_t(dk0, dma, dmb, 0u, 0u);
+        dk1 = mul_t(dk1, dma, dmb, 0u, 16u);
+        dk2 = mul_t(dk2, dma, dmb, 0u, 32u);
+        dk3 = mul_t(dk3, dma, dmb, 0u, 48u);
     }
     workgroupBarrier();
     store(dk0, dk1, dk2, dk3, at, p.kv_rs, rows, sg, lane);
