@@ -3,9 +3,10 @@
 
 use super::{float_input, grid_for, on_device};
 use crate::autograd::record;
-use crate::device::cpu::par_fill;
+use crate::device::cpu::CHUNK;
 use crate::device::gpu::{self, Kernel};
 use crate::{bail, Precision, Result, Tensor};
+use rayon::prelude::*;
 
 pub(crate) static KERNEL: Kernel = Kernel { name: "dropout", source: include_str!("dropout.wgsl") };
 
@@ -30,7 +31,16 @@ fn masked(op: &'static str, x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
             let xr = x.cpu();
             let xv = xr.f32();
             let mut out = vec![0.0; n];
-            par_fill(&mut out, |i| if hash(i as u32, lo, hi) >= threshold { xv[i] * scale } else { 0.0 });
+            // Over zipped slices, and the mask as bits (x·scale, or +0 where dropped): as a
+            // branch, a random one mispredicted a quarter of the time at p = 0.25, this ran 3×
+            // slower.
+            out.par_chunks_mut(CHUNK).zip(xv.par_chunks(CHUNK)).enumerate().for_each(move |(c, (o, x))| {
+                let base = (c * CHUNK) as u32;
+                for ((o, &x), i) in o.iter_mut().zip(x).zip(base..) {
+                    let keep = ((hash(i, lo, hi) >= threshold) as u32).wrapping_neg();
+                    *o = f32::from_bits((x * scale).to_bits() & keep);
+                }
+            });
             Ok(Tensor::cpu_f32(out, x.shape()))
         },
         || {
