@@ -65,14 +65,16 @@ alias C32 = coop_mat16x16<f32, C>;
 // Staged rows (as vec4s of f16; coopLoad counts in vec4s): 64 of the workgroup's own at the start,
 // then two tiles of 32 at rows 0 and 32.
 var<workgroup> T: array<vec4<f16>, 1152>;
-// Per subgroup at sg·SS: a tile of scores (row stride 32), and of dP in the backward.
-var<workgroup> S: array<f32, 2048>;
-var<workgroup> D: array<f32, 2048>;
-// Per subgroup at sg·PS: probabilities or score gradients as f16 (dK/dV: P at P1, dS at P2).
-var<workgroup> P1: array<f16, 2560>;
-var<workgroup> P2: array<f16, 2560>;
-// dK/dV: the query tile's log-sum-exp (0 .. 32) and delta (32 .. 64).
-var<workgroup> R: array<f32, 64>;
+// Per subgroup at f32 sg·SS: a tile of scores (row stride 32), and of dP in the backward. Tiles
+// are vec4s, so that a lane reads and writes four elements at once (cooperative loads and stores
+// count in vec4s too).
+var<workgroup> S: array<vec4<f32>, 512>;
+var<workgroup> D: array<vec4<f32>, 512>;
+// Per subgroup at f16 sg·PS: probabilities or score gradients (dK/dV: P at P1, dS at P2).
+var<workgroup> P1: array<vec4<f16>, 640>;
+var<workgroup> P2: array<vec4<f16>, 640>;
+// dK/dV: the query tile's log-sum-exp (vec4s 0 .. 8) and delta (8 .. 16).
+var<workgroup> R: array<vec4<f32>, 16>;
 
 // Columns 4·c4 .. +3 of row r of input `which` (row r at element at + r·rs past the input's
 // offset; zeros past `rows` and d).
@@ -147,14 +149,15 @@ fn dots(x0: A16, x1: A16, x2: A16, x3: A16, row: u32) -> C32 {
     return coopMultiplyAdd(x3, b3, s);
 }
 
-// Stores of a matrix, row-major. The address is a parameter: naga 30's SPIR-V writer fails
-// ("expression not cached") on a cooperative store whose index is computed in the call.
-fn to_s(x: C32, at: u32, stride: u32) {
-    coopStoreT(x, &S[at], stride);
+// Stores of a matrix, row-major, at vec4 `at4` of S or D, rows stride4 vec4s apart. The address
+// is a parameter: naga 30's SPIR-V writer fails ("expression not cached") on a cooperative store
+// whose index or stride is computed in the call.
+fn to_s(x: C32, at4: u32, stride4: u32) {
+    coopStoreT(x, &S[at4], stride4);
 }
 
-fn to_d(x: C32, at: u32) {
-    coopStoreT(x, &D[at], 32u);
+fn to_d(x: C32, at4: u32) {
+    coopStoreT(x, &D[at4], 8u);
 }
 
 fn to_out(x: C32, at: u32, stride: u32) {
@@ -163,13 +166,13 @@ fn to_out(x: C32, at: u32, stride: u32) {
 
 // X · the tile at T's row `row` (32 rows) into a subgroup's 16 × 32 at `at` of S or D.
 fn scores_to_s(x0: A16, x1: A16, x2: A16, x3: A16, row: u32, at: u32) {
-    to_s(dots(x0, x1, x2, x3, row), at, 32u);
-    to_s(dots(x0, x1, x2, x3, row + 16u), at + 16u, 32u);
+    to_s(dots(x0, x1, x2, x3, row), at / 4u, 8u);
+    to_s(dots(x0, x1, x2, x3, row + 16u), (at + 16u) / 4u, 8u);
 }
 
 fn scores_to_d(x0: A16, x1: A16, x2: A16, x3: A16, row: u32, at: u32) {
-    to_d(dots(x0, x1, x2, x3, row), at);
-    to_d(dots(x0, x1, x2, x3, row + 16u), at + 16u);
+    to_d(dots(x0, x1, x2, x3, row), at / 4u);
+    to_d(dots(x0, x1, x2, x3, row + 16u), (at + 16u) / 4u);
 }
 
 // acc + M · T[row .. row + 32, col .. col + 16] for M = (m0 | m1), 16 × 32.
@@ -181,24 +184,24 @@ fn mul_t(acc: C32, m0: A16, m1: A16, row: u32, col: u32) -> C32 {
 
 // Columns 16h .. +15 of the 16 × 32 f16 tile of P1 (or P2) at `at`, as an A matrix.
 fn from_p1(at: u32, h: u32) -> A16 {
-    return coopLoadT<A16>(&P1[at + 16u * h], LP);
+    return coopLoadT<A16>(&P1[(at + 16u * h) / 4u], LP / 4u);
 }
 
 fn from_p2(at: u32, h: u32) -> A16 {
-    return coopLoadT<A16>(&P2[at + 16u * h], LP);
+    return coopLoadT<A16>(&P2[(at + 16u * h) / 4u], LP / 4u);
 }
 
 // A 16×16 block of output (rows r0.., columns col..) where some rows or columns fall outside:
 // through S, each lane writing what exists. Rows at element at + r·rs of out.
 fn store_edge(x: C32, at: u32, rs: u32, rows: u32, r0: u32, col: u32, sg: u32, lane: u32) {
-    to_s(x, sg * SS, 16u);
+    to_s(x, sg * SS / 4u, 4u);
     workgroupBarrier();
     for (var i = 0u; i < 8u; i++) {
         let e = lane + 32u * i;
         let r = r0 + e / 16u;
         let c = col + e % 16u;
         if r < rows && c < p.d {
-            out[at + r * rs + c] = S[sg * SS + e];
+            out[at + r * rs + c] = S[sg * SS / 4u + e / 4u][e % 4u];
         }
     }
     workgroupBarrier();
@@ -234,14 +237,24 @@ fn key_end(t_end: u32) -> u32 {
     return p.tk;
 }
 
-// Whether key j exists and query t may see it (query t itself exists or not).
-fn sees(t: u32, j: u32) -> bool {
-    return j < p.tk && (p.causal == 0u || j <= t + p.shift);
+// Whether keys j exist and queries t may see them (queries t themselves exist or not).
+fn sees(t: vec4<u32>, j: vec4<u32>) -> vec4<bool> {
+    return (j < vec4(p.tk)) & (vec4(p.causal == 0u) | (j <= t + vec4(p.shift)));
 }
 
-// The lane's column of a tile at step i: its half, rotated so that the 32 lanes hit 32 banks.
-fn col_at(i: u32, lane: u32) -> u32 {
-    return (lane / 16u) * 16u + (i + lane) % 16u;
+// The lane's vec4 of a tile row at step i (of 4): its half of the row, rotated so that the
+// lanes spread over the banks.
+fn quad_at(i: u32, lane: u32) -> u32 {
+    return 4u * (lane / 16u) + (i + lane) % 4u;
+}
+
+// Columns 4q .. 4q + 3 from c0.
+fn cols(c0: u32, q: u32) -> vec4<u32> {
+    return vec4(c0 + 4u * q) + vec4(0u, 1u, 2u, 3u);
+}
+
+fn max4(x: vec4<f32>) -> f32 {
+    return max(max(x.x, x.y), max(x.z, x.w));
 }
 
 // A query block of the forward and dQ kernels: workgroup (64 queries, head, batch), in reverse so
@@ -277,7 +290,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let x3 = own(sg, 3u);
     let r = 16u * sg + lane % 16u; // the lane's query in the block
     let t = bl.t0 + r;
-    let s_at = sg * SS + (lane % 16u) * 32u;
+    let s_at = (sg * SS + (lane % 16u) * 32u) / 4u; // the lane's row, in vec4s
     // Pass 1: the lane's running max and sum over its half of each tile's row.
     var m = NEG;
     var l = 0.0;
@@ -291,14 +304,15 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
         workgroupBarrier();
         var mx = m;
-        for (var i = 0u; i < 16u; i++) {
-            let c = col_at(i, lane);
-            if sees(t, k0 + c) { mx = max(mx, S[s_at + c] * p.scale); }
+        for (var i = 0u; i < 4u; i++) {
+            let q = quad_at(i, lane);
+            mx = max(mx, max4(select(vec4(NEG), S[s_at + q] * p.scale, sees(vec4(t), cols(k0, q)))));
         }
         l *= exp(m - mx);
-        for (var i = 0u; i < 16u; i++) {
-            let c = col_at(i, lane);
-            if sees(t, k0 + c) { l += exp(S[s_at + c] * p.scale - mx); }
+        for (var i = 0u; i < 4u; i++) {
+            let q = quad_at(i, lane);
+            let e = select(vec4(0.0), exp(S[s_at + q] * p.scale - mx), sees(vec4(t), cols(k0, q)));
+            l += e.x + e.y + e.z + e.w;
         }
         m = mx;
     }
@@ -312,7 +326,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     var o1 = C32();
     var o2 = C32();
     var o3 = C32();
-    let p_at = sg * PS + (lane % 16u) * LP;
+    let p_at = (sg * PS + (lane % 16u) * LP) / 4u;
     fk = fetch(K, bl.kv, p.kv_rs, bl.keys, li);
     var fv = fetch(V, bl.kv, p.kv_rs, bl.keys, li);
     for (var k0 = 0u; k0 < bl.keys; k0 += BC) {
@@ -325,10 +339,10 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         fv = fetch(V, next, p.kv_rs, next_rows(k0, bl.keys), li);
         scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
         workgroupBarrier();
-        for (var i = 0u; i < 16u; i++) {
-            let c = col_at(i, lane);
-            let pr = exp(S[s_at + c] * p.scale - ls);
-            P1[p_at + c] = f16(select(0.0, pr, sees(t, k0 + c)));
+        for (var i = 0u; i < 4u; i++) {
+            let q = quad_at(i, lane);
+            let pr = exp(S[s_at + q] * p.scale - ls);
+            P1[p_at + q] = vec4<f16>(select(vec4(0.0), pr, sees(vec4(t), cols(k0, q))));
         }
         workgroupBarrier();
         let pma = from_p1(sg * PS, 0u);
@@ -372,8 +386,8 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
     let delta = part + subgroupShuffleXor(part, 16u);
     if lane < 16u && r < bl.rows { out[p.out2 + bl.row + r] = delta; }
-    let s_at = sg * SS + (lane % 16u) * 32u;
-    let p_at = sg * PS + (lane % 16u) * LP;
+    let s_at = (sg * SS + (lane % 16u) * 32u) / 4u; // the lane's row, in vec4s
+    let p_at = (sg * PS + (lane % 16u) * LP) / 4u;
     var g0 = C32();
     var g1 = C32();
     var g2 = C32();
@@ -391,11 +405,11 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
         scores_to_d(y0, y1, y2, y3, BC, sg * SS);
         workgroupBarrier();
-        for (var i = 0u; i < 16u; i++) {
-            let c = col_at(i, lane);
-            let pr = exp(S[s_at + c] * p.scale - ls);
-            let ds = pr * (D[s_at + c] - delta) * p.scale;
-            P1[p_at + c] = f16(select(0.0, ds, r < bl.rows && sees(t, k0 + c)));
+        for (var i = 0u; i < 4u; i++) {
+            let q = quad_at(i, lane);
+            let pr = exp(S[s_at + q] * p.scale - ls);
+            let ds = pr * (D[s_at + q] - delta) * p.scale;
+            P1[p_at + q] = vec4<f16>(select(vec4(0.0), ds, vec4(r < bl.rows) & sees(vec4(t), cols(k0, q))));
         }
         workgroupBarrier();
         let pma = from_p1(sg * PS, 0u);
@@ -460,8 +474,8 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let y2 = own(sg, 2u);
     let y3 = own(sg, 3u);
     let key = j0 + 16u * sg + lane % 16u;
-    let s_at = sg * SS + (lane % 16u) * 32u;
-    let p_at = sg * PS + (lane % 16u) * LP;
+    let s_at = (sg * SS + (lane % 16u) * 32u) / 4u; // the lane's row, in vec4s
+    let p_at = (sg * PS + (lane % 16u) * LP) / 4u;
     var dv0 = C32();
     var dv1 = C32();
     var dv2 = C32();
@@ -482,19 +496,19 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         workgroupBarrier();
         put(f.q, 0u, li);
         put(f.o, BC, li);
-        if li < 64u { R[li] = f.r; }
+        if li < 64u { R[li / 4u][li % 4u] = f.r; }
         workgroupBarrier();
         f = fetch_q(wid.z, h0, t_first, n, qt + 1u, group * n, li);
         scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
         scores_to_d(y0, y1, y2, y3, BC, sg * SS);
         workgroupBarrier();
-        for (var i = 0u; i < 16u; i++) {
-            let c = col_at(i, lane);
-            let tc = t0 + c;
-            let seen = tc < p.tq && sees(tc, key);
-            let pr = select(0.0, exp(S[s_at + c] * p.scale - R[c]), seen);
-            P1[p_at + c] = f16(pr);
-            P2[p_at + c] = f16(pr * (D[s_at + c] - R[BC + c]) * p.scale);
+        for (var i = 0u; i < 4u; i++) {
+            let q = quad_at(i, lane);
+            let tc = cols(t0, q);
+            let seen = (tc < vec4(p.tq)) & sees(tc, vec4(key));
+            let pr = select(vec4(0.0), exp(S[s_at + q] * p.scale - R[q]), seen);
+            P1[p_at + q] = vec4<f16>(pr);
+            P2[p_at + q] = vec4<f16>(pr * (D[s_at + q] - R[BC / 4u + q]) * p.scale);
         }
         workgroupBarrier();
         let pma = from_p1(sg * PS, 0u);
