@@ -5,8 +5,8 @@
 // A workgroup of 4 subgroups of 32 owns 64 rows (queries; keys in dK/dV), 16 per subgroup, held as
 // four 16×16 f16 matrices. The other side comes in tiles of 32 rows staged in shared memory as f16.
 // Each subgroup stores its 16×32 tile of scores to shared memory, where each lane takes 16 of them
-// (row lane % 16, half lane / 16), makes probabilities (or score gradients) and writes them back
-// as f16 for the next product. The forward walks the keys twice, first for each row's log-sum-exp,
+// as four vec4s (row lane % 16, half lane / 16), makes probabilities (or score gradients) and
+// writes them back as f16 for the next product. The forward walks the keys twice, first for each row's log-sum-exp,
 // then for O with the final probabilities: no rescaling of O, which a cooperative matrix cannot do
 // row by row. Needs subgroups of 32 and ~35 KiB of workgroup storage (checked on the host).
 enable f16;
