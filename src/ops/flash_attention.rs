@@ -14,17 +14,31 @@ use std::sync::Arc;
 /// The kernels with rows padded to 64 and to 128 columns (the WGSL's DH).
 pub(crate) static KERNEL_64: Kernel = Kernel {
     name: "flash_attention_64",
-    source: concat!("const DH: u32 = 64u;\n", include_str!("flash_attention.wgsl")),
+    source: concat!(
+        "const DH: u32 = 64u;\n",
+        include_str!("flash_attention_common.wgsl"),
+        include_str!("flash_attention.wgsl")
+    ),
 };
 pub(crate) static KERNEL_128: Kernel = Kernel {
     name: "flash_attention_128",
-    source: concat!("const DH: u32 = 128u;\n", include_str!("flash_attention.wgsl")),
+    source: concat!(
+        "const DH: u32 = 128u;\n",
+        include_str!("flash_attention_common.wgsl"),
+        include_str!("flash_attention.wgsl")
+    ),
 };
 
 /// The cooperative-matrix kernels (f16 products on tensor cores, see `MatmulPrecision::F16`), for
 /// head dims up to 64 with 4-aligned rows.
-pub(crate) static KERNEL_COOP: Kernel =
-    Kernel { name: "flash_attention_coop", source: include_str!("flash_attention_coop.wgsl") };
+pub(crate) static KERNEL_COOP: Kernel = Kernel {
+    name: "flash_attention_coop",
+    source: concat!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\n",
+        include_str!("flash_attention_common.wgsl"),
+        include_str!("flash_attention_coop.wgsl")
+    ),
+};
 
 /// CPU tile: queries × keys per block.
 const BQ: usize = 64;

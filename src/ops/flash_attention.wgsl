@@ -4,31 +4,8 @@
 // tiles. Each product is register-blocked like a matmul: a thread holds a 4×8 block of scores (a
 // 4×4 block in dK/dV) and a 4-row block of its output. Operands go through shared memory in
 // chunks of DC columns, so every kernel stays within 32 KiB of it (Apple GPUs' limit, and
-// lavapipe's). DH, the head dim padded to 64 or 128, is prepended by the host.
-struct Params {
-    b: u32,
-    hq: u32,
-    hkv: u32,
-    tq: u32,
-    tk: u32,
-    d: u32,
-    causal: u32,    // 1: query t sees keys j <= t + shift
-    shift: u32,     // tk - tq
-    scale: f32,     // 1 / sqrt(d)
-    q_off: u32,     // element offsets of the inputs
-    k_off: u32,
-    v_off: u32,
-    do_off: u32,
-    lse_off: u32,
-    aux_off: u32,
-    out2: u32,      // where the second output starts in out: LSE after O, delta after dQ, dV after dK
-    q_hs: u32,      // element strides between heads and between positions of q, dO, O, dQ:
-    q_rs: u32,      // [B, H, T, D]: T·D and D; [B, T, H, D]: D and H·D
-    kv_hs: u32,     // the same for k, v, dK, dV
-    kv_rs: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
+// lavapipe's). DH, the head dim padded to 64 or 128, is prepended by the host, then
+// flash_attention_common.wgsl.
 @group(0) @binding(1) var<storage, read> q: array<f32>;     // [B, Hq, Tq, D] or [B, Tq, Hq, D]
 @group(0) @binding(2) var<storage, read> k: array<f32>;     // [B, Hkv, Tk, D] or [B, Tk, Hkv, D]
 @group(0) @binding(3) var<storage, read> v: array<f32>;     // as k
@@ -38,17 +15,10 @@ struct Params {
 @group(0) @binding(7) var<storage, read> lse: array<f32>;   // [B, Hq, Tq] (backward)
 
 const NT: u32 = 128u;      // threads per workgroup
-const BR: u32 = 64u;       // rows a workgroup owns; keys per tile in the forward and dQ
 const BQ: u32 = 32u;       // queries per tile in dK/dV
 const DC: u32 = 16u;       // columns (or rows) per staged chunk
 const DV: u32 = DH / 4u;   // vec4s per padded row
 const G: u32 = DH / 32u;   // vec4s of an output row per thread: columns (8g + c)·4.. for g < G
-const NEG: f32 = -1.0e30;
-const Q: u32 = 0u; // which input `elem` reads
-const K: u32 = 1u;
-const V: u32 = 2u;
-const DO: u32 = 3u;
-const AUX: u32 = 4u;
 
 // Shared memory, in vec4s: chunks staged at SA (the slabs of two products, [DC][64] each, or DC
 // rows of DH for each of two), a tile of probabilities or score gradients at PS (64 × 64, or two
@@ -66,21 +36,6 @@ fn elem(which: u32, at: u32) -> f32 {
         case 3u: { return dout[p.do_off + at]; }
         default: { return aux[p.aux_off + at]; }
     }
-}
-
-// Keys that queries before t_end can see.
-fn key_end(t_end: u32) -> u32 {
-    if p.causal == 1u { return min(p.tk, t_end + p.shift); }
-    return p.tk;
-}
-
-// Element offsets of row t of query head h, and of row j of kv head h, in batch b.
-fn q_at(b: u32, h: u32, t: u32) -> u32 {
-    return b * p.hq * p.tq * p.d + h * p.q_hs + t * p.q_rs;
-}
-
-fn kv_at(b: u32, h: u32, j: u32) -> u32 {
-    return b * p.hkv * p.tk * p.d + h * p.kv_hs + j * p.kv_rs;
 }
 
 // Which of the keys `first` the queries `t` see: keys that exist, queries before tq, and the
@@ -366,25 +321,8 @@ fn put(m: mat4x4<f32>, at: u32, stride: u32) {
     sh[at + 3u * stride] = m[3];
 }
 
-// A query block of the forward and dQ kernels: workgroup (64 queries, head, batch), the blocks in
-// reverse so that the longest (causal) rows start first. Thread lid holds queries 4·(lid/8) .. +3
+// In the forward and dQ kernels, thread lid holds queries 4·(lid/8) .. +3 of its block (see Block)
 // against keys (8h + lid%8)·4 .. +3 of each tile, h < 2, and output columns (8g + lid%8)·4 .. +3.
-struct Block {
-    t0: u32,
-    rows: u32,  // queries in the block
-    at: u32,    // element offset of its first query in q, dO, O, dQ
-    kv: u32,    // element offset of its kv head's first row
-    row: u32,   // of LSE and delta, its first query
-    keys: u32,  // keys its queries see
-}
-
-fn block(wid: vec3<u32>, nwg: vec3<u32>) -> Block {
-    let t0 = (nwg.x - 1u - wid.x) * BR;
-    let rows = min(BR, p.tq - t0);
-    let kv = kv_at(wid.z, wid.y / (p.hq / p.hkv), 0u);
-    let row = (wid.z * p.hq + wid.y) * p.tq + t0;
-    return Block(t0, rows, q_at(wid.z, wid.y, t0), kv, row, key_end(t0 + rows));
-}
 
 // Which of the four keys from k0 + (8h + tk8)·4 the block's query r sees. Rows past tq see keys
 // too, so that their scores stay finite.

@@ -6,36 +6,11 @@
 // four 16×16 f16 matrices. The other side comes in tiles of 32 rows staged in shared memory as f16.
 // Each subgroup stores its 16×32 tile of scores to shared memory, where each lane takes 16 of them
 // as four vec4s (row lane % 16, half lane / 16), makes probabilities (or score gradients) and
-// writes them back as f16 for the next product. The forward walks the keys twice, first for each row's log-sum-exp,
-// then for O with the final probabilities: no rescaling of O, which a cooperative matrix cannot do
-// row by row. Needs subgroups of 32 and ~35 KiB of workgroup storage (checked on the host).
-enable f16;
-enable wgpu_cooperative_matrix;
+// writes them back as f16 for the next product. The forward walks the keys twice, first for each
+// row's log-sum-exp, then for O with the final probabilities: no rescaling of O, which a
+// cooperative matrix cannot do row by row. Needs subgroups of 32 and ~35 KiB of workgroup storage
+// (checked on the host). The host prepends the `enable`s and flash_attention_common.wgsl.
 
-struct Params {
-    b: u32,
-    hq: u32,
-    hkv: u32,
-    tq: u32,
-    tk: u32,
-    d: u32,
-    causal: u32,
-    shift: u32,
-    scale: f32,
-    q_off: u32,
-    k_off: u32,
-    v_off: u32,
-    do_off: u32,
-    lse_off: u32,
-    aux_off: u32,
-    out2: u32,
-    q_hs: u32,
-    q_rs: u32,
-    kv_hs: u32,
-    kv_rs: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;
@@ -46,17 +21,10 @@ struct Params {
 
 const DH: u32 = 64u;  // head dim as padded
 const LD: u32 = 72u;  // f16 row stride of staged rows (16-byte aligned, off the bank period)
-const BR: u32 = 64u;  // rows a workgroup owns
 const BC: u32 = 32u;  // rows of the other side per tile
 const SS: u32 = 512u; // f32s of a subgroup's tile of scores (16 × 32)
 const LP: u32 = 40u;  // f16 row stride of a subgroup's probabilities
 const PS: u32 = 640u; // f16s of them (16 × LP)
-const NEG: f32 = -1.0e30;
-const Q: u32 = 0u; // which input `ld4` reads
-const K: u32 = 1u;
-const V: u32 = 2u;
-const DO: u32 = 3u;
-const AUX: u32 = 4u;
 
 alias A16 = coop_mat16x16<f16, A>;
 alias B16 = coop_mat16x16<f16, B>;
@@ -231,12 +199,6 @@ fn next_rows(k0: u32, end: u32) -> u32 {
     return max(end, k0 + BC) - (k0 + BC);
 }
 
-// Keys that queries before t_end can see.
-fn key_end(t_end: u32) -> u32 {
-    if p.causal == 1u { return min(p.tk, t_end + p.shift); }
-    return p.tk;
-}
-
 // Whether keys j exist and queries t may see them (queries t themselves exist or not).
 fn sees(t: vec4<u32>, j: vec4<u32>) -> vec4<bool> {
     return (j < vec4(p.tk)) & (vec4(p.causal == 0u) | (j <= t + vec4(p.shift)));
@@ -255,26 +217,6 @@ fn cols(c0: u32, q: u32) -> vec4<u32> {
 
 fn max4(x: vec4<f32>) -> f32 {
     return max(max(x.x, x.y), max(x.z, x.w));
-}
-
-// A query block of the forward and dQ kernels: workgroup (64 queries, head, batch), in reverse so
-// that the longest (causal) rows start first.
-struct Block {
-    t0: u32,
-    rows: u32,  // queries in the block
-    at: u32,    // element offset of its first query in q, dO, O, dQ (past their offsets)
-    kv: u32,    // element offset of its kv head's first row
-    row: u32,   // of LSE and delta, its first query
-    keys: u32,  // keys its queries see
-}
-
-fn block(wid: vec3<u32>, nwg: vec3<u32>) -> Block {
-    let t0 = (nwg.x - 1u - wid.x) * BR;
-    let rows = min(BR, p.tq - t0);
-    let b = wid.z;
-    let kv = b * p.hkv * p.tk * p.d + (wid.y / (p.hq / p.hkv)) * p.kv_hs;
-    let at = b * p.hq * p.tq * p.d + wid.y * p.q_hs + t0 * p.q_rs;
-    return Block(t0, rows, at, kv, (b * p.hq + wid.y) * p.tq + t0, key_end(t0 + rows));
 }
 
 // Forward: O and the log-sum-exp per query.
@@ -438,7 +380,7 @@ fn fetch_q(b: u32, h0: u32, t_first: u32, n: u32, i: u32, tiles: u32, li: u32) -
     if i >= tiles { return f; }
     let h = h0 + i / n;
     let t0 = t_first + (i % n) * BC;
-    let at = b * p.hq * p.tq * p.d + h * p.q_hs + t0 * p.q_rs;
+    let at = q_at(b, h, t0);
     f.q = fetch(Q, at, p.q_rs, p.tq - t0, li);
     f.o = fetch(DO, at, p.q_rs, p.tq - t0, li);
     let row = (b * p.hq + h) * p.tq + t0 + li % 32u; // of LSE and delta
@@ -462,7 +404,7 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let group = p.hq / p.hkv;
     let j0 = wid.x * BR;
     let rows = min(BR, p.tk - j0);
-    let at = wid.z * p.hkv * p.tk * p.d + wid.y * p.kv_hs + j0 * p.kv_rs;
+    let at = kv_at(wid.z, wid.y, j0);
     stage_own(K, at, p.kv_rs, rows, li);
     let x0 = own(sg, 0u);
     let x1 = own(sg, 1u);
