@@ -99,6 +99,14 @@ fn stage_own(which: u32, at: u32, rs: u32, rows: u32, li: u32) {
     workgroupBarrier();
 }
 
+// Two fetched tiles into T's rows 0 and BC (after the previous reads of T).
+fn stage(f0: Fetch, f1: Fetch, li: u32) {
+    workgroupBarrier();
+    put(f0, 0u, li);
+    put(f1, BC, li);
+    workgroupBarrier();
+}
+
 // Columns 16j .. +15 of rows 16·sg .. +15 of T as an A matrix.
 fn own(sg: u32, j: u32) -> A16 {
     return coopLoadT<A16>(&T[(16u * sg * LD + 16u * j) / 4u], LD / 4u);
@@ -194,9 +202,20 @@ fn store(o0: C32, o1: C32, o2: C32, o3: C32, at: u32, rs: u32, rows: u32, sg: u3
     }
 }
 
-// Rows of the tile after the one at k0 that exist before `end` (0 past the last: nothing loads).
-fn next_rows(k0: u32, end: u32) -> u32 {
-    return max(end, k0 + BC) - (k0 + BC);
+// Rows of the key tile at k0 that the block's queries may see (0 past the last: nothing loads).
+fn key_rows(bl: Block, k0: u32) -> u32 {
+    return max(bl.keys, k0) - k0;
+}
+
+// The block's K and V tiles at key k0.
+struct KV {
+    k: Fetch,
+    v: Fetch,
+}
+
+fn fetch_kv(bl: Block, k0: u32, li: u32) -> KV {
+    let at = bl.kv + k0 * p.kv_rs;
+    return KV(fetch(K, at, p.kv_rs, key_rows(bl, k0), li), fetch(V, at, p.kv_rs, key_rows(bl, k0), li));
 }
 
 // Whether keys j exist and queries t may see them (queries t themselves exist or not).
@@ -236,13 +255,13 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     // Pass 1: the lane's running max and sum over its half of each tile's row.
     var m = NEG;
     var l = 0.0;
-    var fk = fetch(K, bl.kv, p.kv_rs, bl.keys, li);
+    var fk = fetch(K, bl.kv, p.kv_rs, key_rows(bl, 0u), li);
     for (var k0 = 0u; k0 < bl.keys; k0 += BC) {
         workgroupBarrier();
         put(fk, 0u, li);
         workgroupBarrier();
         // The next tile's loads are in flight while this one is multiplied.
-        fk = fetch(K, bl.kv + (k0 + BC) * p.kv_rs, p.kv_rs, next_rows(k0, bl.keys), li);
+        fk = fetch(K, bl.kv + (k0 + BC) * p.kv_rs, p.kv_rs, key_rows(bl, k0 + BC), li);
         scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
         workgroupBarrier();
         var mx = m;
@@ -269,16 +288,10 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     var o2 = C32();
     var o3 = C32();
     let p_at = (sg * PS + (lane % 16u) * LP) / 4u;
-    fk = fetch(K, bl.kv, p.kv_rs, bl.keys, li);
-    var fv = fetch(V, bl.kv, p.kv_rs, bl.keys, li);
+    var kv = fetch_kv(bl, 0u, li);
     for (var k0 = 0u; k0 < bl.keys; k0 += BC) {
-        workgroupBarrier();
-        put(fk, 0u, li);
-        put(fv, BC, li);
-        workgroupBarrier();
-        let next = bl.kv + (k0 + BC) * p.kv_rs;
-        fk = fetch(K, next, p.kv_rs, next_rows(k0, bl.keys), li);
-        fv = fetch(V, next, p.kv_rs, next_rows(k0, bl.keys), li);
+        stage(kv.k, kv.v, li);
+        kv = fetch_kv(bl, k0 + BC, li);
         scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
         workgroupBarrier();
         for (var i = 0u; i < 4u; i++) {
@@ -334,16 +347,10 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     var g1 = C32();
     var g2 = C32();
     var g3 = C32();
-    var fk = fetch(K, bl.kv, p.kv_rs, bl.keys, li);
-    var fv = fetch(V, bl.kv, p.kv_rs, bl.keys, li);
+    var kv = fetch_kv(bl, 0u, li);
     for (var k0 = 0u; k0 < bl.keys; k0 += BC) {
-        workgroupBarrier();
-        put(fk, 0u, li);
-        put(fv, BC, li);
-        workgroupBarrier();
-        let next = bl.kv + (k0 + BC) * p.kv_rs;
-        fk = fetch(K, next, p.kv_rs, next_rows(k0, bl.keys), li);
-        fv = fetch(V, next, p.kv_rs, next_rows(k0, bl.keys), li);
+        stage(kv.k, kv.v, li);
+        kv = fetch_kv(bl, k0 + BC, li);
         scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
         scores_to_d(y0, y1, y2, y3, BC, sg * SS);
         workgroupBarrier();
@@ -435,11 +442,8 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     var f = fetch_q(wid.z, h0, t_first, n, 0u, group * n, li);
     for (var qt = 0u; qt < group * n; qt++) {
         let t0 = t_first + (qt % n) * BC;
-        workgroupBarrier();
-        put(f.q, 0u, li);
-        put(f.o, BC, li);
-        if li < 64u { R[li / 4u][li % 4u] = f.r; }
-        workgroupBarrier();
+        if li < 64u { R[li / 4u][li % 4u] = f.r; } // R's last reads were before the last barrier
+        stage(f.q, f.o, li);
         f = fetch_q(wid.z, h0, t_first, n, qt + 1u, group * n, li);
         scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
         scores_to_d(y0, y1, y2, y3, BC, sg * SS);
