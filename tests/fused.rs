@@ -20,9 +20,10 @@ fn rmsnorm_ref(h: &[f64], g: &[f64], eps: f64) -> Vec<f64> {
         .collect()
 }
 
-/// Shapes with 1, 7, 33 and 257 rows, and odd widths.
+/// Shapes with 1, 7, 33 and 257 rows, odd widths, and widths of 4-multiples (the GPU kernels'
+/// vec4 paths).
 fn shapes() -> Vec<Vec<usize>> {
-    vec![vec![1, 7], vec![7, 33], vec![33, 5], vec![257, 3], vec![3, 2, 13], vec![1, 257]]
+    vec![vec![1, 7], vec![7, 33], vec![33, 5], vec![257, 3], vec![3, 2, 13], vec![1, 257], vec![33, 8], vec![5, 64]]
 }
 
 fn swiglu(device: Device) {
@@ -55,17 +56,18 @@ fn swiglu(device: Device) {
     let msg = ops::swiglu(&gt, &ut).unwrap_err().to_string();
     assert!(msg.contains("swiglu") && msg.contains("[44]") && msg.contains("[40]"), "{msg}");
     // swiglu_halves: gate and up side by side in each row of one [.., 2F] (the FFN's one matmul),
-    // here a view at an odd offset.
+    // here a view at an odd offset, and at 4 where the width allows vec4s.
     for (seed, shape) in shapes().into_iter().enumerate() {
         let f = *shape.last().unwrap();
+        let off = if f % 4 == 0 { 4 } else { 3 };
         let mut wide = shape.clone();
         *wide.last_mut().unwrap() = 2 * f;
         let n: usize = wide.iter().product();
-        let x = rand_vec(n + 3, -4.0, 4.0, 70 + seed as u64);
+        let x = rand_vec(n + off, -4.0, 4.0, 70 + seed as u64);
         GradCheck {
-            inputs: vec![(x, vec![n + 3])],
-            op: &|t| ops::swiglu_halves(&ops::slice(&t[0], 0, 3, n)?.view(&wide)?),
-            reference: &|x| x[0][3..].chunks(2 * f).flat_map(|r| (0..f).map(|c| silu_ref(r[c]) * r[f + c])).collect(),
+            inputs: vec![(x, vec![n + off])],
+            op: &|t| ops::swiglu_halves(&ops::slice(&t[0], 0, off, n)?.view(&wide)?),
+            reference: &|x| x[0][off..].chunks(2 * f).flat_map(|r| (0..f).map(|c| silu_ref(r[c]) * r[f + c])).collect(),
             atol: 1e-6,
             rtol: 1e-5,
             fd_elems: 200,

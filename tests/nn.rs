@@ -160,6 +160,11 @@ fn dropout(device: Device) {
     let cpu = ops::dropout(&x.to_device(Device::Cpu).unwrap().detach(), 0.25, 42).unwrap().to_vec();
     assert_eq!(cpu, yv);
     assert_ne!(ops::dropout(&x, 0.25, 43).unwrap().to_vec(), yv);
+    // A view at an odd offset, of a length that is no multiple of 4 (the GPU kernel's vec4 path
+    // does not apply): the same mask on every device.
+    let view = |t: &Tensor| ops::slice(&t.detach(), 0, 1, n - 3).unwrap();
+    let on_cpu = ops::dropout(&view(&x.to_device(Device::Cpu).unwrap()), 0.25, 7).unwrap().to_vec();
+    assert_eq!(ops::dropout(&view(&x), 0.25, 7).unwrap().to_vec(), on_cpu);
     // The gradient uses the forward's mask.
     let g = ops::sum_all(&y).unwrap().backward().unwrap();
     let gv = g.get(&x).unwrap().to_vec();

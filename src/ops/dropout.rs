@@ -46,8 +46,9 @@ fn masked(op: &'static str, x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
         || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
-            let params = [n as u32, x.offset() as u32, lo, hi, threshold, scale.to_bits()];
-            ctx.dispatch(&KERNEL, "dropout", &params, &[x.gpu(), &out], grid_for(n));
+            let vec = n.is_multiple_of(4) && x.offset().is_multiple_of(4);
+            let params = [n as u32, x.offset() as u32, lo, hi, threshold, scale.to_bits(), vec as u32];
+            ctx.dispatch(&KERNEL, "dropout", &params, &[x.gpu(), &out], grid_for(n.div_ceil(4)));
             Ok(Tensor::from_gpu(out, x.shape(), Precision::FP32))
         },
     )

@@ -83,8 +83,11 @@ fn forward(gate: &Tensor, up: &Tensor, l: &Layout, shape: &[usize]) -> Result<Te
         || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
-            let params = [n, l.cols, l.rs, l.g_off, l.u_off, 0, 0, 0, 0].map(|v| v as u32);
-            ctx.dispatch(&KERNEL, "forward", &params, &[gate.gpu(), up.gpu(), &out], grid_for(n));
+            // The last parameter: whether the kernel may read and write whole vec4s.
+            let mut params = [n, l.cols, l.rs, l.g_off, l.u_off, 0, 0, 0, 0, 0];
+            params[9] = params[..5].iter().all(|v| v.is_multiple_of(4)) as usize;
+            let groups = grid_for(n.div_ceil(4));
+            ctx.dispatch(&KERNEL, "forward", &params.map(|v| v as u32), &[gate.gpu(), up.gpu(), &out], groups);
             Ok(Tensor::from_gpu(out, shape, Precision::FP32))
         },
     )
@@ -138,8 +141,10 @@ fn backward(gate: &Tensor, up: &Tensor, l: &Layout, dy: &Tensor, to: (usize, usi
         || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(size as u64 * 4);
-            let params = [n, l.cols, l.rs, l.g_off, l.u_off, dy.offset(), ors, dg_off, du_off].map(|v| v as u32);
-            ctx.dispatch(&KERNEL, "backward", &params, &[gate.gpu(), up.gpu(), &out, dy.gpu()], grid_for(n));
+            let mut params = [n, l.cols, l.rs, l.g_off, l.u_off, dy.offset(), ors, dg_off, du_off, 0];
+            params[9] = params[..9].iter().all(|v| v.is_multiple_of(4)) as usize;
+            let (params, groups) = (params.map(|v| v as u32), grid_for(n.div_ceil(4)));
+            ctx.dispatch(&KERNEL, "backward", &params, &[gate.gpu(), up.gpu(), &out, dy.gpu()], groups);
             Ok(Tensor::from_gpu(out, &[size], Precision::FP32))
         },
     )
