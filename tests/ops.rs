@@ -151,7 +151,7 @@ fn reductions(device: Device) {
     }
     // Column sums: [R, C] -> [C], few rows (one pass on the GPU) and many (blocks of rows first),
     // from an offset view; no rows gives zeros.
-    for (rows, cols) in [(9, 70), (1000, 3), (67, 129)] {
+    for (rows, cols) in [(9, 70), (1000, 3), (67, 129), (5, 64)] {
         let x = rand_vec(5 + rows * cols, -1.0, 1.0, 11);
         let t = Tensor::from_f32_on(&x, &[5 + rows * cols], device).unwrap();
         let t = ops::slice(&t, 0, 5, rows * cols).unwrap().view(&[rows, cols]).unwrap();
