@@ -14,6 +14,18 @@ fn precision_lock() -> MutexGuard<'static, ()> {
     PRECISION.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The GPU and the precision lock for a test of the f16 cooperative path, or None (with a message
+/// naming `test`) where the GPU has no such matrices.
+fn coop_gpu(test: &str) -> Option<(Device, MutexGuard<'static, ()>)> {
+    let device = common::gpu()?;
+    if !ops::coop_matmul_supported() {
+        eprintln!("{test} skipped: this GPU has no 16×16 f16 cooperative matrices");
+        assert!(ops::set_matmul_precision(MatmulPrecision::F16).is_err());
+        return None;
+    }
+    Some((device, precision_lock()))
+}
+
 const TRANSPOSES: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
 
 /// op(A)[.., M, K] · op(B)[.., K, N], each operand a view at an element offset of its storage.
@@ -208,13 +220,7 @@ fn to_f16(x: f32) -> f64 {
 /// product of the f16-rounded inputs, which differs from the exact one.
 #[test]
 fn coop_f16() {
-    let Some(device) = common::gpu() else { return };
-    if !ops::coop_matmul_supported() {
-        eprintln!("coop_f16 skipped: this GPU has no 16×16 f16 cooperative matrices");
-        assert!(ops::set_matmul_precision(MatmulPrecision::F16).is_err());
-        return;
-    }
-    let _lock = precision_lock();
+    let Some((device, _lock)) = coop_gpu("coop_f16") else { return };
     ops::set_matmul_precision(MatmulPrecision::F16).unwrap();
     let mut cases = Vec::new();
     for t in TRANSPOSES {
@@ -255,12 +261,7 @@ fn coop_f16() {
 /// version did that, and its relative error here was 1.4e-2 (now 2.2e-4, on an H100).
 #[test]
 fn coop_f16_cross_entropy() {
-    let Some(device) = common::gpu() else { return };
-    if !ops::coop_matmul_supported() {
-        eprintln!("coop_f16_cross_entropy skipped: this GPU has no 16×16 f16 cooperative matrices");
-        return;
-    }
-    let _lock = precision_lock();
+    let Some((device, _lock)) = coop_gpu("coop_f16_cross_entropy") else { return };
     let (n, v, c) = (8192, 4096, 16);
     let ht = Tensor::from_f32_on(&rand_vec(n * c, -1.0, 1.0, 41), &[n, c], device).unwrap().requires_grad_();
     let wt = Tensor::from_f32_on(&rand_vec(v * c, -1.0, 1.0, 42), &[v, c], device).unwrap().requires_grad_();
@@ -288,12 +289,7 @@ fn coop_f16_cross_entropy() {
 fn coop_f16_training() {
     use irontensor::nn::ModelConfig;
     use irontensor::train::{Trainer, TrainingConfig};
-    let Some(device) = common::gpu() else { return };
-    if !ops::coop_matmul_supported() {
-        eprintln!("coop_f16_training skipped: this GPU has no 16×16 f16 cooperative matrices");
-        return;
-    }
-    let _lock = precision_lock();
+    let Some((device, _lock)) = coop_gpu("coop_f16_training") else { return };
     let model = ModelConfig {
         vocab_size: 64,
         hidden_dim: 64,
@@ -348,12 +344,7 @@ fn coop_f16_training() {
 /// head dims.
 #[test]
 fn coop_f16_attention() {
-    let Some(device) = common::gpu() else { return };
-    if !ops::coop_matmul_supported() {
-        eprintln!("coop_f16_attention skipped: this GPU has no 16×16 f16 cooperative matrices");
-        return;
-    }
-    let _lock = precision_lock();
+    let Some((device, _lock)) = coop_gpu("coop_f16_attention") else { return };
     // (batch, query heads, kv heads, queries, keys, head dim, causal, [B, T, H, D] layout)
     let cases = [
         (2, 4, 2, 65, 65, 64, true, false),

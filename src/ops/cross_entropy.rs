@@ -31,7 +31,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: Option<u32
     })?;
     let x = logits.clone();
     // softmax_grad overwrites its input: it gets a copy of the caller's logits.
-    Ok(record(OP, loss, &[&logits], move |dy| Ok(vec![Some(softmax_grad(scale(&x, 1.0)?, 0, &lse, &rows, dy)?)])))
+    Ok(record(OP, loss, &[&logits], move |dy| Ok(vec![Some(softmax_grad(scale(&x, 1.0)?, &lse, &rows, dy)?)])))
 }
 
 /// `cross_entropy(hidden · weightᵀ, targets, ignore_index)` without the [N, V] logits:
@@ -230,9 +230,9 @@ fn row_loss_of(x: &Tensor, r0: usize, lse: &Tensor, row_loss: &Tensor, rows: &Ro
     )
 }
 
-/// d logits for x: [rows, V], batch rows r0.., given their log-sum-exp: (softmax - onehot)
-/// · scale · dy, written over x (a temporary the caller gives up).
-fn softmax_grad(x: Tensor, r0: usize, lse: &Tensor, rows: &Rows, dy: &Tensor) -> Result<Tensor> {
+/// d logits for x: [N, V], given their log-sum-exp: (softmax - onehot) · scale · dy, written over x
+/// (a temporary the caller gives up).
+fn softmax_grad(x: Tensor, lse: &Tensor, rows: &Rows, dy: &Tensor) -> Result<Tensor> {
     let &[n, cols] = x.shape() else { unreachable!("logits are 2-D") };
     let dy = float_input("cross_entropy backward", dy)?;
     on_device(
@@ -240,7 +240,7 @@ fn softmax_grad(x: Tensor, r0: usize, lse: &Tensor, rows: &Rows, dy: &Tensor) ->
         same_device("cross_entropy backward", &[&x, &dy])?,
         || {
             let (tr, lr) = (rows.targets.cpu(), lse.cpu());
-            let (tv, lv) = (&tr.u32()[r0..], &lr.f32()[r0..]);
+            let (tv, lv) = (tr.u32(), lr.f32());
             let g = dy.cpu().f32()[0] * rows.scale;
             let mut xw = x.cpu_mut();
             cpu::par_rows(xw.f32(), cols, |r, o| {
@@ -255,7 +255,7 @@ fn softmax_grad(x: Tensor, r0: usize, lse: &Tensor, rows: &Rows, dy: &Tensor) ->
         },
         || {
             let ctx = gpu::context()?;
-            let params = rows.params(&x, r0, 1, rows.scale, dy.offset());
+            let params = rows.params(&x, 0, 1, rows.scale, dy.offset());
             ctx.dispatch(
                 &KERNEL,
                 "softmax_grad",

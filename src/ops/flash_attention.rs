@@ -365,10 +365,11 @@ fn params(a: &AttnDims, causal: bool, offs: [usize; 7]) -> Vec<u32> {
     p
 }
 
-/// The kernel for these dims: the cooperative-matrix one when matmuls are f16 and it can read
-/// every input (at element `offsets`) as vec4s, else the FP32 one for the head dim.
+/// The kernel for these dims: the cooperative-matrix one when matmuls are f16 (which implies the
+/// GPU has the matrices) and it can read every input (at element `offsets`) as vec4s, else the
+/// FP32 one for the head dim.
 fn gpu_kernel(a: &AttnDims, offsets: &[usize]) -> &'static Kernel {
-    let coop = matmul_precision() == MatmulPrecision::F16 && gpu::context().is_ok_and(|c| c.coop_matmul);
+    let coop = matmul_precision() == MatmulPrecision::F16;
     if coop && a.d <= 64 && a.d.is_multiple_of(4) && offsets.iter().all(|o| o.is_multiple_of(4)) {
         &KERNEL_COOP
     } else if a.d <= 64 {

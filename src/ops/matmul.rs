@@ -144,7 +144,7 @@ fn k_splits(d: &Dims, tile: (usize, usize), target: usize) -> usize {
 /// dst's offset is 4-aligned; otherwise the product is made, then copied or added in.
 fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims, into: Option<(&Tensor, bool)>) -> Result<Tensor> {
     let ctx = gpu::context()?;
-    let coop = matmul_precision() == MatmulPrecision::F16 && ctx.coop_matmul;
+    let coop = matmul_precision() == MatmulPrecision::F16; // only where the GPU has the matrices
     let aligned = [d.m, d.n, d.k, a.offset(), b.offset()].iter().all(|v| v % 4 == 0);
     // K per split, a multiple of the kernel's step of 8; then the splits that covers.
     let split_at = if coop { (COOP_TILE, 256) } else { (TILE, 256) };

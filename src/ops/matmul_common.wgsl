@@ -11,7 +11,7 @@ struct Params {
     splits: u32,
     ks: u32, // K per split, a multiple of 8
     aligned: u32,
-    c_off: u32, // element offset of C (its 4-alignment is part of `aligned`)
+    c_off: u32, // element offset of C, a multiple of 4 (the host writes into C directly only then)
     acc: u32,   // 1: C += the product, else C = it
 }
 
