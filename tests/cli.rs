@@ -41,8 +41,7 @@ fn a_bad_device_name_is_a_clear_error() {
 
 /// A slice of TinyShakespeare and a tiny model config in `dir`: (data file, config file).
 fn tiny_setup(dir: &Path) -> (PathBuf, PathBuf) {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/tinyshakespeare.txt")).unwrap();
+    let text = std::fs::read_to_string(common::SHAKESPEARE).unwrap();
     std::fs::create_dir_all(dir).unwrap();
     let data = dir.join("slice.txt");
     std::fs::write(&data, &text[..40_000]).unwrap();

@@ -4,7 +4,7 @@ use irontensor::data::{download, sha256_file, TokenDataset, Tokenizer};
 use irontensor::rng::Rng;
 use std::path::{Path, PathBuf};
 
-const SHAKESPEARE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/tinyshakespeare.txt");
+const SHAKESPEARE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tinyshakespeare.txt");
 
 /// A fresh empty directory for one test, removed when dropped.
 struct TmpDir(PathBuf);
@@ -168,7 +168,7 @@ fn bad_files_give_clear_errors() {
 
 /// The first 200 KB of TinyShakespeare (cut at a char boundary; the file is ASCII).
 fn shakespeare_slice() -> String {
-    let text = std::fs::read_to_string(SHAKESPEARE).expect("shared/data/tinyshakespeare.txt");
+    let text = std::fs::read_to_string(SHAKESPEARE).expect("tests/data/tinyshakespeare.txt");
     text[..200_000].to_string()
 }
 
@@ -263,7 +263,7 @@ fn download_checks_size_and_hash() {
 #[test]
 fn tinyshakespeare_uses_the_file_in_place_and_its_hash_matches() {
     let dir = tmp_dir("shakespeare");
-    // The shared copy is the real file: the hard-coded size and hash describe it.
+    // The copy in tests/data is the real file: the hard-coded size and hash describe it.
     let src = Path::new(SHAKESPEARE);
     assert_eq!(std::fs::metadata(src).unwrap().len(), irontensor::data::TINYSHAKESPEARE_BYTES);
     assert_eq!(sha256_file(src).unwrap(), irontensor::data::TINYSHAKESPEARE_SHA256);

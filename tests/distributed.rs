@@ -41,8 +41,7 @@ fn workdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("irontensor-dist-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/tinyshakespeare.txt")).unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tinyshakespeare.txt")).unwrap();
     std::fs::write(dir.join("slice.txt"), &text[..40_000]).unwrap();
     let mut cfg = irontensor::ModelConfig::tiny();
     (cfg.vocab_size, cfg.hidden_dim, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_dim) =

@@ -304,7 +304,7 @@ fn coop_f16_training() {
         precision: irontensor::Precision::FP32,
         dropout: 0.0,
     };
-    let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/tinyshakespeare.txt")).unwrap();
+    let text = std::fs::read(common::SHAKESPEARE).unwrap();
     let ids: Vec<u32> = text[..64 * 33 * 40].iter().map(|&b| b as u32 % 64).collect();
     let mut curves = Vec::new();
     for precision in [MatmulPrecision::FP32, MatmulPrecision::F16] {

@@ -37,7 +37,7 @@ fn train_config(optimizer: OptimizerKind, lr: f32, steps: usize) -> TrainingConf
 
 /// (inputs, targets) of `batch` windows of `seq` bytes of TinyShakespeare, tokens = bytes % vocab.
 fn text_batch(offset: usize, batch: usize, seq: usize, vocab: u32) -> (Vec<u32>, Vec<u32>) {
-    let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/tinyshakespeare.txt")).unwrap();
+    let text = std::fs::read(common::SHAKESPEARE).unwrap();
     let (mut x, mut y) = (Vec::new(), Vec::new());
     for b in 0..batch {
         let start = offset + b * 997;

@@ -114,3 +114,6 @@ impl GradCheck<'_> {
         (out.to_vec(), g)
     }
 }
+
+/// The TinyShakespeare corpus kept in the repository (tests/data/README.md says where it is from).
+pub const SHAKESPEARE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tinyshakespeare.txt");
