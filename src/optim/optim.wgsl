@@ -9,7 +9,7 @@ struct Params {
     key: u32,      // round_sr: stochastic-rounding key
     segments: u32, // update: entries of `seg`
     bf16: u32,     // 1: w holds packed bf16
-    rule: u32,     // 0: Lion, 1: AdamW
+    rule: u32,     // RULE_LION or RULE_ADAMW
     lr: f32,
     b1: f32,
     b2: f32,
@@ -19,6 +19,10 @@ struct Params {
     use_ctl: u32,  // 1: the step control decides (ctl[0] scales g; ctl[1] == 0 skips the update)
     ctl_off: u32,  // element offset of the step control
 }
+
+// Update rules (p.rule): mod.rs's RuleCode, checked by tests/kernel_params.rs.
+const RULE_LION: u32 = 0u;
+const RULE_ADAMW: u32 = 1u;
 
 // One parameter of the update: element offsets of its weights, gradient and state in their
 // buffers, its length, weight decay and rounding key, and its first thread in the dispatch.
@@ -64,7 +68,7 @@ fn round_bf16(x: f32, r: u32) -> u32 {
 // the element's state.
 fn rule(sg: Segment, i: u32, wi: f32, gscale: f32) -> f32 {
     let gi = g[sg.g_off + i] * gscale;
-    if p.rule == 0u {
+    if p.rule == RULE_LION {
         let m = s[sg.s_off + i];
         let u = sign(p.b2 * m + (1.0 - p.b2) * gi);
         s[sg.s_off + i] = p.b1 * m + (1.0 - p.b1) * gi;
