@@ -72,7 +72,7 @@ pub fn fused_linear_cross_entropy(
 ) -> Result<Tensor> {
     let v = weight.shape().first().copied().unwrap_or(1).max(1);
     // A multiple of 64 rows: whole matmul tiles, and 4-aligned GPU matmuls, which alone split K
-    // (with 262 rows, seed-tiny's d hidden ran on 6 workgroups: its loss 10× slower on an H100).
+    // (other row counts leave the hidden gradient's matmul a few workgroups: docs/PERFORMANCE.md).
     let rows = match (1 << 23) / v {
         r if r >= 64 => r / 64 * 64,
         r => (r / 4 * 4).max(1),

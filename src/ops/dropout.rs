@@ -46,9 +46,8 @@ fn masked(op: &'static str, x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
             let xr = x.cpu();
             let xv = xr.f32();
             let mut out = vec![0.0; n];
-            // Over zipped slices, and the mask as bits (x·scale, or +0 where dropped): as a
-            // branch, a random one mispredicted a quarter of the time at p = 0.25, this ran 3×
-            // slower.
+            // Over zipped slices, and the mask as bits (x·scale, or +0 where dropped), not a
+            // branch, which a random mask mispredicts (docs/PERFORMANCE.md).
             out.par_chunks_mut(CHUNK).zip(xv.par_chunks(CHUNK)).enumerate().for_each(move |(c, (o, x))| {
                 let base = (c * CHUNK) as u32;
                 for ((o, &x), i) in o.iter_mut().zip(x).zip(base..) {

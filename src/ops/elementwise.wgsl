@@ -70,30 +70,27 @@ fn unary_df(op: u32, v: f32) -> f32 {
     }
 }
 
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * 256u + lid;
-}
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn unary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
-    let i = flat(wid, nwg, lid);
+    let i = flat_thread(wid, nwg, lid);
     if i >= p.n { return; }
     out[i] = unary_f(p.op, x[p.x_off + i]);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn unary_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
-    let i = flat(wid, nwg, lid);
+    let i = flat_thread(wid, nwg, lid);
     if i >= p.n { return; }
     out[i] = y[p.y_off + i] * unary_df(p.op, x[p.x_off + i]);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn binary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
-    let i = flat(wid, nwg, lid);
+    let i = flat_thread(wid, nwg, lid);
     if i >= p.n { return; }
     var ia = i;
     if p.nx != p.n { ia = i % p.nx; }
@@ -112,10 +109,10 @@ fn binary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 }
 
 // out[y_off + i] = out[y_off + i] op x[x_off + i % nx], in place (y_off: out's offset).
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn binary_into(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let i = flat(wid, nwg, lid);
+    let i = flat_thread(wid, nwg, lid);
     if i >= p.n { return; }
     let o = p.y_off + i;
     let b = x[p.x_off + i % p.nx];

@@ -157,9 +157,7 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
 
 /// How many K splits a GPU matmul of `d` gets when its output alone gives few workgroups: up to
 /// `target` workgroups of `tile` outputs, with at least 256 of K a split. Both kernels aim at ~256
-/// workgroups. (The f16 kernel's earlier 128×256 tiles on 256 threads ran one workgroup per SM and
-/// aimed at 128: 384×1152×16384 with 135 workgroups took 0.28 ms, with 120 0.19; its 128×128 tiles
-/// on 128 threads take 0.17 ms with 243.) Sweeps on the H100: docs/PERFORMANCE.md.
+/// workgroups, enough to fill a large GPU several times over. Measurements: docs/PERFORMANCE.md.
 fn k_splits(d: &Dims, tile: (usize, usize), target: usize) -> usize {
     let tiles = d.m.div_ceil(tile.0) * d.n.div_ceil(tile.1) * d.batch;
     if tiles >= target / 2 || d.k < 512 {

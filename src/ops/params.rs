@@ -48,14 +48,18 @@ pub(crate) fn to_u32(op: &str, what: &str, v: usize) -> crate::Result<u32> {
 
 /// `source` with the WGSL every kernel shares put in when its module is created: the workgroup
 /// size made from `ops::WG` (so Rust and WGSL agree), then prelude.wgsl. It goes after the
-/// source's leading `enable` directives, which WGSL wants first.
+/// source's leading `enable` directives, which WGSL wants before any declaration.
 pub fn with_prelude(source: &str) -> String {
-    let mut head = 0;
+    // The head: up to the last `enable` line before any declaration (comments may precede it).
+    let (mut head, mut at) = (0, 0);
     for line in source.split_inclusive('\n') {
-        if !line.starts_with("enable ") {
+        at += line.len();
+        let t = line.trim_start();
+        if t.starts_with("enable ") {
+            head = at;
+        } else if !(t.is_empty() || t.starts_with("//")) {
             break;
         }
-        head += line.len();
     }
     let (directives, rest) = source.split_at(head);
     format!("{directives}const WG: u32 = {}u;\n{}{rest}", super::WG, include_str!("prelude.wgsl"))

@@ -83,9 +83,6 @@ fn rule(sg: Segment, i: u32, wi: f32, gscale: f32) -> f32 {
     return w1 - p.lr * (m / p.bc1) / (sqrt(v) / p.bc2_sqrt + p.eps);
 }
 
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * 256u + lid;
-}
 
 // The segment that thread t belongs to: the last one starting at or before t.
 fn find(t: u32) -> Segment {
@@ -99,10 +96,10 @@ fn find(t: u32) -> Segment {
 }
 
 // Every parameter of the dispatch: one thread per f32 element, or per u32 word of bf16.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
-    let t = flat(wid, nwg, lid);
+    let t = flat_thread(wid, nwg, lid);
     if t >= p.n { return; }
     var gscale = 1.0;
     if p.use_ctl != 0u {
@@ -134,10 +131,10 @@ fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 }
 
 // Stochastic rounding of g (f32, at g_off) into w (packed bf16): one thread per output word.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn round_sr(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let t = flat(wid, nwg, lid);
+    let t = flat_thread(wid, nwg, lid);
     let i = 2u * t;
     if i >= p.n { return; }
     var bits = round_bf16(g[p.g_off + i], noise(p.key, i));
