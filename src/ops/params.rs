@@ -1,5 +1,20 @@
 //! Kernel parameters as typed structs, the checked u32 conversion they need, and the WGSL prelude.
 
+/// Field names and byte offsets of a kernel's params struct, for the test that compares them
+/// with the WGSL `Params` struct.
+#[derive(Debug)]
+pub struct ParamsLayout {
+    pub name: &'static str,
+    pub size: usize,
+    pub fields: &'static [(&'static str, usize)],
+}
+
+/// A kernel's uniform parameters: a `#[repr(C)]` Pod struct mirroring its WGSL `Params`
+/// (declared with `ops::params::kernel_params!`).
+pub trait KernelParams: bytemuck::Pod {
+    const LAYOUT: ParamsLayout;
+}
+
 /// Declares a kernel's params struct: `#[repr(C)]`, Pod, fields in the WGSL `Params` order, and
 /// a `KernelParams` layout (names and offsets) that tests/kernel_params.rs checks against the shader.
 macro_rules! kernel_params {

@@ -4,6 +4,7 @@ mod batch;
 mod cache;
 mod pool;
 
+pub use crate::ops::params::{KernelParams, ParamsLayout};
 pub use batch::CommandBatch;
 
 use crate::{Error, Result};
@@ -28,21 +29,6 @@ impl Kernel {
     pub fn wgsl(&self) -> String {
         crate::ops::with_prelude(self.source)
     }
-}
-
-/// Field names and byte offsets of a kernel's params struct, for the test that compares them
-/// with the WGSL `Params` struct.
-#[derive(Debug)]
-pub struct ParamsLayout {
-    pub name: &'static str,
-    pub size: usize,
-    pub fields: &'static [(&'static str, usize)],
-}
-
-/// A kernel's uniform parameters: a `#[repr(C)]` Pod struct mirroring its WGSL `Params`
-/// (declared with `ops::params::kernel_params!`).
-pub trait KernelParams: bytemuck::Pod {
-    const LAYOUT: ParamsLayout;
 }
 
 /// The WGSL of `kernel`: its built-in source, or, for kernel work on a machine without Rust,
