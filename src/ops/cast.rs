@@ -1,14 +1,24 @@
 //! Casts between FP32 and BF16 storage (round to nearest even). The gradient passes through as f32.
 
+use super::params::{kernel_params, to_u32};
 use super::{grid_for, on_device};
 use crate::autograd::record;
 use crate::device::cpu::CpuBuffer;
-use crate::device::gpu::{self, Kernel};
+use crate::device::gpu::{self, Kernel, KernelParams};
 use crate::{bail, Precision, Result, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
-pub(crate) static KERNEL: Kernel = Kernel { name: "cast", source: include_str!("cast.wgsl") };
+pub(crate) static KERNEL: Kernel =
+    Kernel { name: "cast", source: include_str!("cast.wgsl"), params: &CastParams::LAYOUT, codes: &[] };
+
+kernel_params! {
+    /// cast.wgsl's Params.
+    pub(crate) struct CastParams {
+        n: u32,
+        x_off: u32,
+    }
+}
 
 /// `x` converted to `to` (FP32 or BF16); the same tensor if it already is.
 pub fn cast(x: &Tensor, to: Precision) -> Result<Tensor> {
@@ -37,7 +47,7 @@ pub fn cast(x: &Tensor, to: Precision) -> Result<Tensor> {
         || {
             let ctx = gpu::context()?;
             let out = ctx.alloc((n * to.size_bytes()) as u64);
-            let params = [n as u32, x.offset() as u32];
+            let params = CastParams { n: to_u32("cast", "elements", n)?, x_off: to_u32("cast", "offset", x.offset())? };
             let (entry, threads) = match to {
                 Precision::BF16 => ("f32_to_bf16", n.div_ceil(2)),
                 _ => ("bf16_to_f32", n),

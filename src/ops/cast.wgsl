@@ -14,10 +14,10 @@ fn to_bf16(bits: u32) -> u32 {
 }
 
 // One thread per output word: two bf16 values.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn f32_to_bf16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let w = (wid.x + wid.y * nwg.x) * 256u + lid;
+    let w = flat_thread(wid, nwg, lid);
     let i = 2u * w;
     if i >= p.n { return; }
     let lo = to_bf16(x[p.x_off + i]);
@@ -26,10 +26,10 @@ fn f32_to_bf16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     out[w] = lo | (hi << 16u);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn bf16_to_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
+    let i = flat_thread(wid, nwg, lid);
     if i >= p.n { return; }
     let e = p.x_off + i;
     let word = x[e / 2u];

@@ -3,14 +3,35 @@
 
 use super::elementwise::mul_into;
 use super::matmul::matmul_into;
+use super::params::{kernel_params, to_u32};
 use super::{float_input, grid_for, matmul_t, on_device, same_device, scale, slice, sum_all};
 use crate::autograd::{is_grad_enabled, no_grad, record};
 use crate::device::cpu;
-use crate::device::gpu::{self, grid, Kernel};
+use crate::device::gpu::{self, grid, Kernel, KernelParams};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
 
-pub(crate) static KERNEL: Kernel = Kernel { name: "cross_entropy", source: include_str!("cross_entropy.wgsl") };
+pub(crate) static KERNEL: Kernel = Kernel {
+    name: "cross_entropy",
+    source: include_str!("cross_entropy.wgsl"),
+    params: &CrossEntropyParams::LAYOUT,
+    codes: &[],
+};
+
+kernel_params! {
+    /// cross_entropy.wgsl's Params.
+    pub(crate) struct CrossEntropyParams {
+        rows: u32,
+        cols: u32,
+        r0: u32,
+        x_off: u32,
+        t_off: u32,
+        flags: u32,
+        ignore: u32,
+        scale: f32,
+        dy_off: u32,
+    }
+}
 
 /// Mean over rows not ignored of -log softmax(logits)[target].
 /// logits: [N, V] (f32 or bf16), targets: u32 [N]; returns shape []. Targets >= V that are
@@ -51,7 +72,7 @@ pub fn fused_linear_cross_entropy(
 ) -> Result<Tensor> {
     let v = weight.shape().first().copied().unwrap_or(1).max(1);
     // A multiple of 64 rows: whole matmul tiles, and 4-aligned GPU matmuls, which alone split K
-    // (with 262 rows, seed-tiny's d hidden ran on 6 workgroups: its loss 10× slower on an H100).
+    // (other row counts leave the hidden gradient's matmul a few workgroups: docs/PERFORMANCE.md).
     let rows = match (1 << 23) / v {
         r if r >= 64 => r / 64 * 64,
         r => (r / 4 * 4).max(1),
@@ -162,19 +183,20 @@ impl Rows {
     }
 
     /// The kernels' Params for logits x from batch row r0, the gradient scaled by `scale`.
-    fn params(&self, x: &Tensor, r0: usize, flags: u32, scale: f32, dy_off: usize) -> [u32; 9] {
+    fn params(&self, x: &Tensor, r0: usize, flags: u32, scale: f32, dy_off: usize) -> Result<CrossEntropyParams> {
         let &[rows, cols] = x.shape() else { unreachable!("logits are 2-D") };
-        [
-            rows as u32,
-            cols as u32,
-            r0 as u32,
-            x.offset() as u32,
-            self.targets.offset() as u32,
+        let u = |what, v| to_u32("cross_entropy", what, v);
+        Ok(CrossEntropyParams {
+            rows: u("rows", rows)?,
+            cols: u("vocabulary", cols)?,
+            r0: u("first row", r0)?,
+            x_off: u("logits offset", x.offset())?,
+            t_off: u("targets offset", self.targets.offset())?,
             flags,
-            self.ignore,
-            scale.to_bits(),
-            dy_off as u32,
-        ]
+            ignore: self.ignore,
+            scale,
+            dy_off: u("dy offset", dy_off)?,
+        })
     }
 }
 
@@ -219,10 +241,10 @@ fn row_loss_of(x: &Tensor, r0: usize, lse: &Tensor, row_loss: &Tensor, rows: &Ro
         || {
             let ctx = gpu::context()?;
             let buffers = [x.gpu(), rows.targets.gpu(), lse.gpu(), row_loss.gpu()];
-            let params = rows.params(x, r0, 0, rows.scale, 0);
+            let params = rows.params(x, r0, 0, rows.scale, 0)?;
             ctx.dispatch(&KERNEL, "row_loss", &params, &buffers, grid(n as u32));
             if grad {
-                let params = rows.params(x, r0, 0, 1.0, 0); // unscaled: see above
+                let params = rows.params(x, r0, 0, 1.0, 0)?; // unscaled: see above
                 ctx.dispatch(&KERNEL, "softmax_grad", &params, &buffers, grid_for(n * cols));
             }
             Ok(())
@@ -255,7 +277,7 @@ fn softmax_grad(x: Tensor, lse: &Tensor, rows: &Rows, dy: &Tensor) -> Result<Ten
         },
         || {
             let ctx = gpu::context()?;
-            let params = rows.params(&x, 0, 1, rows.scale, dy.offset());
+            let params = rows.params(&x, 0, 1, rows.scale, dy.offset())?;
             ctx.dispatch(
                 &KERNEL,
                 "softmax_grad",

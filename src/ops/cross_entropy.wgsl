@@ -20,7 +20,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> aux: array<f32>; // row loss [batch rows], or dy
 
 const NEG_INF: u32 = 0xff800000u;
-var<workgroup> red: array<vec2<f32>, 256>;
+var<workgroup> red: array<vec2<f32>, WG>;
 
 // A running (max m, sum of exp(x - m)) with the value v folded in.
 fn fold(acc: vec2<f32>, v: f32) -> vec2<f32> {
@@ -35,28 +35,28 @@ fn merge(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
 }
 
 // One workgroup per row, one pass over it: its log-sum-exp and its loss (lse - x[target]) ·
-// scale. Four loads in flight per thread: with one (and a pass for the max, one for the sum),
-// this and softmax_grad took 115 us for seed-tiny's 256 rows of 32000 on an H100; now 57.
-@compute @workgroup_size(256)
+// scale. Four loads in flight per thread, to hide memory latency on long rows (measurements in
+// docs/PERFORMANCE.md).
+@compute @workgroup_size(WG)
 fn row_loss(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let r = wid.x + wid.y * nwg.x;
+    let r = flat_group(wid, nwg);
     if r >= p.rows { return; }
     let base = p.x_off + r * p.cols;
     var acc = vec2(bitcast<f32>(NEG_INF), 0.0);
     var j = lid;
-    for (; j + 768u < p.cols; j += 1024u) {
-        let v = vec4(x[base + j], x[base + j + 256u], x[base + j + 512u], x[base + j + 768u]);
+    for (; j + 3u * WG < p.cols; j += 4u * WG) {
+        let v = vec4(x[base + j], x[base + j + WG], x[base + j + 2u * WG], x[base + j + 3u * WG]);
         let m = max(acc.x, max(max(v.x, v.y), max(v.z, v.w)));
         let e = exp(v - vec4(m));
         acc = vec2(m, acc.y * exp(acc.x - m) + e.x + e.y + e.z + e.w);
     }
-    for (; j < p.cols; j += 256u) {
+    for (; j < p.cols; j += WG) {
         acc = fold(acc, x[base + j]);
     }
     red[lid] = acc;
     workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if lid < s { red[lid] = merge(red[lid], red[lid + s]); }
         workgroupBarrier();
     }
@@ -73,10 +73,10 @@ fn row_loss(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 }
 
 // x[r, j] <- (exp(x[r, j] - lse[r]) - [j == target[r]]) · scale (· dy); 0 on ignored rows.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn softmax_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
+    let i = flat_thread(wid, nwg, lid);
     if i >= p.rows * p.cols { return; }
     let b = p.r0 + i / p.cols;
     let j = i % p.cols;

@@ -1,14 +1,29 @@
 //! Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p).
 //! The mask is a hash of (seed, index), so backward recomputes it instead of storing it.
 
+use super::params::{kernel_params, to_u32};
 use super::{float_input, grid_for, on_device};
 use crate::autograd::record;
 use crate::device::cpu::CHUNK;
-use crate::device::gpu::{self, Kernel};
+use crate::device::gpu::{self, Kernel, KernelParams};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
 
-pub(crate) static KERNEL: Kernel = Kernel { name: "dropout", source: include_str!("dropout.wgsl") };
+pub(crate) static KERNEL: Kernel =
+    Kernel { name: "dropout", source: include_str!("dropout.wgsl"), params: &DropoutParams::LAYOUT, codes: &[] };
+
+kernel_params! {
+    /// dropout.wgsl's Params.
+    pub(crate) struct DropoutParams {
+        n: u32,
+        x_off: u32,
+        seed_lo: u32,
+        seed_hi: u32,
+        threshold: u32,
+        scale: f32,
+        vec: u32,
+    }
+}
 
 /// The same hash as dropout.wgsl.
 fn hash(i: u32, lo: u32, hi: u32) -> u32 {
@@ -31,9 +46,8 @@ fn masked(op: &'static str, x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
             let xr = x.cpu();
             let xv = xr.f32();
             let mut out = vec![0.0; n];
-            // Over zipped slices, and the mask as bits (x·scale, or +0 where dropped): as a
-            // branch, a random one mispredicted a quarter of the time at p = 0.25, this ran 3×
-            // slower.
+            // Over zipped slices, and the mask as bits (x·scale, or +0 where dropped), not a
+            // branch, which a random mask mispredicts (docs/PERFORMANCE.md).
             out.par_chunks_mut(CHUNK).zip(xv.par_chunks(CHUNK)).enumerate().for_each(move |(c, (o, x))| {
                 let base = (c * CHUNK) as u32;
                 for ((o, &x), i) in o.iter_mut().zip(x).zip(base..) {
@@ -47,7 +61,15 @@ fn masked(op: &'static str, x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
             let vec = n.is_multiple_of(4) && x.offset().is_multiple_of(4);
-            let params = [n as u32, x.offset() as u32, lo, hi, threshold, scale.to_bits(), vec as u32];
+            let params = DropoutParams {
+                n: to_u32("dropout", "elements", n)?,
+                x_off: to_u32("dropout", "offset", x.offset())?,
+                seed_lo: lo,
+                seed_hi: hi,
+                threshold,
+                scale,
+                vec: vec as u32,
+            };
             ctx.dispatch(&KERNEL, "dropout", &params, &[x.gpu(), &out], grid_for(n.div_ceil(4)));
             Ok(Tensor::from_gpu(out, x.shape(), Precision::FP32))
         },

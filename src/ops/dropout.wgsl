@@ -23,12 +23,12 @@ fn hash(i: u32) -> u32 {
     return h ^ (h >> 16u);
 }
 
-// Elements i .. i+3 a thread: one vec4 where p.vec allows (1.45× faster on an H100 than one element
-// a thread, which kept too few bytes in flight).
-@compute @workgroup_size(256)
+// Elements i .. i+3 a thread: one vec4 where p.vec allows, to keep more bytes in flight than one
+// element a thread (docs/PERFORMANCE.md).
+@compute @workgroup_size(WG)
 fn dropout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let i = 4u * ((wid.x + wid.y * nwg.x) * 256u + lid);
+    let i = 4u * flat_thread(wid, nwg, lid);
     if i >= p.n { return; }
     let keep = vec4(hash(i), hash(i + 1u), hash(i + 2u), hash(i + 3u)) >= vec4(p.threshold);
     if p.vec == 1u {

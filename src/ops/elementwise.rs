@@ -1,14 +1,33 @@
 //! Elementwise ops: unary maps, scale, and binary ops where the smaller operand's shape is a
 //! suffix of the larger's (it repeats, like a bias).
 
+use super::params::{kernel_params, op_codes, to_u32};
 use super::{float_input, grid_for, on_device, same_device, sum_to};
 use crate::autograd::record;
 use crate::device::cpu::{self, par_fill, CHUNK};
-use crate::device::gpu::{self, Kernel};
+use crate::device::gpu::{self, Kernel, KernelParams};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
 
-pub(crate) static KERNEL: Kernel = Kernel { name: "elementwise", source: include_str!("elementwise.wgsl") };
+pub(crate) static KERNEL: Kernel = Kernel {
+    name: "elementwise",
+    source: include_str!("elementwise.wgsl"),
+    params: &ElementwiseParams::LAYOUT,
+    codes: &[UnaryCode::WGSL, Binary::WGSL],
+};
+
+kernel_params! {
+    /// elementwise.wgsl's Params.
+    pub(crate) struct ElementwiseParams {
+        n: u32,
+        op: u32,
+        x_off: u32,
+        y_off: u32,
+        nx: u32,
+        ny: u32,
+        s: f32,
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 enum Unary {
@@ -29,18 +48,34 @@ fn gelu_u(v: f32) -> f32 {
     (GELU_C * (v + 0.044715 * v * v * v)).clamp(-15.0, 15.0)
 }
 
+op_codes! {
+    /// Unary op codes: `p.op` of the unary entry points (the WGSL's UNARY_* consts).
+    enum UnaryCode {
+        Neg = 0 => UNARY_NEG,
+        Exp = 1 => UNARY_EXP,
+        Log = 2 => UNARY_LOG,
+        Sqrt = 3 => UNARY_SQRT,
+        Rsqrt = 4 => UNARY_RSQRT,
+        Silu = 5 => UNARY_SILU,
+        Gelu = 6 => UNARY_GELU,
+        Relu = 7 => UNARY_RELU,
+        Scale = 8 => UNARY_SCALE,
+    }
+}
+
 impl Unary {
-    fn code(self) -> (u32, f32) {
+    /// The kernel's op code and scale factor.
+    fn code(self) -> (UnaryCode, f32) {
         match self {
-            Unary::Neg => (0, 0.0),
-            Unary::Exp => (1, 0.0),
-            Unary::Log => (2, 0.0),
-            Unary::Sqrt => (3, 0.0),
-            Unary::Rsqrt => (4, 0.0),
-            Unary::Silu => (5, 0.0),
-            Unary::Gelu => (6, 0.0),
-            Unary::Relu => (7, 0.0),
-            Unary::Scale(s) => (8, s),
+            Unary::Neg => (UnaryCode::Neg, 0.0),
+            Unary::Exp => (UnaryCode::Exp, 0.0),
+            Unary::Log => (UnaryCode::Log, 0.0),
+            Unary::Sqrt => (UnaryCode::Sqrt, 0.0),
+            Unary::Rsqrt => (UnaryCode::Rsqrt, 0.0),
+            Unary::Silu => (UnaryCode::Silu, 0.0),
+            Unary::Gelu => (UnaryCode::Gelu, 0.0),
+            Unary::Relu => (UnaryCode::Relu, 0.0),
+            Unary::Scale(s) => (UnaryCode::Scale, s),
         }
     }
 
@@ -124,7 +159,13 @@ fn unary_forward(name: &'static str, x: &Tensor, op: Unary) -> Result<Tensor> {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
             let (code, s) = op.code();
-            let params = [n as u32, code, x.offset() as u32, 0, 0, 0, s.to_bits()];
+            let params = ElementwiseParams {
+                n: to_u32("unary op", "elements", n)?,
+                op: code as u32,
+                x_off: to_u32("unary op", "offset", x.offset())?,
+                s,
+                ..Default::default()
+            };
             ctx.dispatch(&KERNEL, "unary", &params, &[x.gpu(), &out], grid_for(n));
             Ok(Tensor::from_gpu(out, x.shape(), Precision::FP32))
         },
@@ -149,7 +190,14 @@ fn unary_backward(x: &Tensor, dy: &Tensor, op: Unary) -> Result<Tensor> {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
             let (code, s) = op.code();
-            let params = [n as u32, code, x.offset() as u32, dy.offset() as u32, 0, 0, s.to_bits()];
+            let params = ElementwiseParams {
+                n: to_u32("unary backward", "elements", n)?,
+                op: code as u32,
+                x_off: to_u32("unary backward", "offset", x.offset())?,
+                y_off: to_u32("unary backward", "dy offset", dy.offset())?,
+                s,
+                ..Default::default()
+            };
             ctx.dispatch(&KERNEL, "unary_backward", &params, &[x.gpu(), &out, dy.gpu()], grid_for(n));
             Ok(Tensor::from_gpu(out, x.shape(), Precision::FP32))
         },
@@ -187,12 +235,14 @@ pub fn scale(x: &Tensor, s: f32) -> Result<Tensor> {
     unary("scale", x, Unary::Scale(s))
 }
 
-#[derive(Clone, Copy)]
-enum Binary {
-    Add,
-    Sub,
-    Mul,
-    Div,
+op_codes! {
+    /// Binary op codes: `p.op` of the binary entry points (the WGSL's BINARY_* consts).
+    enum Binary {
+        Add = 0 => BINARY_ADD,
+        Sub = 1 => BINARY_SUB,
+        Mul = 2 => BINARY_MUL,
+        Div = 3 => BINARY_DIV,
+    }
 }
 
 impl Binary {
@@ -234,7 +284,15 @@ fn binary(name: &'static str, a: &Tensor, b: &Tensor, op: Binary) -> Result<Tens
         || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
-            let params = [n as u32, op as u32, a.offset() as u32, b.offset() as u32, na as u32, nb as u32, 0];
+            let params = ElementwiseParams {
+                n: to_u32(name, "elements", n)?,
+                op: op as u32,
+                x_off: to_u32(name, "offset", a.offset())?,
+                y_off: to_u32(name, "offset", b.offset())?,
+                nx: to_u32(name, "elements", na)?,
+                ny: to_u32(name, "elements", nb)?,
+                s: 0.0,
+            };
             ctx.dispatch(&KERNEL, "binary", &params, &[a.gpu(), &out, b.gpu()], grid_for(n));
             Ok(Tensor::from_gpu(out, &shape, Precision::FP32))
         },
@@ -277,7 +335,14 @@ fn binary_into(dst: &Tensor, b: &Tensor, op: Binary) -> Result<()> {
         },
         || {
             let ctx = gpu::context()?;
-            let params = [n as u32, op as u32, b.offset() as u32, dst.offset() as u32, nb as u32, 0, 0];
+            let params = ElementwiseParams {
+                n: to_u32("binary_into", "elements", n)?,
+                op: op as u32,
+                x_off: to_u32("binary_into", "offset", b.offset())?,
+                y_off: to_u32("binary_into", "destination offset", dst.offset())?,
+                nx: to_u32("binary_into", "elements", nb)?,
+                ..Default::default()
+            };
             ctx.dispatch(&KERNEL, "binary_into", &params, &[b.gpu(), dst.gpu()], grid_for(n));
             Ok(())
         },

@@ -1,12 +1,25 @@
 //! Token embedding: rows of a [V, C] weight picked by u32 ids; the backward scatter-adds into dweight.
 
+use super::params::{kernel_params, to_u32};
 use super::{float_input, grid_for, on_device, same_device};
 use crate::autograd::record;
 use crate::device::cpu::par_rows;
-use crate::device::gpu::{self, Kernel};
+use crate::device::gpu::{self, Kernel, KernelParams};
 use crate::{bail, Precision, Result, Tensor};
 
-pub(crate) static KERNEL: Kernel = Kernel { name: "embedding", source: include_str!("embedding.wgsl") };
+pub(crate) static KERNEL: Kernel =
+    Kernel { name: "embedding", source: include_str!("embedding.wgsl"), params: &EmbeddingParams::LAYOUT, codes: &[] };
+
+kernel_params! {
+    /// embedding.wgsl's Params.
+    pub(crate) struct EmbeddingParams {
+        n: u32,
+        cols: u32,
+        idx_off: u32,
+        src_off: u32,
+        bf16: u32,
+    }
+}
 
 /// ids: u32 [..], weight: [V, C] (F32 or BF16) -> [.., C] (f32). Ids >= V are an error,
 /// checked on the host before any kernel runs (ids uploaded from the host are checked on that
@@ -68,13 +81,13 @@ fn gather(ids: &Tensor, weight: &Tensor, out_shape: &[usize], c: usize) -> Resul
         || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
-            let params = [
-                n as u32,
-                c as u32,
-                ids.offset() as u32,
-                weight.offset() as u32,
-                (weight.dtype() == Precision::BF16) as u32,
-            ];
+            let params = EmbeddingParams {
+                n: to_u32("embedding", "elements", n)?,
+                cols: to_u32("embedding", "cols", c)?,
+                idx_off: to_u32("embedding", "ids offset", ids.offset())?,
+                src_off: to_u32("embedding", "weight offset", weight.offset())?,
+                bf16: (weight.dtype() == Precision::BF16) as u32,
+            };
             ctx.dispatch(&KERNEL, "gather", &params, &[ids.gpu(), weight.gpu(), &out], grid_for(n));
             Ok(Tensor::from_gpu(out, out_shape, Precision::FP32))
         },
@@ -128,7 +141,12 @@ fn scatter_add(dy: &Tensor, ids: &[u32], v: usize, c: usize) -> Result<Tensor> {
             let dweight = ctx.alloc(n as u64 * 4);
             let order = ctx.upload(bytemuck::cast_slice(&order));
             let starts = ctx.upload(bytemuck::cast_slice(&starts));
-            let params = [n as u32, c as u32, 0, dy.offset() as u32, 0];
+            let params = EmbeddingParams {
+                n: to_u32("embedding backward", "elements", n)?,
+                cols: to_u32("embedding backward", "cols", c)?,
+                src_off: to_u32("embedding backward", "dy offset", dy.offset())?,
+                ..Default::default()
+            };
             ctx.dispatch(&KERNEL, "scatter_add", &params, &[&order, dy.gpu(), &dweight, &starts], grid_for(n));
             Ok(Tensor::from_gpu(dweight, &[v, c], Precision::FP32))
         },

@@ -13,15 +13,12 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<storage, read> starts: array<u32>; // [V + 1]: tokens of id v are idx[starts[v]..starts[v+1]]
 
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * 256u + lid;
-}
 
 // out[tok, c] = weight[ids[tok], c]
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
-    let i = flat(wid, nwg, lid);
+    let i = flat_thread(wid, nwg, lid);
     if i >= p.n { return; }
     let e = p.src_off + idx[p.idx_off + i / p.cols] * p.cols + i % p.cols;
     if p.bf16 == 1u {
@@ -34,10 +31,10 @@ fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 
 // dweight[v, c] = Σ dy[tok, c] over the tokens with id v, in token order. One thread per
 // (v, c) writes its element once (zero if v is absent): no atomics, no races.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn scatter_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let i = flat(wid, nwg, lid);
+    let i = flat_thread(wid, nwg, lid);
     if i >= p.n { return; }
     let v = i / p.cols;
     let c = i % p.cols;

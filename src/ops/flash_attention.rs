@@ -2,49 +2,18 @@
 //! backward recomputes the scores tile by tile from the saved log-sum-exp.
 
 use super::attention::{attention_dims_in, AttnDims};
-use super::{float_input, matmul_precision, on_device, permute, MatmulPrecision};
+use super::flash_attention_gpu::{gpu_backward, gpu_forward};
+// The registry (`ops::kernels`) names the kernels here.
+pub(crate) use super::flash_attention_gpu::{KERNEL_128, KERNEL_64, KERNEL_COOP};
+use super::{float_input, on_device, permute};
 use crate::autograd::record;
 use crate::device::cpu;
-use crate::device::gpu::{self, Kernel};
-use crate::device::Storage;
-use crate::{bail, Device, Precision, Result, Tensor};
+use crate::{bail, Device, Result, Tensor};
 use rayon::prelude::*;
-use std::sync::Arc;
-
-/// The kernels with rows padded to 64 and to 128 columns (the WGSL's DH).
-pub(crate) static KERNEL_64: Kernel = Kernel {
-    name: "flash_attention_64",
-    source: concat!(
-        "const DH: u32 = 64u;\n",
-        include_str!("flash_attention_common.wgsl"),
-        include_str!("flash_attention.wgsl")
-    ),
-};
-pub(crate) static KERNEL_128: Kernel = Kernel {
-    name: "flash_attention_128",
-    source: concat!(
-        "const DH: u32 = 128u;\n",
-        include_str!("flash_attention_common.wgsl"),
-        include_str!("flash_attention.wgsl")
-    ),
-};
-
-/// The cooperative-matrix kernels (f16 products on tensor cores, see `MatmulPrecision::F16`), for
-/// head dims up to 64 with 4-aligned rows.
-pub(crate) static KERNEL_COOP: Kernel = Kernel {
-    name: "flash_attention_coop",
-    source: concat!(
-        "enable f16;\nenable wgpu_cooperative_matrix;\n",
-        include_str!("flash_attention_common.wgsl"),
-        include_str!("flash_attention_coop.wgsl")
-    ),
-};
 
 /// CPU tile: queries × keys per block.
 const BQ: usize = 64;
 const BK: usize = 64;
-/// Rows a GPU workgroup owns (queries; keys for dK/dV; BR in the WGSL).
-const GPU_ROWS: usize = 64;
 /// Largest head dim of the GPU kernels (their rows are padded to 64 or 128 columns).
 const GPU_MAX_D: usize = 128;
 
@@ -337,105 +306,4 @@ fn cpu_backward(
         }
     });
     (Tensor::cpu_f32(dq, q.shape()), Tensor::cpu_f32(dk, k.shape()), Tensor::cpu_f32(dv, v.shape()))
-}
-
-/// Uniform parameters shared by the kernels (see Params in the WGSL): sizes, then element
-/// offsets of q, k, v, dO, LSE, aux (binding order: aux before LSE), where the second output starts
-/// in `out`, and the layout's strides.
-fn params(a: &AttnDims, causal: bool, offs: [usize; 7]) -> Vec<u32> {
-    let scale = 1.0 / (a.d as f32).sqrt();
-    let mut p = vec![
-        a.b as u32,
-        a.hq as u32,
-        a.hkv as u32,
-        a.tq as u32,
-        a.tk as u32,
-        a.d as u32,
-        causal as u32,
-        a.shift() as u32,
-        scale.to_bits(),
-    ];
-    p.extend(offs.map(|o| o as u32));
-    // Head and position strides of q-shaped and kv-shaped tensors.
-    let ((q_hs, q_rs), (kv_hs, kv_rs)) = match a.bthd {
-        true => ((a.d, a.hq * a.d), (a.d, a.hkv * a.d)),
-        false => ((a.tq * a.d, a.d), (a.tk * a.d, a.d)),
-    };
-    p.extend([q_hs, q_rs, kv_hs, kv_rs].map(|s| s as u32));
-    p
-}
-
-/// The kernel for these dims: the cooperative-matrix one when matmuls are f16 (which implies the
-/// GPU has the matrices) and it can read every input (at element `offsets`) as vec4s, else the
-/// FP32 one for the head dim.
-fn gpu_kernel(a: &AttnDims, offsets: &[usize]) -> &'static Kernel {
-    let coop = matmul_precision() == MatmulPrecision::F16;
-    if coop && a.d <= 64 && a.d.is_multiple_of(4) && offsets.iter().all(|o| o.is_multiple_of(4)) {
-        &KERNEL_COOP
-    } else if a.d <= 64 {
-        &KERNEL_64
-    } else {
-        &KERNEL_128
-    }
-}
-
-fn check_grid(groups: [u32; 3]) -> Result<()> {
-    if groups.iter().any(|&g| g > 65535) {
-        bail!(Shape, "flash_attention: workgroup grid {groups:?} exceeds the GPU's 65535 per dim");
-    }
-    Ok(())
-}
-
-// Each entry writes one buffer, so two outputs share it: O then LSE in the forward, dQ then
-// delta in the first backward kernel, dK then dV in the second.
-fn gpu_forward(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, causal: bool) -> Result<(Tensor, Tensor)> {
-    let ctx = gpu::context()?;
-    let rows = a.b * a.hq * a.tq;
-    let out = ctx.alloc((rows * a.d + rows) as u64 * 4);
-    let offs = [q.offset(), k.offset(), v.offset(), 0, 0, 0, rows * a.d];
-    let groups = [a.tq.div_ceil(GPU_ROWS) as u32, a.hq as u32, a.b as u32];
-    check_grid(groups)?;
-    // The forward reads no dO or aux, but its loads share one switch with the backward's, so q
-    // stands in.
-    let bufs = [q.gpu(), k.gpu(), v.gpu(), &out, q.gpu(), q.gpu()];
-    let kernel = gpu_kernel(&a, &[q.offset(), k.offset(), v.offset()]);
-    ctx.dispatch(kernel, "forward", &params(&a, causal, offs), &bufs, groups);
-    let out = Storage::Gpu(Arc::new(out));
-    Ok((
-        Tensor::from_storage(out.clone(), 0, q.shape(), Precision::FP32),
-        Tensor::from_storage(out, rows * a.d, &[a.b, a.hq, a.tq], Precision::FP32),
-    ))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn gpu_backward(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    o: &Tensor,
-    dout: &Tensor,
-    lse: &Tensor,
-    a: AttnDims,
-    causal: bool,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let ctx = gpu::context()?;
-    let (nq, nk) = (q.numel(), k.numel());
-    let (dq, dkv) = (ctx.alloc((nq + a.b * a.hq * a.tq) as u64 * 4), ctx.alloc(2 * nk as u64 * 4));
-    let offs = |aux_off, out2| [q.offset(), k.offset(), v.offset(), dout.offset(), lse.offset(), aux_off, out2];
-    let groups = [a.tq.div_ceil(GPU_ROWS) as u32, a.hq as u32, a.b as u32];
-    check_grid(groups)?;
-    let bufs = [q.gpu(), k.gpu(), v.gpu(), &dq, dout.gpu(), o.gpu(), lse.gpu()];
-    let kernel = gpu_kernel(&a, &[q.offset(), k.offset(), v.offset(), dout.offset(), o.offset()]);
-    ctx.dispatch(kernel, "backward_dq", &params(&a, causal, offs(o.offset(), nq)), &bufs, groups);
-    // dK and dV read delta from after dQ.
-    let groups = [a.tk.div_ceil(GPU_ROWS) as u32, a.hkv as u32, a.b as u32];
-    check_grid(groups)?;
-    let bufs = [q.gpu(), k.gpu(), v.gpu(), &dkv, dout.gpu(), &dq, lse.gpu()];
-    ctx.dispatch(kernel, "backward_dkdv", &params(&a, causal, offs(nq, nk)), &bufs, groups);
-    let dkv = Storage::Gpu(Arc::new(dkv));
-    Ok((
-        Tensor::from_storage(Storage::Gpu(Arc::new(dq)), 0, q.shape(), Precision::FP32),
-        Tensor::from_storage(dkv.clone(), 0, k.shape(), Precision::FP32),
-        Tensor::from_storage(dkv, nk, v.shape(), Precision::FP32),
-    ))
 }

@@ -203,8 +203,8 @@ fn scores(x: Pair, y: Pair, two: bool, nb: u32, ia: u32, ib: u32, lid: u32) -> T
             f = fetch_t(x, nb, c0 + DC, lid);
             if two { g = fetch_t(y, nb, c0 + DC, lid); }
         }
-        // Four columns per iteration: the H100's driver does not unroll this loop, and the
-        // forward ran 17% slower with one.
+        // Four columns per iteration: some drivers (the H100's) do not unroll this loop
+        // themselves (docs/PERFORMANCE.md).
         for (var c = 0u; c < DC; c += 4u) {
             s = score_col(s, c, w, two, nb, ia, ib);
             s = score_col(s, c + 1u, w, two, nb, ia, ib);

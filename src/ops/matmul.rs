@@ -1,19 +1,48 @@
 //! Batched matrix multiply with transpose flags: CPU through `gemm`, GPU through register-blocked
 //! WGSL SGEMMs (matmul.wgsl, matmul_wide.wgsl), or (opt-in) f16 cooperative matrices.
 
+use super::params::{kernel_params, to_u32};
 use super::{float_input, on_device, same_device, sum_to};
 use crate::autograd::record;
-use crate::device::gpu::{self, Kernel};
+use crate::device::gpu::{self, Kernel, KernelParams};
 use crate::{bail, Precision, Result, Tensor};
 use std::sync::atomic::{AtomicU8, Ordering};
 
-pub(crate) static KERNEL: Kernel =
-    Kernel { name: "matmul", source: concat!(include_str!("matmul_common.wgsl"), include_str!("matmul.wgsl")) };
+pub(crate) static KERNEL: Kernel = Kernel {
+    name: "matmul",
+    source: concat!(include_str!("matmul_common.wgsl"), include_str!("matmul.wgsl")),
+    params: &MatmulParams::LAYOUT,
+    codes: &[],
+};
 pub(crate) static WIDE_KERNEL: Kernel = Kernel {
     name: "matmul_wide",
     source: concat!(include_str!("matmul_common.wgsl"), include_str!("matmul_wide.wgsl")),
+    params: &MatmulParams::LAYOUT,
+    codes: &[],
 };
-pub(crate) static COOP_KERNEL: Kernel = Kernel { name: "matmul_coop", source: include_str!("matmul_coop.wgsl") };
+pub(crate) static COOP_KERNEL: Kernel =
+    Kernel { name: "matmul_coop", source: include_str!("matmul_coop.wgsl"), params: &MatmulParams::LAYOUT, codes: &[] };
+
+kernel_params! {
+    /// The Params of matmul_common.wgsl and matmul_coop.wgsl (the SGEMMs ignore ta and tb:
+    /// their entry point is the transpose).
+    pub(crate) struct MatmulParams {
+        m: u32,
+        n: u32,
+        k: u32,
+        a_off: u32,
+        b_off: u32,
+        a_bs: u32,
+        b_bs: u32,
+        ta: u32,
+        tb: u32,
+        aligned: u32,
+        splits: u32,
+        ks: u32,
+        c_off: u32,
+        acc: u32,
+    }
+}
 
 /// Output tile of one workgroup, (rows, columns): the SGEMM's, the wide SGEMM's and the
 /// cooperative kernel's.
@@ -128,9 +157,7 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
 
 /// How many K splits a GPU matmul of `d` gets when its output alone gives few workgroups: up to
 /// `target` workgroups of `tile` outputs, with at least 256 of K a split. Both kernels aim at ~256
-/// workgroups. (The f16 kernel's earlier 128×256 tiles on 256 threads ran one workgroup per SM and
-/// aimed at 128: 384×1152×16384 with 135 workgroups took 0.28 ms, with 120 0.19; its 128×128 tiles
-/// on 128 threads take 0.17 ms with 243.) Sweeps on the H100: docs/PERFORMANCE.md.
+/// workgroups, enough to fill a large GPU several times over. Measurements: docs/PERFORMANCE.md.
 fn k_splits(d: &Dims, tile: (usize, usize), target: usize) -> usize {
     let tiles = d.m.div_ceil(tile.0) * d.n.div_ceil(tile.1) * d.batch;
     if tiles >= target / 2 || d.k < 512 {
@@ -178,18 +205,31 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims, into: Option
         (_, Some((dst, acc))) => (dst.gpu(), dst.offset(), acc),
         (buf, None) => (buf.as_ref().expect("a fresh buffer unless written into dst"), 0, false),
     };
-    let (ao, bo) = (a.offset(), b.offset());
+    let u = |what, v| to_u32("matmul", what, v);
+    let params = MatmulParams {
+        m: u("rows", d.m)?,
+        n: u("columns", d.n)?,
+        k: u("inner dim", d.k)?,
+        a_off: u("a offset", a.offset())?,
+        b_off: u("b offset", b.offset())?,
+        a_bs: u("a batch stride", d.a_bs)?,
+        b_bs: u("b batch stride", d.b_bs)?,
+        ta: ta as u32,
+        tb: tb as u32,
+        aligned: aligned as u32,
+        splits: u("splits", splits)?,
+        ks: u("split length", ks)?,
+        c_off: u("output offset", c_off)?,
+        acc: acc as u32,
+    };
     let buffers = [a.gpu(), b.gpu(), out];
     let groups = groups.map(|g| g as u32);
     if coop {
-        let (ta, tb, aligned, acc) = (ta as usize, tb as usize, aligned as usize, acc as usize);
-        let params = [d.m, d.n, d.k, ao, bo, d.a_bs, d.b_bs, ta, tb, aligned, splits, ks, c_off, acc];
-        ctx.dispatch(&COOP_KERNEL, "matmul_coop", &params.map(|v| v as u32), &buffers, groups);
+        ctx.dispatch(&COOP_KERNEL, "matmul_coop", &params, &buffers, groups);
     } else {
         // One entry point per transpose combination, each compiled to its own addressing.
         let entry = [["matmul_nn", "matmul_nt"], ["matmul_tn", "matmul_tt"]][ta as usize][tb as usize];
-        let params = [d.m, d.n, d.k, ao, bo, d.a_bs, d.b_bs, splits, ks, aligned as usize, c_off, acc as usize];
-        ctx.dispatch(if wide { &WIDE_KERNEL } else { &KERNEL }, entry, &params.map(|v| v as u32), &buffers, groups);
+        ctx.dispatch(if wide { &WIDE_KERNEL } else { &KERNEL }, entry, &params, &buffers, groups);
     }
     let Some(out) = fresh else { return Ok(direct.expect("written into dst").0.clone()) };
     let out = Tensor::from_gpu(out, &[splits, d.batch * d.m * d.n], Precision::FP32);

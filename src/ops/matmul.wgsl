@@ -4,8 +4,8 @@
 // a step: the next step's tiles are loaded into registers while this one's are multiplied).
 // The k loop is written out (`fma_k(buf, 0u)` .. `fma_k(buf, 7u)`, accumulators in
 // `var<private>`): a WGSL loop gets wgpu's loop bounding when bounds checks are on, which kept
-// the driver from unrolling it (this layout measured 1.45× the looped kernel at 4096³ on the
-// H200, and 1.5–1.9× on weight-gradient shapes). Load offsets are computed once per workgroup.
+// the driver from unrolling it (measurements: docs/PERFORMANCE.md). Load offsets are computed
+// once per workgroup.
 // When the matrices' rows and offsets are multiples of 4 floats (`p.aligned`), every global read
 // and write is a vec4; otherwise the same kernel reads and writes scalars.
 // Split-K: split s multiplies K range [s·ks, s·ks + ks) into its own slice of C, [splits, batch,

@@ -8,9 +8,11 @@ struct Params {
     b_off: u32,
     a_bs: u32, // batch strides in elements (0 = shared across the batch)
     b_bs: u32,
+    ta: u32, // A is stored [K, M]: read by matmul_coop.wgsl only (here the entry point says it),
+    tb: u32, // B is stored [N, K]: kept so every matmul kernel shares one Params (MatmulParams)
+    aligned: u32,
     splits: u32,
     ks: u32, // K per split, a multiple of 8
-    aligned: u32,
     c_off: u32, // element offset of C, a multiple of 4 (the host writes into C directly only then)
     acc: u32,   // 1: C += the product, else C = it
 }

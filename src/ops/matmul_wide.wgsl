@@ -2,13 +2,14 @@
 // K split): same Params, bindings, entry points and results as matmul.wgsl, with a 128×256 tile
 // of C per workgroup of 256 threads, 8×16 outputs per thread, and K in steps of 16 (one shared
 // buffer, two barriers a step, the next step's tiles prefetched into registers; the k loop written
-// out as `fma_k(0u)` .. `fma_k(15u)`, see matmul.wgsl). On the H200 it measured 38.3 TFLOP/s at
-// 4096³ against matmul.wgsl's 32.8, and 5–12% more on the training shapes with A untransposed;
-// on transposed-A shapes (weight gradients) it was slower, so those stay with matmul.wgsl.
+// out as `fma_k(0u)` .. `fma_k(15u)`, see matmul.wgsl). It is the faster of the two where A is
+// untransposed; on transposed-A shapes (weight gradients) it was slower, so those stay with
+// matmul.wgsl (measurements: docs/PERFORMANCE.md).
 // A split's K range (a multiple of 8) may end in a half step, which takes the checked loads.
 const BM: u32 = 128u;
 const BN: u32 = 256u;
 const BK: u32 = 16u;
+const NT: u32 = 256u; // threads a workgroup: one per 8×16 outputs of the tile
 
 // k-major tiles As[k][m / 4], Bs[k][n / 4], each row padded by one vec4 so the transposing
 // scalar stores of a K-contiguous operand hit distinct banks.
@@ -176,25 +177,25 @@ fn gemm(wid: vec3<u32>, nz: u32, li: u32, ta: bool, tb: bool) {
     store_row(c_base, row0 + 67u, col0, c7_0, c7_1, c7_2, c7_3);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(NT)
 fn matmul_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) li: u32) {
     gemm(wid, nwg.z, li, false, false);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(NT)
 fn matmul_tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) li: u32) {
     gemm(wid, nwg.z, li, true, false);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(NT)
 fn matmul_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) li: u32) {
     gemm(wid, nwg.z, li, false, true);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(NT)
 fn matmul_tt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) li: u32) {
     gemm(wid, nwg.z, li, true, true);

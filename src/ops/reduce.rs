@@ -1,13 +1,47 @@
 //! Reductions: sum / mean / max over the last dim and over everything, and column sums.
 
+use super::params::{kernel_params, to_u32};
 use super::{float_input, grid_for, on_device};
 use crate::autograd::{no_backward, record};
 use crate::device::cpu::{par_rows, CpuBuffer, CHUNK};
-use crate::device::gpu::{self, grid, Kernel};
+use crate::device::gpu::{self, grid, Kernel, KernelParams};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
 
-pub(crate) static KERNEL: Kernel = Kernel { name: "reduce", source: include_str!("reduce.wgsl") };
+pub(crate) static KERNEL: Kernel =
+    Kernel { name: "reduce", source: include_str!("reduce.wgsl"), params: &ReduceParams::LAYOUT, codes: &[] };
+
+kernel_params! {
+    /// reduce.wgsl's Params.
+    pub(crate) struct ReduceParams {
+        rows: u32,
+        cols: u32,
+        n: u32,
+        x_off: u32,
+        scale: f32,
+        block: u32,
+    }
+}
+
+/// The params of `op`: `n` elements of x from `x_off`, as `rows` of `cols`.
+fn params(
+    op: &str,
+    rows: usize,
+    cols: usize,
+    n: usize,
+    x_off: usize,
+    scale: f32,
+    block: usize,
+) -> Result<ReduceParams> {
+    Ok(ReduceParams {
+        rows: to_u32(op, "rows", rows)?,
+        cols: to_u32(op, "cols", cols)?,
+        n: to_u32(op, "elements", n)?,
+        x_off: to_u32(op, "offset", x_off)?,
+        scale,
+        block: to_u32(op, "block", block)?,
+    })
+}
 
 fn last_dim(op: &str, x: &Tensor) -> Result<(usize, usize)> {
     match x.shape().last() {
@@ -34,7 +68,7 @@ fn row_sums(op: &'static str, x: &Tensor, rows: usize, cols: usize, scale: f32) 
         || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(rows as u64 * 4);
-            let params = [rows as u32, cols as u32, x.numel() as u32, x.offset() as u32, scale.to_bits()];
+            let params = params("sum", rows, cols, x.numel(), x.offset(), scale, 0)?;
             ctx.dispatch(&KERNEL, "row_sum", &params, &[x.gpu(), &out], grid(rows as u32));
             Ok(Tensor::from_gpu(out, &[rows], Precision::FP32))
         },
@@ -57,7 +91,7 @@ fn expand(op: &'static str, dy: &Tensor, shape: &[usize], cols: usize, scale: f3
         || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
-            let params = [0, cols as u32, n as u32, dy.offset() as u32, scale.to_bits()];
+            let params = params("sum backward", 0, cols, n, dy.offset(), scale, 0)?;
             ctx.dispatch(&KERNEL, "expand", &params, &[dy.gpu(), &out], grid_for(n));
             Ok(Tensor::from_gpu(out, shape, Precision::FP32))
         },
@@ -140,7 +174,7 @@ pub fn max(x: &Tensor) -> Result<Tensor> {
         || {
             let ctx = gpu::context()?;
             let (out, idx) = (ctx.alloc(rows as u64 * 4), ctx.alloc(rows as u64 * 4));
-            let params = [rows as u32, cols as u32, x.numel() as u32, x.offset() as u32, 0];
+            let params = params("max", rows, cols, x.numel(), x.offset(), 0.0, 0)?;
             ctx.dispatch(&KERNEL, "row_max", &params, &[x.gpu(), &out, &idx], grid(rows as u32));
             Ok((Tensor::from_gpu(out, out_shape, Precision::FP32), Tensor::from_gpu(idx, &[rows], Precision::U32)))
         },
@@ -164,7 +198,7 @@ fn max_backward(dy: &Tensor, idx: &Tensor, shape: &[usize], cols: usize) -> Resu
         || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
-            let params = [0, cols as u32, n as u32, dy.offset() as u32, 0];
+            let params = params("max backward", 0, cols, n, dy.offset(), 0.0, 0)?;
             ctx.dispatch(&KERNEL, "max_backward", &params, &[dy.gpu(), &out, idx.gpu()], grid_for(n));
             Ok(Tensor::from_gpu(out, shape, Precision::FP32))
         },
@@ -204,18 +238,18 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
         || {
             // Many rows: first blocks of 32 rows in parallel, then the block sums.
             let ctx = gpu::context()?;
-            let col_sum = |x: &Tensor, rows: usize, block: usize| {
+            let col_sum = |x: &Tensor, rows: usize, block: usize| -> Result<Tensor> {
                 let out_rows = rows.div_ceil(block).max(1);
                 let out = ctx.alloc((out_rows * cols) as u64 * 4);
-                let params = [rows as u32, cols as u32, x.numel() as u32, x.offset() as u32, 0, block as u32];
+                let params = params("sum_rows", rows, cols, x.numel(), x.offset(), 0.0, block)?;
                 ctx.dispatch(&KERNEL, "col_sum", &params, &[x.gpu(), &out], grid_for(out_rows * cols));
-                Tensor::from_gpu(out, &[out_rows, cols], Precision::FP32)
+                Ok(Tensor::from_gpu(out, &[out_rows, cols], Precision::FP32))
             };
             let (x, rows) = match rows > 64 {
-                true => (col_sum(&x, rows, 32), rows.div_ceil(32)),
+                true => (col_sum(&x, rows, 32)?, rows.div_ceil(32)),
                 false => (x.clone(), rows),
             };
-            col_sum(&x, rows, rows.max(1)).view(&[cols])
+            col_sum(&x, rows, rows.max(1))?.view(&[cols])
         },
     )
 }

@@ -14,52 +14,44 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> idx: array<u32>;
 
 const NEG_INF: u32 = 0xff800000u;
-var<workgroup> sh: array<f32, 256>;
-var<workgroup> shi: array<u32, 256>;
+var<workgroup> sh: array<f32, WG>;
+var<workgroup> shi: array<u32, WG>;
 
-fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.x + wid.y * nwg.x;
-}
 
 // One workgroup per row: strided partial sums, then a tree in shared memory.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn row_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let r = row_of(wid, nwg);
+    let r = flat_group(wid, nwg);
     if r >= p.rows { return; }
     let start = r * p.cols;
     let end = min(start + p.cols, p.n);
     var acc = 0.0;
-    for (var i = start + lid; i < end; i += 256u) {
+    for (var i = start + lid; i < end; i += WG) {
         acc += x[p.x_off + i];
     }
-    sh[lid] = acc;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
-        if lid < s { sh[lid] += sh[lid + s]; }
-        workgroupBarrier();
-    }
-    if lid == 0u { out[r] = sh[0] * p.scale; }
+    let total = workgroup_sum(lid, acc);
+    if lid == 0u { out[r] = total * p.scale; }
 }
 
 // Max of each row and the first index where it occurs.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn row_max(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let r = row_of(wid, nwg);
+    let r = flat_group(wid, nwg);
     if r >= p.rows { return; }
     let start = r * p.cols;
     let end = min(start + p.cols, p.n);
     var best = bitcast<f32>(NEG_INF);
     var bi = 0xffffffffu;
-    for (var i = start + lid; i < end; i += 256u) {
+    for (var i = start + lid; i < end; i += WG) {
         let v = x[p.x_off + i];
         if v > best || bi == 0xffffffffu { best = v; bi = i - start; }
     }
     sh[lid] = best;
     shi[lid] = bi;
     workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if lid < s {
             let v = sh[lid + s];
             let j = shi[lid + s];
@@ -79,10 +71,10 @@ fn row_max(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 
 // Column sums of blocks of rows: out[b, c] = Σ x[r, c] over rows r of block b (p.block rows each),
 // in row order, one thread per (block, column).
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn col_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let i = row_of(wid, nwg) * 256u + lid;
+    let i = flat_thread(wid, nwg, lid);
     let blocks = max(1u, (p.rows + p.block - 1u) / p.block); // no rows: one row of zeros
     if i >= blocks * p.cols { return; }
     let c = i % p.cols;
@@ -95,19 +87,19 @@ fn col_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 }
 
 // Backward of row_sum: out[r, c] = x[r] * scale (x holds dy).
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn expand(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
-    let i = row_of(wid, nwg) * 256u + lid;
+    let i = flat_thread(wid, nwg, lid);
     if i >= p.n { return; }
     out[i] = x[p.x_off + i / p.cols] * p.scale;
 }
 
 // Backward of row_max: dy goes to the argmax of each row.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn max_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let i = row_of(wid, nwg) * 256u + lid;
+    let i = flat_thread(wid, nwg, lid);
     if i >= p.n { return; }
     let r = i / p.cols;
     out[i] = select(0.0, x[p.x_off + r], idx[r] == i % p.cols);

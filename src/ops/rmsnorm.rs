@@ -1,12 +1,29 @@
 //! RMSNorm over the last dim, y = x / sqrt(mean(x²) + eps) * gamma, with its backward.
 
+use super::params::{kernel_params, to_u32};
 use super::{float_input, on_device, same_device, sum_rows};
 use crate::autograd::{record, record_multi};
-use crate::device::gpu::{self, grid, Kernel};
+use crate::device::gpu::{self, grid, Kernel, KernelParams};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
 
-pub(crate) static KERNEL: Kernel = Kernel { name: "rmsnorm", source: include_str!("rmsnorm.wgsl") };
+pub(crate) static KERNEL: Kernel =
+    Kernel { name: "rmsnorm", source: include_str!("rmsnorm.wgsl"), params: &RmsnormParams::LAYOUT, codes: &[] };
+
+kernel_params! {
+    /// rmsnorm.wgsl's Params.
+    pub(crate) struct RmsnormParams {
+        rows: u32,
+        cols: u32,
+        x_off: u32,
+        g_off: u32,
+        y_off: u32,
+        eps: f32,
+        rows_per_group: u32,
+        res_off: u32,
+        add_res: u32,
+    }
+}
 
 /// Rows per backward task: each task sums its rows' dy·xhat into one partial dgamma row,
 /// then the partials are summed in order (fixed grouping, so dgamma is deterministic).
@@ -116,13 +133,13 @@ fn forward(
             let f32_tensor = |b, s: &[usize]| Tensor::from_gpu(b, s, Precision::FP32);
             match y {
                 None => {
-                    let params = params(rows, c, x, gamma, 0, eps, None);
+                    let params = params(rows, c, x, gamma, 0, eps, None)?;
                     ctx.dispatch(&KERNEL, "forward", &params, &[x.gpu(), &rstd, &out, gamma.gpu()], grid(rows as u32));
                     Ok((f32_tensor(out, shape), f32_tensor(rstd, &[rows]), None))
                 }
                 Some(y) => {
                     let h = ctx.alloc((rows * c) as u64 * 4);
-                    let params = params(rows, c, x, gamma, y.offset(), eps, None);
+                    let params = params(rows, c, x, gamma, y.offset(), eps, None)?;
                     let bufs = [x.gpu(), &rstd, &out, gamma.gpu(), y.gpu(), &h];
                     ctx.dispatch(&KERNEL, "add_forward", &params, &bufs, grid(rows as u32));
                     Ok((f32_tensor(out, shape), f32_tensor(rstd, &[rows]), Some(f32_tensor(h, shape))))
@@ -132,18 +149,27 @@ fn forward(
     )
 }
 
-fn params(rows: usize, c: usize, x: &Tensor, gamma: &Tensor, y_off: usize, eps: f32, res: Option<&Tensor>) -> [u32; 9] {
-    [
-        rows as u32,
-        c as u32,
-        x.offset() as u32,
-        gamma.offset() as u32,
-        y_off as u32,
-        eps.to_bits(),
-        ROWS_PER_GROUP as u32,
-        res.map_or(0, |r| r.offset() as u32),
-        res.is_some() as u32,
-    ]
+fn params(
+    rows: usize,
+    c: usize,
+    x: &Tensor,
+    gamma: &Tensor,
+    y_off: usize,
+    eps: f32,
+    res: Option<&Tensor>,
+) -> Result<RmsnormParams> {
+    let u = |what, v| to_u32("rmsnorm", what, v);
+    Ok(RmsnormParams {
+        rows: u("rows", rows)?,
+        cols: u("cols", c)?,
+        x_off: u("x offset", x.offset())?,
+        g_off: u("gamma offset", gamma.offset())?,
+        y_off: u("y offset", y_off)?,
+        eps,
+        rows_per_group: ROWS_PER_GROUP as u32,
+        res_off: u("dres offset", res.map_or(0, |r| r.offset()))?,
+        add_res: res.is_some() as u32,
+    })
 }
 
 /// dx = rstd * (gamma*dy - xhat * mean(gamma*dy*xhat)) [+ dres]; dgamma = Σ_rows dy*xhat.
@@ -191,7 +217,7 @@ fn backward(
         || {
             let ctx = gpu::context()?;
             let (dx, part) = (ctx.alloc((rows * c) as u64 * 4), ctx.alloc((groups * c) as u64 * 4));
-            let params = params(rows, c, x, gamma, dy.offset(), 0.0, dres.as_ref());
+            let params = params(rows, c, x, gamma, dy.offset(), 0.0, dres.as_ref())?;
             // Without dres the kernel never reads that binding: dy stands in for it.
             let res = dres.as_ref().unwrap_or(&dy);
             ctx.dispatch(

@@ -22,63 +22,48 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> aux: array<f32>;  // add_forward: h; backward: [groups, cols] partial dgamma
 @group(0) @binding(7) var<storage, read> dres: array<f32>;       // backward: dL/dh from h's other uses
 
-var<workgroup> sh: array<f32, 256>;
-
-// Sum of `v` over the 256 threads of the workgroup; every thread gets the total.
-fn tree_sum(lid: u32, v: f32) -> f32 {
-    sh[lid] = v;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
-        if lid < s { sh[lid] += sh[lid + s]; }
-        workgroupBarrier();
-    }
-    let total = sh[0];
-    workgroupBarrier(); // all have read sh[0] before the next call overwrites it
-    return total;
-}
-
 // 1 / sqrt(mean(v²) + eps) from this thread's share `acc` of Σ v²; thread 0 stores it.
 fn row_rstd(r: u32, lid: u32, acc: f32) -> f32 {
-    let s = 1.0 / sqrt(tree_sum(lid, acc) / f32(p.cols) + p.eps);
+    let s = 1.0 / sqrt(workgroup_sum(lid, acc) / f32(p.cols) + p.eps);
     if lid == 0u { rstd[r] = s; }
     return s;
 }
 
 // out = x * rstd * gamma
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let r = wid.x + wid.y * nwg.x;
+    let r = flat_group(wid, nwg);
     if r >= p.rows { return; }
     let xb = p.x_off + r * p.cols;
     var acc = 0.0;
-    for (var c = lid; c < p.cols; c += 256u) {
+    for (var c = lid; c < p.cols; c += WG) {
         let v = x[xb + c];
         acc += v * v;
     }
     let s = row_rstd(r, lid, acc);
-    for (var c = lid; c < p.cols; c += 256u) {
+    for (var c = lid; c < p.cols; c += WG) {
         out[r * p.cols + c] = x[xb + c] * s * gamma[p.g_off + c];
     }
 }
 
 // h = x + y (into aux), out = h * rstd(h) * gamma. Each thread re-reads only the h it wrote.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn add_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let r = wid.x + wid.y * nwg.x;
+    let r = flat_group(wid, nwg);
     if r >= p.rows { return; }
     let xb = p.x_off + r * p.cols;
     let yb = p.y_off + r * p.cols;
     let hb = r * p.cols;
     var acc = 0.0;
-    for (var c = lid; c < p.cols; c += 256u) {
+    for (var c = lid; c < p.cols; c += WG) {
         let v = x[xb + c] + y[yb + c];
         aux[hb + c] = v;
         acc += v * v;
     }
     let s = row_rstd(r, lid, acc);
-    for (var c = lid; c < p.cols; c += 256u) {
+    for (var c = lid; c < p.cols; c += WG) {
         out[hb + c] = aux[hb + c] * s * gamma[p.g_off + c];
     }
 }
@@ -86,10 +71,10 @@ fn add_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 // dx = rstd * (gamma*dy - xhat * mean(gamma*dy*xhat)) [+ dres], xhat = x * rstd.
 // Each workgroup walks `rows_per_group` rows in order and keeps Σ dy*xhat per column in its
 // own aux row (each column always the same thread: no races, a fixed order).
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let blk = wid.x + wid.y * nwg.x;
+    let blk = flat_group(wid, nwg);
     let r0 = blk * p.rows_per_group;
     if r0 >= p.rows { return; }
     let r1 = min(r0 + p.rows_per_group, p.rows);
@@ -98,11 +83,11 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         let xb = p.x_off + r * p.cols;
         let db = p.y_off + r * p.cols;
         var acc = 0.0;
-        for (var c = lid; c < p.cols; c += 256u) {
+        for (var c = lid; c < p.cols; c += WG) {
             acc += y[db + c] * gamma[p.g_off + c] * x[xb + c];
         }
-        let m = tree_sum(lid, acc) * s / f32(p.cols);
-        for (var c = lid; c < p.cols; c += 256u) {
+        let m = workgroup_sum(lid, acc) * s / f32(p.cols);
+        for (var c = lid; c < p.cols; c += WG) {
             let g = y[db + c];
             let xhat = x[xb + c] * s;
             var dx = s * (g * gamma[p.g_off + c] - xhat * m);

@@ -1,13 +1,32 @@
 //! Rotary position embedding (Hugging Face Llama's rotate-half convention) and its backward.
 
+use super::params::{kernel_params, to_u32};
 use super::{float_input, grid_for, on_device, same_device};
 use crate::autograd::{record, record_multi};
 use crate::device::cpu::par_rows;
-use crate::device::gpu::{self, Kernel};
+use crate::device::gpu::{self, Kernel, KernelParams};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
 
-pub(crate) static KERNEL: Kernel = Kernel { name: "rope", source: include_str!("rope.wgsl") };
+pub(crate) static KERNEL: Kernel =
+    Kernel { name: "rope", source: include_str!("rope.wgsl"), params: &RopeParams::LAYOUT, codes: &[] };
+
+kernel_params! {
+    /// rope.wgsl's Params.
+    pub(crate) struct RopeParams {
+        n: u32,
+        t: u32,
+        h: u32,
+        half: u32,
+        x_off: u32,
+        pos_offset: u32,
+        sign: f32,
+        hq: u32,
+        hkv: u32,
+        k_off: u32,
+        v_off: u32,
+    }
+}
 
 /// x: [B, T, H, D] (D even) -> [B, T, H, D] (f32). Position of token t is `pos_offset + t`.
 /// For i < D/2: angle = pos · base^(-2i/D),
@@ -102,7 +121,18 @@ fn split(y: &Tensor, hq: usize, hkv: usize, turns: &[f32], pos_offset: usize) ->
             let n = y.numel() / 2;
             let out = ctx.alloc(y.numel() as u64 * 4);
             let table = ctx.upload(bytemuck::cast_slice(turns));
-            let params = [n, t, g, d / 2, y.offset(), pos_offset, 0, hq, hkv, 0, 0].map(|v| v as u32);
+            let u = |what, v| to_u32("rope_qkv", what, v);
+            let params = RopeParams {
+                n: u("pairs", n)?,
+                t: u("positions", t)?,
+                h: u("heads", g)?,
+                half: u("half head dim", d / 2)?,
+                x_off: u("offset", y.offset())?,
+                pos_offset: u("position offset", pos_offset)?,
+                hq: u("query heads", hq)?,
+                hkv: u("kv heads", hkv)?,
+                ..Default::default()
+            };
             ctx.dispatch(&KERNEL, "qkv_rope", &params, &[y.gpu(), &table, &out], grid_for(n));
             Ok(Tensor::from_gpu(out, &[y.numel()], Precision::FP32))
         },
@@ -137,9 +167,22 @@ fn merge(dys: &[Tensor], g: usize, turns: &[f32], pos_offset: usize) -> Result<T
             let n = b * t * g * d / 2;
             let out = ctx.alloc(n as u64 * 8);
             let table = ctx.upload(bytemuck::cast_slice(turns));
-            let params = [n, t, g, d / 2, dq.offset(), pos_offset, 0, hq, hkv, dk.offset(), dv.offset()];
+            let u = |what, v| to_u32("rope_qkv backward", what, v);
+            let params = RopeParams {
+                n: u("pairs", n)?,
+                t: u("positions", t)?,
+                h: u("heads", g)?,
+                half: u("half head dim", d / 2)?,
+                x_off: u("dq offset", dq.offset())?,
+                pos_offset: u("position offset", pos_offset)?,
+                sign: 0.0,
+                hq: u("query heads", hq)?,
+                hkv: u("kv heads", hkv)?,
+                k_off: u("dk offset", dk.offset())?,
+                v_off: u("dv offset", dv.offset())?,
+            };
             let buffers = [dq.gpu(), &table, &out, dk.gpu(), dv.gpu()];
-            ctx.dispatch(&KERNEL, "qkv_rope_backward", &params.map(|v| v as u32), &buffers, grid_for(n));
+            ctx.dispatch(&KERNEL, "qkv_rope_backward", &params, &buffers, grid_for(n));
             Ok(Tensor::from_gpu(out, &shape, Precision::FP32))
         },
     )
@@ -213,8 +256,17 @@ fn rotate(op: &'static str, x: &Tensor, turns: &[f32], pos_offset: usize, sign: 
             let n = x.numel() / 2;
             let out = ctx.alloc(x.numel() as u64 * 4);
             let table = ctx.upload(bytemuck::cast_slice(turns));
-            let params =
-                [n as u32, t as u32, h as u32, half as u32, x.offset() as u32, pos_offset as u32, sign.to_bits()];
+            let u = |what, v| to_u32("rope", what, v);
+            let params = RopeParams {
+                n: u("pairs", n)?,
+                t: u("positions", t)?,
+                h: u("heads", h)?,
+                half: u("half head dim", half)?,
+                x_off: u("offset", x.offset())?,
+                pos_offset: u("position offset", pos_offset)?,
+                sign,
+                ..Default::default()
+            };
             ctx.dispatch(&KERNEL, "rope", &params, &[x.gpu(), &table, &out], grid_for(n));
             Ok(Tensor::from_gpu(out, x.shape(), Precision::FP32))
         },

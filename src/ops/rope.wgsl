@@ -52,10 +52,10 @@ fn turn(a: f32, b: f32, th: f32) -> vec2<f32> {
 }
 
 // x: [B, T, H, D]; one thread per rotation pair.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let k = (wid.x + wid.y * nwg.x) * 256u + lid;
+    let k = flat_thread(wid, nwg, lid);
     if k >= p.n { return; }
     let q = pair(k);
     let e = q.head * 2u * p.half + q.i;
@@ -89,10 +89,10 @@ fn qkv_angle(q: Pair, part: u32) -> f32 {
 }
 
 // y: [B, T, Hq + 2·Hkv, D] -> q, k rotated and v copied, one after another; one thread per pair.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn qkv_rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let k = (wid.x + wid.y * nwg.x) * 256u + lid;
+    let k = flat_thread(wid, nwg, lid);
     if k >= p.n { return; }
     let q = pair(k);
     let dst = qkv_dest(q.row, q.head % p.h, q.i);
@@ -107,10 +107,10 @@ fn qkv_rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 }
 
 // The backward: dy [B, T, Hq + 2·Hkv, D] from dq, dk (turned back) and dv.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn qkv_rope_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) lid: u32) {
-    let k = (wid.x + wid.y * nwg.x) * 256u + lid;
+    let k = flat_thread(wid, nwg, lid);
     if k >= p.n { return; }
     let q = pair(k);
     let src = qkv_dest(q.row, q.head % p.h, q.i);

@@ -1,12 +1,27 @@
 //! Softmax over the last dim (numerically stable), with an internal causal variant for attention.
 
+use super::params::{kernel_params, to_u32};
 use super::{float_input, on_device, same_device};
 use crate::autograd::record;
 use crate::device::cpu::{self, par_rows};
-use crate::device::gpu::{self, grid, Kernel};
+use crate::device::gpu::{self, grid, Kernel, KernelParams};
 use crate::{bail, Precision, Result, Tensor};
 
-pub(crate) static KERNEL: Kernel = Kernel { name: "softmax", source: include_str!("softmax.wgsl") };
+pub(crate) static KERNEL: Kernel =
+    Kernel { name: "softmax", source: include_str!("softmax.wgsl"), params: &SoftmaxParams::LAYOUT, codes: &[] };
+
+kernel_params! {
+    /// softmax.wgsl's Params.
+    pub(crate) struct SoftmaxParams {
+        rows: u32,
+        cols: u32,
+        x_off: u32,
+        dy_off: u32,
+        causal: u32,
+        tq: u32,
+        shift: u32,
+    }
+}
 
 /// Which entries of a row take part. `Causal { tq, shift }`: the rows are query positions
 /// t = row % tq, and row t keeps columns j <= t + shift; the rest come out as exactly 0.
@@ -25,12 +40,21 @@ impl Mask {
         }
     }
 
-    /// (causal flag, tq, shift) for the kernel.
-    fn params(self) -> [u32; 3] {
-        match self {
-            Mask::None => [0, 1, 0],
-            Mask::Causal { tq, shift } => [1, tq as u32, shift as u32],
-        }
+    /// The kernel's params for `rows` of `cols` at element offsets `x_off` and `dy_off`.
+    fn params(self, op: &str, rows: usize, cols: usize, x_off: usize, dy_off: usize) -> Result<SoftmaxParams> {
+        let (causal, tq, shift) = match self {
+            Mask::None => (0, 1, 0),
+            Mask::Causal { tq, shift } => (1, tq, shift),
+        };
+        Ok(SoftmaxParams {
+            rows: to_u32(op, "rows", rows)?,
+            cols: to_u32(op, "cols", cols)?,
+            x_off: to_u32(op, "offset", x_off)?,
+            dy_off: to_u32(op, "dy offset", dy_off)?,
+            causal,
+            tq: to_u32(op, "query length", tq)?,
+            shift: to_u32(op, "mask shift", shift)?,
+        })
     }
 }
 
@@ -79,8 +103,7 @@ fn forward(x: &Tensor, rows: usize, cols: usize, mask: Mask) -> Result<Tensor> {
         || {
             let ctx = gpu::context()?;
             let out = ctx.alloc((rows * cols) as u64 * 4);
-            let [causal, tq, shift] = mask.params();
-            let params = [rows as u32, cols as u32, x.offset() as u32, 0, causal, tq, shift];
+            let params = mask.params("softmax", rows, cols, x.offset(), 0)?;
             ctx.dispatch(&KERNEL, "softmax", &params, &[x.gpu(), &out], grid(rows as u32));
             Ok(Tensor::from_gpu(out, x.shape(), Precision::FP32))
         },
@@ -110,8 +133,7 @@ fn backward(y: &Tensor, dy: &Tensor, rows: usize, cols: usize, mask: Mask) -> Re
         || {
             let ctx = gpu::context()?;
             let out = ctx.alloc((rows * cols) as u64 * 4);
-            let [causal, tq, shift] = mask.params();
-            let params = [rows as u32, cols as u32, y.offset() as u32, dy.offset() as u32, causal, tq, shift];
+            let params = mask.params("softmax backward", rows, cols, y.offset(), dy.offset())?;
             ctx.dispatch(&KERNEL, "softmax_backward", &params, &[y.gpu(), &out, dy.gpu()], grid(rows as u32));
             Ok(Tensor::from_gpu(out, y.shape(), Precision::FP32))
         },

@@ -14,53 +14,26 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<storage, read> dy: array<f32>;
 
-var<workgroup> sh: array<f32, 256>;
-
 // Columns of row r that take part.
 fn valid(r: u32) -> u32 {
     if p.causal == 1u { return min(p.cols, r % p.tq + p.shift + 1u); }
     return p.cols;
 }
 
-// Tree reductions over sh; every thread gets the result.
-fn reduce_max(lid: u32, v: f32) -> f32 {
-    sh[lid] = v;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
-        if lid < s { sh[lid] = max(sh[lid], sh[lid + s]); }
-        workgroupBarrier();
-    }
-    let r = sh[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn reduce_sum(lid: u32, v: f32) -> f32 {
-    sh[lid] = v;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
-        if lid < s { sh[lid] += sh[lid + s]; }
-        workgroupBarrier();
-    }
-    let r = sh[0];
-    workgroupBarrier();
-    return r;
-}
-
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let r = wid.x + wid.y * nwg.x;
+    let r = flat_group(wid, nwg);
     if r >= p.rows { return; } // uniform per workgroup, so barriers stay uniform
     let n = valid(r);
     let base = r * p.cols;
     var m = -3.4e38;
-    for (var j = lid; j < n; j += 256u) { m = max(m, x[p.x_off + base + j]); }
-    m = reduce_max(lid, m);
+    for (var j = lid; j < n; j += WG) { m = max(m, x[p.x_off + base + j]); }
+    m = workgroup_max(lid, m);
     var s = 0.0;
-    for (var j = lid; j < n; j += 256u) { s += exp(x[p.x_off + base + j] - m); }
-    let inv = 1.0 / reduce_sum(lid, s);
-    for (var j = lid; j < p.cols; j += 256u) {
+    for (var j = lid; j < n; j += WG) { s += exp(x[p.x_off + base + j] - m); }
+    let inv = 1.0 / workgroup_sum(lid, s);
+    for (var j = lid; j < p.cols; j += WG) {
         var y = 0.0;
         if j < n { y = exp(x[p.x_off + base + j] - m) * inv; }
         out[base + j] = y;
@@ -68,16 +41,16 @@ fn softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 }
 
 // dx = y * (dy - Σ dy·y); x holds y here.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
-    let r = wid.x + wid.y * nwg.x;
+    let r = flat_group(wid, nwg);
     if r >= p.rows { return; }
     let base = r * p.cols;
     var s = 0.0;
-    for (var j = lid; j < p.cols; j += 256u) { s += x[p.x_off + base + j] * dy[p.dy_off + base + j]; }
-    let dot = reduce_sum(lid, s);
-    for (var j = lid; j < p.cols; j += 256u) {
+    for (var j = lid; j < p.cols; j += WG) { s += x[p.x_off + base + j] * dy[p.dy_off + base + j]; }
+    let dot = workgroup_sum(lid, s);
+    for (var j = lid; j < p.cols; j += WG) {
         out[base + j] = x[p.x_off + base + j] * (dy[p.dy_off + base + j] - dot);
     }
 }

@@ -1,13 +1,31 @@
 //! SwiGLU's gate, silu(gate) * up, fused: one pass forward and one backward (the FFN's activation).
 
+use super::params::{kernel_params, to_u32};
 use super::{float_input, grid_for, on_device, same_device};
 use crate::autograd::record;
 use crate::device::cpu::{self, par_rows};
-use crate::device::gpu::{self, Kernel};
+use crate::device::gpu::{self, Kernel, KernelParams};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
 
-pub(crate) static KERNEL: Kernel = Kernel { name: "swiglu", source: include_str!("swiglu.wgsl") };
+pub(crate) static KERNEL: Kernel =
+    Kernel { name: "swiglu", source: include_str!("swiglu.wgsl"), params: &SwigluParams::LAYOUT, codes: &[] };
+
+kernel_params! {
+    /// swiglu.wgsl's Params.
+    pub(crate) struct SwigluParams {
+        n: u32,
+        cols: u32,
+        rs: u32,
+        g_off: u32,
+        u_off: u32,
+        dy_off: u32,
+        ors: u32,
+        dg_off: u32,
+        du_off: u32,
+        vec: u32,
+    }
+}
 
 /// gate, up: [.., F] (same shape) -> silu(gate) * up (f32), as `mul(silu(gate), up)` computes it.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
@@ -59,6 +77,24 @@ struct Layout {
     u_off: usize,
 }
 
+/// The params from their values in the Params order (all but `vec`, which says whether every
+/// one of them is a multiple of 4, so the kernel may read and write whole vec4s).
+fn params(op: &str, v: [usize; 9]) -> Result<SwigluParams> {
+    let [n, cols, rs, g_off, u_off, dy_off, ors, dg_off, du_off] = v.map(|x| to_u32(op, "size or offset", x));
+    Ok(SwigluParams {
+        n: n?,
+        cols: cols?,
+        rs: rs?,
+        g_off: g_off?,
+        u_off: u_off?,
+        dy_off: dy_off?,
+        ors: ors?,
+        dg_off: dg_off?,
+        du_off: du_off?,
+        vec: v.iter().all(|x| x.is_multiple_of(4)) as u32,
+    })
+}
+
 fn silu(g: f32) -> f32 {
     g / (1.0 + cpu::exp(-g))
 }
@@ -83,11 +119,9 @@ fn forward(gate: &Tensor, up: &Tensor, l: &Layout, shape: &[usize]) -> Result<Te
         || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
-            // The last parameter: whether the kernel may read and write whole vec4s.
-            let mut params = [n, l.cols, l.rs, l.g_off, l.u_off, 0, 0, 0, 0, 0];
-            params[9] = params[..5].iter().all(|v| v.is_multiple_of(4)) as usize;
+            let params = params("swiglu", [n, l.cols, l.rs, l.g_off, l.u_off, 0, 0, 0, 0])?;
             let groups = grid_for(n.div_ceil(4));
-            ctx.dispatch(&KERNEL, "forward", &params.map(|v| v as u32), &[gate.gpu(), up.gpu(), &out], groups);
+            ctx.dispatch(&KERNEL, "forward", &params, &[gate.gpu(), up.gpu(), &out], groups);
             Ok(Tensor::from_gpu(out, shape, Precision::FP32))
         },
     )
@@ -141,9 +175,9 @@ fn backward(gate: &Tensor, up: &Tensor, l: &Layout, dy: &Tensor, to: (usize, usi
         || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(size as u64 * 4);
-            let mut params = [n, l.cols, l.rs, l.g_off, l.u_off, dy.offset(), ors, dg_off, du_off, 0];
-            params[9] = params[..9].iter().all(|v| v.is_multiple_of(4)) as usize;
-            let (params, groups) = (params.map(|v| v as u32), grid_for(n.div_ceil(4)));
+            let params =
+                params("swiglu backward", [n, l.cols, l.rs, l.g_off, l.u_off, dy.offset(), ors, dg_off, du_off])?;
+            let groups = grid_for(n.div_ceil(4));
             ctx.dispatch(&KERNEL, "backward", &params, &[gate.gpu(), up.gpu(), &out, dy.gpu()], groups);
             Ok(Tensor::from_gpu(out, &[size], Precision::FP32))
         },

@@ -2,8 +2,8 @@
 // The formulas match swiglu.rs (and the unfused silu and mul in elementwise.wgsl). gate and up
 // are [rows, cols] blocks with a row stride: separate tensors, or the halves of one [rows, 2·cols].
 // Where every offset and row length is a multiple of 4 (p.vec), the four are one vec4 of each
-// input and output (on an H100, 1.4–1.7× the speed of one element a thread); otherwise each is
-// read and written on its own.
+// input and output (more bytes in flight than one element a thread: docs/PERFORMANCE.md);
+// otherwise each is read and written on its own.
 struct Params {
     n: u32,      // elements: rows * cols
     cols: u32,
@@ -25,7 +25,7 @@ struct Params {
 
 // The first of this thread's four elements.
 fn first(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return 4u * ((wid.x + wid.y * nwg.x) * 256u + lid);
+    return 4u * flat_thread(wid, nwg, lid);
 }
 
 // Where element i of the [rows, cols] block lies in gate and up (past their offsets).
@@ -79,7 +79,7 @@ fn gather_dy(i: u32) -> vec4<f32> {
 }
 
 // y = silu(g) * u
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let i = first(wid, nwg, lid);
@@ -95,7 +95,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
     let i = first(wid, nwg, lid);

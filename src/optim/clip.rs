@@ -1,12 +1,25 @@
 //! Gradient clipping by the global L2 norm (PyTorch's `clip_grad_norm_`).
 
 use crate::device::cpu::CHUNK;
-use crate::device::gpu::{self, grid, Kernel};
+use crate::device::gpu::{self, grid, Kernel, KernelParams};
+use crate::ops::params::{kernel_params, to_u32};
 use crate::ops::{flat, grid_for, on_device, same_device};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
 
-pub(crate) static KERNEL: Kernel = Kernel { name: "clip", source: include_str!("clip.wgsl") };
+pub(crate) static KERNEL: Kernel =
+    Kernel { name: "clip", source: include_str!("clip.wgsl"), params: &ClipParams::LAYOUT, codes: &[] };
+
+kernel_params! {
+    /// clip.wgsl's Params.
+    pub(crate) struct ClipParams {
+        n: u32,
+        off: u32,
+        base: u32,
+        s: f32,
+        inv: f32,
+    }
+}
 
 /// Elements per workgroup of `sumsq` (PER_GROUP in clip.wgsl).
 const PER_GROUP: usize = 4096;
@@ -104,7 +117,11 @@ fn gpu_control(grads: &[Tensor], loss: Option<&Tensor>, max_norm: f32, loss_scal
         }
         if first > 0 {
             let table = ctx.upload(bytemuck::cast_slice(&table));
-            let params = [run.len() as u32, 0, base as u32, 0, 0];
+            let params = ClipParams {
+                n: to_u32("global_norm", "tensors", run.len())?,
+                base: to_u32("global_norm", "partial sums", base)?,
+                ..Default::default()
+            };
             ctx.dispatch(&KERNEL, "sumsq", &params, &[grads[run.start].gpu(), &part, &table], grid(first as u32));
         }
         base += first;
@@ -113,7 +130,12 @@ fn gpu_control(grads: &[Tensor], loss: Option<&Tensor>, max_norm: f32, loss_scal
         let (src, dst) = (&loss.gpu().buffer, &part.buffer);
         ctx.record(|enc| enc.copy_buffer_to_buffer(src, loss.offset() as u64 * 4, dst, 12, 4));
     }
-    let params = [slots as u32, 0, 0, max_norm.to_bits(), (1.0 / loss_scale).to_bits()];
+    let params = ClipParams {
+        n: to_u32("step_control", "partial sums", slots)?,
+        s: max_norm,
+        inv: 1.0 / loss_scale,
+        ..Default::default()
+    };
     ctx.dispatch(&KERNEL, "control", &params, &[&part], [1, 1, 1]);
     let part = Tensor::from_gpu(part, &[4 + slots], Precision::FP32);
     crate::ops::slice(&part, 0, 0, 4)
@@ -143,7 +165,12 @@ fn scale_in_place(g: &Tensor, s: f32) -> Result<()> {
         || {
             let ctx = gpu::context()?;
             let n = g.numel();
-            let params = [n as u32, g.offset() as u32, 0, s.to_bits(), 0];
+            let params = ClipParams {
+                n: to_u32("clip_grad_norm", "elements", n)?,
+                off: to_u32("clip_grad_norm", "offset", g.offset())?,
+                s,
+                ..Default::default()
+            };
             ctx.dispatch(&KERNEL, "scale", &params, &[g.gpu()], grid_for(n));
             Ok(())
         },

@@ -22,22 +22,13 @@ struct Segment {
 @group(0) @binding(3) var<storage, read> seg: array<Segment>; // sorted by `first`
 
 const PER_GROUP: u32 = 4096u; // elements per workgroup; clip.rs uses the same
-var<workgroup> sh: array<f32, 256>;
-
-fn tree_sum(lid: u32) {
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
-        if lid < s { sh[lid] += sh[lid + s]; }
-        workgroupBarrier();
-    }
-}
 
 // part[base + group] = sum of x² over the group's slice of its segment (the last segment
 // whose first group is at or before it).
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn sumsq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
-    let grp = wid.x + wid.y * nwg.x;
+    let grp = flat_group(wid, nwg);
     var lo = 0u;
     var hi = p.n - 1u;
     while lo < hi {
@@ -49,13 +40,12 @@ fn sumsq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     if start >= sg.n { return; }
     let end = min(start + PER_GROUP, sg.n);
     var acc = 0.0;
-    for (var i = start + lid; i < end; i += 256u) {
+    for (var i = start + lid; i < end; i += WG) {
         let v = x[sg.off + i];
         acc += v * v;
     }
-    sh[lid] = acc;
-    tree_sum(lid);
-    if lid == 0u { part[p.base + grp] = sh[0]; }
+    let total = workgroup_sum(lid, acc);
+    if lid == 0u { part[p.base + grp] = total; }
 }
 
 fn finite(v: f32) -> bool {
@@ -66,16 +56,15 @@ fn finite(v: f32) -> bool {
 // x[4..4 + n] and the loss in x[3] it writes x[0] = gradient scale, x[1] = 1 if the step
 // applies (loss and norm finite) else 0, x[2] = the global norm. p.s = max_norm (0: no clipping);
 // the gradients are the loss scale's multiple, so the norm and the scale include p.inv.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn control(@builtin(local_invocation_index) lid: u32) {
     var acc = 0.0;
-    for (var i = lid; i < p.n; i += 256u) {
+    for (var i = lid; i < p.n; i += WG) {
         acc += x[4u + i];
     }
-    sh[lid] = acc;
-    tree_sum(lid);
+    let total = workgroup_sum(lid, acc);
     if lid == 0u {
-        let norm = sqrt(sh[0]) * p.inv;
+        let norm = sqrt(total) * p.inv;
         let ok = finite(norm) && finite(x[3]);
         let coef = p.s / (norm + 1e-6);
         x[0] = select(1.0, coef, p.s > 0.0 && ok && coef < 1.0) * p.inv;
@@ -84,10 +73,10 @@ fn control(@builtin(local_invocation_index) lid: u32) {
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * 256u + lid;
+    let i = flat_thread(wid, nwg, lid);
     if i >= p.n { return; }
     x[p.off + i] *= p.s;
 }

@@ -10,14 +10,48 @@ pub use clip::{clip_grad_norm, global_norm, step_control, step_control_scaled};
 pub use lion::{Lion, LionConfig};
 
 use crate::device::cpu::{CpuBuffer, CHUNK};
-use crate::device::gpu::{self, Kernel};
+use crate::device::gpu::{self, Kernel, KernelParams};
+use crate::ops::params::{kernel_params, op_codes, to_u32};
 use crate::ops::{flat, float_input, grid_for, on_device, same_device};
 use crate::precision::f32_to_bf16_bits;
 use crate::{bail, no_grad, Precision, Result, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
-pub(crate) static KERNEL: Kernel = Kernel { name: "optim", source: include_str!("optim.wgsl") };
+pub(crate) static KERNEL: Kernel = Kernel {
+    name: "optim",
+    source: include_str!("optim.wgsl"),
+    params: &OptimParams::LAYOUT,
+    codes: &[RuleCode::WGSL],
+};
+
+op_codes! {
+    /// The update rule (`p.rule` in optim.wgsl, its RULE_* consts).
+    enum RuleCode {
+        Lion = 0 => RULE_LION,
+        AdamW = 1 => RULE_ADAMW,
+    }
+}
+
+kernel_params! {
+    /// optim.wgsl's Params.
+    pub(crate) struct OptimParams {
+        n: u32,
+        g_off: u32,
+        key: u32,
+        segments: u32,
+        bf16: u32,
+        rule: u32,
+        lr: f32,
+        b1: f32,
+        b2: f32,
+        eps: f32,
+        bc1: f32,
+        bc2_sqrt: f32,
+        use_ctl: u32,
+        ctl_off: u32,
+    }
+}
 
 /// A per-element update rule. `Rule::apply` and optim.wgsl's `rule` are the same formulas.
 #[derive(Clone, Copy, Debug)]
@@ -67,10 +101,10 @@ impl Rule {
     }
 
     /// (code, beta1, beta2, eps, bc1, bc2_sqrt) for the kernel.
-    fn params(self) -> (u32, [f32; 5]) {
+    fn params(self) -> (RuleCode, [f32; 5]) {
         match self {
-            Rule::Lion { beta1, beta2 } => (0, [beta1, beta2, 0.0, 1.0, 1.0]),
-            Rule::AdamW { beta1, beta2, eps, bc1, bc2_sqrt } => (1, [beta1, beta2, eps, bc1, bc2_sqrt]),
+            Rule::Lion { beta1, beta2 } => (RuleCode::Lion, [beta1, beta2, 0.0, 1.0, 1.0]),
+            Rule::AdamW { beta1, beta2, eps, bc1, bc2_sqrt } => (RuleCode::AdamW, [beta1, beta2, eps, bc1, bc2_sqrt]),
         }
     }
 }
@@ -269,22 +303,22 @@ fn gpu_update(
             continue;
         }
         let k = run.start;
-        let params = [
-            threads as u32,
-            0,
-            0,
-            run.len() as u32,
-            bf16(k) as u32,
-            code,
-            set.lr.to_bits(),
-            b1.to_bits(),
-            b2.to_bits(),
-            eps.to_bits(),
-            bc1.to_bits(),
-            bc2_sqrt.to_bits(),
-            control.is_some() as u32,
-            control.map_or(0, |c| c.offset() as u32),
-        ];
+        let params = OptimParams {
+            n: to_u32("optimizer step", "threads", threads)?,
+            g_off: 0,
+            key: 0,
+            segments: to_u32("optimizer step", "segments", run.len())?,
+            bf16: bf16(k) as u32,
+            rule: code as u32,
+            lr: set.lr,
+            b1,
+            b2,
+            eps,
+            bc1,
+            bc2_sqrt,
+            use_ctl: control.is_some() as u32,
+            ctl_off: to_u32("optimizer step", "control offset", control.map_or(0, |c| c.offset()))?,
+        };
         // Without a control the kernel never reads that binding: g stands in for it.
         let ctl = control.unwrap_or(&g[k]);
         let table = ctx.upload(bytemuck::cast_slice(&table));
@@ -383,7 +417,12 @@ pub fn stochastic_round(x: &Tensor, seed: u64) -> Result<Tensor> {
         || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 2);
-            let params = [n as u32, x.offset() as u32, key];
+            let params = OptimParams {
+                n: to_u32("round_sr", "elements", n)?,
+                g_off: to_u32("round_sr", "offset", x.offset())?,
+                key,
+                ..Default::default()
+            };
             ctx.dispatch(&KERNEL, "round_sr", &params, &[&out, x.gpu()], grid_for(n.div_ceil(2)));
             Ok(Tensor::from_gpu(out, x.shape(), Precision::BF16))
         },

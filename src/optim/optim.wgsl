@@ -9,7 +9,7 @@ struct Params {
     key: u32,      // round_sr: stochastic-rounding key
     segments: u32, // update: entries of `seg`
     bf16: u32,     // 1: w holds packed bf16
-    rule: u32,     // 0: Lion, 1: AdamW
+    rule: u32,     // RULE_LION or RULE_ADAMW
     lr: f32,
     b1: f32,
     b2: f32,
@@ -19,6 +19,10 @@ struct Params {
     use_ctl: u32,  // 1: the step control decides (ctl[0] scales g; ctl[1] == 0 skips the update)
     ctl_off: u32,  // element offset of the step control
 }
+
+// Update rules (p.rule): mod.rs's RuleCode, checked by tests/kernel_params.rs.
+const RULE_LION: u32 = 0u;
+const RULE_ADAMW: u32 = 1u;
 
 // One parameter of the update: element offsets of its weights, gradient and state in their
 // buffers, its length, weight decay and rounding key, and its first thread in the dispatch.
@@ -64,7 +68,7 @@ fn round_bf16(x: f32, r: u32) -> u32 {
 // the element's state.
 fn rule(sg: Segment, i: u32, wi: f32, gscale: f32) -> f32 {
     let gi = g[sg.g_off + i] * gscale;
-    if p.rule == 0u {
+    if p.rule == RULE_LION {
         let m = s[sg.s_off + i];
         let u = sign(p.b2 * m + (1.0 - p.b2) * gi);
         s[sg.s_off + i] = p.b1 * m + (1.0 - p.b1) * gi;
@@ -79,9 +83,6 @@ fn rule(sg: Segment, i: u32, wi: f32, gscale: f32) -> f32 {
     return w1 - p.lr * (m / p.bc1) / (sqrt(v) / p.bc2_sqrt + p.eps);
 }
 
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * 256u + lid;
-}
 
 // The segment that thread t belongs to: the last one starting at or before t.
 fn find(t: u32) -> Segment {
@@ -95,10 +96,10 @@ fn find(t: u32) -> Segment {
 }
 
 // Every parameter of the dispatch: one thread per f32 element, or per u32 word of bf16.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
-    let t = flat(wid, nwg, lid);
+    let t = flat_thread(wid, nwg, lid);
     if t >= p.n { return; }
     var gscale = 1.0;
     if p.use_ctl != 0u {
@@ -130,10 +131,10 @@ fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 }
 
 // Stochastic rounding of g (f32, at g_off) into w (packed bf16): one thread per output word.
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn round_sr(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let t = flat(wid, nwg, lid);
+    let t = flat_thread(wid, nwg, lid);
     let i = 2u * t;
     if i >= p.n { return; }
     var bits = round_bf16(g[p.g_off + i], noise(p.key, i));

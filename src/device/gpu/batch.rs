@@ -1,7 +1,7 @@
 //! Command batching: GPU work is recorded into one encoder and submitted together.
 //! A host read, `CommandBatch::sync`/`commit_async`/`end`, or a full batch submits it.
 
-use super::{count, pool::Kind, started, GpuBuffer, GpuContext, Kernel};
+use super::{count, pool::Kind, started, GpuBuffer, GpuContext, Kernel, KernelParams};
 use crate::profile;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -66,17 +66,24 @@ impl GpuContext {
         }
     }
 
-    /// Queues one compute dispatch of `entry` in `kernel`. Binding 0 is the uniform `params`,
-    /// bindings 1.. are `buffers` in order; the entry point must use each of them.
-    pub fn dispatch(
+    /// Queues one compute dispatch of `entry` in `kernel`. Binding 0 is the uniform `params`
+    /// (the kernel's own params struct), bindings 1.. are `buffers` in order; the entry point
+    /// must use each of them.
+    pub fn dispatch<P: KernelParams>(
         &self,
         kernel: &Kernel,
         entry: &'static str,
-        params: &[u32],
+        params: &P,
         buffers: &[&GpuBuffer],
         groups: [u32; 3],
     ) {
-        assert!(params.len() * 4 <= SLOT, "{}: params too long", kernel.name);
+        const { assert!(std::mem::size_of::<P>() <= SLOT, "kernel params must fit one uniform slot") };
+        debug_assert_eq!(
+            P::LAYOUT.name,
+            kernel.params.name,
+            "{}: dispatched with another kernel's params",
+            kernel.name
+        );
         let pipeline = self.pipeline(kernel, entry);
         let op = profile::is_enabled().then(profile::gpu_op);
         let full = {
@@ -93,7 +100,7 @@ impl GpuContext {
                 })
                 .clone();
             let offset = b.params.len();
-            b.params.extend(params.iter().flat_map(|w| w.to_le_bytes()));
+            b.params.extend_from_slice(bytemuck::bytes_of(params));
             b.params.resize(offset + SLOT, 0);
             let mut entries = vec![wgpu::BindGroupEntry {
                 binding: 0,

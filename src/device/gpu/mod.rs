@@ -4,6 +4,7 @@ mod batch;
 mod cache;
 mod pool;
 
+pub use crate::ops::params::{KernelParams, ParamsLayout};
 pub use batch::CommandBatch;
 
 use crate::{Error, Result};
@@ -17,10 +18,22 @@ use std::time::{Duration, Instant};
 pub struct Kernel {
     pub name: &'static str,
     pub source: &'static str,
+    /// The Rust twin of the source's uniform `Params` (group 0, binding 0).
+    pub params: &'static ParamsLayout,
+    /// Op-code tables (WGSL const name, value) the source must define, from `op_codes!` enums.
+    pub codes: &'static [&'static [(&'static str, u32)]],
+}
+
+impl Kernel {
+    /// The full WGSL the GPU compiles: the shared prelude, then the built-in source.
+    pub fn wgsl(&self) -> String {
+        crate::ops::with_prelude(self.source)
+    }
 }
 
 /// The WGSL of `kernel`: its built-in source, or, for kernel work on a machine without Rust,
-/// `$IRONTENSOR_KERNEL_DIR/<name>.wgsl` when that file exists (the whole source, constants too).
+/// `$IRONTENSOR_KERNEL_DIR/<name>.wgsl` when that file exists (the whole source, constants too,
+/// but not the prelude, which `pipeline` prepends to either).
 fn kernel_source(kernel: &Kernel) -> String {
     let Some(dir) = std::env::var_os("IRONTENSOR_KERNEL_DIR") else { return kernel.source.into() };
     let path = std::path::Path::new(&dir).join(format!("{}.wgsl", kernel.name));
@@ -229,7 +242,7 @@ impl GpuContext {
         let module = modules.entry(kernel.name).or_insert_with(|| {
             self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.name),
-                source: wgpu::ShaderSource::Wgsl(kernel_source(kernel).into()),
+                source: wgpu::ShaderSource::Wgsl(crate::ops::with_prelude(&kernel_source(kernel)).into()),
             })
         });
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -379,7 +392,7 @@ fn coop_matmul_supported(adapter: &wgpu::Adapter, features: wgpu::Features, limi
 }
 
 /// Workgroup counts for `n` groups of a 1-D kernel: x capped at 65535, the rest in y.
-/// Kernels rebuild the flat id as `wid.x + wid.y * nwg.x`.
+/// Kernels rebuild the flat id with the prelude's `flat_group`.
 pub fn grid(n: u32) -> [u32; 3] {
     let x = n.clamp(1, 65535);
     [x, n.div_ceil(x).max(1), 1]
