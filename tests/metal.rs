@@ -21,10 +21,14 @@ fn every_shader_translates() {
     assert!(files.len() >= 5, "expected the ops' shaders under src/, found {files:?}");
     // Every shader file is part of a registered kernel (some are prepended constants or shared
     // code), so none ships unused or untested; every registered source is then translated.
-    let kernels = irontensor::ops::kernels();
+    let kernels = irontensor::kernels();
     for file in &files {
         let source = std::fs::read_to_string(file).unwrap();
-        assert!(kernels.iter().any(|k| k.source.contains(&source)), "{} is not in ops::kernels()", file.display());
+        assert!(
+            kernels.iter().any(|k| k.source.contains(&source)),
+            "{} is not in irontensor::kernels()",
+            file.display()
+        );
     }
     for kernel in kernels {
         let (name, source) = (kernel.name, kernel.source);

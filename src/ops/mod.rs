@@ -25,6 +25,7 @@ pub use elementwise::{add, div, exp, gelu, log, mul, neg, relu, rsqrt, scale, si
 pub use embedding::embedding;
 pub use flash_attention::{flash_attention, flash_attention_bthd};
 pub use layout::{concat, permute, slice, transpose};
+pub(crate) use matmul::prefer_f16_matmul;
 pub use matmul::{coop_matmul_supported, matmul, matmul_precision, matmul_t, set_matmul_precision, MatmulPrecision};
 pub use reduce::{max, max_all, mean, mean_all, sum, sum_all, sum_rows};
 pub use rmsnorm::{add_rmsnorm, rmsnorm};
@@ -35,7 +36,7 @@ pub use swiglu::{swiglu, swiglu_halves};
 use crate::device::gpu::Kernel;
 use crate::{bail, Device, Precision, Result, Tensor};
 
-/// Every WGSL source the ops and optimizers use, for the Metal translation test and `irontensor info`.
+/// Every WGSL source the ops use (`crate::kernels` adds the optimizers').
 pub fn kernels() -> Vec<&'static Kernel> {
     vec![
         &cast::KERNEL,
@@ -55,8 +56,6 @@ pub fn kernels() -> Vec<&'static Kernel> {
         &rope::KERNEL,
         &softmax::KERNEL,
         &swiglu::KERNEL,
-        &crate::optim::KERNEL,
-        &crate::optim::clip::KERNEL,
     ]
 }
 

@@ -19,6 +19,11 @@ use rayon::prelude::*;
 
 pub(crate) static KERNEL: Kernel = Kernel { name: "optim", source: include_str!("optim.wgsl") };
 
+/// Every WGSL source the optimizers use (`crate::kernels` lists them with the ops').
+pub fn kernels() -> Vec<&'static Kernel> {
+    vec![&KERNEL, &clip::KERNEL]
+}
+
 /// A per-element update rule. `Rule::apply` and optim.wgsl's `rule` are the same formulas.
 #[derive(Clone, Copy, Debug)]
 enum Rule {

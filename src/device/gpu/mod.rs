@@ -3,9 +3,11 @@
 mod batch;
 mod cache;
 mod pool;
+mod quiet;
 
 pub use batch::CommandBatch;
 
+use crate::settings::GpuSettings;
 use crate::{Error, Result};
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -20,10 +22,10 @@ pub struct Kernel {
 }
 
 /// The WGSL of `kernel`: its built-in source, or, for kernel work on a machine without Rust,
-/// `$IRONTENSOR_KERNEL_DIR/<name>.wgsl` when that file exists (the whole source, constants too).
-fn kernel_source(kernel: &Kernel) -> String {
-    let Some(dir) = std::env::var_os("IRONTENSOR_KERNEL_DIR") else { return kernel.source.into() };
-    let path = std::path::Path::new(&dir).join(format!("{}.wgsl", kernel.name));
+/// `<kernel_dir>/<name>.wgsl` when that file exists (`IRONTENSOR_KERNEL_DIR`; the whole source, constants too).
+fn kernel_source(kernel: &Kernel, kernel_dir: Option<&std::path::Path>) -> String {
+    let Some(dir) = kernel_dir else { return kernel.source.into() };
+    let path = dir.join(format!("{}.wgsl", kernel.name));
     match std::fs::read_to_string(&path) {
         Ok(source) => {
             eprintln!("kernel {} from {}", kernel.name, path.display());
@@ -31,6 +33,46 @@ fn kernel_source(kernel: &Kernel) -> String {
         }
         Err(_) => kernel.source.into(),
     }
+}
+
+/// What the GPU context starts with; set by [`configure`] before it starts.
+static SETTINGS: Mutex<Option<GpuSettings>> = Mutex::new(None);
+
+/// Sets what the GPU context starts with. An error once the context has started with other settings.
+pub fn configure(settings: &GpuSettings) -> Result<()> {
+    let mut current = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
+    if CTX.get().is_some() && current.clone().unwrap_or_default() != *settings {
+        return Err(Error::Invalid(
+            "configure: the GPU context has already started with other settings; configure before the first GPU use"
+                .into(),
+        ));
+    }
+    *current = Some(settings.clone());
+    Ok(())
+}
+
+/// Someone told of the context's work: the profiler registers one when it is turned on, so that
+/// this module needs nothing from it.
+pub trait Observer: Send + Sync {
+    /// Whether to name and time dispatches now (asked at every dispatch: keep it cheap).
+    fn enabled(&self) -> bool;
+    /// The op the dispatch being queued on this thread belongs to.
+    fn op(&self) -> &'static str;
+    /// One dispatch of `op` was queued.
+    fn dispatched(&self, op: &'static str);
+    /// GPU kernel times in ns of finished dispatches, by op.
+    fn timed(&self, times: &[(&'static str, f64)]);
+}
+
+static OBSERVER: OnceLock<&'static dyn Observer> = OnceLock::new();
+
+/// Registers the observer of GPU work; the first registration stays (there is one profiler).
+pub fn set_observer(observer: &'static dyn Observer) {
+    let _ = OBSERVER.set(observer);
+}
+
+pub(crate) fn observer() -> Option<&'static dyn Observer> {
+    OBSERVER.get().copied()
 }
 
 /// GPU memory behind a tensor. Dropping it hands the buffer back to the pool.
@@ -104,6 +146,7 @@ pub struct GpuContext {
     /// Whether the f16 cooperative-matrix matmul can run here (see `ops::MatmulPrecision`).
     pub coop_matmul: bool,
     compiled: Mutex<Compiled>,
+    kernel_dir: Option<std::path::PathBuf>,
     /// Nanoseconds spent creating shader modules and pipelines.
     compile_ns: AtomicU64,
     disk_cache: cache::DiskCache,
@@ -150,6 +193,32 @@ pub fn started() -> Option<&'static GpuContext> {
     CTX.get().and_then(|c| c.as_ref().ok())
 }
 
+/// The adapters found, best first (wgpu's GL backend left out).
+struct Probe {
+    adapters: Vec<wgpu::Adapter>,
+}
+
+/// Enumerates the adapters once. Drivers print to stderr while they load (Mesa's window system
+/// code: "XDG_RUNTIME_DIR is invalid"), though nothing here draws: that is kept off the terminal.
+fn probe() -> &'static Probe {
+    static PROBE: OnceLock<Probe> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        quiet::stderr(|| {
+            let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+            let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+            adapters.retain(|a| a.get_info().backend != wgpu::Backend::Gl);
+            adapters.sort_by_key(|a| rank(a.get_info().device_type));
+            Probe { adapters }
+        })
+    })
+}
+
+/// Whether a hardware GPU is present: what `auto` asks before it pays for a GPU context. A
+/// software adapter (lavapipe) is slower than the CPU backend, and creating a device on it is not free.
+pub fn hardware_present() -> bool {
+    probe().adapters.first().is_some_and(|a| a.get_info().device_type != wgpu::DeviceType::Cpu)
+}
+
 fn rank(t: wgpu::DeviceType) -> u32 {
     match t {
         wgpu::DeviceType::DiscreteGpu => 0,
@@ -162,10 +231,8 @@ fn rank(t: wgpu::DeviceType) -> u32 {
 
 impl GpuContext {
     fn new() -> std::result::Result<GpuContext, String> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
-        adapters.retain(|a| a.get_info().backend != wgpu::Backend::Gl);
-        adapters.sort_by_key(|a| rank(a.get_info().device_type));
+        let settings = SETTINGS.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default();
+        let adapters = &probe().adapters;
         let Some(adapter) = adapters.first() else {
             return Err("no GPU adapter found (Metal, Vulkan or DX12); on Linux install a Vulkan driver, \
                         e.g. `apt-get install mesa-vulkan-drivers`, or use IRONTENSOR_DEVICE=cpu"
@@ -188,18 +255,19 @@ impl GpuContext {
             wgpu::ExperimentalFeatures::disabled()
         };
         let coop_matmul = coop_matmul_supported(adapter, features, &limits);
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("irontensor"),
-            required_features: features,
-            required_limits: limits.clone(),
-            experimental_features,
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
+        let (device, queue) = quiet::stderr(|| {
+            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+                label: Some("irontensor"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features,
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            }))
+        })
         .map_err(|e| format!("the GPU adapter {} refused a device: {e}", adapter.get_info().name))?;
-        let sync_every_op = std::env::var("IRONTENSOR_SYNC_GPU").is_ok_and(|v| v == "1");
         let info = adapter.get_info();
-        let disk_cache = cache::DiskCache::open(&device, &info, features);
+        let disk_cache = cache::DiskCache::open(&device, &info, features, settings.cache_dir.as_deref());
         Ok(GpuContext {
             info,
             features,
@@ -209,12 +277,13 @@ impl GpuContext {
             others,
             coop_matmul,
             compiled: Mutex::new(Compiled::default()),
+            kernel_dir: settings.kernel_dir,
             compile_ns: AtomicU64::new(0),
             disk_cache,
             pool: pool::Pool::default(),
             batch: Mutex::new(batch::Batch::default()),
             timing: Mutex::new(batch::Timing::default()),
-            sync_every_op,
+            sync_every_op: settings.sync_every_op,
         })
     }
 
@@ -229,7 +298,7 @@ impl GpuContext {
         let module = modules.entry(kernel.name).or_insert_with(|| {
             self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.name),
-                source: wgpu::ShaderSource::Wgsl(kernel_source(kernel).into()),
+                source: wgpu::ShaderSource::Wgsl(kernel_source(kernel, self.kernel_dir.as_deref()).into()),
             })
         });
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -348,7 +417,7 @@ impl GpuContext {
         self.pool.reset_peak();
     }
 
-    /// Whether `IRONTENSOR_SYNC_GPU=1` asked to submit and wait after every op.
+    /// Whether the settings (`IRONTENSOR_SYNC_GPU=1`) asked to submit and wait after every op.
     pub fn sync_every_op(&self) -> bool {
         self.sync_every_op
     }
