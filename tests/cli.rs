@@ -78,8 +78,9 @@ fn an_auto_run_starts_fast_and_quietly() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no start-up line:\n{stderr}"));
     if !stderr.contains("on gpu") {
-        // Loose: the machine is shared; a CPU start is ~0.1-0.2 s, and lavapipe's device ~0.2-1.2 s more.
-        assert!(ms < 1000, "the first step began {ms} ms after start:\n{stderr}");
+        // Loose: this runs beside other tests on a shared machine. A CPU start is ~0.15 s alone,
+        // adapter enumeration with lavapipe ~0.15-0.5 s more, a device created on it 0.1-1 s more.
+        assert!(ms < 2000, "the first step began {ms} ms after start:\n{stderr}");
     }
 }
 
