@@ -1,11 +1,18 @@
 //! The GPU backend: one global wgpu context, its pipeline cache, buffer pool and command batch.
 
+mod adapters;
 mod batch;
 mod cache;
+mod observer;
 mod pool;
 mod quiet;
 
+pub use adapters::hardware_present;
 pub use batch::CommandBatch;
+pub use observer::{set_observer, Observer};
+
+use adapters::probe;
+use observer::observer;
 
 use crate::settings::GpuSettings;
 use crate::{Error, Result};
@@ -49,30 +56,6 @@ pub fn configure(settings: &GpuSettings) -> Result<()> {
     }
     *current = Some(settings.clone());
     Ok(())
-}
-
-/// Someone told of the context's work: the profiler registers one when it is turned on, so that
-/// this module needs nothing from it.
-pub trait Observer: Send + Sync {
-    /// Whether to name and time dispatches now (asked at every dispatch: keep it cheap).
-    fn enabled(&self) -> bool;
-    /// The op the dispatch being queued on this thread belongs to.
-    fn op(&self) -> &'static str;
-    /// One dispatch of `op` was queued.
-    fn dispatched(&self, op: &'static str);
-    /// GPU kernel times in ns of finished dispatches, by op.
-    fn timed(&self, times: &[(&'static str, f64)]);
-}
-
-static OBSERVER: OnceLock<&'static dyn Observer> = OnceLock::new();
-
-/// Registers the observer of GPU work; the first registration stays (there is one profiler).
-pub fn set_observer(observer: &'static dyn Observer) {
-    let _ = OBSERVER.set(observer);
-}
-
-pub(crate) fn observer() -> Option<&'static dyn Observer> {
-    OBSERVER.get().copied()
 }
 
 /// GPU memory behind a tensor. Dropping it hands the buffer back to the pool.
@@ -191,42 +174,6 @@ pub fn save_pipeline_cache() {
 /// The global context if one was already created; never starts one.
 pub fn started() -> Option<&'static GpuContext> {
     CTX.get().and_then(|c| c.as_ref().ok())
-}
-
-/// The adapters found, best first (wgpu's GL backend left out).
-struct Probe {
-    adapters: Vec<wgpu::Adapter>,
-}
-
-/// Enumerates the adapters once. Drivers print to stderr while they load (Mesa's window system
-/// code: "XDG_RUNTIME_DIR is invalid"), though nothing here draws: that is kept off the terminal.
-fn probe() -> &'static Probe {
-    static PROBE: OnceLock<Probe> = OnceLock::new();
-    PROBE.get_or_init(|| {
-        quiet::stderr(|| {
-            let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-            let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
-            adapters.retain(|a| a.get_info().backend != wgpu::Backend::Gl);
-            adapters.sort_by_key(|a| rank(a.get_info().device_type));
-            Probe { adapters }
-        })
-    })
-}
-
-/// Whether a hardware GPU is present: what `auto` asks before it pays for a GPU context. A
-/// software adapter (lavapipe) is slower than the CPU backend, and creating a device on it is not free.
-pub fn hardware_present() -> bool {
-    probe().adapters.first().is_some_and(|a| a.get_info().device_type != wgpu::DeviceType::Cpu)
-}
-
-fn rank(t: wgpu::DeviceType) -> u32 {
-    match t {
-        wgpu::DeviceType::DiscreteGpu => 0,
-        wgpu::DeviceType::IntegratedGpu => 1,
-        wgpu::DeviceType::VirtualGpu => 2,
-        wgpu::DeviceType::Cpu => 3,
-        wgpu::DeviceType::Other => 4,
-    }
 }
 
 impl GpuContext {
