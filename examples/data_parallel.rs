@@ -28,7 +28,7 @@ fn main() -> Result<()> {
         total_steps: steps + warmup,
         ..Default::default()
     };
-    let dist = Dist::from_env()?; // None unless started by mpirun
+    let dist = Dist::start(&irontensor::Settings::from_env()?.dist)?; // None unless started by mpirun
     let make = || Trainer::new_on(model.clone(), config.clone(), Device::Cpu);
     let mut trainer = match &dist {
         Some(d) => Trainer::shared(d, make, Device::Cpu)?,

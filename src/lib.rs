@@ -1,6 +1,7 @@
 //! IronTensor: a small, fast framework for training LLMs, on the CPU or a GPU through wgpu/WGSL.
 //!
-//! Module map (layers as in the spec, bottom up):
+//! Module map (layers as in the spec, bottom up; a module imports only from those above it here):
+//! - [`settings`] (what the environment may set, read only by [`Settings::from_env`]), [`fs`]
 //! - [`precision`], [`tensor`], [`device`] (CPU storage; GPU context, buffer pool, [`CommandBatch`]): core
 //! - [`autograd`]: the reverse-mode graph behind [`Tensor::backward`]
 //! - [`ops`]: one op family per file, each with its CPU kernel, WGSL kernel and backward rule
@@ -16,6 +17,7 @@ pub mod data;
 pub mod device;
 pub mod dist;
 mod error;
+pub mod fs;
 pub mod infer;
 pub mod nn;
 pub mod ops;
@@ -23,6 +25,7 @@ pub mod optim;
 pub mod precision;
 pub mod profile;
 pub mod rng;
+pub mod settings;
 pub mod tensor;
 pub mod train;
 
@@ -33,5 +36,29 @@ pub use error::{Error, Result};
 pub use nn::{GPTModel, ModelConfig};
 pub use ops::*;
 pub use precision::Precision;
+pub use settings::Settings;
 pub use tensor::Tensor;
 pub use train::{CosineAnnealingLR, Trainer, TrainingConfig};
+
+/// Applies `settings` to the library's process-wide state: the default device, the GPU
+/// context's settings, the profiler and the matmul precision. Call it once, first: before any
+/// tensor is made (the default device and the GPU context are chosen once, on first use).
+/// `settings.bf16` and `settings.dist` are for the caller (the trainer's config, `Dist::start`).
+pub fn configure(settings: &Settings) -> Result<()> {
+    device::set_default_choice(settings.device)?;
+    device::gpu::configure(&settings.gpu)?;
+    if settings.profile {
+        profile::enable();
+    }
+    if settings.coop_matmul {
+        ops::prefer_f16_matmul();
+    }
+    Ok(())
+}
+
+/// Every WGSL source the ops and optimizers use, for the Metal translation test and `irontensor info`.
+pub fn kernels() -> Vec<&'static device::gpu::Kernel> {
+    let mut all = ops::kernels();
+    all.extend(optim::kernels());
+    all
+}

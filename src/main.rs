@@ -8,7 +8,7 @@ use irontensor::dist::Dist;
 use irontensor::infer::{generate, SamplingConfig};
 use irontensor::nn::{GPTModel, ModelConfig};
 use irontensor::train::{catch_ctrl_c, fit, OptimizerKind, RunOptions, Trainer, TrainingConfig};
-use irontensor::{Device, Error, Tensor};
+use irontensor::{Device, Error, Settings, Tensor};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -193,13 +193,29 @@ struct GenerateArgs {
 
 type CliResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
+/// What the environment set (`Settings::from_env`), read once at the start of `main`.
+static SETTINGS: std::sync::OnceLock<Settings> = std::sync::OnceLock::new();
+
+fn settings() -> &'static Settings {
+    SETTINGS.get().expect("main reads the settings first")
+}
+
 fn main() {
     let start = Instant::now();
     let cli = Cli::parse();
+    // Every variable is read and checked here, before anything runs; the library reads none.
+    let configured = Settings::from_env().and_then(|s| irontensor::configure(&s).map(|()| SETTINGS.get_or_init(|| s)));
+    let settings = match configured {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
     if irontensor::profile::is_enabled() {
         eprintln!("profiling on (IRONTENSOR_PROFILE=1)");
     }
-    let result = match (Device::check_env(), cli.command) {
+    let result = match (Device::check(settings.device), cli.command) {
         (Err(e), _) => Err(e.into()),
         (_, Some(Command::Info)) => info(start),
         (_, Some(Command::Bench { what })) => bench(what),
@@ -310,6 +326,7 @@ fn plan(args: &TrainArgs, device: Device) -> CliResult<(ModelConfig, TrainingCon
         },
         checkpoint_dir: args.out.join("checkpoints").to_string_lossy().into_owned(),
         seed: args.seed,
+        use_bf16: settings().bf16,
         ..Default::default()
     };
     if t.optimizer == OptimizerKind::Lion {
@@ -349,7 +366,7 @@ fn plan(args: &TrainArgs, device: Device) -> CliResult<(ModelConfig, TrainingCon
 
 fn train(args: &TrainArgs, start: Instant) -> CliResult<()> {
     // Under mpirun: every rank runs this; an error on one ends the whole job.
-    let Some(dist) = Dist::from_env()? else { return train_on(args, None, start) };
+    let Some(dist) = Dist::start(&settings().dist)? else { return train_on(args, None, start) };
     QUIET.store(!dist.is_root(), Ordering::Relaxed);
     note!("MPI: {} ranks ({})", dist.size(), dist.library);
     match train_on(args, Some(&dist), start) {

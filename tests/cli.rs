@@ -39,6 +39,51 @@ fn a_bad_device_name_is_a_clear_error() {
     assert!(out.contains("IRONTENSOR_DEVICE=tpu") && out.contains("cpu, gpu or auto"), "{out}");
 }
 
+/// The CLI reads every variable first (`Settings::from_env`): a bad value stops it before
+/// anything runs, with a message that names the variable and what it may be.
+#[test]
+fn a_bad_variable_stops_the_cli_first() {
+    for (name, value, allowed) in
+        [("IRONTENSOR_PROFILE", "yes", "1 (on) or 0 (off)"), ("IRONTENSOR_DIST_TIMEOUT", "soon", "seconds")]
+    {
+        let (ok, out) = irontensor(&["info"], &[(name, value), ("IRONTENSOR_DEVICE", "cpu")]);
+        assert!(!ok, "{name}={value} was accepted:\n{out}");
+        assert!(out.contains(&format!("{name}={value}")) && out.contains(allowed), "{out}");
+        assert!(!out.contains("default device"), "info ran despite the bad value:\n{out}");
+    }
+}
+
+/// `--device auto` on a machine whose only Vulkan driver is software (lavapipe here) or none:
+/// the run starts on the CPU fast, without creating a GPU device it will not use, and the
+/// driver's chatter ("XDG_RUNTIME_DIR is invalid") never reaches the terminal.
+#[test]
+fn an_auto_run_starts_fast_and_quietly() {
+    let dir = std::env::temp_dir().join(format!("irontensor-cli-auto-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (data, cfg) = tiny_setup(&dir);
+    let out = dir.join("run");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_irontensor"));
+    cmd.args(["train", "--data", data.to_str().unwrap(), "--config", cfg.to_str().unwrap(), "--device", "auto"]);
+    cmd.args(["--batch", "2", "--seq", "16", "--sample-tokens", "0", "--steps", "1", "--out", out.to_str().unwrap()]);
+    cmd.env_remove("XDG_RUNTIME_DIR").env_remove("IRONTENSOR_DEVICE").env("IRONTENSOR_CACHE_DIR", "off");
+    let result = cmd.output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&result.stderr).to_string();
+    assert!(result.status.success(), "{stderr}");
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "driver chatter on the terminal:\n{stderr}");
+    let ms: u64 = stderr
+        .split("the first step began ")
+        .nth(1)
+        .and_then(|r| r.split(" ms").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no start-up line:\n{stderr}"));
+    if !stderr.contains("on gpu") {
+        // Loose: this runs beside other tests on a shared machine. A CPU start is ~0.15 s alone,
+        // adapter enumeration with lavapipe ~0.15-0.5 s more, a device created on it 0.1-1 s more.
+        assert!(ms < 2000, "the first step began {ms} ms after start:\n{stderr}");
+    }
+}
+
 /// A slice of TinyShakespeare and a tiny model config in `dir`: (data file, config file).
 fn tiny_setup(dir: &Path) -> (PathBuf, PathBuf) {
     let text = std::fs::read_to_string(common::SHAKESPEARE).unwrap();

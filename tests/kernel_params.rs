@@ -73,7 +73,7 @@ fn op_codes_match_the_shaders() {
 
 #[test]
 fn prelude_workgroup_size_is_the_rust_constant() {
-    // The prelude's WG comes from ops::WG; no kernel hard-codes a 1-D workgroup of 256.
+    // The prelude's WG comes from gpu::WG; no kernel hard-codes a 1-D workgroup of 256.
     for kernel in irontensor::ops::kernels() {
         let module = parse(kernel.name, &kernel.wgsl());
         assert!(u32_consts(&module).iter().any(|(n, _)| n == "WG"), "{}: no WG const", kernel.name);

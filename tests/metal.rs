@@ -21,12 +21,12 @@ fn every_shader_translates() {
     assert!(files.len() >= 5, "expected the ops' shaders under src/, found {files:?}");
     // Every shader file is part of a registered kernel (some are prepended constants or shared
     // code), so none ships unused or untested; every registered source is then translated.
-    let kernels = irontensor::ops::kernels();
+    let kernels = irontensor::kernels();
     for file in &files {
         let source = std::fs::read_to_string(file).unwrap();
         // (The prelude file is in every kernel's full source.)
         let used = kernels.iter().any(|k| k.source.contains(&source) || k.wgsl().contains(&source));
-        assert!(used, "{} is not in ops::kernels()", file.display());
+        assert!(used, "{} is not in irontensor::kernels()", file.display());
     }
     for kernel in kernels {
         // The source the GPU compiles: the prelude, then the kernel's own.

@@ -9,8 +9,8 @@
 //! 24  tokens     count * width bytes
 //! ```
 
+use crate::fs::write_atomic;
 use crate::rng::Rng;
-use crate::train::checkpoint::write_atomic;
 use crate::{bail, Error, Result};
 use memmap2::Mmap;
 use std::fs;

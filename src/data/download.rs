@@ -1,6 +1,6 @@
 //! Downloads through the system `curl` (no TLS stack linked in), checked by size and SHA-256.
 
-use crate::train::checkpoint::sync_dir;
+use crate::fs::sync_dir;
 use crate::{bail, Error, Result};
 use sha2::{Digest, Sha256};
 use std::fs;

@@ -1,6 +1,6 @@
 //! Byte-level BPE (GPT-2 style) on Hugging Face `tokenizers`, saved as a standard tokenizer.json.
 
-use crate::train::checkpoint::write_atomic;
+use crate::fs::write_atomic;
 use crate::{bail, Error, Result};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

@@ -3,8 +3,9 @@
 pub mod cpu;
 pub mod gpu;
 
+use crate::settings::DeviceChoice;
 use crate::{Error, Result};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 pub use cpu::CpuBuffer;
 pub use gpu::GpuBuffer;
@@ -15,38 +16,54 @@ pub enum Device {
     Gpu,
 }
 
+/// The default device's choice (`crate::configure` sets it), and the device it resolved to.
+static CHOICE: Mutex<DeviceChoice> = Mutex::new(DeviceChoice::Auto);
+static CHOSEN: OnceLock<Device> = OnceLock::new();
+
+/// Sets how the default device is chosen. An error once it was chosen another way.
+pub fn set_default_choice(choice: DeviceChoice) -> Result<()> {
+    let mut current = CHOICE.lock().unwrap_or_else(|e| e.into_inner());
+    if CHOSEN.get().is_some() && *current != choice {
+        return Err(Error::Invalid(format!(
+            "configure: the default device was already chosen ({:?}); configure before making tensors",
+            *current
+        )));
+    }
+    *current = choice;
+    Ok(())
+}
+
 impl Device {
-    /// The device chosen by `IRONTENSOR_DEVICE=cpu|gpu|auto` (default auto: a hardware GPU
-    /// when one is found). Panics on a bad value; `from_env` reports it as an error.
+    /// The default device for new tensors, chosen once on first use as `crate::configure` said
+    /// (default auto: a hardware GPU when one is found). Panics when a GPU was asked for and
+    /// none is usable; `Device::choose` reports that as an error first.
     pub fn default_device() -> Device {
-        static CHOSEN: OnceLock<Device> = OnceLock::new();
-        *CHOSEN.get_or_init(|| Device::from_env().unwrap_or_else(|e| panic!("{e}")))
+        *CHOSEN.get_or_init(|| {
+            let choice = *CHOICE.lock().unwrap_or_else(|e| e.into_inner());
+            Device::choose(choice).unwrap_or_else(|e| panic!("{e}"))
+        })
     }
 
-    /// Reads `IRONTENSOR_DEVICE`.
-    pub fn from_env() -> Result<Device> {
-        let want = std::env::var("IRONTENSOR_DEVICE").unwrap_or_default();
-        match want.to_ascii_lowercase().as_str() {
-            "cpu" => Ok(Device::Cpu),
-            "gpu" => match gpu::context() {
+    /// The device `choice` names; `Gpu` is an error when no adapter is usable.
+    pub fn choose(choice: DeviceChoice) -> Result<Device> {
+        match choice {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Gpu => match gpu::context() {
                 Ok(_) => Ok(Device::Gpu),
                 Err(e) => Err(Error::Device(format!("IRONTENSOR_DEVICE=gpu but {e}"))),
             },
-            // A software adapter (lavapipe) is slower than the CPU backend: auto skips it.
-            "" | "auto" => Ok(match gpu::context() {
-                Ok(c) if c.info.device_type != wgpu::DeviceType::Cpu => Device::Gpu,
-                _ => Device::Cpu,
-            }),
-            other => Err(Error::Invalid(format!("IRONTENSOR_DEVICE={other}: expected cpu, gpu or auto"))),
+            // Only a hardware adapter gets a context: creating a device on lavapipe costs start-up.
+            DeviceChoice::Auto if gpu::hardware_present() && gpu::context().is_ok() => Ok(Device::Gpu),
+            DeviceChoice::Auto => Ok(Device::Cpu),
         }
     }
 
-    /// Checks `IRONTENSOR_DEVICE` like `from_env`, but starts the GPU only when it says `gpu`
+    /// Checks `choice` like `choose`, but starts the GPU only when it says `Gpu`
     /// (a run on the CPU then never pays for adapter and device creation).
-    pub fn check_env() -> Result<()> {
-        match std::env::var("IRONTENSOR_DEVICE").unwrap_or_default().to_ascii_lowercase().as_str() {
-            "" | "auto" | "cpu" => Ok(()),
-            _ => Device::from_env().map(|_| ()),
+    pub fn check(choice: DeviceChoice) -> Result<()> {
+        match choice {
+            DeviceChoice::Gpu => Device::choose(choice).map(|_| ()),
+            DeviceChoice::Auto | DeviceChoice::Cpu => Ok(()),
         }
     }
 

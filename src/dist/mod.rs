@@ -11,6 +11,7 @@ mod mpi;
 
 pub use grads::{GradRound, GradSync};
 
+use crate::settings::{CrashTest, DistSettings};
 use crate::{Error, Result};
 use mpi::Mpi;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
@@ -25,19 +26,9 @@ pub struct Dist {
     /// The MPI library in use, e.g. "libmpi.so.40: Open MPI v4.1.4, ...".
     pub library: String,
     timeout: Duration,
+    crash: Option<CrashTest>,
+    bucket_bytes: usize,
     jobs: Sender<Job>,
-}
-
-/// Environment variables set by the launchers of Open MPI, MPICH (Hydra), Intel MPI and PMIx.
-const LAUNCHER_VARS: &[&str] = &["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"];
-
-/// Whether this process was started by an MPI launcher (`IRONTENSOR_DIST=on|off` overrides).
-pub fn launched_by_mpi() -> bool {
-    match std::env::var("IRONTENSOR_DIST").as_deref() {
-        Ok("on" | "1") => true,
-        Ok("off" | "0") => false,
-        _ => LAUNCHER_VARS.iter().any(|v| std::env::var_os(v).is_some()),
-    }
 }
 
 /// A collective under way on the MPI thread.
@@ -68,27 +59,24 @@ impl<T> Pending<T> {
 }
 
 impl Dist {
-    /// Joins the MPI job when this process was started by mpirun (or `IRONTENSOR_DIST=on`);
+    /// Joins the MPI job when `settings` say so (started by mpirun, or `IRONTENSOR_DIST=on`);
     /// `None` otherwise. An error if MPI cannot start (no library, a build without the feature).
-    pub fn from_env() -> Result<Option<std::sync::Arc<Dist>>> {
-        if !launched_by_mpi() {
+    pub fn start(settings: &DistSettings) -> Result<Option<std::sync::Arc<Dist>>> {
+        if !settings.enabled() {
             return Ok(None);
         }
-        Ok(Some(std::sync::Arc::new(Dist::init()?)))
+        Ok(Some(std::sync::Arc::new(Dist::init(settings)?)))
     }
 
-    fn init() -> Result<Dist> {
-        let timeout = match std::env::var("IRONTENSOR_DIST_TIMEOUT") {
-            Ok(v) => v.parse::<f64>().ok().filter(|s| *s > 0.0).map(Duration::from_secs_f64).ok_or_else(|| {
-                Error::Invalid(format!("IRONTENSOR_DIST_TIMEOUT={v}: expected a positive number of seconds"))
-            })?,
-            Err(_) => Duration::from_secs(600),
-        };
+    fn init(settings: &DistSettings) -> Result<Dist> {
+        let timeout = settings.timeout;
+        let launcher = settings.launcher.clone().unwrap_or_default();
+        let (mpi_lib, launcher_rank) = (settings.mpi_lib.clone(), launcher.rank);
         let (jobs, queue) = channel::<Job>();
         let (started, start) = channel();
         std::thread::Builder::new()
             .name("irontensor-mpi".into())
-            .spawn(move || match Mpi::init() {
+            .spawn(move || match Mpi::init(mpi_lib.as_deref(), &launcher) {
                 Err(e) => drop(started.send(Err(e))),
                 Ok(mpi) => {
                     let _ = started.send(Ok((mpi.rank, mpi.size, mpi.name.clone())));
@@ -101,8 +89,7 @@ impl Dist {
         let (rank, size, library) = match start.recv_timeout(timeout) {
             Ok(Ok(started)) => started,
             Ok(Err(e)) => {
-                let rank = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"].iter().find_map(|v| std::env::var(v).ok());
-                let who = rank.map_or(String::new(), |r| format!(" on rank {r}"));
+                let who = launcher_rank.map_or(String::new(), |r| format!(" on rank {r}"));
                 return Err(Error::Device(format!("MPI could not start{who}: {e}")));
             }
             Err(_) => {
@@ -112,7 +99,7 @@ impl Dist {
                 )))
             }
         };
-        Ok(Dist { rank, size, library, timeout, jobs })
+        Ok(Dist { rank, size, library, timeout, crash: settings.crash, bucket_bytes: settings.bucket_bytes, jobs })
     }
 
     pub fn rank(&self) -> usize {
@@ -121,6 +108,11 @@ impl Dist {
 
     pub fn size(&self) -> usize {
         self.size
+    }
+
+    /// Bytes of gradients per all-reduce bucket (`IRONTENSOR_DIST_BUCKET_MB`).
+    pub fn bucket_bytes(&self) -> usize {
+        self.bucket_bytes
     }
 
     /// Rank 0 logs, evaluates and writes checkpoints.
@@ -222,12 +214,8 @@ impl Dist {
 
     /// Test hook, `IRONTENSOR_DIST_CRASH=RANK:STEP[:hang]`: that rank exits (or hangs) at that step.
     pub fn failure_test(&self, step: usize) {
-        let Ok(spec) = std::env::var("IRONTENSOR_DIST_CRASH") else { return };
-        let parts: Vec<&str> = spec.split(':').collect();
-        if parts.len() < 2 || parts[0].parse() != Ok(self.rank) || parts[1].parse() != Ok(step) {
-            return;
-        }
-        if parts.get(2) == Some(&"hang") {
+        let Some(crash) = self.crash.filter(|c| c.rank == self.rank && c.step == step) else { return };
+        if crash.hang {
             eprintln!("rank {}: IRONTENSOR_DIST_CRASH: hanging at step {step}", self.rank);
             loop {
                 std::thread::sleep(Duration::from_secs(3600));

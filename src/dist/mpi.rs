@@ -2,6 +2,7 @@
 //! run time (no C build step): Open MPI, whose handles are addresses of exported globals, and
 //! MPICH and its ABI relatives (Intel MPI, MVAPICH), whose handles are fixed integers.
 
+use crate::settings::Launcher;
 use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::OnceLock;
@@ -106,14 +107,15 @@ fn api<H: Copy>(lib: &Library, consts: [H; 5], in_place: *mut c_void) -> Result<
     })
 }
 
-/// Opens the first MPI library that loads: `IRONTENSOR_MPI_LIB`, else the usual names.
-fn open_library() -> Result<(&'static Library, String), String> {
-    let mut names: Vec<String> = match std::env::var("IRONTENSOR_MPI_LIB") {
-        Ok(p) if !p.is_empty() => vec![p],
-        _ => CANDIDATES.iter().map(|s| s.to_string()).collect(),
+/// Opens the first MPI library that loads: `library` (`IRONTENSOR_MPI_LIB`), else the usual names.
+fn open_library(library: Option<&str>, launcher: &Launcher) -> Result<(&'static Library, String), String> {
+    let mut names: Vec<String> = match library {
+        Some(p) => vec![p.to_string()],
+        None => CANDIDATES.iter().map(|s| s.to_string()).collect(),
     };
-    // Where both are installed, the library of the launcher that started us goes first.
-    if std::env::var_os("OMPI_COMM_WORLD_SIZE").is_none() && std::env::var_os("PMI_SIZE").is_some() {
+    // Where both are installed, the library of the launcher that started us goes first
+    // (`PMI_SIZE` without Open MPI's variables: MPICH's Hydra).
+    if !launcher.open_mpi && launcher.size.is_some() {
         names.sort_by_key(|n| !n.contains("mpich") && !n.contains(".12"));
     }
     let mut errors = Vec::new();
@@ -134,9 +136,10 @@ fn open_library() -> Result<(&'static Library, String), String> {
 }
 
 impl Mpi {
-    /// Loads MPI and initialises it on the calling thread; that thread makes every later call.
-    pub fn init() -> Result<Mpi, String> {
-        let (lib, file) = open_library()?;
+    /// Loads MPI (`library`, else the usual names) and initialises it on the calling thread; that
+    /// thread makes every later call. `launcher` is what mpirun set.
+    pub fn init(library: Option<&str>, launcher: &Launcher) -> Result<Mpi, String> {
+        let (lib, file) = open_library(library, launcher)?;
         let version: StringFn = symbol(lib, "MPI_Get_library_version")?;
         let mut buf = vec![0 as c_char; 8192];
         let mut len: c_int = 0;
@@ -195,8 +198,7 @@ impl Mpi {
         });
         (mpi.rank, mpi.size) = (rank as usize, size as usize);
         // A library that is not the launcher's starts each process alone, as rank 0 of 1.
-        let launched = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"].iter().find_map(|v| std::env::var(v).ok()?.parse().ok());
-        if let Some(n) = launched.filter(|&n: &usize| n != mpi.size) {
+        if let Some(n) = launcher.size.filter(|&n| n != mpi.size) {
             mpi.finalize()?;
             return Err(format!(
                 "mpirun started {n} ranks, but {} sees {}: it is not the MPI of this mpirun; \

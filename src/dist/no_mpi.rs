@@ -1,6 +1,7 @@
 //! Stands in for `mpi.rs` in builds without the `distributed` feature (or off Unix):
 //! `init` says how to get MPI support, so no other method can ever run.
 
+use crate::settings::Launcher;
 use std::convert::Infallible;
 
 pub struct Mpi {
@@ -11,7 +12,7 @@ pub struct Mpi {
 }
 
 impl Mpi {
-    pub fn init() -> Result<Mpi, String> {
+    pub fn init(_library: Option<&str>, _launcher: &Launcher) -> Result<Mpi, String> {
         Err(if cfg!(unix) {
             "this irontensor was built without MPI support: build it with `cargo build --release --features distributed` \
              (set IRONTENSOR_DIST=off to run each process on its own)"

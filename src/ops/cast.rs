@@ -1,10 +1,10 @@
 //! Casts between FP32 and BF16 storage (round to nearest even). The gradient passes through as f32.
 
-use super::params::{kernel_params, to_u32};
 use super::{grid_for, on_device};
 use crate::autograd::record;
 use crate::device::cpu::CpuBuffer;
 use crate::device::gpu::{self, Kernel, KernelParams};
+use crate::device::gpu::{kernel_params, to_u32};
 use crate::{bail, Precision, Result, Tensor};
 use half::bf16;
 use rayon::prelude::*;

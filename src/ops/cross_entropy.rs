@@ -3,11 +3,11 @@
 
 use super::elementwise::mul_into;
 use super::matmul::matmul_into;
-use super::params::{kernel_params, to_u32};
 use super::{float_input, grid_for, matmul_t, on_device, same_device, scale, slice, sum_all};
 use crate::autograd::{is_grad_enabled, no_grad, record};
 use crate::device::cpu;
 use crate::device::gpu::{self, grid, Kernel, KernelParams};
+use crate::device::gpu::{kernel_params, to_u32};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
 

@@ -1,11 +1,11 @@
 //! Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p).
 //! The mask is a hash of (seed, index), so backward recomputes it instead of storing it.
 
-use super::params::{kernel_params, to_u32};
 use super::{float_input, grid_for, on_device};
 use crate::autograd::record;
 use crate::device::cpu::CHUNK;
 use crate::device::gpu::{self, Kernel, KernelParams};
+use crate::device::gpu::{kernel_params, to_u32};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
 

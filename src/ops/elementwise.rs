@@ -1,11 +1,11 @@
 //! Elementwise ops: unary maps, scale, and binary ops where the smaller operand's shape is a
 //! suffix of the larger's (it repeats, like a bias).
 
-use super::params::{kernel_params, op_codes, to_u32};
 use super::{float_input, grid_for, on_device, same_device, sum_to};
 use crate::autograd::record;
 use crate::device::cpu::{self, par_fill, CHUNK};
 use crate::device::gpu::{self, Kernel, KernelParams};
+use crate::device::gpu::{kernel_params, op_codes, to_u32};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
 

@@ -1,10 +1,10 @@
 //! Token embedding: rows of a [V, C] weight picked by u32 ids; the backward scatter-adds into dweight.
 
-use super::params::{kernel_params, to_u32};
 use super::{float_input, grid_for, on_device, same_device};
 use crate::autograd::record;
 use crate::device::cpu::par_rows;
 use crate::device::gpu::{self, Kernel, KernelParams};
+use crate::device::gpu::{kernel_params, to_u32};
 use crate::{bail, Precision, Result, Tensor};
 
 pub(crate) static KERNEL: Kernel =

@@ -1,9 +1,9 @@
 //! FlashAttention on the GPU: the kernels, their parameters and the dispatches.
 
 use super::attention::AttnDims;
-use super::params::{kernel_params, to_u32};
 use super::{matmul_precision, MatmulPrecision};
 use crate::device::gpu::{self, Kernel, KernelParams};
+use crate::device::gpu::{kernel_params, to_u32};
 use crate::device::Storage;
 use crate::{bail, Precision, Result, Tensor};
 use std::sync::Arc;

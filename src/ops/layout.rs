@@ -1,11 +1,11 @@
 //! Layout ops: transpose, permute, slice and concat. Each writes a new contiguous tensor
 //! (a slice of leading rows is a zero-copy view) through one strided-copy kernel.
 
-use super::params::{kernel_params, to_u32};
 use super::{grid_for, on_device, same_device};
 use crate::autograd::record;
 use crate::device::cpu::CpuBuffer;
 use crate::device::gpu::{self, GpuBuffer, Kernel, KernelParams};
+use crate::device::gpu::{kernel_params, to_u32};
 use crate::tensor::numel;
 use crate::{bail, Device, Precision, Result, Tensor};
 

@@ -12,7 +12,6 @@ mod flash_attention_gpu;
 pub(crate) mod flat;
 mod layout;
 mod matmul;
-pub(crate) mod params;
 mod reduce;
 mod rmsnorm;
 mod rope;
@@ -27,8 +26,8 @@ pub use elementwise::{add, div, exp, gelu, log, mul, neg, relu, rsqrt, scale, si
 pub use embedding::embedding;
 pub use flash_attention::{flash_attention, flash_attention_bthd};
 pub use layout::{concat, permute, slice, transpose};
+pub(crate) use matmul::prefer_f16_matmul;
 pub use matmul::{coop_matmul_supported, matmul, matmul_precision, matmul_t, set_matmul_precision, MatmulPrecision};
-pub use params::with_prelude;
 pub use reduce::{max, max_all, mean, mean_all, sum, sum_all, sum_rows};
 pub use rmsnorm::{add_rmsnorm, rmsnorm};
 pub use rope::{rope, rope_qkv};
@@ -38,7 +37,7 @@ pub use swiglu::{swiglu, swiglu_halves};
 use crate::device::gpu::Kernel;
 use crate::{bail, Device, Precision, Result, Tensor};
 
-/// Every WGSL source the ops and optimizers use, for the Metal translation test and `irontensor info`.
+/// Every WGSL source the ops use (`crate::kernels` adds the optimizers').
 pub fn kernels() -> Vec<&'static Kernel> {
     vec![
         &cast::KERNEL,
@@ -58,8 +57,6 @@ pub fn kernels() -> Vec<&'static Kernel> {
         &rope::KERNEL,
         &softmax::KERNEL,
         &swiglu::KERNEL,
-        &crate::optim::KERNEL,
-        &crate::optim::clip::KERNEL,
     ]
 }
 
@@ -118,8 +115,7 @@ pub(crate) fn sum_to(grad: &Tensor, shape: &[usize]) -> Result<Tensor> {
     sum_rows(&grad.view(&[rows, m])?)?.view(shape)
 }
 
-/// Elements per workgroup of the 1-D kernels.
-pub(crate) const WG: u32 = 256;
+pub(crate) use crate::device::gpu::WG;
 
 /// Workgroup grid for `n` elements, `WG` a group.
 pub(crate) fn grid_for(n: usize) -> [u32; 3] {

@@ -1,10 +1,10 @@
 //! Reductions: sum / mean / max over the last dim and over everything, and column sums.
 
-use super::params::{kernel_params, to_u32};
 use super::{float_input, grid_for, on_device};
 use crate::autograd::{no_backward, record};
 use crate::device::cpu::{par_rows, CpuBuffer, CHUNK};
 use crate::device::gpu::{self, grid, Kernel, KernelParams};
+use crate::device::gpu::{kernel_params, to_u32};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
 

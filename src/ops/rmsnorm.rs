@@ -1,9 +1,9 @@
 //! RMSNorm over the last dim, y = x / sqrt(mean(x²) + eps) * gamma, with its backward.
 
-use super::params::{kernel_params, to_u32};
 use super::{float_input, on_device, same_device, sum_rows};
 use crate::autograd::{record, record_multi};
 use crate::device::gpu::{self, grid, Kernel, KernelParams};
+use crate::device::gpu::{kernel_params, to_u32};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
 

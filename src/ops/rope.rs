@@ -1,10 +1,10 @@
 //! Rotary position embedding (Hugging Face Llama's rotate-half convention) and its backward.
 
-use super::params::{kernel_params, to_u32};
 use super::{float_input, grid_for, on_device, same_device};
 use crate::autograd::{record, record_multi};
 use crate::device::cpu::par_rows;
 use crate::device::gpu::{self, Kernel, KernelParams};
+use crate::device::gpu::{kernel_params, to_u32};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
 

@@ -1,10 +1,10 @@
 //! Softmax over the last dim (numerically stable), with an internal causal variant for attention.
 
-use super::params::{kernel_params, to_u32};
 use super::{float_input, on_device, same_device};
 use crate::autograd::record;
 use crate::device::cpu::{self, par_rows};
 use crate::device::gpu::{self, grid, Kernel, KernelParams};
+use crate::device::gpu::{kernel_params, to_u32};
 use crate::{bail, Precision, Result, Tensor};
 
 pub(crate) static KERNEL: Kernel =

@@ -1,10 +1,10 @@
 //! SwiGLU's gate, silu(gate) * up, fused: one pass forward and one backward (the FFN's activation).
 
-use super::params::{kernel_params, to_u32};
 use super::{float_input, grid_for, on_device, same_device};
 use crate::autograd::record;
 use crate::device::cpu::{self, par_rows};
 use crate::device::gpu::{self, Kernel, KernelParams};
+use crate::device::gpu::{kernel_params, to_u32};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;
 

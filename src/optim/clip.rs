@@ -2,7 +2,7 @@
 
 use crate::device::cpu::CHUNK;
 use crate::device::gpu::{self, grid, Kernel, KernelParams};
-use crate::ops::params::{kernel_params, to_u32};
+use crate::device::gpu::{kernel_params, to_u32};
 use crate::ops::{flat, grid_for, on_device, same_device};
 use crate::{bail, Precision, Result, Tensor};
 use rayon::prelude::*;

@@ -11,7 +11,7 @@ pub use lion::{Lion, LionConfig};
 
 use crate::device::cpu::{CpuBuffer, CHUNK};
 use crate::device::gpu::{self, Kernel, KernelParams};
-use crate::ops::params::{kernel_params, op_codes, to_u32};
+use crate::device::gpu::{kernel_params, op_codes, to_u32};
 use crate::ops::{flat, float_input, grid_for, on_device, same_device};
 use crate::precision::f32_to_bf16_bits;
 use crate::{bail, no_grad, Precision, Result, Tensor};
@@ -51,6 +51,11 @@ kernel_params! {
         use_ctl: u32,
         ctl_off: u32,
     }
+}
+
+/// Every WGSL source the optimizers use (`crate::kernels` lists them with the ops').
+pub fn kernels() -> Vec<&'static Kernel> {
+    vec![&KERNEL, &clip::KERNEL]
 }
 
 /// A per-element update rule. `Rule::apply` and optim.wgsl's `rule` are the same formulas.

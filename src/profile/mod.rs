@@ -1,10 +1,11 @@
-//! The opt-in profiler (`IRONTENSOR_PROFILE=1` or [`enable`]): time and calls per op, training
+//! The opt-in profiler ([`enable`]; the CLI turns it on for `IRONTENSOR_PROFILE=1`): time and calls per op, training
 //! phases and steps. Ops are timed where they dispatch (`ops::on_device`), never in their bodies.
 //!
 //! CPU ops are timed by the wall clock (time spent in nested ops goes to the inner op). GPU ops
 //! name the dispatches they queue; with `TIMESTAMP_QUERY` each dispatch's compute pass is timed
 //! on the GPU and the time is added to its op once the work completes. Without it GPU ops are
 //! counted only. Off, the whole cost is one relaxed atomic load per op and per dispatch.
+//! The GPU context knows nothing of this module: `enable` registers it as the context's observer.
 
 mod report;
 
@@ -13,14 +14,12 @@ pub use report::report;
 use crate::device::{gpu, Device};
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// 0: not decided yet (read `IRONTENSOR_PROFILE` on first use), 1: off, 2: on.
-static STATE: AtomicU8 = AtomicU8::new(0);
-const OFF: u8 = 1;
-const ON: u8 = 2;
+/// Whether profiling is on (off until [`enable`]).
+static ENABLED: AtomicBool = AtomicBool::new(false);
 
 static PROFILE: Mutex<Profile> = Mutex::new(Profile { start: None, ops: None, phases: [Duration::ZERO; 3], steps: 0 });
 
@@ -83,34 +82,23 @@ fn profile() -> MutexGuard<'static, Profile> {
     PROFILE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Whether profiling is on. The first call reads `IRONTENSOR_PROFILE` (on when it is `1`).
+/// Whether profiling is on.
 #[inline]
 pub fn is_enabled() -> bool {
-    match STATE.load(Ordering::Relaxed) {
-        ON => true,
-        OFF => false,
-        _ => init_from_env(),
-    }
+    ENABLED.load(Ordering::Relaxed)
 }
 
-#[cold]
-fn init_from_env() -> bool {
-    let want = if std::env::var("IRONTENSOR_PROFILE").is_ok_and(|v| v == "1") { ON } else { OFF };
-    if STATE.compare_exchange(0, want, Ordering::Relaxed, Ordering::Relaxed).is_ok() && want == ON {
-        profile().start.get_or_insert_with(Instant::now);
-    }
-    STATE.load(Ordering::Relaxed) == ON
-}
-
-/// Turns profiling on (whatever `IRONTENSOR_PROFILE` says); the clock starts now unless it runs.
+/// Turns profiling on; the clock starts now unless it runs. GPU dispatches are named and
+/// timed from now on (this registers the profiler with the GPU context).
 pub fn enable() {
+    gpu::set_observer(&GpuObserver);
     profile().start.get_or_insert_with(Instant::now);
-    STATE.store(ON, Ordering::Relaxed);
+    ENABLED.store(true, Ordering::Relaxed);
 }
 
 /// Turns profiling off; what was recorded stays until [`reset`].
 pub fn disable() {
-    STATE.store(OFF, Ordering::Relaxed);
+    ENABLED.store(false, Ordering::Relaxed);
 }
 
 /// Forgets everything recorded (GPU work already queued is waited for and dropped first)
@@ -231,21 +219,29 @@ pub(crate) fn on_gpu<R>(op: &'static str, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// The op a GPU dispatch on this thread belongs to ("other" outside any op).
-pub(crate) fn gpu_op() -> &'static str {
-    GPU_OP.get().unwrap_or("other")
-}
+/// What the GPU context tells the profiler: which op each dispatch belongs to, and kernel times.
+struct GpuObserver;
 
-/// Counts one dispatch of `op`.
-pub(crate) fn gpu_dispatch(op: &'static str) {
-    profile().entry(op, Device::Gpu).dispatches += 1;
-}
+impl gpu::Observer for GpuObserver {
+    fn enabled(&self) -> bool {
+        is_enabled()
+    }
 
-/// Adds measured GPU kernel times, in ns, to their ops.
-pub(crate) fn gpu_times(times: &[(&'static str, f64)]) {
-    let mut p = profile();
-    for &(op, ns) in times {
-        p.entry(op, Device::Gpu).total += Duration::from_nanos(ns.max(0.0).round() as u64);
+    /// The op a GPU dispatch on this thread belongs to ("other" outside any op).
+    fn op(&self) -> &'static str {
+        GPU_OP.get().unwrap_or("other")
+    }
+
+    fn dispatched(&self, op: &'static str) {
+        profile().entry(op, Device::Gpu).dispatches += 1;
+    }
+
+    /// Adds measured GPU kernel times, in ns, to their ops.
+    fn timed(&self, times: &[(&'static str, f64)]) {
+        let mut p = profile();
+        for &(op, ns) in times {
+            p.entry(op, Device::Gpu).total += Duration::from_nanos(ns.max(0.0).round() as u64);
+        }
     }
 }
 

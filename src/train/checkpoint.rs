@@ -1,34 +1,13 @@
 //! Checkpoint files: tensors in safetensors, written atomically (temporary, fsync, rename),
 //! and Hugging Face `save_pretrained` / `from_pretrained` for GPTModel.
 
+use crate::fs::write_atomic;
 use crate::nn::{GPTModel, ModelConfig};
 use crate::{bail, Device, Error, Precision, Result, Tensor};
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::path::Path;
-
-/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
-/// Makes a rename inside `dir` durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    fs::File::open(dir)?.sync_all()?;
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
-}
 
 fn dtype(p: Precision) -> Dtype {
     match p {

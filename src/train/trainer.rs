@@ -1,9 +1,10 @@
 //! Trainer: forward, backward, clipping and the optimizer step, with gradient accumulation,
 //! NaN/Inf protection, evaluation, and checkpoints that resume exactly.
 
-use super::checkpoint::{load_tensors, save_tensors, sync_dir, tensors_from_bytes, tensors_to_bytes, write_atomic};
+use super::checkpoint::{load_tensors, save_tensors, tensors_from_bytes, tensors_to_bytes};
 use super::{Decay, LrScheduler};
 use crate::dist::{Dist, GradSync};
+use crate::fs::{sync_dir, write_atomic};
 use crate::nn::{GPTModel, ModelConfig};
 use crate::ops::{self, flat};
 use crate::optim::{step_control_scaled, AdamW, AdamWConfig, Lion, LionConfig};
@@ -36,7 +37,7 @@ pub struct TrainingConfig {
     pub save_interval: usize,
     pub eval_interval: usize,
     pub checkpoint_dir: String,
-    /// Store weights in BF16 (compute and gradients stay f32). `IRONTENSOR_BF16=1` turns it on.
+    /// Store weights in BF16 (compute and gradients stay f32). The CLI sets it for `IRONTENSOR_BF16=1`.
     pub use_bf16: bool,
     /// Let the CPU prepare the next step while the GPU runs this one.
     pub async_gpu: bool,
@@ -156,9 +157,6 @@ impl LossScale {
     }
 }
 
-/// Gradient all-reduce buckets of this many MiB (`IRONTENSOR_DIST_BUCKET_MB`).
-const BUCKET_MB: f64 = 4.0;
-
 impl Trainer {
     /// A fresh model on the default device, and its optimizer.
     pub fn new(model_config: ModelConfig, train_config: TrainingConfig) -> Result<Trainer> {
@@ -166,7 +164,7 @@ impl Trainer {
     }
 
     pub fn new_on(mut model_config: ModelConfig, train_config: TrainingConfig, device: Device) -> Result<Trainer> {
-        if train_config.use_bf16 || std::env::var("IRONTENSOR_BF16").is_ok_and(|v| v == "1") {
+        if train_config.use_bf16 {
             model_config.precision = Precision::BF16;
         }
         let model = GPTModel::new_on(model_config, device, train_config.seed)?;
@@ -232,15 +230,11 @@ impl Trainer {
     /// Averages every step's gradients (and loss) over the ranks of `dist`: each rank then
     /// passes its own shard of the batch to `train_step`. All ranks must hold the same
     /// weights and state first (`Trainer::shared`).
+    /// Gradients travel in buckets of `dist.bucket_bytes()` (`IRONTENSOR_DIST_BUCKET_MB`).
     pub fn distribute(&mut self, dist: Arc<Dist>) -> Result<()> {
-        let mb = match std::env::var("IRONTENSOR_DIST_BUCKET_MB") {
-            Ok(v) => v.parse::<f64>().ok().filter(|m| *m > 0.0).ok_or_else(|| {
-                Error::Invalid(format!("IRONTENSOR_DIST_BUCKET_MB={v}: expected a positive number of MiB"))
-            })?,
-            Err(_) => BUCKET_MB,
-        };
+        let bucket_bytes = dist.bucket_bytes();
         let params: Vec<Tensor> = self.model.parameters().iter().map(|(_, t)| t.clone()).collect();
-        self.sync = Some(GradSync::new(dist, &params, (mb * (1 << 20) as f64) as usize));
+        self.sync = Some(GradSync::new(dist, &params, bucket_bytes));
         Ok(())
     }
 

@@ -1,8 +1,7 @@
 //! Command batching: GPU work is recorded into one encoder and submitted together.
 //! A host read, `CommandBatch::sync`/`commit_async`/`end`, or a full batch submits it.
 
-use super::{count, pool::Kind, started, GpuBuffer, GpuContext, Kernel, KernelParams};
-use crate::profile;
+use super::{count, observer, pool::Kind, started, GpuBuffer, GpuContext, Kernel, KernelParams};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
@@ -85,7 +84,8 @@ impl GpuContext {
             kernel.name
         );
         let pipeline = self.pipeline(kernel, entry);
-        let op = profile::is_enabled().then(profile::gpu_op);
+        let watcher = observer().filter(|o| o.enabled());
+        let op = watcher.map(|o| o.op());
         let full = {
             let mut b = self.batch.lock().unwrap();
             let b = &mut *b;
@@ -143,8 +143,8 @@ impl GpuContext {
             b.dispatches >= limit
         };
         count(|c| c.dispatches += 1);
-        if let Some(op) = op {
-            profile::gpu_dispatch(op);
+        if let (Some(w), Some(op)) = (watcher, op) {
+            w.dispatched(op);
         }
         if self.sync_every_op {
             self.flush();
@@ -252,7 +252,9 @@ impl GpuContext {
                 }
             }
         }
-        profile::gpu_times(&times);
+        if let Some(o) = observer() {
+            o.timed(&times);
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Compiled pipelines kept on disk across runs, where the adapter allows it (Vulkan).
 //!
-//! One file per adapter in `IRONTENSOR_CACHE_DIR` (else `$XDG_CACHE_HOME/irontensor`, else
-//! `~/.cache/irontensor`): wgpu's pipeline-cache data followed by its SHA-256, so that a file
+//! One file per adapter in the settings' cache directory (`IRONTENSOR_CACHE_DIR`, else
+//! `$XDG_CACHE_HOME/irontensor`, else `~/.cache/irontensor`; none when unconfigured): wgpu's pipeline-cache data followed by its SHA-256, so that a file
 //! damaged on disk is ignored instead of reaching the driver.
 
 use sha2::{Digest, Sha256};
@@ -22,28 +22,21 @@ pub(super) struct DiskCache {
     saved: Mutex<(usize, Vec<u8>)>,
 }
 
-/// The cache directory, or None when `IRONTENSOR_CACHE_DIR` is `off` or empty (or no home is known).
-fn cache_dir() -> Option<PathBuf> {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
-    match std::env::var_os("IRONTENSOR_CACHE_DIR") {
-        Some(v) if v.is_empty() || v == "off" => None,
-        Some(v) => Some(PathBuf::from(v)),
-        None => var("XDG_CACHE_HOME")
-            .map(|d| PathBuf::from(d).join("irontensor"))
-            .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache/irontensor"))),
-    }
-}
-
 impl DiskCache {
     /// Loads this adapter's cache file into a new pipeline cache. Never fails: a missing,
     /// damaged or foreign file gives an empty cache, and the reason is in `status`.
-    pub(super) fn open(device: &wgpu::Device, info: &wgpu::AdapterInfo, features: wgpu::Features) -> DiskCache {
+    pub(super) fn open(
+        device: &wgpu::Device,
+        info: &wgpu::AdapterInfo,
+        features: wgpu::Features,
+        dir: Option<&Path>,
+    ) -> DiskCache {
         let off = |status: String| DiskCache { cache: None, path: None, status, saved: Mutex::new((0, Vec::new())) };
         let key = wgpu::util::pipeline_cache_key(info).filter(|_| features.contains(wgpu::Features::PIPELINE_CACHE));
         let Some(key) = key else {
             return off(format!("not available on {:?}", info.backend));
         };
-        let Some(dir) = cache_dir() else {
+        let Some(dir) = dir else {
             return off("off (IRONTENSOR_CACHE_DIR)".into());
         };
         let path = dir.join(key);

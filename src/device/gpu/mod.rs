@@ -1,12 +1,23 @@
 //! The GPU backend: one global wgpu context, its pipeline cache, buffer pool and command batch.
 
+mod adapters;
 mod batch;
 mod cache;
+mod kernel;
+mod observer;
 mod pool;
+mod quiet;
 
-pub use crate::ops::params::{KernelParams, ParamsLayout};
+pub use adapters::hardware_present;
 pub use batch::CommandBatch;
+pub(crate) use kernel::{kernel_params, op_codes};
+pub use kernel::{to_u32, with_prelude, Kernel, KernelParams, ParamsLayout, WG};
+pub use observer::{set_observer, Observer};
 
+use adapters::probe;
+use observer::observer;
+
+use crate::settings::GpuSettings;
 use crate::{Error, Result};
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -14,29 +25,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// A WGSL source; its pipelines are compiled once per entry point and cached.
-pub struct Kernel {
-    pub name: &'static str,
-    pub source: &'static str,
-    /// The Rust twin of the source's uniform `Params` (group 0, binding 0).
-    pub params: &'static ParamsLayout,
-    /// Op-code tables (WGSL const name, value) the source must define, from `op_codes!` enums.
-    pub codes: &'static [&'static [(&'static str, u32)]],
-}
-
-impl Kernel {
-    /// The full WGSL the GPU compiles: the shared prelude, then the built-in source.
-    pub fn wgsl(&self) -> String {
-        crate::ops::with_prelude(self.source)
-    }
-}
-
 /// The WGSL of `kernel`: its built-in source, or, for kernel work on a machine without Rust,
-/// `$IRONTENSOR_KERNEL_DIR/<name>.wgsl` when that file exists (the whole source, constants too,
-/// but not the prelude, which `pipeline` prepends to either).
-fn kernel_source(kernel: &Kernel) -> String {
-    let Some(dir) = std::env::var_os("IRONTENSOR_KERNEL_DIR") else { return kernel.source.into() };
-    let path = std::path::Path::new(&dir).join(format!("{}.wgsl", kernel.name));
+/// `<kernel_dir>/<name>.wgsl` when that file exists (`IRONTENSOR_KERNEL_DIR`; the whole source,
+/// constants too, but not the prelude, which `pipeline` prepends to either).
+fn kernel_source(kernel: &Kernel, kernel_dir: Option<&std::path::Path>) -> String {
+    let Some(dir) = kernel_dir else { return kernel.source.into() };
+    let path = dir.join(format!("{}.wgsl", kernel.name));
     match std::fs::read_to_string(&path) {
         Ok(source) => {
             eprintln!("kernel {} from {}", kernel.name, path.display());
@@ -44,6 +38,22 @@ fn kernel_source(kernel: &Kernel) -> String {
         }
         Err(_) => kernel.source.into(),
     }
+}
+
+/// What the GPU context starts with; set by [`configure`] before it starts.
+static SETTINGS: Mutex<Option<GpuSettings>> = Mutex::new(None);
+
+/// Sets what the GPU context starts with. An error once the context has started with other settings.
+pub fn configure(settings: &GpuSettings) -> Result<()> {
+    let mut current = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
+    if CTX.get().is_some() && current.clone().unwrap_or_default() != *settings {
+        return Err(Error::Invalid(
+            "configure: the GPU context has already started with other settings; configure before the first GPU use"
+                .into(),
+        ));
+    }
+    *current = Some(settings.clone());
+    Ok(())
 }
 
 /// GPU memory behind a tensor. Dropping it hands the buffer back to the pool.
@@ -117,6 +127,7 @@ pub struct GpuContext {
     /// Whether the f16 cooperative-matrix matmul can run here (see `ops::MatmulPrecision`).
     pub coop_matmul: bool,
     compiled: Mutex<Compiled>,
+    kernel_dir: Option<std::path::PathBuf>,
     /// Nanoseconds spent creating shader modules and pipelines.
     compile_ns: AtomicU64,
     disk_cache: cache::DiskCache,
@@ -163,22 +174,10 @@ pub fn started() -> Option<&'static GpuContext> {
     CTX.get().and_then(|c| c.as_ref().ok())
 }
 
-fn rank(t: wgpu::DeviceType) -> u32 {
-    match t {
-        wgpu::DeviceType::DiscreteGpu => 0,
-        wgpu::DeviceType::IntegratedGpu => 1,
-        wgpu::DeviceType::VirtualGpu => 2,
-        wgpu::DeviceType::Cpu => 3,
-        wgpu::DeviceType::Other => 4,
-    }
-}
-
 impl GpuContext {
     fn new() -> std::result::Result<GpuContext, String> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
-        adapters.retain(|a| a.get_info().backend != wgpu::Backend::Gl);
-        adapters.sort_by_key(|a| rank(a.get_info().device_type));
+        let settings = SETTINGS.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default();
+        let adapters = &probe().adapters;
         let Some(adapter) = adapters.first() else {
             return Err("no GPU adapter found (Metal, Vulkan or DX12); on Linux install a Vulkan driver, \
                         e.g. `apt-get install mesa-vulkan-drivers`, or use IRONTENSOR_DEVICE=cpu"
@@ -201,18 +200,19 @@ impl GpuContext {
             wgpu::ExperimentalFeatures::disabled()
         };
         let coop_matmul = coop_matmul_supported(adapter, features, &limits);
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("irontensor"),
-            required_features: features,
-            required_limits: limits.clone(),
-            experimental_features,
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
+        let (device, queue) = quiet::stderr(|| {
+            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+                label: Some("irontensor"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features,
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            }))
+        })
         .map_err(|e| format!("the GPU adapter {} refused a device: {e}", adapter.get_info().name))?;
-        let sync_every_op = std::env::var("IRONTENSOR_SYNC_GPU").is_ok_and(|v| v == "1");
         let info = adapter.get_info();
-        let disk_cache = cache::DiskCache::open(&device, &info, features);
+        let disk_cache = cache::DiskCache::open(&device, &info, features, settings.cache_dir.as_deref());
         Ok(GpuContext {
             info,
             features,
@@ -222,12 +222,13 @@ impl GpuContext {
             others,
             coop_matmul,
             compiled: Mutex::new(Compiled::default()),
+            kernel_dir: settings.kernel_dir,
             compile_ns: AtomicU64::new(0),
             disk_cache,
             pool: pool::Pool::default(),
             batch: Mutex::new(batch::Batch::default()),
             timing: Mutex::new(batch::Timing::default()),
-            sync_every_op,
+            sync_every_op: settings.sync_every_op,
         })
     }
 
@@ -242,7 +243,9 @@ impl GpuContext {
         let module = modules.entry(kernel.name).or_insert_with(|| {
             self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.name),
-                source: wgpu::ShaderSource::Wgsl(crate::ops::with_prelude(&kernel_source(kernel)).into()),
+                source: wgpu::ShaderSource::Wgsl(
+                    with_prelude(&kernel_source(kernel, self.kernel_dir.as_deref())).into(),
+                ),
             })
         });
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -361,7 +364,7 @@ impl GpuContext {
         self.pool.reset_peak();
     }
 
-    /// Whether `IRONTENSOR_SYNC_GPU=1` asked to submit and wait after every op.
+    /// Whether the settings (`IRONTENSOR_SYNC_GPU=1`) asked to submit and wait after every op.
     pub fn sync_every_op(&self) -> bool {
         self.sync_every_op
     }

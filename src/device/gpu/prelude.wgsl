@@ -1,4 +1,4 @@
-// The prelude: `const WG` (written by Rust from ops::WG) comes just before this.
+// The prelude: `const WG` (written by Rust from gpu::WG) comes just before this.
 
 // The flat index of a workgroup in a grid from `device::gpu::grid`, which spills x past 65535 into y.
 fn flat_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {

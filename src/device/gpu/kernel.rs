@@ -1,4 +1,25 @@
-//! Kernel parameters as typed structs, the checked u32 conversion they need, and the WGSL prelude.
+//! Kernels: a WGSL source with its typed parameters, the checked u32 conversion they need, and
+//! the WGSL prelude every kernel shares.
+
+/// Threads per workgroup of the 1-D kernels; the prelude's `WG` is written from it.
+pub const WG: u32 = 256;
+
+/// A WGSL source; its pipelines are compiled once per entry point and cached.
+pub struct Kernel {
+    pub name: &'static str,
+    pub source: &'static str,
+    /// The Rust twin of the source's uniform `Params` (group 0, binding 0).
+    pub params: &'static ParamsLayout,
+    /// Op-code tables (WGSL const name, value) the source must define, from `op_codes!` enums.
+    pub codes: &'static [&'static [(&'static str, u32)]],
+}
+
+impl Kernel {
+    /// The full WGSL the GPU compiles: the shared prelude, then the built-in source.
+    pub fn wgsl(&self) -> String {
+        with_prelude(self.source)
+    }
+}
 
 /// Field names and byte offsets of a kernel's params struct, for the test that compares them
 /// with the WGSL `Params` struct.
@@ -10,7 +31,7 @@ pub struct ParamsLayout {
 }
 
 /// A kernel's uniform parameters: a `#[repr(C)]` Pod struct mirroring its WGSL `Params`
-/// (declared with `ops::params::kernel_params!`).
+/// (declared with `kernel_params!`).
 pub trait KernelParams: bytemuck::Pod {
     const LAYOUT: ParamsLayout;
 }
@@ -62,7 +83,7 @@ pub(crate) fn to_u32(op: &str, what: &str, v: usize) -> crate::Result<u32> {
 }
 
 /// `source` with the WGSL every kernel shares put in when its module is created: the workgroup
-/// size made from `ops::WG` (so Rust and WGSL agree), then prelude.wgsl. It goes after the
+/// size made from `WG` (so Rust and WGSL agree), then prelude.wgsl. It goes after the
 /// source's leading `enable` directives, which WGSL wants before any declaration.
 pub fn with_prelude(source: &str) -> String {
     // The head: up to the last `enable` line before any declaration (comments may precede it).
@@ -77,5 +98,5 @@ pub fn with_prelude(source: &str) -> String {
         }
     }
     let (directives, rest) = source.split_at(head);
-    format!("{directives}const WG: u32 = {}u;\n{}{rest}", super::WG, include_str!("prelude.wgsl"))
+    format!("{directives}const WG: u32 = {}u;\n{}{rest}", WG, include_str!("prelude.wgsl"))
 }

@@ -1,0 +1,40 @@
+//! Finding the adapters: enumerated once, quietly, best first.
+
+use super::quiet;
+use std::sync::OnceLock;
+
+/// The adapters found, best first (wgpu's GL backend left out).
+pub(super) struct Probe {
+    pub(super) adapters: Vec<wgpu::Adapter>,
+}
+
+/// Enumerates the adapters once. Drivers print to stderr while they load (Mesa's window system
+/// code: "XDG_RUNTIME_DIR is invalid"), though nothing here draws: that is kept off the terminal.
+pub(super) fn probe() -> &'static Probe {
+    static PROBE: OnceLock<Probe> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        quiet::stderr(|| {
+            let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+            let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+            adapters.retain(|a| a.get_info().backend != wgpu::Backend::Gl);
+            adapters.sort_by_key(|a| rank(a.get_info().device_type));
+            Probe { adapters }
+        })
+    })
+}
+
+/// Whether a hardware GPU is present: what `auto` asks before it pays for a GPU context. A
+/// software adapter (lavapipe) is slower than the CPU backend, and creating a device on it is not free.
+pub fn hardware_present() -> bool {
+    probe().adapters.first().is_some_and(|a| a.get_info().device_type != wgpu::DeviceType::Cpu)
+}
+
+fn rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
