@@ -3,8 +3,11 @@
 
 use naga::{AddressSpace, Expression, Literal, TypeInner};
 
-/// The WGSL uniform at group 0, binding 0: (struct name, [(member, offset)], size).
-fn uniform_params(module: &naga::Module) -> Option<(String, Vec<(String, u32)>, u32)> {
+/// Member names and byte offsets, in order.
+type Fields = Vec<(String, u32)>;
+
+/// The WGSL uniform at group 0, binding 0: (struct name, members, size).
+fn uniform_params(module: &naga::Module) -> Option<(String, Fields, u32)> {
     let var = module.global_variables.iter().map(|(_, v)| v).find(|v| {
         v.space == AddressSpace::Uniform && v.binding.as_ref().is_some_and(|b| b.group == 0 && b.binding == 0)
     })?;
