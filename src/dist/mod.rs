@@ -220,21 +220,29 @@ impl Dist {
         self.agree(&format!("comparing {what} across ranks"), result)
     }
 
-    /// Test hook, `IRONTENSOR_DIST_CRASH=RANK:STEP[:hang]`: that rank exits (or hangs) at that step.
-    pub fn failure_test(&self, step: usize) {
-        let Ok(spec) = std::env::var("IRONTENSOR_DIST_CRASH") else { return };
+    /// The failure test of tests/distributed.rs, when `IRONTENSOR_DIST_CRASH=RANK:STEP[:hang]`
+    /// names this rank: a per-step hook that exits (or hangs) at that step. None otherwise,
+    /// so that training calls nothing per step unless the test asks for it.
+    pub fn failure_test(&self) -> Option<Box<dyn Fn(usize)>> {
+        let spec = std::env::var("IRONTENSOR_DIST_CRASH").ok()?;
         let parts: Vec<&str> = spec.split(':').collect();
-        if parts.len() < 2 || parts[0].parse() != Ok(self.rank) || parts[1].parse() != Ok(step) {
-            return;
+        if parts.len() < 2 || parts[0].parse() != Ok(self.rank) {
+            return None;
         }
-        if parts.get(2) == Some(&"hang") {
-            eprintln!("rank {}: IRONTENSOR_DIST_CRASH: hanging at step {step}", self.rank);
-            loop {
-                std::thread::sleep(Duration::from_secs(3600));
+        let (rank, at, hang) = (self.rank, parts[1].parse::<usize>().ok()?, parts.get(2) == Some(&"hang"));
+        Some(Box::new(move |step| {
+            if step != at {
+                return;
             }
-        }
-        eprintln!("rank {}: IRONTENSOR_DIST_CRASH: exiting at step {step}", self.rank);
-        std::process::exit(3);
+            if hang {
+                eprintln!("rank {rank}: IRONTENSOR_DIST_CRASH: hanging at step {step}");
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+            eprintln!("rank {rank}: IRONTENSOR_DIST_CRASH: exiting at step {step}");
+            std::process::exit(3);
+        }))
     }
 
     /// Ends the whole job: MPI_Abort, or a plain exit when the MPI thread is stuck in a
