@@ -94,7 +94,9 @@ impl Trainer {
             eprintln!("moved the damaged checkpoint {} aside to {}", path.display(), aside.display());
         }
         self.save_checkpoint(&path)?;
-        let mut kept: Vec<PathBuf> = list_checkpoints(dir)?.into_iter().filter(|p| !self.damaged.contains(p)).collect();
+        // A damaged one still in place is left out; once moved aside, its path holds a good one.
+        let in_place = |p: &PathBuf| self.damaged.contains(p) && !p.with_extension(DAMAGED).exists();
+        let mut kept: Vec<PathBuf> = list_checkpoints(dir)?.into_iter().filter(|p| !in_place(p)).collect();
         while kept.len() > self.config.keep_checkpoints.max(1) {
             fs::remove_dir_all(kept.remove(0))?;
         }
