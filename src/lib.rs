@@ -9,10 +9,12 @@
 //! - [`profile`]: the opt-in profiler (`IRONTENSOR_PROFILE=1`): op times, training phases, a report
 //! - [`data`]: memory-mapped token datasets, the byte-level BPE tokenizer, checked downloads
 //! - [`bench`]: `irontensor bench`: training throughput of named workloads, kernel benchmarks
+//! - [`cli`]: the `irontensor` commands (planning, data preparation, train, generate, info, bench)
 //! - [`dist`]: data-parallel training over MPI (`--features distributed`, ranks started by mpirun)
 
 pub mod autograd;
 pub mod bench;
+pub mod cli;
 pub mod data;
 pub mod device;
 pub mod dist;

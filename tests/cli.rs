@@ -412,3 +412,210 @@ fn pipeline_cache_is_written_reused_and_bad_files_are_ignored() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Every flag of every command has a help line; every flag that takes a value says its default.
+#[test]
+fn every_flag_has_help_with_its_default() {
+    let commands: &[&[&str]] = &[
+        &["train"],
+        &["generate"],
+        &["tokenize"],
+        &["bench", "train"],
+        &["bench", "matmul"],
+        &["bench", "attention"],
+        &["bench", "cross-entropy"],
+    ];
+    for cmd in commands {
+        let (ok, help) = irontensor(&[cmd, &["--help"][..]].concat(), &[]);
+        assert!(ok, "{help}");
+        // Option blocks: a line starting with `--flag` (or `-h, --help`) and its continuation lines.
+        let mut blocks: Vec<String> = Vec::new();
+        for line in help.lines().skip_while(|l| !l.starts_with("Options:")).skip(1) {
+            let t = line.trim_start();
+            if t.starts_with("--") || t.starts_with("-h") || t.starts_with("-V") {
+                blocks.push(t.to_string());
+            } else if let Some(b) = blocks.last_mut() {
+                *b += " ";
+                *b += t;
+            }
+        }
+        assert!(blocks.len() >= 2, "{cmd:?}: no options found in\n{help}");
+        for b in &blocks {
+            let flag = b.split_whitespace().next().unwrap();
+            let words = b.split_whitespace().filter(|w| !w.starts_with('-') && !w.starts_with('<')).count();
+            assert!(words >= 2, "{cmd:?} {flag}: no help text: {b}");
+            if b.contains(" <") {
+                assert!(b.contains("default"), "{cmd:?} {flag}: the help does not say the default: {b}");
+            }
+        }
+    }
+}
+
+/// Each out-of-range flag stops the command before any work, naming the flag and its range.
+#[test]
+fn bad_flags_are_refused_before_any_work() {
+    let dir = std::env::temp_dir().join(format!("irontensor-cli-flags-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (data, cfg) = tiny_setup(&dir);
+    let out = dir.join("run");
+    let (data, cfg, out_s) = (data.to_str().unwrap(), cfg.to_str().unwrap(), out.to_str().unwrap());
+    let train = ["train", "--data", data, "--config", cfg, "--device", "cpu", "--out", out_s, "--sample-tokens", "0"];
+    let cases: &[(&[&str], &str)] = &[
+        (&["--lr", "nan"], "--lr NaN: must be a finite number > 0"),
+        (&["--lr", "0"], "--lr 0: must be a finite number > 0"),
+        (&["--lr", "inf"], "--lr inf: must be a finite number > 0"),
+        (&["--batch", "0"], "--batch 0: must be at least 1"),
+        (&["--seq", "0"], "--seq 0: must be at least 1"),
+        (&["--seq", "33"], "--seq 33: must be between 1 and the model's max_seq_len 32"),
+        (&["--steps", "0"], "--steps 0: must be at least 1"),
+        (&["--grad-accum", "0"], "--grad-accum 0: must be at least 1"),
+        (&["--save-interval", "0"], "--save-interval 0: must be at least 1"),
+        (&["--batch", "3", "--grad-accum", "2"], "--batch 3: must be divisible by --grad-accum 2"),
+        (&["--optimizer", "sgd"], "--optimizer sgd: expected adamw or lion"),
+    ];
+    for (extra, want) in cases {
+        let (ok, text) = irontensor(&[&train[..], extra].concat(), &[]);
+        assert!(!ok && text.contains(want), "{extra:?}: expected {want:?} in\n{text}");
+        assert!(!out.join("tokenizer.json").exists(), "{extra:?}: data was prepared before the check:\n{text}");
+    }
+    let generate = ["generate", "--checkpoint", out_s, "--device", "cpu"];
+    let cases: &[(&[&str], &str)] = &[
+        (&["--temperature=-1"], "--temperature -1: must be a finite number >= 0"),
+        (&["--temperature", "nan"], "--temperature NaN"),
+        (&["--top-p", "0"], "--top-p 0: must be in (0, 1]"),
+        (&["--top-p", "1.5"], "--top-p 1.5: must be in (0, 1]"),
+        (&["--max-tokens", "0"], "--max-tokens 0: must be at least 1"),
+    ];
+    for (extra, want) in cases {
+        let (ok, text) = irontensor(&[&generate[..], extra].concat(), &[]);
+        assert!(!ok && text.contains(want), "{extra:?}: expected {want:?} in\n{text}");
+    }
+    let bench = ["bench", "train", "--device", "cpu", "--no-split"];
+    let cases: &[(&[&str], &str)] = &[
+        (&["--steps", "0"], "--steps 0: must be at least 1"),
+        (&["--batch", "0"], "--batch 0: must be at least 1"),
+        (&["--seq", "0"], "--seq 0: must be between 1 and"),
+        (&["--seq", "100000"], "--seq 100000: must be between 1 and"),
+        (&["--optimizer", "sgd"], "--optimizer sgd: expected adamw or lion"),
+    ];
+    for (extra, want) in cases {
+        let (ok, text) = irontensor(&[&bench[..], extra].concat(), &[]);
+        assert!(!ok && text.contains(want), "{extra:?}: expected {want:?} in\n{text}");
+    }
+    let (ok, text) = irontensor(&["tokenize", "--data", data, "--vocab", "100", "--out", out_s], &[]);
+    assert!(!ok && text.contains("--vocab 100: must be at least 257"), "{text}");
+    assert!(!out.join("tokenizer.json").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A run directory has one writer: a second `train --out` on it stops at once naming the
+/// first; once the first is killed (even by SIGKILL) a third starts.
+#[cfg(unix)]
+#[test]
+fn a_run_directory_has_one_writer() {
+    let dir = std::env::temp_dir().join(format!("irontensor-cli-lock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (data, cfg) = tiny_setup(&dir);
+    let out = dir.join("run");
+    let args = |steps: &str| {
+        let mut a = vec!["train", "--data", data.to_str().unwrap(), "--config", cfg.to_str().unwrap()];
+        a.extend(["--device", "cpu", "--batch", "2", "--seq", "16", "--sample-tokens", "0", "--steps", steps]);
+        a.extend(["--out", out.to_str().unwrap(), "--resume"]);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let mut first = Command::new(env!("CARGO_BIN_EXE_irontensor"))
+        .args(args("1000000"))
+        .env_remove("IRONTENSOR_DEVICE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while logged_steps(&out).is_empty() {
+        if start.elapsed() > Duration::from_secs(120) || first.try_wait().unwrap().is_some() {
+            let _ = first.kill();
+            panic!("the first run did not log a step in time");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t = Instant::now();
+    let second: Vec<String> = args("3");
+    let (ok, text) = irontensor(&second.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    let waited = t.elapsed();
+    let still_running = first.try_wait().unwrap().is_none();
+    let steps_before = logged_steps(&out).len();
+    first.kill().unwrap(); // SIGKILL: no chance to unlock
+    first.wait().unwrap();
+    assert!(still_running, "the first run ended early");
+    assert!(!ok, "the second run started on a directory in use:\n{text}");
+    assert!(text.contains(&format!("pid {}", first.id())) && text.contains("in use"), "{text}");
+    assert!(waited < Duration::from_secs(20), "the second run took {waited:?} to stop");
+    assert!(logged_steps(&out).len() >= steps_before, "the second run wrote the log");
+    let third = args(&(logged_steps(&out).len() + 1).to_string());
+    let (ok, text) = irontensor(&third.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert!(ok, "a run after the holder was killed did not start:\n{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A damaged newest checkpoint does not end a run's history: `--resume` and `generate` say
+/// which one is damaged and why, leave it, and use the newest one that loads. The resumed
+/// losses are those of a run resumed from that older checkpoint directly.
+#[test]
+fn resume_and_generate_skip_a_damaged_checkpoint() {
+    let dir = std::env::temp_dir().join(format!("irontensor-cli-damaged-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (data, cfg) = tiny_setup(&dir);
+    let train = |out: &Path, steps: &str, resume: bool| {
+        let mut a = vec!["train", "--data", data.to_str().unwrap(), "--config", cfg.to_str().unwrap()];
+        a.extend(["--device", "cpu", "--batch", "2", "--seq", "16", "--sample-tokens", "0", "--steps", steps]);
+        a.extend(["--save-interval", "3", "--out", out.to_str().unwrap()]);
+        if resume {
+            a.push("--resume");
+        }
+        irontensor(&a, &[])
+    };
+    let run = dir.join("run");
+    let (ok, text) = train(&run, "6", false);
+    assert!(ok, "{text}");
+    // The reference: the same run directory without the newer checkpoint, resumed from step 3.
+    let reference = dir.join("reference");
+    assert!(Command::new("cp").arg("-r").arg(&run).arg(&reference).status().unwrap().success());
+    std::fs::remove_dir_all(reference.join("checkpoints/step_00000006")).unwrap();
+    // Damage the newest checkpoint: its weights cut in half.
+    let damaged = run.join("checkpoints/step_00000006");
+    let weights = damaged.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let gen = |from: &Path| {
+        let a = ["generate", "--checkpoint", from.to_str().unwrap(), "--prompt", "ROMEO:", "--max-tokens", "10"];
+        irontensor(&[&a[..], &["--temperature", "0", "--device", "cpu"]].concat(), &[])
+    };
+    let (ok, text) = gen(&run);
+    assert!(ok, "{text}");
+    assert!(text.contains("step_00000006 is damaged") && text.contains("not a valid safetensors"), "{text}");
+    let (ok, direct) = gen(&run.join("checkpoints/step_00000003"));
+    assert!(ok, "{direct}");
+    assert!(text.starts_with(&direct), "generate did not use step 3:\n{text}\nstep 3 gives:\n{direct}");
+    let (ok, text) = train(&run, "9", true);
+    assert!(ok, "{text}");
+    assert!(text.contains("step_00000006 is damaged") && text.contains("not a valid safetensors"), "{text}");
+    assert!(text.contains("resuming from") && text.contains("at step 3"), "{text}");
+    // The damaged checkpoint is kept, moved aside when the resumed run saved its own step 6.
+    assert_eq!(
+        std::fs::read(damaged.with_extension("damaged").join("model.safetensors")).unwrap().len(),
+        bytes.len() / 2
+    );
+    assert!(run.join("checkpoints/step_00000009").exists());
+    let (ok, text) = train(&reference, "9", true);
+    assert!(ok && text.contains("at step 3"), "{text}");
+    let losses = |out: &Path| -> Vec<(u64, f64)> {
+        let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let steps = lines.iter().filter(|v| v.get("loss").is_some());
+        steps.map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())).skip(6).collect()
+    };
+    let (got, want) = (losses(&run), losses(&reference));
+    assert_eq!(got.iter().map(|s| s.0).collect::<Vec<_>>(), (3..9).collect::<Vec<_>>());
+    assert_eq!(got, want, "resuming past the damaged checkpoint differs from resuming at step 3");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -273,3 +273,26 @@ fn tinyshakespeare_uses_the_file_in_place_and_its_hash_matches() {
     download(&file_url(src), &dest, size, Some(irontensor::data::TINYSHAKESPEARE_SHA256)).unwrap();
     assert_eq!(irontensor::data::tinyshakespeare(&dir).unwrap(), dest, "an existing file is used as is");
 }
+
+/// `open_checked` finds the first id outside the vocabulary, in files of both widths, and
+/// names the file, the position and the id; files within the vocabulary open.
+#[test]
+fn token_ids_are_checked_against_the_vocabulary_when_opened() {
+    let dir = tmp_dir("vocab");
+    for (vocab, below) in [(1000usize, 1000u64), (70_000, 70_000)] {
+        let path = dir.0.join(format!("tokens-{vocab}.bin"));
+        let mut ids = random_tokens(1237, below, vocab as u64);
+        TokenDataset::create(&path, &ids).unwrap();
+        let ds = TokenDataset::open_checked(&path, 16, vocab).unwrap();
+        assert_eq!(ds.token_width(), if vocab < 65536 { 2 } else { 4 });
+        // The reference: the first position whose id is out of range, found by a plain scan.
+        for (pos, id) in [(1236, vocab as u32), (611, vocab as u32 + 5), (0, below as u32 * 3 / 2)] {
+            ids[pos] = id;
+            TokenDataset::create(&path, &ids).unwrap();
+            let first = ids.iter().position(|&t| t as usize >= vocab).unwrap();
+            let e = TokenDataset::open_checked(&path, 16, vocab).unwrap_err().to_string();
+            let want = format!("position {first} is id {}", ids[first]);
+            assert!(e.contains(&path.display().to_string()) && e.contains(&want), "{e} (expected {want:?})");
+        }
+    }
+}

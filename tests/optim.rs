@@ -4,7 +4,7 @@
 
 mod common;
 use common::{assert_close, f64s, rand_vec};
-use irontensor::optim::{self, AdamW, AdamWConfig, Lion, LionConfig};
+use irontensor::optim::{self, AdamW, AdamWConfig, Lion, LionConfig, Optimizer};
 use irontensor::{ops, Device, Precision, Result, Tensor};
 
 /// Either optimizer, with the f64 reference of its rule.

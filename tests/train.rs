@@ -392,3 +392,48 @@ fn presets_have_their_sizes() {
     let counted: usize = model.parameters().iter().map(|(_, t)| t.numel()).sum();
     assert_eq!(counted, ModelConfig::shakespeare().num_params());
 }
+
+/// Resuming past damaged checkpoints: `load_latest` takes the newest that loads and lists the
+/// newer ones as damaged; retention then never deletes those, nor the one resumed from before
+/// `keep_checkpoints` newer good ones exist; a damaged one in the way is moved aside, intact.
+#[test]
+fn damaged_checkpoints_are_skipped_kept_and_never_overwritten() {
+    let dir = std::env::temp_dir().join(format!("irontensor-damaged-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cfg = train_config(OptimizerKind::AdamW, 1e-3, 10);
+    cfg.checkpoint_dir = dir.to_string_lossy().into_owned();
+    cfg.keep_checkpoints = 5;
+    let mut t = Trainer::new_on(tiny(), cfg, Device::Cpu).unwrap();
+    let (x, y) = text_batch(0, 2, 8, tiny().vocab_size as u32);
+    for _ in 0..4 {
+        t.train_step(&x, &y, 2, 8).unwrap();
+        t.save_numbered().unwrap();
+    }
+    let step = |n: usize| dir.join(format!("step_{n:08}"));
+    // Damage steps 3 and 4 in two ways: cut optimizer state, unreadable trainer.json.
+    let opt = step(3).join("optimizer.safetensors");
+    let cut = std::fs::read(&opt).unwrap()[..100].to_vec();
+    std::fs::write(&opt, &cut).unwrap();
+    std::fs::write(step(4).join("trainer.json"), "{").unwrap();
+    let (from, mut r) = Trainer::load_latest(&dir, Device::Cpu).unwrap().unwrap();
+    assert_eq!((from, r.step), (step(2), 2));
+    assert_eq!(r.damaged, vec![step(4), step(3)]);
+    r.config.keep_checkpoints = 2;
+    r.train_step(&x, &y, 2, 8).unwrap();
+    r.save_numbered().unwrap(); // step 3: the damaged one moves aside
+    assert_eq!(std::fs::read(step(3).with_extension("damaged").join("optimizer.safetensors")).unwrap(), cut);
+    assert!(Trainer::load_checkpoint(step(3), Device::Cpu).is_ok());
+    assert!(step(2).exists() && step(4).exists(), "the resumed-from or a damaged checkpoint was deleted");
+    assert!(!step(1).exists(), "retention keeps the newest 2 good ones: 2 and 3");
+    r.train_step(&x, &y, 2, 8).unwrap();
+    r.save_numbered().unwrap(); // step 4: moved aside too
+    assert!(!step(2).exists() && step(3).exists() && step(4).with_extension("damaged").exists());
+    assert!(Trainer::load_checkpoint(step(4), Device::Cpu).is_ok());
+    // With no checkpoint that loads, the error names every damaged one.
+    for n in [3, 4] {
+        std::fs::write(step(n).join("model.safetensors"), b"x").unwrap();
+    }
+    let e = Trainer::load_latest(&dir, Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("step_00000003") && e.contains("step_00000004") && e.contains("no checkpoint"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -111,6 +111,32 @@ impl TokenDataset {
         Ok(TokenDataset { path: path.to_path_buf(), mmap, width, len, seq_len })
     }
 
+    /// `open`, then one pass over the tokens: every id must be below `vocab_size` (the
+    /// model's embedding rows). The error names the file, the position and the id.
+    pub fn open_checked(path: impl AsRef<Path>, seq_len: usize, vocab_size: usize) -> Result<TokenDataset> {
+        let ds = TokenDataset::open(path, seq_len)?;
+        let body = &ds.mmap[HEADER_BYTES..];
+        let bad = match ds.width {
+            2 => body
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]) as u32)
+                .position(|t| t as usize >= vocab_size),
+            _ => body
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .position(|t| t as usize >= vocab_size),
+        };
+        if let Some(i) = bad {
+            bail!(
+                Invalid,
+                "token file {}: token at position {i} is id {}, outside the vocabulary of {vocab_size} (re-create the token files with this tokenizer)",
+                ds.path.display(),
+                ds.token(i)
+            );
+        }
+        Ok(ds)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

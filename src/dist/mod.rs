@@ -212,17 +212,25 @@ impl Dist {
         self.agree(&format!("comparing {what} across ranks"), result)
     }
 
-    /// Test hook, `IRONTENSOR_DIST_CRASH=RANK:STEP[:hang]`: that rank exits (or hangs) at that step.
-    pub fn failure_test(&self, step: usize) {
-        let Some(crash) = self.crash.filter(|c| c.rank == self.rank && c.step == step) else { return };
-        if crash.hang {
-            eprintln!("rank {}: IRONTENSOR_DIST_CRASH: hanging at step {step}", self.rank);
-            loop {
-                std::thread::sleep(Duration::from_secs(3600));
+    /// The failure test of tests/distributed.rs, when `IRONTENSOR_DIST_CRASH=RANK:STEP[:hang]`
+    /// names this rank: a per-step hook that exits (or hangs) at that step. None otherwise,
+    /// so that training calls nothing per step unless the test asks for it.
+    pub fn failure_test(&self) -> Option<Box<dyn Fn(usize)>> {
+        let crash = self.crash.filter(|c| c.rank == self.rank)?;
+        let rank = self.rank;
+        Some(Box::new(move |step| {
+            if step != crash.step {
+                return;
             }
-        }
-        eprintln!("rank {}: IRONTENSOR_DIST_CRASH: exiting at step {step}", self.rank);
-        std::process::exit(3);
+            if crash.hang {
+                eprintln!("rank {rank}: IRONTENSOR_DIST_CRASH: hanging at step {step}");
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+            eprintln!("rank {rank}: IRONTENSOR_DIST_CRASH: exiting at step {step}");
+            std::process::exit(3);
+        }))
     }
 
     /// Ends the whole job: MPI_Abort, or a plain exit when the MPI thread is stuck in a

@@ -4,10 +4,12 @@
 mod adamw;
 pub mod clip;
 mod lion;
+mod stateful;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use clip::{clip_grad_norm, global_norm, step_control, step_control_scaled};
 pub use lion::{Lion, LionConfig};
+pub use stateful::{Optimizer, Stateful, UpdateRule};
 
 use crate::device::cpu::{CpuBuffer, CHUNK};
 use crate::device::gpu::{self, Kernel, KernelParams};
@@ -256,8 +258,8 @@ impl Slots {
     }
 }
 
-/// One step's settings, from an optimizer's config.
-struct Settings {
+/// One step's settings, from an optimizer's config (`UpdateRule::settings`).
+pub struct Settings {
     rule: Rule,
     lr: f32,
     weight_decay: f32,

@@ -6,6 +6,7 @@ use super::Trainer;
 use crate::device::gpu;
 use crate::{bail, CommandBatch, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,7 +33,12 @@ pub struct RunOptions {
     /// When the process started: the first step then reports how long start-up took (stderr,
     /// and `startup_ms`, `first_step_done_ms`, `pipelines_ms` in its log line).
     pub started: Option<Instant>,
+    /// Called with each step's number before it runs (a test hook; None in normal runs).
+    pub on_step: Option<StepHook>,
 }
+
+/// A per-step callback for `RunOptions::on_step`.
+pub type StepHook = Box<dyn Fn(usize)>;
 
 pub struct RunSummary {
     pub steps: usize,
@@ -99,8 +105,8 @@ pub fn fit(
             break;
         }
         let step = trainer.step;
-        if let Some(d) = &dist {
-            d.failure_test(step);
+        if let Some(hook) = &opts.on_step {
+            hook(step);
         }
         let t0 = Instant::now();
         let (x, y) = batch_for(step)?;
@@ -110,13 +116,18 @@ pub fn fit(
         let (loss, grad_norm) = trainer.train_step(&x, &y, local_batch, opts.seq_len)?;
         trainer.data_position = trainer.step as u64;
         let dt = t0.elapsed().as_secs_f64();
-        let mut startup = String::new();
+        let mut record = json!({
+            "step": step,
+            "loss": json_num(loss),
+            "grad_norm": json_num(grad_norm),
+            "lr": json_num(lr),
+            "step_ms": round2(dt * 1e3),
+        });
         if let Some(pipelines_before) = before_first {
             // Pipelines compiled in this step are kept for the next run, even if this one is killed.
             gpu::save_pipeline_cache();
             if let Some(started) = opts.started {
-                let line;
-                (line, startup) = startup_report(started, t0, pipelines_before);
+                let line = startup_report(started, t0, pipelines_before, &mut record);
                 if root {
                     bar.suspend(|| eprintln!("{line}"));
                 }
@@ -126,13 +137,8 @@ pub fn fit(
         train_curve.push((step, loss));
         let tps = tokens_per_step * (trainer.step - first) as f64 / start.elapsed().as_secs_f64();
         if let Some(log) = &mut log {
-            writeln!(
-                log,
-                "{{\"step\":{step},\"loss\":{},\"grad_norm\":{},\"lr\":{lr},\"step_ms\":{:.2},\"tokens_per_s\":{tps:.1}{startup}}}",
-                json_num(loss),
-                json_num(grad_norm),
-                dt * 1e3
-            )?;
+            record["tokens_per_s"] = json!((tps * 10.0).round() / 10.0);
+            writeln!(log, "{record}")?;
         }
         let done = trainer.step;
         if root && !val.is_empty() && (done.is_multiple_of(eval_every) || done == total) {
@@ -140,7 +146,7 @@ pub fn fit(
             last_val = Some(v);
             val_curve.push((done, v));
             if let Some(log) = &mut log {
-                writeln!(log, "{{\"step\":{done},\"val_loss\":{v}}}")?;
+                writeln!(log, "{}", json!({ "step": done, "val_loss": json_num(v) }))?;
             }
         }
         if done.is_multiple_of(save_every) && done < total {
@@ -185,22 +191,23 @@ fn save(trainer: &Trainer) -> Result<PathBuf> {
 }
 
 /// How long the process took to start the first step and to finish it, and how much of that
-/// went to creating GPU pipelines: (a line for stderr, fields for the first log record).
-fn startup_report(started: Instant, began: Instant, pipelines_before: Duration) -> (String, String) {
+/// went to creating GPU pipelines: a line for stderr; the fields go into the first log record.
+fn startup_report(started: Instant, began: Instant, pipelines_before: Duration, record: &mut Value) -> String {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let (began, done) = (ms(began - started), ms(started.elapsed()));
     let mut line = format!("start-up: the first step began {began:.0} ms after process start");
-    let mut fields = format!(",\"startup_ms\":{began:.1},\"first_step_done_ms\":{done:.1}");
+    record["startup_ms"] = json!((began * 10.0).round() / 10.0);
+    record["first_step_done_ms"] = json!((done * 10.0).round() / 10.0);
     match gpu::started().map(|c| c.compile_time()) {
         None => line += &format!(", ended after {done:.0} ms"),
         Some((n, pipelines)) => {
             let (before, pipelines) = (ms(pipelines_before), ms(pipelines));
             line += &format!(" ({before:.0} ms of it creating GPU pipelines), ended after {done:.0} ms ");
             line += &format!("({n} pipelines created in {pipelines:.0} ms)");
-            fields += &format!(",\"pipelines_ms\":{pipelines:.1}");
+            record["pipelines_ms"] = json!((pipelines * 10.0).round() / 10.0);
         }
     }
-    (line, fields)
+    line
 }
 
 /// Time spent creating GPU pipelines so far (zero without a GPU context).
@@ -208,13 +215,18 @@ fn pipeline_time() -> Duration {
     gpu::started().map_or(Duration::ZERO, |c| c.compile_time().1)
 }
 
-/// A number for JSON: NaN and infinities (a skipped step) become null.
-fn json_num(v: f32) -> String {
-    if v.is_finite() {
-        v.to_string()
-    } else {
-        "null".into()
+/// A number for JSON, written with the f32's shortest digits (serde_json would widen it to
+/// f64 and write all of those); NaN and infinities (a skipped step) become null.
+fn json_num(v: f32) -> Value {
+    match v.to_string().parse::<f64>() {
+        Ok(x) if v.is_finite() => json!(x),
+        _ => Value::Null,
     }
+}
+
+/// Milliseconds with two decimals, as the log has always written them.
+fn round2(ms: f64) -> f64 {
+    (ms * 100.0).round() / 100.0
 }
 
 /// Curves already in a log (a resumed run draws the whole history).

@@ -1,0 +1,67 @@
+//! `irontensor bench`: checks the flags, then runs the benchmarks of `crate::bench`.
+
+use super::{at_least_one, bad_flag};
+use crate::bench;
+use crate::train::OptimizerKind;
+use crate::{Device, Result};
+
+/// The flags of `irontensor bench train`.
+#[derive(Clone, Debug)]
+pub struct BenchTrainOptions {
+    pub workload: String,
+    pub device: String,
+    pub steps: usize,
+    pub warmup: usize,
+    pub batch: Option<usize>,
+    pub seq: Option<usize>,
+    pub optimizer: Option<String>,
+    pub no_split: bool,
+}
+
+/// Training throughput of a named workload, one JSON line.
+pub fn bench_train(o: &BenchTrainOptions) -> Result<()> {
+    let w = bench::workload(&o.workload)?;
+    at_least_one("steps", o.steps)?;
+    if let Some(b) = o.batch {
+        at_least_one("batch", b)?;
+    }
+    if let Some(s) = o.seq {
+        if s == 0 || s > w.model.max_seq_len {
+            let range = format!("must be between 1 and the {} workload's max_seq_len {}", w.name, w.model.max_seq_len);
+            return Err(bad_flag("seq", s, &range));
+        }
+    }
+    let optimizer = o.optimizer.as_deref().map(|v| OptimizerKind::parse("--optimizer", v)).transpose()?;
+    let opts = bench::TrainBench {
+        workload: o.workload.clone(),
+        device: Device::parse(&o.device)?,
+        steps: o.steps,
+        warmup: o.warmup,
+        batch: o.batch,
+        seq: o.seq,
+        optimizer,
+        split: !o.no_split,
+    };
+    bench::train(&opts).map(|_| ())
+}
+
+/// The kernel benchmarks of `irontensor bench`.
+#[derive(Clone, Copy, Debug)]
+pub enum Kernel {
+    Matmul,
+    /// FlashAttention, causal or not.
+    Attention {
+        causal: bool,
+    },
+    CrossEntropy,
+}
+
+/// Runs kernel benchmark `k` on `device` ("cpu", "gpu", "auto") for `shapes` (its --shapes).
+pub fn bench_kernels(k: Kernel, device: &str, shapes: &str) -> Result<()> {
+    let device = Device::parse(device)?;
+    match k {
+        Kernel::Matmul => bench::matmul(device, shapes),
+        Kernel::Attention { causal } => bench::attention(device, shapes, causal),
+        Kernel::CrossEntropy => bench::cross_entropy(device, shapes),
+    }
+}

@@ -1,0 +1,87 @@
+//! `irontensor generate`: load a checkpoint (or a run's newest that loads) and stream text.
+
+use super::bad_flag;
+use crate::data::Tokenizer;
+use crate::infer::{self, SamplingConfig};
+use crate::nn::GPTModel;
+use crate::train::load_latest_model;
+use crate::{Device, Error, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The flags of `irontensor generate`.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    /// A checkpoint directory, or a run directory (its newest checkpoint that loads).
+    pub checkpoint: PathBuf,
+    pub prompt: String,
+    pub max_tokens: usize,
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub seed: u64,
+    pub device: String,
+    pub no_cache: bool,
+}
+
+/// The sampling flags, checked.
+fn sampling(o: &GenerateOptions) -> Result<SamplingConfig> {
+    if !(o.temperature.is_finite() && o.temperature >= 0.0) {
+        return Err(bad_flag("temperature", o.temperature, "must be a finite number >= 0 (0 = greedy)"));
+    }
+    if !(o.top_p > 0.0 && o.top_p <= 1.0) {
+        return Err(bad_flag("top-p", o.top_p, "must be in (0, 1] (1 = every token)"));
+    }
+    super::at_least_one("max-tokens", o.max_tokens)?;
+    Ok(SamplingConfig {
+        temperature: o.temperature,
+        top_k: o.top_k,
+        top_p: o.top_p,
+        seed: o.seed,
+        max_tokens: o.max_tokens,
+    })
+}
+
+/// Runs `irontensor generate` with `o`: the text goes to stdout as it is sampled.
+pub fn generate(o: &GenerateOptions) -> Result<()> {
+    let cfg = sampling(o)?;
+    let device = Device::parse(&o.device)?;
+    let given = &o.checkpoint;
+    let (dir, run_dir, model) = if given.join("trainer.json").exists() || given.join("config.json").exists() {
+        let run = given.parent().and_then(|p| p.parent()).map(Path::to_path_buf).unwrap_or_default();
+        (given.clone(), run, GPTModel::from_pretrained(given, device)?)
+    } else {
+        let (ckpt, model) = load_latest_model(&given.join("checkpoints"), device)?.ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: no checkpoint found (train first, or point --checkpoint at one)",
+                given.display()
+            ))
+        })?;
+        (ckpt, given.clone(), model)
+    };
+    let tok_path = [dir.join("tokenizer.json"), run_dir.join("tokenizer.json")].into_iter().find(|p| p.exists());
+    let tok_path = tok_path.ok_or_else(|| Error::Invalid(format!("no tokenizer.json beside {}", dir.display())))?;
+    let tok = Tokenizer::load(tok_path)?;
+    write_text(&model, &tok, &o.prompt, &cfg, !o.no_cache)
+}
+
+/// Streams text generated after `prompt` to stdout.
+pub fn write_text(model: &GPTModel, tok: &Tokenizer, prompt: &str, cfg: &SamplingConfig, cache: bool) -> Result<()> {
+    let ids = tok.encode(prompt);
+    let ids = if ids.is_empty() { vec![tok.eos_id()] } else { ids };
+    print!("{prompt}");
+    let mut out = std::io::stdout();
+    // Decode the growing tail so multi-byte characters split across tokens print whole.
+    let mut pending: Vec<u32> = Vec::new();
+    infer::generate(model, &ids, cfg, Some(tok.eos_id()), cache, |t| {
+        pending.push(t);
+        let s = tok.decode(&pending);
+        if !s.ends_with('\u{fffd}') {
+            print!("{s}");
+            let _ = out.flush();
+            pending.clear();
+        }
+    })?;
+    println!();
+    Ok(())
+}

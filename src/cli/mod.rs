@@ -1,0 +1,69 @@
+//! The `irontensor` commands as library code: main.rs parses the flags and calls these.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set on MPI ranks other than 0, so that the job's output is rank 0's alone.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process's notes are silenced (an MPI rank other than 0).
+pub(crate) fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+/// `eprintln!`, except on MPI ranks other than 0.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        if !$crate::cli::quiet() {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
+mod bench;
+mod generate;
+mod info;
+mod lock;
+mod plan;
+mod prepare;
+mod train;
+
+pub use bench::{bench_kernels, bench_train, BenchTrainOptions, Kernel};
+pub use generate::{generate, write_text, GenerateOptions};
+pub use info::info;
+pub use lock::RunLock;
+pub use plan::{plan, Plan, TrainOptions};
+pub use prepare::{prepare, Prepared};
+pub use train::train;
+
+use crate::{Error, Result};
+
+/// An error for a flag's value: `--lr nan: must be finite and > 0`.
+fn bad_flag(flag: &str, value: impl std::fmt::Display, allowed: &str) -> Error {
+    Error::Invalid(format!("--{flag} {value}: {allowed}"))
+}
+
+/// `value` as a count of at least 1, or an error naming `flag`.
+fn at_least_one(flag: &str, value: usize) -> Result<usize> {
+    if value == 0 {
+        return Err(bad_flag(flag, value, "must be at least 1"));
+    }
+    Ok(value)
+}
+
+/// The device's name for the "model: ..." line.
+fn device_name(device: crate::Device) -> String {
+    // gpu::started: a run on the CPU does not start the GPU to name it.
+    match (device, crate::device::gpu::started()) {
+        (crate::Device::Gpu, Some(ctx)) => format!("{}, {:?}", ctx.info.name, ctx.info.backend),
+        _ => format!("{} threads", rayon::current_num_threads()),
+    }
+}
+
+/// `irontensor tokenize`: the tokenizer and token files of run directory `out`, under its lock.
+pub fn tokenize(data: Option<&std::path::Path>, vocab: usize, out: &std::path::Path) -> Result<()> {
+    if vocab < 257 {
+        return Err(bad_flag("vocab", vocab, "must be at least 257 (256 byte tokens and <|endoftext|>)"));
+    }
+    let _lock = RunLock::take(out)?;
+    prepare(data, vocab, out, 1)?.tokenizer.get().map(|_| ())
+}

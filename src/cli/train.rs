@@ -1,0 +1,162 @@
+//! `irontensor train`: plan, lock the run directory, prepare the data, make or resume the
+//! trainer (on every MPI rank under mpirun), train, report, and write a sample.
+
+use super::{bad_flag, generate::write_text, plan, prepare, quiet, Plan, Prepared, RunLock, TrainOptions, QUIET};
+use crate::device::gpu;
+use crate::dist::Dist;
+use crate::infer::SamplingConfig;
+use crate::settings::DistSettings;
+use crate::train::{catch_ctrl_c, fit, RunOptions, Trainer};
+use crate::{Device, Error, Result};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Runs `irontensor train` with `o`, joining the MPI job `dist` describes when there is one;
+/// `start` is when the process started.
+pub fn train(o: &TrainOptions, dist: &DistSettings, start: Instant) -> Result<()> {
+    // Under mpirun: every rank runs this; an error on one ends the whole job.
+    let Some(dist) = Dist::start(dist)? else { return train_on(o, None, start) };
+    QUIET.store(!dist.is_root(), Ordering::Relaxed);
+    note!("MPI: {} ranks ({})", dist.size(), dist.library);
+    match train_on(o, Some(&dist), start) {
+        Ok(()) => dist.finalize(),
+        Err(e) => {
+            eprintln!("error on rank {} of {}: {e}", dist.rank(), dist.size());
+            dist.abort(1)
+        }
+    }
+}
+
+fn train_on(o: &TrainOptions, dist: Option<&Arc<Dist>>, start: Instant) -> Result<()> {
+    let device = Device::parse(&o.device)?;
+    let plan = plan(o, device)?;
+    let Plan { model: mut model_cfg, train: train_cfg, batch, seq, .. } = plan.clone();
+    if let Some(d) = dist {
+        let ranks = d.size();
+        if !batch.is_multiple_of(ranks * train_cfg.grad_accum_steps) {
+            let why = format!(
+                "must be divisible by the {ranks} MPI ranks × --grad-accum {} = {}",
+                train_cfg.grad_accum_steps,
+                ranks * train_cfg.grad_accum_steps
+            );
+            return Err(bad_flag("batch", batch, &why));
+        }
+    }
+    if plan.small_cpu_run {
+        note!(
+            "no GPU in use: training a smaller model ({} layers, hidden {}, {} steps of {batch}×{seq} tokens) that finishes in minutes; \
+             --device gpu or --config/--steps/--batch/--seq choose otherwise",
+            model_cfg.num_layers, model_cfg.hidden_dim, train_cfg.total_steps
+        );
+    }
+    // One writer per run directory. Under mpirun rank 0 takes the lock before any rank writes
+    // (the others prepare their data after it, in `root_first`) and holds it to the end.
+    let take_lock = || RunLock::take(&o.out);
+    let prep = || prepare(o.data.as_deref(), model_cfg.vocab_size, &o.out, seq);
+    let (_lock, data) = match dist {
+        None => (Some(take_lock()?), prep()?),
+        Some(d) => {
+            // Rank 0 makes the tokenizer and token files; ranks on other machines make theirs,
+            // which must come out the same.
+            let (lock, ready) = d.root_first("preparing the data", || {
+                let lock = if d.is_root() { Some(take_lock()?) } else { None };
+                Ok((lock, prep()?))
+            })?;
+            let tok_json = std::fs::read(o.out.join("tokenizer.json"))?;
+            let sizes = format!("{} {} {}", ready.train.len(), ready.val.len(), ready.tokenizer.vocab_size());
+            d.check_same("the tokenizer and token files", &[tok_json, sizes.into_bytes()].concat())?;
+            (lock, ready)
+        }
+    };
+    let Prepared { tokenizer: mut tok, train: train_ds, val: val_ds, chars_per_token } = data;
+    model_cfg.vocab_size = tok.vocab_size();
+    let make = || -> Result<Trainer> {
+        if !o.resume {
+            if let Some(ckpt) = Trainer::latest_checkpoint(&train_cfg.checkpoint_dir)? {
+                return Err(Error::Invalid(format!(
+                    "{} already holds a run ({}); pass --resume to carry on, or --out DIR for a new run",
+                    o.out.display(),
+                    ckpt.display()
+                )));
+            }
+            return Trainer::new_on(model_cfg.clone(), train_cfg.clone(), device);
+        }
+        let Some((ckpt, mut t)) = Trainer::load_latest(&train_cfg.checkpoint_dir, device)? else {
+            return Trainer::new_on(model_cfg.clone(), train_cfg.clone(), device);
+        };
+        t.config.total_steps = o.steps.unwrap_or(t.config.total_steps);
+        t.scheduler.total = t.config.total_steps;
+        // Checkpoints go to this run's directory, even if it was moved or copied.
+        t.config.checkpoint_dir = train_cfg.checkpoint_dir.clone();
+        t.config.save_interval = o.save_interval.unwrap_or(t.config.save_interval);
+        t.config.grad_accum_steps = o.grad_accum.unwrap_or(t.config.grad_accum_steps);
+        note!("resuming from {} at step {}", ckpt.display(), t.step);
+        Ok(t)
+    };
+    let mut trainer = match dist {
+        None => make()?,
+        Some(d) => Trainer::shared(d, make, device)?,
+    };
+    let c = &trainer.model.config;
+    note!(
+        "model: {:.1}M parameters ({} layers, hidden {}, {} heads, vocab {}) on {} ({})",
+        c.num_params() as f64 / 1e6,
+        c.num_layers,
+        c.hidden_dim,
+        c.num_heads,
+        c.vocab_size,
+        device.name(),
+        super::device_name(device)
+    );
+    if let (Device::Gpu, Some(ctx)) = (device, gpu::started()) {
+        note!("pipeline cache: {}", ctx.pipeline_cache());
+    }
+    let seed = trainer.config.seed;
+    // A fixed validation set: 20 batches spread over the split.
+    let val: Vec<_> = (0..20u64).map(|i| val_ds.batch_at(i, batch, seed ^ 0x5eed)).collect();
+    if let (Some(d), Some((buckets, values))) = (dist, trainer.all_reduce_plan()) {
+        note!(
+            "data parallel: {} ranks × {} rows; {:.1} MB of gradients all-reduced per step in {buckets} buckets",
+            d.size(),
+            batch / d.size().max(1),
+            values as f64 * 4.0 / 1e6
+        );
+    }
+    tok.get()?; // loaded while the model initialised; a bad tokenizer.json stops the run here
+    catch_ctrl_c();
+    let on_step = dist.and_then(|d| d.failure_test());
+    let opts =
+        RunOptions { batch, seq_len: seq, out_dir: o.out.clone(), show_progress: true, started: Some(start), on_step };
+    let summary = fit(&mut trainer, |step| Ok(train_ds.batch_at(step as u64, batch, seed)), &val, &opts)?;
+    if quiet() {
+        return Ok(()); // rank 0 reports
+    }
+    if summary.interrupted {
+        eprintln!(
+            "interrupted: saved {}; `irontensor train --resume --out {}` carries on",
+            summary.checkpoint.display(),
+            o.out.display()
+        );
+        return Ok(());
+    }
+    let v = summary.final_val_loss.unwrap_or(f32::NAN);
+    println!(
+        "done: {} steps in {:.0}s ({:.0} tokens/s); validation loss {v:.4} nats/token = {:.4} nats/character; checkpoint {}",
+        summary.steps,
+        summary.seconds,
+        summary.tokens_per_second,
+        v as f64 / chars_per_token,
+        summary.checkpoint.display()
+    );
+    println!("log {}, loss curves {}", o.out.join("train_log.jsonl").display(), o.out.join("loss.svg").display());
+    if crate::profile::is_enabled() {
+        println!("{}", crate::profile::report());
+    }
+    if o.sample_tokens > 0 {
+        println!("\n--- sample ---");
+        let cfg = SamplingConfig { max_tokens: o.sample_tokens, ..Default::default() };
+        write_text(&trainer.model, tok.get()?, "\n", &cfg, true)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! The `Optimizer` trait, and `Stateful`: the one implementation behind Lion and AdamW, which
+//! differ only in their config and its per-step `Settings`.
+
+use super::{Settings, Slots};
+use crate::{Result, Tensor};
+
+/// What the trainer needs of an optimizer: it holds a `Box<dyn Optimizer>`.
+pub trait Optimizer: Send {
+    /// "lion" or "adamw": names the optimizer in errors.
+    fn name(&self) -> &'static str;
+
+    /// Sets the learning rate for the next steps (schedulers call this every step).
+    fn set_lr(&mut self, lr: f32);
+
+    /// Weight decay only where `mask[k]` is true, by position in the lists given to `step`.
+    /// Without a mask every parameter decays.
+    fn set_decay_mask(&mut self, mask: Vec<bool>);
+
+    /// One step: every parameter (f32 or bf16, any view) is updated in place from its f32
+    /// gradient. The state is made on the first step; later steps must pass the same list.
+    fn step(&mut self, params: &[Tensor], grads: &[Tensor]) -> Result<()>;
+
+    /// `step` under a step control from `step_control`: gradients scaled by its clipping
+    /// factor, and no change at all when it marks the step as skipped (a NaN/Inf loss or
+    /// gradient). The control is read where the update runs: the host does not wait for it.
+    /// A step that was skipped should be handed back with `uncount_step`.
+    fn step_controlled(&mut self, params: &[Tensor], grads: &[Tensor], control: &Tensor) -> Result<()>;
+
+    /// Forgets the last step in the step count (one its control skipped).
+    fn uncount_step(&mut self);
+
+    /// Restores `state()` and `steps()` saved from an optimizer over the same `params`.
+    fn restore(&mut self, params: &[Tensor], state: Vec<Tensor>, steps: u64) -> Result<()>;
+
+    /// Steps taken so far.
+    fn steps(&self) -> u64;
+
+    /// The per-parameter state: f32, flat, `width` values per element (empty before a step).
+    fn state(&self) -> &[Tensor];
+}
+
+/// An optimizer's config: its name, state width and the settings of step `t` (1 for the first).
+pub trait UpdateRule: Copy + Send + 'static {
+    const NAME: &'static str;
+    /// f32 state words per parameter element.
+    const WIDTH: usize;
+    fn set_lr(&mut self, lr: f32);
+    fn settings(&self, t: u64) -> Settings;
+}
+
+/// An optimizer with per-element f32 state: `Lion` and `AdamW` are this over their configs.
+pub struct Stateful<C> {
+    pub config: C,
+    slots: Slots,
+}
+
+impl<C: UpdateRule> Stateful<C> {
+    pub fn new(config: C) -> Stateful<C> {
+        Stateful { config, slots: Slots::default() }
+    }
+
+    fn settings(&self) -> impl Fn(u64) -> Settings {
+        let c = self.config;
+        move |t| c.settings(t)
+    }
+}
+
+impl<C: UpdateRule> Optimizer for Stateful<C> {
+    fn name(&self) -> &'static str {
+        C::NAME
+    }
+
+    fn set_lr(&mut self, lr: f32) {
+        self.config.set_lr(lr);
+    }
+
+    fn set_decay_mask(&mut self, mask: Vec<bool>) {
+        self.slots.decay = Some(mask);
+    }
+
+    fn step(&mut self, params: &[Tensor], grads: &[Tensor]) -> Result<()> {
+        let settings = self.settings();
+        self.slots.step(C::NAME, params, grads, None, settings)
+    }
+
+    fn step_controlled(&mut self, params: &[Tensor], grads: &[Tensor], control: &Tensor) -> Result<()> {
+        let settings = self.settings();
+        self.slots.step(C::NAME, params, grads, Some(control), settings)
+    }
+
+    fn uncount_step(&mut self) {
+        self.slots.uncount_step();
+    }
+
+    fn restore(&mut self, params: &[Tensor], state: Vec<Tensor>, steps: u64) -> Result<()> {
+        self.slots.restore(C::NAME, params, state, steps, C::WIDTH)
+    }
+
+    fn steps(&self) -> u64 {
+        self.slots.steps
+    }
+
+    fn state(&self) -> &[Tensor] {
+        &self.slots.state
+    }
+}

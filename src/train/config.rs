@@ -1,0 +1,100 @@
+//! What a training run is configured with: `TrainingConfig` and the optimizer it names.
+
+use super::Decay;
+use crate::optim::{AdamW, AdamWConfig, Lion, LionConfig, Optimizer};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum OptimizerKind {
+    Lion,
+    AdamW,
+}
+
+impl OptimizerKind {
+    /// The value of a command-line flag (`flag` names it in the error): "adamw" or "lion".
+    pub fn parse(flag: &str, value: &str) -> Result<OptimizerKind> {
+        match value {
+            "adamw" => Ok(OptimizerKind::AdamW),
+            "lion" => Ok(OptimizerKind::Lion),
+            o => Err(Error::Invalid(format!("{flag} {o}: expected adamw or lion"))),
+        }
+    }
+
+    /// The optimizer of this kind with `c`'s hyper-parameters.
+    pub fn build(self, c: &TrainingConfig) -> Box<dyn Optimizer> {
+        match self {
+            OptimizerKind::Lion => Box::new(Lion::new(LionConfig {
+                lr: c.learning_rate,
+                beta1: c.beta1,
+                beta2: c.beta2,
+                weight_decay: c.weight_decay,
+                seed: c.seed,
+            })),
+            OptimizerKind::AdamW => Box::new(AdamW::new(AdamWConfig {
+                lr: c.learning_rate,
+                beta1: c.beta1,
+                beta2: c.beta2,
+                weight_decay: c.weight_decay,
+                seed: c.seed,
+                ..Default::default()
+            })),
+        }
+    }
+}
+
+/// The spec's fields, plus the optimizer, schedule, accumulation and checkpoint retention.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainingConfig {
+    pub learning_rate: f32,
+    pub weight_decay: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    /// Clip the global gradient norm to this (0 = no clipping).
+    pub max_grad_norm: f32,
+    pub warmup_steps: usize,
+    pub total_steps: usize,
+    pub log_interval: usize,
+    pub save_interval: usize,
+    pub eval_interval: usize,
+    pub checkpoint_dir: String,
+    /// Store weights in BF16 (compute and gradients stay f32). `IRONTENSOR_BF16=1` turns it on.
+    pub use_bf16: bool,
+    /// Let the CPU prepare the next step while the GPU runs this one.
+    pub async_gpu: bool,
+    pub optimizer: OptimizerKind,
+    pub schedule: Decay,
+    pub min_lr: f32,
+    /// Micro-batches per optimizer step: the batch given to `train_step` is split this many ways.
+    pub grad_accum_steps: usize,
+    /// Checkpoints kept in `checkpoint_dir` (older ones are deleted; damaged ones never are).
+    pub keep_checkpoints: usize,
+    /// Seeds dropout and stochastic rounding.
+    pub seed: u64,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        TrainingConfig {
+            learning_rate: 3e-4,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.99,
+            max_grad_norm: 1.0,
+            warmup_steps: 50,
+            total_steps: 1000,
+            log_interval: 10,
+            save_interval: 100,
+            eval_interval: 50,
+            checkpoint_dir: "checkpoints".to_string(),
+            use_bf16: false,
+            async_gpu: true,
+            optimizer: OptimizerKind::Lion,
+            schedule: Decay::Cosine,
+            min_lr: 0.0,
+            grad_accum_steps: 1,
+            keep_checkpoints: 3,
+            seed: 0,
+        }
+    }
+}

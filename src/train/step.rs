@@ -1,0 +1,133 @@
+//! One optimizer step (forward, backward, gradient accumulation, the all-reduce under MPI,
+//! clipping and the NaN/Inf skip), and evaluation.
+
+use super::Trainer;
+use crate::ops::{self, flat};
+use crate::optim::step_control_scaled;
+use crate::profile::{self, Phase};
+use crate::{bail, no_grad, Device, Precision, Result, Tensor};
+
+impl Trainer {
+    fn tokens(&self, ids: &[u32], b: usize, t: usize) -> Result<Tensor> {
+        Tensor::from_u32_on(ids, &[b, t], self.model.device())
+    }
+
+    /// One optimizer step on `inputs`/`targets` ([batch, seq] token ids, row-major):
+    /// returns (mean loss, global gradient norm before clipping). A NaN/Inf loss or gradient
+    /// skips the update and is counted in `skipped_steps`.
+    pub fn train_step(&mut self, inputs: &[u32], targets: &[u32], batch: usize, seq_len: usize) -> Result<(f32, f32)> {
+        let n = batch * seq_len;
+        let accum = self.config.grad_accum_steps;
+        if inputs.len() != n || targets.len() != n {
+            bail!(
+                Shape,
+                "train_step: inputs and targets must hold batch×seq_len = {n} ids, got {} and {}",
+                inputs.len(),
+                targets.len()
+            );
+        }
+        if !batch.is_multiple_of(accum) {
+            bail!(Shape, "train_step: batch {batch} is not divisible by grad_accum_steps {accum}");
+        }
+        let micro = batch / accum;
+        let scale = self.loss_scale.now(self.model.device());
+        let params = self.params();
+        let mut grads: Option<Vec<Tensor>> = None;
+        // The summed loss stays on the device: the step reads the host only once, at its end.
+        let mut loss_sum: Option<Tensor> = None;
+        for m in 0..accum {
+            let range = m * micro * seq_len..(m + 1) * micro * seq_len;
+            let x = self.tokens(&inputs[range.clone()], micro, seq_len)?;
+            let y = self.tokens(&targets[range], micro, seq_len)?;
+            // Ranks draw different dropout masks (rank 0 the same as a single process).
+            let rank = self.dist().map_or(0, |d| d.rank() as u64);
+            let seed = self.config.seed ^ ((self.step as u64) << 20) ^ m as u64 ^ (rank << 40);
+            let loss = {
+                let _forward = profile::phase(Phase::Forward);
+                let loss = self.model.loss(&x, &y, micro, seq_len, Some(seed))?;
+                if accum == 1 {
+                    loss // scaling by 1 would cost a dispatch each way and change nothing
+                } else {
+                    ops::scale(&loss, 1.0 / accum as f32)?
+                }
+            };
+            let backward = profile::phase(Phase::Backward);
+            let last = m + 1 == accum;
+            // The loss the backward pass starts from (the loss itself unless loss scaling is on).
+            let scaled = if scale == 1.0 { loss.clone() } else { ops::scale(&loss, scale)? };
+            if let (Some(sync), true) = (&self.sync, last) {
+                // The last micro-batch: buckets are averaged across ranks while backward runs.
+                let mut round = sync.round(grads.take());
+                scaled.backward_with_hook(&mut |leaf, g| round.ready(leaf, g))?;
+                let local = loss.item()? + loss_sum.take().map_or(Ok(0.0), |s| s.item())?;
+                let (averaged, sums) = round.finish(vec![local])?;
+                let mean = sums[0] / sync.dist().size() as f32;
+                loss_sum = Some(Tensor::full_on(loss.shape(), mean, loss.device()));
+                grads = Some(averaged);
+                drop(backward);
+                continue;
+            }
+            let g = scaled.backward()?;
+            let g: Vec<Tensor> = params
+                .iter()
+                .map(|p| g.get(p).cloned().unwrap_or_else(|| Tensor::zeros_on(p.shape(), Precision::FP32, p.device())))
+                .collect();
+            let sum = match grads.take() {
+                None => g,
+                Some(acc) => no_grad(|| acc.iter().zip(&g).map(|(a, b)| ops::add(a, b)).collect::<Result<_>>())?,
+            };
+            // On the GPU the step's gradients go into one buffer, after the backward pass (whose
+            // peak is earlier): the norm and the update are then one dispatch each.
+            grads = Some(if last && self.model.device() == Device::Gpu { flat::pack(&sum)? } else { sum });
+            loss_sum = Some(match loss_sum.take() {
+                None => loss.detach(),
+                Some(sum) => no_grad(|| ops::add(&sum, &loss))?,
+            });
+            drop(backward);
+        }
+        let (grads, loss_sum) = (grads.expect("at least one micro-batch"), loss_sum.expect("at least one micro-batch"));
+        let _optimizer = profile::phase(Phase::Optimizer);
+        // Clipping and the NaN/Inf skip are decided on the device and applied inside the update.
+        let control = step_control_scaled(&grads, &loss_sum, self.config.max_grad_norm, scale)?;
+        let lr = self.scheduler.get_lr(self.step);
+        self.optimizer.set_lr(lr);
+        self.optimizer.step_controlled(&params, &grads, &control)?;
+        let c = control.to_vec(); // the step's one host read
+        let (applied, norm, loss_sum) = (c[1] != 0.0, c[2], c[3]);
+        if scale != 1.0 {
+            self.loss_scale.update(applied);
+        }
+        if !applied {
+            self.optimizer.uncount_step();
+            self.skipped_steps += 1;
+            if self.dist().is_none_or(|d| d.is_root()) {
+                let why = match scale != 1.0 && loss_sum.is_finite() {
+                    true => format!(
+                        "gradients overflowed at loss scale {scale}; the scale is now {}",
+                        self.loss_scale.scale
+                    ),
+                    false => format!("loss {loss_sum} / gradient norm {norm} is not finite"),
+                };
+                eprintln!("step {}: {why}; update skipped", self.step);
+            }
+        }
+        self.step += 1;
+        profile::step();
+        Ok((loss_sum, norm))
+    }
+
+    /// Mean loss over `batches` of ([batch·seq] inputs, targets), without dropout or gradients.
+    pub fn evaluate(&self, batches: &[(Vec<u32>, Vec<u32>)], batch: usize, seq_len: usize) -> Result<f32> {
+        if batches.is_empty() {
+            bail!(Invalid, "evaluate: no batches");
+        }
+        no_grad(|| {
+            let mut sum = 0.0;
+            for (x, y) in batches {
+                let (x, y) = (self.tokens(x, batch, seq_len)?, self.tokens(y, batch, seq_len)?);
+                sum += self.model.loss(&x, &y, batch, seq_len, None)?.item()? as f64;
+            }
+            Ok((sum / batches.len() as f64) as f32)
+        })
+    }
+}
