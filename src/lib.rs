@@ -8,6 +8,7 @@
 //! - [`profile`]: the opt-in profiler (`IRONTENSOR_PROFILE=1`): op times, training phases, a report
 //! - [`data`]: memory-mapped token datasets, the byte-level BPE tokenizer, checked downloads
 //! - [`bench`]: `irontensor bench`: training throughput of named workloads, kernel benchmarks
+//! - [`gguf`]: GGUF export and loading (llama.cpp, Ollama, LM Studio)
 //! - [`dist`]: data-parallel training over MPI (`--features distributed`, ranks started by mpirun)
 
 pub mod autograd;
@@ -16,6 +17,7 @@ pub mod data;
 pub mod device;
 pub mod dist;
 mod error;
+pub mod gguf;
 pub mod infer;
 pub mod nn;
 pub mod ops;
