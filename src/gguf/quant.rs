@@ -67,7 +67,7 @@ pub fn byte_size(ty: u32, dims: &[u64]) -> Result<usize> {
     match ty {
         F32 => Ok(4 * n),
         F16 | BF16 => Ok(2 * n),
-        Q8_0 if dims.first().is_some_and(|&d| d as usize % Q8_BLOCK == 0) => Ok(n / Q8_BLOCK * Q8_BYTES),
+        Q8_0 if dims.first().is_some_and(|&d| (d as usize).is_multiple_of(Q8_BLOCK)) => Ok(n / Q8_BLOCK * Q8_BYTES),
         Q8_0 => {
             Err(Error::Invalid(format!("Q8_0 needs an innermost dimension that is a multiple of 32, got {dims:?}")))
         }
