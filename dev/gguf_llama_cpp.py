@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Checks a GGUF written by irontensor against llama.cpp itself (through llama-cpp-python).
 
-Pinned: llama-cpp-python==0.3.36 (builds llama.cpp from source), gguf==0.17.1, numpy.
-    pip install llama-cpp-python==0.3.36 gguf==0.17.1
+Pinned: llama-cpp-python==0.3.36 (builds llama.cpp from source), gguf==0.19.0, numpy.
+    pip install llama-cpp-python==0.3.36 gguf==0.19.0
 
 Usage: python3 dev/gguf_llama_cpp.py MODEL.gguf EXPECTED.json
 EXPECTED.json (written by tests/gguf.rs, `llama_cpp_agrees`) holds our side:
