@@ -1,6 +1,6 @@
 //! IronTensor: a small, fast framework for training LLMs, on the CPU or a GPU through wgpu/WGSL.
 //!
-//! Module map (layers as in the spec, bottom up; a module imports only from those above it here):
+//! Module map (bottom up; a module imports only from those above it here):
 //! - [`settings`] (what the environment may set, read only by [`Settings::from_env`]), [`fs`]
 //! - [`precision`], [`tensor`], [`device`] (CPU storage; GPU context, buffer pool, [`CommandBatch`]): core
 //! - [`autograd`]: the reverse-mode graph behind [`Tensor::backward`]
@@ -9,6 +9,7 @@
 //! - [`profile`]: the opt-in profiler (`IRONTENSOR_PROFILE=1`): op times, training phases, a report
 //! - [`data`]: memory-mapped token datasets, the byte-level BPE tokenizer, checked downloads
 //! - [`bench`]: `irontensor bench`: training throughput of named workloads, kernel benchmarks
+//! - [`gguf`]: GGUF export and loading (llama.cpp, Ollama, LM Studio)
 //! - [`cli`]: the `irontensor` commands (planning, data preparation, train, generate, info, bench)
 //! - [`dist`]: data-parallel training over MPI (`--features distributed`, ranks started by mpirun)
 
@@ -20,6 +21,7 @@ pub mod device;
 pub mod dist;
 mod error;
 pub mod fs;
+pub mod gguf;
 pub mod infer;
 pub mod nn;
 pub mod ops;

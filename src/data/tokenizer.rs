@@ -69,7 +69,7 @@ impl Tokenizer {
     }
 
     /// Checks that `inner` has the end-of-text token and round-trips text, as byte-level BPE does.
-    fn wrap(inner: tokenizers::Tokenizer, what: &str) -> Result<Tokenizer> {
+    pub(crate) fn wrap(inner: tokenizers::Tokenizer, what: &str) -> Result<Tokenizer> {
         let Some(eos_id) = inner.token_to_id(EOS_TOKEN) else {
             bail!(Invalid, "{what} has no {EOS_TOKEN} token");
         };
