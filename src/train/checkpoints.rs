@@ -2,8 +2,8 @@
 //! retention, and resuming from the newest one that loads when newer ones are damaged.
 
 use super::checkpoint::{load_tensors, save_tensors};
-use crate::fs::{sync_dir, write_atomic};
 use super::{LossScale, Trainer, TrainingConfig};
+use crate::fs::{sync_dir, write_atomic};
 use crate::nn::{GPTModel, ModelConfig};
 use crate::{bail, Device, Error, Result, Tensor};
 use serde::{Deserialize, Serialize};

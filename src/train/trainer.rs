@@ -5,7 +5,7 @@ use super::{LossScale, LrScheduler, TrainingConfig};
 use crate::dist::{Dist, GradSync};
 use crate::nn::{GPTModel, ModelConfig};
 use crate::optim::Optimizer;
-use crate::{bail, Device, Error, Precision, Result, Tensor};
+use crate::{bail, Device, Precision, Result, Tensor};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -27,7 +27,6 @@ pub struct Trainer {
     /// Checkpoints found damaged when this trainer was loaded: never deleted or overwritten.
     pub damaged: Vec<PathBuf>,
 }
-
 
 impl Trainer {
     /// A fresh model on the default device, and its optimizer.

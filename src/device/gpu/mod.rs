@@ -10,8 +10,8 @@ mod quiet;
 
 pub use adapters::hardware_present;
 pub use batch::CommandBatch;
-pub(crate) use kernel::{kernel_params, op_codes};
-pub use kernel::{to_u32, with_prelude, Kernel, KernelParams, ParamsLayout, WG};
+pub(crate) use kernel::{kernel_params, op_codes, to_u32};
+pub use kernel::{with_prelude, Kernel, KernelParams, ParamsLayout, WG};
 pub use observer::{set_observer, Observer};
 
 use adapters::probe;
