@@ -88,7 +88,7 @@ pub fn plan(o: &TrainOptions, device: Device) -> Result<Plan> {
     };
     if optimizer == OptimizerKind::Lion {
         t.learning_rate = 2e-4;
-        (t.beta1, t.beta2) = (0.99, 0.9); // the spec's names: interpolate with beta2 = 0.9, track with beta1 = 0.99
+        (t.beta1, t.beta2) = (0.99, 0.9); // our names: interpolate with beta2 = 0.9, track with beta1 = 0.99 (see lion.rs)
     }
     let (mut batch, mut seq) = (64, 256);
     let small_cpu_run = device == Device::Cpu && o.config == "shakespeare";

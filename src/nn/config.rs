@@ -1,4 +1,5 @@
-//! ModelConfig: the spec's fields, presets, validation, and Hugging Face config.json.
+//! ModelConfig: the model's shape (vocabulary, width, depth, heads, FFN, context, RoPE, norm,
+//! tying, precision), presets, validation, and Hugging Face config.json.
 
 use crate::{bail, Error, Precision, Result};
 use serde::{Deserialize, Serialize};

@@ -227,7 +227,8 @@ impl GPTModel {
         }
     }
 
-    /// Logits [B, T, V] for tokens [B, T] at positions pos_offset.. (the spec's forward).
+    /// Logits [B, T, V] for tokens [B, T] at positions pos_offset.. (the full logits; training
+    /// uses `loss`, which never makes them).
     pub fn forward(&self, tokens: &Tensor, batch: usize, seq_len: usize, pos_offset: usize) -> Result<Tensor> {
         let h = self.hidden(tokens, batch, seq_len, pos_offset, None, None)?;
         ops::matmul_t(&h, self.output_weight(), false, true)?.view(&[batch, seq_len, self.config.vocab_size])

@@ -1,9 +1,10 @@
-//! Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"), with the update
-//! rule and β names exactly as the spec writes them.
+//! Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"): the update is
+//! sign(β2·m + (1-β2)·g), the momentum m = β1·m + (1-β1)·g (β names as in IronTensor's API).
 
 use super::{Rule, Settings, Stateful, UpdateRule};
 
-/// Lion hyper-parameters. The defaults are the spec's training configuration.
+/// Lion hyper-parameters. The defaults are IronTensor's documented training configuration
+/// (lr 3e-4, β1 0.9, β2 0.99, weight decay 0.1).
 #[derive(Clone, Copy, Debug)]
 pub struct LionConfig {
     pub lr: f32,
@@ -20,7 +21,7 @@ impl Default for LionConfig {
     }
 }
 
-/// Lion, one f32 momentum per parameter element. Per element, as the spec writes it:
+/// Lion, one f32 momentum per parameter element. Per element:
 /// ```text
 /// update = sign(β2·m + (1 - β2)·g)
 /// m      = β1·m + (1 - β1)·g
@@ -28,8 +29,8 @@ impl Default for LionConfig {
 /// ```
 /// Note: the paper (Algorithm 2) names the betas the other way round: it interpolates with
 /// β1 (c = β1·m + (1-β1)·g) and tracks the momentum with β2 (m = β2·m + (1-β2)·g), with
-/// defaults β1 = 0.9, β2 = 0.99. With the spec's names the same behaviour needs
-/// beta1 = 0.99, beta2 = 0.9; the spec's defaults (0.9, 0.99) give the swapped variant.
+/// defaults β1 = 0.9, β2 = 0.99. With our names the paper's behaviour needs
+/// beta1 = 0.99, beta2 = 0.9; our defaults (0.9, 0.99) give the swapped variant.
 /// Weight decay is decoupled and uses the weight before the step, as in the paper.
 /// Its state (`Optimizer::state`) is the momentum: one f32 per element.
 pub type Lion = Stateful<LionConfig>;

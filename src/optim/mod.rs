@@ -1,23 +1,25 @@
-//! Optimizers that update parameters in place: Lion (as the spec writes it), AdamW, and
+//! Optimizers that update parameters in place: Lion (the β names of IronTensor's API: see lion.rs), AdamW, and
 //! gradient clipping. BF16 parameters are updated in f32 and stored with stochastic rounding.
 
 mod adamw;
 pub mod clip;
 mod lion;
+mod rounding;
 mod stateful;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use clip::{clip_grad_norm, global_norm, step_control, step_control_scaled};
 pub use lion::{Lion, LionConfig};
+pub use rounding::stochastic_round;
 pub use stateful::{Optimizer, Stateful, UpdateRule};
 
-use crate::device::cpu::{CpuBuffer, CHUNK};
+use rounding::{noise_key, Elem};
+
+use crate::device::cpu::CHUNK;
 use crate::device::gpu::{self, Kernel, KernelParams};
 use crate::device::gpu::{kernel_params, op_codes, to_u32};
 use crate::ops::{flat, float_input, grid_for, on_device, same_device};
-use crate::precision::f32_to_bf16_bits;
 use crate::{bail, no_grad, Precision, Result, Tensor};
-use half::bf16;
 use rayon::prelude::*;
 
 pub(crate) static KERNEL: Kernel = Kernel {
@@ -63,7 +65,7 @@ pub fn kernels() -> Vec<&'static Kernel> {
 /// A per-element update rule. `Rule::apply` and optim.wgsl's `rule` are the same formulas.
 #[derive(Clone, Copy, Debug)]
 enum Rule {
-    /// The spec's Lion: update = sign(β2·m + (1-β2)·g), m = β1·m + (1-β1)·g.
+    /// Lion: update = sign(β2·m + (1-β2)·g), m = β1·m + (1-β1)·g.
     Lion { beta1: f32, beta2: f32 },
     /// Adam with bias correction: bc1 = 1 - β1^t, bc2_sqrt = sqrt(1 - β2^t).
     AdamW { beta1: f32, beta2: f32, eps: f32, bc1: f32, bc2_sqrt: f32 },
@@ -345,93 +347,4 @@ fn cpu_update<T: Elem>(w: &mut [T], g: &[f32], gscale: f32, s: &mut [f32], set: 
             w.store(new, h.key, i as u32);
         }
     });
-}
-
-/// A parameter element as stored: f32 as is, bf16 rounded stochastically.
-trait Elem: Send {
-    fn load(&self) -> f32;
-    fn store(&mut self, v: f32, key: u32, i: u32);
-}
-
-impl Elem for f32 {
-    fn load(&self) -> f32 {
-        *self
-    }
-    fn store(&mut self, v: f32, _key: u32, _i: u32) {
-        *self = v;
-    }
-}
-
-impl Elem for bf16 {
-    fn load(&self) -> f32 {
-        self.to_f32()
-    }
-    fn store(&mut self, v: f32, key: u32, i: u32) {
-        *self = bf16::from_bits(round_bf16(v, noise(key, i)));
-    }
-}
-
-/// PCG-style 32-bit hash (Jarzynski & Olano 2020); optim.wgsl has the same function.
-fn pcg(v: u32) -> u32 {
-    let s = v.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
-    let w = ((s >> ((s >> 28) + 4)) ^ s).wrapping_mul(277_803_737);
-    (w >> 22) ^ w
-}
-
-/// One key per (seed, stream, step): the noise of element i is then `noise(key, i)`.
-fn noise_key(seed: u64, stream: u32, step: u64) -> u32 {
-    let s = pcg(seed as u32 ^ pcg((seed >> 32) as u32));
-    pcg(pcg(s ^ stream) ^ step as u32)
-}
-
-fn noise(key: u32, i: u32) -> u32 {
-    pcg(pcg(i) ^ key)
-}
-
-/// bf16 bits of x rounded up or down at random: up with probability equal to the dropped
-/// fraction (the low 16 bits of r decide), so the expected value is x. Inf and NaN are kept.
-fn round_bf16(x: f32, r: u32) -> u16 {
-    let b = x.to_bits();
-    if b & 0x7f80_0000 == 0x7f80_0000 {
-        return f32_to_bf16_bits(x);
-    }
-    // Adding to the magnitude bits carries into the exponent as it should; no u32 overflow.
-    ((b + (r & 0xffff)) >> 16) as u16
-}
-
-/// `x` (f32) rounded to BF16 stochastically, deterministic for `seed` on every device.
-/// The rounding the optimizers use on BF16 parameters, as an op for tests and tools.
-pub fn stochastic_round(x: &Tensor, seed: u64) -> Result<Tensor> {
-    crate::autograd::no_backward("stochastic_round", &[x])?;
-    if x.dtype() != Precision::FP32 {
-        bail!(Dtype, "stochastic_round: expects f32, got {}", x.dtype().name());
-    }
-    let key = noise_key(seed, 0, 0);
-    let n = x.numel();
-    on_device(
-        "stochastic_round",
-        x.device(),
-        || {
-            let r = x.cpu();
-            let v: Vec<bf16> = r
-                .f32()
-                .par_iter()
-                .enumerate()
-                .map(|(i, &v)| bf16::from_bits(round_bf16(v, noise(key, i as u32))))
-                .collect();
-            Ok(Tensor::from_cpu(CpuBuffer::BF16(v), x.shape()))
-        },
-        || {
-            let ctx = gpu::context()?;
-            let out = ctx.alloc(n as u64 * 2);
-            let params = OptimParams {
-                n: to_u32("round_sr", "elements", n)?,
-                g_off: to_u32("round_sr", "offset", x.offset())?,
-                key,
-                ..Default::default()
-            };
-            ctx.dispatch(&KERNEL, "round_sr", &params, &[&out, x.gpu()], grid_for(n.div_ceil(2)));
-            Ok(Tensor::from_gpu(out, x.shape(), Precision::BF16))
-        },
-    )
 }

@@ -1,4 +1,4 @@
-// In-place optimizer updates (Lion as the spec writes it, AdamW) of f32 or bf16 parameters, every
+// In-place optimizer updates (Lion with β names as in lion.rs, AdamW) of f32 or bf16 parameters, every
 // parameter whose weights, gradient and state sit in the bound buffers in one dispatch (a table
 // of segments says where each is), and stochastic rounding to bf16. The formulas match
 // `Rule::apply` and the hash `pcg` in mod.rs. BF16 is packed two per u32 (element 2i in the low

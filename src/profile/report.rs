@@ -1,4 +1,5 @@
-//! The profiling report, laid out as in the spec: totals, phase split, top ops by time.
+//! The profiling report: total time, the split into forward / backward / optimizer, and the
+//! ops by time.
 
 use super::{gpu_timestamps, snapshot, Phase};
 use crate::Device;
@@ -76,7 +77,7 @@ fn pct(part: Duration, whole: Duration) -> f64 {
     }
 }
 
-/// "45.32s", as the spec prints the total time.
+/// "45.32s": how the report prints the total time.
 fn fmt_total(d: Duration) -> String {
     format!("{:.2}s", d.as_secs_f64())
 }
@@ -101,7 +102,7 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn times_read_like_the_spec() {
+    fn times_read_as_the_report_prints_them() {
         assert_eq!(fmt_time(Duration::from_millis(28_400)), "28.4s");
         assert_eq!(fmt_time(Duration::from_micros(5_900)), "5.9ms");
         assert_eq!(fmt_time(Duration::from_nanos(12_040)), "12.0us");

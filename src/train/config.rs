@@ -43,7 +43,8 @@ impl OptimizerKind {
     }
 }
 
-/// The spec's fields, plus the optimizer, schedule, accumulation and checkpoint retention.
+/// Learning rate, weight decay, betas, clipping, schedule lengths and intervals, checkpoint
+/// directory, BF16 weights, plus the optimizer, schedule, accumulation and checkpoint retention.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainingConfig {
     pub learning_rate: f32,

@@ -53,7 +53,8 @@ impl LrScheduler {
     }
 }
 
-/// The spec's name: `CosineAnnealingLR::with_warmup(peak, warmup, total).get_lr(step)`.
+/// Linear warmup then cosine decay, by its PyTorch-style name:
+/// `CosineAnnealingLR::with_warmup(peak, warmup, total).get_lr(step)`.
 pub struct CosineAnnealingLR;
 
 impl CosineAnnealingLR {

@@ -258,7 +258,7 @@ impl GpuContext {
     }
 }
 
-/// The spec's batching API. GPU ops are always queued; these calls say when to submit and wait.
+/// The batching API. GPU ops are always queued; these calls say when to submit and wait.
 /// With no GPU context started (a run on the CPU) they do nothing, and start none.
 pub struct CommandBatch;
 

@@ -1,14 +1,17 @@
 //! Tensor: shared storage + element offset + shape + dtype, row-major and contiguous.
 
+mod access;
+mod create;
+
+pub(crate) use access::{CpuRead, CpuWrite};
+
 use crate::autograd::GradFn;
 use crate::device::{gpu, CpuBuffer, Device, GpuBuffer, Storage};
 use crate::precision::{bf16_bits_to_f32, f32_to_bf16_bits};
-use crate::rng::Rng;
 use crate::{bail, Precision, Result};
 use half::bf16;
-use rayon::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock};
 
 /// A cheap handle: clones share storage and identity.
 #[derive(Clone)]
@@ -64,109 +67,6 @@ impl Tensor {
     /// An f32 tensor on the CPU (ops' CPU kernels build their outputs with this).
     pub(crate) fn cpu_f32(data: Vec<f32>, shape: &[usize]) -> Tensor {
         Tensor::from_cpu(CpuBuffer::F32(data), shape)
-    }
-
-    /// Zeros on the default device (`IRONTENSOR_DEVICE`).
-    pub fn zeros(shape: &[usize], dtype: Precision) -> Tensor {
-        Tensor::zeros_on(shape, dtype, Device::default_device())
-    }
-
-    pub fn zeros_on(shape: &[usize], dtype: Precision, device: Device) -> Tensor {
-        let n = numel(shape);
-        match device {
-            Device::Cpu => Tensor::from_cpu(
-                match dtype {
-                    Precision::FP32 => CpuBuffer::F32(vec![0.0; n]),
-                    Precision::BF16 => CpuBuffer::BF16(vec![bf16::ZERO; n]),
-                    Precision::U32 => CpuBuffer::U32(vec![0; n]),
-                },
-                shape,
-            ),
-            Device::Gpu => {
-                let ctx = gpu::context().expect("Tensor::zeros_on(Gpu)");
-                Tensor::from_gpu(ctx.zeros((n * dtype.size_bytes()) as u64), shape, dtype)
-            }
-        }
-    }
-
-    /// An f32 tensor filled with `value`.
-    pub fn full_on(shape: &[usize], value: f32, device: Device) -> Tensor {
-        Tensor::from_f32_on(&vec![value; numel(shape)], shape, device).expect("full: sizes agree")
-    }
-
-    /// Copies `data` into a new f32 tensor on the default device.
-    pub fn from_f32_slice(data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        Tensor::from_f32_on(data, shape, Device::default_device())
-    }
-
-    pub fn from_f32_on(data: &[f32], shape: &[usize], device: Device) -> Result<Tensor> {
-        if data.len() != numel(shape) {
-            bail!(
-                Shape,
-                "from_f32_slice: {} values cannot fill shape {shape:?} ({} elements)",
-                data.len(),
-                numel(shape)
-            );
-        }
-        Ok(match device {
-            Device::Cpu => Tensor::cpu_f32(data.to_vec(), shape),
-            Device::Gpu => {
-                let ctx = gpu::context()?;
-                Tensor::from_gpu(ctx.upload(bytemuck::cast_slice(data)), shape, Precision::FP32)
-            }
-        })
-    }
-
-    /// Token ids and other integers.
-    pub fn from_u32_slice(data: &[u32], shape: &[usize]) -> Result<Tensor> {
-        Tensor::from_u32_on(data, shape, Device::default_device())
-    }
-
-    pub fn from_u32_on(data: &[u32], shape: &[usize], device: Device) -> Result<Tensor> {
-        if data.len() != numel(shape) {
-            bail!(
-                Shape,
-                "from_u32_slice: {} values cannot fill shape {shape:?} ({} elements)",
-                data.len(),
-                numel(shape)
-            );
-        }
-        Ok(match device {
-            Device::Cpu => Tensor::from_cpu(CpuBuffer::U32(data.to_vec()), shape),
-            Device::Gpu => Tensor::from_gpu(gpu::context()?.upload_u32(data), shape, Precision::U32),
-        })
-    }
-
-    /// Normal(0, std²) values from `seed`; the same numbers on every device.
-    pub fn randn_on(shape: &[usize], std: f32, seed: u64, device: Device) -> Tensor {
-        // Each value takes two numbers of the stream: chunks fill in parallel with the values
-        // a sequential loop would give (model init is most of a run's start-up on the CPU).
-        const CHUNK: usize = 1 << 16;
-        let rng = Rng::new(seed);
-        let mut data = vec![0f32; numel(shape)];
-        data.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-            let mut rng = rng.skip(2 * (c * CHUNK) as u64);
-            chunk.iter_mut().for_each(|x| *x = (rng.normal() * std as f64) as f32);
-        });
-        if device == Device::Cpu {
-            return Tensor::cpu_f32(data, shape);
-        }
-        Tensor::from_f32_on(&data, shape, device).expect("randn: sizes agree")
-    }
-
-    pub fn randn(shape: &[usize], std: f32, seed: u64) -> Tensor {
-        Tensor::randn_on(shape, std, seed, Device::default_device())
-    }
-
-    /// Uniform values in [lo, hi) from `seed`.
-    pub fn uniform_on(shape: &[usize], lo: f32, hi: f32, seed: u64, device: Device) -> Tensor {
-        let mut rng = Rng::new(seed);
-        let data: Vec<f32> = (0..numel(shape)).map(|_| lo + (hi - lo) * rng.uniform() as f32).collect();
-        Tensor::from_f32_on(&data, shape, device).expect("uniform: sizes agree")
-    }
-
-    pub fn uniform(shape: &[usize], lo: f32, hi: f32, seed: u64) -> Tensor {
-        Tensor::uniform_on(shape, lo, hi, seed, Device::default_device())
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -263,7 +163,7 @@ impl Tensor {
         }
     }
 
-    /// The spec's name for `to_vec`.
+    /// `to_vec` under the name `as_f32_slice` (kept for code written against the original API).
     pub fn as_f32_slice(&self) -> Vec<f32> {
         self.to_vec()
     }
@@ -372,65 +272,6 @@ impl Tensor {
         match self.storage() {
             Storage::Gpu(b) => b,
             Storage::Cpu(_) => panic!("gpu(): tensor is on the CPU"),
-        }
-    }
-}
-
-/// A read lock on a CPU tensor's storage, narrowed to the tensor's elements.
-pub(crate) struct CpuRead<'a> {
-    guard: RwLockReadGuard<'a, CpuBuffer>,
-    offset: usize,
-    len: usize,
-}
-
-impl CpuRead<'_> {
-    fn range(&self) -> std::ops::Range<usize> {
-        self.offset..self.offset + self.len
-    }
-
-    pub fn f32(&self) -> &[f32] {
-        match &*self.guard {
-            CpuBuffer::F32(v) => &v[self.range()],
-            _ => panic!("CpuRead::f32 on a non-f32 tensor"),
-        }
-    }
-
-    pub fn bf16(&self) -> &[bf16] {
-        match &*self.guard {
-            CpuBuffer::BF16(v) => &v[self.range()],
-            _ => panic!("CpuRead::bf16 on a non-bf16 tensor"),
-        }
-    }
-
-    pub fn u32(&self) -> &[u32] {
-        match &*self.guard {
-            CpuBuffer::U32(v) => &v[self.range()],
-            _ => panic!("CpuRead::u32 on a non-u32 tensor"),
-        }
-    }
-}
-
-/// A write lock on a CPU tensor's storage, narrowed to the tensor's elements.
-pub(crate) struct CpuWrite<'a> {
-    guard: RwLockWriteGuard<'a, CpuBuffer>,
-    offset: usize,
-    len: usize,
-}
-
-impl CpuWrite<'_> {
-    pub fn f32(&mut self) -> &mut [f32] {
-        let r = self.offset..self.offset + self.len;
-        match &mut *self.guard {
-            CpuBuffer::F32(v) => &mut v[r],
-            _ => panic!("CpuWrite::f32 on a non-f32 tensor"),
-        }
-    }
-
-    pub fn bf16(&mut self) -> &mut [bf16] {
-        let r = self.offset..self.offset + self.len;
-        match &mut *self.guard {
-            CpuBuffer::BF16(v) => &mut v[r],
-            _ => panic!("CpuWrite::bf16 on a non-bf16 tensor"),
         }
     }
 }
