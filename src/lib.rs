@@ -1,17 +1,23 @@
 //! IronTensor: a small, fast framework for training LLMs, on the CPU or a GPU through wgpu/WGSL.
 //!
-//! Module map (bottom up; a module imports only from those above it here):
+//! Module map, bottom up: a module imports only from those on its line or above. The one loop
+//! is inside the core's top line: `Tensor`'s conversions are ops, ops record into the autograd
+//! graph, and the backward pass adds gradients with an op.
 //! - [`settings`] (what the environment may set, read only by [`Settings::from_env`]), [`fs`]
-//! - [`precision`], [`tensor`], [`device`] (CPU storage; GPU context, buffer pool, [`CommandBatch`]): core
-//! - [`autograd`]: the reverse-mode graph behind [`Tensor::backward`]
-//! - [`ops`]: one op family per file, each with its CPU kernel, WGSL kernel and backward rule
+//!   (atomic file writes), [`precision`], [`rng`]
+//! - [`device`] (CPU storage; GPU context, buffer pool, [`CommandBatch`], the observer hook)
+//! - [`profile`]: the opt-in profiler: op times, training phases, a report; it registers an
+//!   observer with the GPU context, and ops and the trainer report to it
+//! - [`tensor`], [`autograd`], [`ops`]: tensors, the reverse-mode graph behind
+//!   [`Tensor::backward`], one op family per file with its CPU kernel, WGSL kernel and backward rule
 //! - [`optim`]: Lion, AdamW (in-place updates, stochastic rounding for BF16), gradient clipping
-//! - [`profile`]: the opt-in profiler (`IRONTENSOR_PROFILE=1`): op times, training phases, a report
-//! - [`data`]: memory-mapped token datasets, the byte-level BPE tokenizer, checked downloads
+//! - [`nn`]: Linear, RMSNorm, attention, SwiGLU, the transformer block, [`GPTModel`]
+//! - [`data`]: memory-mapped token datasets, the byte-level BPE tokenizer, checked downloads;
+//!   [`dist`]: data-parallel training over MPI (`--features distributed`, ranks started by mpirun)
+//! - [`train`]: the trainer, schedulers, checkpoints, the run loop; [`infer`]: generation;
+//!   [`gguf`]: GGUF export and loading (llama.cpp, Ollama, LM Studio)
 //! - [`bench`]: `irontensor bench`: training throughput of named workloads, kernel benchmarks
-//! - [`gguf`]: GGUF export and loading (llama.cpp, Ollama, LM Studio)
 //! - [`cli`]: the `irontensor` commands (planning, data preparation, train, generate, info, bench)
-//! - [`dist`]: data-parallel training over MPI (`--features distributed`, ranks started by mpirun)
 
 pub mod autograd;
 pub mod bench;
