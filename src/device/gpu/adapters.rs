@@ -26,7 +26,24 @@ pub(super) fn probe() -> &'static Probe {
 /// Whether a hardware GPU is present: what `auto` asks before it pays for a GPU context. A
 /// software adapter (lavapipe) is slower than the CPU backend, and creating a device on it is not free.
 pub fn hardware_present() -> bool {
-    probe().adapters.first().is_some_and(|a| a.get_info().device_type != wgpu::DeviceType::Cpu)
+    !no_gpu_device_nodes()
+        && probe().adapters.first().is_some_and(|a| a.get_info().device_type != wgpu::DeviceType::Cpu)
+}
+
+/// On Linux every GPU a driver can use shows as a device node: a DRM render node, NVIDIA's
+/// nodes, or WSL's /dev/dxg. With none there is no hardware adapter, and the enumeration (which
+/// loads every installed driver, 100 ms and more with Mesa's) is skipped.
+#[cfg(target_os = "linux")]
+fn no_gpu_device_nodes() -> bool {
+    let any = |dir: &str, prefix: &str| {
+        std::fs::read_dir(dir).is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(prefix)))
+    };
+    !(any("/dev/dri", "renderD") || any("/dev", "nvidia") || std::path::Path::new("/dev/dxg").exists())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn no_gpu_device_nodes() -> bool {
+    false
 }
 
 fn rank(t: wgpu::DeviceType) -> u32 {
