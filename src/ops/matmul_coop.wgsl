@@ -1,16 +1,14 @@
 // Batched C = op(A) · op(B) on cooperative matrices (tensor cores): inputs rounded to f16, products
 // accumulated in f32. Opt-in only (ops::MatmulPrecision::F16): f16 keeps 11 significant bits and ±65504.
 // A 128×128 tile of C per workgroup of 128 threads = 4 subgroups of 32 (checked on the host), in 2×2
-// blocks of 64×64 = 4×4 matrices of 16×16 each (128×256 tiles on 8 subgroups ran no faster at
-// 4096³ and up to 1.25× slower where N = 384). K in steps of 32 (two of the matrices' 16: 13%
-// faster than 16 at 4096³), staged through shared memory as f16 (24 KiB with Cs). The tiles are
-// vec4<f16>s, one store per fetched vec4 (four f16 stores each made 4096³ 1.4× slower); coopLoad
-// counts their offsets and strides in vec4s. (Typed u32 they would make u32 matrices, which
-// NVIDIA's driver fails to compile.)
+// blocks of 64×64 = 4×4 matrices of 16×16 each; K in steps of 32, staged through shared memory as
+// f16 (24 KiB with Cs). The tiles are vec4<f16>s, one store per fetched vec4; coopLoad counts their
+// offsets and strides in vec4s. (Typed u32 they would make u32 matrices, which NVIDIA's driver
+// fails to compile.) docs/PERFORMANCE.md has what each of these choices measured.
 // Tiles keep the orientation A and B have in memory, so global reads coalesce (as vec4s when the
 // matrices allow), and coopLoad (column-major) or coopLoadT (row-major) reads them as op(A), op(B).
 // Every index into a local vector or array is a constant (a dynamically indexed one goes to local
-// memory: the kernel was 10× slower so). Edge tiles go through a checked store.
+// memory). Edge tiles go through a checked store.
 enable f16;
 enable wgpu_cooperative_matrix;
 
