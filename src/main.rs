@@ -37,6 +37,18 @@ enum Command {
         #[arg(long, default_value = "runs/shakespeare")]
         out: PathBuf,
     },
+    /// Write a checkpoint as a GGUF file that llama.cpp, Ollama and LM Studio run.
+    Export {
+        /// A checkpoint directory, or a run directory (its newest checkpoint that loads).
+        #[arg(long, default_value = "runs/shakespeare")]
+        checkpoint: PathBuf,
+        /// The GGUF file to write (required: no default).
+        #[arg(long)]
+        gguf: PathBuf,
+        /// Tensor type: f32, f16 or q8_0 (norms stay f32).
+        #[arg(long = "type", default_value = "f16")]
+        ty: String,
+    },
     /// The devices found, the adapter chosen, its backend, features and limits.
     Info,
     /// Benchmarks: training throughput of named workloads, and kernels (one JSON line each).
@@ -268,6 +280,7 @@ fn main() {
         (_, Some(Command::Train(args))) => train(args),
         (_, Some(Command::Generate(args))) => cli::generate(&args.into()),
         (_, Some(Command::Tokenize { data, vocab, out })) => cli::tokenize(data.as_deref(), vocab, &out),
+        (_, Some(Command::Export { checkpoint, gguf, ty })) => cli::export(&checkpoint, &gguf, &ty),
         (_, None) => train(DefaultRun::parse_from(["irontensor"]).args),
     };
     // Pipelines compiled in this run start the next one sooner.

@@ -184,6 +184,17 @@ fn train_then_generate_end_to_end() {
     let cached = gen(&[]);
     assert!(cached.starts_with("ROMEO:") && cached.len() > "ROMEO:".len(), "{cached}");
     assert_eq!(cached, gen(&["--no-cache"]));
+    // Exported as an f32 GGUF, the model writes the same greedy text; a bad --type stops first.
+    let gguf = dir.join("model.gguf");
+    let (g, r) = (gguf.to_str().unwrap(), run.to_str().unwrap());
+    let (ok, out) = irontensor(&["export", "--checkpoint", r, "--gguf", g, "--type", "f32"], &[]);
+    assert!(ok && out.contains("wrote"), "{out}");
+    let greedy = ["--prompt", "ROMEO:", "--max-tokens", "15", "--temperature", "0", "--device", "cpu"];
+    let (ok, out) = irontensor(&[&["generate", "--checkpoint", g][..], &greedy[..]].concat(), &[]);
+    assert!(ok, "{out}");
+    assert_eq!(out, cached, "generate from the GGUF export");
+    let (ok, out) = irontensor(&["export", "--checkpoint", "no-such-run", "--gguf", g, "--type", "q4"], &[]);
+    assert!(!ok && out.contains("--type") && !out.contains("no-such-run"), "{out}");
     // A second run into the same directory needs --resume; with it, training carries on.
     let (ok, out) = tiny_run(&dir);
     assert!(!ok && out.contains("--resume"), "{out}");
@@ -420,6 +431,7 @@ fn every_flag_has_help_with_its_default() {
         &["train"],
         &["generate"],
         &["tokenize"],
+        &["export"],
         &["bench", "train"],
         &["bench", "matmul"],
         &["bench", "attention"],

@@ -45,11 +45,19 @@ fn sampling(o: &GenerateOptions) -> Result<SamplingConfig> {
 /// Runs `irontensor generate` with `o`: the text goes to stdout as it is sampled.
 pub fn generate(o: &GenerateOptions) -> Result<()> {
     let cfg = sampling(o)?;
-    let device = Device::parse(&o.device)?;
-    let given = &o.checkpoint;
+    let (model, tok) = load_model(&o.checkpoint, Device::parse(&o.device)?)?;
+    write_text(&model, &tok, &o.prompt, &cfg, !o.no_cache)
+}
+
+/// The model and tokenizer of `given`: a GGUF file, a checkpoint directory, or a run directory
+/// (its newest checkpoint that loads), with the tokenizer.json beside it or in its run.
+pub fn load_model(given: &Path, device: Device) -> Result<(GPTModel, Tokenizer)> {
+    if given.extension().is_some_and(|e| e == "gguf") {
+        return crate::gguf::load(given, device);
+    }
     let (dir, run_dir, model) = if given.join("trainer.json").exists() || given.join("config.json").exists() {
         let run = given.parent().and_then(|p| p.parent()).map(Path::to_path_buf).unwrap_or_default();
-        (given.clone(), run, GPTModel::from_pretrained(given, device)?)
+        (given.to_path_buf(), run, GPTModel::from_pretrained(given, device)?)
     } else {
         let (ckpt, model) = load_latest_model(&given.join("checkpoints"), device)?.ok_or_else(|| {
             Error::Invalid(format!(
@@ -57,12 +65,11 @@ pub fn generate(o: &GenerateOptions) -> Result<()> {
                 given.display()
             ))
         })?;
-        (ckpt, given.clone(), model)
+        (ckpt, given.to_path_buf(), model)
     };
     let tok_path = [dir.join("tokenizer.json"), run_dir.join("tokenizer.json")].into_iter().find(|p| p.exists());
     let tok_path = tok_path.ok_or_else(|| Error::Invalid(format!("no tokenizer.json beside {}", dir.display())))?;
-    let tok = Tokenizer::load(tok_path)?;
-    write_text(&model, &tok, &o.prompt, &cfg, !o.no_cache)
+    Ok((model, Tokenizer::load(tok_path)?))
 }
 
 /// Streams text generated after `prompt` to stdout.

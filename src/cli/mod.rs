@@ -20,6 +20,7 @@ macro_rules! note {
 }
 
 mod bench;
+mod export;
 mod generate;
 mod info;
 mod lock;
@@ -28,7 +29,8 @@ mod prepare;
 mod train;
 
 pub use bench::{bench_kernels, bench_train, BenchTrainOptions, Kernel};
-pub use generate::{generate, write_text, GenerateOptions};
+pub use export::export;
+pub use generate::{generate, load_model, write_text, GenerateOptions};
 pub use info::info;
 pub use lock::RunLock;
 pub use plan::{plan, Plan, TrainOptions};
