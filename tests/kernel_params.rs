@@ -34,7 +34,7 @@ fn parse(name: &str, source: &str) -> naga::Module {
 
 #[test]
 fn params_structs_match_the_shaders() {
-    for kernel in irontensor::ops::kernels() {
+    for kernel in irontensor::kernels() {
         let module = parse(kernel.name, &kernel.wgsl());
         let (wgsl_name, wgsl_fields, wgsl_size) = uniform_params(&module)
             .unwrap_or_else(|| panic!("{}: no uniform struct at group 0 binding 0", kernel.name));
@@ -56,7 +56,7 @@ fn params_structs_match_the_shaders() {
 #[test]
 fn op_codes_match_the_shaders() {
     let mut tables = 0;
-    for kernel in irontensor::ops::kernels() {
+    for kernel in irontensor::kernels() {
         let consts = u32_consts(&parse(kernel.name, &kernel.wgsl()));
         for table in kernel.codes {
             tables += 1;
@@ -77,7 +77,7 @@ fn op_codes_match_the_shaders() {
 #[test]
 fn prelude_workgroup_size_is_the_rust_constant() {
     // The prelude's WG comes from gpu::WG; no kernel hard-codes a 1-D workgroup of 256.
-    for kernel in irontensor::ops::kernels() {
+    for kernel in irontensor::kernels() {
         let module = parse(kernel.name, &kernel.wgsl());
         assert!(u32_consts(&module).iter().any(|(n, _)| n == "WG"), "{}: no WG const", kernel.name);
         assert!(!kernel.source.contains("@workgroup_size(256)"), "{}: use @workgroup_size(WG)", kernel.name);
