@@ -105,6 +105,13 @@ fn tiny_setup(dir: &Path) -> (PathBuf, PathBuf) {
     (data, cfg_path)
 }
 
+/// `train` of the tiny setup's data and config on the CPU: 2 × 16 tokens, `steps` steps, no sample.
+fn tiny_train<'a>(data: &'a Path, cfg: &'a Path, steps: &'a str) -> Vec<&'a str> {
+    let mut a = vec!["train", "--data", data.to_str().unwrap(), "--config", cfg.to_str().unwrap()];
+    a.extend(["--device", "cpu", "--batch", "2", "--seq", "16", "--sample-tokens", "0", "--steps", steps]);
+    a
+}
+
 /// A run directory with a tiny model trained for a few steps on a slice of TinyShakespeare.
 fn tiny_run(dir: &Path) -> (bool, String) {
     let (data, cfg_path) = tiny_setup(dir);
@@ -232,8 +239,7 @@ fn seed_repeats_or_changes_the_run() {
     let (data, cfg) = tiny_setup(&dir);
     let run = |seed: &str, name: &str| {
         let out = dir.join(name);
-        let mut a = vec!["train", "--data", data.to_str().unwrap(), "--config", cfg.to_str().unwrap()];
-        a.extend(["--device", "cpu", "--batch", "2", "--seq", "16", "--sample-tokens", "0", "--steps", "3"]);
+        let mut a = tiny_train(&data, &cfg, "3");
         a.extend(["--out", out.to_str().unwrap(), "--seed", seed]);
         let (ok, text) = irontensor(&a, &[]);
         assert!(ok, "{text}");
@@ -272,8 +278,7 @@ fn ctrl_c_saves_a_checkpoint_and_resume_carries_on() {
     let (data, cfg) = tiny_setup(&dir);
     let out = dir.join("run");
     let args = |steps: &str| {
-        let mut a = vec!["train", "--data", data.to_str().unwrap(), "--config", cfg.to_str().unwrap()];
-        a.extend(["--device", "cpu", "--batch", "2", "--seq", "16", "--sample-tokens", "0", "--steps", steps]);
+        let mut a = tiny_train(&data, &cfg, steps);
         a.extend(["--out", out.to_str().unwrap()]);
         a.into_iter().map(String::from).collect::<Vec<_>>()
     };
@@ -530,8 +535,7 @@ fn a_run_directory_has_one_writer() {
     let (data, cfg) = tiny_setup(&dir);
     let out = dir.join("run");
     let args = |steps: &str| {
-        let mut a = vec!["train", "--data", data.to_str().unwrap(), "--config", cfg.to_str().unwrap()];
-        a.extend(["--device", "cpu", "--batch", "2", "--seq", "16", "--sample-tokens", "0", "--steps", steps]);
+        let mut a = tiny_train(&data, &cfg, steps);
         a.extend(["--out", out.to_str().unwrap(), "--resume"]);
         a.into_iter().map(String::from).collect::<Vec<_>>()
     };
@@ -578,8 +582,7 @@ fn resume_and_generate_skip_a_damaged_checkpoint() {
     let _ = std::fs::remove_dir_all(&dir);
     let (data, cfg) = tiny_setup(&dir);
     let train = |out: &Path, steps: &str, resume: bool| {
-        let mut a = vec!["train", "--data", data.to_str().unwrap(), "--config", cfg.to_str().unwrap()];
-        a.extend(["--device", "cpu", "--batch", "2", "--seq", "16", "--sample-tokens", "0", "--steps", steps]);
+        let mut a = tiny_train(&data, &cfg, steps);
         a.extend(["--save-interval", "3", "--out", out.to_str().unwrap()]);
         if resume {
             a.push("--resume");
