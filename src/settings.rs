@@ -28,6 +28,12 @@ pub struct GpuSettings {
     pub kernel_dir: Option<PathBuf>,
     /// Where compiled pipelines are kept across runs; None keeps none (the default: no home is known).
     pub cache_dir: Option<PathBuf>,
+    /// `IRONTENSOR_MAX_BINDING`, bytes: bind at most this much of a buffer at once, below the
+    /// adapter's own limit (tests run the paths that split large tensors on small ones).
+    pub max_binding: Option<u64>,
+    /// `IRONTENSOR_GPU_MEMORY`, bytes (given in GiB): the memory `train` plans against, instead
+    /// of what the driver reports.
+    pub memory: Option<u64>,
 }
 
 /// The process's place in an MPI job as its launcher told it (Open MPI, MPICH/Hydra, PMIx).
@@ -128,6 +134,8 @@ impl Settings {
             sync_every_op: vars.flag("IRONTENSOR_SYNC_GPU")?,
             kernel_dir: vars.get("IRONTENSOR_KERNEL_DIR")?.map(PathBuf::from),
             cache_dir: cache_dir(&vars)?,
+            max_binding: max_binding(&vars)?,
+            memory: vars.positive("IRONTENSOR_GPU_MEMORY", "GiB")?.map(|g| (g * (1u64 << 30) as f64) as u64),
         };
         Ok(Settings {
             device,
@@ -188,6 +196,15 @@ impl Vars<'_> {
             }
         }
         Ok(None)
+    }
+}
+
+/// `IRONTENSOR_MAX_BINDING`: a whole number of bytes, a multiple of 256 and at least 4096.
+fn max_binding(vars: &Vars) -> Result<Option<u64>> {
+    let Some(v) = vars.get("IRONTENSOR_MAX_BINDING")? else { return Ok(None) };
+    match v.parse::<u64>() {
+        Ok(b) if b >= 4096 && b % 256 == 0 => Ok(Some(b)),
+        _ => Err(vars.bad("IRONTENSOR_MAX_BINDING", "a number of bytes, a multiple of 256 and at least 4096")),
     }
 }
 

@@ -47,12 +47,21 @@ pub fn cast(x: &Tensor, to: Precision) -> Result<Tensor> {
         || {
             let ctx = gpu::context()?;
             let out = ctx.alloc((n * to.size_bytes()) as u64);
-            let params = CastParams { n: to_u32("cast", "elements", n)?, x_off: to_u32("cast", "offset", x.offset())? };
-            let (entry, threads) = match to {
-                Precision::BF16 => ("f32_to_bf16", n.div_ceil(2)),
-                _ => ("bf16_to_f32", n),
+            let entry = if to == Precision::BF16 { "f32_to_bf16" } else { "bf16_to_f32" };
+            // Pieces that one binding holds, each a multiple of 128 elements (its output then
+            // starts on a window boundary): one piece unless x or out is larger than one binding.
+            let len = match [x.gpu(), &out].iter().any(|b| b.buffer.size() > ctx.max_binding()) {
+                false => n.max(1),
+                true => (ctx.max_binding() as usize - 256) / 4 / 128 * 128,
             };
-            ctx.dispatch(&KERNEL, entry, &params, &[x.gpu(), &out], grid_for(threads));
+            for first in (0..n).step_by(len) {
+                let pn = len.min(n - first);
+                let (x_start, x_off) = gpu::window(x.offset() + first, from.size_bytes());
+                let params = CastParams { n: to_u32("cast", "elements", pn)?, x_off: to_u32("cast", "offset", x_off)? };
+                let threads = if to == Precision::BF16 { pn.div_ceil(2) } else { pn };
+                let buffers = [(x.gpu(), x_start), (&out, (first * to.size_bytes()) as u64)];
+                ctx.dispatch_windows(&KERNEL, entry, &params, &buffers, grid_for(threads))?;
+            }
             Ok(Tensor::from_gpu(out, x.shape(), to))
         },
     )?;

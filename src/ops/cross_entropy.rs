@@ -3,7 +3,7 @@
 
 use super::elementwise::mul_into;
 use super::matmul::matmul_into;
-use super::{float_input, grid_for, matmul_t, on_device, same_device, scale, slice, sum_all};
+use super::{concat, float_input, grid_for, matmul_t, on_device, same_device, scale, slice, sum_all};
 use crate::autograd::{is_grad_enabled, no_grad, record};
 use crate::device::cpu;
 use crate::device::gpu::{self, grid, Kernel, KernelParams};
@@ -77,6 +77,12 @@ pub fn fused_linear_cross_entropy(
         r if r >= 64 => r / 64 * 64,
         r => (r / 4 * 4).max(1),
     };
+    // And a chunk's logits within one GPU binding (2 GiB on Vulkan with NVIDIA: only a small
+    // IRONTENSOR_MAX_BINDING makes this bind).
+    let rows = match gpu::started().filter(|_| hidden.device() == crate::Device::Gpu) {
+        Some(ctx) => rows.min((ctx.max_binding() as usize / (4 * v)).max(1)),
+        None => rows,
+    };
     fused_linear_cross_entropy_chunked(hidden, weight, targets, ignore_index, rows)
 }
 
@@ -119,15 +125,30 @@ pub fn fused_linear_cross_entropy_chunked(
         let (lse, row_loss) = (zeros(&[n]), zeros(&[n]));
         let dh = need_dh.then(|| zeros(&[n, c]));
         let dw = need_dw.then(|| zeros(&[v, c]));
+        // Blocks of the vocabulary: one, unless the weight is larger than one GPU binding; then
+        // each block's logits are made apart and joined, and its products taken apart.
+        let blocks = vocab_blocks(device, v, c)?;
+        let block = |t: &Tensor, dim: usize, (v0, len): (usize, usize)| match blocks.len() {
+            1 => Ok(t.clone()),
+            _ => slice(t, dim, v0, len),
+        };
         for r0 in (0..n).step_by(rows) {
             let h = slice(&hidden, 0, r0, rows.min(n - r0))?;
-            let logits = matmul_t(&h, &w, false, true)?; // [rows, V]
+            let parts: Vec<Tensor> =
+                blocks.iter().map(|&b| matmul_t(&h, &block(&w, 0, b)?, false, true)).collect::<Result<_>>()?;
+            let logits = match &parts[..] {
+                [one] => one.clone(),
+                _ => concat(&parts.iter().collect::<Vec<_>>(), 1)?,
+            }; // [rows, V]
             row_loss_of(&logits, r0, &lse, &row_loss, &tr, need_dh || need_dw)?;
-            if let Some(dh) = &dh {
-                matmul_into(&slice(dh, 0, r0, h.shape()[0])?, &logits, &w, false, false, false)?;
-            }
-            if let Some(dw) = &dw {
-                matmul_into(dw, &logits, &h, true, false, r0 > 0)?;
+            for (i, &b) in blocks.iter().enumerate() {
+                let d_logits = block(&logits, 1, b)?;
+                if let Some(dh) = &dh {
+                    matmul_into(&slice(dh, 0, r0, h.shape()[0])?, &d_logits, &block(&w, 0, b)?, false, false, i > 0)?;
+                }
+                if let Some(dw) = &dw {
+                    matmul_into(&block(dw, 0, b)?, &d_logits, &h, true, false, r0 > 0)?;
+                }
             }
         }
         Ok((sum_all(&row_loss)?, dh, dw))
@@ -141,6 +162,23 @@ pub fn fused_linear_cross_entropy_chunked(
         }
         Ok(vec![dh.clone(), dw.clone()])
     }))
+}
+
+/// (first row, rows) of each block of a [V, C] f32 weight that one GPU binding holds: one block
+/// on the CPU, or when the whole weight fits.
+fn vocab_blocks(device: crate::Device, v: usize, c: usize) -> Result<Vec<(usize, usize)>> {
+    let max = match device {
+        crate::Device::Gpu => gpu::context()?.max_binding() as usize,
+        crate::Device::Cpu => usize::MAX,
+    };
+    if v.saturating_mul(c).saturating_mul(4) <= max {
+        return Ok(vec![(0, v)]);
+    }
+    let rows = (max - 256) / (4 * c);
+    if rows == 0 {
+        bail!(Shape, "fused_linear_cross_entropy: one row of {c} f32 is larger than the GPU binds at once");
+    }
+    Ok((0..v).step_by(rows).map(|v0| (v0, rows.min(v - v0))).collect())
 }
 
 /// What the kernels need to know about the targets.
@@ -242,10 +280,10 @@ fn row_loss_of(x: &Tensor, r0: usize, lse: &Tensor, row_loss: &Tensor, rows: &Ro
             let ctx = gpu::context()?;
             let buffers = [x.gpu(), rows.targets.gpu(), lse.gpu(), row_loss.gpu()];
             let params = rows.params(x, r0, 0, rows.scale, 0)?;
-            ctx.dispatch(&KERNEL, "row_loss", &params, &buffers, grid(n as u32));
+            ctx.dispatch(&KERNEL, "row_loss", &params, &buffers, grid(n as u32))?;
             if grad {
                 let params = rows.params(x, r0, 0, 1.0, 0)?; // unscaled: see above
-                ctx.dispatch(&KERNEL, "softmax_grad", &params, &buffers, grid_for(n * cols));
+                ctx.dispatch(&KERNEL, "softmax_grad", &params, &buffers, grid_for(n * cols))?;
             }
             Ok(())
         },
@@ -284,7 +322,7 @@ fn softmax_grad(x: Tensor, lse: &Tensor, rows: &Rows, dy: &Tensor) -> Result<Ten
                 &params,
                 &[x.gpu(), rows.targets.gpu(), lse.gpu(), dy.gpu()],
                 grid_for(n * cols),
-            );
+            )?;
             Ok(())
         },
     )?;

@@ -70,7 +70,7 @@ fn masked(op: &'static str, x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
                 scale,
                 vec: vec as u32,
             };
-            ctx.dispatch(&KERNEL, "dropout", &params, &[x.gpu(), &out], grid_for(n.div_ceil(4)));
+            ctx.dispatch(&KERNEL, "dropout", &params, &[x.gpu(), &out], grid_for(n.div_ceil(4)))?;
             Ok(Tensor::from_gpu(out, x.shape(), Precision::FP32))
         },
     )

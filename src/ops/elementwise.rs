@@ -166,7 +166,7 @@ fn unary_forward(name: &'static str, x: &Tensor, op: Unary) -> Result<Tensor> {
                 s,
                 ..Default::default()
             };
-            ctx.dispatch(&KERNEL, "unary", &params, &[x.gpu(), &out], grid_for(n));
+            ctx.dispatch(&KERNEL, "unary", &params, &[x.gpu(), &out], grid_for(n))?;
             Ok(Tensor::from_gpu(out, x.shape(), Precision::FP32))
         },
     )
@@ -198,7 +198,7 @@ fn unary_backward(x: &Tensor, dy: &Tensor, op: Unary) -> Result<Tensor> {
                 s,
                 ..Default::default()
             };
-            ctx.dispatch(&KERNEL, "unary_backward", &params, &[x.gpu(), &out, dy.gpu()], grid_for(n));
+            ctx.dispatch(&KERNEL, "unary_backward", &params, &[x.gpu(), &out, dy.gpu()], grid_for(n))?;
             Ok(Tensor::from_gpu(out, x.shape(), Precision::FP32))
         },
     )
@@ -293,7 +293,7 @@ fn binary(name: &'static str, a: &Tensor, b: &Tensor, op: Binary) -> Result<Tens
                 ny: to_u32(name, "elements", nb)?,
                 s: 0.0,
             };
-            ctx.dispatch(&KERNEL, "binary", &params, &[a.gpu(), &out, b.gpu()], grid_for(n));
+            ctx.dispatch(&KERNEL, "binary", &params, &[a.gpu(), &out, b.gpu()], grid_for(n))?;
             Ok(Tensor::from_gpu(out, &shape, Precision::FP32))
         },
     )?;
@@ -335,15 +335,32 @@ fn binary_into(dst: &Tensor, b: &Tensor, op: Binary) -> Result<()> {
         },
         || {
             let ctx = gpu::context()?;
-            let params = ElementwiseParams {
-                n: to_u32("binary_into", "elements", n)?,
-                op: op as u32,
-                x_off: to_u32("binary_into", "offset", b.offset())?,
-                y_off: to_u32("binary_into", "destination offset", dst.offset())?,
-                nx: to_u32("binary_into", "elements", nb)?,
-                ..Default::default()
+            let max = ctx.max_binding();
+            // Pieces of whole rows of b that one binding holds: all of dst unless it (or b, as
+            // long as dst) is larger than one binding.
+            let len = match [dst.gpu(), b.gpu()].iter().any(|t| t.buffer.size() > max) {
+                false => n,
+                true => ((max as usize - 256) / 4 / nb * nb).max(nb),
             };
-            ctx.dispatch(&KERNEL, "binary_into", &params, &[b.gpu(), dst.gpu()], grid_for(n));
+            for first in (0..n).step_by(len.max(1)) {
+                let (d, d_off) = gpu::window(dst.offset() + first, 4);
+                let ((bb, b_start), b_off) = if nb == n {
+                    let (start, off) = gpu::window(b.offset() + first, 4);
+                    ((b.gpu(), start), off)
+                } else {
+                    b.gpu_window("binary_into")?
+                };
+                let pn = len.min(n - first);
+                let params = ElementwiseParams {
+                    n: to_u32("binary_into", "elements", pn)?,
+                    op: op as u32,
+                    x_off: to_u32("binary_into", "offset", b_off)?,
+                    y_off: to_u32("binary_into", "destination offset", d_off)?,
+                    nx: to_u32("binary_into", "elements", nb.min(pn))?,
+                    ..Default::default()
+                };
+                ctx.dispatch_windows(&KERNEL, "binary_into", &params, &[(bb, b_start), (dst.gpu(), d)], grid_for(pn))?;
+            }
             Ok(())
         },
     )

@@ -18,7 +18,20 @@ kernel_params! {
         idx_off: u32,
         src_off: u32,
         bf16: u32,
+        v0: u32,
+        v1: u32,
+        out_off: u32,
     }
+}
+
+/// Rows of a [V, C] tensor of `elem` bytes an element that one GPU binding holds, wherever the
+/// first starts (after up to 256 bytes of its window).
+fn rows_per_binding(op: &str, c: usize, elem: usize) -> Result<usize> {
+    let rows = (gpu::context()?.max_binding() as usize - 256) / (c * elem).max(1);
+    if rows == 0 {
+        bail!(Invalid, "{op}: one row of {c} elements is larger than the GPU binds at once");
+    }
+    Ok(rows)
 }
 
 /// ids: u32 [..], weight: [V, C] (F32 or BF16) -> [.., C] (f32). Ids >= V are an error,
@@ -81,14 +94,25 @@ fn gather(ids: &Tensor, weight: &Tensor, out_shape: &[usize], c: usize) -> Resul
         || {
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
-            let params = EmbeddingParams {
-                n: to_u32("embedding", "elements", n)?,
-                cols: to_u32("embedding", "cols", c)?,
-                idx_off: to_u32("embedding", "ids offset", ids.offset())?,
-                src_off: to_u32("embedding", "weight offset", weight.offset())?,
-                bf16: (weight.dtype() == Precision::BF16) as u32,
-            };
-            ctx.dispatch(&KERNEL, "gather", &params, &[ids.gpu(), weight.gpu(), &out], grid_for(n));
+            let (v, elem) = (weight.shape()[0], weight.dtype().size_bytes());
+            // A block of rows per dispatch (one, unless the weight is larger than one binding):
+            // each writes the outputs whose ids fall in its block.
+            let rows = rows_per_binding("embedding", c, elem)?;
+            for v0 in (0..v).step_by(rows) {
+                let (start, src_off) = gpu::window(weight.offset() + v0 * c, elem);
+                let params = EmbeddingParams {
+                    n: to_u32("embedding", "elements", n)?,
+                    cols: to_u32("embedding", "cols", c)?,
+                    idx_off: to_u32("embedding", "ids offset", ids.offset())?,
+                    src_off: to_u32("embedding", "weight offset", src_off)?,
+                    bf16: (weight.dtype() == Precision::BF16) as u32,
+                    v0: to_u32("embedding", "first row", v0)?,
+                    v1: to_u32("embedding", "rows", (v0 + rows).min(v))?,
+                    out_off: 0,
+                };
+                let buffers = [(ids.gpu(), 0), (weight.gpu(), start), (&out, 0)];
+                ctx.dispatch_windows(&KERNEL, "gather", &params, &buffers, grid_for(n))?;
+            }
             Ok(Tensor::from_gpu(out, out_shape, Precision::FP32))
         },
     )
@@ -137,17 +161,24 @@ fn scatter_add(dy: &Tensor, ids: &[u32], v: usize, c: usize) -> Result<Tensor> {
         },
         || {
             let ctx = gpu::context()?;
-            let n = v * c;
-            let dweight = ctx.alloc(n as u64 * 4);
+            let dweight = ctx.alloc((v * c) as u64 * 4);
             let order = ctx.upload(bytemuck::cast_slice(&order));
             let starts = ctx.upload(bytemuck::cast_slice(&starts));
-            let params = EmbeddingParams {
-                n: to_u32("embedding backward", "elements", n)?,
-                cols: to_u32("embedding backward", "cols", c)?,
-                src_off: to_u32("embedding backward", "dy offset", dy.offset())?,
-                ..Default::default()
-            };
-            ctx.dispatch(&KERNEL, "scatter_add", &params, &[&order, dy.gpu(), &dweight, &starts], grid_for(n));
+            let rows = rows_per_binding("embedding backward", c, 4)?;
+            for v0 in (0..v).step_by(rows) {
+                let (start, out_off) = gpu::window(v0 * c, 4);
+                let n = (rows.min(v - v0)) * c;
+                let params = EmbeddingParams {
+                    n: to_u32("embedding backward", "elements", n)?,
+                    cols: to_u32("embedding backward", "cols", c)?,
+                    src_off: to_u32("embedding backward", "dy offset", dy.offset())?,
+                    v0: to_u32("embedding backward", "first row", v0)?,
+                    out_off: to_u32("embedding backward", "output offset", out_off)?,
+                    ..Default::default()
+                };
+                let buffers = [(&order, 0), (dy.gpu(), 0), (&dweight, start), (&starts, 0)];
+                ctx.dispatch_windows(&KERNEL, "scatter_add", &params, &buffers, grid_for(n))?;
+            }
             Ok(Tensor::from_gpu(dweight, &[v, c], Precision::FP32))
         },
     )

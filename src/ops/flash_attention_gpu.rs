@@ -141,7 +141,7 @@ pub(super) fn gpu_forward(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, causa
     // stands in.
     let bufs = [q.gpu(), k.gpu(), v.gpu(), &out, q.gpu(), q.gpu()];
     let kernel = gpu_kernel(&a, &[q.offset(), k.offset(), v.offset()]);
-    ctx.dispatch(kernel, "forward", &params(&a, causal, offs)?, &bufs, groups);
+    ctx.dispatch(kernel, "forward", &params(&a, causal, offs)?, &bufs, groups)?;
     let out = Storage::Gpu(Arc::new(out));
     Ok((
         Tensor::from_storage(out.clone(), 0, q.shape(), Precision::FP32),
@@ -168,12 +168,12 @@ pub(super) fn gpu_backward(
     check_grid(groups)?;
     let bufs = [q.gpu(), k.gpu(), v.gpu(), &dq, dout.gpu(), o.gpu(), lse.gpu()];
     let kernel = gpu_kernel(&a, &[q.offset(), k.offset(), v.offset(), dout.offset(), o.offset()]);
-    ctx.dispatch(kernel, "backward_dq", &params(&a, causal, offs(o.offset(), nq))?, &bufs, groups);
+    ctx.dispatch(kernel, "backward_dq", &params(&a, causal, offs(o.offset(), nq))?, &bufs, groups)?;
     // dK and dV read delta from after dQ.
     let groups = [a.tk.div_ceil(GPU_ROWS) as u32, a.hkv as u32, a.b as u32];
     check_grid(groups)?;
     let bufs = [q.gpu(), k.gpu(), v.gpu(), &dkv, dout.gpu(), &dq, lse.gpu()];
-    ctx.dispatch(kernel, "backward_dkdv", &params(&a, causal, offs(nq, nk))?, &bufs, groups);
+    ctx.dispatch(kernel, "backward_dkdv", &params(&a, causal, offs(nq, nk))?, &bufs, groups)?;
     let dkv = Storage::Gpu(Arc::new(dkv));
     Ok((
         Tensor::from_storage(Storage::Gpu(Arc::new(dq)), 0, q.shape(), Precision::FP32),

@@ -1,5 +1,7 @@
 //! Flat storage: several tensors as views of one buffer, so that work over all of them (the
-//! optimizer step, the gradient norm) runs as one dispatch instead of one per tensor.
+//! optimizer step, the gradient norm) runs as one dispatch instead of one per tensor. On the
+//! GPU a buffer holds what one binding can (2 GiB on Vulkan with NVIDIA): a 1B-parameter
+//! model's weights are two buffers, its optimizer state four.
 
 use super::{on_device, same_device};
 use crate::device::gpu;
@@ -10,25 +12,33 @@ use crate::{bail, Device, Precision, Result, Tensor};
 /// vector loads of any view stay aligned.
 const ALIGN: usize = 64;
 
-/// Element offsets of consecutive views of `numels` elements, and the elements they span.
-fn layout(numels: impl IntoIterator<Item = usize>) -> (Vec<usize>, usize) {
-    let mut end = 0;
-    let offsets = numels
-        .into_iter()
-        .map(|n| {
-            let at = end;
-            end = (at + n).div_ceil(ALIGN) * ALIGN;
-            at
-        })
-        .collect();
-    (offsets, end)
+/// Which buffer each view of `numels` goes to, its element offset there, and each buffer's
+/// length: views follow one another (each starting at a multiple of ALIGN) while they fit in
+/// `limit` elements; a view larger than that has a buffer of its own.
+fn layout(numels: impl IntoIterator<Item = usize>, limit: usize) -> (Vec<(usize, usize)>, Vec<usize>) {
+    let (mut places, mut lens) = (Vec::new(), vec![0]);
+    for n in numels {
+        let mut at = *lens.last().expect("one buffer at least");
+        if at > 0 && at + n > limit {
+            lens.push(0);
+            at = 0;
+        }
+        places.push((lens.len() - 1, at));
+        *lens.last_mut().expect("one buffer at least") = (at + n).div_ceil(ALIGN) * ALIGN;
+    }
+    (places, lens)
 }
 
-/// Zeroed views of one new buffer on `device`, shaped as `shapes`.
+/// Zeroed views shaped as `shapes` on `device`, sharing as few buffers as the GPU's binding
+/// limit allows (one on the CPU): see `layout`.
 pub(crate) fn zeros(shapes: &[&[usize]], dtype: Precision, device: Device) -> Vec<Tensor> {
-    let (offsets, total) = layout(shapes.iter().map(|s| numel(s)));
-    let flat = Tensor::zeros_on(&[total], dtype, device);
-    shapes.iter().zip(offsets).map(|(s, o)| Tensor::from_storage(flat.storage().clone(), o, s, dtype)).collect()
+    let limit = match device {
+        Device::Gpu => gpu::started().map_or(u64::MAX, |c| c.max_binding()) / dtype.size_bytes() as u64,
+        Device::Cpu => u64::MAX,
+    };
+    let (places, lens) = layout(shapes.iter().map(|s| numel(s)), usize::try_from(limit).unwrap_or(usize::MAX));
+    let flats: Vec<Tensor> = lens.iter().map(|&n| Tensor::zeros_on(&[n], dtype, device)).collect();
+    shapes.iter().zip(places).map(|(s, (b, o))| Tensor::from_storage(flats[b].storage().clone(), o, s, dtype)).collect()
 }
 
 /// Copies of `tensors` (one device and dtype) as views of one new buffer, not tracking gradients.

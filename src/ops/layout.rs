@@ -128,7 +128,7 @@ impl Out {
                     src_st: dims(src_st)?,
                     dst_st: dims(dst_st)?,
                 };
-                ctx.dispatch(&KERNEL, "copy", &params, &[src.gpu(), dst], grid_for(n));
+                ctx.dispatch(&KERNEL, "copy", &params, &[src.gpu(), dst], grid_for(n))?;
                 Ok(())
             },
         )

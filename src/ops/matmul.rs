@@ -181,7 +181,11 @@ fn k_splits(d: &Dims, tile: (usize, usize), target: usize) -> usize {
 fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims, into: Option<(&Tensor, bool)>) -> Result<Tensor> {
     let ctx = gpu::context()?;
     let coop = matmul_precision() == MatmulPrecision::F16; // only where the GPU has the matrices
-    let aligned = [d.m, d.n, d.k, a.offset(), b.offset()].iter().all(|v| v % 4 == 0);
+                                                           // Operands in buffers larger than one binding (a view of a large weight) are bound from a
+                                                           // window: their offsets below are within it (and keep their remainder mod 4).
+    let ((a_buf, a_start), a_off) = a.gpu_window("matmul")?;
+    let ((b_buf, b_start), b_off) = b.gpu_window("matmul")?;
+    let aligned = [d.m, d.n, d.k, a_off, b_off].iter().all(|v| v % 4 == 0);
     // K per split, a multiple of the kernel's step of 8; then the splits that covers.
     let split_at = if coop { (COOP_TILE, 256) } else { (TILE, 256) };
     let (splits, ks) = match k_splits(d, split_at.0, split_at.1) {
@@ -211,16 +215,19 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims, into: Option
     let direct = into.filter(|(dst, _)| splits == 1 && dst.offset() % 4 == 0);
     let fresh = direct.is_none().then(|| ctx.alloc((splits * d.batch * d.m * d.n) as u64 * 4));
     let (out, c_off, acc) = match (&fresh, direct) {
-        (_, Some((dst, acc))) => (dst.gpu(), dst.offset(), acc),
-        (buf, None) => (buf.as_ref().expect("a fresh buffer unless written into dst"), 0, false),
+        (_, Some((dst, acc))) => {
+            let (out, c_off) = dst.gpu_window("matmul")?;
+            (out, c_off, acc)
+        }
+        (buf, None) => ((buf.as_ref().expect("a fresh buffer unless written into dst"), 0), 0, false),
     };
     let u = |what, v| to_u32("matmul", what, v);
     let params = MatmulParams {
         m: u("rows", d.m)?,
         n: u("columns", d.n)?,
         k: u("inner dim", d.k)?,
-        a_off: u("a offset", a.offset())?,
-        b_off: u("b offset", b.offset())?,
+        a_off: u("a offset", a_off)?,
+        b_off: u("b offset", b_off)?,
         a_bs: u("a batch stride", d.a_bs)?,
         b_bs: u("b batch stride", d.b_bs)?,
         ta: ta as u32,
@@ -231,14 +238,14 @@ fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims, into: Option
         c_off: u("output offset", c_off)?,
         acc: acc as u32,
     };
-    let buffers = [a.gpu(), b.gpu(), out];
+    let buffers = [(a_buf, a_start), (b_buf, b_start), out];
     let groups = groups.map(|g| g as u32);
     if coop {
-        ctx.dispatch(&COOP_KERNEL, "matmul_coop", &params, &buffers, groups);
+        ctx.dispatch_windows(&COOP_KERNEL, "matmul_coop", &params, &buffers, groups)?;
     } else {
         // One entry point per transpose combination, each compiled to its own addressing.
         let entry = [["matmul_nn", "matmul_nt"], ["matmul_tn", "matmul_tt"]][ta as usize][tb as usize];
-        ctx.dispatch(if wide { &WIDE_KERNEL } else { &KERNEL }, entry, &params, &buffers, groups);
+        ctx.dispatch_windows(if wide { &WIDE_KERNEL } else { &KERNEL }, entry, &params, &buffers, groups)?;
     }
     let Some(out) = fresh else { return Ok(direct.expect("written into dst").0.clone()) };
     let out = Tensor::from_gpu(out, &[splits, d.batch * d.m * d.n], Precision::FP32);

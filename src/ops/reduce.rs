@@ -69,7 +69,7 @@ fn row_sums(op: &'static str, x: &Tensor, rows: usize, cols: usize, scale: f32) 
             let ctx = gpu::context()?;
             let out = ctx.alloc(rows as u64 * 4);
             let params = params("sum", rows, cols, x.numel(), x.offset(), scale, 0)?;
-            ctx.dispatch(&KERNEL, "row_sum", &params, &[x.gpu(), &out], grid(rows as u32));
+            ctx.dispatch(&KERNEL, "row_sum", &params, &[x.gpu(), &out], grid(rows as u32))?;
             Ok(Tensor::from_gpu(out, &[rows], Precision::FP32))
         },
     )
@@ -92,7 +92,7 @@ fn expand(op: &'static str, dy: &Tensor, shape: &[usize], cols: usize, scale: f3
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
             let params = params("sum backward", 0, cols, n, dy.offset(), scale, 0)?;
-            ctx.dispatch(&KERNEL, "expand", &params, &[dy.gpu(), &out], grid_for(n));
+            ctx.dispatch(&KERNEL, "expand", &params, &[dy.gpu(), &out], grid_for(n))?;
             Ok(Tensor::from_gpu(out, shape, Precision::FP32))
         },
     )
@@ -175,7 +175,7 @@ pub fn max(x: &Tensor) -> Result<Tensor> {
             let ctx = gpu::context()?;
             let (out, idx) = (ctx.alloc(rows as u64 * 4), ctx.alloc(rows as u64 * 4));
             let params = params("max", rows, cols, x.numel(), x.offset(), 0.0, 0)?;
-            ctx.dispatch(&KERNEL, "row_max", &params, &[x.gpu(), &out, &idx], grid(rows as u32));
+            ctx.dispatch(&KERNEL, "row_max", &params, &[x.gpu(), &out, &idx], grid(rows as u32))?;
             Ok((Tensor::from_gpu(out, out_shape, Precision::FP32), Tensor::from_gpu(idx, &[rows], Precision::U32)))
         },
     )?;
@@ -199,7 +199,7 @@ fn max_backward(dy: &Tensor, idx: &Tensor, shape: &[usize], cols: usize) -> Resu
             let ctx = gpu::context()?;
             let out = ctx.alloc(n as u64 * 4);
             let params = params("max backward", 0, cols, n, dy.offset(), 0.0, 0)?;
-            ctx.dispatch(&KERNEL, "max_backward", &params, &[dy.gpu(), &out, idx.gpu()], grid_for(n));
+            ctx.dispatch(&KERNEL, "max_backward", &params, &[dy.gpu(), &out, idx.gpu()], grid_for(n))?;
             Ok(Tensor::from_gpu(out, shape, Precision::FP32))
         },
     )
@@ -242,7 +242,7 @@ pub fn sum_rows(x: &Tensor) -> Result<Tensor> {
                 let out_rows = rows.div_ceil(block).max(1);
                 let out = ctx.alloc((out_rows * cols) as u64 * 4);
                 let params = params("sum_rows", rows, cols, x.numel(), x.offset(), 0.0, block)?;
-                ctx.dispatch(&KERNEL, "col_sum", &params, &[x.gpu(), &out], grid_for(out_rows * cols));
+                ctx.dispatch(&KERNEL, "col_sum", &params, &[x.gpu(), &out], grid_for(out_rows * cols))?;
                 Ok(Tensor::from_gpu(out, &[out_rows, cols], Precision::FP32))
             };
             let (x, rows) = match rows > 64 {

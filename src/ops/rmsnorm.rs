@@ -134,14 +134,14 @@ fn forward(
             match y {
                 None => {
                     let params = params(rows, c, x, gamma, 0, eps, None)?;
-                    ctx.dispatch(&KERNEL, "forward", &params, &[x.gpu(), &rstd, &out, gamma.gpu()], grid(rows as u32));
+                    ctx.dispatch(&KERNEL, "forward", &params, &[x.gpu(), &rstd, &out, gamma.gpu()], grid(rows as u32))?;
                     Ok((f32_tensor(out, shape), f32_tensor(rstd, &[rows]), None))
                 }
                 Some(y) => {
                     let h = ctx.alloc((rows * c) as u64 * 4);
                     let params = params(rows, c, x, gamma, y.offset(), eps, None)?;
                     let bufs = [x.gpu(), &rstd, &out, gamma.gpu(), y.gpu(), &h];
-                    ctx.dispatch(&KERNEL, "add_forward", &params, &bufs, grid(rows as u32));
+                    ctx.dispatch(&KERNEL, "add_forward", &params, &bufs, grid(rows as u32))?;
                     Ok((f32_tensor(out, shape), f32_tensor(rstd, &[rows]), Some(f32_tensor(h, shape))))
                 }
             }
@@ -226,7 +226,7 @@ fn backward(
                 &params,
                 &[x.gpu(), rstd.gpu(), &dx, gamma.gpu(), dy.gpu(), &part, res.gpu()],
                 grid(groups as u32),
-            );
+            )?;
             Ok((
                 Tensor::from_gpu(dx, x.shape(), Precision::FP32),
                 Tensor::from_gpu(part, &[groups, c], Precision::FP32),

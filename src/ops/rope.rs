@@ -133,7 +133,7 @@ fn split(y: &Tensor, hq: usize, hkv: usize, turns: &[f32], pos_offset: usize) ->
                 hkv: u("kv heads", hkv)?,
                 ..Default::default()
             };
-            ctx.dispatch(&KERNEL, "qkv_rope", &params, &[y.gpu(), &table, &out], grid_for(n));
+            ctx.dispatch(&KERNEL, "qkv_rope", &params, &[y.gpu(), &table, &out], grid_for(n))?;
             Ok(Tensor::from_gpu(out, &[y.numel()], Precision::FP32))
         },
     )
@@ -182,7 +182,7 @@ fn merge(dys: &[Tensor], g: usize, turns: &[f32], pos_offset: usize) -> Result<T
                 v_off: u("dv offset", dv.offset())?,
             };
             let buffers = [dq.gpu(), &table, &out, dk.gpu(), dv.gpu()];
-            ctx.dispatch(&KERNEL, "qkv_rope_backward", &params, &buffers, grid_for(n));
+            ctx.dispatch(&KERNEL, "qkv_rope_backward", &params, &buffers, grid_for(n))?;
             Ok(Tensor::from_gpu(out, &shape, Precision::FP32))
         },
     )
@@ -267,7 +267,7 @@ fn rotate(op: &'static str, x: &Tensor, turns: &[f32], pos_offset: usize, sign: 
                 sign,
                 ..Default::default()
             };
-            ctx.dispatch(&KERNEL, "rope", &params, &[x.gpu(), &table, &out], grid_for(n));
+            ctx.dispatch(&KERNEL, "rope", &params, &[x.gpu(), &table, &out], grid_for(n))?;
             Ok(Tensor::from_gpu(out, x.shape(), Precision::FP32))
         },
     )

@@ -104,7 +104,7 @@ fn forward(x: &Tensor, rows: usize, cols: usize, mask: Mask) -> Result<Tensor> {
             let ctx = gpu::context()?;
             let out = ctx.alloc((rows * cols) as u64 * 4);
             let params = mask.params("softmax", rows, cols, x.offset(), 0)?;
-            ctx.dispatch(&KERNEL, "softmax", &params, &[x.gpu(), &out], grid(rows as u32));
+            ctx.dispatch(&KERNEL, "softmax", &params, &[x.gpu(), &out], grid(rows as u32))?;
             Ok(Tensor::from_gpu(out, x.shape(), Precision::FP32))
         },
     )
@@ -134,7 +134,7 @@ fn backward(y: &Tensor, dy: &Tensor, rows: usize, cols: usize, mask: Mask) -> Re
             let ctx = gpu::context()?;
             let out = ctx.alloc((rows * cols) as u64 * 4);
             let params = mask.params("softmax backward", rows, cols, y.offset(), dy.offset())?;
-            ctx.dispatch(&KERNEL, "softmax_backward", &params, &[y.gpu(), &out, dy.gpu()], grid(rows as u32));
+            ctx.dispatch(&KERNEL, "softmax_backward", &params, &[y.gpu(), &out, dy.gpu()], grid(rows as u32))?;
             Ok(Tensor::from_gpu(out, y.shape(), Precision::FP32))
         },
     )

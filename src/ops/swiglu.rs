@@ -121,7 +121,7 @@ fn forward(gate: &Tensor, up: &Tensor, l: &Layout, shape: &[usize]) -> Result<Te
             let out = ctx.alloc(n as u64 * 4);
             let params = params("swiglu", [n, l.cols, l.rs, l.g_off, l.u_off, 0, 0, 0, 0])?;
             let groups = grid_for(n.div_ceil(4));
-            ctx.dispatch(&KERNEL, "forward", &params, &[gate.gpu(), up.gpu(), &out], groups);
+            ctx.dispatch(&KERNEL, "forward", &params, &[gate.gpu(), up.gpu(), &out], groups)?;
             Ok(Tensor::from_gpu(out, shape, Precision::FP32))
         },
     )
@@ -178,7 +178,7 @@ fn backward(gate: &Tensor, up: &Tensor, l: &Layout, dy: &Tensor, to: (usize, usi
             let params =
                 params("swiglu backward", [n, l.cols, l.rs, l.g_off, l.u_off, dy.offset(), ors, dg_off, du_off])?;
             let groups = grid_for(n.div_ceil(4));
-            ctx.dispatch(&KERNEL, "backward", &params, &[gate.gpu(), up.gpu(), &out, dy.gpu()], groups);
+            ctx.dispatch(&KERNEL, "backward", &params, &[gate.gpu(), up.gpu(), &out, dy.gpu()], groups)?;
             Ok(Tensor::from_gpu(out, &[size], Precision::FP32))
         },
     )

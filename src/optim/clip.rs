@@ -99,30 +99,48 @@ fn cpu_norm(grads: &[Tensor]) -> f32 {
 }
 
 /// The step control on the GPU: partial sums of squares of every gradient (one dispatch per
-/// run of gradients sharing a buffer: one in all for a trainer's flat gradients), then one
-/// workgroup that totals them and decides. Slots 0..4 of the partial-sums buffer become the
-/// control; the loss (or 0) is copied into slot 3 first.
+/// run of gradients sharing a buffer: one in all for a trainer's flat gradients, and one per
+/// binding-sized piece of a gradient larger than one binding), then one workgroup that totals
+/// them and decides. Slots 0..4 of the partial-sums buffer become the control; the loss (or 0)
+/// is copied into slot 3 first.
 fn gpu_control(grads: &[Tensor], loss: Option<&Tensor>, max_norm: f32, loss_scale: f32) -> Result<Tensor> {
     let ctx = gpu::context()?;
-    let groups: Vec<usize> = grads.iter().map(|g| g.numel().div_ceil(PER_GROUP)).collect();
-    let slots: usize = groups.iter().sum();
+    // Dispatches as (gradient, bound from byte, [element offset there, length] of each segment).
+    let mut dispatches: Vec<(&Tensor, u64, Vec<[usize; 2]>)> = Vec::new();
+    for run in flat::runs(grads.len(), |a, k| grads[a].shares_storage(&grads[k])) {
+        let g = &grads[run.start];
+        if g.gpu().buffer.size() <= ctx.max_binding() {
+            dispatches.push((g, 0, run.map(|k| [grads[k].offset(), grads[k].numel()]).collect()));
+            continue;
+        }
+        let len = (ctx.max_binding() as usize - 256) / 4;
+        for run_k in run {
+            let g = &grads[run_k];
+            for first in (0..g.numel()).step_by(len) {
+                let (start, off) = gpu::window(g.offset() + first, 4);
+                dispatches.push((g, start, vec![[off, len.min(g.numel() - first)]]));
+            }
+        }
+    }
+    let slots: usize = dispatches.iter().flat_map(|d| &d.2).map(|[_, n]| n.div_ceil(PER_GROUP)).sum();
     let part = ctx.zeros((4 + slots) as u64 * 4);
     let mut base = 4;
-    for run in flat::runs(grads.len(), |a, k| grads[a].shares_storage(&grads[k])) {
-        let mut table: Vec<u32> = Vec::with_capacity(4 * run.len());
+    for (g, start, segments) in dispatches {
+        let (count, mut table) = (segments.len(), Vec::with_capacity(4 * segments.len()));
         let mut first = 0;
-        for k in run.clone() {
-            table.extend([grads[k].offset(), grads[k].numel(), first, 0].map(|v| v as u32));
-            first += groups[k];
+        for [off, n] in segments {
+            table.extend([off, n, first, 0].map(|v| v as u32));
+            first += n.div_ceil(PER_GROUP);
         }
         if first > 0 {
-            let table = ctx.upload(bytemuck::cast_slice(&table));
+            let table = ctx.upload(bytemuck::cast_slice::<u32, u8>(&table));
             let params = ClipParams {
-                n: to_u32("global_norm", "tensors", run.len())?,
+                n: to_u32("global_norm", "tensors", count)?,
                 base: to_u32("global_norm", "partial sums", base)?,
                 ..Default::default()
             };
-            ctx.dispatch(&KERNEL, "sumsq", &params, &[grads[run.start].gpu(), &part, &table], grid(first as u32));
+            let buffers = [(g.gpu(), start), (&part, 0), (&table, 0)];
+            ctx.dispatch_windows(&KERNEL, "sumsq", &params, &buffers, grid(first as u32))?;
         }
         base += first;
     }
@@ -136,7 +154,7 @@ fn gpu_control(grads: &[Tensor], loss: Option<&Tensor>, max_norm: f32, loss_scal
         inv: 1.0 / loss_scale,
         ..Default::default()
     };
-    ctx.dispatch(&KERNEL, "control", &params, &[&part], [1, 1, 1]);
+    ctx.dispatch(&KERNEL, "control", &params, &[&part], [1, 1, 1])?;
     let part = Tensor::from_gpu(part, &[4 + slots], Precision::FP32);
     crate::ops::slice(&part, 0, 0, 4)
 }
@@ -164,14 +182,19 @@ fn scale_in_place(g: &Tensor, s: f32) -> Result<()> {
         },
         || {
             let ctx = gpu::context()?;
-            let n = g.numel();
-            let params = ClipParams {
-                n: to_u32("clip_grad_norm", "elements", n)?,
-                off: to_u32("clip_grad_norm", "offset", g.offset())?,
-                s,
-                ..Default::default()
-            };
-            ctx.dispatch(&KERNEL, "scale", &params, &[g.gpu()], grid_for(n));
+            // Pieces that one binding holds (all of g unless it is larger than one).
+            let len = (ctx.max_binding() as usize - 256) / 4;
+            for first in (0..g.numel()).step_by(len) {
+                let (start, off) = gpu::window(g.offset() + first, 4);
+                let n = len.min(g.numel() - first);
+                let params = ClipParams {
+                    n: to_u32("clip_grad_norm", "elements", n)?,
+                    off: to_u32("clip_grad_norm", "offset", off)?,
+                    s,
+                    ..Default::default()
+                };
+                ctx.dispatch_windows(&KERNEL, "scale", &params, &[(g.gpu(), start)], grid_for(n))?;
+            }
             Ok(())
         },
     )

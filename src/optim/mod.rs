@@ -276,7 +276,8 @@ struct Hyper {
 }
 
 /// The update on the GPU: one dispatch for each run of parameters whose weights, gradients and
-/// states share buffers (all of them, for a model's flat parameters: see `ops::flat`).
+/// states share buffers (a model's flat parameters: see `ops::flat`), and for a parameter larger
+/// than one GPU binding, one per piece of it that the bindings hold.
 fn gpu_update(
     w: &[Tensor],
     g: &[Tensor],
@@ -286,7 +287,9 @@ fn gpu_update(
     hs: &[Hyper],
 ) -> Result<()> {
     let ctx = gpu::context()?;
+    let max = ctx.max_binding();
     let bf16 = |k: usize| w[k].dtype() == Precision::BF16;
+    let big = |k: usize| [&w[k], &g[k], &s[k]].iter().any(|t| t.gpu().buffer.size() > max);
     // Two bf16 parameters may share a u32 word unless both start and end on even elements.
     let whole_words = |k: usize| !bf16(k) || (w[k].offset().is_multiple_of(2) && w[k].numel().is_multiple_of(2));
     let joins = |a: usize, k: usize| {
@@ -296,45 +299,109 @@ fn gpu_update(
             && bf16(a) == bf16(k)
             && whole_words(a)
             && whole_words(k)
+            && !big(a)
+            && !big(k)
     };
-    let (code, [b1, b2, eps, bc1, bc2_sqrt]) = set.rule.params();
+    let update = Update { control, set };
     for run in flat::runs(w.len(), joins) {
-        let mut table: Vec<u32> = Vec::with_capacity(8 * run.len());
-        let mut threads = 0;
-        for k in run.clone() {
-            let (off, n) = (w[k].offset(), w[k].numel());
-            table.extend([off, g[k].offset(), s[k].offset(), n].map(|v| v as u32));
-            table.extend([hs[k].wd.to_bits(), hs[k].key, threads as u32, 0]);
-            // BF16: one thread per u32 word, so the two halves of a word never race.
-            threads += if bf16(k) { (off + n).div_ceil(2) - off / 2 } else { n };
-        }
-        if threads == 0 {
+        let k = run.start;
+        if !big(k) {
+            let pieces: Vec<Piece> = run
+                .map(|k| Piece {
+                    k,
+                    w_off: w[k].offset(),
+                    g_off: g[k].offset(),
+                    s_off: s[k].offset(),
+                    first: 0,
+                    n: w[k].numel(),
+                })
+                .collect();
+            update.dispatch(w, g, s, hs, &pieces, [0; 3])?;
             continue;
         }
-        let k = run.start;
+        // Pieces of a multiple of 64 elements (bf16 pieces own whole words) whose state, the
+        // largest of the three (`width` f32 an element), fits one binding after its window's start.
+        let width = set.rule.width();
+        let len = ((max - 256) / (4 * width.max(1)) as u64) as usize / 64 * 64;
+        let size = |t: &Tensor| t.dtype().size_bytes();
+        for first in (0..w[k].numel()).step_by(len.max(64)) {
+            let (ws, w_off) = gpu::window(w[k].offset() + first, size(&w[k]));
+            let (gs, g_off) = gpu::window(g[k].offset() + first, 4);
+            let (ss, s_off) = gpu::window(s[k].offset() + first * width, 4);
+            let piece = Piece { k, w_off, g_off, s_off, first, n: len.min(w[k].numel() - first) };
+            update.dispatch(w, g, s, hs, &[piece], [ws, gs, ss])?;
+        }
+    }
+    Ok(())
+}
+
+/// Elements `first..first + n` of parameter `k`, at these element offsets of the bound windows.
+struct Piece {
+    k: usize,
+    w_off: usize,
+    g_off: usize,
+    s_off: usize,
+    first: usize,
+    n: usize,
+}
+
+struct Update<'a> {
+    control: Option<&'a Tensor>,
+    set: &'a Settings,
+}
+
+impl Update<'_> {
+    /// One dispatch over `pieces`, which share their buffers, bound from byte offsets `starts`
+    /// (weights, gradients, state).
+    fn dispatch(
+        &self,
+        w: &[Tensor],
+        g: &[Tensor],
+        s: &[Tensor],
+        hs: &[Hyper],
+        pieces: &[Piece],
+        starts: [u64; 3],
+    ) -> Result<()> {
+        let ctx = gpu::context()?;
+        let k = pieces[0].k;
+        let bf16 = w[k].dtype() == Precision::BF16;
+        let mut table: Vec<u32> = Vec::with_capacity(8 * pieces.len());
+        let mut threads = 0;
+        for p in pieces {
+            let u = |what, v| to_u32("optimizer step", what, v);
+            table.extend([u("weight offset", p.w_off)?, u("gradient offset", p.g_off)?, u("state offset", p.s_off)?]);
+            table.extend([u("elements", p.n)?, hs[p.k].wd.to_bits(), hs[p.k].key, u("threads", threads)?]);
+            table.push(u("first element", p.first)?);
+            // BF16: one thread per u32 word, so the two halves of a word never race.
+            threads += if bf16 { (p.w_off + p.n).div_ceil(2) - p.w_off / 2 } else { p.n };
+        }
+        if threads == 0 {
+            return Ok(());
+        }
+        let (code, [b1, b2, eps, bc1, bc2_sqrt]) = self.set.rule.params();
         let params = OptimParams {
             n: to_u32("optimizer step", "threads", threads)?,
             g_off: 0,
             key: 0,
-            segments: to_u32("optimizer step", "segments", run.len())?,
-            bf16: bf16(k) as u32,
+            segments: to_u32("optimizer step", "segments", pieces.len())?,
+            bf16: bf16 as u32,
             rule: code as u32,
-            lr: set.lr,
+            lr: self.set.lr,
             b1,
             b2,
             eps,
             bc1,
             bc2_sqrt,
-            use_ctl: control.is_some() as u32,
-            ctl_off: to_u32("optimizer step", "control offset", control.map_or(0, |c| c.offset()))?,
+            use_ctl: self.control.is_some() as u32,
+            ctl_off: to_u32("optimizer step", "control offset", self.control.map_or(0, |c| c.offset()))?,
         };
         // Without a control the kernel never reads that binding: g stands in for it.
-        let ctl = control.unwrap_or(&g[k]);
+        let ctl = self.control.map_or((g[k].gpu(), starts[1]), |c| (c.gpu(), 0));
         let table = ctx.upload(bytemuck::cast_slice(&table));
-        let buffers = [w[k].gpu(), g[k].gpu(), s[k].gpu(), ctl.gpu(), &table];
-        ctx.dispatch(&KERNEL, "update", &params, &buffers, grid_for(threads));
+        let [ws, gs, ss] = starts;
+        let buffers = [(w[k].gpu(), ws), (g[k].gpu(), gs), (s[k].gpu(), ss), ctl, (&table, 0)];
+        ctx.dispatch_windows(&KERNEL, "update", &params, &buffers, grid_for(threads))
     }
-    Ok(())
 }
 
 /// The update with the gradient scaled by `gscale` (the clipping factor, 1 without clipping).

@@ -24,7 +24,7 @@ struct Params {
 const RULE_LION: u32 = 0u;
 const RULE_ADAMW: u32 = 1u;
 
-// One parameter of the update: element offsets of its weights, gradient and state in their
+// One parameter (or piece of one) of the update: element offsets of its weights, gradient and state in their
 // buffers, its length, weight decay and rounding key, and its first thread in the dispatch.
 struct Segment {
     w_off: u32,
@@ -34,7 +34,7 @@ struct Segment {
     wd: f32, // decoupled weight decay (0: this parameter does not decay)
     key: u32,
     first: u32,
-    pad: u32,
+    base: u32, // the index of element 0 in its parameter (a piece of a large one starts later)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -123,7 +123,7 @@ fn update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             let i = e - sg.w_off;
             let shift = 16u * h;
             let old = bitcast<f32>(((bits >> shift) & 0xffffu) << 16u);
-            let nb = round_bf16(rule(sg, i, old, gscale), noise(sg.key, i));
+            let nb = round_bf16(rule(sg, i, old, gscale), noise(sg.key, sg.base + i));
             bits = (bits & ~(0xffffu << shift)) | (nb << shift);
         }
     }

@@ -93,7 +93,7 @@ pub fn stochastic_round(x: &Tensor, seed: u64) -> Result<Tensor> {
                 key,
                 ..Default::default()
             };
-            ctx.dispatch(&KERNEL, "round_sr", &params, &[&out, x.gpu()], grid_for(n.div_ceil(2)));
+            ctx.dispatch(&KERNEL, "round_sr", &params, &[&out, x.gpu()], grid_for(n.div_ceil(2)))?;
             Ok(Tensor::from_gpu(out, x.shape(), Precision::BF16))
         },
     )

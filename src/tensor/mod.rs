@@ -274,6 +274,28 @@ impl Tensor {
             Storage::Cpu(_) => panic!("gpu(): tensor is on the CPU"),
         }
     }
+
+    /// This tensor's GPU buffer as a dispatch binds it (`GpuContext::dispatch_windows`): from
+    /// byte 0 when the buffer fits one binding, else from a window that starts at or just before
+    /// the tensor; and the tensor's element offset in what is bound. An error naming `op` when
+    /// the tensor itself is larger than one binding.
+    pub(crate) fn gpu_window(&self, op: &str) -> Result<((&GpuBuffer, u64), usize)> {
+        let (buf, max) = (self.gpu(), gpu::context()?.max_binding());
+        if buf.buffer.size() <= max {
+            return Ok(((buf, 0), self.offset()));
+        }
+        let size = self.dtype().size_bytes();
+        let (start, offset) = gpu::window(self.offset(), size);
+        if ((offset + self.numel()) * size) as u64 > max {
+            bail!(
+                Device,
+                "{op}: a tensor {:?} of {} bytes is larger than the {max} bytes the GPU binds at once",
+                self.shape(),
+                self.numel() * size
+            );
+        }
+        Ok(((buf, start), offset))
+    }
 }
 
 impl std::fmt::Debug for Tensor {

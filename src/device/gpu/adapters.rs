@@ -55,3 +55,31 @@ fn rank(t: wgpu::DeviceType) -> u32 {
         wgpu::DeviceType::Other => 4,
     }
 }
+
+/// The adapter's memory in bytes, where it can be asked: on Vulkan its largest device-local
+/// heap; on macOS (unified memory) three quarters of the machine's, about what Metal
+/// recommends as one process's working set.
+pub(super) fn memory(adapter: &wgpu::Adapter) -> Option<u64> {
+    if adapter.get_info().backend == wgpu::Backend::Vulkan {
+        // SAFETY: the adapter outlives these calls, and they only read its properties.
+        let hal = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() }?;
+        let props = unsafe {
+            hal.shared_instance().raw_instance().get_physical_device_memory_properties(hal.raw_physical_device())
+        };
+        const DEVICE_LOCAL: u32 = 1;
+        let heaps = &props.memory_heaps[..props.memory_heap_count as usize];
+        return heaps.iter().filter(|h| h.flags.as_raw() & DEVICE_LOCAL != 0).map(|h| h.size).max();
+    }
+    system_memory().map(|b| b / 4 * 3)
+}
+
+#[cfg(target_os = "macos")]
+fn system_memory() -> Option<u64> {
+    let out = std::process::Command::new("sysctl").args(["-n", "hw.memsize"]).output().ok()?;
+    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+}
+
+#[cfg(not(target_os = "macos"))]
+fn system_memory() -> Option<u64> {
+    None
+}

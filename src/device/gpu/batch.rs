@@ -2,8 +2,17 @@
 //! A host read, `CommandBatch::sync`/`commit_async`/`end`, or a full batch submits it.
 
 use super::{count, observer, pool::Kind, started, GpuBuffer, GpuContext, Kernel, KernelParams};
+use crate::{Error, Result};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
+
+/// Where a binding of a tensor's storage starts: the byte offset (256-aligned, as every backend
+/// allows) at or before element `offset` of `elem_bytes` bytes each, and the element offset of
+/// the tensor within that window.
+pub fn window(offset: usize, elem_bytes: usize) -> (u64, usize) {
+    let start = offset * elem_bytes / 256 * 256;
+    (start as u64, offset - start / elem_bytes)
+}
 
 /// Each dispatch gets one 256-byte slot of uniform parameters.
 const SLOT: usize = 256;
@@ -67,7 +76,8 @@ impl GpuContext {
 
     /// Queues one compute dispatch of `entry` in `kernel`. Binding 0 is the uniform `params`
     /// (the kernel's own params struct), bindings 1.. are `buffers` in order; the entry point
-    /// must use each of them.
+    /// must use each of them. An error names the kernel when a buffer is larger than one binding
+    /// (its op must use `dispatch_windows`) or wgpu refused the work.
     pub fn dispatch<P: KernelParams>(
         &self,
         kernel: &Kernel,
@@ -75,7 +85,29 @@ impl GpuContext {
         params: &P,
         buffers: &[&GpuBuffer],
         groups: [u32; 3],
-    ) {
+    ) -> Result<()> {
+        if let Some(b) = buffers.iter().find(|b| b.buffer.size() > self.max_binding) {
+            return Err(Error::Device(format!(
+                "{}: a tensor of {} bytes is larger than the {} bytes the GPU binds at once, and this op cannot split it",
+                kernel.name,
+                b.buffer.size(),
+                self.max_binding
+            )));
+        }
+        let windows: Vec<(&GpuBuffer, u64)> = buffers.iter().map(|&b| (b, 0)).collect();
+        self.dispatch_windows(kernel, entry, params, &windows, groups)
+    }
+
+    /// `dispatch` with each buffer bound from a byte offset (a multiple of 256: see `window`),
+    /// at most `max_binding` bytes of it.
+    pub fn dispatch_windows<P: KernelParams>(
+        &self,
+        kernel: &Kernel,
+        entry: &'static str,
+        params: &P,
+        buffers: &[(&GpuBuffer, u64)],
+        groups: [u32; 3],
+    ) -> Result<()> {
         const { assert!(std::mem::size_of::<P>() <= SLOT, "kernel params must fit one uniform slot") };
         debug_assert_eq!(
             P::LAYOUT.name,
@@ -83,6 +115,7 @@ impl GpuContext {
             "{}: dispatched with another kernel's params",
             kernel.name
         );
+        self.check(kernel.name)?;
         let pipeline = self.pipeline(kernel, entry);
         let watcher = observer().filter(|o| o.enabled());
         let op = watcher.map(|o| o.op());
@@ -96,7 +129,7 @@ impl GpuContext {
             let params_buf = b
                 .params_buf
                 .get_or_insert_with(|| {
-                    self.pool.take(&self.device, (SLOT * MAX_DISPATCHES) as u64, Kind::Uniform, false)
+                    self.pool.take(&self.device, (SLOT * MAX_DISPATCHES) as u64, Kind::Uniform, false, u64::MAX)
                 })
                 .clone();
             let offset = b.params.len();
@@ -110,14 +143,24 @@ impl GpuContext {
                     size: wgpu::BufferSize::new(SLOT as u64),
                 }),
             }];
-            for (i, buf) in buffers.iter().enumerate() {
-                entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: buf.buffer.as_entire_binding() });
+            for (i, (buf, start)) in buffers.iter().enumerate() {
+                let size = (buf.buffer.size() - start.min(&buf.buffer.size())).min(self.max_binding);
+                entries.push(wgpu::BindGroupEntry {
+                    binding: i as u32 + 1,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &buf.buffer,
+                        offset: *start,
+                        size: wgpu::BufferSize::new(size),
+                    }),
+                });
             }
             let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: None,
                 layout: &pipeline.get_bind_group_layout(0),
                 entries: &entries,
             });
+            // Validation errors are reported within the call: record nothing that used them.
+            self.check(kernel.name)?;
             let timestamp_writes = match op {
                 Some(op) if self.timestamps() => {
                     let q = b.queries.get_or_insert_with(|| self.take_queries());
@@ -152,6 +195,7 @@ impl GpuContext {
         } else if full {
             self.flush();
         }
+        self.check(kernel.name)
     }
 
     /// Submits everything recorded so far (does not wait).

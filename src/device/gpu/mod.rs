@@ -9,6 +9,7 @@ mod pool;
 mod quiet;
 
 pub use adapters::hardware_present;
+pub use batch::window;
 pub use batch::CommandBatch;
 pub(crate) use kernel::{kernel_params, op_codes, to_u32};
 pub use kernel::{with_prelude, Kernel, KernelParams, ParamsLayout, WG};
@@ -136,6 +137,12 @@ pub struct GpuContext {
     /// Timestamp query sets of submitted batches, for the profiler.
     timing: Mutex<batch::Timing>,
     sync_every_op: bool,
+    /// The most bytes of one buffer a dispatch binds (see `max_binding`).
+    max_binding: u64,
+    /// The device's own memory in bytes, where the driver says or the settings give it.
+    memory: Option<u64>,
+    /// The first error wgpu reported and nobody has returned yet (see `check`).
+    error: std::sync::Arc<Mutex<Option<String>>>,
 }
 
 /// Shader modules by kernel name, and pipelines by (kernel name, entry point).
@@ -211,6 +218,20 @@ impl GpuContext {
             }))
         })
         .map_err(|e| format!("the GPU adapter {} refused a device: {e}", adapter.get_info().name))?;
+        let error = std::sync::Arc::new(Mutex::new(None));
+        let slot = error.clone();
+        // wgpu's default handler panics (and a panic inside a batch aborts): keep the first
+        // error instead, for `check` to return as the failing op's `Error`.
+        device.on_uncaptured_error(std::sync::Arc::new(move |e: wgpu::Error| {
+            slot.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| e.to_string());
+        }));
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            .min(settings.max_binding.unwrap_or(u64::MAX))
+            / 256
+            * 256;
+        let memory = settings.memory.or_else(|| adapters::memory(adapter));
         let info = adapter.get_info();
         let disk_cache = cache::DiskCache::open(&device, &info, features, settings.cache_dir.as_deref());
         Ok(GpuContext {
@@ -229,6 +250,9 @@ impl GpuContext {
             batch: Mutex::new(batch::Batch::default()),
             timing: Mutex::new(batch::Timing::default()),
             sync_every_op: settings.sync_every_op,
+            max_binding,
+            memory,
+            error,
         })
     }
 
@@ -280,10 +304,36 @@ impl GpuContext {
         self.disk_cache.save(n);
     }
 
+    /// The most bytes of one buffer that one dispatch binds: the adapter's limits (2 GiB on
+    /// Vulkan with NVIDIA), or less where the settings say (`IRONTENSOR_MAX_BINDING`). Tensor
+    /// storage is laid out so that only a tensor larger than this needs a buffer larger than this;
+    /// ops that take such tensors work on windows of it (`dispatch_windows`).
+    pub fn max_binding(&self) -> u64 {
+        self.max_binding
+    }
+
+    /// The device's memory in bytes: `IRONTENSOR_GPU_MEMORY`, else the driver's device-local
+    /// heap (Vulkan), or the recommended working set (Metal); None where neither is known.
+    pub fn memory_bytes(&self) -> Option<u64> {
+        self.memory
+    }
+
+    /// The error wgpu reported since the last check, as an `Error` naming `op`: a validation
+    /// error or running out of memory ends that op, and the caller's work, with an `Err`.
+    pub fn check(&self, op: &str) -> Result<()> {
+        match self.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            None => Ok(()),
+            Some(e) if e.contains("OutOfMemory") || e.to_lowercase().contains("out of memory") => Err(Error::Device(
+                format!("{op}: the GPU ran out of memory ({e}); run `irontensor train` with a smaller --batch or --seq, or BF16 weights"),
+            )),
+            Some(e) => Err(Error::Device(format!("{op}: the GPU refused the work: {e}"))),
+        }
+    }
+
     /// A buffer of at least `bytes` from the pool; its contents are undefined.
     /// Only GPU work recorded after this call may write it (`upload` writes from the host).
     pub fn alloc(&self, bytes: u64) -> GpuBuffer {
-        let buffer = self.pool.take(&self.device, bytes, pool::Kind::Storage, true);
+        let buffer = self.pool.take(&self.device, bytes, pool::Kind::Storage, true, self.max_binding);
         GpuBuffer { buffer, host_u32: None }
     }
 
@@ -291,7 +341,7 @@ impl GpuContext {
     pub fn upload(&self, data: &[u8]) -> GpuBuffer {
         count(|c| c.uploads += 1);
         // Not a buffer that unsubmitted work still uses: this write lands before that work.
-        let buffer = self.pool.take(&self.device, data.len() as u64, pool::Kind::Storage, false);
+        let buffer = self.pool.take(&self.device, data.len() as u64, pool::Kind::Storage, false, self.max_binding);
         let buf = GpuBuffer { buffer, host_u32: None };
         if data.len().is_multiple_of(4) {
             self.queue.write_buffer(&buf.buffer, 0, data);
@@ -328,7 +378,7 @@ impl GpuContext {
             return Vec::new();
         }
         count(|c| c.reads += 1);
-        let staging = self.pool.take(&self.device, end - start, pool::Kind::Readback, false);
+        let staging = self.pool.take(&self.device, end - start, pool::Kind::Readback, false, u64::MAX);
         self.record(|enc| enc.copy_buffer_to_buffer(&buf.buffer, start, &staging, 0, end - start));
         self.flush();
         let slice = staging.slice(0..end - start);

@@ -47,8 +47,20 @@ pub fn size_class(bytes: u64) -> u64 {
 
 impl Pool {
     /// A buffer of at least `bytes`; `gpu_written` allows one that recorded work still uses.
-    pub fn take(&self, device: &wgpu::Device, bytes: u64, kind: Kind, gpu_written: bool) -> wgpu::Buffer {
-        let size = size_class(bytes);
+    /// The size class stops at `max_binding`, so a buffer is larger than one binding only when
+    /// `bytes` is.
+    pub fn take(
+        &self,
+        device: &wgpu::Device,
+        bytes: u64,
+        kind: Kind,
+        gpu_written: bool,
+        max_binding: u64,
+    ) -> wgpu::Buffer {
+        let size = match size_class(bytes) {
+            s if s > max_binding && bytes <= max_binding => max_binding,
+            s => s,
+        };
         if kind == Kind::Storage {
             let live = self.live.fetch_add(size, Ordering::Relaxed) + size;
             self.peak.fetch_max(live, Ordering::Relaxed);
