@@ -73,7 +73,7 @@ def commands(args, item):
         if args.shapes:
             common += ["--shapes", args.shapes]
     else:
-        raise SystemExit(f"--what {item!r}: expected train:seed-tiny, train:shakespeare, {', '.join(KERNELS)}")
+        raise SystemExit(f"--what {item!r}: expected train:seed-tiny, train:shakespeare, train:llama-1b, train:llama-8b, {', '.join(KERNELS)}")
     theirs = [sys.executable, os.path.join(HERE, "bench_torch.py")] + common
     if args.threads:
         theirs += ["--threads", str(args.threads)]

@@ -34,8 +34,13 @@ torch.set_float32_matmul_precision("highest")
 WORKLOADS = {
     "seed-tiny": (32000, 256, 4, 4, 4, 512, 0.0, 16, 256, "lion"),
     "shakespeare": (4096, 384, 6, 6, 6, 1024, 0.2, 64, 256, "adamw"),
+    "gpt2-small": (32768, 768, 12, 12, 12, 2560, 0.0, 16, 1024, "adamw"),
+    "llama-1b": (32768, 2048, 16, 32, 8, 8192, 0.0, 4, 1024, "adamw"),
+    "llama-8b": (32768, 4096, 32, 32, 8, 14336, 0.0, 1, 1024, "lion"),
 }
-ROPE_BASE, NORM_EPS = 10000.0, 1e-5
+# RoPE base: 10000, and Llama 3's 500000 for the llama-* workloads; the 8B's output projection is
+# its own matrix (untied), as in Llama 3 8B.
+NORM_EPS = 1e-5
 
 
 class Block(nn.Module):
@@ -74,14 +79,15 @@ def rope(x, cos, sin):
 
 
 class Model(nn.Module):
-    def __init__(self, vocab, c, layers, heads, kv_heads, ffn, dropout, max_seq):
+    def __init__(self, vocab, c, layers, heads, kv_heads, ffn, dropout, max_seq, rope_base=10000.0, tied=True):
         super().__init__()
+        self.lm_head = None if tied else nn.Parameter(torch.empty(vocab, c))
         self.p = dropout
         self.embed_tokens = nn.Embedding(vocab, c)
         self.layers = nn.ModuleList(Block(c, heads, kv_heads, ffn, dropout) for _ in range(layers))
         self.norm = nn.Parameter(torch.ones(c))
         d = c // heads
-        inv = ROPE_BASE ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+        inv = rope_base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
         ang = torch.outer(torch.arange(max_seq, dtype=torch.float64), inv)
         ang = torch.cat((ang, ang), dim=-1)[:, None, :]  # [T, 1, D]
         self.register_buffer("cos", ang.cos().float(), persistent=False)
@@ -92,13 +98,13 @@ class Model(nn.Module):
                 nn.init.normal_(p, std=std)
 
     def loss(self, x, y):
-        # x, y: [B, T] token ids; the output projection is the embedding (tied).
+        # x, y: [B, T] token ids; the output projection is the embedding unless untied.
         t = x.shape[1]
         h = F.dropout(self.embed_tokens(x), self.p, self.training)
         for layer in self.layers:
             h = layer(h, self.cos[:t], self.sin[:t])
         h = F.rms_norm(h, (h.shape[-1],), self.norm, NORM_EPS)
-        logits = h @ self.embed_tokens.weight.t()
+        logits = h @ (self.embed_tokens.weight if self.lm_head is None else self.lm_head).t()
         return F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), y.view(-1))
 
 
@@ -167,7 +173,9 @@ def train(args):
     batch, seq, opt = args.batch or batch, args.seq or seq, args.optimizer or opt
     rss_base = process_memory()[0]
     torch.manual_seed(0)
-    model = Model(vocab, c, layers, heads, kv, ffn, dropout, max(seq, 256)).to(dev).train()
+    llama = args.workload.startswith("llama")
+    model = Model(vocab, c, layers, heads, kv, ffn, dropout, max(seq, 256), 500000.0 if llama else 10000.0,
+                  tied=args.workload != "llama-8b").to(dev).train()
     params = list(model.parameters())
     num_params = sum(p.numel() for p in params)
     print(f"pytorch model: {num_params} parameters", file=sys.stderr)

@@ -60,7 +60,7 @@ pub fn configure(settings: &Settings) -> Result<()> {
     if settings.profile {
         profile::enable();
     }
-    if settings.coop_matmul {
+    if settings.precision == settings::PrecisionChoice::Mixed {
         ops::prefer_f16_matmul();
     }
     Ok(())

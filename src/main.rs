@@ -60,7 +60,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Training throughput of a named workload: seed-tiny or shakespeare (random tokens).
+    /// Training throughput of a named workload: seed-tiny, shakespeare, llama-1b or llama-8b (random tokens).
     Train {
         /// seed-tiny or shakespeare.
         #[arg(long, default_value = "seed-tiny")]
@@ -86,6 +86,10 @@ enum BenchCommand {
         /// Skip the profiled pass that splits a step into forward, backward and optimizer.
         #[arg(long)]
         no_split: bool,
+        /// auto, fp32 or mixed (default: auto, or what IRONTENSOR_MATMUL says; auto is mixed where
+        /// the GPU has f16 cooperative matrices, fp32 elsewhere).
+        #[arg(long)]
+        precision: Option<String>,
     },
     /// Matmul GFLOP/s.
     Matmul {
@@ -164,6 +168,10 @@ struct TrainArgs {
     /// Seed of the initial weights, the order of the batches and the dropout masks.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// auto, fp32 or mixed (default: auto, or what IRONTENSOR_MATMUL says; auto is mixed where the
+    /// GPU has f16 cooperative matrices, fp32 elsewhere).
+    #[arg(long)]
+    precision: Option<String>,
 }
 
 /// `irontensor` with no arguments: `train` with its defaults.
@@ -222,6 +230,8 @@ impl From<TrainArgs> for TrainOptions {
             sample_tokens: a.sample_tokens,
             seed: a.seed,
             bf16: false,
+            precision: a.precision,
+            precision_env: Default::default(),
         }
     }
 }
@@ -242,10 +252,24 @@ impl From<GenerateArgs> for GenerateOptions {
     }
 }
 
-fn bench(what: BenchCommand) -> irontensor::Result<()> {
+fn bench(what: BenchCommand, settings: &Settings) -> irontensor::Result<()> {
     match what {
-        BenchCommand::Train { workload, device, steps, warmup, batch, seq, optimizer, no_split } => {
-            cli::bench_train(&BenchTrainOptions { workload, device, steps, warmup, batch, seq, optimizer, no_split })
+        BenchCommand::Train { workload, device, steps, warmup, batch, seq, optimizer, no_split, precision } => {
+            let (bf16, precision_env) = (settings.bf16, settings.precision);
+            let o = BenchTrainOptions {
+                workload,
+                device,
+                steps,
+                warmup,
+                batch,
+                seq,
+                optimizer,
+                no_split,
+                bf16,
+                precision,
+                precision_env,
+            };
+            cli::bench_train(&o)
         }
         BenchCommand::Matmul { device, shapes } => cli::bench_kernels(Kernel::Matmul, &device, &shapes),
         BenchCommand::Attention { device, shapes, no_causal } => {
@@ -270,13 +294,13 @@ fn main() {
         eprintln!("profiling on (IRONTENSOR_PROFILE=1)");
     }
     let train = |args: TrainArgs| {
-        let options = TrainOptions { bf16: settings.bf16, ..args.into() };
+        let options = TrainOptions { bf16: settings.bf16, precision_env: settings.precision, ..args.into() };
         cli::train(&options, &settings.dist, start)
     };
     let result = match (Device::check(settings.device), cli.command) {
         (Err(e), _) => Err(e),
         (_, Some(Command::Info)) => cli::info(start),
-        (_, Some(Command::Bench { what })) => bench(what),
+        (_, Some(Command::Bench { what })) => bench(what, &settings),
         (_, Some(Command::Train(args))) => train(args),
         (_, Some(Command::Generate(args))) => cli::generate(&args.into()),
         (_, Some(Command::Tokenize { data, vocab, out })) => cli::tokenize(data.as_deref(), vocab, &out),

@@ -19,6 +19,31 @@ pub enum DeviceChoice {
     Gpu,
 }
 
+/// How training multiplies (`--precision`; `IRONTENSOR_MATMUL` gives its default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PrecisionChoice {
+    /// Mixed where the GPU has f16 cooperative matrices, else FP32.
+    #[default]
+    Auto,
+    /// f32 matmuls.
+    Fp32,
+    /// f16 products on cooperative matrices (tensor cores) with f32 accumulation, f32 master
+    /// weights and optimizer state, dynamic loss scaling.
+    Mixed,
+}
+
+impl PrecisionChoice {
+    /// "auto", "fp32" or "mixed" (`what` names the flag or variable in the error).
+    pub fn parse(what: &str, value: &str) -> Result<PrecisionChoice> {
+        match value {
+            "auto" => Ok(PrecisionChoice::Auto),
+            "fp32" => Ok(PrecisionChoice::Fp32),
+            "mixed" => Ok(PrecisionChoice::Mixed),
+            o => Err(Error::Invalid(format!("{what} {o}: expected auto, fp32 or mixed"))),
+        }
+    }
+}
+
 /// What the GPU context reads once, when it starts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GpuSettings {
@@ -102,8 +127,10 @@ pub struct Settings {
     pub bf16: bool,
     /// `IRONTENSOR_PROFILE=1`: record op and phase times.
     pub profile: bool,
-    /// `IRONTENSOR_MATMUL=coop`: GPU matmuls on f16 cooperative matrices where the adapter has them.
-    pub coop_matmul: bool,
+    /// `IRONTENSOR_MATMUL=coop` (mixed: GPU matmuls on f16 cooperative matrices where the
+    /// adapter has them) or `fp32`; unset, auto. The library's default is FP32 unless this says
+    /// mixed; `irontensor train` and `bench` take auto as mixed where the GPU has the matrices.
+    pub precision: PrecisionChoice,
     pub dist: DistSettings,
 }
 
@@ -125,9 +152,10 @@ impl Settings {
             Some("gpu") => DeviceChoice::Gpu,
             Some(_) => return Err(vars.bad("IRONTENSOR_DEVICE", "cpu, gpu or auto")),
         };
-        let coop_matmul = match vars.get("IRONTENSOR_MATMUL")?.as_deref() {
-            None | Some("fp32") => false,
-            Some("coop" | "f16") => true,
+        let precision = match vars.get("IRONTENSOR_MATMUL")?.as_deref() {
+            None => PrecisionChoice::Auto,
+            Some("fp32") => PrecisionChoice::Fp32,
+            Some("coop" | "f16") => PrecisionChoice::Mixed,
             Some(_) => return Err(vars.bad("IRONTENSOR_MATMUL", "coop (or f16) or fp32")),
         };
         let gpu = GpuSettings {
@@ -142,7 +170,7 @@ impl Settings {
             gpu,
             bf16: vars.flag("IRONTENSOR_BF16")?,
             profile: vars.flag("IRONTENSOR_PROFILE")?,
-            coop_matmul,
+            precision,
             dist: dist(&vars)?,
         })
     }

@@ -489,6 +489,8 @@ fn bad_flags_are_refused_before_any_work() {
         (&["--save-interval", "0"], "--save-interval 0: must be at least 1"),
         (&["--batch", "3", "--grad-accum", "2"], "--batch 3: must be divisible by --grad-accum 2"),
         (&["--optimizer", "sgd"], "--optimizer sgd: expected adamw or lion"),
+        (&["--precision", "fp16"], "--precision fp16: expected auto, fp32 or mixed"),
+        (&["--precision", "mixed"], "--precision mixed: this device has no f16 cooperative matrices"),
     ];
     for (extra, want) in cases {
         let (ok, text) = irontensor(&[&train[..], extra].concat(), &[]);
@@ -633,4 +635,33 @@ fn resume_and_generate_skip_a_damaged_checkpoint() {
     assert_eq!(got.iter().map(|s| s.0).collect::<Vec<_>>(), (3..9).collect::<Vec<_>>());
     assert_eq!(got, want, "resuming past the damaged checkpoint differs from resuming at step 3");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A run that cannot fit the GPU stops before any work, with the arithmetic and what to change.
+#[test]
+fn a_run_too_large_for_the_gpu_stops_before_it_starts() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("irontensor-too-large-{}", std::process::id()));
+    let (data, cfg) = tiny_setup(&dir);
+    let out = dir.join("run");
+    let mut args = tiny_train(&data, &cfg, "3");
+    args[6] = "gpu"; // --device
+    args.extend(["--out", out.to_str().unwrap()]);
+    let (ok, text) = irontensor(&args, &[("IRONTENSOR_GPU_MEMORY", "0.0001")]); // 107 KB
+    assert!(!ok, "{text}");
+    for part in [
+        "does not fit the GPU",
+        "weights",
+        "gradients",
+        "optimizer state",
+        "activations",
+        "--grad-accum 2",
+        "IRONTENSOR_BF16=1",
+    ] {
+        assert!(text.contains(part), "{part:?} missing: {text}");
+    }
+    assert!(!out.exists(), "nothing should be written: {text}");
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -2,7 +2,7 @@
 //! that the library reads no variable itself (only `Settings::from_env` does).
 
 use irontensor::device::gpu;
-use irontensor::settings::{CrashTest, DeviceChoice, DistSettings, Launcher};
+use irontensor::settings::{CrashTest, DeviceChoice, DistSettings, Launcher, PrecisionChoice};
 use irontensor::{ops, profile, Device, MatmulPrecision, Settings};
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -20,7 +20,7 @@ fn nothing_set_gives_the_defaults() {
     let s = from(&[]).unwrap();
     assert_eq!(s, Settings::default());
     assert_eq!(s.device, DeviceChoice::Auto);
-    assert!(!s.bf16 && !s.profile && !s.coop_matmul && !s.gpu.sync_every_op);
+    assert!(!s.bf16 && !s.profile && s.precision == PrecisionChoice::Auto && !s.gpu.sync_every_op);
     assert_eq!(s.gpu.cache_dir, None, "no HOME: no pipeline cache");
     assert_eq!(s.dist.timeout, Duration::from_secs(600));
     assert_eq!(s.dist.bucket_bytes, 4 << 20);
@@ -39,6 +39,8 @@ fn each_variable_is_parsed() {
         ("IRONTENSOR_PROFILE", "1"),
         ("IRONTENSOR_MATMUL", "coop"),
         ("IRONTENSOR_CACHE_DIR", "/tmp/pipelines"),
+        ("IRONTENSOR_MAX_BINDING", "65536"),
+        ("IRONTENSOR_GPU_MEMORY", "1.5"),
         ("IRONTENSOR_DIST", "off"),
         ("IRONTENSOR_MPI_LIB", "libmpich.so.12"),
         ("IRONTENSOR_DIST_TIMEOUT", "2.5"),
@@ -47,9 +49,10 @@ fn each_variable_is_parsed() {
     ])
     .unwrap();
     assert_eq!(s.device, DeviceChoice::Gpu);
-    assert!(s.gpu.sync_every_op && s.bf16 && s.profile && s.coop_matmul);
+    assert!(s.gpu.sync_every_op && s.bf16 && s.profile && s.precision == PrecisionChoice::Mixed);
     assert_eq!(s.gpu.kernel_dir, Some(PathBuf::from("kernels/dev")));
     assert_eq!(s.gpu.cache_dir, Some(PathBuf::from("/tmp/pipelines")));
+    assert_eq!((s.gpu.max_binding, s.gpu.memory), (Some(65536), Some(3 << 29)));
     let want = DistSettings {
         force: Some(false),
         launcher: None,
@@ -64,10 +67,10 @@ fn each_variable_is_parsed() {
     let s =
         from(&[("IRONTENSOR_DEVICE", "cpu"), ("IRONTENSOR_MATMUL", "fp32"), ("IRONTENSOR_DIST_CRASH", "0:3")]).unwrap();
     assert_eq!(s.device, DeviceChoice::Cpu);
-    assert!(!s.coop_matmul);
+    assert_eq!(s.precision, PrecisionChoice::Fp32);
     assert_eq!(s.dist.crash, Some(CrashTest { rank: 0, step: 3, hang: false }));
     assert!(from(&[("IRONTENSOR_DIST", "on")]).unwrap().dist.enabled());
-    assert!(from(&[("IRONTENSOR_MATMUL", "f16")]).unwrap().coop_matmul);
+    assert_eq!(from(&[("IRONTENSOR_MATMUL", "f16")]).unwrap().precision, PrecisionChoice::Mixed);
 }
 
 #[test]
@@ -103,6 +106,9 @@ fn a_bad_value_names_the_variable_and_what_it_may_be() {
         ("IRONTENSOR_PROFILE", "2", "1 (on) or 0 (off)"),
         ("IRONTENSOR_MATMUL", "tf32", "coop (or f16) or fp32"),
         ("IRONTENSOR_DIST", "maybe", "on or off"),
+        ("IRONTENSOR_MAX_BINDING", "1000", "a multiple of 256 and at least 4096"),
+        ("IRONTENSOR_MAX_BINDING", "2G", "a number of bytes"),
+        ("IRONTENSOR_GPU_MEMORY", "0", "a positive number of GiB"),
         ("IRONTENSOR_DIST_TIMEOUT", "-3", "a positive number of seconds"),
         ("IRONTENSOR_DIST_TIMEOUT", "soon", "a positive number of seconds"),
         ("IRONTENSOR_DIST_BUCKET_MB", "0", "a positive number of MiB"),

@@ -5,13 +5,13 @@ use super::{adapter, emit, median, process_memory, round, sync};
 use crate::nn::ModelConfig;
 use crate::profile::{self, Phase};
 use crate::rng::Rng;
-use crate::train::{OptimizerKind, Trainer, TrainingConfig};
+use crate::train::{MemoryPlan, OptimizerKind, Trainer, TrainingConfig};
 use crate::{bail, Device, Result, Tensor};
 use serde_json::json;
 use std::time::Instant;
 
 /// Workload names `irontensor bench train --workload` accepts.
-pub const WORKLOADS: [&str; 2] = ["seed-tiny", "shakespeare"];
+pub const WORKLOADS: [&str; 5] = ["seed-tiny", "shakespeare", "gpt2-small", "llama-1b", "llama-8b"];
 
 /// A model, its batch shape and optimizer; dev/bench_torch.py defines the same ones.
 #[derive(Clone, Debug)]
@@ -33,9 +33,32 @@ pub fn workload(name: &str) -> Result<Workload> {
         }
         // The preset as `irontensor train` uses it on a GPU: dropout 0.2, AdamW.
         "shakespeare" => (ModelConfig::shakespeare(), 64, OptimizerKind::AdamW),
+        // GPT-2 small's size (124M parameters) in the Llama style: SwiGLU 2560, tied, 16 × 1024 tokens.
+        "gpt2-small" => (ModelConfig { rope_base: 10000.0, ..llama(768, 12, 12, 12, 2560) }, 16, OptimizerKind::AdamW),
+        // Llama 3.2 1B's shapes (1.0B parameters with vocab 32768, tied embeddings), 4 × 1024 tokens.
+        "llama-1b" => (llama(2048, 16, 32, 8, 8192), 4, OptimizerKind::AdamW),
+        // Llama 3 8B's shapes (7.0B parameters with vocab 32768, untied), 1 × 1024 tokens: with
+        // IRONTENSOR_BF16=1 and Lion it fits a 140 GB card.
+        "llama-8b" => (ModelConfig { tie_weights: false, ..llama(4096, 32, 32, 8, 14336) }, 1, OptimizerKind::Lion),
         other => bail!(Invalid, "bench train: unknown workload {other:?}: expected one of {}", WORKLOADS.join(", ")),
     };
-    Ok(Workload { name: name.to_string(), model, batch, seq: 256, optimizer })
+    let seq = if model.max_seq_len >= 1024 { 1024 } else { 256 };
+    Ok(Workload { name: name.to_string(), model, batch, seq, optimizer })
+}
+
+/// A Llama-shaped model: vocab 32768, RoPE base 500000, tied embeddings, no dropout.
+fn llama(hidden: usize, layers: usize, heads: usize, kv_heads: usize, ffn: usize) -> ModelConfig {
+    ModelConfig {
+        vocab_size: 32768,
+        hidden_dim: hidden,
+        num_layers: layers,
+        num_heads: heads,
+        num_kv_heads: kv_heads,
+        intermediate_dim: ffn,
+        max_seq_len: 1024,
+        rope_base: 500000.0,
+        ..ModelConfig::tiny()
+    }
 }
 
 /// Options of `irontensor bench train`.
@@ -51,6 +74,8 @@ pub struct TrainBench {
     pub optimizer: Option<OptimizerKind>,
     /// After the timed steps, run as many again under the profiler for the phase split.
     pub split: bool,
+    /// Weights stored in BF16 (`IRONTENSOR_BF16=1`).
+    pub bf16: bool,
 }
 
 /// Runs the benchmark, prints its JSON line and summary, and returns the JSON.
@@ -66,7 +91,8 @@ pub fn train(opts: &TrainBench) -> Result<serde_json::Value> {
     let device = opts.device;
     let (b, t, vocab) = (w.batch, w.seq, w.model.vocab_size);
     let rss_base = process_memory();
-    let config = train_config(w.optimizer, opts.warmup + 2 * opts.steps + 2);
+    let config = TrainingConfig { use_bf16: opts.bf16, ..train_config(w.optimizer, opts.warmup + 2 * opts.steps + 2) };
+    let plan = MemoryPlan::new(&w.model, &config, b, t);
     let mut trainer = Trainer::new_on(w.model.clone(), config, device)?;
     let params = trainer.model.parameters();
     let num_params: usize = params.iter().map(|(_, p)| p.numel()).sum();
@@ -125,6 +151,10 @@ pub fn train(opts: &TrainBench) -> Result<serde_json::Value> {
         "device": device.name(),
         "adapter": adapter(device),
         "precision": precision,
+        "matmul": match (device, crate::matmul_precision()) {
+            (Device::Gpu, crate::MatmulPrecision::F16) => "f16",
+            _ => "fp32",
+        },
         "optimizer": format!("{:?}", w.optimizer).to_lowercase(),
         "batch": b,
         "seq": t,
@@ -144,6 +174,7 @@ pub fn train(opts: &TrainBench) -> Result<serde_json::Value> {
         "activation_bytes": activation_bytes,
         "expected_bytes": expected,
         "peak_over_expected": round(peak_bytes as f64 / expected as f64, 3),
+        "plan_bytes": plan.total(),
         "rss_base_bytes": rss_base.map(|m| m.0),
         "rss_peak_bytes": rss.map(|m| m.1),
         "pool_bytes": (device == Device::Gpu).then(|| crate::device::gpu::context().map(|c| c.pool_bytes()).ok()).flatten(),

@@ -16,6 +16,12 @@ pub struct BenchTrainOptions {
     pub seq: Option<usize>,
     pub optimizer: Option<String>,
     pub no_split: bool,
+    /// Weights stored in BF16 (`IRONTENSOR_BF16=1`).
+    pub bf16: bool,
+    /// `--precision` (None: `precision_env`).
+    pub precision: Option<String>,
+    /// `IRONTENSOR_MATMUL`'s choice.
+    pub precision_env: crate::settings::PrecisionChoice,
 }
 
 /// Training throughput of a named workload, one JSON line.
@@ -32,15 +38,18 @@ pub fn bench_train(o: &BenchTrainOptions) -> Result<()> {
         }
     }
     let optimizer = o.optimizer.as_deref().map(|v| OptimizerKind::parse("--optimizer", v)).transpose()?;
+    let device = Device::parse(&o.device)?;
+    super::choose_precision(o.precision.as_deref(), o.precision_env, device)?;
     let opts = bench::TrainBench {
         workload: o.workload.clone(),
-        device: Device::parse(&o.device)?,
+        device,
         steps: o.steps,
         warmup: o.warmup,
         batch: o.batch,
         seq: o.seq,
         optimizer,
         split: !o.no_split,
+        bf16: o.bf16,
     };
     bench::train(&opts).map(|_| ())
 }

@@ -20,7 +20,13 @@ pub fn info(start: Instant) -> Result<()> {
             }
             println!("  features used: {:?}", ctx.features);
             let l = &ctx.limits;
-            println!("  max storage binding: {} MiB", l.max_storage_buffer_binding_size >> 20);
+            let memory = ctx.memory_bytes().map_or("not known".into(), crate::train::gb);
+            println!("  memory: {memory} (IRONTENSOR_GPU_MEMORY overrides)");
+            println!(
+                "  max storage binding: {} MiB (bound at once: {} MiB, IRONTENSOR_MAX_BINDING)",
+                l.max_storage_buffer_binding_size >> 20,
+                ctx.max_binding() >> 20
+            );
             println!("  max buffer: {} MiB", l.max_buffer_size >> 20);
             println!("  workgroup storage: {} KiB", l.max_compute_workgroup_storage_size >> 10);
             println!("  invocations per workgroup: {}", l.max_compute_invocations_per_workgroup);

@@ -37,7 +37,8 @@ pub use plan::{plan, Plan, TrainOptions};
 pub use prepare::{prepare, Prepared};
 pub use train::train;
 
-use crate::{Error, Result};
+use crate::settings::PrecisionChoice;
+use crate::{Device, Error, MatmulPrecision, Result};
 
 /// An error for a flag's value: `--lr nan: must be finite and > 0`.
 fn bad_flag(flag: &str, value: impl std::fmt::Display, allowed: &str) -> Error {
@@ -68,4 +69,37 @@ pub fn tokenize(data: Option<&std::path::Path>, vocab: usize, out: &std::path::P
     }
     let _lock = RunLock::take(out)?;
     prepare(data, vocab, out, 1)?.tokenizer.get().map(|_| ())
+}
+
+/// Sets how GPU matmuls multiply for a run on `device` as `--precision` (else
+/// `IRONTENSOR_MATMUL`) asks, and says which it uses and why in one line. Mixed: f16 products on
+/// cooperative matrices with f32 accumulation, f32 master weights and optimizer state, and
+/// dynamic loss scaling (the trainer turns it on with f16 matmuls).
+pub fn choose_precision(flag: Option<&str>, env: PrecisionChoice, device: Device) -> Result<MatmulPrecision> {
+    let choice = match flag {
+        Some(v) => PrecisionChoice::parse("--precision", v)?,
+        None => env,
+    };
+    let coop = device == Device::Gpu && crate::ops::coop_matmul_supported();
+    let (precision, why) = match (choice, coop) {
+        (PrecisionChoice::Fp32, _) => (MatmulPrecision::FP32, "fp32, as asked: f32 matmuls"),
+        (PrecisionChoice::Mixed, false) => {
+            let why = "this device has no f16 cooperative matrices (16×16, subgroups of 32: NVIDIA through Vulkan); use fp32 or auto";
+            return Err(bad_flag("precision", "mixed", why));
+        }
+        (_, true) => (
+            MatmulPrecision::F16,
+            "mixed: f16 products on the GPU's cooperative matrices, f32 sums, weights and optimizer state, \
+             dynamic loss scaling (--precision fp32 for f32 matmuls)",
+        ),
+        (PrecisionChoice::Auto, false) if device == Device::Cpu => {
+            (MatmulPrecision::FP32, "fp32: the CPU multiplies in f32")
+        }
+        (PrecisionChoice::Auto, false) => {
+            (MatmulPrecision::FP32, "fp32: this GPU has no f16 cooperative matrices (16×16, subgroups of 32)")
+        }
+    };
+    crate::ops::set_matmul_precision(precision)?;
+    note!("precision: {why}");
+    Ok(precision)
 }

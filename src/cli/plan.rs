@@ -27,6 +27,10 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Store weights in BF16 (`IRONTENSOR_BF16=1`).
     pub bf16: bool,
+    /// `--precision` (None: `precision_env`).
+    pub precision: Option<String>,
+    /// `IRONTENSOR_MATMUL`'s choice.
+    pub precision_env: crate::settings::PrecisionChoice,
 }
 
 impl Default for TrainOptions {
@@ -48,6 +52,8 @@ impl Default for TrainOptions {
             sample_tokens: 300,
             seed: 0,
             bf16: false,
+            precision: None,
+            precision_env: Default::default(),
         }
     }
 }

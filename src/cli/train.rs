@@ -6,7 +6,7 @@ use crate::device::gpu;
 use crate::dist::Dist;
 use crate::infer::SamplingConfig;
 use crate::settings::DistSettings;
-use crate::train::{catch_ctrl_c, fit, RunOptions, Trainer};
+use crate::train::{catch_ctrl_c, fit, gb, MemoryPlan, OptimizerKind, RunOptions, Trainer};
 use crate::{Device, Error, Result};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,6 +28,53 @@ pub fn train(o: &TrainOptions, dist: &DistSettings, start: Instant) -> Result<()
     }
 }
 
+/// Prints what the run will hold in GPU memory against what the GPU has, and stops, before any
+/// work, with that arithmetic and what to change when it cannot fit.
+fn check_memory(plan: &Plan) -> Result<()> {
+    let Plan { model, train, batch, seq, .. } = plan;
+    let need = MemoryPlan::new(model, train, *batch, *seq);
+    let micro = batch / train.grad_accum_steps.max(1);
+    let Some(have) = gpu::started().and_then(|c| c.memory_bytes()) else {
+        note!("memory: {} at {micro}×{seq} tokens a micro-batch (the GPU's own memory is not known)", need.describe());
+        return Ok(());
+    };
+    // Room for the pool's size classes, the driver and other programs.
+    let usable = have / 100 * 90;
+    if need.total() <= usable {
+        note!("memory: {} at {micro}×{seq} tokens a micro-batch, of the GPU's {}", need.describe(), gb(have));
+        return Ok(());
+    }
+    let mut fixes = Vec::new();
+    if micro > 1 {
+        let half = (micro / 2) * train.grad_accum_steps;
+        fixes.push(format!(
+            "--grad-accum {} (the same batch in micro-batches of {}: activations {})",
+            train.grad_accum_steps * 2,
+            micro / 2,
+            gb(need.activations / 2)
+        ));
+        fixes.push(format!("--batch {half} (activations {})", gb(need.activations / 2)));
+    }
+    if *seq > 1 {
+        fixes.push(format!("--seq {} (activations about {})", seq / 2, gb(need.activations / 2)));
+    }
+    if !train.use_bf16 {
+        fixes.push(format!("IRONTENSOR_BF16=1 (BF16 weights: {})", gb(need.weights / 2)));
+    }
+    if train.optimizer == OptimizerKind::AdamW {
+        fixes.push(format!("--optimizer lion (one moment, not two: {})", gb(need.optimizer / 2)));
+    }
+    fixes.push("a smaller --config".into());
+    Err(Error::Invalid(format!(
+        "this run does not fit the GPU: {} at {micro}×{seq} tokens a micro-batch, and the GPU has {} ({} of it usable); \
+         change one of: {}",
+        need.describe(),
+        gb(have),
+        gb(usable),
+        fixes.join(", ")
+    )))
+}
+
 fn train_on(o: &TrainOptions, dist: Option<&Arc<Dist>>, start: Instant) -> Result<()> {
     let device = Device::parse(&o.device)?;
     let plan = plan(o, device)?;
@@ -42,6 +89,10 @@ fn train_on(o: &TrainOptions, dist: Option<&Arc<Dist>>, start: Instant) -> Resul
             );
             return Err(bad_flag("batch", batch, &why));
         }
+    }
+    super::choose_precision(o.precision.as_deref(), o.precision_env, device)?;
+    if device == Device::Gpu {
+        check_memory(&plan)?;
     }
     if plan.small_cpu_run {
         note!(
