@@ -190,9 +190,11 @@ def train(args):
     batches = [(torch.randint(vocab, (batch, seq), generator=gen).to(dev),
                 torch.randint(vocab, (batch, seq), generator=gen).to(dev)) for _ in range(4)]
 
+    loss_fn = torch.compile(model.loss) if args.compile else model.loss
+
     def forward(x, y):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
-            return model.loss(x, y)
+            return loss_fn(x, y)
 
     phases = [0.0, 0.0, 0.0]
 
@@ -243,7 +245,7 @@ def train(args):
     out = {
         "bench": "train", "impl": "pytorch", "workload": args.workload,
         "device": "gpu" if dev.type == "cuda" else "cpu", "adapter": adapter(dev),
-        "precision": "bf16-autocast" if args.bf16 else "f32", "optimizer": opt,
+        "precision": ("bf16-autocast" if args.bf16 else "f32") + ("+compile" if args.compile else ""), "optimizer": opt,
         "batch": batch, "seq": seq, "params": num_params, "steps": args.steps, "warmup": args.warmup,
         "ms_per_step": round(statistics.median(times) * 1e3, 3),
         "ms_per_step_mean": round(total / args.steps * 1e3, 3),
@@ -357,6 +359,7 @@ def main():
     t.add_argument("--seq", type=int)
     t.add_argument("--optimizer", choices=("lion", "adamw"))
     t.add_argument("--no-split", action="store_true")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model's loss (forward and backward)")
     defaults = {"matmul": "1024x1024x1024,4096x4096x1024", "attention": "16x6x256x64,16x6x1024x64",
                 "cross-entropy": "4096x384x4096,4096x384x32000"}
     kernels = {name: sub.add_parser(name) for name in defaults}
