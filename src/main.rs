@@ -172,6 +172,12 @@ struct TrainArgs {
     /// GPU has f16 cooperative matrices, fp32 elsewhere).
     #[arg(long)]
     precision: Option<String>,
+    /// Start from this model and its tokenizer instead of a new one (default: none): a GGUF file
+    /// (llama), a Hugging Face Llama folder (config.json, model.safetensors or its shards,
+    /// tokenizer.json), or an IronTensor checkpoint or run directory. --config is then ignored,
+    /// and --lr defaults to 5e-5.
+    #[arg(long)]
+    init: Option<PathBuf>,
 }
 
 /// `irontensor` with no arguments: `train` with its defaults.
@@ -232,6 +238,7 @@ impl From<TrainArgs> for TrainOptions {
             bf16: false,
             precision: a.precision,
             precision_env: Default::default(),
+            init: a.init,
         }
     }
 }

@@ -665,3 +665,94 @@ fn a_run_too_large_for_the_gpu_stops_before_it_starts() {
     assert!(!out.exists(), "nothing should be written: {text}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `train --init` starts from a model and its tokenizer: a GGUF export and a Hugging Face folder
+/// of a trained run. With a learning rate too small to move a weight, the new run writes the
+/// same greedy text as the run it started from, and it trained no tokenizer of its own.
+#[test]
+fn train_init_starts_from_a_gguf_file_or_a_hugging_face_folder() {
+    let dir = std::env::temp_dir().join(format!("irontensor-init-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (ok, out) = tiny_run(&dir);
+    assert!(ok, "{out}");
+    let run = dir.join("run");
+    let greedy = ["--prompt", "ROMEO:", "--max-tokens", "15", "--temperature", "0", "--device", "cpu"];
+    let generate = |from: &Path| {
+        let (ok, out) =
+            irontensor(&[&["generate", "--checkpoint", from.to_str().unwrap()][..], &greedy[..]].concat(), &[]);
+        assert!(ok, "{out}");
+        out
+    };
+    let want = generate(&run);
+    let gguf = dir.join("model.gguf");
+    let (ok, out) = irontensor(
+        &["export", "--checkpoint", run.to_str().unwrap(), "--gguf", gguf.to_str().unwrap(), "--type", "f32"],
+        &[],
+    );
+    assert!(ok, "{out}");
+    // A folder as downloaded from the Hub: config.json, model.safetensors, tokenizer.json.
+    let hf = dir.join("hf");
+    std::fs::create_dir_all(&hf).unwrap();
+    let ckpt = std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().map(|e| e.path()).max().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(ckpt.join(f), hf.join(f)).unwrap();
+    }
+    std::fs::copy(run.join("tokenizer.json"), hf.join("tokenizer.json")).unwrap();
+    let data = dir.join("slice.txt");
+    for (name, init) in [("from-gguf", &gguf), ("from-hf", &hf)] {
+        let out_dir = dir.join(name);
+        let args = [
+            "train",
+            "--init",
+            init.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--steps",
+            "1",
+            "--batch",
+            "2",
+            "--seq",
+            "16",
+            "--lr",
+            "1e-30",
+            "--sample-tokens",
+            "0",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ];
+        let (ok, out) = irontensor(&args, &[]);
+        assert!(ok && out.contains("the --init model's") && !out.contains("trained a"), "{name}: {out}");
+        assert_eq!(generate(&out_dir), want, "{name}");
+    }
+    // A run directory made for another model's tokenizer is refused.
+    let other = dir.join("other");
+    let args = [
+        "train",
+        "--init",
+        gguf.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--out",
+        other.to_str().unwrap(),
+        "--steps",
+        "1",
+    ];
+    std::fs::create_dir_all(&other).unwrap();
+    let tok =
+        irontensor::data::Tokenizer::train("a small text to train another tokenizer on, twice: a small text", 270)
+            .unwrap();
+    tok.save(other.join("tokenizer.json")).unwrap();
+    let (ok, out) = irontensor(&args, &[]);
+    assert!(!ok && out.contains("is not the --init model's tokenizer"), "{out}");
+    // What cannot be a model is named.
+    let (ok, out) = irontensor(
+        &["train", "--init", data.to_str().unwrap(), "--device", "cpu", "--out", dir.join("bad").to_str().unwrap()],
+        &[],
+    );
+    assert!(!ok && out.contains("--init") && out.contains("slice.txt"), "{out}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -33,8 +33,8 @@ pub use export::export;
 pub use generate::{generate, load_model, write_text, GenerateOptions};
 pub use info::info;
 pub use lock::RunLock;
-pub use plan::{plan, Plan, TrainOptions};
-pub use prepare::{prepare, Prepared};
+pub use plan::{plan, plan_from, Plan, TrainOptions};
+pub use prepare::{prepare, prepare_with, Prepared};
 pub use train::train;
 
 use crate::settings::PrecisionChoice;

@@ -27,6 +27,8 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Store weights in BF16 (`IRONTENSOR_BF16=1`).
     pub bf16: bool,
+    /// `--init`: start from this model (GGUF file, Hugging Face folder, IronTensor checkpoint or run).
+    pub init: Option<PathBuf>,
     /// `--precision` (None: `precision_env`).
     pub precision: Option<String>,
     /// `IRONTENSOR_MATMUL`'s choice.
@@ -52,6 +54,7 @@ impl Default for TrainOptions {
             sample_tokens: 300,
             seed: 0,
             bf16: false,
+            init: None,
             precision: None,
             precision_env: Default::default(),
         }
@@ -72,9 +75,18 @@ pub struct Plan {
 /// The run `o` asks for on `device`: the GPU gets the full model; the CPU a smaller one that
 /// finishes in minutes. A flag out of its range is an error naming it and the range.
 pub fn plan(o: &TrainOptions, device: Device) -> Result<Plan> {
+    plan_from(o, device, None)
+}
+
+/// `plan` for a run that starts from a model `init` describes (`--init`): its config, not
+/// `--config`'s, and a fine-tuning learning rate (5e-5 unless `--lr` says).
+pub fn plan_from(o: &TrainOptions, device: Device, init: Option<&ModelConfig>) -> Result<Plan> {
     check_counts(o)?;
     let optimizer = OptimizerKind::parse("--optimizer", &o.optimizer)?;
-    let mut m = model_config(&o.config)?;
+    let mut m = match init {
+        Some(c) => c.clone(),
+        None => model_config(&o.config)?,
+    };
     let mut t = TrainingConfig {
         learning_rate: 1e-3,
         weight_decay: 0.1,
@@ -97,7 +109,10 @@ pub fn plan(o: &TrainOptions, device: Device) -> Result<Plan> {
         (t.beta1, t.beta2) = (0.99, 0.9); // our names: interpolate with beta2 = 0.9, track with beta1 = 0.99 (see lion.rs)
     }
     let (mut batch, mut seq) = (64, 256);
-    let small_cpu_run = device == Device::Cpu && o.config == "shakespeare";
+    if init.is_some() {
+        t.learning_rate = 5e-5;
+    }
+    let small_cpu_run = device == Device::Cpu && o.config == "shakespeare" && init.is_none();
     if small_cpu_run {
         (m.hidden_dim, m.num_layers, m.num_heads, m.num_kv_heads, m.intermediate_dim, m.max_seq_len) =
             (192, 4, 6, 6, 512, 128);
@@ -113,8 +128,11 @@ pub fn plan(o: &TrainOptions, device: Device) -> Result<Plan> {
     batch = o.batch.unwrap_or(batch);
     seq = match o.seq {
         Some(s) if s > m.max_seq_len => {
-            let range =
-                format!("must be between 1 and the model's max_seq_len {} (--config {})", m.max_seq_len, o.config);
+            let model = match &o.init {
+                Some(p) => format!("--init {}", p.display()),
+                None => format!("--config {}", o.config),
+            };
+            let range = format!("must be between 1 and the model's max_seq_len {} ({model})", m.max_seq_len);
             return Err(bad_flag("seq", s, &range));
         }
         Some(s) => s,

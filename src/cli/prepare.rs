@@ -26,6 +26,18 @@ fn data_file(data: Option<&Path>) -> Result<PathBuf> {
 /// Tokenizer (`vocab` tokens) and token files in `out`, made from the text when missing: the
 /// first 90% of the characters train, the rest validate. Windows are `seq_len` tokens.
 pub fn prepare(data: Option<&Path>, vocab: usize, out: &Path, seq_len: usize) -> Result<Prepared> {
+    prepare_with(data, vocab, out, seq_len, None)
+}
+
+/// `prepare`, with the tokenizer `given` (a pretrained model's, `--init`) instead of one trained
+/// on the text: written to `out` when missing, and an error if `out` holds another.
+pub fn prepare_with(
+    data: Option<&Path>,
+    vocab: usize,
+    out: &Path,
+    seq_len: usize,
+    given: Option<&Tokenizer>,
+) -> Result<Prepared> {
     std::fs::create_dir_all(out)?;
     let text_path = data_file(data)?;
     let text = std::fs::read_to_string(&text_path)
@@ -34,7 +46,19 @@ pub fn prepare(data: Option<&Path>, vocab: usize, out: &Path, seq_len: usize) ->
     let (train_text, val_text) = text.split_at(split);
     let tok_path = out.join("tokenizer.json");
     let (train_bin, val_bin) = (out.join("train.bin"), out.join("val.bin"));
-    let mut tok = if tok_path.exists() {
+    let mut tok = if let Some(given) = given {
+        if !tok_path.exists() {
+            given.save(&tok_path)?;
+            let _ = std::fs::remove_file(&train_bin);
+            note!("tokenizer: the --init model's ({} tokens) -> {}", given.vocab_size(), tok_path.display());
+        } else if Tokenizer::load(&tok_path)?.inner().get_vocab(true) != given.inner().get_vocab(true) {
+            return Err(Error::Invalid(format!(
+                "{} is not the --init model's tokenizer: this run directory was made for another model; use a new --out",
+                tok_path.display()
+            )));
+        }
+        LazyTokenizer::from(given.clone())
+    } else if tok_path.exists() {
         Tokenizer::load_lazily(&tok_path)?
     } else {
         let t = Instant::now();

@@ -1,7 +1,8 @@
 //! `irontensor train`: plan, lock the run directory, prepare the data, make or resume the
 //! trainer (on every MPI rank under mpirun), train, report, and write a sample.
 
-use super::{bad_flag, generate::write_text, plan, prepare, quiet, Plan, Prepared, RunLock, TrainOptions, QUIET};
+use super::{bad_flag, generate::write_text, load_model, plan_from, prepare_with, quiet, Plan, Prepared, RunLock};
+use super::{TrainOptions, QUIET};
 use crate::device::gpu;
 use crate::dist::Dist;
 use crate::infer::SamplingConfig;
@@ -77,7 +78,17 @@ fn check_memory(plan: &Plan) -> Result<()> {
 
 fn train_on(o: &TrainOptions, dist: Option<&Arc<Dist>>, start: Instant) -> Result<()> {
     let device = Device::parse(&o.device)?;
-    let plan = plan(o, device)?;
+    // --init: the model and its tokenizer, read on the CPU first (its config plans the run).
+    let init = match &o.init {
+        Some(p) => {
+            Some(load_model(p, Device::Cpu).map_err(|e| Error::Invalid(format!("--init {}: {e}", p.display())))?)
+        }
+        None => None,
+    };
+    if let (Some(p), Some((m, _))) = (&o.init, &init) {
+        note!("starting from {} ({:.1}M parameters)", p.display(), m.config.num_params() as f64 / 1e6);
+    }
+    let plan = plan_from(o, device, init.as_ref().map(|(m, _)| &m.config))?;
     let Plan { model: mut model_cfg, train: train_cfg, batch, seq, .. } = plan.clone();
     if let Some(d) = dist {
         let ranks = d.size();
@@ -104,7 +115,8 @@ fn train_on(o: &TrainOptions, dist: Option<&Arc<Dist>>, start: Instant) -> Resul
     // One writer per run directory. Under mpirun rank 0 takes the lock before any rank writes
     // (the others prepare their data after it, in `root_first`) and holds it to the end.
     let take_lock = || RunLock::take(&o.out);
-    let prep = || prepare(o.data.as_deref(), model_cfg.vocab_size, &o.out, seq);
+    let init_tok = init.as_ref().map(|(_, t)| t);
+    let prep = || prepare_with(o.data.as_deref(), model_cfg.vocab_size, &o.out, seq, init_tok);
     let (_lock, data) = match dist {
         None => (Some(take_lock()?), prep()?),
         Some(d) => {
@@ -121,7 +133,18 @@ fn train_on(o: &TrainOptions, dist: Option<&Arc<Dist>>, start: Instant) -> Resul
         }
     };
     let Prepared { tokenizer: mut tok, train: train_ds, val: val_ds, chars_per_token } = data;
-    model_cfg.vocab_size = tok.vocab_size();
+    if init.is_none() {
+        model_cfg.vocab_size = tok.vocab_size();
+    }
+    let init_model = init.map(|(m, _)| m);
+    let fresh = || -> Result<Trainer> {
+        let Some(mut model) = init_model else { return Trainer::new_on(model_cfg.clone(), train_cfg.clone(), device) };
+        if train_cfg.use_bf16 {
+            model.to_bf16()?;
+        }
+        model.to_device(device)?;
+        Trainer::with_model(model, train_cfg.clone())
+    };
     let make = || -> Result<Trainer> {
         if !o.resume {
             if let Some(ckpt) = Trainer::latest_checkpoint(&train_cfg.checkpoint_dir)? {
@@ -131,10 +154,10 @@ fn train_on(o: &TrainOptions, dist: Option<&Arc<Dist>>, start: Instant) -> Resul
                     ckpt.display()
                 )));
             }
-            return Trainer::new_on(model_cfg.clone(), train_cfg.clone(), device);
+            return fresh();
         }
         let Some((ckpt, mut t)) = Trainer::load_latest(&train_cfg.checkpoint_dir, device)? else {
-            return Trainer::new_on(model_cfg.clone(), train_cfg.clone(), device);
+            return fresh();
         };
         t.config.total_steps = o.steps.unwrap_or(t.config.total_steps);
         t.scheduler.total = t.config.total_steps;

@@ -70,8 +70,13 @@ impl Tokenizer {
 
     /// Checks that `inner` has the end-of-text token and round-trips text, as byte-level BPE does.
     pub(crate) fn wrap(inner: tokenizers::Tokenizer, what: &str) -> Result<Tokenizer> {
-        let Some(eos_id) = inner.token_to_id(EOS_TOKEN) else {
-            bail!(Invalid, "{what} has no {EOS_TOKEN} token");
+        Self::wrap_with_eos(inner, what, EOS_TOKEN)
+    }
+
+    /// `wrap`, with `eos` as the end-of-text token.
+    fn wrap_with_eos(inner: tokenizers::Tokenizer, what: &str, eos: &str) -> Result<Tokenizer> {
+        let Some(eos_id) = inner.token_to_id(eos) else {
+            bail!(Invalid, "{what} has no {eos} token");
         };
         let probe_err = |e: tokenizers::Error| Error::Invalid(format!("{what} cannot encode text: {e}"));
         let ids = inner.encode(PROBE, false).map_err(probe_err)?;
@@ -91,12 +96,27 @@ impl Tokenizer {
             .map_err(|e| Error::Invalid(format!("tokenizer: cannot write {}: {e}", path.display())))
     }
 
-    /// Reads a tokenizer.json written by `save` (or any byte-level BPE with `<|endoftext|>`).
+    /// Reads a tokenizer.json written by `save`, or any byte-level BPE (GPT-2, Llama 3, SmolLM2,
+    /// Qwen2): its end-of-text token is `<|endoftext|>`, else the `eos_token` of the
+    /// tokenizer_config.json beside it (a downloaded model's).
     pub fn load(path: impl AsRef<Path>) -> Result<Tokenizer> {
         let path = path.as_ref();
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(tk_err(format!("tokenizer: cannot load {} (missing or not a tokenizer.json?)", path.display())))?;
-        Self::wrap(inner, &format!("tokenizer {}", path.display()))
+        let what = format!("tokenizer {}", path.display());
+        if inner.token_to_id(EOS_TOKEN).is_some() {
+            return Self::wrap(inner, &what);
+        }
+        let config = path.with_file_name("tokenizer_config.json");
+        let eos = std::fs::read(&config)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("eos_token").cloned())
+            .and_then(|e| e.as_str().or_else(|| e.get("content").and_then(|c| c.as_str())).map(String::from));
+        match eos {
+            Some(eos) => Self::wrap_with_eos(inner, &what, &eos),
+            None => bail!(Invalid, "{what} has no {EOS_TOKEN} token, and no eos_token in {}", config.display()),
+        }
     }
 
     /// `load` on another thread: a run needs only the vocabulary size before its first step,

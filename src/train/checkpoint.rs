@@ -64,6 +64,28 @@ pub fn tensors_from_bytes(
     Ok((out, metadata.unwrap_or_default()))
 }
 
+/// The tensors of `dir`'s model.safetensors, or of the shards its model.safetensors.index.json
+/// names (as transformers saves models over its shard size).
+fn load_weights(dir: &Path, device: Device) -> Result<HashMap<String, Tensor>> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    if single.exists() || !index.exists() {
+        return load_tensors(&single, device);
+    }
+    let bad = |e: String| Error::Invalid(format!("{}: {e}", index.display()));
+    let json: serde_json::Value =
+        serde_json::from_slice(&fs::read(&index)?).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no weight_map".into()))?;
+    let mut shards: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    shards.sort();
+    shards.dedup();
+    let mut all = HashMap::new();
+    for shard in shards {
+        all.extend(load_tensors(&dir.join(shard), device)?);
+    }
+    Ok(all)
+}
+
 impl GPTModel {
     /// Writes `config.json` and `model.safetensors` in `dir`, as Hugging Face's LlamaForCausalLM.
     pub fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<()> {
@@ -74,7 +96,8 @@ impl GPTModel {
         save_tensors(&dir.join("model.safetensors"), self.parameters())
     }
 
-    /// Loads a model saved by `save_pretrained` or by transformers (Llama layout) onto `device`.
+    /// Loads a model saved by `save_pretrained` or by transformers (Llama layout, one file or
+    /// sharded) onto `device`.
     pub fn from_pretrained(dir: impl AsRef<Path>, device: Device) -> Result<GPTModel> {
         let dir = dir.as_ref();
         let text = fs::read_to_string(dir.join("config.json"))
@@ -82,8 +105,7 @@ impl GPTModel {
         let json: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::Invalid(format!("{}: {e}", dir.join("config.json").display())))?;
         let config = ModelConfig::from_hf_json(&json)?;
-        let tensors = load_tensors(&dir.join("model.safetensors"), device)?;
-        GPTModel::from_tensors(config, tensors)
+        GPTModel::from_tensors(config, load_weights(dir, device)?)
     }
 
     /// A model from named tensors; a missing or misshapen weight is an error naming it.
