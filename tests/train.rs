@@ -161,6 +161,27 @@ fn hf_layout_round_trip() {
         j.as_object_mut().unwrap().remove("rope_theta");
         j["rope_parameters"] = serde_json::json!({"rope_theta": 500000.0, "rope_type": "default"});
         assert_eq!(ModelConfig::from_hf_json(&j).unwrap().rope_base, 500000.0);
+        // What the model cannot reproduce is refused, naming the field.
+        let scaling = serde_json::json!({"rope_type": "llama3", "factor": 32.0});
+        let refused = [
+            ("model_type", serde_json::json!("qwen2")),
+            ("rope_scaling", scaling.clone()),
+            ("rope_parameters", scaling),
+            ("attention_bias", serde_json::json!(true)),
+            ("sliding_window", serde_json::json!(4096)),
+            ("num_local_experts", serde_json::json!(8)),
+            ("hidden_act", serde_json::json!("gelu")),
+        ];
+        for (field, value) in refused {
+            let mut j = json.clone();
+            j[field] = value;
+            let e = ModelConfig::from_hf_json(&j).unwrap_err().to_string();
+            assert!(e.contains(&format!("config.json: {field} = ")), "{field}: {e}");
+        }
+        let mut j = json.clone();
+        (j["rope_scaling"], j["attention_bias"], j["sliding_window"]) =
+            (serde_json::Value::Null, false.into(), serde_json::Value::Null);
+        assert!(ModelConfig::from_hf_json(&j).is_ok(), "null and false mean unused");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

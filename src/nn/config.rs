@@ -159,8 +159,42 @@ impl ModelConfig {
         })
     }
 
-    /// Reads a Hugging Face Llama config.json (both spellings of the RoPE base).
+    /// Reads a Hugging Face Llama config.json (both spellings of the RoPE base). What this model
+    /// cannot reproduce (another architecture, RoPE scaling, biases, sliding windows, experts,
+    /// an activation other than SiLU) is an error naming the field, not a silently different model.
     pub fn from_hf_json(v: &serde_json::Value) -> Result<Self> {
+        let unsupported = |field: &str, why: &str| -> Result<Self> {
+            let value = v.get(field).map_or("".into(), |x| x.to_string());
+            bail!(Invalid, "config.json: {field} = {value}: {why}")
+        };
+        match v.get("model_type").and_then(|x| x.as_str()) {
+            None | Some("llama") => {}
+            Some(_) => return unsupported("model_type", "only llama (LlamaForCausalLM) models load"),
+        }
+        let set = |k: &str| v.get(k).is_some_and(|x| !x.is_null() && x != &serde_json::Value::Bool(false));
+        if set("rope_scaling") {
+            return unsupported("rope_scaling", "scaled RoPE is not supported yet");
+        }
+        let rope_type = v.get("rope_parameters").and_then(|r| r.get("rope_type")).and_then(|t| t.as_str());
+        if rope_type.is_some_and(|t| t != "default") {
+            return unsupported("rope_parameters", "scaled RoPE is not supported yet");
+        }
+        for field in ["attention_bias", "mlp_bias"] {
+            if set(field) {
+                return unsupported(field, "biases are not supported yet");
+            }
+        }
+        if set("sliding_window") && v.get("use_sliding_window").is_none_or(|x| x.as_bool() != Some(false)) {
+            return unsupported("sliding_window", "sliding-window attention is not supported");
+        }
+        for field in ["num_local_experts", "num_experts"] {
+            if set(field) {
+                return unsupported(field, "mixtures of experts are not supported");
+            }
+        }
+        if v.get("hidden_act").and_then(|x| x.as_str()).is_some_and(|a| a != "silu") {
+            return unsupported("hidden_act", "only silu (SwiGLU) is supported");
+        }
         let get = |k: &str| -> Result<usize> {
             v.get(k)
                 .and_then(|x| x.as_u64())
