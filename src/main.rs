@@ -2,7 +2,7 @@
 //! pipeline (data, BPE tokenizer, training, evaluation, checkpoint, generated text).
 
 use clap::{Args, Parser, Subcommand};
-use irontensor::cli::{self, BenchTrainOptions, GenerateOptions, Kernel, TrainOptions};
+use irontensor::cli::{self, BenchTrainOptions, EvalOptions, GenerateOptions, Kernel, TrainOptions};
 use irontensor::device::gpu;
 use irontensor::{Device, Settings};
 use std::path::PathBuf;
@@ -48,6 +48,25 @@ enum Command {
         /// Tensor type: f32, f16 or q8_0 (norms stay f32).
         #[arg(long = "type", default_value = "f16")]
         ty: String,
+    },
+    /// Loss and perplexity of a model on a text file.
+    Eval {
+        /// A checkpoint directory, a run directory (its newest checkpoint that loads), a GGUF
+        /// file or a Hugging Face Llama folder.
+        #[arg(long, default_value = "runs/shakespeare")]
+        checkpoint: PathBuf,
+        /// A UTF-8 text file (required: no default).
+        #[arg(long)]
+        data: PathBuf,
+        /// cpu, gpu or auto.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Tokens per window, 1 to the model's max_seq_len (default: max_seq_len, at most 1024).
+        #[arg(long)]
+        seq: Option<usize>,
+        /// Windows per forward pass, at least 1.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
     },
     /// The devices found, the adapter chosen, its backend, features and limits.
     Info,
@@ -312,6 +331,9 @@ fn main() {
         (_, Some(Command::Generate(args))) => cli::generate(&args.into()),
         (_, Some(Command::Tokenize { data, vocab, out })) => cli::tokenize(data.as_deref(), vocab, &out),
         (_, Some(Command::Export { checkpoint, gguf, ty })) => cli::export(&checkpoint, &gguf, &ty),
+        (_, Some(Command::Eval { checkpoint, data, device, seq, batch })) => {
+            cli::eval(&EvalOptions { checkpoint, data, device, seq, batch })
+        }
         (_, None) => train(DefaultRun::parse_from(["irontensor"]).args),
     };
     // Pipelines compiled in this run start the next one sooner.

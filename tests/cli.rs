@@ -437,6 +437,7 @@ fn every_flag_has_help_with_its_default() {
         &["generate"],
         &["tokenize"],
         &["export"],
+        &["eval"],
         &["bench", "train"],
         &["bench", "matmul"],
         &["bench", "attention"],
@@ -754,5 +755,81 @@ fn train_init_starts_from_a_gguf_file_or_a_hugging_face_folder() {
         &[],
     );
     assert!(!ok && out.contains("--init") && out.contains("slice.txt"), "{out}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `eval`: the loss over the text's windows, against log-softmax of the model's logits in f64.
+#[test]
+fn eval_reports_the_loss_of_a_model_on_a_text() {
+    let dir = std::env::temp_dir().join(format!("irontensor-eval-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (ok, out) = tiny_run(&dir);
+    assert!(ok, "{out}");
+    let run = dir.join("run");
+    let text = &std::fs::read_to_string(common::SHAKESPEARE).unwrap()[50_000..52_000];
+    let data = dir.join("held-out.txt");
+    std::fs::write(&data, text).unwrap();
+    let (ok, out) = irontensor(
+        &[
+            "eval",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--seq",
+            "16",
+            "--batch",
+            "3",
+        ],
+        &[],
+    );
+    assert!(ok, "{out}");
+    let number = |after: &str| -> f64 {
+        out.split(after).nth(1).unwrap().split_whitespace().next().unwrap().trim_end_matches(',').parse().unwrap()
+    };
+    let (loss, ppl) = (number("loss "), number("perplexity "));
+    // The reference: every window's logits from the model, log-softmax in f64.
+    let ckpt = std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().map(|e| e.path()).max().unwrap();
+    let model = irontensor::GPTModel::from_pretrained(&ckpt, irontensor::Device::Cpu).unwrap();
+    let ids = irontensor::data::Tokenizer::load(run.join("tokenizer.json")).unwrap().encode(text);
+    let (seq, v) = (16, model.config.vocab_size);
+    let windows = (ids.len() - 1) / seq;
+    let mut sum = 0.0;
+    for w in 0..windows {
+        let x = irontensor::Tensor::from_u32_slice(&ids[w * seq..(w + 1) * seq], &[1, seq]).unwrap();
+        let logits = model.forward(&x, 1, seq, 0).unwrap().to_vec();
+        for t in 0..seq {
+            let row: Vec<f64> = logits[t * v..(t + 1) * v].iter().map(|&l| l as f64).collect();
+            let m = row.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = m + row.iter().map(|l| (l - m).exp()).sum::<f64>().ln();
+            sum += lse - row[ids[w * seq + t + 1] as usize];
+        }
+    }
+    let want = sum / (windows * seq) as f64;
+    assert!((loss - want).abs() < 1e-3, "eval said {loss}, the reference {want}: {out}");
+    assert!((ppl - want.exp()).abs() < 1e-2 * want.exp(), "{out}");
+    assert!(
+        out.contains(&format!("{} tokens in windows of 16", windows * seq)) && out.contains("nats/character"),
+        "{out}"
+    );
+    // Too little text is named.
+    std::fs::write(&data, "a").unwrap();
+    let (ok, out) = irontensor(
+        &[
+            "eval",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--seq",
+            "16",
+        ],
+        &[],
+    );
+    assert!(!ok && out.contains("--data") && out.contains("tokens"), "{out}");
     std::fs::remove_dir_all(&dir).ok();
 }

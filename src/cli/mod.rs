@@ -20,6 +20,7 @@ macro_rules! note {
 }
 
 mod bench;
+mod eval;
 mod export;
 mod generate;
 mod info;
@@ -29,6 +30,7 @@ mod prepare;
 mod train;
 
 pub use bench::{bench_kernels, bench_train, BenchTrainOptions, Kernel};
+pub use eval::{eval, EvalOptions};
 pub use export::export;
 pub use generate::{generate, load_model, write_text, GenerateOptions};
 pub use info::info;

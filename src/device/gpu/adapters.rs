@@ -61,16 +61,28 @@ fn rank(t: wgpu::DeviceType) -> u32 {
 /// recommends as one process's working set.
 pub(super) fn memory(adapter: &wgpu::Adapter) -> Option<u64> {
     if adapter.get_info().backend == wgpu::Backend::Vulkan {
-        // SAFETY: the adapter outlives these calls, and they only read its properties.
-        let hal = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() }?;
-        let props = unsafe {
-            hal.shared_instance().raw_instance().get_physical_device_memory_properties(hal.raw_physical_device())
-        };
-        const DEVICE_LOCAL: u32 = 1;
-        let heaps = &props.memory_heaps[..props.memory_heap_count as usize];
-        return heaps.iter().filter(|h| h.flags.as_raw() & DEVICE_LOCAL != 0).map(|h| h.size).max();
+        return vulkan_memory(adapter);
     }
     system_memory().map(|b| b / 4 * 3)
+}
+
+/// The largest device-local heap of a Vulkan adapter (wgpu builds no Vulkan backend on Apple's
+/// systems).
+#[cfg(not(target_vendor = "apple"))]
+fn vulkan_memory(adapter: &wgpu::Adapter) -> Option<u64> {
+    // SAFETY: the adapter outlives these calls, and they only read its properties.
+    let hal = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() }?;
+    let props = unsafe {
+        hal.shared_instance().raw_instance().get_physical_device_memory_properties(hal.raw_physical_device())
+    };
+    const DEVICE_LOCAL: u32 = 1;
+    let heaps = &props.memory_heaps[..props.memory_heap_count as usize];
+    heaps.iter().filter(|h| h.flags.as_raw() & DEVICE_LOCAL != 0).map(|h| h.size).max()
+}
+
+#[cfg(target_vendor = "apple")]
+fn vulkan_memory(_: &wgpu::Adapter) -> Option<u64> {
+    None
 }
 
 #[cfg(target_os = "macos")]
