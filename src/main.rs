@@ -235,6 +235,10 @@ struct GenerateArgs {
     /// Recompute the whole context for every token instead of using the KV cache.
     #[arg(long)]
     no_cache: bool,
+    /// Past the model's context (max_seq_len), slide the window over the newest tokens instead
+    /// of stopping (default: stop, saying so).
+    #[arg(long)]
+    slide: bool,
 }
 
 impl From<TrainArgs> for TrainOptions {
@@ -274,6 +278,7 @@ impl From<GenerateArgs> for GenerateOptions {
             seed: a.seed,
             device: a.device,
             no_cache: a.no_cache,
+            slide: a.slide,
         }
     }
 }

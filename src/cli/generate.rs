@@ -8,6 +8,7 @@ use crate::train::load_latest_model;
 use crate::{Device, Error, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// The flags of `irontensor generate`.
 #[derive(Clone, Debug)]
@@ -22,6 +23,8 @@ pub struct GenerateOptions {
     pub seed: u64,
     pub device: String,
     pub no_cache: bool,
+    /// Past the model's context, slide the window instead of stopping.
+    pub slide: bool,
 }
 
 /// The sampling flags, checked.
@@ -39,6 +42,7 @@ fn sampling(o: &GenerateOptions) -> Result<SamplingConfig> {
         top_p: o.top_p,
         seed: o.seed,
         max_tokens: o.max_tokens,
+        slide: o.slide,
     })
 }
 
@@ -72,7 +76,9 @@ pub fn load_model(given: &Path, device: Device) -> Result<(GPTModel, Tokenizer)>
     Ok((model, Tokenizer::load(tok_path)?))
 }
 
-/// Streams text generated after `prompt` to stdout.
+/// Streams text generated after `prompt` to stdout; on stderr, llama.cpp-style timings: the
+/// prompt's tokens and time (prefill, to the first sampled token) and the rate of the rest
+/// (decode), and why it stopped early if it did.
 pub fn write_text(model: &GPTModel, tok: &Tokenizer, prompt: &str, cfg: &SamplingConfig, cache: bool) -> Result<()> {
     let ids = tok.encode(prompt);
     let ids = if ids.is_empty() { vec![tok.eos_id()] } else { ids };
@@ -80,7 +86,10 @@ pub fn write_text(model: &GPTModel, tok: &Tokenizer, prompt: &str, cfg: &Samplin
     let mut out = std::io::stdout();
     // Decode the growing tail so multi-byte characters split across tokens print whole.
     let mut pending: Vec<u32> = Vec::new();
-    infer::generate(model, &ids, cfg, Some(tok.eos_id()), cache, |t| {
+    let start = Instant::now();
+    let mut first: Option<Instant> = None;
+    let made = infer::generate(model, &ids, cfg, Some(tok.eos_id()), cache, |t| {
+        first.get_or_insert_with(Instant::now);
         pending.push(t);
         let s = tok.decode(&pending);
         if !s.ends_with('\u{fffd}') {
@@ -90,5 +99,27 @@ pub fn write_text(model: &GPTModel, tok: &Tokenizer, prompt: &str, cfg: &Samplin
         }
     })?;
     println!();
+    let end = Instant::now();
+    if let Some(first) = first {
+        let prefill = (first - start).as_secs_f64();
+        let decode = (end - first).as_secs_f64();
+        let rest = made.len() - 1;
+        note!(
+            "prompt: {} tokens in {:.1} ms ({:.0} tokens/s); generated: {} tokens, {rest} after the first in {:.1} ms ({:.1} tokens/s)",
+            ids.len(),
+            prefill * 1e3,
+            ids.len() as f64 / prefill,
+            made.len(),
+            decode * 1e3,
+            if rest > 0 { rest as f64 / decode } else { 0.0 }
+        );
+    }
+    let full = ids.len() + made.len() > model.config.max_seq_len;
+    if !cfg.slide && made.len() < cfg.max_tokens && made.last() != Some(&tok.eos_id()) && full {
+        note!(
+            "stopped: the model's context of {} tokens is full (--slide goes on over a sliding window)",
+            model.config.max_seq_len
+        );
+    }
     Ok(())
 }

@@ -14,11 +14,14 @@ pub struct SamplingConfig {
     pub top_p: f32,
     pub seed: u64,
     pub max_tokens: usize,
+    /// Past the model's context (`max_seq_len`): false stops there; true slides the window,
+    /// re-reading the newest `max_seq_len` tokens for every further token.
+    pub slide: bool,
 }
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        SamplingConfig { temperature: 0.8, top_k: 0, top_p: 0.95, seed: 0, max_tokens: 200 }
+        SamplingConfig { temperature: 0.8, top_k: 0, top_p: 0.95, seed: 0, max_tokens: 200, slide: false }
     }
 }
 
@@ -62,7 +65,8 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
 /// Continues `prompt` by up to `cfg.max_tokens` tokens, calling `on_token` as each arrives
 /// (for streaming) and stopping early at `eos`. With `use_cache` each new token costs one
 /// token's work (KV cache); without, the whole window is recomputed (the reference).
-/// Past `max_seq_len` the context slides: the newest half is kept and re-read.
+/// A prompt longer than `max_seq_len` is an error unless `cfg.slide`; generation stops when the
+/// context is full, or with `cfg.slide` goes on over the newest `max_seq_len` tokens.
 pub fn generate(
     model: &GPTModel,
     prompt: &[u32],
@@ -79,6 +83,13 @@ pub fn generate(
         bail!(Invalid, "generate: prompt token {bad} is outside the vocabulary of {vocab}");
     }
     let max_ctx = model.config.max_seq_len;
+    if prompt.len() > max_ctx && !cfg.slide {
+        bail!(
+            Invalid,
+            "generate: the prompt has {} tokens but the model reads at most {max_ctx}; shorten it, or slide the window over its last {max_ctx}",
+            prompt.len()
+        );
+    }
     let device = model.device();
     let mut rng = Rng::new(cfg.seed);
     let mut tokens = prompt.to_vec();
@@ -88,7 +99,10 @@ pub fn generate(
         let mut cached = 0; // positions in the cache
         while out.len() < cfg.max_tokens {
             if tokens.len() > max_ctx {
-                tokens.drain(..tokens.len() - max_ctx / 2);
+                if !cfg.slide {
+                    break; // the context is full
+                }
+                tokens.drain(..tokens.len() - max_ctx);
                 cache = model.new_cache();
                 cached = 0;
             }
