@@ -8,6 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// `generate`'s output less its timing line (which differs run to run).
+fn without_timings(out: &str) -> String {
+    out.lines().filter(|l| !l.starts_with("prompt: ")).map(|l| format!("{l}\n")).collect()
+}
+
 fn irontensor(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_irontensor"));
     cmd.args(args).env_remove("IRONTENSOR_DEVICE").env_remove("IRONTENSOR_SYNC_GPU");
@@ -186,7 +191,8 @@ fn train_then_generate_end_to_end() {
         a.extend_from_slice(extra);
         let (ok, out) = irontensor(&a, &[]);
         assert!(ok, "{out}");
-        out
+        assert!(out.contains("prompt: ") && out.contains("tokens/s"), "no timings: {out}");
+        without_timings(&out)
     };
     let cached = gen(&[]);
     assert!(cached.starts_with("ROMEO:") && cached.len() > "ROMEO:".len(), "{cached}");
@@ -199,7 +205,7 @@ fn train_then_generate_end_to_end() {
     let greedy = ["--prompt", "ROMEO:", "--max-tokens", "15", "--temperature", "0", "--device", "cpu"];
     let (ok, out) = irontensor(&[&["generate", "--checkpoint", g][..], &greedy[..]].concat(), &[]);
     assert!(ok, "{out}");
-    assert_eq!(out, cached, "generate from the GGUF export");
+    assert_eq!(without_timings(&out), cached, "generate from the GGUF export");
     let (ok, out) = irontensor(&["export", "--checkpoint", "no-such-run", "--gguf", g, "--type", "q4"], &[]);
     assert!(!ok && out.contains("--type") && !out.contains("no-such-run"), "{out}");
     // A second run into the same directory needs --resume; with it, training carries on.
@@ -613,6 +619,7 @@ fn resume_and_generate_skip_a_damaged_checkpoint() {
     assert!(text.contains("step_00000006 is damaged") && text.contains("not a valid safetensors"), "{text}");
     let (ok, direct) = gen(&run.join("checkpoints/step_00000003"));
     assert!(ok, "{direct}");
+    let direct = without_timings(&direct);
     assert!(text.starts_with(&direct), "generate did not use step 3:\n{text}\nstep 3 gives:\n{direct}");
     let (ok, text) = train(&run, "9", true);
     assert!(ok, "{text}");
@@ -682,7 +689,7 @@ fn train_init_starts_from_a_gguf_file_or_a_hugging_face_folder() {
         let (ok, out) =
             irontensor(&[&["generate", "--checkpoint", from.to_str().unwrap()][..], &greedy[..]].concat(), &[]);
         assert!(ok, "{out}");
-        out
+        without_timings(&out)
     };
     let want = generate(&run);
     let gguf = dir.join("model.gguf");
