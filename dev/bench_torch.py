@@ -5,6 +5,7 @@ put them side by side.
     python3 dev/bench_torch.py train --workload seed-tiny --device cpu --steps 20 --warmup 3
     python3 dev/bench_torch.py train --workload shakespeare --device gpu --bf16
     python3 dev/bench_torch.py matmul|attention|cross-entropy --device gpu [--shapes ...]
+    python3 dev/bench_torch.py generate --workload gpt2-small --device gpu [--bf16] [--static [--compile]]
 
 The model is IronTensor's (src/nn/): Llama-style, RMSNorm, RoPE in the rotate-half convention,
 SDPA causal attention, SwiGLU FFN, embedding tied to the output, dropout on the embedding and on
@@ -348,6 +349,45 @@ def cross_entropy(args):
                         gflops=round(flops / s / 1e9, 1), tokens_per_s=round(n / s))
 
 
+def generate(args):
+    """transformers' LlamaForCausalLM of the workload's shape (random weights, as ours), greedy
+    `generate` to a fixed length: prefill = the time of a 1-token generate, decode = the rest."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    dev = device_of(args.device)
+    vocab, c, layers, heads, kv, ffn, _, _, _, _ = WORKLOADS[args.workload]
+    llama = args.workload.startswith("llama")
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=c, num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=kv, intermediate_size=ffn, max_position_embeddings=1024 if c >= 768 else 256,
+                      rope_theta=500000.0 if llama else 10000.0, rms_norm_eps=NORM_EPS,
+                      tie_word_embeddings=args.workload != "llama-8b")
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    model = LlamaForCausalLM(cfg).to(dev, dtype).eval()
+    if args.compile:
+        model.forward = torch.compile(model.forward, mode="reduce-overhead")
+    gen = torch.Generator().manual_seed(7)
+    ids = torch.randint(vocab, (1, args.prompt_tokens), generator=gen).to(dev)
+    extra = {"cache_implementation": "static"} if args.static else {}
+
+    def run(n):
+        sync(dev)
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0, **extra)
+        sync(dev)
+        return time.perf_counter() - t, out.shape[1] - ids.shape[1]
+
+    run(args.max_tokens)  # warm-up (and compilation)
+    prefill = min(run(1)[0] for _ in range(3))
+    total, made = run(args.max_tokens)
+    emit({"bench": "generate", "impl": "pytorch", "workload": args.workload,
+          "device": "gpu" if dev.type == "cuda" else "cpu", "adapter": adapter(dev),
+          "precision": ("bf16" if args.bf16 else "f32") + ("+static" if args.static else "")
+          + ("+compile" if args.compile else ""), "prompt_tokens": args.prompt_tokens,
+          "max_tokens": args.max_tokens, "generated": made, "prefill_ms": round(prefill * 1e3, 3),
+          "decode_tokens_per_s": round((made - 1) / (total - prefill), 1)})
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -366,14 +406,20 @@ def main():
     for name, k in kernels.items():
         k.add_argument("--shapes", default=defaults[name])
     kernels["attention"].add_argument("--no-causal", action="store_true")
-    for q in [t, *kernels.values()]:
+    g = sub.add_parser("generate")
+    g.add_argument("--workload", default="shakespeare", choices=sorted(WORKLOADS))
+    g.add_argument("--prompt-tokens", type=int, default=64)
+    g.add_argument("--max-tokens", type=int, default=128)
+    g.add_argument("--static", action="store_true", help="a static KV cache")
+    g.add_argument("--compile", action="store_true", help="torch.compile the forward (with --static)")
+    for q in [t, g, *kernels.values()]:
         q.add_argument("--device", default="auto")
         q.add_argument("--bf16", action="store_true", help="bf16 autocast (kernels: bf16 inputs)")
         q.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    {"train": train, "matmul": matmul, "attention": attention, "cross-entropy": cross_entropy}[args.what](args)
+    {"train": train, "generate": generate, "matmul": matmul, "attention": attention, "cross-entropy": cross_entropy}[args.what](args)
 
 
 if __name__ == "__main__":

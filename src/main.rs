@@ -79,7 +79,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Training throughput of a named workload: seed-tiny, shakespeare, llama-1b or llama-8b (random tokens).
+    /// Training throughput of a named workload: seed-tiny, shakespeare, gpt2-small, llama-1b or llama-8b (random tokens).
     Train {
         /// seed-tiny or shakespeare.
         #[arg(long, default_value = "seed-tiny")]
@@ -107,6 +107,28 @@ enum BenchCommand {
         no_split: bool,
         /// auto, fp32 or mixed (default: auto, or what IRONTENSOR_MATMUL says; auto is mixed where
         /// the GPU has f16 cooperative matrices, fp32 elsewhere).
+        #[arg(long)]
+        precision: Option<String>,
+    },
+    /// Generation speed of a named workload's model (random weights, greedy): prefill time and
+    /// decode tokens/s.
+    Generate {
+        /// seed-tiny, shakespeare, gpt2-small, llama-1b or llama-8b.
+        #[arg(long, default_value = "shakespeare")]
+        workload: String,
+        /// cpu, gpu or auto.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Prompt length in tokens, at least 1.
+        #[arg(long, default_value_t = 64)]
+        prompt_tokens: usize,
+        /// Tokens to generate, at least 1 (prompt + these within the model's context).
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        /// Recompute the whole context for every token instead of using the KV cache.
+        #[arg(long)]
+        no_cache: bool,
+        /// auto, fp32 or mixed (default: auto, or what IRONTENSOR_MATMUL says).
         #[arg(long)]
         precision: Option<String>,
     },
@@ -301,6 +323,11 @@ fn bench(what: BenchCommand, settings: &Settings) -> irontensor::Result<()> {
                 precision_env,
             };
             cli::bench_train(&o)
+        }
+        BenchCommand::Generate { workload, device, prompt_tokens, max_tokens, no_cache, precision } => {
+            let device = irontensor::Device::parse(&device)?;
+            let o = irontensor::bench::GenerateBench { workload, device, prompt_tokens, max_tokens, no_cache };
+            cli::bench_generate(&o, precision.as_deref(), settings.precision)
         }
         BenchCommand::Matmul { device, shapes } => cli::bench_kernels(Kernel::Matmul, &device, &shapes),
         BenchCommand::Attention { device, shapes, no_causal } => {

@@ -2,9 +2,11 @@
 //! result is one JSON object per line on stdout (stable keys, so `dev/bench_compare.py` can
 //! join ours with PyTorch's from `dev/bench_torch.py`); a readable summary goes to stderr.
 
+mod generate;
 mod kernels;
 mod train;
 
+pub use generate::{generate, GenerateBench};
 pub use kernels::{attention, cross_entropy, matmul};
 pub use train::{train, workload, TrainBench, Workload, WORKLOADS};
 

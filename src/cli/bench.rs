@@ -54,6 +54,16 @@ pub fn bench_train(o: &BenchTrainOptions) -> Result<()> {
     bench::train(&opts).map(|_| ())
 }
 
+/// Generation speed of a named workload's model (random weights), one JSON line.
+pub fn bench_generate(
+    o: &bench::GenerateBench,
+    precision: Option<&str>,
+    env: crate::settings::PrecisionChoice,
+) -> Result<()> {
+    super::choose_precision(precision, env, o.device)?;
+    bench::generate(o).map(|_| ())
+}
+
 /// The kernel benchmarks of `irontensor bench`.
 #[derive(Clone, Copy, Debug)]
 pub enum Kernel {

@@ -29,7 +29,7 @@ mod plan;
 mod prepare;
 mod train;
 
-pub use bench::{bench_kernels, bench_train, BenchTrainOptions, Kernel};
+pub use bench::{bench_generate, bench_kernels, bench_train, BenchTrainOptions, Kernel};
 pub use eval::{eval, EvalOptions};
 pub use export::export;
 pub use generate::{generate, load_model, write_text, GenerateOptions};
