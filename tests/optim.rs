@@ -311,7 +311,8 @@ fn sophia_update(device: Device) {
             .iter()
             .enumerate()
             .map(|(k, p)| {
-                let (m, h) = (rand_vec(p.numel(), -0.5, 0.5, 30 + k as u64), rand_vec(p.numel(), 0.0, 40.0, 40 + k as u64));
+                let (m, h) =
+                    (rand_vec(p.numel(), -0.5, 0.5, 30 + k as u64), rand_vec(p.numel(), 0.0, 40.0, 40 + k as u64));
                 // Every 13th h is 0: the ε floor (a parameter before its first estimate).
                 (0..p.numel()).flat_map(|i| [m[i] as f64, if i % 13 == 0 { 0.0 } else { h[i] as f64 }]).collect()
             })
