@@ -10,7 +10,7 @@
 //!   observer with the GPU context, and ops and the trainer report to it
 //! - [`tensor`], [`autograd`], [`ops`]: tensors, the reverse-mode graph behind
 //!   [`Tensor::backward`], one op family per file with its CPU kernel, WGSL kernel and backward rule
-//! - [`optim`]: Lion, AdamW (in-place updates, stochastic rounding for BF16), gradient clipping
+//! - [`optim`]: Lion, AdamW, Sophia-G (in-place updates, stochastic rounding for BF16), gradient clipping
 //! - [`nn`]: Linear, RMSNorm, attention, SwiGLU, the transformer block, [`GPTModel`]
 //! - [`data`]: memory-mapped token datasets, the byte-level BPE tokenizer, checked downloads;
 //!   [`dist`]: data-parallel training over MPI (`--features distributed`, ranks started by mpirun)

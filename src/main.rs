@@ -99,7 +99,7 @@ enum BenchCommand {
         /// Tokens per row, 1 to the model's max_seq_len (default: the workload's).
         #[arg(long)]
         seq: Option<usize>,
-        /// lion or adamw (default: the workload's).
+        /// adamw, lion or sophia (default: the workload's).
         #[arg(long)]
         optimizer: Option<String>,
         /// Skip the profiled pass that splits a step into forward, backward and optimizer.
@@ -184,7 +184,7 @@ struct TrainArgs {
     /// Tokens per row, 1 to the model's max_seq_len (default: 256, or max_seq_len if smaller; 128 on the CPU).
     #[arg(long)]
     seq: Option<usize>,
-    /// Peak learning rate, finite and > 0 (default: 1e-3 for adamw, 2e-4 for lion).
+    /// Peak learning rate, finite and > 0 (default: 1e-3 for adamw, 2e-4 for lion, 6e-4 for sophia).
     #[arg(long)]
     lr: Option<f32>,
     /// Write a checkpoint every N steps (and at the end), at least 1 (default: 200; 250 on the CPU).
@@ -194,9 +194,15 @@ struct TrainArgs {
     /// one all-reduce per N micro-batches); at least 1 (default: 1).
     #[arg(long)]
     grad_accum: Option<usize>,
-    /// lion or adamw.
+    /// adamw, lion or sophia (Sophia-G: a clipped step scaled by a Hessian estimate).
     #[arg(long, default_value = "adamw")]
     optimizer: String,
+    /// Sophia's γ, finite and > 0: the step is clip(m / max(γ·h, 1e-15), 1) (default: 0.01).
+    #[arg(long)]
+    sophia_rho: Option<f32>,
+    /// Sophia: steps between Hessian estimates, at least 1; each costs about one more step (default: 10).
+    #[arg(long)]
+    sophia_k: Option<usize>,
     /// Carry on from the newest checkpoint in OUT/checkpoints that loads.
     #[arg(long)]
     resume: bool,
@@ -276,6 +282,8 @@ impl From<TrainArgs> for TrainOptions {
             save_interval: a.save_interval,
             grad_accum: a.grad_accum,
             optimizer: a.optimizer,
+            sophia_rho: a.sophia_rho,
+            sophia_k: a.sophia_k,
             resume: a.resume,
             out: a.out,
             sample_tokens: a.sample_tokens,

@@ -495,7 +495,10 @@ fn bad_flags_are_refused_before_any_work() {
         (&["--grad-accum", "0"], "--grad-accum 0: must be at least 1"),
         (&["--save-interval", "0"], "--save-interval 0: must be at least 1"),
         (&["--batch", "3", "--grad-accum", "2"], "--batch 3: must be divisible by --grad-accum 2"),
-        (&["--optimizer", "sgd"], "--optimizer sgd: expected adamw or lion"),
+        (&["--optimizer", "sgd"], "--optimizer sgd: expected adamw, lion or sophia"),
+        (&["--optimizer", "sophia", "--sophia-rho=-1"], "--sophia-rho -1: must be a finite number > 0"),
+        (&["--optimizer", "sophia", "--sophia-k", "0"], "--sophia-k 0: must be at least 1"),
+        (&["--sophia-rho", "0.05"], "--sophia-rho is for --optimizer sophia, not"),
         (&["--precision", "fp16"], "--precision fp16: expected auto, fp32 or mixed"),
         (&["--precision", "mixed"], "--precision mixed: this device has no f16 cooperative matrices"),
     ];
@@ -522,7 +525,7 @@ fn bad_flags_are_refused_before_any_work() {
         (&["--batch", "0"], "--batch 0: must be at least 1"),
         (&["--seq", "0"], "--seq 0: must be between 1 and"),
         (&["--seq", "100000"], "--seq 100000: must be between 1 and"),
-        (&["--optimizer", "sgd"], "--optimizer sgd: expected adamw or lion"),
+        (&["--optimizer", "sgd"], "--optimizer sgd: expected adamw, lion or sophia"),
     ];
     for (extra, want) in cases {
         let (ok, text) = irontensor(&[&bench[..], extra].concat(), &[]);

@@ -4,40 +4,41 @@
 
 mod common;
 use common::{assert_close, f64s, rand_vec};
-use irontensor::optim::{self, AdamW, AdamWConfig, Lion, LionConfig, Optimizer};
+use irontensor::optim::{self, AdamW, AdamWConfig, Lion, LionConfig, Optimizer, Sophia, SophiaConfig};
 use irontensor::{ops, Device, Precision, Result, Tensor};
 
-/// Either optimizer, with the f64 reference of its rule.
+/// Any optimizer, with the f64 reference of its rule.
 enum Opt {
     Lion(Lion),
     AdamW(AdamW),
+    /// Without Hessian updates here (h = 0: clipped sign steps); `sophia_update` covers those.
+    Sophia(Sophia),
 }
 
 impl Opt {
     fn step(&mut self, params: &[Tensor], grads: &[Tensor], lr: f32) -> Result<()> {
+        let o = self.optimizer();
+        o.set_lr(lr);
+        o.step(params, grads)
+    }
+
+    fn optimizer(&mut self) -> &mut dyn Optimizer {
         match self {
-            Opt::Lion(o) => {
-                o.set_lr(lr);
-                o.step(params, grads)
-            }
-            Opt::AdamW(o) => {
-                o.set_lr(lr);
-                o.step(params, grads)
-            }
+            Opt::Lion(o) => o,
+            Opt::AdamW(o) => o,
+            Opt::Sophia(o) => o,
         }
     }
 
     fn set_decay_mask(&mut self, mask: Vec<bool>) {
-        match self {
-            Opt::Lion(o) => o.set_decay_mask(mask),
-            Opt::AdamW(o) => o.set_decay_mask(mask),
-        }
+        self.optimizer().set_decay_mask(mask)
     }
 
     fn state(&self) -> &[Tensor] {
         match self {
             Opt::Lion(o) => o.state(),
             Opt::AdamW(o) => o.state(),
+            Opt::Sophia(o) => o.state(),
         }
     }
 
@@ -64,21 +65,42 @@ impl Opt {
                 let (mh, vh) = (s[0] / (1.0 - b1.powi(t)), s[1] / (1.0 - b2.powi(t)));
                 w - lr * mh / (vh.sqrt() + eps)
             }
+            Opt::Sophia(o) => {
+                let c = o.config;
+                let wd = if decays { c.weight_decay as f64 } else { 0.0 };
+                sophia_reference(&c, w, g, s, lr, wd)
+            }
         }
     }
 
     fn width(&self) -> usize {
         match self {
             Opt::Lion(_) => 1,
-            Opt::AdamW(_) => 2,
+            Opt::AdamW(_) | Opt::Sophia(_) => 2,
         }
     }
 }
 
-fn optimizers(weight_decay: f32, seed: u64) -> [Opt; 2] {
+/// One Sophia step in f64 (the paper's Sophia-G): s = (m, h).
+fn sophia_reference(c: &SophiaConfig, w: f64, g: f64, s: &mut [f64], lr: f64, wd: f64) -> f64 {
+    let (b1, rho, eps) = (c.beta1 as f64, c.rho as f64, c.eps as f64);
+    let w = w - lr * wd * w;
+    s[0] = b1 * s[0] + (1.0 - b1) * g;
+    let ratio = s[0] / (rho * s[1]).max(eps);
+    w - lr * ratio.clamp(-1.0, 1.0)
+}
+
+/// Sophia's Hessian EMA in f64: h = β2·h + (1-β2)·B·ĝ².
+fn sophia_hessian_reference(c: &SophiaConfig, g: f64, s: &mut [f64], tokens: f64) {
+    let b2 = c.beta2 as f64;
+    s[1] = b2 * s[1] + (1.0 - b2) * tokens * g * g;
+}
+
+fn optimizers(weight_decay: f32, seed: u64) -> [Opt; 3] {
     [
         Opt::Lion(Lion::new(LionConfig { lr: 0.01, beta1: 0.9, beta2: 0.99, weight_decay, seed })),
         Opt::AdamW(AdamW::new(AdamWConfig { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, seed })),
+        Opt::Sophia(Sophia::new(SophiaConfig { lr: 0.01, weight_decay, seed, ..Default::default() })),
     ]
 }
 
@@ -150,6 +172,7 @@ fn f32_rules_match_reference(device: Device) {
             let name = match opt {
                 Opt::Lion(_) => "lion",
                 Opt::AdamW(_) => "adamw",
+                Opt::Sophia(_) => "sophia",
             };
             let what = format!("{name} wd={wd} mask={mask:?} shared buffers {shared} on {device:?}");
             if let Some(m) = &mask {
@@ -265,7 +288,7 @@ fn bf16_params_round_stochastically(device: Device) {
     }
     // The same seed gives the same bits; another seed other bits.
     let run = |seed: u64| {
-        let [mut opt, _] = optimizers(0.0, seed);
+        let [mut opt, _, _] = optimizers(0.0, seed);
         let p = Tensor::from_f32_on(&rand_vec(999, -1.0, 1.0, 5), &[999], device).unwrap().to_bf16().unwrap();
         for t in 0..3 {
             opt.step(std::slice::from_ref(&p), &grads(std::slice::from_ref(&p), device, t), 0.003).unwrap();
@@ -274,6 +297,94 @@ fn bf16_params_round_stochastically(device: Device) {
     };
     assert_eq!(run(1), run(1), "deterministic for a seed");
     assert_ne!(run(1), run(2), "the seed matters");
+}
+
+/// Sophia at random (m, h) restored from a "checkpoint": a Hessian update (plain, under a
+/// control that scales, under one that skips), then a step whose coordinates are partly clipped
+/// (|m| > γ·h, and h = 0 where ε decides) and partly not; f32 and BF16 weights, views.
+fn sophia_update(device: Device) {
+    let c = SophiaConfig { lr: 0.05, rho: 0.05, weight_decay: 0.1, interval: 3, seed: 4, ..Default::default() };
+    for dtype in [Precision::FP32, Precision::BF16] {
+        let what = format!("sophia {} on {device:?}", dtype.name());
+        let (ps, _backing) = params(device, dtype, 20);
+        let mut s: Vec<Vec<f64>> = ps
+            .iter()
+            .enumerate()
+            .map(|(k, p)| {
+                let (m, h) =
+                    (rand_vec(p.numel(), -0.5, 0.5, 30 + k as u64), rand_vec(p.numel(), 0.0, 40.0, 40 + k as u64));
+                // Every 13th h is 0: the ε floor (a parameter before its first estimate).
+                (0..p.numel()).flat_map(|i| [m[i] as f64, if i % 13 == 0 { 0.0 } else { h[i] as f64 }]).collect()
+            })
+            .collect();
+        let state: Vec<Tensor> = s
+            .iter()
+            .map(|v| Tensor::from_f32_on(&v.iter().map(|&x| x as f32).collect::<Vec<_>>(), &[v.len()], device).unwrap())
+            .collect();
+        let mut opt = Sophia::new(c);
+        opt.restore(&ps, state, 5).unwrap();
+        assert!(!opt.wants_hessian(), "{what}: step 6 of k = 3 takes no estimate");
+        let before: Vec<Vec<f32>> = ps.iter().map(|p| p.to_vec()).collect();
+        // Hessian updates: with no control, with one scaling ĝ by 0.5, with one skipping.
+        let tokens = 96;
+        let controls = [None, Some([0.5, 1.0, 0.0, 0.0]), Some([0.5, 0.0, 0.0, 0.0])];
+        for (j, ctl) in controls.into_iter().enumerate() {
+            let gh = grads(&ps, device, 500 + j as u64);
+            let control = ctl.map(|v| Tensor::from_f32_on(&v, &[4], device).unwrap());
+            opt.update_hessian(&ps, &gh, tokens, control.as_ref()).unwrap();
+            let (scale, applies) = ctl.map_or((1.0, true), |v| (v[0] as f64, v[1] != 0.0));
+            for k in 0..ps.len() {
+                if applies {
+                    for (i, g) in f64s(&gh[k].to_vec()).into_iter().enumerate() {
+                        sophia_hessian_reference(&c, g * scale, &mut s[k][2 * i..2 * i + 2], tokens as f64);
+                    }
+                }
+                let what = format!("{what} Hessian update {j} param {k}");
+                assert_close(&opt.state()[k].to_vec(), &s[k], 1e-6, 1e-5, &what);
+                assert_eq!(ps[k].to_vec(), before[k], "{what}: the weights must not change");
+            }
+        }
+        assert_eq!(opt.steps(), 5, "{what}: Hessian updates are not steps");
+        let gs = grads(&ps, device, 600);
+        opt.set_lr(0.05);
+        opt.step(&ps, &gs).unwrap();
+        let (mut clipped, mut total) = (0, 0);
+        for k in 0..ps.len() {
+            let (g, got) = (f64s(&gs[k].to_vec()), ps[k].to_vec());
+            let mut want = Vec::new();
+            for i in 0..got.len() {
+                let si = &mut s[k][2 * i..2 * i + 2];
+                let w = sophia_reference(&c, before[k][i] as f64, g[i], si, 0.05, c.weight_decay as f64);
+                let ratio = si[0] / (c.rho as f64 * si[1]).max(c.eps as f64);
+                clipped += (ratio.abs() > 1.0) as usize;
+                total += 1;
+                want.push(w);
+            }
+            let what = format!("{what} step param {k}");
+            assert_close(&opt.state()[k].to_vec(), &s[k], 1e-6, 1e-5, &format!("{what} state"));
+            if dtype == Precision::FP32 {
+                assert_close(&got, &want, 1e-6, 1e-5, &what);
+            } else {
+                for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    let err = (g as f64 - w).abs() / bf16_ulp(w);
+                    assert!(err <= 1.0 + 1e-3, "{what} element {i}: {g} is not a bf16 neighbour of {w}");
+                }
+            }
+        }
+        assert!(clipped > total / 10 && clipped < total * 9 / 10, "{what}: {clipped} of {total} clipped");
+        assert_eq!(opt.steps(), 6);
+        assert!(opt.wants_hessian(), "{what}: step 7 of k = 3 takes an estimate");
+    }
+    // A fresh Sophia estimates at steps 1, 4, 7 (k = 3); Lion and AdamW never.
+    let p = vec![Tensor::from_f32_on(&rand_vec(9, -1.0, 1.0, 1), &[9], device).unwrap()];
+    let mut opt = Sophia::new(c);
+    let mut wants = Vec::new();
+    for t in 0..7 {
+        wants.push(opt.wants_hessian());
+        opt.step(&p, &grads(&p, device, t)).unwrap();
+    }
+    assert_eq!(wants, [true, false, false, true, false, false, true]);
+    assert!(!Lion::new(LionConfig::default()).wants_hessian() && !AdamW::new(AdamWConfig::default()).wants_hessian());
 }
 
 fn stochastic_rounding(device: Device) {
@@ -391,17 +502,16 @@ fn step_control(device: Device) {
     // Controlled (scale, then step) against clip_grad_norm then step, for both rules.
     let params = |seed| sizes.iter().map(|&n| t(&rand_vec(n, -1.0, 1.0, seed))).collect::<Vec<_>>();
     let (lion, adamw) = (LionConfig { lr: 0.01, ..Default::default() }, AdamWConfig { lr: 0.01, ..Default::default() });
+    let sophia = SophiaConfig { lr: 0.01, ..Default::default() };
     for mut pair in [
         [Opt::Lion(Lion::new(lion)), Opt::Lion(Lion::new(lion))],
         [Opt::AdamW(AdamW::new(adamw)), Opt::AdamW(AdamW::new(adamw))],
+        [Opt::Sophia(Sophia::new(sophia)), Opt::Sophia(Sophia::new(sophia))],
     ] {
         let (pa, pb) = (params(70), params(70));
         let gb: Vec<Tensor> = grads.iter().map(|g| t(&g.to_vec())).collect();
         let control = optim::step_control(&grads, &loss, (norm / 3.0) as f32).unwrap();
-        match &mut pair[0] {
-            Opt::Lion(o) => o.step_controlled(&pa, &grads, &control).unwrap(),
-            Opt::AdamW(o) => o.step_controlled(&pa, &grads, &control).unwrap(),
-        }
+        pair[0].optimizer().step_controlled(&pa, &grads, &control).unwrap();
         optim::clip_grad_norm(&gb, (norm / 3.0) as f32).unwrap();
         pair[1].step(&pb, &gb, 0.01).unwrap();
         for (a, b) in pa.iter().zip(&pb) {
@@ -414,18 +524,10 @@ fn step_control(device: Device) {
         for (g, l) in [(&grads, &nan), (&inf_grads, &loss)] {
             let c = optim::step_control(g, l, 1.0).unwrap();
             assert_eq!(c.to_vec()[1], 0.0, "a NaN/Inf step is marked as skipped");
-            match &mut pair[0] {
-                Opt::Lion(o) => {
-                    o.step_controlled(&pa, g, &c).unwrap();
-                    o.uncount_step();
-                    assert_eq!(o.steps(), 1);
-                }
-                Opt::AdamW(o) => {
-                    o.step_controlled(&pa, g, &c).unwrap();
-                    o.uncount_step();
-                    assert_eq!(o.steps(), 1);
-                }
-            }
+            let o = pair[0].optimizer();
+            o.step_controlled(&pa, g, &c).unwrap();
+            o.uncount_step();
+            assert_eq!(o.steps(), 1);
         }
         assert_eq!(pa.iter().map(|p| p.to_vec()).collect::<Vec<_>>(), w, "a skipped step moved the weights");
         assert_eq!(pair[0].state()[0].to_vec(), s, "a skipped step moved the state");
@@ -466,6 +568,7 @@ fn errors(device: Device) {
 device_tests!(
     f32_rules_match_reference,
     bf16_params_round_stochastically,
+    sophia_update,
     stochastic_rounding,
     clip_grad_norm,
     step_control,

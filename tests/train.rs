@@ -73,6 +73,52 @@ fn loss_falls_on_real_text() {
     assert!(before > 4.5 && after < before - 1.5, "validation loss {before} -> {after}");
 }
 
+/// 60 steps of Sophia (Hessian estimates every 10) and of AdamW from the same weights on the
+/// same TinyShakespeare batches: Sophia's validation loss must fall as far, within 0.1 nats.
+#[test]
+fn sophia_trains_like_adamw() {
+    let mut cfg = tiny();
+    cfg.vocab_size = 128;
+    let eval: Vec<_> = (0..2).map(|i| text_batch(900_000 + i * 20_000, 8, 32, 128)).collect();
+    let run = |kind: OptimizerKind, lr: f32| {
+        let mut t = Trainer::new_on(cfg.clone(), train_config(kind, lr, 60), Device::Cpu).unwrap();
+        let mut curve = vec![(0, t.evaluate(&eval, 8, 32).unwrap())];
+        for step in 0..60 {
+            let (x, y) = text_batch(step * 8 * 997, 8, 32, 128);
+            t.train_step(&x, &y, 8, 32).unwrap();
+            if (step + 1) % 10 == 0 {
+                curve.push((step + 1, t.evaluate(&eval, 8, 32).unwrap()));
+            }
+        }
+        curve
+    };
+    let adamw = run(OptimizerKind::AdamW, 3e-3);
+    let sophia = run(OptimizerKind::Sophia, 3e-3);
+    eprintln!("validation loss by step: (step, adamw, sophia)");
+    for ((s, a), (_, b)) in adamw.iter().zip(&sophia) {
+        eprintln!("{s:3} {a:.4} {b:.4}");
+    }
+    let (a, b) = (adamw.last().unwrap().1, sophia.last().unwrap().1);
+    assert!(adamw[0].1 > 4.5 && a < adamw[0].1 - 1.5, "adamw: validation loss {} -> {a}", adamw[0].1);
+    assert!(b < a + 0.1, "sophia's validation loss {b} should be within 0.1 of adamw's {a}");
+}
+
+/// The GPU's Sophia (its kernels, and labels sampled from logits read back) follows the CPU's.
+#[test]
+fn sophia_cpu_and_gpu_agree() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut cfg = train_config(OptimizerKind::Sophia, 3e-3, 12);
+    cfg.sophia_k = 4;
+    let mut cpu = Trainer::new_on(tiny(), cfg.clone(), Device::Cpu).unwrap();
+    let mut dev = Trainer::new_on(tiny(), cfg, gpu).unwrap();
+    for step in 0..12 {
+        let (x, y) = text_batch(step * 5000, 2, 16, 64);
+        let (lc, _) = cpu.train_step(&x, &y, 2, 16).unwrap();
+        let (lg, _) = dev.train_step(&x, &y, 2, 16).unwrap();
+        assert!((lc - lg).abs() < 3e-3 * lc.abs().max(1.0), "step {step}: cpu loss {lc}, gpu loss {lg}");
+    }
+}
+
 #[test]
 fn cpu_and_gpu_agree_for_20_steps() {
     let Some(gpu) = common::gpu() else { return };
@@ -91,16 +137,28 @@ fn cpu_and_gpu_agree_for_20_steps() {
 /// On the CPU, and on the GPU (parameters, gradients and optimizer state in flat buffers there).
 #[test]
 fn resume_is_bit_exact() {
-    resume_is_bit_exact_on(Device::Cpu);
+    resume_is_bit_exact_on(Device::Cpu, OptimizerKind::Lion);
     if let Some(gpu) = common::gpu() {
-        resume_is_bit_exact_on(gpu);
+        resume_is_bit_exact_on(gpu, OptimizerKind::Lion);
     }
 }
 
-fn resume_is_bit_exact_on(device: Device) {
-    let dir = std::env::temp_dir().join(format!("irontensor-resume-{}-{}", std::process::id(), device.name()));
+/// Sophia with a Hessian estimate every 3 steps: at steps 0 and 3 before the checkpoint (at 4),
+/// at 6 after it, from the restored (m, h), step count and label-sampling stream.
+#[test]
+fn sophia_resume_is_bit_exact() {
+    resume_is_bit_exact_on(Device::Cpu, OptimizerKind::Sophia);
+    if let Some(gpu) = common::gpu() {
+        resume_is_bit_exact_on(gpu, OptimizerKind::Sophia);
+    }
+}
+
+fn resume_is_bit_exact_on(device: Device, optimizer: OptimizerKind) {
+    let name = format!("{}-{optimizer:?}", device.name());
+    let dir = std::env::temp_dir().join(format!("irontensor-resume-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut cfg = train_config(OptimizerKind::Lion, 1e-3, 8);
+    let mut cfg = train_config(optimizer, 1e-3, 8);
+    cfg.sophia_k = 3;
     cfg.checkpoint_dir = dir.to_string_lossy().into_owned();
     let mut model = tiny();
     model.dropout = 0.1; // the dropout masks must resume too
@@ -119,6 +177,7 @@ fn resume_is_bit_exact_on(device: Device) {
     assert_eq!(latest, saved);
     let mut resumed = Trainer::load_checkpoint(&latest, device).unwrap();
     assert_eq!((resumed.step, resumed.data_position), (4, 4));
+    assert_eq!(resumed.optimizer_name(), format!("{optimizer:?}").to_lowercase());
     let got: Vec<f32> = batches[4..].iter().map(|(x, y)| resumed.train_step(x, y, 2, 16).unwrap().0).collect();
     assert_eq!(
         got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),

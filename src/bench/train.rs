@@ -137,10 +137,7 @@ pub fn train(opts: &TrainBench) -> Result<serde_json::Value> {
 
     let ms = median(&times) * 1e3;
     let tokens_per_s = (b * t * opts.steps) as f64 / total;
-    let slots = match w.optimizer {
-        OptimizerKind::Lion => 1,
-        OptimizerKind::AdamW => 2,
-    };
+    let slots = w.optimizer.state_width();
     // Gradients and optimizer state are f32 whatever the weights' storage is.
     let (grad_bytes, opt_bytes) = (num_params as u64 * 4, (slots * num_params) as u64 * 4);
     let expected = param_bytes + grad_bytes + opt_bytes + activation_bytes;
@@ -205,10 +202,7 @@ fn train_config(optimizer: OptimizerKind, total_steps: usize) -> TrainingConfig 
         checkpoint_dir: String::new(),
         ..Default::default()
     };
-    if optimizer == OptimizerKind::Lion {
-        c.learning_rate = 2e-4;
-        (c.beta1, c.beta2) = (0.99, 0.9);
-    }
+    optimizer.set_defaults(&mut c);
     c
 }
 

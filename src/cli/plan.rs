@@ -21,6 +21,9 @@ pub struct TrainOptions {
     pub save_interval: Option<usize>,
     pub grad_accum: Option<usize>,
     pub optimizer: String,
+    /// `--sophia-rho`, `--sophia-k` (only with `--optimizer sophia`).
+    pub sophia_rho: Option<f32>,
+    pub sophia_k: Option<usize>,
     pub resume: bool,
     pub out: PathBuf,
     pub sample_tokens: usize,
@@ -49,6 +52,8 @@ impl Default for TrainOptions {
             save_interval: None,
             grad_accum: None,
             optimizer: "adamw".into(),
+            sophia_rho: None,
+            sophia_k: None,
             resume: false,
             out: PathBuf::from("runs/shakespeare"),
             sample_tokens: 300,
@@ -104,10 +109,13 @@ pub fn plan_from(o: &TrainOptions, device: Device, init: Option<&ModelConfig>) -
         use_bf16: o.bf16,
         ..Default::default()
     };
-    if optimizer == OptimizerKind::Lion {
-        t.learning_rate = 2e-4;
-        (t.beta1, t.beta2) = (0.99, 0.9); // our names: interpolate with beta2 = 0.9, track with beta1 = 0.99 (see lion.rs)
+    optimizer.set_defaults(&mut t);
+    if optimizer != OptimizerKind::Sophia && (o.sophia_rho.is_some() || o.sophia_k.is_some()) {
+        let flag = if o.sophia_rho.is_some() { "--sophia-rho" } else { "--sophia-k" };
+        return Err(Error::Invalid(format!("{flag} is for --optimizer sophia, not {}", o.optimizer)));
     }
+    t.sophia_rho = o.sophia_rho.unwrap_or(t.sophia_rho);
+    t.sophia_k = o.sophia_k.unwrap_or(t.sophia_k);
     let (mut batch, mut seq) = (64, 256);
     if init.is_some() {
         t.learning_rate = 5e-5;
@@ -153,7 +161,7 @@ pub fn plan_from(o: &TrainOptions, device: Device, init: Option<&ModelConfig>) -
 /// The flags that must be positive counts (or a finite positive rate), checked first.
 fn check_counts(o: &TrainOptions) -> Result<()> {
     let counts = [("steps", o.steps), ("batch", o.batch), ("seq", o.seq), ("save-interval", o.save_interval)];
-    for (flag, v) in counts.into_iter().chain([("grad-accum", o.grad_accum)]) {
+    for (flag, v) in counts.into_iter().chain([("grad-accum", o.grad_accum), ("sophia-k", o.sophia_k)]) {
         if let Some(v) = v {
             at_least_one(flag, v)?;
         }
@@ -161,6 +169,11 @@ fn check_counts(o: &TrainOptions) -> Result<()> {
     if let Some(lr) = o.lr {
         if !(lr.is_finite() && lr > 0.0) {
             return Err(bad_flag("lr", lr, "must be a finite number > 0"));
+        }
+    }
+    if let Some(rho) = o.sophia_rho {
+        if !(rho.is_finite() && rho > 0.0) {
+            return Err(bad_flag("sophia-rho", rho, "must be a finite number > 0"));
         }
     }
     Ok(())
@@ -220,6 +233,15 @@ mod tests {
         assert_eq!((p.train.optimizer, p.train.learning_rate), (OptimizerKind::Lion, 0.5));
         let lion = plan(&TrainOptions { optimizer: "lion".into(), ..Default::default() }, Device::Cpu).unwrap();
         assert_eq!((lion.train.learning_rate, lion.train.beta1, lion.train.beta2), (2e-4, 0.99, 0.9));
+        let o = TrainOptions {
+            optimizer: "sophia".into(),
+            sophia_rho: Some(0.05),
+            sophia_k: Some(4),
+            ..Default::default()
+        };
+        let sophia = plan(&o, Device::Cpu).unwrap().train;
+        assert_eq!((sophia.optimizer, sophia.beta1, sophia.beta2), (OptimizerKind::Sophia, 0.965, 0.99));
+        assert_eq!((sophia.learning_rate, sophia.sophia_rho, sophia.sophia_k), (6e-4, 0.05, 4));
     }
 
     #[test]
@@ -247,7 +269,10 @@ mod tests {
                 TrainOptions { batch: Some(10), grad_accum: Some(4), ..d() },
                 "--batch 10: must be divisible by --grad-accum 4",
             ),
-            (TrainOptions { optimizer: "sgd".into(), ..d() }, "--optimizer sgd: expected adamw or lion"),
+            (TrainOptions { optimizer: "sgd".into(), ..d() }, "--optimizer sgd: expected adamw, lion or sophia"),
+            (TrainOptions { sophia_rho: Some(0.0), ..d() }, "--sophia-rho 0: must be a finite number > 0"),
+            (TrainOptions { sophia_k: Some(0), ..d() }, "--sophia-k 0: must be at least 1"),
+            (TrainOptions { sophia_k: Some(5), ..d() }, "--sophia-k is for --optimizer sophia, not adamw"),
             (TrainOptions { config: "huge".into(), ..d() }, "huge"),
         ];
         for (o, want) in cases {

@@ -7,7 +7,7 @@ use crate::device::gpu;
 use crate::dist::Dist;
 use crate::infer::SamplingConfig;
 use crate::settings::DistSettings;
-use crate::train::{catch_ctrl_c, fit, gb, MemoryPlan, OptimizerKind, RunOptions, Trainer};
+use crate::train::{catch_ctrl_c, fit, gb, MemoryPlan, RunOptions, Trainer};
 use crate::{Device, Error, Result};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -62,8 +62,8 @@ fn check_memory(plan: &Plan) -> Result<()> {
     if !train.use_bf16 {
         fixes.push(format!("IRONTENSOR_BF16=1 (BF16 weights: {})", gb(need.weights / 2)));
     }
-    if train.optimizer == OptimizerKind::AdamW {
-        fixes.push(format!("--optimizer lion (one moment, not two: {})", gb(need.optimizer / 2)));
+    if train.optimizer.state_width() == 2 {
+        fixes.push(format!("--optimizer lion (one state word per weight, not two: {})", gb(need.optimizer / 2)));
     }
     fixes.push("a smaller --config".into());
     Err(Error::Invalid(format!(

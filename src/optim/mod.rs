@@ -1,16 +1,18 @@
-//! Optimizers that update parameters in place: Lion (the β names of IronTensor's API: see lion.rs), AdamW, and
-//! gradient clipping. BF16 parameters are updated in f32 and stored with stochastic rounding.
+//! Optimizers that update parameters in place: Lion (the β names of IronTensor's API: see lion.rs), AdamW,
+//! Sophia-G, and gradient clipping. BF16 parameters are updated in f32 and stored with stochastic rounding.
 
 mod adamw;
 pub mod clip;
 mod lion;
 mod rounding;
+mod sophia;
 mod stateful;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use clip::{clip_grad_norm, global_norm, step_control, step_control_scaled};
 pub use lion::{Lion, LionConfig};
 pub use rounding::stochastic_round;
+pub use sophia::{Sophia, SophiaConfig};
 pub use stateful::{Optimizer, Stateful, UpdateRule};
 
 use rounding::{noise_key, Elem};
@@ -34,6 +36,8 @@ op_codes! {
     enum RuleCode {
         Lion = 0 => RULE_LION,
         AdamW = 1 => RULE_ADAMW,
+        Sophia = 2 => RULE_SOPHIA,
+        SophiaHessian = 3 => RULE_SOPHIA_HESSIAN,
     }
 }
 
@@ -54,6 +58,8 @@ kernel_params! {
         bc2_sqrt: f32,
         use_ctl: u32,
         ctl_off: u32,
+        rho: f32,
+        tokens: f32,
     }
 }
 
@@ -69,14 +75,18 @@ enum Rule {
     Lion { beta1: f32, beta2: f32 },
     /// Adam with bias correction: bc1 = 1 - β1^t, bc2_sqrt = sqrt(1 - β2^t).
     AdamW { beta1: f32, beta2: f32, eps: f32, bc1: f32, bc2_sqrt: f32 },
+    /// Sophia: m = β1·m + (1-β1)·g, update = clip(m / max(ρ·h, ε), 1); h is left as it is.
+    Sophia { beta1: f32, rho: f32, eps: f32 },
+    /// Sophia's Hessian EMA: h = β2·h + (1-β2)·tokens·g²; the weight and m are left as they are.
+    SophiaHessian { beta2: f32, tokens: f32 },
 }
 
 impl Rule {
-    /// f32 state words per parameter element: Lion m; AdamW (m, v) interleaved.
+    /// f32 state words per parameter element: Lion m; AdamW (m, v) and Sophia (m, h) interleaved.
     fn width(self) -> usize {
         match self {
             Rule::Lion { .. } => 1,
-            Rule::AdamW { .. } => 2,
+            Rule::AdamW { .. } | Rule::Sophia { .. } | Rule::SophiaHessian { .. } => 2,
         }
     }
 
@@ -106,14 +116,30 @@ impl Rule {
                 s[1] = v;
                 w1 - lr * (m / bc1) / (v.sqrt() / bc2_sqrt + eps)
             }
+            Rule::Sophia { beta1, rho, eps } => {
+                let w1 = w - lr * wd * w;
+                let m = beta1 * s[0] + (1.0 - beta1) * g;
+                s[0] = m;
+                w1 - lr * (m / (rho * s[1]).max(eps)).clamp(-1.0, 1.0)
+            }
+            Rule::SophiaHessian { beta2, tokens } => {
+                s[1] = beta2 * s[1] + (1.0 - beta2) * tokens * g * g;
+                w
+            }
         }
     }
 
-    /// (code, beta1, beta2, eps, bc1, bc2_sqrt) for the kernel.
-    fn params(self) -> (RuleCode, [f32; 5]) {
+    /// (code, beta1, beta2, eps, bc1, bc2_sqrt, rho, tokens) for the kernel.
+    fn params(self) -> (RuleCode, [f32; 7]) {
         match self {
-            Rule::Lion { beta1, beta2 } => (RuleCode::Lion, [beta1, beta2, 0.0, 1.0, 1.0]),
-            Rule::AdamW { beta1, beta2, eps, bc1, bc2_sqrt } => (RuleCode::AdamW, [beta1, beta2, eps, bc1, bc2_sqrt]),
+            Rule::Lion { beta1, beta2 } => (RuleCode::Lion, [beta1, beta2, 0.0, 1.0, 1.0, 0.0, 0.0]),
+            Rule::AdamW { beta1, beta2, eps, bc1, bc2_sqrt } => {
+                (RuleCode::AdamW, [beta1, beta2, eps, bc1, bc2_sqrt, 0.0, 0.0])
+            }
+            Rule::Sophia { beta1, rho, eps } => (RuleCode::Sophia, [beta1, 0.0, eps, 1.0, 1.0, rho, 0.0]),
+            Rule::SophiaHessian { beta2, tokens } => {
+                (RuleCode::SophiaHessian, [0.0, beta2, 0.0, 1.0, 1.0, 0.0, tokens])
+            }
         }
     }
 }
@@ -160,7 +186,8 @@ impl Slots {
     }
 
     /// Checks every parameter, gradient and state first, then updates each parameter in place.
-    /// `settings` gets the step number (1 for the first step). With `control` (see
+    /// `settings` gets the step number (1 for the first step); `count`: this is a step (not
+    /// Sophia's Hessian update, which runs the same way but is no step). With `control` (see
     /// `step_control`), the gradients are scaled by control[0] and nothing changes where
     /// control[1] is 0; both are read where the update runs, so the host need not wait for them.
     fn step(
@@ -169,6 +196,7 @@ impl Slots {
         params: &[Tensor],
         grads: &[Tensor],
         control: Option<&Tensor>,
+        count: bool,
         settings: impl Fn(u64) -> Settings,
     ) -> Result<()> {
         let width = settings(self.steps + 1).rule.width();
@@ -225,7 +253,7 @@ impl Slots {
                 );
             }
         }
-        self.steps += 1;
+        self.steps += count as u64;
         let set = settings(self.steps);
         let hypers: Vec<Hyper> = (0..params.len())
             .map(|k| Hyper {
@@ -378,7 +406,7 @@ impl Update<'_> {
         if threads == 0 {
             return Ok(());
         }
-        let (code, [b1, b2, eps, bc1, bc2_sqrt]) = self.set.rule.params();
+        let (code, [b1, b2, eps, bc1, bc2_sqrt, rho, tokens]) = self.set.rule.params();
         let params = OptimParams {
             n: to_u32("optimizer step", "threads", threads)?,
             g_off: 0,
@@ -394,6 +422,8 @@ impl Update<'_> {
             bc2_sqrt,
             use_ctl: self.control.is_some() as u32,
             ctl_off: to_u32("optimizer step", "control offset", self.control.map_or(0, |c| c.offset()))?,
+            rho,
+            tokens,
         };
         // Without a control the kernel never reads that binding: g stands in for it.
         let ctl = self.control.map_or((g[k].gpu(), starts[1]), |c| (c.gpu(), 0));

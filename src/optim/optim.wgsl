@@ -1,4 +1,4 @@
-// In-place optimizer updates (Lion with β names as in lion.rs, AdamW) of f32 or bf16 parameters, every
+// In-place optimizer updates (Lion with β names as in lion.rs, AdamW, Sophia) of f32 or bf16 parameters, every
 // parameter whose weights, gradient and state sit in the bound buffers in one dispatch (a table
 // of segments says where each is), and stochastic rounding to bf16. The formulas match
 // `Rule::apply` and the hash `pcg` in mod.rs. BF16 is packed two per u32 (element 2i in the low
@@ -9,7 +9,7 @@ struct Params {
     key: u32,      // round_sr: stochastic-rounding key
     segments: u32, // update: entries of `seg`
     bf16: u32,     // 1: w holds packed bf16
-    rule: u32,     // RULE_LION or RULE_ADAMW
+    rule: u32,     // RULE_LION, RULE_ADAMW, RULE_SOPHIA or RULE_SOPHIA_HESSIAN
     lr: f32,
     b1: f32,
     b2: f32,
@@ -18,11 +18,15 @@ struct Params {
     bc2_sqrt: f32, // sqrt(1 - b2^t)
     use_ctl: u32,  // 1: the step control decides (ctl[0] scales g; ctl[1] == 0 skips the update)
     ctl_off: u32,  // element offset of the step control
+    rho: f32,      // Sophia's γ
+    tokens: f32,   // Sophia's Hessian update: B, the tokens the sampled-label loss averages over
 }
 
 // Update rules (p.rule): mod.rs's RuleCode, checked by tests/kernel_params.rs.
 const RULE_LION: u32 = 0u;
 const RULE_ADAMW: u32 = 1u;
+const RULE_SOPHIA: u32 = 2u;
+const RULE_SOPHIA_HESSIAN: u32 = 3u;
 
 // One parameter (or piece of one) of the update: element offsets of its weights, gradient and state in their
 // buffers, its length, weight decay and rounding key, and its first thread in the dispatch.
@@ -40,7 +44,7 @@ struct Segment {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> w: array<u32>; // parameters (f32 bits or bf16 pairs)
 @group(0) @binding(2) var<storage, read> g: array<f32>;       // gradients
-@group(0) @binding(3) var<storage, read_write> s: array<f32>; // state: Lion m; AdamW (m, v) pairs
+@group(0) @binding(3) var<storage, read_write> s: array<f32>; // state: Lion m; AdamW (m, v), Sophia (m, h) pairs
 @group(0) @binding(4) var<storage, read> ctl: array<f32>;     // step control (clip.wgsl's `control`)
 @group(0) @binding(5) var<storage, read> seg: array<Segment>; // sorted by `first`
 
@@ -74,8 +78,18 @@ fn rule(sg: Segment, i: u32, wi: f32, gscale: f32) -> f32 {
         s[sg.s_off + i] = p.b1 * m + (1.0 - p.b1) * gi;
         return wi - p.lr * u - p.lr * sg.wd * wi;
     }
-    let w1 = wi - p.lr * sg.wd * wi;
     let k = sg.s_off + 2u * i;
+    if p.rule == RULE_SOPHIA_HESSIAN { // h only; the weight is written back unchanged
+        s[k + 1u] = p.b2 * s[k + 1u] + (1.0 - p.b2) * p.tokens * gi * gi;
+        return wi;
+    }
+    if p.rule == RULE_SOPHIA {
+        let w1 = wi - p.lr * sg.wd * wi;
+        let m = p.b1 * s[k] + (1.0 - p.b1) * gi;
+        s[k] = m;
+        return w1 - p.lr * clamp(m / max(p.rho * s[k + 1u], p.eps), -1.0, 1.0);
+    }
+    let w1 = wi - p.lr * sg.wd * wi;
     let m = p.b1 * s[k] + (1.0 - p.b1) * gi;
     let v = p.b2 * s[k + 1u] + (1.0 - p.b2) * gi * gi;
     s[k] = m;

@@ -1,12 +1,12 @@
-//! The `Optimizer` trait, and `Stateful`: the one implementation behind Lion and AdamW, which
-//! differ only in their config and its per-step `Settings`.
+//! The `Optimizer` trait, and `Stateful`: the one implementation behind Lion, AdamW and Sophia,
+//! which differ only in their config and its per-step `Settings`.
 
 use super::{Settings, Slots};
 use crate::{Result, Tensor};
 
 /// What the trainer needs of an optimizer: it holds a `Box<dyn Optimizer>`.
 pub trait Optimizer: Send {
-    /// "lion" or "adamw": names the optimizer in errors.
+    /// "lion", "adamw" or "sophia": names the optimizer in errors.
     fn name(&self) -> &'static str;
 
     /// Sets the learning rate for the next steps (schedulers call this every step).
@@ -37,6 +37,26 @@ pub trait Optimizer: Send {
 
     /// The per-parameter state: f32, flat, `width` values per element (empty before a step).
     fn state(&self) -> &[Tensor];
+
+    /// Whether the next step wants a Hessian estimate first (`update_hessian`): Sophia every
+    /// k steps; never for the others.
+    fn wants_hessian(&self) -> bool {
+        false
+    }
+
+    /// Folds a diagonal Hessian estimate into the state: `grads` are those of the mean loss
+    /// over `tokens` tokens with labels sampled from the model (Sophia-G's estimator).
+    /// With `control` (from `step_control`) they are scaled by control[0] and nothing changes
+    /// where control[1] is 0. A no-op for optimizers without a Hessian.
+    fn update_hessian(
+        &mut self,
+        _params: &[Tensor],
+        _grads: &[Tensor],
+        _tokens: usize,
+        _control: Option<&Tensor>,
+    ) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// An optimizer's config: its name, state width and the settings of step `t` (1 for the first).
@@ -46,9 +66,19 @@ pub trait UpdateRule: Copy + Send + 'static {
     const WIDTH: usize;
     fn set_lr(&mut self, lr: f32);
     fn settings(&self, t: u64) -> Settings;
+
+    /// Whether step `t` starts with a Hessian estimate (Sophia).
+    fn wants_hessian(&self, _t: u64) -> bool {
+        false
+    }
+
+    /// The settings that fold a Hessian estimate of `tokens` tokens into the state (Sophia).
+    fn hessian_settings(&self, _tokens: f32) -> Option<Settings> {
+        None
+    }
 }
 
-/// An optimizer with per-element f32 state: `Lion` and `AdamW` are this over their configs.
+/// An optimizer with per-element f32 state: `Lion`, `AdamW` and `Sophia` are this over their configs.
 pub struct Stateful<C> {
     pub config: C,
     slots: Slots,
@@ -80,12 +110,12 @@ impl<C: UpdateRule> Optimizer for Stateful<C> {
 
     fn step(&mut self, params: &[Tensor], grads: &[Tensor]) -> Result<()> {
         let settings = self.settings();
-        self.slots.step(C::NAME, params, grads, None, settings)
+        self.slots.step(C::NAME, params, grads, None, true, settings)
     }
 
     fn step_controlled(&mut self, params: &[Tensor], grads: &[Tensor], control: &Tensor) -> Result<()> {
         let settings = self.settings();
-        self.slots.step(C::NAME, params, grads, Some(control), settings)
+        self.slots.step(C::NAME, params, grads, Some(control), true, settings)
     }
 
     fn uncount_step(&mut self) {
@@ -102,5 +132,25 @@ impl<C: UpdateRule> Optimizer for Stateful<C> {
 
     fn state(&self) -> &[Tensor] {
         &self.slots.state
+    }
+
+    fn wants_hessian(&self) -> bool {
+        self.config.wants_hessian(self.slots.steps + 1)
+    }
+
+    fn update_hessian(
+        &mut self,
+        params: &[Tensor],
+        grads: &[Tensor],
+        tokens: usize,
+        control: Option<&Tensor>,
+    ) -> Result<()> {
+        let c = self.config;
+        if c.hessian_settings(1.0).is_none() {
+            return Ok(());
+        }
+        let settings = move |_t: u64| c.hessian_settings(tokens as f32).expect("checked above");
+        // The same checks and dispatch as a step, with a rule that changes only the state.
+        self.slots.step(C::NAME, params, grads, control, false, settings)
     }
 }

@@ -28,10 +28,7 @@ impl MemoryPlan {
     pub fn new(model: &ModelConfig, train: &TrainingConfig, batch: usize, seq: usize) -> MemoryPlan {
         let params = model.num_params() as u64;
         let stored = if train.use_bf16 || model.precision == Precision::BF16 { 2 } else { 4 };
-        let width = match train.optimizer {
-            OptimizerKind::AdamW => 2,
-            OptimizerKind::Lion => 1,
-        };
+        let width = train.optimizer.state_width() as u64;
         let (c, f, v) = (model.hidden_dim as u64, model.intermediate_dim as u64, model.vocab_size as u64);
         let kv = (model.num_kv_heads * model.head_dim()) as u64;
         let tokens = (batch / train.grad_accum_steps.max(1) * seq) as u64;
@@ -44,11 +41,13 @@ impl MemoryPlan {
         let output = 3 * tokens * c + (1 << 23).min(tokens * v);
         // A BF16 output weight is widened to f32 for the cross-entropy.
         let widened = if stored == 2 { v * c } else { 0 };
+        // Sophia's Hessian estimate makes a micro-batch's full logits, outside the backward.
+        let sampled = if train.optimizer == OptimizerKind::Sophia { tokens * v } else { 0 };
         MemoryPlan {
             weights: params * stored,
             gradients: params * 4,
             optimizer: params * 4 * width,
-            activations: 4 * (layers + output + widened),
+            activations: 4 * (layers + output + widened).max(sampled),
         }
     }
 

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 mod checkpoints;
 mod config;
+mod hessian;
 mod loss_scale;
 mod memory;
 mod plot;

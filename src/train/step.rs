@@ -1,14 +1,24 @@
 //! One optimizer step (forward, backward, gradient accumulation, the all-reduce under MPI,
 //! clipping and the NaN/Inf skip), and evaluation.
 
+use super::hessian::sample_labels;
 use super::Trainer;
 use crate::ops::{self, flat};
 use crate::optim::step_control_scaled;
 use crate::profile::{self, Phase};
+use crate::rng::Rng;
 use crate::{bail, no_grad, Device, Precision, Result, Tensor};
 
+/// Where a gradient pass (`Trainer::gradients`) takes its targets from.
+pub(super) enum Labels<'a> {
+    /// The data's next tokens, with dropout: training.
+    Data(&'a [u32]),
+    /// Drawn from the model's own softmax, without dropout: Sophia's Hessian estimate.
+    Sampled(&'a mut Rng),
+}
+
 impl Trainer {
-    fn tokens(&self, ids: &[u32], b: usize, t: usize) -> Result<Tensor> {
+    pub(super) fn tokens(&self, ids: &[u32], b: usize, t: usize) -> Result<Tensor> {
         Tensor::from_u32_on(ids, &[b, t], self.model.device())
     }
 
@@ -29,8 +39,55 @@ impl Trainer {
         if !batch.is_multiple_of(accum) {
             bail!(Shape, "train_step: batch {batch} is not divisible by grad_accum_steps {accum}");
         }
-        let micro = batch / accum;
         let scale = self.loss_scale.now(self.model.device());
+        if self.optimizer.wants_hessian() {
+            // Before this step's gradients exist, so the two sets are never held at once.
+            self.update_hessian(inputs, batch, seq_len, scale)?;
+        }
+        let params = self.params();
+        let (grads, loss_sum) = self.gradients(inputs, Labels::Data(targets), batch, seq_len, scale)?;
+        let _optimizer = profile::phase(Phase::Optimizer);
+        // Clipping and the NaN/Inf skip are decided on the device and applied inside the update.
+        let control = step_control_scaled(&grads, &loss_sum, self.config.max_grad_norm, scale)?;
+        let lr = self.scheduler.get_lr(self.step);
+        self.optimizer.set_lr(lr);
+        self.optimizer.step_controlled(&params, &grads, &control)?;
+        let c = control.to_vec(); // the step's one host read
+        let (applied, norm, loss_sum) = (c[1] != 0.0, c[2], c[3]);
+        if scale != 1.0 {
+            self.loss_scale.update(applied);
+        }
+        if !applied {
+            self.optimizer.uncount_step();
+            self.skipped_steps += 1;
+            if self.dist().is_none_or(|d| d.is_root()) {
+                let why = match scale != 1.0 && loss_sum.is_finite() {
+                    true => format!(
+                        "gradients overflowed at loss scale {scale}; the scale is now {}",
+                        self.loss_scale.scale
+                    ),
+                    false => format!("loss {loss_sum} / gradient norm {norm} is not finite"),
+                };
+                eprintln!("step {}: {why}; update skipped", self.step);
+            }
+        }
+        self.step += 1;
+        profile::step();
+        Ok((loss_sum, norm))
+    }
+
+    /// Gradients of the batch's mean loss times `scale` (the loss scale): micro-batches summed,
+    /// averaged across MPI ranks, in one buffer on the GPU; and the loss (unscaled) on the device.
+    pub(super) fn gradients(
+        &self,
+        inputs: &[u32],
+        mut labels: Labels,
+        batch: usize,
+        seq_len: usize,
+        scale: f32,
+    ) -> Result<(Vec<Tensor>, Tensor)> {
+        let accum = self.config.grad_accum_steps;
+        let micro = batch / accum;
         let params = self.params();
         let mut grads: Option<Vec<Tensor>> = None;
         // The summed loss stays on the device: the step reads the host only once, at its end.
@@ -38,13 +95,22 @@ impl Trainer {
         for m in 0..accum {
             let range = m * micro * seq_len..(m + 1) * micro * seq_len;
             let x = self.tokens(&inputs[range.clone()], micro, seq_len)?;
-            let y = self.tokens(&targets[range], micro, seq_len)?;
-            // Ranks draw different dropout masks (rank 0 the same as a single process).
-            let rank = self.dist().map_or(0, |d| d.rank() as u64);
-            let seed = self.config.seed ^ ((self.step as u64) << 20) ^ m as u64 ^ (rank << 40);
             let loss = {
                 let _forward = profile::phase(Phase::Forward);
-                let loss = self.model.loss(&x, &y, micro, seq_len, Some(seed))?;
+                let loss = match &mut labels {
+                    Labels::Data(targets) => {
+                        let y = self.tokens(&targets[range], micro, seq_len)?;
+                        // Ranks draw different dropout masks (rank 0 the same as a single process).
+                        let rank = self.dist().map_or(0, |d| d.rank() as u64);
+                        let seed = self.config.seed ^ ((self.step as u64) << 20) ^ m as u64 ^ (rank << 40);
+                        self.model.loss(&x, &y, micro, seq_len, Some(seed))?
+                    }
+                    Labels::Sampled(rng) => {
+                        let logits = no_grad(|| self.model.forward(&x, micro, seq_len, 0))?.to_vec();
+                        let y = sample_labels(&logits, self.model.config.vocab_size, rng);
+                        self.model.loss(&x, &self.tokens(&y, micro, seq_len)?, micro, seq_len, None)?
+                    }
+                };
                 if accum == 1 {
                     loss // scaling by 1 would cost a dispatch each way and change nothing
                 } else {
@@ -85,35 +151,7 @@ impl Trainer {
             });
             drop(backward);
         }
-        let (grads, loss_sum) = (grads.expect("at least one micro-batch"), loss_sum.expect("at least one micro-batch"));
-        let _optimizer = profile::phase(Phase::Optimizer);
-        // Clipping and the NaN/Inf skip are decided on the device and applied inside the update.
-        let control = step_control_scaled(&grads, &loss_sum, self.config.max_grad_norm, scale)?;
-        let lr = self.scheduler.get_lr(self.step);
-        self.optimizer.set_lr(lr);
-        self.optimizer.step_controlled(&params, &grads, &control)?;
-        let c = control.to_vec(); // the step's one host read
-        let (applied, norm, loss_sum) = (c[1] != 0.0, c[2], c[3]);
-        if scale != 1.0 {
-            self.loss_scale.update(applied);
-        }
-        if !applied {
-            self.optimizer.uncount_step();
-            self.skipped_steps += 1;
-            if self.dist().is_none_or(|d| d.is_root()) {
-                let why = match scale != 1.0 && loss_sum.is_finite() {
-                    true => format!(
-                        "gradients overflowed at loss scale {scale}; the scale is now {}",
-                        self.loss_scale.scale
-                    ),
-                    false => format!("loss {loss_sum} / gradient norm {norm} is not finite"),
-                };
-                eprintln!("step {}: {why}; update skipped", self.step);
-            }
-        }
-        self.step += 1;
-        profile::step();
-        Ok((loss_sum, norm))
+        Ok((grads.expect("at least one micro-batch"), loss_sum.expect("at least one micro-batch")))
     }
 
     /// Mean loss over `batches` of ([batch·seq] inputs, targets), without dropout or gradients.

@@ -1,7 +1,7 @@
 //! Trainer: the model, its optimizer and schedule, and the counters a checkpoint restores.
 //! The step is in step.rs, checkpoints in checkpoints.rs, the MPI snapshot in snapshot.rs.
 
-use super::{LossScale, LrScheduler, TrainingConfig};
+use super::{LossScale, LrScheduler, OptimizerKind, TrainingConfig};
 use crate::dist::{Dist, GradSync};
 use crate::nn::{GPTModel, ModelConfig};
 use crate::optim::Optimizer;
@@ -52,6 +52,11 @@ impl Trainer {
                 "training config: grad_accum_steps >= 1, a finite learning_rate > 0 and betas in [0, 1) are required"
             );
         }
+        if c.optimizer == OptimizerKind::Sophia
+            && (c.sophia_k == 0 || !(c.sophia_rho.is_finite() && c.sophia_rho > 0.0))
+        {
+            bail!(Invalid, "training config: sophia needs sophia_k >= 1 and a finite sophia_rho > 0");
+        }
         let scheduler = LrScheduler {
             peak: c.learning_rate,
             min_lr: c.min_lr,
@@ -99,7 +104,7 @@ impl Trainer {
         self.scheduler.get_lr(self.step)
     }
 
-    /// The optimizer's name: "lion" or "adamw".
+    /// The optimizer's name: "lion", "adamw" or "sophia".
     pub fn optimizer_name(&self) -> &'static str {
         self.optimizer.name()
     }
