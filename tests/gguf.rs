@@ -208,6 +208,15 @@ fn transformers_fixture_round_trip() {
     }
     for dir in dirs {
         let m = GPTModel::from_pretrained(&dir, Device::Cpu).unwrap();
+        // transformers' own logits for its fixed tokens (dev/make_fixtures.py): ours match them.
+        if let Ok(text) = std::fs::read_to_string(dir.join("expected.json")) {
+            let want: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let ids: Vec<u32> = want["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let rows = want["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().clone());
+            let want: Vec<f32> = rows.map(|v| v.as_f64().unwrap() as f32).collect();
+            let err = rel_err(&logits(&m, &ids), &want);
+            assert!(err < 1e-5, "{}: our logits differ from transformers' by {err} (relative)", dir.display());
+        }
         let tok = Tokenizer::load(dir.join("tokenizer.json")).unwrap_or_else(|_| tokenizer());
         if tok.vocab_size() > m.config.vocab_size {
             println!("skipped {}: its vocabulary is smaller than the test tokenizer's", dir.display());
