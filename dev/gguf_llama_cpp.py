@@ -20,6 +20,8 @@ import gguf
 import numpy as np
 from llama_cpp import Llama
 
+GGML_TYPE_F32 = 0
+
 
 def field_str(reader, key):
     f = reader.fields[key]
@@ -37,7 +39,9 @@ def main():
     types = sorted({t.tensor_type.name for t in reader.tensors})
     print(f"gguf package: architecture {arch}, {len(reader.tensors)} tensors of types {types}")
 
-    llm = Llama(model_path=path, n_ctx=want["n_ctx"], logits_all=True, verbose=False, n_threads=2, seed=0)
+    # The KV cache in f32 (llama.cpp's default is f16, which alone moves logits by ~2e-3).
+    llm = Llama(model_path=path, n_ctx=want["n_ctx"], logits_all=True, verbose=False, n_threads=2, seed=0,
+                type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32)
 
     ids = llm.tokenize(want["probe_text"].encode(), add_bos=False, special=True)
     same = ids == want["probe_ids"]

@@ -5,6 +5,7 @@ use irontensor::data::Tokenizer;
 use irontensor::gguf::format::Value;
 use irontensor::gguf::{self, llama, quant, GgufType};
 use irontensor::nn::{GPTModel, ModelConfig};
+use irontensor::train::{Trainer, TrainingConfig};
 use irontensor::{Device, Precision, Tensor};
 use std::path::{Path, PathBuf};
 
@@ -252,7 +253,23 @@ fn llama_cpp_agrees() {
         println!("skipped: llama-cpp-python not installed (pip install llama-cpp-python gguf)");
         return;
     }
-    let (m, tok) = (model(false), tokenizer());
+    let tok = tokenizer();
+    // Trained on TEXT until it recites it: its greedy choices then have margins that q8_0's
+    // rounding (llama.cpp also rounds the activations to 8 bits) does not flip, as a random
+    // model's near-ties are flipped.
+    let config = TrainingConfig { learning_rate: 3e-3, warmup_steps: 0, total_steps: 400, ..Default::default() };
+    let mut trainer = Trainer::with_model(model(false), config).unwrap();
+    let ids = tok.encode(&TEXT.repeat(4));
+    for step in 0..400 {
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        for b in 0..4 {
+            let at = (step * 4 + b) * 13 % (ids.len() - 33);
+            x.extend_from_slice(&ids[at..at + 32]);
+            y.extend_from_slice(&ids[at + 1..at + 33]);
+        }
+        trainer.train_step(&x, &y, 4, 32).unwrap();
+    }
+    let m = trainer.model;
     let prompt = tok.encode("First Citizen:\nBefore we proceed");
     for (ty, name) in [(GgufType::F32, "f32"), (GgufType::Q8_0, "q8_0")] {
         let path = tmp(&format!("llama_cpp_{name}.gguf"));

@@ -160,7 +160,10 @@ impl GpuContext {
                 entries: &entries,
             });
             // Validation errors are reported within the call: record nothing that used them.
-            self.check(kernel.name)?;
+            if let Err(e) = self.check(kernel.name) {
+                b.params.truncate(offset);
+                return Err(e);
+            }
             let timestamp_writes = match op {
                 Some(op) if self.timestamps() => {
                     let q = b.queries.get_or_insert_with(|| self.take_queries());
