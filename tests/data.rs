@@ -296,3 +296,27 @@ fn token_ids_are_checked_against_the_vocabulary_when_opened() {
         }
     }
 }
+
+/// Encoding in pieces on every core gives the ids of encoding the whole text: TinyShakespeare
+/// cut into 4 KB pieces, and text with blank lines, indented lines, end-of-text tokens and
+/// multi-byte characters next to the cuts.
+#[test]
+fn chunked_encoding_equals_whole_encoding() {
+    let text = std::fs::read_to_string(SHAKESPEARE).unwrap();
+    let tok = Tokenizer::train(&text[..200_000], 600).unwrap();
+    let tricky: String = (0..3000)
+        .map(|i| match i % 5 {
+            0 => format!("Wörld {i}\n\n"),
+            1 => format!("  indented 日本 {i}\n"),
+            2 => format!("<|endoftext|>doc {i}\n"),
+            3 => format!("\n\n\n🦀{i}\r\n"),
+            _ => format!("tab\t{i}\n "),
+        })
+        .collect();
+    for (what, t) in [("shakespeare", &text), ("tricky", &tricky)] {
+        let whole = tok.encode(t);
+        for chunk in [64, 4096, 1 << 20, usize::MAX / 2] {
+            assert_eq!(tok.encode_chunked(t, chunk), whole, "{what}, pieces of {chunk} bytes");
+        }
+    }
+}

@@ -75,8 +75,8 @@ pub fn prepare_with(
     };
     if !train_bin.exists() || !val_bin.exists() {
         let t = tok.get()?;
-        TokenDataset::create(&train_bin, &t.encode(train_text))?;
-        TokenDataset::create(&val_bin, &t.encode(val_text))?;
+        TokenDataset::create(&train_bin, &t.encode_chunked(train_text, 1 << 20))?;
+        TokenDataset::create(&val_bin, &t.encode_chunked(val_text, 1 << 20))?;
     }
     // Ids the model's embedding does not have are caught here, not by a kernel mid-run.
     let train = TokenDataset::open_checked(&train_bin, seq_len, tok.vocab_size())?;
