@@ -95,3 +95,22 @@ fn system_memory() -> Option<u64> {
 fn system_memory() -> Option<u64> {
     None
 }
+
+/// The f16 cooperative-matrix matmul (src/ops/matmul_coop.wgsl) needs 16×16×16 f16 -> f32 matrices,
+/// subgroups of exactly 32 (it splits a workgroup of 128 into 4 subgroups) and 24 KiB of workgroup
+/// storage; the cooperative FlashAttention kernels (src/ops/flash_attention_coop.wgsl) 36 KiB.
+pub(super) fn coop_matmul_supported(adapter: &wgpu::Adapter, features: wgpu::Features, limits: &wgpu::Limits) -> bool {
+    use wgpu::CooperativeScalarType as S;
+    let needed =
+        wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+    let info = adapter.get_info();
+    features.contains(needed)
+        && info.subgroup_min_size == 32
+        && info.subgroup_max_size == 32
+        && limits.max_compute_workgroup_storage_size >= 36 * 1024
+        && limits.max_compute_invocations_per_workgroup >= 128
+        && adapter
+            .cooperative_matrix_properties()
+            .iter()
+            .any(|p| (p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type) == (16, 16, 16, S::F16, S::F32))
+}

@@ -115,7 +115,6 @@ impl GpuContext {
             "{}: dispatched with another kernel's params",
             kernel.name
         );
-        self.check(kernel.name)?;
         let pipeline = self.pipeline(kernel, entry);
         let watcher = observer().filter(|o| o.enabled());
         let op = watcher.map(|o| o.op());
@@ -159,7 +158,8 @@ impl GpuContext {
                 layout: &pipeline.get_bind_group_layout(0),
                 entries: &entries,
             });
-            // Validation errors are reported within the call: record nothing that used them.
+            // Validation errors (this bind group's, or an allocation's since the last dispatch)
+            // are reported within the calls: record nothing that used them.
             if let Err(e) = self.check(kernel.name) {
                 b.params.truncate(offset);
                 return Err(e);

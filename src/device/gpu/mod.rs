@@ -3,6 +3,7 @@
 mod adapters;
 mod batch;
 mod cache;
+mod counters;
 mod kernel;
 mod observer;
 mod pool;
@@ -11,16 +12,17 @@ mod quiet;
 pub use adapters::hardware_present;
 pub use batch::window;
 pub use batch::CommandBatch;
+pub(crate) use counters::count;
+pub use counters::{counters, Counters};
 pub(crate) use kernel::{kernel_params, op_codes, to_u32};
 pub use kernel::{with_prelude, Kernel, KernelParams, ParamsLayout, WG};
 pub use observer::{set_observer, Observer};
 
-use adapters::probe;
+use adapters::{coop_matmul_supported, probe};
 use observer::observer;
 
 use crate::settings::GpuSettings;
 use crate::{Error, Result};
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -63,50 +65,6 @@ pub struct GpuBuffer {
     /// The host data a u32 buffer was uploaded from (token ids). u32 buffers are never written
     /// in place, so this stays equal to the GPU copy and checks on ids need no readback.
     pub(crate) host_u32: Option<Box<[u32]>>,
-}
-
-/// Work this thread sent to the GPU so far. Counted per thread, so that tests running side by
-/// side do not see each other's work (ops dispatch on the thread that calls them).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Compute dispatches queued.
-    pub dispatches: u64,
-    /// Command buffers submitted.
-    pub submits: u64,
-    /// Reads of GPU memory by the host: each one waits for all queued work.
-    pub reads: u64,
-    /// Host-to-GPU uploads.
-    pub uploads: u64,
-}
-
-thread_local! {
-    static COUNTERS: Cell<Counters> = const { Cell::new(Counters { dispatches: 0, submits: 0, reads: 0, uploads: 0 }) };
-}
-
-/// Adds to this thread's counters.
-pub(crate) fn count(f: impl FnOnce(&mut Counters)) {
-    COUNTERS.with(|c| {
-        let mut v = c.get();
-        f(&mut v);
-        c.set(v);
-    });
-}
-
-/// This thread's running totals; subtract two readings to count the work in between.
-pub fn counters() -> Counters {
-    COUNTERS.with(|c| c.get())
-}
-
-impl std::ops::Sub for Counters {
-    type Output = Counters;
-    fn sub(self, o: Counters) -> Counters {
-        Counters {
-            dispatches: self.dispatches - o.dispatches,
-            submits: self.submits - o.submits,
-            reads: self.reads - o.reads,
-            uploads: self.uploads - o.uploads,
-        }
-    }
 }
 
 impl Drop for GpuBuffer {
@@ -423,25 +381,6 @@ impl GpuContext {
     pub fn pool_bytes(&self) -> u64 {
         self.pool.held()
     }
-}
-
-/// The f16 cooperative-matrix matmul (src/ops/matmul_coop.wgsl) needs 16×16×16 f16 -> f32 matrices,
-/// subgroups of exactly 32 (it splits a workgroup of 128 into 4 subgroups) and 24 KiB of workgroup
-/// storage; the cooperative FlashAttention kernels (src/ops/flash_attention_coop.wgsl) 36 KiB.
-fn coop_matmul_supported(adapter: &wgpu::Adapter, features: wgpu::Features, limits: &wgpu::Limits) -> bool {
-    use wgpu::CooperativeScalarType as S;
-    let needed =
-        wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
-    let info = adapter.get_info();
-    features.contains(needed)
-        && info.subgroup_min_size == 32
-        && info.subgroup_max_size == 32
-        && limits.max_compute_workgroup_storage_size >= 36 * 1024
-        && limits.max_compute_invocations_per_workgroup >= 128
-        && adapter
-            .cooperative_matrix_properties()
-            .iter()
-            .any(|p| (p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type) == (16, 16, 16, S::F16, S::F32))
 }
 
 /// Workgroup counts for `n` groups of a 1-D kernel: x capped at 65535, the rest in y.
