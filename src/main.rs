@@ -42,12 +42,19 @@ enum Command {
         /// A checkpoint directory, or a run directory (its newest checkpoint that loads).
         #[arg(long, default_value = "runs/shakespeare")]
         checkpoint: PathBuf,
-        /// The GGUF file to write (required: no default).
+        /// The GGUF file to write (this or --out).
         #[arg(long)]
-        gguf: PathBuf,
-        /// Tensor type: f32, f16 or q8_0 (norms stay f32).
+        gguf: Option<PathBuf>,
+        /// Tensor type of --gguf: f32, f16 or q8_0 (norms stay f32).
         #[arg(long = "type", default_value = "f16")]
         ty: String,
+        /// A folder to write as a Hugging Face model (config.json, model.safetensors, tokenizer
+        /// files) that transformers loads (this or --gguf).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Fold the checkpoint's LoRA adapters into its weights (needed to export a LoRA run).
+        #[arg(long)]
+        merge: bool,
     },
     /// Loss and perplexity of a model on a text file.
     Eval {
@@ -225,6 +232,19 @@ struct TrainArgs {
     /// and --lr defaults to 5e-5.
     #[arg(long)]
     init: Option<PathBuf>,
+    /// Train LoRA adapters of this rank (at least 1) on the --init model, whose weights stay
+    /// frozen; checkpoints hold the adapters in PEFT's format (default: train every weight).
+    #[arg(long)]
+    lora: Option<usize>,
+    /// LoRA's alpha: the update is scaled by alpha / rank (default: 2 × rank).
+    #[arg(long)]
+    lora_alpha: Option<f32>,
+    /// Dropout on the adapters' input while training, in [0, 1) (default: 0).
+    #[arg(long)]
+    lora_dropout: Option<f32>,
+    /// The projections that get adapters, comma separated, of q, k, v, o, gate, up, down (default: q,v).
+    #[arg(long)]
+    lora_targets: Option<String>,
 }
 
 /// `irontensor` with no arguments: `train` with its defaults.
@@ -267,6 +287,10 @@ struct GenerateArgs {
     /// of stopping (default: stop, saying so).
     #[arg(long)]
     slide: bool,
+    /// A LoRA adapter folder (PEFT's adapter_config.json + adapter_model.safetensors, or one of
+    /// our LoRA checkpoints) to apply to the model without merging it.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
 }
 
 impl From<TrainArgs> for TrainOptions {
@@ -292,6 +316,10 @@ impl From<TrainArgs> for TrainOptions {
             precision: a.precision,
             precision_env: Default::default(),
             init: a.init,
+            lora: a.lora,
+            lora_alpha: a.lora_alpha,
+            lora_dropout: a.lora_dropout,
+            lora_targets: a.lora_targets,
         }
     }
 }
@@ -309,6 +337,7 @@ impl From<GenerateArgs> for GenerateOptions {
             device: a.device,
             no_cache: a.no_cache,
             slide: a.slide,
+            adapter: a.adapter,
         }
     }
 }
@@ -370,7 +399,9 @@ fn main() {
         (_, Some(Command::Train(args))) => train(args),
         (_, Some(Command::Generate(args))) => cli::generate(&args.into()),
         (_, Some(Command::Tokenize { data, vocab, out })) => cli::tokenize(data.as_deref(), vocab, &out),
-        (_, Some(Command::Export { checkpoint, gguf, ty })) => cli::export(&checkpoint, &gguf, &ty),
+        (_, Some(Command::Export { checkpoint, gguf, ty, out, merge })) => {
+            cli::export(&checkpoint, gguf.as_deref(), out.as_deref(), &ty, merge)
+        }
         (_, Some(Command::Eval { checkpoint, data, device, seq, batch })) => {
             cli::eval(&EvalOptions { checkpoint, data, device, seq, batch })
         }

@@ -4,10 +4,10 @@ use super::bad_flag;
 use crate::data::Tokenizer;
 use crate::infer::{self, SamplingConfig};
 use crate::nn::GPTModel;
-use crate::train::load_latest_model;
-use crate::{Device, Error, Result};
+pub use crate::train::load_model;
+use crate::{Device, Result};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// The flags of `irontensor generate`.
@@ -25,6 +25,8 @@ pub struct GenerateOptions {
     pub no_cache: bool,
     /// Past the model's context, slide the window instead of stopping.
     pub slide: bool,
+    /// A LoRA adapter folder applied to the model, unmerged.
+    pub adapter: Option<PathBuf>,
 }
 
 /// The sampling flags, checked.
@@ -49,31 +51,11 @@ fn sampling(o: &GenerateOptions) -> Result<SamplingConfig> {
 /// Runs `irontensor generate` with `o`: the text goes to stdout as it is sampled.
 pub fn generate(o: &GenerateOptions) -> Result<()> {
     let cfg = sampling(o)?;
-    let (model, tok) = load_model(&o.checkpoint, Device::parse(&o.device)?)?;
-    write_text(&model, &tok, &o.prompt, &cfg, !o.no_cache)
-}
-
-/// The model and tokenizer of `given`: a GGUF file, a checkpoint directory, or a run directory
-/// (its newest checkpoint that loads), with the tokenizer.json beside it or in its run.
-pub fn load_model(given: &Path, device: Device) -> Result<(GPTModel, Tokenizer)> {
-    if given.extension().is_some_and(|e| e == "gguf") {
-        return crate::gguf::load(given, device);
+    let (mut model, tok) = load_model(&o.checkpoint, Device::parse(&o.device)?)?;
+    if let Some(dir) = &o.adapter {
+        model = model.with_adapter(dir).map_err(|e| crate::Error::Invalid(format!("--adapter {}: {e}", dir.display())))?;
     }
-    let (dir, run_dir, model) = if given.join("trainer.json").exists() || given.join("config.json").exists() {
-        let run = given.parent().and_then(|p| p.parent()).map(Path::to_path_buf).unwrap_or_default();
-        (given.to_path_buf(), run, GPTModel::from_pretrained(given, device)?)
-    } else {
-        let (ckpt, model) = load_latest_model(&given.join("checkpoints"), device)?.ok_or_else(|| {
-            Error::Invalid(format!(
-                "{}: no checkpoint found (train first, or point --checkpoint at one)",
-                given.display()
-            ))
-        })?;
-        (ckpt, given.to_path_buf(), model)
-    };
-    let tok_path = [dir.join("tokenizer.json"), run_dir.join("tokenizer.json")].into_iter().find(|p| p.exists());
-    let tok_path = tok_path.ok_or_else(|| Error::Invalid(format!("no tokenizer.json beside {}", dir.display())))?;
-    Ok((model, Tokenizer::load(tok_path)?))
+    write_text(&model, &tok, &o.prompt, &cfg, !o.no_cache)
 }
 
 /// Streams text generated after `prompt` to stdout; on stderr, llama.cpp-style timings: the

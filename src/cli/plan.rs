@@ -3,7 +3,7 @@
 //! before any data is prepared or model made.
 
 use super::{at_least_one, bad_flag};
-use crate::nn::ModelConfig;
+use crate::nn::{LoraConfig, ModelConfig};
 use crate::train::{OptimizerKind, TrainingConfig};
 use crate::{Device, Error, Result};
 use std::path::PathBuf;
@@ -36,6 +36,11 @@ pub struct TrainOptions {
     pub precision: Option<String>,
     /// `IRONTENSOR_MATMUL`'s choice.
     pub precision_env: crate::settings::PrecisionChoice,
+    /// `--lora RANK` and its `--lora-alpha`, `--lora-dropout`, `--lora-targets`.
+    pub lora: Option<usize>,
+    pub lora_alpha: Option<f32>,
+    pub lora_dropout: Option<f32>,
+    pub lora_targets: Option<String>,
 }
 
 impl Default for TrainOptions {
@@ -62,6 +67,10 @@ impl Default for TrainOptions {
             init: None,
             precision: None,
             precision_env: Default::default(),
+            lora: None,
+            lora_alpha: None,
+            lora_dropout: None,
+            lora_targets: None,
         }
     }
 }
@@ -120,6 +129,11 @@ pub fn plan_from(o: &TrainOptions, device: Device, init: Option<&ModelConfig>) -
     if init.is_some() {
         t.learning_rate = 5e-5;
     }
+    t.lora = lora_config(o, init.is_some())?;
+    if t.lora.is_some() {
+        t.learning_rate = 2e-4; // adapters start at zero and train faster than whole weights
+        t.base_model = o.init.as_ref().map(|p| std::path::absolute(p).unwrap_or(p.clone()).display().to_string());
+    }
     let small_cpu_run = device == Device::Cpu && o.config == "shakespeare" && init.is_none();
     if small_cpu_run {
         (m.hidden_dim, m.num_layers, m.num_heads, m.num_kv_heads, m.intermediate_dim, m.max_seq_len) =
@@ -156,6 +170,30 @@ pub fn plan_from(o: &TrainOptions, device: Device, init: Option<&ModelConfig>) -
         return Err(bad_flag("batch", batch, &why));
     }
     Ok(Plan { model: m, train: t, batch, seq, small_cpu_run })
+}
+
+/// `--lora RANK` and its options as a LoRA config (None without `--lora`); LoRA needs `--init`.
+fn lora_config(o: &TrainOptions, init: bool) -> Result<Option<LoraConfig>> {
+    let Some(rank) = o.lora else {
+        let given = [("lora-alpha", o.lora_alpha.is_some()), ("lora-dropout", o.lora_dropout.is_some())];
+        let given = given.into_iter().chain([("lora-targets", o.lora_targets.is_some())]);
+        if let Some((flag, _)) = given.into_iter().find(|(_, g)| *g) {
+            return Err(Error::Invalid(format!("--{flag} is for LoRA runs: add --lora RANK")));
+        }
+        return Ok(None);
+    };
+    if !init {
+        return Err(bad_flag("lora", rank, "LoRA adapts a trained model: name it with --init"));
+    }
+    at_least_one("lora", rank)?;
+    let c = LoraConfig {
+        rank,
+        alpha: o.lora_alpha.unwrap_or(2.0 * rank as f32),
+        dropout: o.lora_dropout.unwrap_or(0.0),
+        targets: LoraConfig::parse_targets(o.lora_targets.as_deref().unwrap_or("q,v"))?,
+    };
+    c.validate()?;
+    Ok(Some(c))
 }
 
 /// The flags that must be positive counts (or a finite positive rate), checked first.

@@ -64,6 +64,9 @@ pub fn export(model: &GPTModel, tokenizer: &Tokenizer, path: impl AsRef<Path>, t
     let path = path.as_ref();
     let err = |e: Error| Error::Invalid(format!("gguf export {}: {e}", path.display()));
     let c = &model.config;
+    if model.lora.is_some() {
+        return Err(err(Error::Invalid("the model has LoRA adapters: merge them first (`GPTModel::merged`)".into())));
+    }
     let mut file = GgufFile { metadata: llama::metadata(c, ty.file_type()), tensors: Vec::new() };
     file.metadata.extend(tokenizer::metadata(tokenizer, c.vocab_size).map_err(err)?);
     for (name, t) in model.parameters() {

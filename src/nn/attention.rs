@@ -31,12 +31,22 @@ impl Attention {
     }
 
     /// x: [B*T, C] -> [B*T, C]. With a cache, keys and values of earlier positions are reused
-    /// and the new ones appended; `pos` is the position of x's first token.
-    pub fn forward(&self, x: &Tensor, b: usize, t: usize, pos: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    /// and the new ones appended; `pos` is the position of x's first token. `seed` turns the
+    /// LoRA adapters' dropout on (training).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        pos: usize,
+        cache: Option<&mut KvCache>,
+        seed: Option<u64>,
+    ) -> Result<Tensor> {
         // The three projections as one matmul: [N, C] · [H + 2·Hkv heads of D, C]ᵀ. On the GPU
         // the weights lie one after another in the flat parameter buffer, so joining them is free.
         let (q, k, v) = (&self.q_proj.weight, &self.k_proj.weight, &self.v_proj.weight);
         let y = ops::matmul_t(x, &ops::concat(&[q, k, v], 0)?, false, true)?;
+        let y = add_deltas(y, x, &[&self.q_proj, &self.k_proj, &self.v_proj], seed)?;
         let y = y.view(&[b, t, self.heads + 2 * self.kv_heads, self.head_dim])?;
         let [q, mut k, mut v] = ops::rope_qkv(&y, self.heads, self.kv_heads, self.rope_base, pos)?;
         if let Some(cache) = cache {
@@ -52,6 +62,24 @@ impl Attention {
             ),
         };
         let o = o.view(&[b * t, self.heads * self.head_dim])?;
-        self.o_proj.forward(&o)
+        self.o_proj.forward(&o, seed.map(|s| s.wrapping_add(4)))
     }
+}
+
+/// y + [Δ0 | Δ1 | ...]: the LoRA updates of projections whose outputs y joins (one matmul made
+/// them), zeros for those without an adapter; y itself when none has one.
+pub(super) fn add_deltas(y: Tensor, x: &Tensor, parts: &[&Linear], seed: Option<u64>) -> Result<Tensor> {
+    if parts.iter().all(|p| p.lora.is_none()) {
+        return Ok(y);
+    }
+    let n = x.shape()[0];
+    let deltas = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match p.delta(x, seed.map(|s| s.wrapping_add(i as u64 + 1)))? {
+            Some(d) => Ok(d),
+            None => Ok(Tensor::zeros_on(&[n, p.weight.shape()[0]], crate::Precision::FP32, x.device())),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    ops::add(&y, &ops::concat(&deltas.iter().collect::<Vec<_>>(), 1)?)
 }

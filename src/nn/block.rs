@@ -26,7 +26,8 @@ impl TransformerBlock {
         })
     }
 
-    /// x: [B*T, C] -> [B*T, C]. `dropout` is (p, seed) while training.
+    /// x: [B*T, C] -> [B*T, C]. `dropout` is (p, seed) while training (p may be 0: the seed
+    /// also draws the LoRA adapters' dropout).
     pub fn forward(
         &self,
         x: &Tensor,
@@ -54,16 +55,17 @@ impl TransformerBlock {
         dropout: Option<(f32, u64)>,
     ) -> Result<(Tensor, Tensor)> {
         let drop = |y: Tensor, salt: u64| match dropout {
-            Some((p, seed)) => ops::dropout(&y, p, seed.wrapping_add(salt)),
-            None => Ok(y),
+            Some((p, seed)) if p > 0.0 => ops::dropout(&y, p, seed.wrapping_add(salt)),
+            _ => Ok(y),
         };
+        let seed = |salt: u64| dropout.map(|(_, s)| s.wrapping_add(salt));
         let (x, n) = match pending {
             Some(p) => self.input_layernorm.add_forward(x, p)?,
             None => (x.clone(), self.input_layernorm.forward(x)?),
         };
-        let a = drop(self.self_attn.forward(&n, b, t, pos, cache)?, 1)?;
+        let a = drop(self.self_attn.forward(&n, b, t, pos, cache, seed(10))?, 1)?;
         let (x, n) = self.post_attention_layernorm.add_forward(&x, &a)?;
-        let m = drop(self.mlp.forward(&n)?, 2)?;
+        let m = drop(self.mlp.forward(&n, seed(20))?, 2)?;
         Ok((x, m))
     }
 }

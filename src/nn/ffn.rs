@@ -19,12 +19,14 @@ impl FeedForward {
         })
     }
 
-    // x: [N, C] -> [N, C]
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    // x: [N, C] -> [N, C]; `seed` turns the LoRA adapters' dropout on (training).
+    pub fn forward(&self, x: &Tensor, seed: Option<u64>) -> Result<Tensor> {
         // gate and up as one matmul, [N, C] · [2F, C]ᵀ: on the GPU their weights lie one after
         // another in the flat parameter buffer, so joining them is free.
         let w = ops::concat(&[&self.gate_proj.weight, &self.up_proj.weight], 0)?;
-        let a = ops::swiglu_halves(&ops::matmul_t(x, &w, false, true)?)?;
-        self.down_proj.forward(&a)
+        let y = ops::matmul_t(x, &w, false, true)?;
+        let y = super::attention::add_deltas(y, x, &[&self.gate_proj, &self.up_proj], seed)?;
+        let a = ops::swiglu_halves(&y)?;
+        self.down_proj.forward(&a, seed.map(|s| s.wrapping_add(3)))
     }
 }

@@ -1,20 +1,31 @@
-//! Linear (no bias, weight [out, in] as in Hugging Face) and RMSNorm modules.
+//! Linear (no bias, weight [out, in] as in Hugging Face, an optional LoRA adapter) and RMSNorm.
 
-use super::Loader;
+use super::{Lora, Loader};
 use crate::{ops, Result, Tensor};
 
 pub struct Linear {
     pub weight: Tensor,
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
     pub fn load(l: &mut Loader, name: &str, inp: usize, out: usize) -> Result<Linear> {
-        Ok(Linear { weight: l.param(&format!("{name}.weight"), &[out, inp])? })
+        let weight = l.param(&format!("{name}.weight"), &[out, inp])?;
+        Ok(Linear { weight, lora: l.lora(name, inp, out)? })
     }
 
-    // x: [N, in] -> [N, out]
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::matmul_t(x, &self.weight, false, true)
+    // x: [N, in] -> [N, out]; `seed` turns the adapter's dropout on (training).
+    pub fn forward(&self, x: &Tensor, seed: Option<u64>) -> Result<Tensor> {
+        let y = ops::matmul_t(x, &self.weight, false, true)?;
+        match &self.lora {
+            Some(lora) => ops::add(&y, &lora.delta(x, seed)?),
+            None => Ok(y),
+        }
+    }
+
+    /// The adapter's update of x ([N, in] -> [N, out]), or None without one.
+    pub fn delta(&self, x: &Tensor, seed: Option<u64>) -> Result<Option<Tensor>> {
+        self.lora.as_ref().map(|l| l.delta(x, seed)).transpose()
     }
 }
 

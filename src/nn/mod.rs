@@ -1,10 +1,11 @@
-//! Neural network layer: Linear, RMSNorm, attention, SwiGLU FFN, TransformerBlock, GPTModel.
+//! Neural network layer: Linear, RMSNorm, attention, SwiGLU FFN, TransformerBlock, GPTModel, LoRA.
 
 mod attention;
 mod block;
 mod config;
 mod ffn;
 mod linear;
+mod lora;
 mod model;
 
 pub use attention::Attention;
@@ -12,4 +13,5 @@ pub use block::TransformerBlock;
 pub use config::ModelConfig;
 pub use ffn::FeedForward;
 pub use linear::{Linear, RmsNorm};
+pub use lora::{peft_name, Lora, LoraConfig, TARGETS as LORA_TARGETS};
 pub use model::{GPTModel, KvCache, Loader};

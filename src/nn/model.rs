@@ -1,7 +1,7 @@
 //! GPTModel: tokens -> embedding -> N × TransformerBlock -> RMSNorm -> logits, named and laid
 //! out like Hugging Face's `LlamaForCausalLM`.
 
-use super::{ModelConfig, RmsNorm, TransformerBlock};
+use super::{Lora, LoraConfig, ModelConfig, RmsNorm, TransformerBlock};
 use crate::ops::{self, flat};
 use crate::{bail, Device, Error, Precision, Result, Tensor};
 use std::collections::HashMap;
@@ -14,24 +14,45 @@ pub struct Loader<'a> {
     params: Vec<(String, Tensor)>,
     /// Whether `get` gave a tensor that already tracks gradients (kept as it is).
     kept_graph: bool,
+    /// LoRA adapters to make: the base weights are then frozen.
+    lora: Option<LoraConfig>,
 }
 
 impl<'a> Loader<'a> {
     pub fn new(get: impl FnMut(&str, &[usize]) -> Result<Tensor> + 'a) -> Loader<'a> {
-        Loader { get: Box::new(get), params: Vec::new(), kept_graph: false }
+        Loader { get: Box::new(get), params: Vec::new(), kept_graph: false, lora: None }
     }
 
-    /// The parameter `name` of `shape`: a leaf that requires grad (a tensor that already
-    /// tracks gradients is kept as it is, so a test can differentiate through a module).
+    /// The parameter `name` of `shape`: a leaf that requires grad, or a frozen one under LoRA
+    /// (a tensor that already tracks gradients is kept as it is, so a test can differentiate
+    /// through a module).
     pub fn param(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let frozen = self.lora.is_some();
+        self.take(name, shape, !frozen)
+    }
+
+    fn take(&mut self, name: &str, shape: &[usize], trained: bool) -> Result<Tensor> {
         let t = (self.get)(name, shape)?;
         if t.shape() != shape {
             bail!(Shape, "{name}: expected shape {shape:?}, got {:?}", t.shape());
         }
         self.kept_graph |= t.tracks_grad();
-        let t = if t.tracks_grad() { t } else { t.detach().requires_grad_() };
+        let t = match (t.tracks_grad(), trained) {
+            (true, _) => t,
+            (false, true) => t.detach().requires_grad_(),
+            (false, false) => t.detach(),
+        };
         self.params.push((name.to_string(), t.clone()));
         Ok(t)
+    }
+
+    /// The LoRA adapter of the linear layer `name` ([out, inp]), if the config adapts it:
+    /// `{name}.lora_A.weight` [r, inp] and `{name}.lora_B.weight` [out, r], trained.
+    pub fn lora(&mut self, name: &str, inp: usize, out: usize) -> Result<Option<Lora>> {
+        let Some(c) = self.lora.clone().filter(|c| c.adapts(name)) else { return Ok(None) };
+        let a = self.take(&format!("{name}.lora_A.weight"), &[c.rank, inp], true)?;
+        let b = self.take(&format!("{name}.lora_B.weight"), &[out, c.rank], true)?;
+        Ok(Some(Lora { a, b, scale: c.scale(), dropout: c.dropout }))
     }
 }
 
@@ -104,6 +125,8 @@ pub struct GPTModel {
     pub norm: RmsNorm,
     /// None when tied to `embed_tokens`.
     pub lm_head: Option<Tensor>,
+    /// LoRA adapters on the projections it names: the other weights are then frozen.
+    pub lora: Option<LoraConfig>,
     params: Vec<(String, Tensor)>,
 }
 
@@ -138,15 +161,35 @@ impl GPTModel {
     /// On the GPU the parameters are then copied into one buffer (see `ops::flat`), so that the
     /// optimizer updates them all in one dispatch.
     pub fn load(config: ModelConfig, get: impl FnMut(&str, &[usize]) -> Result<Tensor>) -> Result<GPTModel> {
-        let (model, kept_graph) = GPTModel::build(config, get)?;
-        let tensors: Vec<Tensor> = model.params.iter().map(|(_, t)| t.detach()).collect();
-        let one_dtype = tensors.iter().all(|t| t.dtype() == tensors[0].dtype());
-        if model.device() != Device::Gpu || kept_graph || !one_dtype {
+        GPTModel::load_with(config, None, get)
+    }
+
+    /// `load` with LoRA adapters (`{layer}.lora_A.weight`, `{layer}.lora_B.weight` from `get`
+    /// too) on the layers `lora` names, and every other weight frozen. On the GPU the frozen
+    /// weights and the adapters are packed apart (each set of one dtype in one buffer).
+    pub fn load_with(
+        config: ModelConfig,
+        lora: Option<LoraConfig>,
+        get: impl FnMut(&str, &[usize]) -> Result<Tensor>,
+    ) -> Result<GPTModel> {
+        let (model, kept_graph) = GPTModel::build(config, lora, get)?;
+        if model.device() != Device::Gpu || kept_graph {
             return Ok(model);
         }
-        let mut packed: HashMap<&str, Tensor> =
-            model.params.iter().map(|(n, _)| n.as_str()).zip(flat::pack(&tensors)?).collect();
-        let (model, _) = GPTModel::build(model.config.clone(), |name, _| {
+        let mut packed: HashMap<&str, Tensor> = HashMap::new();
+        let mut groups: Vec<Vec<&(String, Tensor)>> = Vec::new();
+        for p in &model.params {
+            let key = |q: &(String, Tensor)| (q.1.requires_grad(), q.1.dtype());
+            match groups.iter_mut().find(|g| key(g[0]) == key(p)) {
+                Some(g) => g.push(p),
+                None => groups.push(vec![p]),
+            }
+        }
+        for g in groups {
+            let tensors: Vec<Tensor> = g.iter().map(|(_, t)| t.detach()).collect();
+            packed.extend(g.iter().map(|(n, _)| n.as_str()).zip(flat::pack(&tensors)?));
+        }
+        let (model, _) = GPTModel::build(model.config.clone(), model.lora.clone(), |name, _| {
             packed
                 .remove(name)
                 .ok_or_else(|| Error::Invalid(format!("model load: parameter {name} was asked for twice")))
@@ -155,10 +198,18 @@ impl GPTModel {
     }
 
     /// The model from `get`, and whether `get` gave tensors that already track gradients.
-    fn build(config: ModelConfig, get: impl FnMut(&str, &[usize]) -> Result<Tensor>) -> Result<(GPTModel, bool)> {
+    fn build(
+        config: ModelConfig,
+        lora: Option<LoraConfig>,
+        get: impl FnMut(&str, &[usize]) -> Result<Tensor>,
+    ) -> Result<(GPTModel, bool)> {
         config.validate()?;
+        if let Some(l) = &lora {
+            l.validate()?;
+        }
         let c = &config;
         let mut l = Loader::new(get);
+        l.lora = lora.clone();
         let embed_tokens = l.param("model.embed_tokens.weight", &[c.vocab_size, c.hidden_dim])?;
         let layers = (0..c.num_layers)
             .map(|i| TransformerBlock::load(&mut l, &format!("model.layers.{i}"), c))
@@ -167,7 +218,67 @@ impl GPTModel {
         let lm_head =
             if c.tie_weights { None } else { Some(l.param("lm_head.weight", &[c.vocab_size, c.hidden_dim])?) };
         let (params, kept_graph) = (l.params, l.kept_graph);
-        Ok((GPTModel { config, embed_tokens, layers, norm, lm_head, params }, kept_graph))
+        Ok((GPTModel { config, embed_tokens, layers, norm, lm_head, lora, params }, kept_graph))
+    }
+
+    /// This model with new LoRA adapters on the layers `lora` names and every other weight
+    /// frozen: A as PEFT makes it (uniform in ±1/sqrt(in), seeded by name), B zero, so the
+    /// model computes what it did.
+    pub fn with_lora(self, lora: LoraConfig, seed: u64) -> Result<GPTModel> {
+        if self.lora.is_some() {
+            bail!(Invalid, "with_lora: this model already has LoRA adapters");
+        }
+        let device = self.device();
+        let mut old = self.params;
+        GPTModel::load_with(self.config, Some(lora), |name, shape| {
+            if let Some(i) = old.iter().position(|(n, _)| n == name) {
+                return Ok(old.swap_remove(i).1.detach());
+            }
+            Ok(match name.ends_with("lora_A.weight") {
+                true => {
+                    let bound = 1.0 / (shape[1] as f32).sqrt();
+                    Tensor::uniform_on(shape, -bound, bound, name_seed(seed, name), device)
+                }
+                false => Tensor::zeros_on(shape, Precision::FP32, device),
+            })
+        })
+    }
+
+    /// The parameters that train: all of them, or only the LoRA adapters when there are some.
+    pub fn trainable(&self) -> Vec<(String, Tensor)> {
+        self.params.iter().filter(|(_, t)| self.lora.is_none() || t.requires_grad()).cloned().collect()
+    }
+
+    /// This model with each adapter folded into its weight (W + scale·B·A) and none left.
+    pub fn merged(self) -> Result<GPTModel> {
+        if self.lora.is_none() {
+            return Ok(self);
+        }
+        let mut merged: HashMap<String, Tensor> = HashMap::new();
+        let linears = self.layers.iter().enumerate().flat_map(|(i, l)| {
+            let a = &l.self_attn;
+            let m = &l.mlp;
+            let named = [
+                ("self_attn.q_proj", &a.q_proj),
+                ("self_attn.k_proj", &a.k_proj),
+                ("self_attn.v_proj", &a.v_proj),
+                ("self_attn.o_proj", &a.o_proj),
+                ("mlp.gate_proj", &m.gate_proj),
+                ("mlp.up_proj", &m.up_proj),
+                ("mlp.down_proj", &m.down_proj),
+            ];
+            named.map(|(n, lin)| (format!("model.layers.{i}.{n}.weight"), lin))
+        });
+        for (name, lin) in linears {
+            if let Some(lora) = &lin.lora {
+                merged.insert(name, lora.merged(&lin.weight)?);
+            }
+        }
+        let old = self.params;
+        GPTModel::load(self.config, |name, _| match merged.remove(name) {
+            Some(t) => Ok(t),
+            None => Ok(old.iter().find(|(n, _)| n == name).expect("same names").1.detach()),
+        })
     }
 
     /// Every parameter with its Hugging Face name, in a fixed order.
@@ -197,9 +308,13 @@ impl GPTModel {
         let mut config = self.config.clone();
         config.precision = precision;
         let old = std::mem::take(&mut self.params);
-        *self = GPTModel::load(config, |name, _| {
+        // Only the weights: LoRA adapters stay f32 (they are the trained master copy).
+        *self = GPTModel::load_with(config, self.lora.clone(), |name, _| {
             let t = &old.iter().find(|(n, _)| n == name).expect("same names").1;
-            crate::no_grad(|| ops::cast(t, precision))
+            match name.contains(".lora_") {
+                true => Ok(t.detach()),
+                false => crate::no_grad(|| ops::cast(t, precision)),
+            }
         })?;
         Ok(())
     }
@@ -207,7 +322,7 @@ impl GPTModel {
     /// Moves every weight to `device`.
     pub fn to_device(&mut self, device: Device) -> Result<()> {
         let old = std::mem::take(&mut self.params);
-        *self = GPTModel::load(self.config.clone(), |name, _| {
+        *self = GPTModel::load_with(self.config.clone(), self.lora.clone(), |name, _| {
             old.iter().find(|(n, _)| n == name).expect("same names").1.detach().to_device(device)
         })?;
         Ok(())
@@ -241,9 +356,10 @@ impl GPTModel {
     ) -> Result<Tensor> {
         self.check_tokens("forward", tokens, batch, seq_len, pos)?;
         let p = self.config.dropout;
-        let dropout = dropout_seed.filter(|_| p > 0.0).map(|s| (p, s));
+        // While training: (p, seed), p possibly 0 (the seed also draws LoRA's dropout).
+        let dropout = dropout_seed.map(|s| (p, s));
         let mut x = ops::embedding(&tokens.view(&[batch * seq_len])?, &self.embed_tokens)?;
-        if let Some((p, s)) = dropout {
+        if let Some((p, s)) = dropout.filter(|(p, _)| *p > 0.0) {
             x = ops::dropout(&x, p, s)?;
         }
         // The residual stream is x + pending; each add is fused into the norm that follows it.

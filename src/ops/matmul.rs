@@ -156,11 +156,21 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     let out =
         on_device("matmul", device, || Ok(cpu_matmul(&a, &b, ta, tb, &d)), || gpu_matmul(&a, &b, ta, tb, &d, None))?;
     let (sa, sb) = (a.clone(), b.clone());
+    // Only the gradients wanted: a frozen weight (LoRA's base) gets none, and costs no product.
+    let (want_a, want_b) = (a.tracks_grad(), b.tracks_grad());
     Ok(record("matmul", out, &[&a, &b], move |dc| {
         // C = op(A)·op(B): dA = dC·op(B)ᵀ (or its transpose), dB = op(A)ᵀ·dC (or its transpose).
-        let da = if ta { matmul_t(&sb, dc, tb, true)? } else { matmul_t(dc, &sb, false, !tb)? };
-        let db = if tb { matmul_t(dc, &sa, true, ta)? } else { matmul_t(&sa, dc, !ta, false)? };
-        Ok(vec![Some(sum_to(&da, sa.shape())?), Some(sum_to(&db, sb.shape())?)])
+        let da = match (want_a, ta) {
+            (false, _) => None,
+            (true, true) => Some(sum_to(&matmul_t(&sb, dc, tb, true)?, sa.shape())?),
+            (true, false) => Some(sum_to(&matmul_t(dc, &sb, false, !tb)?, sa.shape())?),
+        };
+        let db = match (want_b, tb) {
+            (false, _) => None,
+            (true, true) => Some(sum_to(&matmul_t(dc, &sa, true, ta)?, sb.shape())?),
+            (true, false) => Some(sum_to(&matmul_t(&sa, dc, !ta, false)?, sb.shape())?),
+        };
+        Ok(vec![da, db])
     }))
 }
 

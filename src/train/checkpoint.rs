@@ -2,7 +2,7 @@
 //! and Hugging Face `save_pretrained` / `from_pretrained` for GPTModel.
 
 use crate::fs::write_atomic;
-use crate::nn::{GPTModel, ModelConfig};
+use crate::nn::{GPTModel, LoraConfig, ModelConfig};
 use crate::{bail, Device, Error, Precision, Result, Tensor};
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
@@ -93,7 +93,10 @@ impl GPTModel {
         fs::create_dir_all(dir)?;
         let json = serde_json::to_vec_pretty(&self.config.to_hf_json()).expect("config serialises");
         write_atomic(&dir.join("config.json"), &json)?;
-        save_tensors(&dir.join("model.safetensors"), self.parameters())
+        // The weights alone: LoRA adapters go to their own files (`save_adapter`).
+        let weights: Vec<(String, Tensor)> =
+            self.parameters().iter().filter(|(n, _)| !n.contains(".lora_")).cloned().collect();
+        save_tensors(&dir.join("model.safetensors"), &weights)
     }
 
     /// Loads a model saved by `save_pretrained` or by transformers (Llama layout, one file or
@@ -109,10 +112,21 @@ impl GPTModel {
     }
 
     /// A model from named tensors; a missing or misshapen weight is an error naming it.
-    pub fn from_tensors(config: ModelConfig, mut tensors: HashMap<String, Tensor>) -> Result<GPTModel> {
+    pub fn from_tensors(config: ModelConfig, tensors: HashMap<String, Tensor>) -> Result<GPTModel> {
+        GPTModel::from_tensors_with(config, None, tensors)
+    }
+
+    /// `from_tensors` with LoRA adapters among the tensors (kept f32; the weights take the
+    /// config's precision).
+    pub fn from_tensors_with(
+        config: ModelConfig,
+        lora: Option<LoraConfig>,
+        mut tensors: HashMap<String, Tensor>,
+    ) -> Result<GPTModel> {
         let precision = config.precision;
-        GPTModel::load(config, |name, _| match tensors.remove(name) {
+        GPTModel::load_with(config, lora, |name, _| match tensors.remove(name) {
             Some(t) if t.dtype() == Precision::U32 => bail!(Dtype, "{name}: weights must be F32 or BF16, got U32"),
+            Some(t) if name.contains(".lora_") => crate::ops::cast(&t, Precision::FP32),
             Some(t) => crate::ops::cast(&t, precision),
             None => bail!(Invalid, "checkpoint has no tensor {name:?}: it does not match this model config"),
         })

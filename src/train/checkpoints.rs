@@ -19,8 +19,8 @@ pub(super) struct TrainerState {
     optimizer_steps: u64,
     skipped_steps: usize,
     data_position: u64,
-    model_config: ModelConfig,
-    train_config: TrainingConfig,
+    pub(super) model_config: ModelConfig,
+    pub(super) train_config: TrainingConfig,
     /// The loss scaling's state (absent from checkpoints written before it existed).
     #[serde(default)]
     loss_scale: LossScale,
@@ -58,7 +58,13 @@ impl Trainer {
             fs::remove_dir_all(&tmp)?;
         }
         fs::create_dir_all(&tmp)?;
-        self.model.save_pretrained(&tmp)?;
+        // LoRA on a base model that stays where it is: the adapters alone, naming it.
+        if self.model.lora.is_none() || self.config.base_model.is_none() {
+            self.model.save_pretrained(&tmp)?;
+        }
+        if self.model.lora.is_some() {
+            self.model.save_adapter(&tmp, self.config.base_model.as_deref().unwrap_or("."))?;
+        }
         save_tensors(&tmp.join("optimizer.safetensors"), &self.named_state())?;
         write_atomic(&tmp.join("trainer.json"), &serde_json::to_vec_pretty(&self.meta()).expect("serialises"))?;
         sync_dir(&tmp)?;
@@ -121,8 +127,13 @@ impl Trainer {
         if meta.format != FORMAT {
             bail!(Invalid, "{}: checkpoint format {} is not {FORMAT}", path.display(), meta.format);
         }
-        check_config_json(path)?;
-        let model = load_tensors(&path.join("model.safetensors"), device)?;
+        let model = match &meta.train_config.lora {
+            None => {
+                check_config_json(path)?;
+                GPTModel::from_tensors(meta.model_config.clone(), load_tensors(&path.join("model.safetensors"), device)?)?
+            }
+            Some(_) => lora_model(path, &meta, device)?,
+        };
         let state = load_tensors(&path.join("optimizer.safetensors"), device)?;
         Trainer::from_parts(meta, model, state, &path.display().to_string())
     }
@@ -151,14 +162,13 @@ impl Trainer {
         bail!(Invalid, "no checkpoint in {} loads: {}", dir.as_ref().display(), reasons.join("; "))
     }
 
-    /// A trainer from its metadata, weights by name and optimizer state (`state.{i}`).
+    /// A trainer from its metadata, model and optimizer state (`state.{i}`).
     pub(super) fn from_parts(
         meta: TrainerState,
-        model: HashMap<String, Tensor>,
+        model: GPTModel,
         state: HashMap<String, Tensor>,
         source: &str,
     ) -> Result<Trainer> {
-        let model = GPTModel::from_tensors(meta.model_config, model)?;
         let mut trainer = Trainer::with_model(model, meta.train_config)?;
         let state = (0..state.len())
             .map(|i| state.get(&format!("state.{i}")).cloned())
@@ -184,7 +194,7 @@ impl Trainer {
 pub fn load_latest_model(dir: &Path, device: Device) -> Result<Option<(PathBuf, GPTModel)>> {
     let mut reasons = Vec::new();
     for path in list_checkpoints(dir)?.into_iter().rev() {
-        match GPTModel::from_pretrained(&path, device) {
+        match super::load_dir(&path, device) {
             Ok(m) => return Ok(Some((path, m))),
             Err(e) => {
                 eprintln!("checkpoint {} is damaged ({e}); left in place, trying an older one", path.display());
@@ -196,6 +206,26 @@ pub fn load_latest_model(dir: &Path, device: Device) -> Result<Option<(PathBuf, 
         return Ok(None);
     }
     bail!(Invalid, "no checkpoint in {} loads: {}", dir.display(), reasons.join("; "))
+}
+
+/// A LoRA checkpoint's model: the frozen weights (from the checkpoint, or the base model it names,
+/// in BF16 if the run stores them so) with its adapters, on `device`.
+fn lora_model(path: &Path, meta: &TrainerState, device: Device) -> Result<GPTModel> {
+    let mut base = match &meta.train_config.base_model {
+        Some(base) if !path.join("model.safetensors").exists() => super::load_model(Path::new(base), Device::Cpu)
+            .map_err(|e| Error::Invalid(format!("{}: its base model {base}: {e}", path.display())))?
+            .0,
+        _ => {
+            check_config_json(path)?;
+            GPTModel::from_tensors(meta.model_config.clone(), load_tensors(&path.join("model.safetensors"), Device::Cpu)?)?
+        }
+    };
+    if base.config.precision != meta.model_config.precision {
+        base.cast(meta.model_config.precision)?;
+    }
+    let mut model = base.with_adapter(path)?;
+    model.to_device(device)?;
+    Ok(model)
 }
 
 /// config.json must parse: `generate` reads the model's config from it.

@@ -1,6 +1,7 @@
 //! What a training run is configured with: `TrainingConfig` and the optimizer it names.
 
 use super::Decay;
+use crate::nn::LoraConfig;
 use crate::optim::{AdamW, AdamWConfig, Lion, LionConfig, Optimizer, Sophia, SophiaConfig};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -119,6 +120,13 @@ pub struct TrainingConfig {
     /// Sophia's k: steps between Hessian estimates (each costs about one more step).
     #[serde(default = "sophia_k")]
     pub sophia_k: usize,
+    /// Train LoRA adapters on these projections, the model's weights frozen (None: train all).
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
+    /// The model the LoRA adapters are on (`--init`): checkpoints then hold the adapters alone,
+    /// and name it. None: they hold the frozen weights too.
+    #[serde(default)]
+    pub base_model: Option<String>,
 }
 
 fn sophia_rho() -> f32 {
@@ -153,6 +161,8 @@ impl Default for TrainingConfig {
             seed: 0,
             sophia_rho: sophia_rho(),
             sophia_k: sophia_k(),
+            lora: None,
+            base_model: None,
         }
     }
 }

@@ -43,10 +43,13 @@ impl MemoryPlan {
         let widened = if stored == 2 { v * c } else { 0 };
         // Sophia's Hessian estimate makes a micro-batch's full logits, outside the backward.
         let sampled = if train.optimizer == OptimizerKind::Sophia { tokens * v } else { 0 };
+        // LoRA: gradients and state for the adapters alone (f32, beside the frozen weights).
+        let trained = train.lora.as_ref().map_or(params, |l| l.num_params(model) as u64);
+        let adapters = if train.lora.is_some() { trained * 4 } else { 0 };
         MemoryPlan {
-            weights: params * stored,
-            gradients: params * 4,
-            optimizer: params * 4 * width,
+            weights: params * stored + adapters,
+            gradients: trained * 4,
+            optimizer: trained * 4 * width,
             activations: 4 * (layers + output + widened).max(sampled),
         }
     }

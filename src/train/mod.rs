@@ -1,6 +1,7 @@
 //! Training layer: the Trainer (its step, loss scaling, checkpoints, MPI snapshot), the
-//! training loop, learning-rate schedulers and checkpoint files.
+//! training loop, learning-rate schedulers, checkpoint files, LoRA adapters and model loading.
 
+mod adapter;
 pub mod checkpoint;
 mod checkpoints;
 mod config;
@@ -8,13 +9,16 @@ mod hessian;
 mod loss_scale;
 mod memory;
 mod plot;
+mod pretrained;
 pub mod run;
 mod scheduler;
 mod snapshot;
 mod step;
 mod trainer;
 
+pub use adapter::{is_adapter, read_adapter_config};
 pub use checkpoints::load_latest_model;
+pub use pretrained::{load_dir, load_model};
 pub use config::{OptimizerKind, TrainingConfig};
 pub use loss_scale::LossScale;
 pub use memory::{gb, MemoryPlan};

@@ -5,6 +5,7 @@ use super::checkpoint::{tensors_from_bytes, tensors_to_bytes};
 use super::checkpoints::TrainerState;
 use super::Trainer;
 use crate::dist::Dist;
+use crate::nn::GPTModel;
 use crate::{bail, Device, Error, Result, Tensor};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,6 +60,8 @@ impl Trainer {
                 None => state.insert(name, t),
             };
         }
+        let lora = meta.train_config.lora.clone();
+        let model = GPTModel::from_tensors_with(meta.model_config.clone(), lora, model)?;
         Trainer::from_parts(meta, model, state, "the model sent by rank 0")
     }
 }

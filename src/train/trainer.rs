@@ -42,8 +42,16 @@ impl Trainer {
         Trainer::with_model(model, train_config)
     }
 
-    /// Trains an existing model.
+    /// Trains an existing model (with new LoRA adapters on it when `config.lora` asks for them).
     pub fn with_model(model: GPTModel, config: TrainingConfig) -> Result<Trainer> {
+        let model = match (&config.lora, &model.lora) {
+            (Some(lora), None) => model.with_lora(lora.clone(), config.seed)?,
+            (Some(want), Some(have)) if want != have => {
+                bail!(Invalid, "training config: the model's LoRA adapters ({have:?}) are not the ones asked for ({want:?})")
+            }
+            (None, Some(_)) => bail!(Invalid, "training config: the model has LoRA adapters but the config names none"),
+            _ => model,
+        };
         let c = &config;
         let lr_ok = c.learning_rate.is_finite() && c.learning_rate > 0.0;
         if c.grad_accum_steps == 0 || !lr_ok || !(0.0..1.0).contains(&c.beta1) || !(0.0..1.0).contains(&c.beta2) {
@@ -66,7 +74,7 @@ impl Trainer {
         };
         let mut optimizer = c.optimizer.build(c);
         // Weight decay on matrices only: not on norms.
-        optimizer.set_decay_mask(model.parameters().iter().map(|(_, t)| t.rank() >= 2).collect());
+        optimizer.set_decay_mask(model.trainable().iter().map(|(_, t)| t.rank() >= 2).collect());
         Ok(Trainer {
             model,
             config,
@@ -109,9 +117,10 @@ impl Trainer {
         self.optimizer.name()
     }
 
-    /// The model's parameters, in the order the optimizer's state follows.
+    /// The parameters that train (LoRA: the adapters alone), in the order the optimizer's
+    /// state follows.
     pub(super) fn params(&self) -> Vec<Tensor> {
-        self.model.parameters().iter().map(|(_, t)| t.clone()).collect()
+        self.model.trainable().into_iter().map(|(_, t)| t).collect()
     }
 
     /// A hash of the weights, to check that ranks still agree.
