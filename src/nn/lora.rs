@@ -139,7 +139,8 @@ impl LoraConfig {
         if v.get("bias").and_then(|x| x.as_str()).is_some_and(|b| b != "none") {
             return Err(bad("bias", "trained biases are not supported"));
         }
-        for field in ["layers_to_transform", "modules_to_save"] {
+        let unsupported = ["layers_to_transform", "modules_to_save", "exclude_modules", "trainable_token_indices"];
+        for field in unsupported.into_iter().chain(["target_parameters", "layer_replication"]) {
             if v.get(field).is_some_and(|x| !x.is_null()) {
                 return Err(bad(field, "not supported"));
             }

@@ -212,9 +212,8 @@ pub fn load_latest_model(dir: &Path, device: Device) -> Result<Option<(PathBuf, 
 /// in BF16 if the run stores them so) with its adapters, on `device`.
 fn lora_model(path: &Path, meta: &TrainerState, device: Device) -> Result<GPTModel> {
     let mut base = match &meta.train_config.base_model {
-        Some(base) if !path.join("model.safetensors").exists() => super::load_model(Path::new(base), Device::Cpu)
-            .map_err(|e| Error::Invalid(format!("{}: its base model {base}: {e}", path.display())))?
-            .0,
+        Some(base) if !path.join("model.safetensors").exists() => super::load_weights(Path::new(base), Device::Cpu)
+            .map_err(|e| Error::Invalid(format!("{}: its base model {base}: {e}", path.display())))?,
         _ => {
             check_config_json(path)?;
             GPTModel::from_tensors(meta.model_config.clone(), load_tensors(&path.join("model.safetensors"), Device::Cpu)?)?

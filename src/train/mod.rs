@@ -18,7 +18,7 @@ mod trainer;
 
 pub use adapter::{is_adapter, read_adapter_config};
 pub use checkpoints::load_latest_model;
-pub use pretrained::{load_dir, load_model};
+pub use pretrained::{load_dir, load_model, load_weights};
 pub use config::{OptimizerKind, TrainingConfig};
 pub use loss_scale::LossScale;
 pub use memory::{gb, MemoryPlan};

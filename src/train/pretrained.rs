@@ -6,7 +6,7 @@ use super::checkpoints::load_latest_model;
 use crate::data::Tokenizer;
 use crate::nn::GPTModel;
 use crate::{Device, Error, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The model of a checkpoint or Hugging Face folder `dir`: its config.json and weights, with the
 /// LoRA adapter there on them; an adapter alone goes on the base model its adapter_config.json
@@ -26,7 +26,7 @@ pub fn load_dir(dir: &Path, device: Device) -> Result<GPTModel> {
                 dir.display()
             ))
         })?;
-        load_model(Path::new(&base), Device::Cpu)?.0
+        load_weights(Path::new(&base), Device::Cpu)?
     };
     let mut model = base.with_adapter(dir)?;
     model.to_device(device)?;
@@ -40,19 +40,33 @@ pub fn load_model(given: &Path, device: Device) -> Result<(GPTModel, Tokenizer)>
     if given.extension().is_some_and(|e| e == "gguf") {
         return crate::gguf::load(given, device);
     }
-    let is_dir = |p: &Path| ["trainer.json", "config.json", "adapter_config.json"].iter().any(|f| p.join(f).exists());
-    let (dir, run_dir, model) = if is_dir(given) {
-        let run = given.parent().and_then(|p| p.parent()).map(Path::to_path_buf).unwrap_or_default();
-        (given.to_path_buf(), run, load_dir(given, device)?)
-    } else {
-        let (ckpt, model) = load_latest_model(&given.join("checkpoints"), device)?.ok_or_else(|| {
-            Error::Invalid(format!("{}: no checkpoint found (train first, or point --checkpoint at one)", given.display()))
-        })?;
-        (ckpt, given.to_path_buf(), model)
-    };
+    let (model, dir, run_dir) = find_model(given, device)?;
     let base = is_adapter(&dir).then(|| read_adapter_config(&dir).ok().and_then(|c| c.1)).flatten();
-    let places = [Some(dir.join("tokenizer.json")), Some(run_dir.join("tokenizer.json")), base.map(|b| Path::new(&b).join("tokenizer.json"))];
-    let tok_path = places.into_iter().flatten().find(|p| p.exists());
+    let places = [dir.join("tokenizer.json"), run_dir.join("tokenizer.json")];
+    let places = places.into_iter().chain(base.map(|b| Path::new(&b).join("tokenizer.json")));
+    let tok_path = places.into_iter().find(|p| p.exists());
     let tok_path = tok_path.ok_or_else(|| Error::Invalid(format!("no tokenizer.json beside {}", dir.display())))?;
     Ok((model, Tokenizer::load(tok_path)?))
+}
+
+/// `load_model` without the tokenizer: the weights of `given` alone.
+pub fn load_weights(given: &Path, device: Device) -> Result<GPTModel> {
+    if given.extension().is_some_and(|e| e == "gguf") {
+        return Ok(crate::gguf::load(given, device)?.0);
+    }
+    Ok(find_model(given, device)?.0)
+}
+
+/// The model of `given` (a model folder, or a run's newest checkpoint that loads), its folder
+/// and its run directory.
+fn find_model(given: &Path, device: Device) -> Result<(GPTModel, PathBuf, PathBuf)> {
+    let is_dir = |p: &Path| ["trainer.json", "config.json", "adapter_config.json"].iter().any(|f| p.join(f).exists());
+    if is_dir(given) {
+        let run = given.parent().and_then(|p| p.parent()).map(Path::to_path_buf).unwrap_or_default();
+        return Ok((load_dir(given, device)?, given.to_path_buf(), run));
+    }
+    let (ckpt, model) = load_latest_model(&given.join("checkpoints"), device)?.ok_or_else(|| {
+        Error::Invalid(format!("{}: no checkpoint found (train first, or point --checkpoint at one)", given.display()))
+    })?;
+    Ok((model, ckpt, given.to_path_buf()))
 }

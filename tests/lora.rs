@@ -1,0 +1,195 @@
+//! LoRA: PEFT's adapter (tests/fixtures/llama-tiny-lora, made by dev/make_lora_fixture.py) gives
+//! PEFT's logits, loss and gradients; merging, saving and loading keep them; training moves the
+//! adapters alone and resumes exactly; the CLI trains, generates and exports a LoRA run.
+
+mod common;
+
+use irontensor::nn::{GPTModel, LoraConfig};
+use irontensor::train::{OptimizerKind, Trainer, TrainingConfig};
+use irontensor::{Device, Tensor};
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("irontensor-lora-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn expected() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("llama-tiny-lora/expected.json")).unwrap()).unwrap()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f64> {
+    let flat = |x: &serde_json::Value| match x.as_array() {
+        Some(row) => row.iter().map(|v| v.as_f64().unwrap()).collect::<Vec<_>>(),
+        None => vec![x.as_f64().unwrap()],
+    };
+    v.as_array().unwrap().iter().flat_map(flat).collect()
+}
+
+fn peft_model(device: Device) -> GPTModel {
+    let base = GPTModel::from_pretrained(fixtures().join("llama-tiny"), device).unwrap();
+    base.with_adapter(fixtures().join("llama-tiny-lora")).unwrap()
+}
+
+fn logits(m: &GPTModel, ids: &[u32]) -> Vec<f32> {
+    let t = Tensor::from_u32_on(ids, &[1, ids.len()], m.device()).unwrap();
+    irontensor::no_grad(|| m.forward(&t, 1, ids.len(), 0)).unwrap().to_vec()
+}
+
+fn tokens() -> Vec<u32> {
+    expected()["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}
+
+fn peft_logits_loss_and_gradients(device: Device) {
+    let want = expected();
+    let m = peft_model(device);
+    let ids = tokens();
+    common::assert_close(&logits(&m, &ids), &floats(&want["logits"]), 1e-5, 1e-4, "logits with PEFT's adapter");
+    // PEFT's loss with labels = the tokens: the mean over the T - 1 next tokens.
+    let t = ids.len() - 1;
+    let x = Tensor::from_u32_on(&ids[..t], &[1, t], device).unwrap();
+    let y = Tensor::from_u32_on(&ids[1..], &[1, t], device).unwrap();
+    let loss = m.loss(&x, &y, 1, t, None).unwrap();
+    let l = loss.item().unwrap() as f64;
+    assert!((l - want["loss"].as_f64().unwrap()).abs() < 1e-5, "loss {l} vs PEFT's {}", want["loss"]);
+    let grads = loss.backward().unwrap();
+    // The frozen weights get no gradient at all; the adapters PEFT's.
+    assert_eq!(grads.len(), m.trainable().len());
+    for (name, g) in want["grads"].as_object().unwrap() {
+        let ours = name.strip_prefix("base_model.model.").unwrap();
+        let p = m.parameter(ours).unwrap_or_else(|| panic!("no parameter {ours}"));
+        let got = grads.get(p).unwrap().to_vec();
+        common::assert_close(&got, &floats(g), 1e-6, 1e-3, &format!("d {ours}"));
+    }
+}
+
+fn merged_model_computes_the_same(device: Device) {
+    let m = peft_model(device);
+    let ids = tokens();
+    let before = logits(&m, &ids);
+    let merged = m.merged().unwrap();
+    assert!(merged.lora.is_none() && merged.parameters().iter().all(|(n, _)| !n.contains("lora")));
+    common::assert_close(&logits(&merged, &ids), &common::f64s(&before), 1e-5, 1e-4, "merged logits");
+}
+
+
+#[test]
+fn saved_adapters_read_back_as_peft_writes_them() {
+    let m = peft_model(Device::Cpu);
+    let dir = tmp("save");
+    m.save_adapter(&dir, "some/base").unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((json["peft_type"].as_str(), json["r"].as_u64(), json["lora_alpha"].as_f64()), (Some("LORA"), Some(4), Some(12.0)));
+    assert_eq!(json["base_model_name_or_path"], "some/base");
+    // The same tensor names as PEFT's file.
+    let names = |p: &Path| {
+        let bytes = std::fs::read(p).unwrap();
+        let mut n: Vec<String> = safetensors::SafeTensors::deserialize(&bytes).unwrap().names().into_iter().map(String::from).collect();
+        n.sort();
+        n
+    };
+    let peft = fixtures().join("llama-tiny-lora/adapter_model.safetensors");
+    assert_eq!(names(&dir.join("adapter_model.safetensors")), names(&peft));
+    let base = GPTModel::from_pretrained(fixtures().join("llama-tiny"), Device::Cpu).unwrap();
+    let back = base.with_adapter(&dir).unwrap();
+    assert_eq!(logits(&back, &tokens()), logits(&m, &tokens()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn adapters_that_do_not_fit_are_refused_by_name() {
+    let dir = tmp("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fixtures().join("llama-tiny-lora");
+    std::fs::copy(src.join("adapter_model.safetensors"), dir.join("adapter_model.safetensors")).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("adapter_config.json")).unwrap()).unwrap();
+    let base = || GPTModel::from_pretrained(fixtures().join("llama-tiny"), Device::Cpu).unwrap();
+    let cases: [(&str, serde_json::Value, &str); 4] = [
+        ("r", 8.into(), "lora_A.weight"),
+        ("use_dora", true.into(), "use_dora"),
+        ("target_modules", serde_json::json!(["v_proj", "o_proj", "up_proj", "down_proj"]), "has no place for"),
+        ("peft_type", "IA3".into(), "peft_type"),
+    ];
+    for (field, value, want) in cases {
+        let mut c = cfg.clone();
+        c[field] = value;
+        std::fs::write(dir.join("adapter_config.json"), c.to_string()).unwrap();
+        let e = base().with_adapter(&dir).map(|_| ()).expect_err(field).to_string();
+        assert!(e.contains(want), "{field}: {e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn lora_training(device: Device, base_model: Option<String>, dir: &Path) -> TrainingConfig {
+    TrainingConfig {
+        learning_rate: 1e-2,
+        warmup_steps: 0,
+        total_steps: 6,
+        optimizer: OptimizerKind::AdamW,
+        checkpoint_dir: dir.display().to_string(),
+        lora: Some(LoraConfig { rank: 3, alpha: 6.0, dropout: 0.1, targets: LoraConfig::parse_targets("k,o,gate,down").unwrap() }),
+        base_model,
+        async_gpu: device == Device::Gpu,
+        ..Default::default()
+    }
+}
+
+/// Trains adapters on the fixture: the frozen weights stay as they were, the loss falls, only the
+/// adapters have optimizer state, and a resumed checkpoint (adapters alone, naming the base)
+/// continues exactly as the uninterrupted run.
+fn training_moves_only_the_adapters_and_resumes_exactly(device: Device) {
+    let dir = tmp(&format!("train-{device:?}"));
+    let base_path = fixtures().join("llama-tiny");
+    let base = GPTModel::from_pretrained(&base_path, device).unwrap();
+    let frozen: Vec<(String, Vec<f32>)> = base.parameters().iter().map(|(n, t)| (n.clone(), t.to_vec())).collect();
+    let cfg = lora_training(device, Some(base_path.display().to_string()), &dir);
+    let mut t = Trainer::with_model(base, cfg).unwrap();
+    let ids: Vec<u32> = (0..4 * 17 + 2).map(|i| ((i * 7 + i / 5) % 60) as u32).collect();
+    let (b, s) = (4, 16);
+    let batch = |k: usize| -> (Vec<u32>, Vec<u32>) {
+        let x = (0..b).flat_map(|r| ids[r * 17 + k % 2..r * 17 + k % 2 + s].to_vec()).collect();
+        let y = (0..b).flat_map(|r| ids[r * 17 + k % 2 + 1..r * 17 + k % 2 + 1 + s].to_vec()).collect();
+        (x, y)
+    };
+    let mut losses = Vec::new();
+    for k in 0..3 {
+        let (x, y) = batch(k);
+        losses.push(t.train_step(&x, &y, b, s).unwrap().0);
+    }
+    let ckpt = t.save_numbered().unwrap();
+    let files: Vec<String> = std::fs::read_dir(&ckpt).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    assert!(files.contains(&"adapter_model.safetensors".into()) && !files.contains(&"model.safetensors".into()), "{files:?}");
+    let mut rest = Vec::new();
+    for k in 3..6 {
+        let (x, y) = batch(k);
+        rest.push(t.train_step(&x, &y, b, s).unwrap().0);
+    }
+    assert!(rest[2] < losses[0] * 0.97, "the loss did not fall: {losses:?} {rest:?}");
+    for (name, before) in &frozen {
+        assert_eq!(&t.model.parameter(name).unwrap().to_vec(), before, "{name} changed");
+    }
+    let adapters = t.model.trainable().len();
+    assert_eq!(adapters, 2 * 4 * 2, "two layers × four targets × (A, B)");
+    let mut resumed = Trainer::load_checkpoint(&ckpt, device).unwrap();
+    assert_eq!(resumed.model.trainable().len(), adapters);
+    let mut again = Vec::new();
+    for k in 3..6 {
+        let (x, y) = batch(k);
+        again.push(resumed.train_step(&x, &y, b, s).unwrap().0);
+    }
+    assert_eq!(again, rest, "the resumed run differs");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+device_tests!(
+    peft_logits_loss_and_gradients,
+    merged_model_computes_the_same,
+    training_moves_only_the_adapters_and_resumes_exactly
+);
