@@ -193,3 +193,63 @@ device_tests!(
     merged_model_computes_the_same,
     training_moves_only_the_adapters_and_resumes_exactly
 );
+
+fn irontensor(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_irontensor"))
+        .args(args)
+        .env("IRONTENSOR_DEVICE", "cpu")
+        .env("IRONTENSOR_CACHE_DIR", "off")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "irontensor {args:?} failed:\n{text}");
+    text
+}
+
+/// `train --init --lora`, then `generate` on the run, `generate --adapter`, and `export --merge
+/// --out`, whose folder computes what the adapted model does.
+#[test]
+fn cli_trains_generates_and_exports_a_lora_run() {
+    let root = tmp("cli");
+    let base = root.join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(fixtures().join("llama-tiny").join(f), base.join(f)).unwrap();
+    }
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tinyshakespeare.txt")).unwrap();
+    let text: String = text.chars().take(20_000).collect();
+    irontensor::data::Tokenizer::train(&text, 320).unwrap().save(base.join("tokenizer.json")).unwrap();
+    let data = root.join("text.txt");
+    std::fs::write(&data, &text).unwrap();
+    let run = root.join("run");
+    let (b, d, r) = (base.to_str().unwrap(), data.to_str().unwrap(), run.to_str().unwrap());
+    let flags = ["--steps", "3", "--batch", "2", "--seq", "32", "--sample-tokens", "0", "--lora", "4", "--lora-targets", "q,k,gate"];
+    let out = irontensor(&[&["train", "--init", b, "--data", d, "--out", r][..], &flags[..]].concat());
+    assert!(out.contains("done: 3 steps"), "{out}");
+    let ckpt = run.join("checkpoints/step_00000003");
+    assert!(ckpt.join("adapter_config.json").exists() && !ckpt.join("model.safetensors").exists());
+    let gen = ["--prompt", "ROMEO:", "--max-tokens", "8", "--temperature", "0"];
+    let from_run = irontensor(&[&["generate", "--checkpoint", r][..], &gen[..]].concat());
+    let c = ckpt.to_str().unwrap();
+    let with_adapter = irontensor(&[&["generate", "--checkpoint", b, "--adapter", c][..], &gen[..]].concat());
+    let text_of = |s: &str| s.lines().filter(|l| !l.starts_with("prompt: ")).collect::<Vec<_>>().join("\n");
+    assert_eq!(text_of(&from_run), text_of(&with_adapter));
+    // Exporting needs --merge; the merged folder loads as a plain model that computes the same.
+    let merged = root.join("merged");
+    let m = merged.to_str().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_irontensor"))
+        .args(["export", "--checkpoint", r, "--out", m])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--merge"));
+    irontensor(&["export", "--checkpoint", r, "--out", m, "--merge"]);
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json"] {
+        assert!(merged.join(f).exists(), "{f} missing from the export");
+    }
+    let adapted = irontensor::train::load_model(&ckpt, Device::Cpu).unwrap().0;
+    let plain = GPTModel::from_pretrained(&merged, Device::Cpu).unwrap();
+    assert!(plain.lora.is_none());
+    let ids: Vec<u32> = (0..23).map(|i| (i * 13 % 300) as u32).collect();
+    common::assert_close(&logits(&plain, &ids), &common::f64s(&logits(&adapted, &ids)), 1e-5, 1e-4, "merged export");
+    std::fs::remove_dir_all(&root).unwrap();
+}
