@@ -37,6 +37,7 @@ WORKLOADS = {
     "shakespeare": (4096, 384, 6, 6, 6, 1024, 0.2, 64, 256, "adamw"),
     "gpt2-small": (32768, 768, 12, 12, 12, 2560, 0.0, 16, 1024, "adamw"),
     "llama-1b": (32768, 2048, 16, 32, 8, 8192, 0.0, 4, 1024, "adamw"),
+    "llama-3.2-1b": (128256, 2048, 16, 32, 8, 8192, 0.0, 4, 1024, "adamw"),
     "llama-8b": (32768, 4096, 32, 32, 8, 14336, 0.0, 1, 1024, "lion"),
 }
 # RoPE base: 10000, and Llama 3's 500000 for the llama-* workloads; the 8B's output projection is

@@ -86,7 +86,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Training throughput of a named workload: seed-tiny, shakespeare, gpt2-small, llama-1b or llama-8b (random tokens).
+    /// Training throughput of a named workload: seed-tiny, shakespeare, gpt2-small, llama-1b, llama-3.2-1b or llama-8b (random tokens).
     Train {
         /// seed-tiny or shakespeare.
         #[arg(long, default_value = "seed-tiny")]
@@ -109,6 +109,9 @@ enum BenchCommand {
         /// adamw, lion or sophia (default: the workload's).
         #[arg(long)]
         optimizer: Option<String>,
+        /// Train LoRA adapters of this rank on q, k, v and o (alpha 2 × rank), the weights frozen.
+        #[arg(long)]
+        lora: Option<usize>,
         /// Skip the profiled pass that splits a step into forward, backward and optimizer.
         #[arg(long)]
         no_split: bool,
@@ -120,7 +123,7 @@ enum BenchCommand {
     /// Generation speed of a named workload's model (random weights, greedy): prefill time and
     /// decode tokens/s.
     Generate {
-        /// seed-tiny, shakespeare, gpt2-small, llama-1b or llama-8b.
+        /// seed-tiny, shakespeare, gpt2-small, llama-1b, llama-3.2-1b or llama-8b.
         #[arg(long, default_value = "shakespeare")]
         workload: String,
         /// cpu, gpu or auto.
@@ -344,7 +347,7 @@ impl From<GenerateArgs> for GenerateOptions {
 
 fn bench(what: BenchCommand, settings: &Settings) -> irontensor::Result<()> {
     match what {
-        BenchCommand::Train { workload, device, steps, warmup, batch, seq, optimizer, no_split, precision } => {
+        BenchCommand::Train { workload, device, steps, warmup, batch, seq, optimizer, no_split, precision, lora } => {
             let (bf16, precision_env) = (settings.bf16, settings.precision);
             let o = BenchTrainOptions {
                 workload,
@@ -358,6 +361,7 @@ fn bench(what: BenchCommand, settings: &Settings) -> irontensor::Result<()> {
                 bf16,
                 precision,
                 precision_env,
+                lora,
             };
             cli::bench_train(&o)
         }

@@ -77,7 +77,6 @@ fn merged_model_computes_the_same(device: Device) {
     common::assert_close(&logits(&merged, &ids), &common::f64s(&before), 1e-5, 1e-4, "merged logits");
 }
 
-
 #[test]
 fn saved_adapters_read_back_as_peft_writes_them() {
     let m = peft_model(Device::Cpu);
@@ -85,12 +84,16 @@ fn saved_adapters_read_back_as_peft_writes_them() {
     m.save_adapter(&dir, "some/base").unwrap();
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
-    assert_eq!((json["peft_type"].as_str(), json["r"].as_u64(), json["lora_alpha"].as_f64()), (Some("LORA"), Some(4), Some(12.0)));
+    assert_eq!(
+        (json["peft_type"].as_str(), json["r"].as_u64(), json["lora_alpha"].as_f64()),
+        (Some("LORA"), Some(4), Some(12.0))
+    );
     assert_eq!(json["base_model_name_or_path"], "some/base");
     // The same tensor names as PEFT's file.
     let names = |p: &Path| {
         let bytes = std::fs::read(p).unwrap();
-        let mut n: Vec<String> = safetensors::SafeTensors::deserialize(&bytes).unwrap().names().into_iter().map(String::from).collect();
+        let mut n: Vec<String> =
+            safetensors::SafeTensors::deserialize(&bytes).unwrap().names().into_iter().map(String::from).collect();
         n.sort();
         n
     };
@@ -134,7 +137,12 @@ fn lora_training(device: Device, base_model: Option<String>, dir: &Path) -> Trai
         total_steps: 6,
         optimizer: OptimizerKind::AdamW,
         checkpoint_dir: dir.display().to_string(),
-        lora: Some(LoraConfig { rank: 3, alpha: 6.0, dropout: 0.1, targets: LoraConfig::parse_targets("k,o,gate,down").unwrap() }),
+        lora: Some(LoraConfig {
+            rank: 3,
+            alpha: 6.0,
+            dropout: 0.1,
+            targets: LoraConfig::parse_targets("k,o,gate,down").unwrap(),
+        }),
         base_model,
         async_gpu: device == Device::Gpu,
         ..Default::default()
@@ -164,8 +172,12 @@ fn training_moves_only_the_adapters_and_resumes_exactly(device: Device) {
         losses.push(t.train_step(&x, &y, b, s).unwrap().0);
     }
     let ckpt = t.save_numbered().unwrap();
-    let files: Vec<String> = std::fs::read_dir(&ckpt).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
-    assert!(files.contains(&"adapter_model.safetensors".into()) && !files.contains(&"model.safetensors".into()), "{files:?}");
+    let files: Vec<String> =
+        std::fs::read_dir(&ckpt).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    assert!(
+        files.contains(&"adapter_model.safetensors".into()) && !files.contains(&"model.safetensors".into()),
+        "{files:?}"
+    );
     let mut rest = Vec::new();
     for k in 3..6 {
         let (x, y) = batch(k);
@@ -216,14 +228,28 @@ fn cli_trains_generates_and_exports_a_lora_run() {
     for f in ["config.json", "model.safetensors", "generation_config.json"] {
         std::fs::copy(fixtures().join("llama-tiny").join(f), base.join(f)).unwrap();
     }
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tinyshakespeare.txt")).unwrap();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tinyshakespeare.txt")).unwrap();
     let text: String = text.chars().take(20_000).collect();
     irontensor::data::Tokenizer::train(&text, 320).unwrap().save(base.join("tokenizer.json")).unwrap();
     let data = root.join("text.txt");
     std::fs::write(&data, &text).unwrap();
     let run = root.join("run");
     let (b, d, r) = (base.to_str().unwrap(), data.to_str().unwrap(), run.to_str().unwrap());
-    let flags = ["--steps", "3", "--batch", "2", "--seq", "32", "--sample-tokens", "0", "--lora", "4", "--lora-targets", "q,k,gate"];
+    let flags = [
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--seq",
+        "32",
+        "--sample-tokens",
+        "0",
+        "--lora",
+        "4",
+        "--lora-targets",
+        "q,k,gate",
+    ];
     let out = irontensor(&[&["train", "--init", b, "--data", d, "--out", r][..], &flags[..]].concat());
     assert!(out.contains("done: 3 steps"), "{out}");
     let ckpt = run.join("checkpoints/step_00000003");

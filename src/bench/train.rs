@@ -2,7 +2,7 @@
 //! optimizer split, peak memory against weights + gradients + optimizer state + activations.
 
 use super::{adapter, emit, median, process_memory, round, sync};
-use crate::nn::ModelConfig;
+use crate::nn::{LoraConfig, ModelConfig};
 use crate::profile::{self, Phase};
 use crate::rng::Rng;
 use crate::train::{MemoryPlan, OptimizerKind, Trainer, TrainingConfig};
@@ -11,7 +11,7 @@ use serde_json::json;
 use std::time::Instant;
 
 /// Workload names `irontensor bench train --workload` accepts.
-pub const WORKLOADS: [&str; 5] = ["seed-tiny", "shakespeare", "gpt2-small", "llama-1b", "llama-8b"];
+pub const WORKLOADS: [&str; 6] = ["seed-tiny", "shakespeare", "gpt2-small", "llama-1b", "llama-3.2-1b", "llama-8b"];
 
 /// A model, its batch shape and optimizer; dev/bench_torch.py defines the same ones.
 #[derive(Clone, Debug)]
@@ -37,6 +37,9 @@ pub fn workload(name: &str) -> Result<Workload> {
         "gpt2-small" => (ModelConfig { rope_base: 10000.0, ..llama(768, 12, 12, 12, 2560) }, 16, OptimizerKind::AdamW),
         // Llama 3.2 1B's shapes (1.0B parameters with vocab 32768, tied embeddings), 4 × 1024 tokens.
         "llama-1b" => (llama(2048, 16, 32, 8, 8192), 4, OptimizerKind::AdamW),
+        // Llama 3.2 1B itself (1.24B parameters: its 128256-token vocabulary, tied), 4 × 1024 tokens:
+        // the fine-tuning comparison with dev/bench_peft.py.
+        "llama-3.2-1b" => (ModelConfig { vocab_size: 128256, ..llama(2048, 16, 32, 8, 8192) }, 4, OptimizerKind::AdamW),
         // Llama 3 8B's shapes (7.0B parameters with vocab 32768, untied), 1 × 1024 tokens: with
         // IRONTENSOR_BF16=1 and Lion it fits a 140 GB card.
         "llama-8b" => (ModelConfig { tie_weights: false, ..llama(4096, 32, 32, 8, 14336) }, 1, OptimizerKind::Lion),
@@ -76,6 +79,8 @@ pub struct TrainBench {
     pub split: bool,
     /// Weights stored in BF16 (`IRONTENSOR_BF16=1`).
     pub bf16: bool,
+    /// LoRA adapters of this rank on q, k, v and o (alpha 2·rank), the weights frozen.
+    pub lora: Option<usize>,
 }
 
 /// Runs the benchmark, prints its JSON line and summary, and returns the JSON.
@@ -91,12 +96,20 @@ pub fn train(opts: &TrainBench) -> Result<serde_json::Value> {
     let device = opts.device;
     let (b, t, vocab) = (w.batch, w.seq, w.model.vocab_size);
     let rss_base = process_memory();
-    let config = TrainingConfig { use_bf16: opts.bf16, ..train_config(w.optimizer, opts.warmup + 2 * opts.steps + 2) };
+    let lora = opts.lora.map(|rank| LoraConfig {
+        rank,
+        alpha: 2.0 * rank as f32,
+        dropout: 0.0,
+        targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+    });
+    let config =
+        TrainingConfig { use_bf16: opts.bf16, lora, ..train_config(w.optimizer, opts.warmup + 2 * opts.steps + 2) };
     let plan = MemoryPlan::new(&w.model, &config, b, t);
     let mut trainer = Trainer::new_on(w.model.clone(), config, device)?;
     let params = trainer.model.parameters();
     let num_params: usize = params.iter().map(|(_, p)| p.numel()).sum();
     let param_bytes: u64 = params.iter().map(|(_, p)| (p.numel() * p.dtype().size_bytes()) as u64).sum();
+    let trained: usize = trainer.model.trainable().iter().map(|(_, p)| p.numel()).sum();
     let precision = trainer.model.config.precision.name();
     // Random tokens, a few distinct batches cycled: no dataset is needed.
     let mut rng = Rng::new(1234);
@@ -139,7 +152,7 @@ pub fn train(opts: &TrainBench) -> Result<serde_json::Value> {
     let tokens_per_s = (b * t * opts.steps) as f64 / total;
     let slots = w.optimizer.state_width();
     // Gradients and optimizer state are f32 whatever the weights' storage is.
-    let (grad_bytes, opt_bytes) = (num_params as u64 * 4, (slots * num_params) as u64 * 4);
+    let (grad_bytes, opt_bytes) = (trained as u64 * 4, (slots * trained) as u64 * 4);
     let expected = param_bytes + grad_bytes + opt_bytes + activation_bytes;
     let mut out = json!({
         "bench": "train",
@@ -156,6 +169,8 @@ pub fn train(opts: &TrainBench) -> Result<serde_json::Value> {
         "batch": b,
         "seq": t,
         "params": num_params,
+        "lora": opts.lora,
+        "trainable_params": trained,
         "steps": opts.steps,
         "warmup": opts.warmup,
         "ms_per_step": round(ms, 3),

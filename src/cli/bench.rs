@@ -22,6 +22,8 @@ pub struct BenchTrainOptions {
     pub precision: Option<String>,
     /// `IRONTENSOR_MATMUL`'s choice.
     pub precision_env: crate::settings::PrecisionChoice,
+    /// `--lora RANK`: adapters on q, k, v, o, the weights frozen.
+    pub lora: Option<usize>,
 }
 
 /// Training throughput of a named workload, one JSON line.
@@ -50,6 +52,7 @@ pub fn bench_train(o: &BenchTrainOptions) -> Result<()> {
         optimizer,
         split: !o.no_split,
         bf16: o.bf16,
+        lora: o.lora.map(|r| at_least_one("lora", r)).transpose()?,
     };
     bench::train(&opts).map(|_| ())
 }

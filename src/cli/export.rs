@@ -28,7 +28,8 @@ pub fn export(checkpoint: &Path, gguf: Option<&Path>, out: Option<&Path>, ty: &s
     }
     let model = model.merged()?;
     let c = &model.config;
-    let what = format!("{:.1}M parameters, {} layers, vocab {}", c.num_params() as f64 / 1e6, c.num_layers, c.vocab_size);
+    let what =
+        format!("{:.1}M parameters, {} layers, vocab {}", c.num_params() as f64 / 1e6, c.num_layers, c.vocab_size);
     if let Some(path) = gguf {
         gguf::export(&model, &tok, path, ty)?;
         let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
@@ -52,9 +53,9 @@ pub fn export(checkpoint: &Path, gguf: Option<&Path>, out: Option<&Path>, ty: &s
 fn side_file(checkpoint: &Path, name: &str) -> Option<PathBuf> {
     let mut places = vec![checkpoint.to_path_buf()];
     places.extend(checkpoint.parent().and_then(Path::parent).map(Path::to_path_buf));
-    let adapter_dirs = [checkpoint.to_path_buf()].into_iter().chain(
-        crate::train::Trainer::latest_checkpoint(checkpoint.join("checkpoints")).ok().flatten(),
-    );
+    let adapter_dirs = [checkpoint.to_path_buf()]
+        .into_iter()
+        .chain(crate::train::Trainer::latest_checkpoint(checkpoint.join("checkpoints")).ok().flatten());
     for dir in adapter_dirs {
         if let Ok((_, Some(base))) = crate::train::read_adapter_config(&dir) {
             places.push(PathBuf::from(base));

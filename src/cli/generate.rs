@@ -53,7 +53,8 @@ pub fn generate(o: &GenerateOptions) -> Result<()> {
     let cfg = sampling(o)?;
     let (mut model, tok) = load_model(&o.checkpoint, Device::parse(&o.device)?)?;
     if let Some(dir) = &o.adapter {
-        model = model.with_adapter(dir).map_err(|e| crate::Error::Invalid(format!("--adapter {}: {e}", dir.display())))?;
+        model =
+            model.with_adapter(dir).map_err(|e| crate::Error::Invalid(format!("--adapter {}: {e}", dir.display())))?;
     }
     write_text(&model, &tok, &o.prompt, &cfg, !o.no_cache)
 }

@@ -1,6 +1,6 @@
 //! Linear (no bias, weight [out, in] as in Hugging Face, an optional LoRA adapter) and RMSNorm.
 
-use super::{Lora, Loader};
+use super::{Loader, Lora};
 use crate::{ops, Result, Tensor};
 
 pub struct Linear {

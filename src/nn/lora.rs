@@ -55,7 +55,10 @@ impl LoraConfig {
         }
         for t in &self.targets {
             if !TARGETS.iter().any(|(_, m)| m == t) {
-                bail!(Invalid, "LoRA target {t:?} is not one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj");
+                bail!(
+                    Invalid,
+                    "LoRA target {t:?} is not one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"
+                );
             }
         }
         Ok(())

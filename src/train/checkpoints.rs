@@ -130,7 +130,10 @@ impl Trainer {
         let model = match &meta.train_config.lora {
             None => {
                 check_config_json(path)?;
-                GPTModel::from_tensors(meta.model_config.clone(), load_tensors(&path.join("model.safetensors"), device)?)?
+                GPTModel::from_tensors(
+                    meta.model_config.clone(),
+                    load_tensors(&path.join("model.safetensors"), device)?,
+                )?
             }
             Some(_) => lora_model(path, &meta, device)?,
         };
@@ -216,7 +219,10 @@ fn lora_model(path: &Path, meta: &TrainerState, device: Device) -> Result<GPTMod
             .map_err(|e| Error::Invalid(format!("{}: its base model {base}: {e}", path.display())))?,
         _ => {
             check_config_json(path)?;
-            GPTModel::from_tensors(meta.model_config.clone(), load_tensors(&path.join("model.safetensors"), Device::Cpu)?)?
+            GPTModel::from_tensors(
+                meta.model_config.clone(),
+                load_tensors(&path.join("model.safetensors"), Device::Cpu)?,
+            )?
         }
     };
     if base.config.precision != meta.model_config.precision {

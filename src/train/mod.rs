@@ -18,11 +18,11 @@ mod trainer;
 
 pub use adapter::{is_adapter, read_adapter_config};
 pub use checkpoints::load_latest_model;
-pub use pretrained::{load_dir, load_model, load_weights};
 pub use config::{OptimizerKind, TrainingConfig};
 pub use loss_scale::LossScale;
 pub use memory::{gb, MemoryPlan};
 pub use plot::loss_svg;
+pub use pretrained::{load_dir, load_model, load_weights};
 pub use run::{catch_ctrl_c, fit, RunOptions, RunSummary, StepHook};
 pub use scheduler::{ConstantLR, CosineAnnealingLR, Decay, InverseSqrtLR, LinearLR, LrScheduler};
 pub use trainer::Trainer;

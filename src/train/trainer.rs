@@ -47,7 +47,10 @@ impl Trainer {
         let model = match (&config.lora, &model.lora) {
             (Some(lora), None) => model.with_lora(lora.clone(), config.seed)?,
             (Some(want), Some(have)) if want != have => {
-                bail!(Invalid, "training config: the model's LoRA adapters ({have:?}) are not the ones asked for ({want:?})")
+                bail!(
+                    Invalid,
+                    "training config: the model's LoRA adapters ({have:?}) are not the ones asked for ({want:?})"
+                )
             }
             (None, Some(_)) => bail!(Invalid, "training config: the model has LoRA adapters but the config names none"),
             _ => model,
