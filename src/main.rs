@@ -105,6 +105,9 @@ enum BenchCommand {
         /// Skip the profiled pass that splits a step into forward, backward and optimizer.
         #[arg(long)]
         no_split: bool,
+        /// Keep only each transformer block's input and recompute the block in the backward pass.
+        #[arg(long)]
+        checkpoint_activations: bool,
         /// auto, fp32 or mixed (default: auto, or what IRONTENSOR_MATMUL says; auto is mixed where
         /// the GPU has f16 cooperative matrices, fp32 elsewhere).
         #[arg(long)]
@@ -225,6 +228,10 @@ struct TrainArgs {
     /// and --lr defaults to 5e-5.
     #[arg(long)]
     init: Option<PathBuf>,
+    /// Keep only each transformer block's input in the forward pass and recompute the block in
+    /// the backward pass: less activation memory for about one more forward per step.
+    #[arg(long)]
+    checkpoint_activations: bool,
 }
 
 /// `irontensor` with no arguments: `train` with its defaults.
@@ -292,6 +299,7 @@ impl From<TrainArgs> for TrainOptions {
             precision: a.precision,
             precision_env: Default::default(),
             init: a.init,
+            checkpoint_activations: a.checkpoint_activations,
         }
     }
 }
@@ -315,7 +323,18 @@ impl From<GenerateArgs> for GenerateOptions {
 
 fn bench(what: BenchCommand, settings: &Settings) -> irontensor::Result<()> {
     match what {
-        BenchCommand::Train { workload, device, steps, warmup, batch, seq, optimizer, no_split, precision } => {
+        BenchCommand::Train {
+            workload,
+            device,
+            steps,
+            warmup,
+            batch,
+            seq,
+            optimizer,
+            no_split,
+            precision,
+            checkpoint_activations,
+        } => {
             let (bf16, precision_env) = (settings.bf16, settings.precision);
             let o = BenchTrainOptions {
                 workload,
@@ -326,6 +345,7 @@ fn bench(what: BenchCommand, settings: &Settings) -> irontensor::Result<()> {
                 seq,
                 optimizer,
                 no_split,
+                checkpoint_activations,
                 bf16,
                 precision,
                 precision_env,

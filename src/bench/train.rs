@@ -74,6 +74,8 @@ pub struct TrainBench {
     pub optimizer: Option<OptimizerKind>,
     /// After the timed steps, run as many again under the profiler for the phase split.
     pub split: bool,
+    /// Recompute each transformer block in the backward pass (`--checkpoint-activations`).
+    pub checkpoint_activations: bool,
     /// Weights stored in BF16 (`IRONTENSOR_BF16=1`).
     pub bf16: bool,
 }
@@ -91,7 +93,11 @@ pub fn train(opts: &TrainBench) -> Result<serde_json::Value> {
     let device = opts.device;
     let (b, t, vocab) = (w.batch, w.seq, w.model.vocab_size);
     let rss_base = process_memory();
-    let config = TrainingConfig { use_bf16: opts.bf16, ..train_config(w.optimizer, opts.warmup + 2 * opts.steps + 2) };
+    let config = TrainingConfig {
+        use_bf16: opts.bf16,
+        checkpoint_activations: opts.checkpoint_activations,
+        ..train_config(w.optimizer, opts.warmup + 2 * opts.steps + 2)
+    };
     let plan = MemoryPlan::new(&w.model, &config, b, t);
     let mut trainer = Trainer::new_on(w.model.clone(), config, device)?;
     let params = trainer.model.parameters();
@@ -155,6 +161,7 @@ pub fn train(opts: &TrainBench) -> Result<serde_json::Value> {
         "optimizer": format!("{:?}", w.optimizer).to_lowercase(),
         "batch": b,
         "seq": t,
+        "checkpoint_activations": opts.checkpoint_activations,
         "params": num_params,
         "steps": opts.steps,
         "warmup": opts.warmup,

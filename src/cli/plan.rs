@@ -36,6 +36,8 @@ pub struct TrainOptions {
     pub precision: Option<String>,
     /// `IRONTENSOR_MATMUL`'s choice.
     pub precision_env: crate::settings::PrecisionChoice,
+    /// `--checkpoint-activations`: recompute each transformer block in the backward pass.
+    pub checkpoint_activations: bool,
 }
 
 impl Default for TrainOptions {
@@ -62,6 +64,7 @@ impl Default for TrainOptions {
             init: None,
             precision: None,
             precision_env: Default::default(),
+            checkpoint_activations: false,
         }
     }
 }
@@ -107,6 +110,7 @@ pub fn plan_from(o: &TrainOptions, device: Device, init: Option<&ModelConfig>) -
         checkpoint_dir: o.out.join("checkpoints").to_string_lossy().into_owned(),
         seed: o.seed,
         use_bf16: o.bf16,
+        checkpoint_activations: o.checkpoint_activations,
         ..Default::default()
     };
     optimizer.set_defaults(&mut t);

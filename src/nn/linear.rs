@@ -3,6 +3,7 @@
 use super::Loader;
 use crate::{ops, Result, Tensor};
 
+#[derive(Clone)]
 pub struct Linear {
     pub weight: Tensor,
 }
@@ -18,6 +19,7 @@ impl Linear {
     }
 }
 
+#[derive(Clone)]
 pub struct RmsNorm {
     pub weight: Tensor,
     pub eps: f32,

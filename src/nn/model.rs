@@ -104,6 +104,9 @@ pub struct GPTModel {
     pub norm: RmsNorm,
     /// None when tied to `embed_tokens`.
     pub lm_head: Option<Tensor>,
+    /// Keep only each block's inputs in a training forward and recompute the block in the
+    /// backward pass (`autograd::checkpoint`): less memory for about one more forward.
+    pub checkpoint_activations: bool,
     params: Vec<(String, Tensor)>,
 }
 
@@ -167,7 +170,8 @@ impl GPTModel {
         let lm_head =
             if c.tie_weights { None } else { Some(l.param("lm_head.weight", &[c.vocab_size, c.hidden_dim])?) };
         let (params, kept_graph) = (l.params, l.kept_graph);
-        Ok((GPTModel { config, embed_tokens, layers, norm, lm_head, params }, kept_graph))
+        let checkpoint_activations = false;
+        Ok((GPTModel { config, embed_tokens, layers, norm, lm_head, checkpoint_activations, params }, kept_graph))
     }
 
     /// Every parameter with its Hugging Face name, in a fixed order.
@@ -197,19 +201,23 @@ impl GPTModel {
         let mut config = self.config.clone();
         config.precision = precision;
         let old = std::mem::take(&mut self.params);
+        let checkpoint_activations = self.checkpoint_activations;
         *self = GPTModel::load(config, |name, _| {
             let t = &old.iter().find(|(n, _)| n == name).expect("same names").1;
             crate::no_grad(|| ops::cast(t, precision))
         })?;
+        self.checkpoint_activations = checkpoint_activations;
         Ok(())
     }
 
     /// Moves every weight to `device`.
     pub fn to_device(&mut self, device: Device) -> Result<()> {
         let old = std::mem::take(&mut self.params);
+        let checkpoint_activations = self.checkpoint_activations;
         *self = GPTModel::load(self.config.clone(), |name, _| {
             old.iter().find(|(n, _)| n == name).expect("same names").1.detach().to_device(device)
         })?;
+        self.checkpoint_activations = checkpoint_activations;
         Ok(())
     }
 
@@ -246,18 +254,53 @@ impl GPTModel {
         if let Some((p, s)) = dropout {
             x = ops::dropout(&x, p, s)?;
         }
+        // Only a forward that records a graph has activations to spare; parameters that are
+        // themselves outputs of a graph (a test differentiating through the model) are not leaves
+        // the checkpoint could take as inputs.
+        let checkpoint = self.checkpoint_activations
+            && cache.is_none()
+            && crate::autograd::is_grad_enabled()
+            && self.params.iter().all(|(_, p)| p.requires_grad() || !p.tracks_grad());
         // The residual stream is x + pending; each add is fused into the norm that follows it.
         let mut pending: Option<Tensor> = None;
         for (i, layer) in self.layers.iter().enumerate() {
             let c = cache.as_deref_mut().map(|c| &mut c[i]);
             let d = dropout.map(|(p, s)| (p, s.wrapping_add(1000 * (i as u64 + 1))));
-            let (nx, m) = layer.forward_residual(&x, pending.as_ref(), batch, seq_len, pos, c, d)?;
+            let (nx, m) = match checkpoint {
+                true => self.checkpointed_block(i, &x, pending.as_ref(), batch, seq_len, pos, d)?,
+                false => layer.forward_residual(&x, pending.as_ref(), batch, seq_len, pos, c, d)?,
+            };
             (x, pending) = (nx, Some(m));
         }
         match pending {
             Some(m) => Ok(self.norm.add_forward(&x, &m)?.1),
             None => self.norm.forward(&x),
         }
+    }
+
+    /// Block `i`'s `forward_residual` as one checkpoint node: it keeps (x, pending) and the
+    /// block's parameters that require grad (the inputs of the node, so they get gradients).
+    #[allow(clippy::too_many_arguments)]
+    fn checkpointed_block(
+        &self,
+        i: usize,
+        x: &Tensor,
+        pending: Option<&Tensor>,
+        b: usize,
+        t: usize,
+        pos: usize,
+        dropout: Option<(f32, u64)>,
+    ) -> Result<(Tensor, Tensor)> {
+        let prefix = format!("model.layers.{i}.");
+        let params = self.params.iter().filter(|(n, p)| n.starts_with(&prefix) && p.requires_grad()).map(|(_, p)| p);
+        let inputs: Vec<&Tensor> = std::iter::once(x).chain(pending).chain(params).collect();
+        let (layer, has_pending) = (self.layers[i].clone(), pending.is_some());
+        let outs = crate::autograd::checkpoint("checkpoint(transformer block)", &inputs, move |a| {
+            let (x, m) = layer.forward_residual(&a[0], has_pending.then(|| &a[1]), b, t, pos, None, dropout)?;
+            Ok(vec![x, m])
+        })?;
+        let [x, m]: [Tensor; 2] = outs.try_into().unwrap_or_else(|_| unreachable!("the block gives (x, pending)"));
+        Ok((x, m))
     }
 
     /// Logits [B, T, V] for tokens [B, T] at positions pos_offset.. (the full logits; training

@@ -119,6 +119,10 @@ pub struct TrainingConfig {
     /// Sophia's k: steps between Hessian estimates (each costs about one more step).
     #[serde(default = "sophia_k")]
     pub sophia_k: usize,
+    /// Keep only each transformer block's inputs in the forward pass and recompute the block
+    /// in the backward pass: less activation memory for about one more forward per step.
+    #[serde(default)]
+    pub checkpoint_activations: bool,
 }
 
 fn sophia_rho() -> f32 {
@@ -153,6 +157,7 @@ impl Default for TrainingConfig {
             seed: 0,
             sophia_rho: sophia_rho(),
             sophia_k: sophia_k(),
+            checkpoint_activations: false,
         }
     }
 }

@@ -43,7 +43,8 @@ impl Trainer {
     }
 
     /// Trains an existing model.
-    pub fn with_model(model: GPTModel, config: TrainingConfig) -> Result<Trainer> {
+    pub fn with_model(mut model: GPTModel, config: TrainingConfig) -> Result<Trainer> {
+        model.checkpoint_activations = config.checkpoint_activations;
         let c = &config;
         let lr_ok = c.learning_rate.is_finite() && c.learning_rate > 0.0;
         if c.grad_accum_steps == 0 || !lr_ok || !(0.0..1.0).contains(&c.beta1) || !(0.0..1.0).contains(&c.beta2) {
