@@ -21,7 +21,8 @@ fn two_outputs(x: &Tensor, w: &Tensor, frozen: &Tensor) -> Result<Vec<Tensor>> {
 /// Gradients of a, w and g for loss = Σ r0 ⊙ out0 (+ Σ r1 ⊙ out1 ⊙ g when `both`), with the
 /// function checkpointed or not; and what the leaf hook saw for w.
 fn grads(device: Device, checkpointed: bool, both: bool) -> (Vec<Vec<f32>>, Vec<f32>) {
-    let t = |n: usize, shape: &[usize], seed| Tensor::from_f32_on(&rand_vec(n, -1.0, 1.0, seed), shape, device).unwrap();
+    let t =
+        |n: usize, shape: &[usize], seed| Tensor::from_f32_on(&rand_vec(n, -1.0, 1.0, seed), shape, device).unwrap();
     let a = t(N * K, &[N, K], 1).requires_grad_();
     let w = t(M * K, &[M, K], 2).requires_grad_();
     let g = t(N * K, &[N, K], 3).requires_grad_();
@@ -103,8 +104,20 @@ fn model_grads(device: Device, checkpointed: bool, seed: u64) -> Vec<(String, Ve
     let ids = |s: u64| (0..b * t).map(|i| ((i as u64 * 7 + s * 13) % 37) as u32).collect::<Vec<_>>();
     let x = Tensor::from_u32_on(&ids(1), &[b, t], device).unwrap();
     let y = Tensor::from_u32_on(&ids(2), &[b, t], device).unwrap();
-    let gr = model.loss(&x, &y, b, t, Some(seed)).unwrap().backward().unwrap();
-    model.parameters().iter().map(|(n, p)| (n.clone(), gr.get(p).expect(n).to_vec())).collect()
+    let loss = model.loss(&x, &y, b, t, Some(seed)).unwrap();
+    // What data-parallel training sends: each parameter's gradient as the hook sees it.
+    let mut hooked = std::collections::HashMap::new();
+    let mut hook = |leaf: &Tensor, g: &Tensor| {
+        hooked.insert(leaf.id(), g.to_vec());
+        Ok(())
+    };
+    let gr = loss.backward_with_hook(&mut hook).unwrap();
+    let grads: Vec<(String, Vec<f32>)> =
+        model.parameters().iter().map(|(n, p)| (n.clone(), gr.get(p).expect(n).to_vec())).collect();
+    for ((name, g), (_, p)) in grads.iter().zip(model.parameters()) {
+        assert_eq!(hooked.get(&p.id()), Some(g), "checkpointed {checkpointed}: the hook's {name}");
+    }
+    grads
 }
 
 fn model_gradients_match_with_dropout(device: Device) {

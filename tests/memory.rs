@@ -34,7 +34,8 @@ fn the_memory_plan_matches_the_measured_peak() {
             precision: Precision::FP32,
             dropout: 0.0,
         };
-        let cfg = TrainingConfig { optimizer, use_bf16: bf16, total_steps: 2, checkpoint_activations, ..Default::default() };
+        let cfg =
+            TrainingConfig { optimizer, use_bf16: bf16, total_steps: 2, checkpoint_activations, ..Default::default() };
         let plan = MemoryPlan::new(&model, &cfg, 4, 128);
         let mut t = Trainer::new_on(model, cfg, gpu).unwrap();
         irontensor::CommandBatch::sync();

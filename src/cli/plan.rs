@@ -229,9 +229,14 @@ mod tests {
             grad_accum: Some(3),
             save_interval: Some(7),
             optimizer: "lion".into(),
+            checkpoint_activations: true,
             ..Default::default()
         };
         let p = plan(&o, Device::Cpu).unwrap();
+        assert!(
+            p.train.checkpoint_activations
+                && !plan(&TrainOptions::default(), Device::Cpu).unwrap().train.checkpoint_activations
+        );
         assert_eq!((p.batch, p.seq, p.train.total_steps, p.train.warmup_steps), (6, 100, 30, 3));
         assert_eq!((p.train.eval_interval, p.train.save_interval, p.train.grad_accum_steps), (30, 7, 3));
         assert_eq!((p.train.optimizer, p.train.learning_rate), (OptimizerKind::Lion, 0.5));

@@ -62,7 +62,10 @@ fn check_memory(plan: &Plan) -> Result<()> {
     if !train.checkpoint_activations {
         let train = crate::train::TrainingConfig { checkpoint_activations: true, ..train.clone() };
         let less = MemoryPlan::new(model, &train, *batch, *seq).activations;
-        fixes.push(format!("--checkpoint-activations (each block recomputed in the backward pass: activations {})", gb(less)));
+        fixes.push(format!(
+            "--checkpoint-activations (each block recomputed in the backward pass: activations {})",
+            gb(less)
+        ));
     }
     if !train.use_bf16 {
         fixes.push(format!("IRONTENSOR_BF16=1 (BF16 weights: {})", gb(need.weights / 2)));
