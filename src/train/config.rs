@@ -121,6 +121,7 @@ pub struct TrainingConfig {
     pub sophia_k: usize,
     /// Keep only each transformer block's inputs in the forward pass and recompute the block
     /// in the backward pass: less activation memory for about one more forward per step.
+    /// `Trainer::with_model` passes it to the model (`GPTModel::checkpoint_activations`).
     #[serde(default)]
     pub checkpoint_activations: bool,
 }
