@@ -24,8 +24,8 @@ pub fn checkpoint(
     if !tracking(inputs) {
         return f(&inputs.iter().map(|t| (*t).clone()).collect::<Vec<_>>());
     }
-    // (the input as `f` gets it, whether its gradient is wanted); detached copies keep the data
-    // but not the graph before them.
+    // Per input: what `f` gets, and whether the input's gradient is wanted. A detached copy
+    // keeps the data but lets go of the graph before it.
     let kept: Vec<(Tensor, bool)> = inputs
         .iter()
         .map(|t| match (t.is_leaf_param(), t.tracks_grad()) {

@@ -173,7 +173,7 @@ fn train_on(o: &TrainOptions, dist: Option<&Arc<Dist>>, start: Instant) -> Resul
         t.config.checkpoint_dir = train_cfg.checkpoint_dir.clone();
         t.config.save_interval = o.save_interval.unwrap_or(t.config.save_interval);
         t.config.grad_accum_steps = o.grad_accum.unwrap_or(t.config.grad_accum_steps);
-        // Memory, not numbers: this run's flag holds whatever the checkpointed run used.
+        // The flag changes memory, not numbers: this run's flag holds, whatever the saved run used.
         t.config.checkpoint_activations = o.checkpoint_activations;
         t.model.checkpoint_activations = o.checkpoint_activations;
         note!("resuming from {} at step {}", ckpt.display(), t.step);
