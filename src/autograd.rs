@@ -6,6 +6,9 @@ use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+mod checkpoint;
+pub use checkpoint::checkpoint;
+
 type BackwardFn = dyn Fn(&[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> + Send + Sync;
 
 /// How an op's outputs were made: its inputs and the rule giving their gradients from the
@@ -69,7 +72,12 @@ thread_local! {
 
 /// Runs `f` without recording any graph (inference, optimizer updates, backward itself).
 pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
-    let prev = GRAD_ENABLED.with(|g| g.replace(false));
+    set_grad_enabled(false, f)
+}
+
+/// Runs `f` with recording on or off, then restores what was set (also on a panic).
+fn set_grad_enabled<R>(enabled: bool, f: impl FnOnce() -> R) -> R {
+    let prev = GRAD_ENABLED.with(|g| g.replace(enabled));
     struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -121,21 +129,24 @@ pub fn record_multi<const N: usize>(
     if !tracking(inputs) {
         return outs;
     }
+    let outs = record_outputs(op, outs.into(), inputs, Box::new(backward));
+    outs.try_into().unwrap_or_else(|_| unreachable!("one output per output"))
+}
+
+/// Records one node with any number of outputs (the caller has checked `tracking`).
+fn record_outputs(op: &'static str, outs: Vec<Tensor>, inputs: &[&Tensor], backward: Box<BackwardFn>) -> Vec<Tensor> {
     let node = Arc::new(GradFn {
         op,
-        outputs: N,
-        saved: Mutex::new(Some(Saved {
-            inputs: inputs.iter().map(|t| Input::new(t)).collect(),
-            backward: Box::new(backward),
-        })),
+        outputs: outs.len(),
+        saved: Mutex::new(Some(Saved { inputs: inputs.iter().map(|t| Input::new(t)).collect(), backward })),
     });
-    let mut k = 0;
-    outs.map(|out| {
-        let i = &out.0;
-        let t = Tensor::from_storage(i.storage.clone(), i.offset, &i.shape, i.dtype).with_grad_fn(node.clone(), k);
-        k += 1;
-        t
-    })
+    outs.into_iter()
+        .enumerate()
+        .map(|(k, out)| {
+            let i = &out.0;
+            Tensor::from_storage(i.storage.clone(), i.offset, &i.shape, i.dtype).with_grad_fn(node.clone(), k)
+        })
+        .collect()
 }
 
 /// For ops with no backward rule: an error if any input would need a gradient.
@@ -178,7 +189,7 @@ impl Tensor {
         if !self.tracks_grad() {
             bail!(Grad, "backward: the output does not depend on any tensor that requires grad");
         }
-        crate::autograd::no_grad(|| run_backward(self, dy, &mut |_, _| Ok(())))
+        crate::autograd::no_grad(|| run_backward(&[(self.clone(), dy.clone())], &mut |_, _| Ok(())))
     }
 
     /// `backward` that calls `hook(leaf, gradient)` as soon as each leaf's gradient is final,
@@ -192,7 +203,7 @@ impl Tensor {
             bail!(Grad, "backward: the output does not depend on any tensor that requires grad");
         }
         let seed = Tensor::full_on(self.shape(), 1.0, self.device());
-        crate::autograd::no_grad(|| run_backward(self, &seed, hook))
+        crate::autograd::no_grad(|| run_backward(&[(self.clone(), seed)], hook))
     }
 }
 
@@ -212,14 +223,22 @@ fn slot(t: &Tensor) -> Slot {
 
 type LeafHook<'a> = &'a mut dyn FnMut(&Tensor, &Tensor) -> Result<()>;
 
-fn run_backward(root: &Tensor, dy: &Tensor, hook: LeafHook) -> Result<Gradients> {
+/// Back-propagates from each (root, dL/d root) at once: gradients meeting in a slot add up.
+fn run_backward(roots: &[(Tensor, Tensor)], hook: LeafHook) -> Result<Gradients> {
     let mut grads: HashMap<Slot, Tensor> = HashMap::new();
-    grads.insert(slot(root), dy.clone());
+    for (root, dy) in roots {
+        let acc = match grads.remove(&slot(root)) {
+            Some(prev) => crate::ops::add(&prev, dy)?,
+            None => dy.clone(),
+        };
+        grads.insert(slot(root), acc);
+    }
     // Nodes in reverse topological order by iterative DFS (post-order), so deep graphs don't
     // recurse; a node runs after every consumer of any of its outputs.
     let mut order: Vec<Arc<GradFn>> = Vec::new();
     let mut seen: HashSet<usize> = HashSet::new();
-    let mut stack: Vec<(Arc<GradFn>, bool)> = root.0.grad_fn.iter().map(|(f, _)| (f.clone(), false)).collect();
+    let mut stack: Vec<(Arc<GradFn>, bool)> =
+        roots.iter().filter_map(|(r, _)| r.0.grad_fn.as_ref()).map(|(f, _)| (f.clone(), false)).collect();
     // Per leaf: the nodes still to run that take it as input; at 0 its gradient is final.
     let mut pending: HashMap<u64, usize> = HashMap::new();
     while let Some((f, expanded)) = stack.pop() {
@@ -281,8 +300,12 @@ fn run_backward(root: &Tensor, dy: &Tensor, hook: LeafHook) -> Result<Gradients>
             }
         }
     }
-    if root.0.grad_fn.is_none() {
-        hook(root, dy)?; // the loss is itself a leaf
+    // A root that is itself a leaf no node takes as input: its gradient is final now.
+    let mut hooked = HashSet::new();
+    for (root, _) in roots {
+        if root.0.grad_fn.is_none() && !pending.contains_key(&root.id()) && hooked.insert(root.id()) {
+            hook(root, &grads[&Slot::Leaf(root.id())])?;
+        }
     }
     // What is left are the leaves' gradients.
     let map = grads

@@ -115,6 +115,9 @@ enum BenchCommand {
         /// Skip the profiled pass that splits a step into forward, backward and optimizer.
         #[arg(long)]
         no_split: bool,
+        /// Keep only each transformer block's input and recompute the block in the backward pass.
+        #[arg(long)]
+        checkpoint_activations: bool,
         /// auto, fp32 or mixed (default: auto, or what IRONTENSOR_MATMUL says; auto is mixed where
         /// the GPU has f16 cooperative matrices, fp32 elsewhere).
         #[arg(long)]
@@ -248,6 +251,10 @@ struct TrainArgs {
     /// The projections that get adapters, comma separated, of q, k, v, o, gate, up, down (default: q,v).
     #[arg(long)]
     lora_targets: Option<String>,
+    /// Keep only each transformer block's input in the forward pass and recompute the block in
+    /// the backward pass: less activation memory for about one more forward per step.
+    #[arg(long)]
+    checkpoint_activations: bool,
 }
 
 /// `irontensor` with no arguments: `train` with its defaults.
@@ -323,6 +330,7 @@ impl From<TrainArgs> for TrainOptions {
             lora_alpha: a.lora_alpha,
             lora_dropout: a.lora_dropout,
             lora_targets: a.lora_targets,
+            checkpoint_activations: a.checkpoint_activations,
         }
     }
 }
@@ -347,7 +355,19 @@ impl From<GenerateArgs> for GenerateOptions {
 
 fn bench(what: BenchCommand, settings: &Settings) -> irontensor::Result<()> {
     match what {
-        BenchCommand::Train { workload, device, steps, warmup, batch, seq, optimizer, no_split, precision, lora } => {
+        BenchCommand::Train {
+            workload,
+            device,
+            steps,
+            warmup,
+            batch,
+            seq,
+            optimizer,
+            no_split,
+            precision,
+            checkpoint_activations,
+            lora,
+        } => {
             let (bf16, precision_env) = (settings.bf16, settings.precision);
             let o = BenchTrainOptions {
                 workload,
@@ -358,6 +378,7 @@ fn bench(what: BenchCommand, settings: &Settings) -> irontensor::Result<()> {
                 seq,
                 optimizer,
                 no_split,
+                checkpoint_activations,
                 bf16,
                 precision,
                 precision_env,

@@ -348,7 +348,7 @@ fn bench_prints_json_lines() {
     let (ok, out) = irontensor(
         &["bench", "train", "--workload", "seed-tiny", "--device", "cpu", "--batch", "1", "--seq", "8"]
             .into_iter()
-            .chain(["--steps", "2", "--warmup", "1"])
+            .chain(["--steps", "2", "--warmup", "1", "--checkpoint-activations"])
             .collect::<Vec<_>>(),
         &[],
     );
@@ -357,6 +357,7 @@ fn bench_prints_json_lines() {
     assert_eq!(lines.len(), 1, "{out}");
     let r = &lines[0];
     assert_eq!(r["params"], irontensor::bench::workload("seed-tiny").unwrap().model.num_params());
+    assert_eq!(r["checkpoint_activations"], true, "{r}");
     for k in
         ["tokens_per_s", "ms_per_step", "forward_ms", "backward_ms", "optimizer_ms", "peak_bytes", "expected_bytes"]
     {
@@ -670,6 +671,7 @@ fn a_run_too_large_for_the_gpu_stops_before_it_starts() {
         "activations",
         "--grad-accum 2",
         "IRONTENSOR_BF16=1",
+        "--checkpoint-activations",
     ] {
         assert!(text.contains(part), "{part:?} missing: {text}");
     }

@@ -195,6 +195,12 @@ fn two_ranks_match_one_rank() {
     assert!(ok, "{out}");
     assert_same_losses(&losses(&dir.join("accum")), ref_losses, 0);
     assert_same_weights(&checkpoint(&dir.join("accum"), 10), &checkpoint(ref_run, 10));
+    // Checkpointed blocks: their parameters' gradients reach the all-reduce hook all the same.
+    let bucket = [("IRONTENSOR_DIST_BUCKET_MB", "0.004")];
+    let (ok, out, _) = ranks(2, &train_args(&dir, "ckpt", &["--checkpoint-activations"]), &bucket);
+    assert!(ok, "{out}");
+    assert_same_losses(&losses(&dir.join("ckpt")), ref_losses, 0);
+    assert_same_weights(&checkpoint(&dir.join("ckpt"), 10), &checkpoint(ref_run, 10));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

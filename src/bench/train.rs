@@ -77,6 +77,8 @@ pub struct TrainBench {
     pub optimizer: Option<OptimizerKind>,
     /// After the timed steps, run as many again under the profiler for the phase split.
     pub split: bool,
+    /// Recompute each transformer block in the backward pass (`--checkpoint-activations`).
+    pub checkpoint_activations: bool,
     /// Weights stored in BF16 (`IRONTENSOR_BF16=1`).
     pub bf16: bool,
     /// LoRA adapters of this rank on q, k, v and o (alpha 2·rank), the weights frozen.
@@ -102,8 +104,12 @@ pub fn train(opts: &TrainBench) -> Result<serde_json::Value> {
         dropout: 0.0,
         targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
     });
-    let config =
-        TrainingConfig { use_bf16: opts.bf16, lora, ..train_config(w.optimizer, opts.warmup + 2 * opts.steps + 2) };
+    let config = TrainingConfig {
+        use_bf16: opts.bf16,
+        checkpoint_activations: opts.checkpoint_activations,
+        lora,
+        ..train_config(w.optimizer, opts.warmup + 2 * opts.steps + 2)
+    };
     let plan = MemoryPlan::new(&w.model, &config, b, t);
     let mut trainer = Trainer::new_on(w.model.clone(), config, device)?;
     let params = trainer.model.parameters();
@@ -168,6 +174,7 @@ pub fn train(opts: &TrainBench) -> Result<serde_json::Value> {
         "optimizer": format!("{:?}", w.optimizer).to_lowercase(),
         "batch": b,
         "seq": t,
+        "checkpoint_activations": opts.checkpoint_activations,
         "params": num_params,
         "lora": opts.lora,
         "trainable_params": trained,

@@ -16,6 +16,8 @@ pub struct BenchTrainOptions {
     pub seq: Option<usize>,
     pub optimizer: Option<String>,
     pub no_split: bool,
+    /// `--checkpoint-activations`: recompute each block in the backward pass.
+    pub checkpoint_activations: bool,
     /// Weights stored in BF16 (`IRONTENSOR_BF16=1`).
     pub bf16: bool,
     /// `--precision` (None: `precision_env`).
@@ -51,6 +53,7 @@ pub fn bench_train(o: &BenchTrainOptions) -> Result<()> {
         seq: o.seq,
         optimizer,
         split: !o.no_split,
+        checkpoint_activations: o.checkpoint_activations,
         bf16: o.bf16,
         lora: o.lora.map(|r| at_least_one("lora", r)).transpose()?,
     };

@@ -41,6 +41,8 @@ pub struct TrainOptions {
     pub lora_alpha: Option<f32>,
     pub lora_dropout: Option<f32>,
     pub lora_targets: Option<String>,
+    /// `--checkpoint-activations`: recompute each transformer block in the backward pass.
+    pub checkpoint_activations: bool,
 }
 
 impl Default for TrainOptions {
@@ -71,6 +73,7 @@ impl Default for TrainOptions {
             lora_alpha: None,
             lora_dropout: None,
             lora_targets: None,
+            checkpoint_activations: false,
         }
     }
 }
@@ -116,6 +119,7 @@ pub fn plan_from(o: &TrainOptions, device: Device, init: Option<&ModelConfig>) -
         checkpoint_dir: o.out.join("checkpoints").to_string_lossy().into_owned(),
         seed: o.seed,
         use_bf16: o.bf16,
+        checkpoint_activations: o.checkpoint_activations,
         ..Default::default()
     };
     optimizer.set_defaults(&mut t);
@@ -263,9 +267,14 @@ mod tests {
             grad_accum: Some(3),
             save_interval: Some(7),
             optimizer: "lion".into(),
+            checkpoint_activations: true,
             ..Default::default()
         };
         let p = plan(&o, Device::Cpu).unwrap();
+        assert!(
+            p.train.checkpoint_activations
+                && !plan(&TrainOptions::default(), Device::Cpu).unwrap().train.checkpoint_activations
+        );
         assert_eq!((p.batch, p.seq, p.train.total_steps, p.train.warmup_steps), (6, 100, 30, 3));
         assert_eq!((p.train.eval_interval, p.train.save_interval, p.train.grad_accum_steps), (30, 7, 3));
         assert_eq!((p.train.optimizer, p.train.learning_rate), (OptimizerKind::Lion, 0.5));

@@ -59,6 +59,14 @@ fn check_memory(plan: &Plan) -> Result<()> {
     if *seq > 1 {
         fixes.push(format!("--seq {} (activations about {})", seq / 2, gb(need.activations / 2)));
     }
+    if !train.checkpoint_activations {
+        let train = crate::train::TrainingConfig { checkpoint_activations: true, ..train.clone() };
+        let less = MemoryPlan::new(model, &train, *batch, *seq).activations;
+        fixes.push(format!(
+            "--checkpoint-activations (each block recomputed in the backward pass: activations {})",
+            gb(less)
+        ));
+    }
     if !train.use_bf16 {
         fixes.push(format!("IRONTENSOR_BF16=1 (BF16 weights: {})", gb(need.weights / 2)));
     }
@@ -165,6 +173,9 @@ fn train_on(o: &TrainOptions, dist: Option<&Arc<Dist>>, start: Instant) -> Resul
         t.config.checkpoint_dir = train_cfg.checkpoint_dir.clone();
         t.config.save_interval = o.save_interval.unwrap_or(t.config.save_interval);
         t.config.grad_accum_steps = o.grad_accum.unwrap_or(t.config.grad_accum_steps);
+        // The flag changes memory, not numbers: this run's flag holds, whatever the saved run used.
+        t.config.checkpoint_activations = o.checkpoint_activations;
+        t.model.checkpoint_activations = o.checkpoint_activations;
         note!("resuming from {} at step {}", ckpt.display(), t.step);
         Ok(t)
     };

@@ -3,6 +3,7 @@
 use super::{KvCache, Linear, Loader, ModelConfig};
 use crate::{ops, Result, Tensor};
 
+#[derive(Clone)]
 pub struct Attention {
     pub q_proj: Linear,
     pub k_proj: Linear,

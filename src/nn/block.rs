@@ -3,6 +3,7 @@
 use super::{Attention, FeedForward, KvCache, Loader, ModelConfig, RmsNorm};
 use crate::{ops, Result, Tensor};
 
+#[derive(Clone)]
 pub struct TransformerBlock {
     pub input_layernorm: RmsNorm,
     pub self_attn: Attention,

@@ -3,6 +3,7 @@
 use super::{Linear, Loader, ModelConfig};
 use crate::{ops, Result, Tensor};
 
+#[derive(Clone)]
 pub struct FeedForward {
     pub gate_proj: Linear,
     pub up_proj: Linear,

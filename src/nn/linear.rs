@@ -3,6 +3,7 @@
 use super::{Loader, Lora};
 use crate::{ops, Result, Tensor};
 
+#[derive(Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub lora: Option<Lora>,
@@ -29,6 +30,7 @@ impl Linear {
     }
 }
 
+#[derive(Clone)]
 pub struct RmsNorm {
     pub weight: Tensor,
     pub eps: f32,

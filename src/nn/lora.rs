@@ -166,6 +166,7 @@ impl LoraConfig {
 }
 
 /// The trained update of one linear layer: A [r, in], B [out, r].
+#[derive(Clone)]
 pub struct Lora {
     pub a: Tensor,
     pub b: Tensor,

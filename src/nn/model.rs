@@ -1,7 +1,7 @@
 //! GPTModel: tokens -> embedding -> N × TransformerBlock -> RMSNorm -> logits, named and laid
 //! out like Hugging Face's `LlamaForCausalLM`.
 
-use super::{Lora, LoraConfig, ModelConfig, RmsNorm, TransformerBlock};
+use super::{KvCache, Lora, LoraConfig, ModelConfig, RmsNorm, TransformerBlock};
 use crate::ops::{self, flat};
 use crate::{bail, Device, Error, Precision, Result, Tensor};
 use std::collections::HashMap;
@@ -56,68 +56,6 @@ impl<'a> Loader<'a> {
     }
 }
 
-/// Keys and values of the positions seen so far, one per layer: [B, T, Hkv, D] each. For one
-/// sequence (B = 1) they live in buffers made for `capacity` positions, and each new position is
-/// copied in at its place (no copy of the earlier ones); for a batch they are joined anew.
-#[derive(Default)]
-pub struct KvCache {
-    k: Option<Tensor>,
-    v: Option<Tensor>,
-    len: usize,
-    /// Positions the buffers hold (0: join anew each time).
-    capacity: usize,
-}
-
-impl KvCache {
-    /// An empty cache that holds up to `capacity` positions of one sequence without copying.
-    pub fn with_capacity(capacity: usize) -> KvCache {
-        KvCache { capacity, ..Default::default() }
-    }
-
-    /// Appends the new positions and returns the whole keys and values.
-    pub fn append(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        let &[b, t, h, d] = k.shape() else {
-            bail!(Shape, "kv cache: keys must be [B, T, H, D], got {:?}", k.shape());
-        };
-        if b != 1 || self.capacity == 0 || k.dtype() != Precision::FP32 || v.dtype() != Precision::FP32 {
-            let (k, v) = match (self.k.take(), self.v.take()) {
-                (Some(pk), Some(pv)) => (ops::concat(&[&pk, &k], 1)?, ops::concat(&[&pv, &v], 1)?),
-                _ => (k, v),
-            };
-            self.len = k.shape()[1];
-            self.k = Some(k.clone());
-            self.v = Some(v.clone());
-            return Ok((k, v));
-        }
-        if self.len + t > self.capacity {
-            bail!(Invalid, "kv cache: {} positions cached and {t} more exceed its {}", self.len, self.capacity);
-        }
-        let device = k.device();
-        let row = h * d;
-        let mut views = Vec::with_capacity(2);
-        for (slot, new) in [(&mut self.k, &k), (&mut self.v, &v)] {
-            let buf = slot.get_or_insert_with(|| Tensor::zeros_on(&[1, self.capacity, h, d], Precision::FP32, device));
-            let at = |n: usize, shape: &[usize]| {
-                Tensor::from_storage(buf.storage().clone(), buf.offset() + n * row, shape, Precision::FP32)
-            };
-            ops::flat::copy_into(&at(self.len, new.shape()), new)?;
-            views.push(at(0, &[1, self.len + t, h, d]));
-        }
-        self.len += t;
-        let v = views.pop().expect("two views");
-        Ok((views.pop().expect("two views"), v))
-    }
-
-    /// Positions cached.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
 pub struct GPTModel {
     pub config: ModelConfig,
     pub embed_tokens: Tensor,
@@ -127,6 +65,9 @@ pub struct GPTModel {
     pub lm_head: Option<Tensor>,
     /// LoRA adapters on the projections it names: the other weights are then frozen.
     pub lora: Option<LoraConfig>,
+    /// Keep only each block's inputs in a training forward and recompute the block in the
+    /// backward pass (`autograd::checkpoint`): less memory for about one more forward.
+    pub checkpoint_activations: bool,
     params: Vec<(String, Tensor)>,
 }
 
@@ -218,7 +159,8 @@ impl GPTModel {
         let lm_head =
             if c.tie_weights { None } else { Some(l.param("lm_head.weight", &[c.vocab_size, c.hidden_dim])?) };
         let (params, kept_graph) = (l.params, l.kept_graph);
-        Ok((GPTModel { config, embed_tokens, layers, norm, lm_head, lora, params }, kept_graph))
+        let checkpoint_activations = false;
+        Ok((GPTModel { config, embed_tokens, layers, norm, lm_head, lora, checkpoint_activations, params }, kept_graph))
     }
 
     /// This model with new LoRA adapters on the layers `lora` names and every other weight
@@ -308,6 +250,7 @@ impl GPTModel {
         let mut config = self.config.clone();
         config.precision = precision;
         let old = std::mem::take(&mut self.params);
+        let checkpoint_activations = self.checkpoint_activations;
         // Only the weights: LoRA adapters stay f32 (they are the trained master copy).
         *self = GPTModel::load_with(config, self.lora.clone(), |name, _| {
             let t = &old.iter().find(|(n, _)| n == name).expect("same names").1;
@@ -316,15 +259,18 @@ impl GPTModel {
                 false => crate::no_grad(|| ops::cast(t, precision)),
             }
         })?;
+        self.checkpoint_activations = checkpoint_activations;
         Ok(())
     }
 
     /// Moves every weight to `device`.
     pub fn to_device(&mut self, device: Device) -> Result<()> {
         let old = std::mem::take(&mut self.params);
+        let checkpoint_activations = self.checkpoint_activations;
         *self = GPTModel::load_with(self.config.clone(), self.lora.clone(), |name, _| {
             old.iter().find(|(n, _)| n == name).expect("same names").1.detach().to_device(device)
         })?;
+        self.checkpoint_activations = checkpoint_activations;
         Ok(())
     }
 
@@ -362,18 +308,53 @@ impl GPTModel {
         if let Some((p, s)) = dropout.filter(|(p, _)| *p > 0.0) {
             x = ops::dropout(&x, p, s)?;
         }
+        // Only a forward that records a graph has activations to spare; parameters that are
+        // themselves outputs of a graph (a test differentiating through the model) are not leaves
+        // the checkpoint could take as inputs.
+        let checkpoint = self.checkpoint_activations
+            && cache.is_none()
+            && crate::autograd::is_grad_enabled()
+            && self.params.iter().all(|(_, p)| p.requires_grad() || !p.tracks_grad());
         // The residual stream is x + pending; each add is fused into the norm that follows it.
         let mut pending: Option<Tensor> = None;
         for (i, layer) in self.layers.iter().enumerate() {
             let c = cache.as_deref_mut().map(|c| &mut c[i]);
             let d = dropout.map(|(p, s)| (p, s.wrapping_add(1000 * (i as u64 + 1))));
-            let (nx, m) = layer.forward_residual(&x, pending.as_ref(), batch, seq_len, pos, c, d)?;
+            let (nx, m) = match checkpoint {
+                true => self.checkpointed_block(i, &x, pending.as_ref(), batch, seq_len, pos, d)?,
+                false => layer.forward_residual(&x, pending.as_ref(), batch, seq_len, pos, c, d)?,
+            };
             (x, pending) = (nx, Some(m));
         }
         match pending {
             Some(m) => Ok(self.norm.add_forward(&x, &m)?.1),
             None => self.norm.forward(&x),
         }
+    }
+
+    /// Block `i`'s `forward_residual` as one checkpoint node: it keeps (x, pending) and the
+    /// block's parameters that require grad (the inputs of the node, so they get gradients).
+    #[allow(clippy::too_many_arguments)]
+    fn checkpointed_block(
+        &self,
+        i: usize,
+        x: &Tensor,
+        pending: Option<&Tensor>,
+        b: usize,
+        t: usize,
+        pos: usize,
+        dropout: Option<(f32, u64)>,
+    ) -> Result<(Tensor, Tensor)> {
+        let prefix = format!("model.layers.{i}.");
+        let params = self.params.iter().filter(|(n, p)| n.starts_with(&prefix) && p.requires_grad()).map(|(_, p)| p);
+        let inputs: Vec<&Tensor> = std::iter::once(x).chain(pending).chain(params).collect();
+        let (layer, has_pending) = (self.layers[i].clone(), pending.is_some());
+        let outs = crate::autograd::checkpoint("checkpoint(transformer block)", &inputs, move |a| {
+            let (x, m) = layer.forward_residual(&a[0], has_pending.then(|| &a[1]), b, t, pos, None, dropout)?;
+            Ok(vec![x, m])
+        })?;
+        let [x, m]: [Tensor; 2] = outs.try_into().unwrap_or_else(|_| unreachable!("the block gives (x, pending)"));
+        Ok((x, m))
     }
 
     /// Logits [B, T, V] for tokens [B, T] at positions pos_offset.. (the full logits; training

@@ -127,6 +127,11 @@ pub struct TrainingConfig {
     /// and name it. None: they hold the frozen weights too.
     #[serde(default)]
     pub base_model: Option<String>,
+    /// Keep only each transformer block's inputs in the forward pass and recompute the block
+    /// in the backward pass: less activation memory for about one more forward per step.
+    /// `Trainer::with_model` passes it to the model (`GPTModel::checkpoint_activations`).
+    #[serde(default)]
+    pub checkpoint_activations: bool,
 }
 
 fn sophia_rho() -> f32 {
@@ -163,6 +168,7 @@ impl Default for TrainingConfig {
             sophia_k: sophia_k(),
             lora: None,
             base_model: None,
+            checkpoint_activations: false,
         }
     }
 }

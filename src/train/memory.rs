@@ -37,7 +37,13 @@ impl MemoryPlan {
         // and after RoPE. Then the output: the hidden states and their gradient, which the fused
         // cross-entropy holds from forward to backward, and its chunk of logits (about 2^23).
         let (pc, pf, pkv) = PER_TOKEN_LAYER;
-        let layers = model.num_layers as u64 * tokens * (pc * c + pf * f + pkv * kv);
+        let block = tokens * (pc * c + pf * f + pkv * kv);
+        // Checkpointed, a block keeps only its input (x and the pending branch, 2·C a token)
+        // and one block's activations exist at a time, while the backward recomputes it.
+        let layers = match train.checkpoint_activations {
+            true => model.num_layers as u64 * tokens * 2 * c + block,
+            false => model.num_layers as u64 * block,
+        };
         let output = 3 * tokens * c + (1 << 23).min(tokens * v);
         // A BF16 output weight is widened to f32 for the cross-entropy.
         let widened = if stored == 2 { v * c } else { 0 };

@@ -55,6 +55,8 @@ impl Trainer {
             (None, Some(_)) => bail!(Invalid, "training config: the model has LoRA adapters but the config names none"),
             _ => model,
         };
+        let mut model = model;
+        model.checkpoint_activations = config.checkpoint_activations;
         let c = &config;
         let lr_ok = c.learning_rate.is_finite() && c.learning_rate > 0.0;
         if c.grad_accum_steps == 0 || !lr_ok || !(0.0..1.0).contains(&c.beta1) || !(0.0..1.0).contains(&c.beta2) {
