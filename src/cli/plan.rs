@@ -36,6 +36,8 @@ pub struct TrainOptions {
     pub precision: Option<String>,
     /// `IRONTENSOR_MATMUL`'s choice.
     pub precision_env: crate::settings::PrecisionChoice,
+    /// JSONL data: `--train-on-prompt` (count every token) and `--no-pack` (a record a window).
+    pub finetune: super::FinetuneOptions,
 }
 
 impl Default for TrainOptions {
@@ -60,6 +62,7 @@ impl Default for TrainOptions {
             seed: 0,
             bf16: false,
             init: None,
+            finetune: Default::default(),
             precision: None,
             precision_env: Default::default(),
         }

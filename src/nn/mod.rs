@@ -12,4 +12,4 @@ pub use block::TransformerBlock;
 pub use config::ModelConfig;
 pub use ffn::FeedForward;
 pub use linear::{Linear, RmsNorm};
-pub use model::{GPTModel, KvCache, Loader};
+pub use model::{GPTModel, KvCache, Loader, IGNORE_INDEX};
