@@ -1,0 +1,271 @@
+//! Fine-tuning data: JSONL records, chat templates against transformers' rendering, loss masks,
+//! packing, the masked loss in the trainer, and `train` / `eval` / `generate --chat` on JSONL.
+
+mod common;
+use irontensor::data::{
+    pack, parse_record, read_jsonl, ChatTemplate, Encoded, Encoder, MaskedDataset, Message, Record, Tokenizer,
+};
+use irontensor::nn::{ModelConfig, IGNORE_INDEX};
+use irontensor::rng::Rng;
+use irontensor::train::{Trainer, TrainingConfig};
+use irontensor::{no_grad, Device, Precision, Tensor};
+use std::path::{Path, PathBuf};
+
+const CHAT: &str = "tests/fixtures/chat";
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("irontensor-finetune-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn tokenizer() -> Tokenizer {
+    Tokenizer::load(Path::new(CHAT).join("tokenizer.json")).unwrap()
+}
+
+fn template(name: &str, bos: &str, eos: &str) -> ChatTemplate {
+    let source = std::fs::read_to_string(Path::new(CHAT).join(format!("{name}.jinja"))).unwrap();
+    ChatTemplate::new(&source, bos, eos, name).unwrap()
+}
+
+/// SmolLM2, Llama 3.1, Qwen2.5 and TinyLlama's templates: our text, ids and assistant tokens
+/// equal transformers' apply_chat_template (dev/make_chat_fixtures.py).
+#[test]
+fn chat_templates_render_and_mask_as_transformers() {
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(CHAT).join("expected.json")).unwrap()).unwrap();
+    let tok = tokenizer();
+    let cases = expected["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 12);
+    for c in cases {
+        let name = c["template"].as_str().unwrap();
+        let t = template(name, c["bos"].as_str().unwrap_or(""), c["eos"].as_str().unwrap());
+        let messages: Vec<Message> = serde_json::from_value(c["messages"].clone()).unwrap();
+        assert_eq!(t.render(&messages, false).unwrap(), c["text"].as_str().unwrap(), "{name}");
+        assert_eq!(t.render(&messages[..1], true).unwrap(), c["prompt"].as_str().unwrap(), "{name}");
+        let enc = Encoder { tokenizer: &tok, template: Some(&t), eos: 2, train_on_prompt: false };
+        let got = enc.encode(&Record::Chat(messages.clone()), "case").unwrap();
+        let ids: Vec<u32> = serde_json::from_value(c["ids"].clone()).unwrap();
+        let mask: Vec<u8> = serde_json::from_value(c["mask"].clone()).unwrap();
+        assert_eq!(got.ids, ids, "{name}");
+        assert_eq!(got.counted, mask.iter().map(|&m| m == 1).collect::<Vec<_>>(), "{name}: {messages:?}");
+        assert!(mask.contains(&1) && mask.contains(&0), "{name}");
+        let all = Encoder { train_on_prompt: true, ..enc }.encode(&Record::Chat(messages), "case").unwrap();
+        assert!(all.counted.iter().all(|&c| c) && all.ids == ids);
+    }
+}
+
+/// The template is found in a model folder: chat_template.jinja first, else tokenizer_config.json.
+#[test]
+fn templates_are_found_beside_the_tokenizer() {
+    let dir = scratch("find");
+    assert!(ChatTemplate::find(&dir).unwrap().is_none());
+    let source = std::fs::read_to_string(Path::new(CHAT).join("tinyllama.jinja")).unwrap();
+    let config = serde_json::json!({"chat_template": source, "bos_token": "<s>", "eos_token": {"content": "</s>"}});
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let m = [Message { role: "user".into(), content: "hi".into() }];
+    assert_eq!(ChatTemplate::find(&dir).unwrap().unwrap().render(&m, true).unwrap(), "<|user|>\nhi</s>\n<|assistant|>\n");
+    std::fs::write(dir.join("chat_template.jinja"), "{{ bos_token }}{{ messages[0].content.upper() }}").unwrap();
+    assert_eq!(ChatTemplate::find(&dir).unwrap().unwrap().render(&m, false).unwrap(), "<s>HI");
+    // raise_exception stops a render with the template's message.
+    std::fs::write(dir.join("chat_template.jinja"), "{{ raise_exception('roles must alternate') }}").unwrap();
+    let e = ChatTemplate::find(&dir).unwrap().unwrap().render(&m, false).unwrap_err().to_string();
+    assert!(e.contains("roles must alternate") && e.contains("chat_template.jinja"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn each_record_format_parses_and_bad_lines_name_file_and_line() {
+    let text = parse_record(r#"{"text": "a b"}"#, "f:1").unwrap();
+    assert_eq!(text, Record::Text("a b".into()));
+    let pc = parse_record(r#"{"prompt": "Q", "completion": "A", "id": 3}"#, "f:1").unwrap();
+    assert_eq!(pc, Record::Completion { prompt: "Q".into(), completion: "A".into() });
+    let chat = parse_record(r#"{"messages": [{"role": "user", "content": "x"}]}"#, "f:1").unwrap();
+    assert_eq!(chat, Record::Chat(vec![Message { role: "user".into(), content: "x".into() }]));
+    for (line, why) in [
+        ("{\"text\": 3}", "\"text\" must be a string"),
+        ("{\"prompt\": \"Q\"}", "\"completion\" is missing"),
+        ("{\"messages\": [{\"role\": \"user\"}]}", "message 1: \"content\" is missing"),
+        ("{\"other\": 1}", "got keys [\"other\"]"),
+        ("[1, 2]", "must be a JSON object"),
+        ("{\"text\": \"unterminated}", "not valid JSON"),
+    ] {
+        let e = parse_record(line, "data.jsonl:7").unwrap_err().to_string();
+        assert!(e.contains("data.jsonl:7") && e.contains(why), "{line}: {e}");
+    }
+    let dir = scratch("read");
+    let path = dir.join("d.jsonl");
+    std::fs::write(&path, "{\"text\": \"one\"}\n\n{\"text\": \"two\"}\n{\"text\": \"three\"\n").unwrap();
+    let e = read_jsonl(&path).unwrap_err().to_string();
+    assert!(e.contains(&format!("{}:4", path.display())), "{e}");
+    std::fs::write(&path, "\n  \n").unwrap();
+    let e = read_jsonl(&path).unwrap_err().to_string();
+    assert!(e.contains("no records") && e.contains("d.jsonl"), "{e}");
+    std::fs::write(&path, "{\"text\": \"one\"}\n\n{\"text\": \"two\"}\n").unwrap();
+    let lines = read_jsonl(&path).unwrap();
+    assert_eq!(lines.iter().map(|l| l.number).collect::<Vec<_>>(), [1, 3]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Text and completions end with EOS; a completion record counts only the completion's tokens.
+#[test]
+fn text_and_completion_records_encode_with_eos_and_their_mask() {
+    let tok = tokenizer();
+    let enc = Encoder { tokenizer: &tok, template: None, eos: 2, train_on_prompt: false };
+    let t = enc.encode(&Record::Text("To be, or not".into()), "x").unwrap();
+    assert_eq!(t.ids, [tok.encode("To be, or not"), vec![2]].concat());
+    assert!(t.counted.iter().all(|&c| c));
+    let r = Record::Completion { prompt: "Question: why?".into(), completion: " Because.".into() };
+    let c = enc.encode(&r, "x").unwrap();
+    let (p, a) = (tok.encode("Question: why?"), tok.encode(" Because."));
+    assert_eq!(c.ids, [p.clone(), a.clone(), vec![2]].concat());
+    assert_eq!(c.counted, [vec![false; p.len()], vec![true; a.len() + 1]].concat());
+    let all = Encoder { train_on_prompt: true, ..enc }.encode(&r, "x").unwrap();
+    assert!(all.counted.iter().all(|&c| c));
+    // A chat record without a template says what is missing.
+    let e = enc.encode(&Record::Chat(vec![Message { role: "user".into(), content: "x".into() }]), "d.jsonl:5");
+    let e = e.unwrap_err().to_string();
+    assert!(e.contains("d.jsonl:5") && e.contains("chat template"), "{e}");
+}
+
+/// Random records packed greedily, against a plain reference of the rule.
+#[test]
+fn packing_keeps_records_whole_pads_and_cuts() {
+    let mut rng = Rng::new(7);
+    let records: Vec<Encoded> = (0..53)
+        .map(|_| {
+            let n = 1 + rng.below(30) as usize;
+            Encoded {
+                ids: (0..n).map(|_| 3 + rng.below(300) as u32).collect(),
+                counted: (0..n).map(|_| rng.below(3) > 0).collect(),
+            }
+        })
+        .collect();
+    let w = 17;
+    for packed in [true, false] {
+        let p = pack(&records, w, packed, 1);
+        let (mut ids, mut counted, mut cut, mut fill) = (Vec::new(), Vec::new(), 0, 0);
+        for r in &records {
+            let n = r.ids.len().min(w);
+            cut += (n < r.ids.len()) as usize;
+            if fill > 0 && (!packed || fill + n > w) {
+                ids.extend(std::iter::repeat_n(1, w - fill));
+                counted.extend(std::iter::repeat_n(false, w - fill));
+                fill = 0;
+            }
+            for i in 0..n {
+                ids.push(r.ids[i]);
+                counted.push(i > 0 && r.counted[i]);
+            }
+            fill += n;
+        }
+        ids.extend(std::iter::repeat_n(1, (w - fill) % w));
+        counted.extend(std::iter::repeat_n(false, (w - fill) % w));
+        assert_eq!((p.ids.clone(), p.counted.clone(), p.cut), (ids, counted, cut), "packed {packed}");
+        assert!(p.cut > 0 && p.ids.len() % w == 0);
+        if !packed {
+            assert_eq!(p.windows(w), records.len());
+        }
+    }
+}
+
+/// The token and mask files give windows whose uncounted targets are IGNORE_INDEX.
+#[test]
+fn masked_windows_round_trip_through_their_files() {
+    let dir = scratch("masked");
+    let records: Vec<Encoded> = (0..9)
+        .map(|r| Encoded { ids: (0..5 + r).map(|i| (i * 7 + r) as u32 % 50).collect(), counted: (0..5 + r).map(|i| i % 3 != 0).collect() })
+        .collect();
+    let p = pack(&records, 9, true, 0);
+    MaskedDataset::create(&dir.join("train.bin"), &p).unwrap();
+    let ds = MaskedDataset::open(&dir.join("train.bin"), 8, 50).unwrap();
+    assert_eq!(ds.num_windows(), p.ids.len() / 9);
+    let mut counted = 0;
+    for i in 0..ds.num_windows() {
+        let (x, y) = ds.window(i);
+        assert_eq!(x, &p.ids[i * 9..i * 9 + 8]);
+        for t in 0..8 {
+            let want = if p.counted[i * 9 + t + 1] { p.ids[i * 9 + t + 1] } else { IGNORE_INDEX };
+            assert_eq!(y[t], want);
+            counted += (want != IGNORE_INDEX) as usize;
+        }
+    }
+    assert_eq!(ds.counted(), counted);
+    let (x, y) = ds.batch_at(3, 4, 11);
+    assert_eq!((x.len(), y.len()), (32, 32));
+    assert_eq!(ds.batch_at(3, 4, 11), (x, y));
+    // Another --seq does not fit these windows, and ids beyond the vocabulary are refused.
+    let e = MaskedDataset::open(&dir.join("train.bin"), 7, 50).unwrap_err().to_string();
+    assert!(e.contains("--seq") && e.contains("train.bin"), "{e}");
+    assert!(MaskedDataset::open(&dir.join("train.bin"), 8, 40).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn tiny() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 61,
+        hidden_dim: 32,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        intermediate_dim: 64,
+        max_seq_len: 32,
+        rope_base: 10000.0,
+        norm_eps: 1e-5,
+        tie_weights: false,
+        precision: Precision::FP32,
+        dropout: 0.0,
+    }
+}
+
+/// Mean -log p(target) over the counted targets, from the full logits in f64.
+fn reference_loss(t: &Trainer, x: &[u32], y: &[u32], batch: usize, seq: usize) -> f64 {
+    let v = t.model.config.vocab_size;
+    let logits = no_grad(|| t.model.forward(&Tensor::from_u32_on(x, &[batch, seq], Device::Cpu).unwrap(), batch, seq, 0))
+        .unwrap()
+        .to_vec();
+    let (mut sum, mut n) = (0.0, 0);
+    for (r, &target) in y.iter().enumerate().filter(|(_, &t)| t != IGNORE_INDEX) {
+        let row: Vec<f64> = logits[r * v..(r + 1) * v].iter().map(|&l| l as f64).collect();
+        let max = row.iter().cloned().fold(f64::MIN, f64::max);
+        let lse = max + row.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
+        sum += lse - row[target as usize];
+        n += 1;
+    }
+    sum / n as f64
+}
+
+/// The step's loss is the mean over counted targets whatever the micro-batches hold: with
+/// --grad-accum a micro-batch weighs by its counted targets, and one with none adds nothing.
+#[test]
+fn the_masked_loss_is_the_mean_over_counted_targets_across_micro_batches() {
+    let (batch, seq) = (4, 9);
+    let mut rng = Rng::new(3);
+    let x: Vec<u32> = (0..batch * seq).map(|_| rng.below(61) as u32).collect();
+    let mut y: Vec<u32> = (0..batch * seq).map(|_| rng.below(61) as u32).collect();
+    // Rows 0-1 (micro-batch 0 of 2) keep 2 targets; rows 2-3 keep all but 3.
+    for (i, t) in y.iter_mut().enumerate() {
+        if (i < 2 * seq && i % 7 != 3) || (i >= 2 * seq && i % 5 == 0) {
+            *t = IGNORE_INDEX;
+        }
+    }
+    let step = |accum: usize, y: &[u32]| {
+        let cfg = TrainingConfig { grad_accum_steps: accum, learning_rate: 1e-3, total_steps: 1, ..Default::default() };
+        let mut t = Trainer::new_on(tiny(), cfg, Device::Cpu).unwrap();
+        let want = reference_loss(&t, &x, y, batch, seq);
+        let (loss, norm) = t.train_step(&x, y, batch, seq).unwrap();
+        (want, loss as f64, norm as f64)
+    };
+    let (want, one, norm1) = step(1, &y);
+    let (_, two, norm2) = step(2, &y);
+    for (got, what) in [(one, "one micro-batch"), (two, "two micro-batches")] {
+        assert!((got - want).abs() < 1e-5 * want, "{what}: {got} vs {want}");
+    }
+    assert!((norm1 - norm2).abs() < 1e-4 * norm1, "gradient norms {norm1} vs {norm2}");
+    // A micro-batch with nothing counted: the loss and gradients are those of the other alone.
+    let mut y2 = y.clone();
+    y2[..2 * seq].fill(IGNORE_INDEX);
+    let (want, two, norm) = step(2, &y2);
+    assert!((two - want).abs() < 1e-5 * want && norm.is_finite() && norm > 0.0, "{two} vs {want}, norm {norm}");
+}
