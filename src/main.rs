@@ -253,7 +253,7 @@ struct GenerateArgs {
     #[arg(long, default_value = "\n")]
     prompt: String,
     /// A user message, rendered with the model's chat template; prints only the reply, which
-    /// stops at the model's end-of-turn token.
+    /// stops at the model's end-of-turn token (default: none, --prompt's plain text).
     #[arg(long, conflicts_with = "prompt")]
     chat: Option<String>,
     /// Tokens to write, at least 1.

@@ -269,3 +269,105 @@ fn the_masked_loss_is_the_mean_over_counted_targets_across_micro_batches() {
     let (want, two, norm) = step(2, &y2);
     assert!((two - want).abs() < 1e-5 * want && norm.is_finite() && norm > 0.0, "{two} vs {want}, norm {norm}");
 }
+
+fn irontensor(args: &[&str]) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_irontensor"));
+    cmd.args(args).env_remove("IRONTENSOR_DEVICE").env("IRONTENSOR_CACHE_DIR", "off");
+    let out = cmd.output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), stdout.to_string(), format!("{stdout}{stderr}"))
+}
+
+/// tests/fixtures/llama-tiny with the chat fixtures' tokenizer and SmolLM2's template, as a
+/// downloaded instruct model's folder.
+fn chat_model(dir: &Path) -> PathBuf {
+    let hf = dir.join("hf");
+    std::fs::create_dir_all(&hf).unwrap();
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(Path::new("tests/fixtures/llama-tiny").join(f), hf.join(f)).unwrap();
+    }
+    std::fs::copy(Path::new(CHAT).join("tokenizer.json"), hf.join("tokenizer.json")).unwrap();
+    let source = std::fs::read_to_string(Path::new(CHAT).join("smollm2.jinja")).unwrap();
+    let config = serde_json::json!({"chat_template": source, "bos_token": "<|im_start|>", "eos_token": "<|im_end|>"});
+    std::fs::write(hf.join("tokenizer_config.json"), config.to_string()).unwrap();
+    hf
+}
+
+/// `train --init` on JSONL of every format (3 steps), then `eval` on it against the model's
+/// logits in f64, and `generate --chat` against the library's greedy reply.
+#[test]
+fn train_eval_and_chat_on_jsonl_through_the_cli() {
+    let dir = scratch("cli");
+    let hf = chat_model(&dir);
+    let data = dir.join("data.jsonl");
+    let mut lines: Vec<String> = (0..11)
+        .map(|i| match i % 3 {
+            0 => format!(r#"{{"messages": [{{"role": "user", "content": "Count to {i}."}}, {{"role": "assistant", "content": "{}"}}]}}"#, "1 2 3 ".repeat(i % 4 + 1)),
+            1 => format!(r#"{{"prompt": "Say {i}:", "completion": " {i}, said."}}"#),
+            _ => format!(r#"{{"text": "Line {i} of plain text."}}"#),
+        })
+        .collect();
+    lines.push(format!(r#"{{"text": "{}"}}"#, "a long record that will not fit one window ".repeat(8)));
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let run = dir.join("run");
+    let (d, r, h) = (data.to_str().unwrap(), run.to_str().unwrap(), hf.to_str().unwrap());
+    let train = ["train", "--init", h, "--data", d, "--device", "cpu", "--steps", "3", "--batch", "2", "--seq", "96"];
+    let (ok, _, out) = irontensor(&[&train[..], &["--sample-tokens", "0", "--out", r]].concat());
+    assert!(ok, "{out}");
+    for want in ["every 10th record", "of 12 records are longer than --seq + 1 = 97", "done: 3 steps"] {
+        assert!(out.contains(want), "{want:?} not in\n{out}");
+    }
+    assert!(run.join("tokenizer_config.json").exists());
+    let cut: usize = out.split("warning: ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    // eval: the loss over the completion and assistant tokens, against f64 on the full logits.
+    let (ok, _, out) = irontensor(&["eval", "--checkpoint", r, "--data", d, "--device", "cpu", "--seq", "96", "--batch", "3"]);
+    assert!(ok, "{out}");
+    let got: f64 = out.split("loss ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let (model, tok) = irontensor::cli::load_model(&run, Device::Cpu).unwrap();
+    let text = irontensor::cli::ModelText::find(&run, &tok).unwrap();
+    assert_eq!(text.stops, [2]);
+    let enc = Encoder { tokenizer: &tok, template: text.template.as_ref(), eos: text.eos, train_on_prompt: false };
+    let p = pack(&irontensor::cli::encode_file(&data, &enc).unwrap(), 97, true, text.eos);
+    assert_eq!(p.cut, cut);
+    assert!(cut >= 1 && p.counted.iter().filter(|&&c| c).count() > 100);
+    let (mut sum, mut n) = (0.0, 0);
+    let t = Trainer::with_model(model, TrainingConfig::default()).unwrap();
+    for w in 0..p.windows(97) {
+        let ids = &p.ids[w * 97..(w + 1) * 97];
+        let y: Vec<u32> = (1..97).map(|i| if p.counted[w * 97 + i] { ids[i] } else { IGNORE_INDEX }).collect();
+        let k = y.iter().filter(|&&t| t != IGNORE_INDEX).count();
+        if k > 0 {
+            sum += reference_loss(&t, &ids[..96], &y, 1, 96) * k as f64;
+            n += k;
+        }
+    }
+    let want = sum / n as f64;
+    assert!((got - want).abs() < 1e-4 * want, "eval {got} vs {want}");
+    // generate --chat prints the greedy reply alone.
+    let (ok, stdout, out) = irontensor(&[
+        "generate", "--checkpoint", r, "--chat", "Count to 3.", "--temperature", "0", "--max-tokens", "12", "--device", "cpu",
+    ]);
+    assert!(ok, "{out}");
+    let m = [Message { role: "user".into(), content: "Count to 3.".into() }];
+    let prompt = tok.encode(&text.template.as_ref().unwrap().render(&m, true).unwrap());
+    let greedy = irontensor::infer::SamplingConfig { temperature: 0.0, max_tokens: 12, ..Default::default() };
+    let made = irontensor::infer::generate(&t.model, &prompt, &greedy, &text.stops, true, |_| {}).unwrap();
+    let reply: Vec<u32> = made.into_iter().filter(|t| !text.stops.contains(t)).collect();
+    assert_eq!(stdout, format!("{}\n", tok.decode(&reply)));
+    assert!(!stdout.contains("<|im_start|>"));
+    // A model without a template cannot chat; a bad line stops training before it starts.
+    let plain = dir.join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(hf.join(f), plain.join(f)).unwrap();
+    }
+    let plain = plain.to_str().unwrap();
+    let (ok, _, out) = irontensor(&["generate", "--checkpoint", plain, "--chat", "hi", "--device", "cpu"]);
+    assert!(!ok && out.contains("no chat template"), "{out}");
+    std::fs::write(&data, [lines[0].as_str(), "{\"prompt\": 1}", lines[1].as_str()].join("\n")).unwrap();
+    let bad = dir.join("bad");
+    let (ok, _, out) = irontensor(&[&train[..], &["--out", bad.to_str().unwrap()]].concat());
+    assert!(!ok && out.contains(&format!("{d}:2")) && out.contains("\"prompt\" must be a string"), "{out}");
+    assert!(!bad.join("checkpoints").exists() && !bad.join("train.bin").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
