@@ -202,6 +202,8 @@ fn masked_windows_round_trip_through_their_files() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+device_tests!(the_masked_loss_is_the_mean_over_counted_targets_across_micro_batches);
+
 fn tiny() -> ModelConfig {
     ModelConfig {
         vocab_size: 61,
@@ -222,7 +224,8 @@ fn tiny() -> ModelConfig {
 /// Mean -log p(target) over the counted targets, from the full logits in f64.
 fn reference_loss(t: &Trainer, x: &[u32], y: &[u32], batch: usize, seq: usize) -> f64 {
     let v = t.model.config.vocab_size;
-    let logits = no_grad(|| t.model.forward(&Tensor::from_u32_on(x, &[batch, seq], Device::Cpu).unwrap(), batch, seq, 0))
+    let x = Tensor::from_u32_on(x, &[batch, seq], t.model.device()).unwrap();
+    let logits = no_grad(|| t.model.forward(&x, batch, seq, 0))
         .unwrap()
         .to_vec();
     let (mut sum, mut n) = (0.0, 0);
@@ -238,8 +241,7 @@ fn reference_loss(t: &Trainer, x: &[u32], y: &[u32], batch: usize, seq: usize) -
 
 /// The step's loss is the mean over counted targets whatever the micro-batches hold: with
 /// --grad-accum a micro-batch weighs by its counted targets, and one with none adds nothing.
-#[test]
-fn the_masked_loss_is_the_mean_over_counted_targets_across_micro_batches() {
+fn the_masked_loss_is_the_mean_over_counted_targets_across_micro_batches(device: Device) {
     let (batch, seq) = (4, 9);
     let mut rng = Rng::new(3);
     let x: Vec<u32> = (0..batch * seq).map(|_| rng.below(61) as u32).collect();
@@ -252,7 +254,7 @@ fn the_masked_loss_is_the_mean_over_counted_targets_across_micro_batches() {
     }
     let step = |accum: usize, y: &[u32]| {
         let cfg = TrainingConfig { grad_accum_steps: accum, learning_rate: 1e-3, total_steps: 1, ..Default::default() };
-        let mut t = Trainer::new_on(tiny(), cfg, Device::Cpu).unwrap();
+        let mut t = Trainer::new_on(tiny(), cfg, device).unwrap();
         let want = reference_loss(&t, &x, y, batch, seq);
         let (loss, norm) = t.train_step(&x, y, batch, seq).unwrap();
         (want, loss as f64, norm as f64)
@@ -260,14 +262,14 @@ fn the_masked_loss_is_the_mean_over_counted_targets_across_micro_batches() {
     let (want, one, norm1) = step(1, &y);
     let (_, two, norm2) = step(2, &y);
     for (got, what) in [(one, "one micro-batch"), (two, "two micro-batches")] {
-        assert!((got - want).abs() < 1e-5 * want, "{what}: {got} vs {want}");
+        assert!((got - want).abs() < 2e-5 * want, "{what}: {got} vs {want}");
     }
     assert!((norm1 - norm2).abs() < 1e-4 * norm1, "gradient norms {norm1} vs {norm2}");
     // A micro-batch with nothing counted: the loss and gradients are those of the other alone.
     let mut y2 = y.clone();
     y2[..2 * seq].fill(IGNORE_INDEX);
     let (want, two, norm) = step(2, &y2);
-    assert!((two - want).abs() < 1e-5 * want && norm.is_finite() && norm > 0.0, "{two} vs {want}, norm {norm}");
+    assert!((two - want).abs() < 2e-5 * want && norm.is_finite() && norm > 0.0, "{two} vs {want}, norm {norm}");
 }
 
 fn irontensor(args: &[&str]) -> (bool, String, String) {
