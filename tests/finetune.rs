@@ -65,7 +65,10 @@ fn templates_are_found_beside_the_tokenizer() {
     let config = serde_json::json!({"chat_template": source, "bos_token": "<s>", "eos_token": {"content": "</s>"}});
     std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
     let m = [Message { role: "user".into(), content: "hi".into() }];
-    assert_eq!(ChatTemplate::find(&dir).unwrap().unwrap().render(&m, true).unwrap(), "<|user|>\nhi</s>\n<|assistant|>\n");
+    assert_eq!(
+        ChatTemplate::find(&dir).unwrap().unwrap().render(&m, true).unwrap(),
+        "<|user|>\nhi</s>\n<|assistant|>\n"
+    );
     std::fs::write(dir.join("chat_template.jinja"), "{{ bos_token }}{{ messages[0].content.upper() }}").unwrap();
     assert_eq!(ChatTemplate::find(&dir).unwrap().unwrap().render(&m, false).unwrap(), "<s>HI");
     // raise_exception stops a render with the template's message.
@@ -163,7 +166,7 @@ fn packing_keeps_records_whole_pads_and_cuts() {
         ids.extend(std::iter::repeat_n(1, (w - fill) % w));
         counted.extend(std::iter::repeat_n(false, (w - fill) % w));
         assert_eq!((p.ids.clone(), p.counted.clone(), p.cut), (ids, counted, cut), "packed {packed}");
-        assert!(p.cut > 0 && p.ids.len() % w == 0);
+        assert!(p.cut > 0 && p.ids.len().is_multiple_of(w));
         if !packed {
             assert_eq!(p.windows(w), records.len());
         }
@@ -175,7 +178,10 @@ fn packing_keeps_records_whole_pads_and_cuts() {
 fn masked_windows_round_trip_through_their_files() {
     let dir = scratch("masked");
     let records: Vec<Encoded> = (0..9)
-        .map(|r| Encoded { ids: (0..5 + r).map(|i| (i * 7 + r) as u32 % 50).collect(), counted: (0..5 + r).map(|i| i % 3 != 0).collect() })
+        .map(|r| Encoded {
+            ids: (0..5 + r).map(|i| (i * 7 + r) as u32 % 50).collect(),
+            counted: (0..5 + r).map(|i| i % 3 != 0).collect(),
+        })
         .collect();
     let p = pack(&records, 9, true, 0);
     MaskedDataset::create(&dir.join("train.bin"), &p).unwrap();
@@ -185,9 +191,9 @@ fn masked_windows_round_trip_through_their_files() {
     for i in 0..ds.num_windows() {
         let (x, y) = ds.window(i);
         assert_eq!(x, &p.ids[i * 9..i * 9 + 8]);
-        for t in 0..8 {
+        for (t, &got) in y.iter().enumerate() {
             let want = if p.counted[i * 9 + t + 1] { p.ids[i * 9 + t + 1] } else { IGNORE_INDEX };
-            assert_eq!(y[t], want);
+            assert_eq!(got, want);
             counted += (want != IGNORE_INDEX) as usize;
         }
     }
@@ -225,9 +231,7 @@ fn tiny() -> ModelConfig {
 fn reference_loss(t: &Trainer, x: &[u32], y: &[u32], batch: usize, seq: usize) -> f64 {
     let v = t.model.config.vocab_size;
     let x = Tensor::from_u32_on(x, &[batch, seq], t.model.device()).unwrap();
-    let logits = no_grad(|| t.model.forward(&x, batch, seq, 0))
-        .unwrap()
-        .to_vec();
+    let logits = no_grad(|| t.model.forward(&x, batch, seq, 0)).unwrap().to_vec();
     let (mut sum, mut n) = (0.0, 0);
     for (r, &target) in y.iter().enumerate().filter(|(_, &t)| t != IGNORE_INDEX) {
         let row: Vec<f64> = logits[r * v..(r + 1) * v].iter().map(|&l| l as f64).collect();
@@ -322,7 +326,8 @@ fn train_eval_and_chat_on_jsonl_through_the_cli() {
     assert!(run.join("tokenizer_config.json").exists());
     let cut: usize = out.split("warning: ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
     // eval: the loss over the completion and assistant tokens, against f64 on the full logits.
-    let (ok, _, out) = irontensor(&["eval", "--checkpoint", r, "--data", d, "--device", "cpu", "--seq", "96", "--batch", "3"]);
+    let (ok, _, out) =
+        irontensor(&["eval", "--checkpoint", r, "--data", d, "--device", "cpu", "--seq", "96", "--batch", "3"]);
     assert!(ok, "{out}");
     let got: f64 = out.split("loss ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
     let (model, tok) = irontensor::cli::load_model(&run, Device::Cpu).unwrap();
@@ -347,7 +352,17 @@ fn train_eval_and_chat_on_jsonl_through_the_cli() {
     assert!((got - want).abs() < 1e-4 * want, "eval {got} vs {want}");
     // generate --chat prints the greedy reply alone.
     let (ok, stdout, out) = irontensor(&[
-        "generate", "--checkpoint", r, "--chat", "Count to 3.", "--temperature", "0", "--max-tokens", "12", "--device", "cpu",
+        "generate",
+        "--checkpoint",
+        r,
+        "--chat",
+        "Count to 3.",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+        "--device",
+        "cpu",
     ]);
     assert!(ok, "{out}");
     let m = [Message { role: "user".into(), content: "Count to 3.".into() }];

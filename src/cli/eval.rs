@@ -84,7 +84,12 @@ fn eval_jsonl(o: &EvalOptions, model: &GPTModel, tok: &Tokenizer, seq: usize) ->
     let records = encode_file(&o.data, &enc)?;
     let packed = pack(&records, seq + 1, true, text.eos);
     if packed.cut > 0 {
-        eprintln!("warning: {} of {} records are longer than --seq + 1 = {} tokens and were cut", packed.cut, records.len(), seq + 1);
+        eprintln!(
+            "warning: {} of {} records are longer than --seq + 1 = {} tokens and were cut",
+            packed.cut,
+            records.len(),
+            seq + 1
+        );
     }
     let windows = packed.windows(seq + 1);
     let (mut sum, mut counted) = (0.0f64, 0usize);
@@ -98,7 +103,10 @@ fn eval_jsonl(o: &EvalOptions, model: &GPTModel, tok: &Tokenizer, seq: usize) ->
                 y.extend(ids[1..].iter().zip(&mask[1..]).map(|(&t, &m)| if m { t } else { IGNORE_INDEX }));
             }
             let n = y.iter().filter(|&&t| t != IGNORE_INDEX).count();
-            let (x, y) = (Tensor::from_u32_on(&x, &[b, seq], model.device())?, Tensor::from_u32_on(&y, &[b, seq], model.device())?);
+            let (x, y) = (
+                Tensor::from_u32_on(&x, &[b, seq], model.device())?,
+                Tensor::from_u32_on(&y, &[b, seq], model.device())?,
+            );
             sum += model.loss(&x, &y, b, seq, None)?.item()? as f64 * n as f64;
             counted += n;
         }

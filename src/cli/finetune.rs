@@ -1,7 +1,9 @@
 //! Fine-tuning data for a run: JSONL records encoded with the model's tokenizer and chat
 //! template, split, packed into windows and written with their loss masks.
 
-use crate::data::{pack, read_jsonl, tokenizer_config, ChatTemplate, Encoded, Encoder, MaskedDataset, Record, Tokenizer};
+use crate::data::{
+    pack, read_jsonl, tokenizer_config, ChatTemplate, Encoded, Encoder, MaskedDataset, Record, Tokenizer,
+};
 use crate::{Error, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -37,7 +39,9 @@ impl ModelText {
     /// from the first of its folders that has any of `MODEL_TEXT_FILES`.
     pub fn find(given: &Path, tok: &Tokenizer) -> Result<ModelText> {
         let dir = model_dirs(given).into_iter().find(|d| MODEL_TEXT_FILES.iter().any(|f| d.join(f).exists()));
-        let Some(dir) = dir else { return Ok(ModelText { template: None, eos: tok.eos_id(), stops: vec![tok.eos_id()], dir }) };
+        let Some(dir) = dir else {
+            return Ok(ModelText { template: None, eos: tok.eos_id(), stops: vec![tok.eos_id()], dir });
+        };
         let template = ChatTemplate::find(&dir)?;
         let config = tokenizer_config(&dir)?.unwrap_or_default();
         let named = config.get("eos_token").and_then(|e| e.as_str().or_else(|| e.get("content")?.as_str()));
@@ -48,7 +52,9 @@ impl ModelText {
             let v: serde_json::Value = serde_json::from_slice(&bytes)
                 .map_err(|e| Error::Invalid(format!("{}: not valid JSON: {e}", gen.display())))?;
             match v.get("eos_token_id") {
-                Some(serde_json::Value::Array(ids)) => stops.extend(ids.iter().filter_map(|i| i.as_u64()).map(|i| i as u32)),
+                Some(serde_json::Value::Array(ids)) => {
+                    stops.extend(ids.iter().filter_map(|i| i.as_u64()).map(|i| i as u32))
+                }
                 Some(i) => stops.extend(i.as_u64().map(|i| i as u32)),
                 None => {}
             }
@@ -128,7 +134,12 @@ pub fn prepare_jsonl(
         }
     };
     let text = ModelText::find(out, &tok)?;
-    let enc = Encoder { tokenizer: &tok, template: text.template.as_ref(), eos: text.eos, train_on_prompt: o.train_on_prompt };
+    let enc = Encoder {
+        tokenizer: &tok,
+        template: text.template.as_ref(),
+        eos: text.eos,
+        train_on_prompt: o.train_on_prompt,
+    };
     let encoded: Vec<Encoded> = lines
         .par_iter()
         .map(|l| enc.encode(&l.record, &format!("{}:{}", data.display(), l.number)))
@@ -141,10 +152,14 @@ pub fn prepare_jsonl(
         )));
     }
     // Record i (from 1) validates when i is a multiple of VAL_EVERY; with fewer, the last does.
-    let is_val = |i: usize| if n < VAL_EVERY { i + 1 == n } else { (i + 1) % VAL_EVERY == 0 };
+    let is_val = |i: usize| if n < VAL_EVERY { i + 1 == n } else { (i + 1).is_multiple_of(VAL_EVERY) };
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for (i, e) in encoded.into_iter().enumerate() {
-        if is_val(i) { val.push(e) } else { train.push(e) }
+        if is_val(i) {
+            val.push(e)
+        } else {
+            train.push(e)
+        }
     }
     let window = seq + 1;
     let (ptrain, pval) = (pack(&train, window, !o.no_pack, text.eos), pack(&val, window, !o.no_pack, text.eos));

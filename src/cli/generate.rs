@@ -62,7 +62,14 @@ pub fn generate(o: &GenerateOptions) -> Result<()> {
 /// `generate --chat`: renders one user turn and the assistant's opening with the model's chat
 /// template, and prints the reply alone, up to an end-of-turn token (the eos_token, or any
 /// eos_token_id of generation_config.json).
-fn chat(model: &GPTModel, tok: &Tokenizer, given: &Path, message: &str, cfg: &SamplingConfig, cache: bool) -> Result<()> {
+fn chat(
+    model: &GPTModel,
+    tok: &Tokenizer,
+    given: &Path,
+    message: &str,
+    cfg: &SamplingConfig,
+    cache: bool,
+) -> Result<()> {
     let text = ModelText::find(given, tok)?;
     let Some(template) = &text.template else {
         return Err(Error::Invalid(format!(

@@ -268,7 +268,9 @@ impl RunData {
     fn sizes(&self) -> Vec<u8> {
         match self {
             RunData::Text(p) => format!("{} {} {}", p.train.len(), p.val.len(), p.tokenizer.vocab_size()),
-            RunData::Jsonl(p) => format!("{} {} {}", p.train.num_windows(), p.val.num_windows(), p.tokenizer.vocab_size()),
+            RunData::Jsonl(p) => {
+                format!("{} {} {}", p.train.num_windows(), p.val.num_windows(), p.tokenizer.vocab_size())
+            }
         }
         .into_bytes()
     }

@@ -109,7 +109,8 @@ pub struct Encoder<'a> {
 
 impl Encoder<'_> {
     fn ids(&self, text: &str, special: bool) -> Result<Vec<u32>> {
-        let enc = self.tokenizer.inner().encode(text, special).map_err(|e| Error::Invalid(format!("tokenizer: {e}")))?;
+        let enc =
+            self.tokenizer.inner().encode(text, special).map_err(|e| Error::Invalid(format!("tokenizer: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -143,8 +144,11 @@ impl Encoder<'_> {
                     e => e,
                 })?;
                 // Rendered special tokens are in the text already: none are added (as transformers).
-                let enc =
-                    self.tokenizer.inner().encode(text.as_str(), false).map_err(|e| Error::Invalid(format!("tokenizer: {e}")))?;
+                let enc = self
+                    .tokenizer
+                    .inner()
+                    .encode(text.as_str(), false)
+                    .map_err(|e| Error::Invalid(format!("tokenizer: {e}")))?;
                 // A token is the assistant's when its bytes overlap an assistant message's.
                 let counted = enc
                     .get_offsets()

@@ -3,10 +3,10 @@
 
 use super::hessian::sample_labels;
 use super::Trainer;
+use crate::nn::IGNORE_INDEX;
 use crate::ops::{self, flat};
 use crate::optim::step_control_scaled;
 use crate::profile::{self, Phase};
-use crate::nn::IGNORE_INDEX;
 use crate::rng::Rng;
 use crate::{bail, no_grad, Device, Precision, Result, Tensor};
 
@@ -98,13 +98,15 @@ impl Trainer {
         // same when nothing is masked.
         let counts: Vec<usize> = (0..accum)
             .map(|m| match &labels {
-                Labels::Data(t) => t[m * micro * seq_len..(m + 1) * micro * seq_len].iter().filter(|&&y| y != IGNORE_INDEX).count(),
+                Labels::Data(t) => {
+                    t[m * micro * seq_len..(m + 1) * micro * seq_len].iter().filter(|&&y| y != IGNORE_INDEX).count()
+                }
                 Labels::Sampled(_) => 1,
             })
             .collect();
         let total: usize = counts.iter().sum();
-        for m in 0..accum {
-            let weight = if total == 0 { 1.0 / accum as f32 } else { counts[m] as f32 / total as f32 };
+        for (m, &count) in counts.iter().enumerate() {
+            let weight = if total == 0 { 1.0 / accum as f32 } else { count as f32 / total as f32 };
             let range = m * micro * seq_len..(m + 1) * micro * seq_len;
             let x = self.tokens(&inputs[range.clone()], micro, seq_len)?;
             let loss = {
