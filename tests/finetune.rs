@@ -333,6 +333,10 @@ fn train_eval_and_chat_on_jsonl_through_the_cli() {
     let (model, tok) = irontensor::cli::load_model(&run, Device::Cpu).unwrap();
     let text = irontensor::cli::ModelText::find(&run, &tok).unwrap();
     assert_eq!(text.stops, [2]);
+    // A checkpoint finds the template its run kept; a model folder looks only in itself.
+    let ckpt = std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().map(|e| e.path()).max().unwrap();
+    assert!(irontensor::cli::ModelText::find(&ckpt, &tok).unwrap().template.is_some());
+    assert!(irontensor::cli::ModelText::find(&dir.join("hf").join("none"), &tok).unwrap().template.is_none());
     let enc = Encoder { tokenizer: &tok, template: text.template.as_ref(), eos: text.eos, train_on_prompt: false };
     let p = pack(&irontensor::cli::encode_file(&data, &enc).unwrap(), 97, true, text.eos);
     assert_eq!(p.cut, cut);

@@ -25,10 +25,11 @@ pub struct ModelText {
     pub dir: Option<PathBuf>,
 }
 
-/// Where the files of the model at `given` may be: the folder itself and, for a checkpoint, its run.
+/// Where the files of the model at `given` may be: the folder itself and, for a checkpoint
+/// (RUN/checkpoints/step_N, with its trainer.json), its run.
 fn model_dirs(given: &Path) -> Vec<PathBuf> {
     let mut dirs = vec![given.to_path_buf()];
-    if let Some(run) = given.parent().and_then(|p| p.parent()) {
+    if let Some(run) = given.parent().and_then(|p| p.parent()).filter(|_| given.join("trainer.json").exists()) {
         dirs.push(run.to_path_buf());
     }
     dirs
@@ -59,6 +60,7 @@ impl ModelText {
                 None => {}
             }
         }
+        stops.sort_unstable();
         stops.dedup();
         Ok(ModelText { template, eos, stops, dir: Some(dir) })
     }
