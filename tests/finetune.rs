@@ -392,3 +392,34 @@ fn train_eval_and_chat_on_jsonl_through_the_cli() {
     assert!(!bad.join("checkpoints").exists() && !bad.join("train.bin").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Every 10th record validates (the last of fewer than 10); one record is too few.
+#[test]
+fn every_tenth_record_validates() {
+    use irontensor::cli::{prepare_jsonl, FinetuneOptions};
+    let dir = scratch("split");
+    let tok = tokenizer();
+    let data = dir.join("d.jsonl");
+    let opts = FinetuneOptions { train_on_prompt: false, no_pack: true };
+    // With one record a window, a window's text starts with its record and EOS.
+    let records = |ds: &MaskedDataset| -> Vec<usize> {
+        (0..ds.num_windows())
+            .map(|w| {
+                let text = tok.decode(&ds.window(w).0);
+                (1..=23).find(|i| text.starts_with(&format!("record {i}<|endoftext|>"))).unwrap()
+            })
+            .collect()
+    };
+    for (n, want_val) in [(23, vec![10, 20]), (4, vec![4])] {
+        let lines: Vec<String> = (1..=n).map(|i| format!(r#"{{"text": "record {i}"}}"#)).collect();
+        std::fs::write(&data, lines.join("\n")).unwrap();
+        let p = prepare_jsonl(&data, &dir.join(format!("run{n}")), 24, 320, Some((&tok, &dir)), opts).unwrap();
+        assert_eq!(records(&p.val), want_val);
+        let train: Vec<usize> = (1..=n).filter(|i| !want_val.contains(i)).collect();
+        assert_eq!(records(&p.train), train);
+    }
+    std::fs::write(&data, r#"{"text": "alone"}"#).unwrap();
+    let e = prepare_jsonl(&data, &dir.join("one"), 12, 320, Some((&tok, &dir)), opts).map(|_| ()).unwrap_err();
+    assert!(e.to_string().contains("at least 2"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
