@@ -423,3 +423,21 @@ fn every_tenth_record_validates() {
     assert!(e.to_string().contains("at least 2"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The reply stops at the tokenizer_config's eos_token and at every eos_token_id of
+/// generation_config.json (Llama 3 lists <|end_of_text|> and <|eot_id|>).
+#[test]
+fn stop_tokens_come_from_the_model_configs() {
+    let dir = scratch("stops");
+    let tok = tokenizer();
+    let config = serde_json::json!({"eos_token": "<|eot_id|>", "chat_template": "{{ messages[0].content }}"});
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": [8, 0, 4]}"#).unwrap();
+    let text = irontensor::cli::ModelText::find(&dir, &tok).unwrap();
+    assert_eq!(text.eos, tok.inner().token_to_id("<|eot_id|>").unwrap());
+    assert_eq!(text.eos, 4);
+    assert_eq!(text.stops, [0, 4, 8]);
+    std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": 7}"#).unwrap();
+    assert_eq!(irontensor::cli::ModelText::find(&dir, &tok).unwrap().stops, [4, 7]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
