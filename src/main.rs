@@ -56,13 +56,14 @@ enum Command {
         #[arg(long)]
         merge: bool,
     },
-    /// Loss and perplexity of a model on a text file.
+    /// Loss and perplexity of a model on a text or JSONL file.
     Eval {
         /// A checkpoint directory, a run directory (its newest checkpoint that loads), a GGUF
         /// file or a Hugging Face Llama folder.
         #[arg(long, default_value = "runs/shakespeare")]
         checkpoint: PathBuf,
-        /// A UTF-8 text file (required: no default).
+        /// A UTF-8 text file, or .jsonl records as `train --data` takes them (the loss is then over
+        /// completion and assistant tokens). Required: no default.
         #[arg(long)]
         data: PathBuf,
         /// cpu, gpu or auto.
@@ -179,9 +180,18 @@ enum BenchCommand {
 
 #[derive(Args, Clone)]
 struct TrainArgs {
-    /// A UTF-8 text file (default: TinyShakespeare, downloaded into data/).
+    /// A UTF-8 text file (default: TinyShakespeare, downloaded into data/), or a .jsonl file of
+    /// records, one a line: {"text": ...}, {"prompt": ..., "completion": ...} or {"messages":
+    /// [{"role": ..., "content": ...}, ...]} (rendered with the --init model's chat template);
+    /// every 10th record validates.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// JSONL data: count every token in the loss, not only completions and assistant turns.
+    #[arg(long)]
+    train_on_prompt: bool,
+    /// JSONL data: one record a window, padded, instead of packing whole records together.
+    #[arg(long)]
+    no_pack: bool,
     /// Model: tiny, small, medium, shakespeare, or a JSON file of ModelConfig fields.
     #[arg(long, default_value = "shakespeare")]
     config: String,
@@ -272,6 +282,10 @@ struct GenerateArgs {
     /// Text to continue.
     #[arg(long, default_value = "\n")]
     prompt: String,
+    /// A user message, rendered with the model's chat template; prints only the reply, which
+    /// stops at the model's end-of-turn token (default: none, --prompt's plain text).
+    #[arg(long, conflicts_with = "prompt")]
+    chat: Option<String>,
     /// Tokens to write, at least 1.
     #[arg(long, default_value_t = 300)]
     max_tokens: usize,
@@ -331,6 +345,7 @@ impl From<TrainArgs> for TrainOptions {
             lora_dropout: a.lora_dropout,
             lora_targets: a.lora_targets,
             checkpoint_activations: a.checkpoint_activations,
+            finetune: cli::FinetuneOptions { train_on_prompt: a.train_on_prompt, no_pack: a.no_pack },
         }
     }
 }
@@ -340,6 +355,7 @@ impl From<GenerateArgs> for GenerateOptions {
         GenerateOptions {
             checkpoint: a.checkpoint,
             prompt: a.prompt,
+            chat: a.chat,
             max_tokens: a.max_tokens,
             temperature: a.temperature,
             top_k: a.top_k,

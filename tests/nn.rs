@@ -205,8 +205,8 @@ fn generation(device: Device) {
     let model = GPTModel::new_on(c, device, 11).unwrap();
     let greedy = SamplingConfig { temperature: 0.0, max_tokens: 20, slide: true, ..Default::default() };
     let mut streamed = Vec::new();
-    let cached = generate(&model, &[1, 2, 3], &greedy, None, true, |t| streamed.push(t)).unwrap();
-    let full = generate(&model, &[1, 2, 3], &greedy, None, false, |_| {}).unwrap();
+    let cached = generate(&model, &[1, 2, 3], &greedy, &[], true, |t| streamed.push(t)).unwrap();
+    let full = generate(&model, &[1, 2, 3], &greedy, &[], false, |_| {}).unwrap();
     assert_eq!(cached, full, "greedy tokens with and without the KV cache");
     assert_eq!(streamed, cached);
     assert_eq!(cached.len(), 20);
@@ -215,32 +215,32 @@ fn generation(device: Device) {
     all.extend(&cached);
     for k in 10..20 {
         let window = &all[k + 3 - 12..k + 3];
-        let next = generate(&model, window, &SamplingConfig { max_tokens: 1, ..greedy.clone() }, None, false, |_| {});
+        let next = generate(&model, window, &SamplingConfig { max_tokens: 1, ..greedy.clone() }, &[], false, |_| {});
         assert_eq!(next.unwrap(), vec![cached[k]], "token {k} from its 12-token window");
     }
     // Without sliding, generation stops when the context is full, and a longer prompt is refused.
     let stop = SamplingConfig { slide: false, ..greedy.clone() };
-    let stopped = generate(&model, &[1, 2, 3], &stop, None, true, |_| {}).unwrap();
+    let stopped = generate(&model, &[1, 2, 3], &stop, &[], true, |_| {}).unwrap();
     assert_eq!(stopped, cached[..10], "12 - 3 + 1 tokens, each with a full context");
     let long: Vec<u32> = (0..13).collect();
-    let e = generate(&model, &long, &stop, None, true, |_| {}).unwrap_err().to_string();
+    let e = generate(&model, &long, &stop, &[], true, |_| {}).unwrap_err().to_string();
     assert!(e.contains("13 tokens") && e.contains("at most 12"), "{e}");
     assert_eq!(
-        generate(&model, &long, &SamplingConfig { max_tokens: 2, ..greedy.clone() }, None, true, |_| {}).unwrap().len(),
+        generate(&model, &long, &SamplingConfig { max_tokens: 2, ..greedy.clone() }, &[], true, |_| {}).unwrap().len(),
         2
     );
     // Stops at end-of-text.
     let eos = cached[4];
-    let stopped = generate(&model, &[1, 2, 3], &greedy, Some(eos), true, |_| {}).unwrap();
+    let stopped = generate(&model, &[1, 2, 3], &greedy, &[eos], true, |_| {}).unwrap();
     assert_eq!(stopped.last(), Some(&eos));
     assert!(stopped.len() <= 5);
     // Seeded sampling is reproducible; the seed matters.
     let s = |seed| SamplingConfig { temperature: 1.0, top_k: 0, top_p: 1.0, seed, max_tokens: 10, slide: false };
-    let a = generate(&model, &[4], &s(1), None, true, |_| {}).unwrap();
-    assert_eq!(a, generate(&model, &[4], &s(1), None, true, |_| {}).unwrap());
-    assert_ne!(a, generate(&model, &[4], &s(2), None, true, |_| {}).unwrap());
-    assert!(generate(&model, &[], &greedy, None, true, |_| {}).is_err());
-    assert!(generate(&model, &[50], &greedy, None, true, |_| {}).is_err());
+    let a = generate(&model, &[4], &s(1), &[], true, |_| {}).unwrap();
+    assert_eq!(a, generate(&model, &[4], &s(1), &[], true, |_| {}).unwrap());
+    assert_ne!(a, generate(&model, &[4], &s(2), &[], true, |_| {}).unwrap());
+    assert!(generate(&model, &[], &greedy, &[], true, |_| {}).is_err());
+    assert!(generate(&model, &[50], &greedy, &[], true, |_| {}).is_err());
 }
 
 #[test]

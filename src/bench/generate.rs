@@ -38,7 +38,7 @@ pub fn generate(o: &GenerateBench) -> Result<serde_json::Value> {
     let run = || -> Result<(f64, f64, usize)> {
         let start = Instant::now();
         let mut first = None;
-        let out = decode(&model, &prompt, &cfg, None, !o.no_cache, |_| {
+        let out = decode(&model, &prompt, &cfg, &[], !o.no_cache, |_| {
             first.get_or_insert_with(Instant::now);
         })?;
         let first = first.unwrap_or_else(Instant::now);

@@ -1,6 +1,8 @@
-//! `irontensor eval`: a model's loss and perplexity on a text file.
+//! `irontensor eval`: a model's loss and perplexity on a text file, or on the counted tokens of JSONL records.
 
-use super::{at_least_one, bad_flag, load_model};
+use super::{at_least_one, bad_flag, encode_file, load_model, ModelText};
+use crate::data::{pack, Encoder, Tokenizer};
+use crate::nn::{GPTModel, IGNORE_INDEX};
 use crate::{no_grad, Device, Error, Result, Tensor};
 use std::path::Path;
 
@@ -20,9 +22,6 @@ pub struct EvalOptions {
 /// window left out. Prints nats per token, perplexity, nats per character and per byte.
 pub fn eval(o: &EvalOptions) -> Result<()> {
     at_least_one("batch", o.batch)?;
-    if o.data.extension().is_some_and(|e| e == "jsonl") {
-        return Err(bad_flag("data", o.data.display(), "eval reads a UTF-8 text file (.jsonl is not supported yet)"));
-    }
     let device = Device::parse(&o.device)?;
     let (model, tok) = load_model(&o.checkpoint, device)?;
     let max = model.config.max_seq_len;
@@ -33,6 +32,9 @@ pub fn eval(o: &EvalOptions) -> Result<()> {
         Some(s) => s,
         None => max.min(1024),
     };
+    if o.data.extension().is_some_and(|e| e == "jsonl") {
+        return eval_jsonl(o, &model, &tok, seq);
+    }
     let text = read_text(&o.data)?;
     let ids = tok.encode(&text);
     let windows = ids.len().saturating_sub(1) / seq;
@@ -72,4 +74,53 @@ pub fn eval(o: &EvalOptions) -> Result<()> {
 fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path)
         .map_err(|e| Error::Invalid(format!("--data {}: {e} (a UTF-8 text file is needed)", path.display())))
+}
+
+/// `eval` of JSONL records: each encoded as `train` does (completion and assistant tokens
+/// counted), packed into windows of `seq` + 1; the mean loss over the counted tokens.
+fn eval_jsonl(o: &EvalOptions, model: &GPTModel, tok: &Tokenizer, seq: usize) -> Result<()> {
+    let text = ModelText::find(&o.checkpoint, tok)?;
+    let enc = Encoder { tokenizer: tok, template: text.template.as_ref(), eos: text.eos, train_on_prompt: false };
+    let records = encode_file(&o.data, &enc)?;
+    let packed = pack(&records, seq + 1, true, text.eos);
+    if packed.cut > 0 {
+        eprintln!(
+            "warning: {} of {} records are longer than --seq + 1 = {} tokens and were cut",
+            packed.cut,
+            records.len(),
+            seq + 1
+        );
+    }
+    let windows = packed.windows(seq + 1);
+    let (mut sum, mut counted) = (0.0f64, 0usize);
+    no_grad(|| -> Result<()> {
+        for first in (0..windows).step_by(o.batch) {
+            let b = o.batch.min(windows - first);
+            let (mut x, mut y) = (Vec::with_capacity(b * seq), Vec::with_capacity(b * seq));
+            for w in first..first + b {
+                let (ids, mask) = (&packed.ids[w * (seq + 1)..(w + 1) * (seq + 1)], &packed.counted[w * (seq + 1)..]);
+                x.extend_from_slice(&ids[..seq]);
+                y.extend(ids[1..].iter().zip(&mask[1..]).map(|(&t, &m)| if m { t } else { IGNORE_INDEX }));
+            }
+            let n = y.iter().filter(|&&t| t != IGNORE_INDEX).count();
+            let (x, y) = (
+                Tensor::from_u32_on(&x, &[b, seq], model.device())?,
+                Tensor::from_u32_on(&y, &[b, seq], model.device())?,
+            );
+            sum += model.loss(&x, &y, b, seq, None)?.item()? as f64 * n as f64;
+            counted += n;
+        }
+        Ok(())
+    })?;
+    if counted == 0 {
+        return Err(bad_flag("data", o.data.display(), "has no completion or assistant tokens to measure"));
+    }
+    let loss = sum / counted as f64;
+    println!(
+        "{}: {} records in {windows} windows of {seq}: loss {loss:.4} nats/token over {counted} completion and assistant tokens, perplexity {:.3}",
+        o.data.display(),
+        records.len(),
+        loss.exp()
+    );
+    Ok(())
 }

@@ -1,13 +1,14 @@
 //! `irontensor generate`: load a checkpoint (or a run's newest that loads) and stream text.
 
 use super::bad_flag;
-use crate::data::Tokenizer;
+use super::ModelText;
+use crate::data::{Message, Tokenizer};
 use crate::infer::{self, SamplingConfig};
 use crate::nn::GPTModel;
 pub use crate::train::load_model;
-use crate::{Device, Result};
+use crate::{Device, Error, Result};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The flags of `irontensor generate`.
@@ -16,6 +17,8 @@ pub struct GenerateOptions {
     /// A checkpoint directory, or a run directory (its newest checkpoint that loads).
     pub checkpoint: PathBuf,
     pub prompt: String,
+    /// `--chat`: this user message through the model's chat template; only the reply is printed.
+    pub chat: Option<String>,
     pub max_tokens: usize,
     pub temperature: f32,
     pub top_k: usize,
@@ -56,7 +59,52 @@ pub fn generate(o: &GenerateOptions) -> Result<()> {
         model =
             model.with_adapter(dir).map_err(|e| crate::Error::Invalid(format!("--adapter {}: {e}", dir.display())))?;
     }
-    write_text(&model, &tok, &o.prompt, &cfg, !o.no_cache)
+    match &o.chat {
+        Some(message) => chat(&model, &tok, &o.checkpoint, message, &cfg, !o.no_cache),
+        None => write_text(&model, &tok, &o.prompt, &cfg, !o.no_cache),
+    }
+}
+
+/// `generate --chat`: renders one user turn and the assistant's opening with the model's chat
+/// template, and prints the reply alone, up to an end-of-turn token (the eos_token, or any
+/// eos_token_id of generation_config.json).
+fn chat(
+    model: &GPTModel,
+    tok: &Tokenizer,
+    given: &Path,
+    message: &str,
+    cfg: &SamplingConfig,
+    cache: bool,
+) -> Result<()> {
+    let text = ModelText::find(given, tok)?;
+    let Some(template) = &text.template else {
+        return Err(Error::Invalid(format!(
+            "generate --chat: {} has no chat template (chat_template in tokenizer_config.json, or chat_template.jinja); \
+             use --prompt for plain text",
+            given.display()
+        )));
+    };
+    let prompt = template.render(&[Message { role: "user".into(), content: message.into() }], true)?;
+    let ids = tok.encode(&prompt);
+    let mut out = std::io::stdout();
+    let mut pending: Vec<u32> = Vec::new();
+    let made = infer::generate(model, &ids, cfg, &text.stops, cache, |t| {
+        if text.stops.contains(&t) {
+            return;
+        }
+        pending.push(t);
+        let s = tok.decode(&pending);
+        if !s.ends_with('\u{fffd}') {
+            print!("{s}");
+            let _ = out.flush();
+            pending.clear();
+        }
+    })?;
+    println!();
+    if !made.last().is_some_and(|t| text.stops.contains(t)) {
+        note!("stopped after {} tokens without an end-of-turn token (--max-tokens)", made.len());
+    }
+    Ok(())
 }
 
 /// Streams text generated after `prompt` to stdout; on stderr, llama.cpp-style timings: the
@@ -71,7 +119,7 @@ pub fn write_text(model: &GPTModel, tok: &Tokenizer, prompt: &str, cfg: &Samplin
     let mut pending: Vec<u32> = Vec::new();
     let start = Instant::now();
     let mut first: Option<Instant> = None;
-    let made = infer::generate(model, &ids, cfg, Some(tok.eos_id()), cache, |t| {
+    let made = infer::generate(model, &ids, cfg, &[tok.eos_id()], cache, |t| {
         first.get_or_insert_with(Instant::now);
         pending.push(t);
         let s = tok.decode(&pending);

@@ -22,6 +22,7 @@ macro_rules! note {
 mod bench;
 mod eval;
 mod export;
+mod finetune;
 mod generate;
 mod info;
 mod lock;
@@ -32,6 +33,7 @@ mod train;
 pub use bench::{bench_generate, bench_kernels, bench_train, BenchTrainOptions, Kernel};
 pub use eval::{eval, EvalOptions};
 pub use export::export;
+pub use finetune::{encode_file, prepare_jsonl, FinetuneOptions, ModelText, PreparedJsonl, VAL_EVERY};
 pub use generate::{generate, load_model, write_text, GenerateOptions};
 pub use info::info;
 pub use lock::RunLock;

@@ -43,6 +43,8 @@ pub struct TrainOptions {
     pub lora_targets: Option<String>,
     /// `--checkpoint-activations`: recompute each transformer block in the backward pass.
     pub checkpoint_activations: bool,
+    /// JSONL data: `--train-on-prompt` (count every token) and `--no-pack` (a record a window).
+    pub finetune: super::FinetuneOptions,
 }
 
 impl Default for TrainOptions {
@@ -67,6 +69,7 @@ impl Default for TrainOptions {
             seed: 0,
             bf16: false,
             init: None,
+            finetune: Default::default(),
             precision: None,
             precision_env: Default::default(),
             lora: None,

@@ -2,7 +2,8 @@
 //! trainer (on every MPI rank under mpirun), train, report, and write a sample.
 
 use super::{bad_flag, generate::write_text, load_model, plan_from, prepare_with, quiet, Plan, Prepared, RunLock};
-use super::{TrainOptions, QUIET};
+use super::{prepare_jsonl, PreparedJsonl, TrainOptions, QUIET};
+use crate::data::{MaskedDataset, TokenDataset};
 use crate::device::gpu;
 use crate::dist::Dist;
 use crate::infer::SamplingConfig;
@@ -124,7 +125,15 @@ fn train_on(o: &TrainOptions, dist: Option<&Arc<Dist>>, start: Instant) -> Resul
     // (the others prepare their data after it, in `root_first`) and holds it to the end.
     let take_lock = || RunLock::take(&o.out);
     let init_tok = init.as_ref().map(|(_, t)| t);
-    let prep = || prepare_with(o.data.as_deref(), model_cfg.vocab_size, &o.out, seq, init_tok);
+    let jsonl = o.data.as_deref().filter(|d| d.extension().is_some_and(|e| e == "jsonl"));
+    let prep = || -> Result<RunData> {
+        let Some(data) = jsonl else {
+            return Ok(RunData::Text(prepare_with(o.data.as_deref(), model_cfg.vocab_size, &o.out, seq, init_tok)?));
+        };
+        let given = init_tok.zip(o.init.as_deref());
+        let p = prepare_jsonl(data, &o.out, seq, model_cfg.vocab_size, given, o.finetune)?;
+        Ok(RunData::Jsonl(p))
+    };
     let (_lock, data) = match dist {
         None => (Some(take_lock()?), prep()?),
         Some(d) => {
@@ -135,12 +144,19 @@ fn train_on(o: &TrainOptions, dist: Option<&Arc<Dist>>, start: Instant) -> Resul
                 Ok((lock, prep()?))
             })?;
             let tok_json = std::fs::read(o.out.join("tokenizer.json"))?;
-            let sizes = format!("{} {} {}", ready.train.len(), ready.val.len(), ready.tokenizer.vocab_size());
-            d.check_same("the tokenizer and token files", &[tok_json, sizes.into_bytes()].concat())?;
+            let sizes = ready.sizes();
+            d.check_same("the tokenizer and token files", &[tok_json, sizes].concat())?;
             (lock, ready)
         }
     };
-    let Prepared { tokenizer: mut tok, train: train_ds, val: val_ds, chars_per_token } = data;
+    let (mut tok, train_ds, val_ds, chars_per_token) = match data {
+        RunData::Text(Prepared { tokenizer, train, val, chars_per_token }) => {
+            (tokenizer, Split::Text(train), Split::Text(val), Some(chars_per_token))
+        }
+        RunData::Jsonl(PreparedJsonl { tokenizer, train, val }) => {
+            (tokenizer.into(), Split::Masked(train), Split::Masked(val), None)
+        }
+    };
     if init.is_none() {
         model_cfg.vocab_size = tok.vocab_size();
     }
@@ -198,8 +214,11 @@ fn train_on(o: &TrainOptions, dist: Option<&Arc<Dist>>, start: Instant) -> Resul
         note!("pipeline cache: {}", ctx.pipeline_cache());
     }
     let seed = trainer.config.seed;
-    // A fixed validation set: 20 batches spread over the split.
-    let val: Vec<_> = (0..20u64).map(|i| val_ds.batch_at(i, batch, seed ^ 0x5eed)).collect();
+    // A fixed validation set: 20 batches spread over the split (JSONL: its windows in order, at most 20 batches).
+    let val: Vec<_> = match &val_ds {
+        Split::Text(v) => (0..20u64).map(|i| v.batch_at(i, batch, seed ^ 0x5eed)).collect(),
+        Split::Masked(v) => v.in_order(batch, 20),
+    };
     if let (Some(d), Some((buckets, values))) = (dist, trainer.all_reduce_plan()) {
         note!(
             "data parallel: {} ranks × {} rows; {:.1} MB of gradients all-reduced per step in {buckets} buckets",
@@ -226,12 +245,15 @@ fn train_on(o: &TrainOptions, dist: Option<&Arc<Dist>>, start: Instant) -> Resul
         return Ok(());
     }
     let v = summary.final_val_loss.unwrap_or(f32::NAN);
+    let per_char = match chars_per_token {
+        Some(c) => format!(" = {:.4} nats/character", v as f64 / c),
+        None => " (over the counted tokens)".into(),
+    };
     println!(
-        "done: {} steps in {:.0}s ({:.0} tokens/s); validation loss {v:.4} nats/token = {:.4} nats/character; checkpoint {}",
+        "done: {} steps in {:.0}s ({:.0} tokens/s); validation loss {v:.4} nats/token{per_char}; checkpoint {}",
         summary.steps,
         summary.seconds,
         summary.tokens_per_second,
-        v as f64 / chars_per_token,
         summary.checkpoint.display()
     );
     println!("log {}, loss curves {}", o.out.join("train_log.jsonl").display(), o.out.join("loss.svg").display());
@@ -244,4 +266,38 @@ fn train_on(o: &TrainOptions, dist: Option<&Arc<Dist>>, start: Instant) -> Resul
         write_text(&trainer.model, tok.get()?, "\n", &cfg, true)?;
     }
     Ok(())
+}
+
+/// What `prepare` made for the run: token files of text, or packed fine-tuning windows.
+enum RunData {
+    Text(Prepared),
+    Jsonl(PreparedJsonl),
+}
+
+impl RunData {
+    /// What every MPI rank must have made the same: the split sizes and the vocabulary.
+    fn sizes(&self) -> Vec<u8> {
+        match self {
+            RunData::Text(p) => format!("{} {} {}", p.train.len(), p.val.len(), p.tokenizer.vocab_size()),
+            RunData::Jsonl(p) => {
+                format!("{} {} {}", p.train.num_windows(), p.val.num_windows(), p.tokenizer.vocab_size())
+            }
+        }
+        .into_bytes()
+    }
+}
+
+/// One split's batches.
+enum Split {
+    Text(TokenDataset),
+    Masked(MaskedDataset),
+}
+
+impl Split {
+    fn batch_at(&self, step: u64, batch: usize, seed: u64) -> (Vec<u32>, Vec<u32>) {
+        match self {
+            Split::Text(d) => d.batch_at(step, batch, seed),
+            Split::Masked(d) => d.batch_at(step, batch, seed),
+        }
+    }
 }

@@ -63,7 +63,7 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
 }
 
 /// Continues `prompt` by up to `cfg.max_tokens` tokens, calling `on_token` as each arrives
-/// (for streaming) and stopping early at `eos`. With `use_cache` each new token costs one
+/// (for streaming) and stopping early at any token of `stop`. With `use_cache` each new token costs one
 /// token's work (KV cache); without, the whole window is recomputed (the reference).
 /// A prompt longer than `max_seq_len` is an error unless `cfg.slide`; generation stops when the
 /// context is full, or with `cfg.slide` goes on over the newest `max_seq_len` tokens.
@@ -71,7 +71,7 @@ pub fn generate(
     model: &GPTModel,
     prompt: &[u32],
     cfg: &SamplingConfig,
-    eos: Option<u32>,
+    stop: &[u32],
     use_cache: bool,
     mut on_token: impl FnMut(u32),
 ) -> Result<Vec<u32>> {
@@ -121,7 +121,7 @@ pub fn generate(
             on_token(next);
             out.push(next);
             tokens.push(next);
-            if Some(next) == eos {
+            if stop.contains(&next) {
                 break;
             }
         }

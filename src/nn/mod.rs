@@ -16,4 +16,4 @@ pub use ffn::FeedForward;
 pub use kv_cache::KvCache;
 pub use linear::{Linear, RmsNorm};
 pub use lora::{peft_name, Lora, LoraConfig, TARGETS as LORA_TARGETS};
-pub use model::{GPTModel, Loader};
+pub use model::{GPTModel, Loader, IGNORE_INDEX};

@@ -6,6 +6,9 @@ use crate::ops::{self, flat};
 use crate::{bail, Device, Error, Precision, Result, Tensor};
 use std::collections::HashMap;
 
+/// A target the loss skips (a prompt token or padding in fine-tuning data).
+pub const IGNORE_INDEX: u32 = u32::MAX;
+
 type Getter<'a> = Box<dyn FnMut(&str, &[usize]) -> Result<Tensor> + 'a>;
 
 /// Builds modules from named tensors and records them, in order, as the model's parameters.
@@ -364,7 +367,8 @@ impl GPTModel {
         ops::matmul_t(&h, self.output_weight(), false, true)?.view(&[batch, seq_len, self.config.vocab_size])
     }
 
-    /// Mean next-token cross-entropy, through the fused kernel (the logits never exist).
+    /// Mean next-token cross-entropy over the targets that are not `IGNORE_INDEX`, through the
+    /// fused kernel (the logits never exist); 0, with zero gradients, when every target is.
     pub fn loss(
         &self,
         tokens: &Tensor,
@@ -375,7 +379,8 @@ impl GPTModel {
     ) -> Result<Tensor> {
         self.check_tokens("loss", targets, batch, seq_len, 0)?;
         let h = self.hidden(tokens, batch, seq_len, 0, None, dropout_seed)?;
-        ops::fused_linear_cross_entropy(&h, self.output_weight(), &targets.view(&[batch * seq_len])?, None)
+        let targets = targets.view(&[batch * seq_len])?;
+        ops::fused_linear_cross_entropy(&h, self.output_weight(), &targets, Some(IGNORE_INDEX))
     }
 
     /// One empty cache per layer.

@@ -3,6 +3,7 @@
 
 use super::hessian::sample_labels;
 use super::Trainer;
+use crate::nn::IGNORE_INDEX;
 use crate::ops::{self, flat};
 use crate::optim::step_control_scaled;
 use crate::profile::{self, Phase};
@@ -92,7 +93,20 @@ impl Trainer {
         let mut grads: Option<Vec<Tensor>> = None;
         // The summed loss stays on the device: the step reads the host only once, at its end.
         let mut loss_sum: Option<Tensor> = None;
-        for m in 0..accum {
+        // Each micro-batch's mean loss weighs by its counted targets (fine-tuning data masks
+        // some), so the step's loss is the mean over all of them; all micro-batches weigh the
+        // same when nothing is masked.
+        let counts: Vec<usize> = (0..accum)
+            .map(|m| match &labels {
+                Labels::Data(t) => {
+                    t[m * micro * seq_len..(m + 1) * micro * seq_len].iter().filter(|&&y| y != IGNORE_INDEX).count()
+                }
+                Labels::Sampled(_) => 1,
+            })
+            .collect();
+        let total: usize = counts.iter().sum();
+        for (m, &count) in counts.iter().enumerate() {
+            let weight = if total == 0 { 1.0 / accum as f32 } else { count as f32 / total as f32 };
             let range = m * micro * seq_len..(m + 1) * micro * seq_len;
             let x = self.tokens(&inputs[range.clone()], micro, seq_len)?;
             let loss = {
@@ -111,10 +125,10 @@ impl Trainer {
                         self.model.loss(&x, &self.tokens(&y, micro, seq_len)?, micro, seq_len, None)?
                     }
                 };
-                if accum == 1 {
+                if weight == 1.0 {
                     loss // scaling by 1 would cost a dispatch each way and change nothing
                 } else {
-                    ops::scale(&loss, 1.0 / accum as f32)?
+                    ops::scale(&loss, weight)?
                 }
             };
             let backward = profile::phase(Phase::Backward);
@@ -154,18 +168,24 @@ impl Trainer {
         Ok((grads.expect("at least one micro-batch"), loss_sum.expect("at least one micro-batch")))
     }
 
-    /// Mean loss over `batches` of ([batch·seq] inputs, targets), without dropout or gradients.
+    /// Mean loss over the counted targets (not `IGNORE_INDEX`) of `batches` of ([batch·seq]
+    /// inputs, targets), without dropout or gradients.
     pub fn evaluate(&self, batches: &[(Vec<u32>, Vec<u32>)], batch: usize, seq_len: usize) -> Result<f32> {
         if batches.is_empty() {
             bail!(Invalid, "evaluate: no batches");
         }
         no_grad(|| {
-            let mut sum = 0.0;
+            let (mut sum, mut counted) = (0.0, 0usize);
             for (x, y) in batches {
+                let n = y.iter().filter(|&&t| t != IGNORE_INDEX).count();
                 let (x, y) = (self.tokens(x, batch, seq_len)?, self.tokens(y, batch, seq_len)?);
-                sum += self.model.loss(&x, &y, batch, seq_len, None)?.item()? as f64;
+                sum += self.model.loss(&x, &y, batch, seq_len, None)?.item()? as f64 * n as f64;
+                counted += n;
             }
-            Ok((sum / batches.len() as f64) as f32)
+            if counted == 0 {
+                bail!(Invalid, "evaluate: every target of the validation batches is masked; nothing to measure");
+            }
+            Ok((sum / counted as f64) as f32)
         })
     }
 }
