@@ -36,6 +36,7 @@ fn model(tie: bool) -> GPTModel {
         tie_weights: tie,
         precision: Precision::FP32,
         dropout: 0.0,
+        ..ModelConfig::tiny()
     };
     GPTModel::load(config, |name, shape| {
         let seed = name.bytes().fold(17u64, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));

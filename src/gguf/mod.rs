@@ -64,6 +64,7 @@ pub fn export(model: &GPTModel, tokenizer: &Tokenizer, path: impl AsRef<Path>, t
     let path = path.as_ref();
     let err = |e: Error| Error::Invalid(format!("gguf export {}: {e}", path.display()));
     let c = &model.config;
+    llama::check_exportable(c).map_err(err)?;
     let mut file = GgufFile { metadata: llama::metadata(c, ty.file_type()), tensors: Vec::new() };
     file.metadata.extend(tokenizer::metadata(tokenizer, c.vocab_size).map_err(err)?);
     for (name, t) in model.parameters() {

@@ -1,20 +1,41 @@
-//! Linear (no bias, weight [out, in] as in Hugging Face) and RMSNorm modules.
+//! Linear (weight [out, in] as in Hugging Face, optional bias [out]) and RMSNorm modules.
 
 use super::Loader;
 use crate::{ops, Result, Tensor};
 
 pub struct Linear {
     pub weight: Tensor,
+    pub bias: Option<Tensor>,
 }
 
 impl Linear {
-    pub fn load(l: &mut Loader, name: &str, inp: usize, out: usize) -> Result<Linear> {
-        Ok(Linear { weight: l.param(&format!("{name}.weight"), &[out, inp])? })
+    /// `{name}.weight` [out, inp], and `{name}.bias` [out] when `bias`.
+    pub fn load(l: &mut Loader, name: &str, inp: usize, out: usize, bias: bool) -> Result<Linear> {
+        let weight = l.param(&format!("{name}.weight"), &[out, inp])?;
+        let bias = if bias { Some(l.param(&format!("{name}.bias"), &[out])?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+
+    /// Linears that run as one matmul (q, k, v; gate, up), each of `names` [out, inp]: their
+    /// weights are recorded first, then their biases, so on the GPU each set lies adjacent in
+    /// the flat parameter buffer and joining them is free.
+    pub fn load_joined(l: &mut Loader, names: &[(String, usize)], inp: usize, bias: bool) -> Result<Vec<Linear>> {
+        let weights =
+            names.iter().map(|(n, out)| l.param(&format!("{n}.weight"), &[*out, inp])).collect::<Result<Vec<_>>>()?;
+        let mut biases = Vec::with_capacity(names.len());
+        for (n, out) in names {
+            biases.push(if bias { Some(l.param(&format!("{n}.bias"), &[*out])?) } else { None });
+        }
+        Ok(weights.into_iter().zip(biases).map(|(weight, bias)| Linear { weight, bias }).collect())
     }
 
     // x: [N, in] -> [N, out]
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::matmul_t(x, &self.weight, false, true)
+        let y = ops::matmul_t(x, &self.weight, false, true)?;
+        match &self.bias {
+            Some(b) => ops::add(&y, b),
+            None => Ok(y),
+        }
     }
 }
 

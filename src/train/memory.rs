@@ -30,14 +30,15 @@ impl MemoryPlan {
         let stored = if train.use_bf16 || model.precision == Precision::BF16 { 2 } else { 4 };
         let width = train.optimizer.state_width() as u64;
         let (c, f, v) = (model.hidden_dim as u64, model.intermediate_dim as u64, model.vocab_size as u64);
-        let kv = (model.num_kv_heads * model.head_dim()) as u64;
+        let (q, kv) = (model.q_dim() as u64, model.kv_dim() as u64);
         let tokens = (batch / train.grad_accum_steps.max(1) * seq) as u64;
         // Per layer and token: the residual stream and the two norms' inputs and outputs, q and
         // o's input, the attention output, the feed-forward's gate, up and product, k and v before
         // and after RoPE. Then the output: the hidden states and their gradient, which the fused
         // cross-entropy holds from forward to backward, and its chunk of logits (about 2^23).
         let (pc, pf, pkv) = PER_TOKEN_LAYER;
-        let layers = model.num_layers as u64 * tokens * (pc * c + pf * f + pkv * kv);
+        // Three of the pc are as wide as the queries (q, the attention output, o's input).
+        let layers = model.num_layers as u64 * tokens * ((pc - 3) * c + 3 * q + pf * f + pkv * kv);
         let output = 3 * tokens * c + (1 << 23).min(tokens * v);
         // A BF16 output weight is widened to f32 for the cross-entropy.
         let widened = if stored == 2 { v * c } else { 0 };
