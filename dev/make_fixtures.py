@@ -14,8 +14,10 @@ frequencies fall in all three bands: kept, smoothed, divided),
 head_dim 12 != hidden 32 / 4 heads, 2 KV heads, untied, stored in BF16. Its expected values are
 transformers' in f32 on those BF16 weights.
 qwen2-tiny/: a Qwen2ForCausalLM (q/k/v biases, tied embeddings, no sliding window), f32.
-Both carry a small byte-level BPE tokenizer.json, tokenizer_config.json with a chat_template,
-generation_config.json, and expected.json: tokens, logits, the loss of predicting tokens[1:] from
+llama-bias-tiny/: a LlamaForCausalLM with attention_bias and mlp_bias, RoPE scaling "linear"
+(factor 4), stored in F16 (no tokenizer).
+The first two carry a small byte-level BPE tokenizer.json, tokenizer_config.json with a chat_template and
+generation_config.json; all have expected.json: tokens, logits, the loss of predicting tokens[1:] from
 tokens[:-1], and the gradients of a few parameters for that loss.
 """
 import json
@@ -133,9 +135,27 @@ def qwen2_tiny(out):
                                  "model.norm.weight"])
 
 
+def llama_bias_tiny(out):
+    vocab = 96
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, intermediate_size=24, max_position_embeddings=32,
+                      rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+                      attention_bias=True, mlp_bias=True, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                      attn_implementation="eager")
+    torch.manual_seed(20261206)
+    model = LlamaForCausalLM(cfg).float().eval()
+    perturb_norms(model)
+    model.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    model = model.float()  # the F16-rounded weights, computed in f32
+    expected(model, out, vocab, ["model.layers.0.self_attn.o_proj.bias", "model.layers.0.self_attn.q_proj.bias",
+                                 "model.layers.0.mlp.gate_proj.bias", "model.layers.0.mlp.up_proj.bias",
+                                 "model.layers.0.mlp.down_proj.bias"], n=23)
+
+
 def main():
     root = sys.argv[1] if len(sys.argv) > 1 else "fixtures"
-    for name, make in [("llama-tiny", llama_tiny), ("llama3-tiny", llama3_tiny), ("qwen2-tiny", qwen2_tiny)]:
+    for name, make in [("llama-tiny", llama_tiny), ("llama3-tiny", llama3_tiny), ("qwen2-tiny", qwen2_tiny),
+                       ("llama-bias-tiny", llama_bias_tiny)]:
         if len(sys.argv) > 2 and name not in sys.argv[2:]:
             continue
         out = os.path.join(root, name)
