@@ -172,7 +172,7 @@ impl ModelConfig {
             return bad(format!("num_kv_heads ({}) must divide num_heads ({})", c.num_kv_heads, c.num_heads));
         }
         if c.head_dim() == 0 || !c.head_dim().is_multiple_of(2) {
-            return bad(format!("head dim = {} must be even and > 0 for RoPE", c.head_dim()));
+            return bad(format!("head dim = {} must be even for RoPE, and > 0", c.head_dim()));
         }
         if c.architecture == Architecture::Qwen2 && (c.attention_bias || c.mlp_bias) {
             return bad("a Qwen2 model has biases on q, k and v only: attention_bias and mlp_bias must be false".into());
