@@ -122,3 +122,39 @@ fn round_trip(device: Device) {
 }
 
 device_tests!(llama3, qwen2, llama_biases_f16, round_trip);
+
+/// `irontensor train --init` with the transformers folders (their own tokenizers, one whose
+/// end-of-text token is not <|endoftext|>): 3 steps, then `generate` from the run; the run's
+/// checkpoint keeps the architecture, RoPE scaling, head_dim and biases.
+#[test]
+fn cli_trains_and_generates_from_transformers_folders() {
+    let root = std::env::temp_dir().join(format!("irontensor_hf_cli_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let text = std::fs::read_to_string(fixture("../data/tinyshakespeare.txt")).unwrap();
+    let data = root.join("slice.txt");
+    std::fs::write(&data, &text[..20000]).unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_irontensor"));
+        cmd.args(args).env_remove("IRONTENSOR_DEVICE").env("IRONTENSOR_CACHE_DIR", "off");
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "irontensor {args:?}:\n{text}");
+        text
+    };
+    for name in ["llama3-tiny", "qwen2-tiny"] {
+        let out = root.join(name);
+        let (init, data, out_s) = (fixture(name), data.to_str().unwrap(), out.to_str().unwrap());
+        let flags = ["--data", data, "--device", "cpu", "--steps", "3", "--batch", "2", "--seq", "16"];
+        let text = run(&[&["train", "--init", init.to_str().unwrap(), "--out", out_s][..], &flags[..]].concat());
+        assert!(text.contains("the --init model's (272 tokens)") && text.contains("done: 3 steps"), "{text}");
+        let greedy = ["--prompt", "ROMEO:", "--max-tokens", "8", "--temperature", "0", "--device", "cpu"];
+        let text = run(&[&["generate", "--checkpoint", out_s][..], &greedy[..]].concat());
+        assert!(text.starts_with("ROMEO:") && text.contains("generated: "), "{text}");
+        let ckpt = std::fs::read_dir(out.join("checkpoints")).unwrap().flatten().map(|e| e.path()).max().unwrap();
+        let trained = GPTModel::from_pretrained(&ckpt, Device::Cpu).unwrap();
+        let original = GPTModel::from_pretrained(init, Device::Cpu).unwrap();
+        assert_eq!(trained.config, original.config, "{name}");
+    }
+    std::fs::remove_dir_all(&root).ok();
+}
