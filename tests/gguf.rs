@@ -259,8 +259,7 @@ fn greedy(m: &GPTModel, prompt: &[u32], steps: usize) -> Vec<u32> {
 /// the same tokenization, f32 logits within 1e-3 relative, q8_0 greedy tokens equal for 32 steps.
 #[test]
 fn llama_cpp_agrees() {
-    let ok = std::process::Command::new("python3").args(["-c", "import llama_cpp, gguf"]).output();
-    if !ok.is_ok_and(|o| o.status.success()) {
+    if !llama_cpp_installed() {
         println!("skipped: llama-cpp-python not installed (pip install llama-cpp-python gguf)");
         return;
     }
@@ -281,27 +280,60 @@ fn llama_cpp_agrees() {
         trainer.train_step(&x, &y, 4, 32).unwrap();
     }
     let m = trainer.model;
-    let prompt = tok.encode("First Citizen:\nBefore we proceed");
     for (ty, name) in [(GgufType::F32, "f32"), (GgufType::Q8_0, "q8_0")] {
-        let path = tmp(&format!("llama_cpp_{name}.gguf"));
-        gguf::export(&m, &tok, &path, ty).unwrap();
-        // Ours from the file as we load it (for q8_0: the dequantized weights llama.cpp also has).
-        let (ours, _) = gguf::load(&path, Device::Cpu).unwrap();
-        let want = serde_json::json!({
-            "type": name,
-            "n_ctx": m.config.max_seq_len,
-            "probe_text": PROBE,
-            "probe_ids": tok.encode(PROBE),
-            "prompt_ids": prompt,
-            "logits": logits(&ours, &prompt).chunks(m.config.vocab_size).collect::<Vec<_>>(),
-            "greedy": greedy(&ours, &prompt, 32),
-        });
-        let json = path.with_extension("json");
-        std::fs::write(&json, want.to_string()).unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("dev/gguf_llama_cpp.py");
-        let out = std::process::Command::new("python3").arg(&script).arg(&path).arg(&json).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-        println!("{name}:\n{text}");
-        assert!(out.status.success(), "llama.cpp disagrees on {name}:\n{text}");
+        llama_cpp_check(&m, &tok, ty, name, 32);
     }
+}
+
+fn llama_cpp_installed() -> bool {
+    let ok = std::process::Command::new("python3").args(["-c", "import llama_cpp, gguf"]).output();
+    ok.is_ok_and(|o| o.status.success())
+}
+
+/// Exports `m` as `ty` and runs dev/gguf_llama_cpp.py on it: tokenization, logits (f32) and
+/// `steps` greedy tokens against ours.
+fn llama_cpp_check(m: &GPTModel, tok: &Tokenizer, ty: GgufType, name: &str, steps: usize) {
+    let prompt = tok.encode("First Citizen:\nBefore we proceed");
+    let path = tmp(&format!("llama_cpp_{name}.gguf"));
+    gguf::export(m, tok, &path, ty).unwrap();
+    // Ours from the file as we load it (for q8_0: the dequantized weights llama.cpp also has).
+    let (ours, _) = gguf::load(&path, Device::Cpu).unwrap();
+    assert_eq!(ours.config, m.config, "{name}: the config read back");
+    let want = serde_json::json!({
+        "type": if name.starts_with("f32") { "f32" } else { name },
+        "n_ctx": m.config.max_seq_len,
+        "probe_text": PROBE,
+        "probe_ids": tok.encode(PROBE),
+        "prompt_ids": prompt,
+        "logits": logits(&ours, &prompt).chunks(m.config.vocab_size).collect::<Vec<_>>(),
+        "greedy": greedy(&ours, &prompt, steps),
+    });
+    let json = path.with_extension("json");
+    std::fs::write(&json, want.to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("dev/gguf_llama_cpp.py");
+    let out = std::process::Command::new("python3").arg(&script).arg(&path).arg(&json).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    println!("{name}:\n{text}");
+    assert!(out.status.success(), "llama.cpp disagrees on {name}:\n{text}");
+}
+
+/// A head width other than hidden / heads (q_proj [heads·head_dim, hidden]) is written as
+/// llama.attention.key_length / value_length, which llama.cpp reads: same logits.
+#[test]
+fn llama_cpp_reads_an_explicit_head_dim() {
+    if !llama_cpp_installed() {
+        println!("skipped: llama-cpp-python not installed (pip install llama-cpp-python gguf)");
+        return;
+    }
+    let base = model(false);
+    let config = ModelConfig { explicit_head_dim: Some(24), ..base.config.clone() };
+    let m = GPTModel::load(config, |name, shape| {
+        let seed = name.bytes().fold(23u64, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+        let t = Tensor::randn_on(shape, 0.3, seed, Device::Cpu).to_vec();
+        let base = if name.ends_with("norm.weight") { 1.0 } else { 0.0 };
+        Tensor::from_f32_on(&t.iter().map(|v| v + base).collect::<Vec<_>>(), shape, Device::Cpu)
+    })
+    .unwrap();
+    assert_eq!(m.parameter("model.layers.0.self_attn.q_proj.weight").unwrap().shape(), &[96, 64]);
+    llama_cpp_check(&m, &tokenizer(), GgufType::F32, "f32_head_dim", 8);
 }
