@@ -186,6 +186,16 @@ fn bad_files_give_clear_errors() {
     let (e, _) = load_err("gemma.gguf", &file.to_bytes());
     assert!(e.contains("\"gemma\"") && e.contains("not supported"), "{e}");
 
+    // Llama 3.1's frequency factors and biases, as llama.cpp's converter writes them, are refused.
+    for name in ["rope_freqs.weight", "blk.0.attn_q.bias"] {
+        let mut file = gguf::read(&path).unwrap();
+        let mut t = file.tensors[0].clone();
+        t.name = name.into();
+        file.tensors.push(t);
+        let (e, _) = load_err("extra.gguf", &file.to_bytes());
+        assert!(e.contains(name) && e.contains("not supported"), "{e}");
+    }
+
     let mut file = gguf::read(&path).unwrap();
     let pre = file.metadata.iter_mut().find(|(k, _)| k == "tokenizer.ggml.pre").unwrap();
     pre.1 = Value::Str("llama-bpe".into());

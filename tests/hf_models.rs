@@ -4,6 +4,7 @@
 //! their configs and weights round-trip through save_pretrained / from_pretrained.
 
 mod common;
+use irontensor::infer::{generate, SamplingConfig};
 use irontensor::nn::{Architecture, GPTModel, ModelConfig};
 use irontensor::{Device, Precision, RopeScaling, Tensor};
 use std::path::PathBuf;
@@ -55,6 +56,21 @@ fn matches_transformers(name: &str, device: Device) -> GPTModel {
         let got = grads.get(p).unwrap_or_else(|| panic!("{what}: no gradient for {param}")).to_vec();
         close(&got, &floats(g), 1e-5, 1e-4, &format!("{what}: gradient of {param}"));
     }
+    let stored: usize = m.parameters().iter().map(|(_, t)| t.numel()).sum();
+    assert_eq!(stored, m.config.num_params(), "{what}: num_params");
+    // Greedy decoding with the KV cache (one position at a time, past the original context of
+    // a scaled RoPE) picks what the full forward picks at every step.
+    let cfg = SamplingConfig { temperature: 0.0, max_tokens: 14, ..Default::default() };
+    let cached = generate(&m, &tokens[..9], &cfg, None, true, |_| {}).unwrap();
+    let mut ids = tokens[..9].to_vec();
+    for &next in &cached {
+        let x = Tensor::from_u32_on(&ids, &[1, ids.len()], device).unwrap();
+        let logits = irontensor::no_grad(|| m.forward(&x, 1, ids.len(), 0)).unwrap().to_vec();
+        let last = &logits[(ids.len() - 1) * m.config.vocab_size..];
+        let best = (0..last.len()).fold(0, |b, i| if last[i] > last[b] { i } else { b });
+        assert_eq!(next as usize, best, "{what}: cached greedy token at position {}", ids.len());
+        ids.push(next);
+    }
     m
 }
 
@@ -85,7 +101,6 @@ fn llama_biases_f16(device: Device) {
     assert_eq!(c.precision, Precision::FP32);
     let b = m.parameter("model.layers.0.mlp.down_proj.bias").unwrap();
     assert!(b.to_vec().iter().all(|v| half::f16::from_f32(*v).to_f32() == *v && *v != 0.0));
-    assert_eq!(m.parameters().iter().map(|(_, t)| t.numel()).sum::<usize>(), c.num_params());
 }
 
 /// save_pretrained then from_pretrained: the same config (every field), names and logits; and

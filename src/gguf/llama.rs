@@ -163,5 +163,13 @@ pub fn config(f: &GgufFile) -> Result<ModelConfig> {
     if let Some(t) = f.get("llama.rope.scaling.type").and_then(Value::as_str).filter(|t| *t != "none") {
         return Err(Error::Invalid(format!("RoPE scaling {t:?} (llama.rope.scaling.type) is not supported")));
     }
+    // What llama.cpp's converter writes for Llama 3.1's RoPE scaling, and biases: not read yet,
+    // so refused rather than silently dropped.
+    if let Some(t) = f.tensors.iter().find(|t| t.name == "rope_freqs.weight" || t.name.ends_with(".bias")) {
+        return Err(Error::Invalid(format!(
+            "tensor {} (RoPE frequency factors or a bias) is not supported in a GGUF yet",
+            t.name
+        )));
+    }
     Ok(c)
 }
