@@ -33,8 +33,9 @@ impl Attention {
         })
     }
 
-    /// x: [B*T, C] -> [B*T, C] (through H heads of D, H·D need not be C). With a cache, keys and values of earlier positions are reused
-    /// and the new ones appended; `pos` is the position of x's first token.
+    /// x: [B*T, C] -> [B*T, C], through H heads of D (H·D need not be C). With a cache, keys and
+    /// values of earlier positions are reused and the new ones appended; `pos` is the position
+    /// of x's first token.
     pub fn forward(&self, x: &Tensor, b: usize, t: usize, pos: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
         // The three projections as one matmul: [N, C] · [H + 2·Hkv heads of D, C]ᵀ. On the GPU
         // the weights lie one after another in the flat parameter buffer, so joining them is free.
