@@ -91,6 +91,27 @@ fn qwen2(device: Device) {
     assert!(m.config.tie_weights && m.parameter("lm_head.weight").is_none());
     assert_eq!(m.parameter("model.layers.1.self_attn.k_proj.bias").unwrap().shape(), &[16]);
     assert!(m.parameter("model.layers.1.self_attn.o_proj.bias").is_none(), "Qwen2 has no o_proj bias");
+    // On the GPU the q, k, v weights, and their biases, lie one after another in the flat
+    // parameter buffer (views start at multiples of 64 elements, as real models' widths are):
+    // the fused projection joins them without a copy.
+    if device == Device::Gpu {
+        let c = ModelConfig {
+            vocab_size: 64,
+            hidden_dim: 128,
+            num_heads: 2,
+            num_kv_heads: 1,
+            num_layers: 1,
+            architecture: Architecture::Qwen2,
+            ..ModelConfig::tiny()
+        };
+        let m = GPTModel::new_on(c, device, 0).unwrap();
+        for part in ["weight", "bias"] {
+            let p = |n: &str| m.parameter(&format!("model.layers.0.self_attn.{n}_proj.{part}")).unwrap().clone();
+            let (q, k, v) = (p("q"), p("k"), p("v"));
+            let joined = irontensor::ops::concat(&[&q, &k, &v], 0).unwrap();
+            assert!(joined.shares_storage(&q), "q, k, v: the {part}s are copied to be joined");
+        }
+    }
 }
 
 fn llama_biases_f16(device: Device) {
