@@ -21,6 +21,7 @@ fn main() -> irontensor::Result<()> {
         tie_weights: false,
         precision: Precision::FP32,
         dropout: 0.0,
+        ..ModelConfig::tiny()
     };
     // Larger-than-default weights, so that attention patterns and RoPE really matter.
     let model = GPTModel::load(config.clone(), |name, shape| {

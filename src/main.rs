@@ -243,7 +243,7 @@ struct TrainArgs {
     #[arg(long)]
     precision: Option<String>,
     /// Start from this model and its tokenizer instead of a new one (default: none): a GGUF file
-    /// (llama), a Hugging Face Llama folder (config.json, model.safetensors or its shards,
+    /// (llama), a Hugging Face Llama or Qwen2 folder (config.json, model.safetensors or its shards,
     /// tokenizer.json), or an IronTensor checkpoint or run directory. --config is then ignored,
     /// and --lr defaults to 5e-5.
     #[arg(long)]

@@ -116,6 +116,7 @@ fn a_model_larger_than_a_binding_trains_as_on_the_cpu() {
         tie_weights: false,
         precision: Precision::FP32,
         dropout: 0.0,
+        ..ModelConfig::tiny()
     };
     for bf16 in [false, true] {
         let cfg = TrainingConfig {

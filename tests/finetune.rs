@@ -224,6 +224,7 @@ fn tiny() -> ModelConfig {
         tie_weights: false,
         precision: Precision::FP32,
         dropout: 0.0,
+        ..ModelConfig::tiny()
     }
 }
 

@@ -6,7 +6,7 @@ use irontensor::gguf::format::Value;
 use irontensor::gguf::{self, llama, quant, GgufType};
 use irontensor::nn::{GPTModel, ModelConfig};
 use irontensor::train::{Trainer, TrainingConfig};
-use irontensor::{Device, Precision, Tensor};
+use irontensor::{Device, Precision, RopeScaling, Tensor};
 use std::path::{Path, PathBuf};
 
 const TEXT: &str = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n\
@@ -36,6 +36,7 @@ fn model(tie: bool) -> GPTModel {
         tie_weights: tie,
         precision: Precision::FP32,
         dropout: 0.0,
+        ..ModelConfig::tiny()
     };
     GPTModel::load(config, |name, shape| {
         let seed = name.bytes().fold(17u64, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
@@ -185,6 +186,16 @@ fn bad_files_give_clear_errors() {
     let (e, _) = load_err("gemma.gguf", &file.to_bytes());
     assert!(e.contains("\"gemma\"") && e.contains("not supported"), "{e}");
 
+    // Llama 3.1's frequency factors and biases, as llama.cpp's converter writes them, are refused.
+    for name in ["rope_freqs.weight", "blk.0.attn_q.bias"] {
+        let mut file = gguf::read(&path).unwrap();
+        let mut t = file.tensors[0].clone();
+        t.name = name.into();
+        file.tensors.push(t);
+        let (e, _) = load_err("extra.gguf", &file.to_bytes());
+        assert!(e.contains(name) && e.contains("not supported"), "{e}");
+    }
+
     let mut file = gguf::read(&path).unwrap();
     let pre = file.metadata.iter_mut().find(|(k, _)| k == "tokenizer.ggml.pre").unwrap();
     pre.1 = Value::Str("llama-bpe".into());
@@ -213,9 +224,11 @@ fn transformers_fixture_round_trip() {
         if let Ok(text) = std::fs::read_to_string(dir.join("expected.json")) {
             let want: serde_json::Value = serde_json::from_str(&text).unwrap();
             let ids: Vec<u32> = want["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            // The logits are those of the first tokens (all but the last where a loss was taken too).
+            let ids = &ids[..want["logits"].as_array().unwrap().len()];
             let rows = want["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().clone());
             let want: Vec<f32> = rows.map(|v| v.as_f64().unwrap() as f32).collect();
-            let err = rel_err(&logits(&m, &ids), &want);
+            let err = rel_err(&logits(&m, ids), &want);
             assert!(err < 1e-5, "{}: our logits differ from transformers' by {err} (relative)", dir.display());
         }
         let tok = Tokenizer::load(dir.join("tokenizer.json")).unwrap_or_else(|_| tokenizer());
@@ -224,6 +237,14 @@ fn transformers_fixture_round_trip() {
             continue;
         }
         let path = tmp("fixture.gguf");
+        let c = &m.config;
+        if c.qkv_bias() || c.mlp_bias || c.rope_scaling != RopeScaling::None {
+            // What llama.cpp's llama architecture would misread is refused, naming it.
+            let e = gguf::export(&m, &tok, &path, GgufType::F32).unwrap_err().to_string();
+            let named = ["Qwen2", "biases", "RoPE scaling"].iter().any(|w| e.contains(w));
+            assert!(e.contains("cannot be written as a llama GGUF") && named, "{}: {e}", dir.display());
+            continue;
+        }
         gguf::export(&m, &tok, &path, GgufType::F32).unwrap();
         let (back, _) = gguf::load(&path, Device::Cpu).unwrap();
         let ids: Vec<u32> = (0..17).map(|i| (i * 29 + 3) % m.config.vocab_size as u32).collect();
@@ -248,8 +269,7 @@ fn greedy(m: &GPTModel, prompt: &[u32], steps: usize) -> Vec<u32> {
 /// the same tokenization, f32 logits within 1e-3 relative, q8_0 greedy tokens equal for 32 steps.
 #[test]
 fn llama_cpp_agrees() {
-    let ok = std::process::Command::new("python3").args(["-c", "import llama_cpp, gguf"]).output();
-    if !ok.is_ok_and(|o| o.status.success()) {
+    if !llama_cpp_installed() {
         println!("skipped: llama-cpp-python not installed (pip install llama-cpp-python gguf)");
         return;
     }
@@ -270,27 +290,60 @@ fn llama_cpp_agrees() {
         trainer.train_step(&x, &y, 4, 32).unwrap();
     }
     let m = trainer.model;
-    let prompt = tok.encode("First Citizen:\nBefore we proceed");
     for (ty, name) in [(GgufType::F32, "f32"), (GgufType::Q8_0, "q8_0")] {
-        let path = tmp(&format!("llama_cpp_{name}.gguf"));
-        gguf::export(&m, &tok, &path, ty).unwrap();
-        // Ours from the file as we load it (for q8_0: the dequantized weights llama.cpp also has).
-        let (ours, _) = gguf::load(&path, Device::Cpu).unwrap();
-        let want = serde_json::json!({
-            "type": name,
-            "n_ctx": m.config.max_seq_len,
-            "probe_text": PROBE,
-            "probe_ids": tok.encode(PROBE),
-            "prompt_ids": prompt,
-            "logits": logits(&ours, &prompt).chunks(m.config.vocab_size).collect::<Vec<_>>(),
-            "greedy": greedy(&ours, &prompt, 32),
-        });
-        let json = path.with_extension("json");
-        std::fs::write(&json, want.to_string()).unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("dev/gguf_llama_cpp.py");
-        let out = std::process::Command::new("python3").arg(&script).arg(&path).arg(&json).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-        println!("{name}:\n{text}");
-        assert!(out.status.success(), "llama.cpp disagrees on {name}:\n{text}");
+        llama_cpp_check(&m, &tok, ty, name, 32);
     }
+}
+
+fn llama_cpp_installed() -> bool {
+    let ok = std::process::Command::new("python3").args(["-c", "import llama_cpp, gguf"]).output();
+    ok.is_ok_and(|o| o.status.success())
+}
+
+/// Exports `m` as `ty` and runs dev/gguf_llama_cpp.py on it: tokenization, logits (f32) and
+/// `steps` greedy tokens against ours.
+fn llama_cpp_check(m: &GPTModel, tok: &Tokenizer, ty: GgufType, name: &str, steps: usize) {
+    let prompt = tok.encode("First Citizen:\nBefore we proceed");
+    let path = tmp(&format!("llama_cpp_{name}.gguf"));
+    gguf::export(m, tok, &path, ty).unwrap();
+    // Ours from the file as we load it (for q8_0: the dequantized weights llama.cpp also has).
+    let (ours, _) = gguf::load(&path, Device::Cpu).unwrap();
+    assert_eq!(ours.config, m.config, "{name}: the config read back");
+    let want = serde_json::json!({
+        "type": if name.starts_with("f32") { "f32" } else { name },
+        "n_ctx": m.config.max_seq_len,
+        "probe_text": PROBE,
+        "probe_ids": tok.encode(PROBE),
+        "prompt_ids": prompt,
+        "logits": logits(&ours, &prompt).chunks(m.config.vocab_size).collect::<Vec<_>>(),
+        "greedy": greedy(&ours, &prompt, steps),
+    });
+    let json = path.with_extension("json");
+    std::fs::write(&json, want.to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("dev/gguf_llama_cpp.py");
+    let out = std::process::Command::new("python3").arg(&script).arg(&path).arg(&json).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    println!("{name}:\n{text}");
+    assert!(out.status.success(), "llama.cpp disagrees on {name}:\n{text}");
+}
+
+/// A head width other than hidden / heads (q_proj [heads·head_dim, hidden]) is written as
+/// llama.attention.key_length / value_length, which llama.cpp reads: same logits.
+#[test]
+fn llama_cpp_reads_an_explicit_head_dim() {
+    if !llama_cpp_installed() {
+        println!("skipped: llama-cpp-python not installed (pip install llama-cpp-python gguf)");
+        return;
+    }
+    let base = model(false);
+    let config = ModelConfig { explicit_head_dim: Some(24), ..base.config.clone() };
+    let m = GPTModel::load(config, |name, shape| {
+        let seed = name.bytes().fold(23u64, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+        let t = Tensor::randn_on(shape, 0.3, seed, Device::Cpu).to_vec();
+        let base = if name.ends_with("norm.weight") { 1.0 } else { 0.0 };
+        Tensor::from_f32_on(&t.iter().map(|v| v + base).collect::<Vec<_>>(), shape, Device::Cpu)
+    })
+    .unwrap();
+    assert_eq!(m.parameter("model.layers.0.self_attn.q_proj.weight").unwrap().shape(), &[96, 64]);
+    llama_cpp_check(&m, &tokenizer(), GgufType::F32, "f32_head_dim", 8);
 }

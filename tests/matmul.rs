@@ -303,6 +303,7 @@ fn coop_f16_training() {
         tie_weights: false,
         precision: irontensor::Precision::FP32,
         dropout: 0.0,
+        ..ModelConfig::tiny()
     };
     let text = std::fs::read(common::SHAKESPEARE).unwrap();
     let ids: Vec<u32> = text[..64 * 33 * 40].iter().map(|&b| b as u32 % 64).collect();

@@ -33,6 +33,7 @@ fn the_memory_plan_matches_the_measured_peak() {
             tie_weights: false,
             precision: Precision::FP32,
             dropout: 0.0,
+            ..ModelConfig::tiny()
         };
         let cfg =
             TrainingConfig { optimizer, use_bf16: bf16, total_steps: 2, checkpoint_activations, ..Default::default() };

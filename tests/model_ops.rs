@@ -3,7 +3,7 @@
 
 mod common;
 use common::{assert_close, f64s, rand_vec, GradCheck};
-use irontensor::{ops, Device, Precision, Tensor};
+use irontensor::{ops, Device, Precision, Rope, RopeScaling, Tensor};
 
 fn rmsnorm_ref(x: &[f64], g: &[f64], eps: f64) -> Vec<f64> {
     let c = g.len();
@@ -62,13 +62,38 @@ fn rmsnorm_deterministic(device: Device) {
 
 /// f64 rope on [B, T, H, D] with positions pos_offset + t.
 fn rope_ref(x: &[f64], shape: &[usize], base: f64, pos_offset: usize) -> Vec<f64> {
+    let d = shape[3];
+    let freqs: Vec<f64> = (0..d / 2).map(|i| base.powf(-2.0 * i as f64 / d as f64)).collect();
+    rope_ref_freqs(x, shape, &freqs, pos_offset)
+}
+
+/// Llama 3.1's frequencies as its reference code writes them (wavelength bands, smooth blend), in f64.
+fn llama3_freqs(base: f64, d: usize, factor: f64, low: f64, high: f64, old_context: f64) -> Vec<f64> {
+    let mut out = Vec::new();
+    for i in 0..d / 2 {
+        let f = 1.0 / base.powf(2.0 * i as f64 / d as f64);
+        let wavelen = 2.0 * std::f64::consts::PI / f;
+        out.push(if wavelen < old_context / high {
+            f
+        } else if wavelen > old_context / low {
+            f / factor
+        } else {
+            let smooth = (old_context / wavelen - low) / (high - low);
+            (1.0 - smooth) * f / factor + smooth * f
+        });
+    }
+    out
+}
+
+/// f64 rope on [B, T, H, D] with frequencies `freqs` (D/2 of them).
+fn rope_ref_freqs(x: &[f64], shape: &[usize], freqs: &[f64], pos_offset: usize) -> Vec<f64> {
     let (t, h, d) = (shape[1], shape[2], shape[3]);
     let half = d / 2;
     let mut out = vec![0.0; x.len()];
     for (k, (xh, oh)) in x.chunks(d).zip(out.chunks_mut(d)).enumerate() {
         let pos = (pos_offset + (k / h) % t) as f64;
         for i in 0..half {
-            let th = pos * base.powf(-2.0 * i as f64 / d as f64);
+            let th = pos * freqs[i];
             let (s, c) = th.sin_cos();
             oh[i] = xh[i] * c - xh[i + half] * s;
             oh[i + half] = xh[i + half] * c + xh[i] * s;
@@ -151,6 +176,71 @@ fn rope_long_positions(device: Device) {
         let want = rope_ref(&f64s(&x), &shape, base, off);
         assert_close(&y.to_vec(), &want, 2e-5, 0.0, &format!("rope base {base} positions {off}.. on {device:?}"));
     }
+}
+
+/// RoPE with llama3 and linear scaling at awkward sizes, positions inside and far past the
+/// original context, and every llama3 band (kept, blended, divided) in use; rope_qkv too.
+fn rope_scaled(device: Device) {
+    let llama3 = |base: f32, factor: f32, low: f32, high: f32, old: usize| Rope {
+        base,
+        scaling: RopeScaling::Llama3 {
+            factor,
+            low_freq_factor: low,
+            high_freq_factor: high,
+            original_max_position_embeddings: old,
+        },
+    };
+    // (shape [B, T, H, D], rope, reference frequencies, offset)
+    let cases: Vec<(Vec<usize>, Rope, Vec<f64>, usize)> = vec![
+        (vec![2, 7, 3, 6], llama3(10000.0, 8.0, 0.5, 2.0, 16), llama3_freqs(1e4, 6, 8.0, 0.5, 2.0, 16.0), 13),
+        (vec![1, 33, 2, 22], llama3(500000.0, 32.0, 1.0, 4.0, 64), llama3_freqs(5e5, 22, 32.0, 1.0, 4.0, 64.0), 40),
+        (vec![1, 5, 1, 64], llama3(500000.0, 8.0, 1.0, 4.0, 8192), llama3_freqs(5e5, 64, 8.0, 1.0, 4.0, 8192.0), 9000),
+        (
+            vec![1, 3, 2, 128],
+            llama3(500000.0, 8.0, 1.0, 4.0, 8192),
+            llama3_freqs(5e5, 128, 8.0, 1.0, 4.0, 8192.0),
+            30000,
+        ),
+        (
+            vec![2, 9, 1, 10],
+            Rope { base: 10000.0, scaling: RopeScaling::Linear { factor: 4.0 } },
+            (0..5).map(|i| 1e4f64.powf(-2.0 * i as f64 / 10.0) / 4.0).collect(),
+            70,
+        ),
+    ];
+    for (seed, (shape, rope, freqs, off)) in cases.into_iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let x = rand_vec(n, -1.0, 1.0, 60 + seed as u64);
+        // Every band of the llama3 rule is tested: some frequencies are scaled, some are not.
+        let plain = rope_ref(&f64s(&x), &shape, rope.base as f64, off);
+        assert!(plain != rope_ref_freqs(&f64s(&x), &shape, &freqs, off));
+        let s = shape.clone();
+        GradCheck {
+            inputs: vec![(x, shape.clone())],
+            op: &|t| ops::rope(&t[0], rope, off),
+            reference: &|x| rope_ref_freqs(&x[0], &s, &freqs, off),
+            atol: 2e-5,
+            rtol: 1e-5,
+            fd_elems: 100,
+        }
+        .run(device, &format!("rope {rope:?} {shape:?} offset {off}"));
+        // rope_qkv with the same rope: q and k as rope gives them, v untouched.
+        let [b, t, h, d] = [shape[0], shape[1], shape[2], shape[3]];
+        let y = rand_vec(b * t * 4 * h * d, -1.0, 1.0, 80 + seed as u64);
+        let yt = Tensor::from_f32_on(&y, &[b, t, 4 * h, d], device).unwrap();
+        let [q, k, v] = ops::rope_qkv(&yt, 2 * h, h, rope, off).unwrap();
+        let part = |h0: usize, n: usize| -> Vec<f64> {
+            f64s(&y).chunks(4 * h * d).flat_map(|row| row[h0 * d..(h0 + n) * d].to_vec()).collect()
+        };
+        let what = format!("rope_qkv {rope:?} offset {off}");
+        assert_close(&q.to_vec(), &rope_ref_freqs(&part(0, 2 * h), &[b, t, 2 * h, d], &freqs, off), 2e-5, 1e-5, &what);
+        assert_close(&k.to_vec(), &rope_ref_freqs(&part(2 * h, h), &[b, t, h, d], &freqs, off), 2e-5, 1e-5, &what);
+        assert_close(&v.to_vec(), &part(3 * h, h), 0.0, 0.0, &what);
+    }
+    // Bad scaling is an error naming it.
+    let x = Tensor::from_f32_on(&rand_vec(16, -1.0, 1.0, 5), &[1, 1, 1, 16], device).unwrap();
+    let msg = ops::rope(&x, llama3(10000.0, 8.0, 4.0, 1.0, 16), 0).unwrap_err().to_string();
+    assert!(msg.contains("llama3") && msg.contains("low_freq_factor"), "{msg}");
 }
 
 fn rope_kv_cache(device: Device) {
@@ -254,6 +344,7 @@ device_tests!(
     rope,
     rope_qkv,
     rope_long_positions,
+    rope_scaled,
     rope_kv_cache,
     embedding,
     embedding_bf16,

@@ -28,6 +28,7 @@ fn config() -> ModelConfig {
         tie_weights: true,
         precision: Precision::FP32,
         dropout: 0.0,
+        ..ModelConfig::tiny()
     }
 }
 

@@ -160,6 +160,7 @@ fn a_training_step_fills_every_phase() {
         tie_weights: false,
         precision: Precision::FP32,
         dropout: 0.0,
+        ..ModelConfig::tiny()
     };
     let mut t = Trainer::new_on(cfg, TrainingConfig::default(), Device::Cpu).unwrap();
     let x: Vec<u32> = (0..32).map(|i| (i * 7 % 64) as u32).collect();

@@ -21,6 +21,7 @@ fn tiny() -> ModelConfig {
         tie_weights: false,
         precision: Precision::FP32,
         dropout: 0.0,
+        ..ModelConfig::tiny()
     }
 }
 
@@ -221,22 +222,36 @@ fn hf_layout_round_trip() {
         j["rope_parameters"] = serde_json::json!({"rope_theta": 500000.0, "rope_type": "default"});
         assert_eq!(ModelConfig::from_hf_json(&j).unwrap().rope_base, 500000.0);
         // What the model cannot reproduce is refused, naming the field.
-        let scaling = serde_json::json!({"rope_type": "llama3", "factor": 32.0});
+        let scaling = |t: &str| serde_json::json!({"rope_type": t, "factor": 32.0, "rope_theta": 10000.0});
         let refused = [
-            ("model_type", serde_json::json!("qwen2")),
-            ("rope_scaling", scaling.clone()),
-            ("rope_parameters", scaling),
-            ("attention_bias", serde_json::json!(true)),
+            ("model_type", serde_json::json!("mistral")),
+            ("rope_scaling", scaling("yarn")),
+            ("rope_scaling", serde_json::json!({"type": "dynamic", "factor": 2.0})),
+            ("rope_parameters", scaling("longrope")),
+            ("rope_parameters", serde_json::json!({"rope_type": "default", "partial_rotary_factor": 0.5})),
             ("sliding_window", serde_json::json!(4096)),
             ("num_local_experts", serde_json::json!(8)),
             ("hidden_act", serde_json::json!("gelu")),
+            ("head_dim", serde_json::json!("16")),
         ];
         for (field, value) in refused {
             let mut j = json.clone();
             j[field] = value;
             let e = ModelConfig::from_hf_json(&j).unwrap_err().to_string();
-            assert!(e.contains(&format!("config.json: {field} = ")), "{field}: {e}");
+            assert!(e.contains(&format!("config.json: {field}")) && e.contains(" = "), "{field}: {e}");
         }
+        // A llama3 scaling without its fields names the missing one; Qwen2 with its sliding
+        // window in use is refused, without it (the window size set, unused) loads.
+        let mut j = json.clone();
+        j["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0});
+        let e = ModelConfig::from_hf_json(&j).unwrap_err().to_string();
+        assert!(e.contains("rope_scaling.low_freq_factor is missing"), "{e}");
+        let mut j = json.clone();
+        (j["model_type"], j["sliding_window"], j["max_window_layers"]) = ("qwen2".into(), 4096.into(), 2.into());
+        assert_eq!(ModelConfig::from_hf_json(&j).unwrap().architecture, irontensor::nn::Architecture::Qwen2);
+        j["use_sliding_window"] = true.into();
+        let e = ModelConfig::from_hf_json(&j).unwrap_err().to_string();
+        assert!(e.contains("config.json: sliding_window = 4096"), "{e}");
         let mut j = json.clone();
         (j["rope_scaling"], j["attention_bias"], j["sliding_window"]) =
             (serde_json::Value::Null, false.into(), serde_json::Value::Null);
@@ -256,6 +271,12 @@ fn bad_configs_and_checkpoints_are_clear_errors() {
     bad(|c| c.num_heads = 5, "num_heads (5) must divide hidden_dim (32)");
     bad(|c| c.num_kv_heads = 3, "num_kv_heads (3) must divide num_heads (4)");
     bad(|c| (c.hidden_dim, c.num_heads, c.num_kv_heads) = (36, 12, 12), "must be even for RoPE");
+    bad(|c| c.explicit_head_dim = Some(7), "head dim = 7 must be even");
+    bad(|c| (c.architecture, c.mlp_bias) = (irontensor::nn::Architecture::Qwen2, true), "q, k and v only");
+    bad(
+        |c| c.rope_scaling = irontensor::RopeScaling::Linear { factor: 0.0 },
+        "linear scaling factor must be finite and > 0",
+    );
     let dir = std::env::temp_dir().join(format!("irontensor-bad-{}", std::process::id()));
     let t = Trainer::new_on(tiny(), TrainingConfig::default(), Device::Cpu).unwrap();
     t.save_checkpoint(&dir).unwrap();

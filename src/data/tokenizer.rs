@@ -87,13 +87,30 @@ impl Tokenizer {
         Ok(Tokenizer { inner, eos_id })
     }
 
-    /// Writes tokenizer.json (the Hugging Face format) atomically.
+    /// Writes tokenizer.json (the Hugging Face format) atomically. A pretrained model's end-of-text
+    /// token other than `<|endoftext|>` goes into the tokenizer_config.json beside it, so `load`
+    /// finds it again.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let json =
             self.inner.to_string(true).map_err(tk_err(format!("tokenizer: cannot serialize {}", path.display())))?;
-        write_atomic(path, json.as_bytes())
-            .map_err(|e| Error::Invalid(format!("tokenizer: cannot write {}: {e}", path.display())))
+        fn write_err(p: &Path) -> impl FnOnce(Error) -> Error + '_ {
+            move |e| Error::Invalid(format!("tokenizer: cannot write {}: {e}", p.display()))
+        }
+        write_atomic(path, json.as_bytes()).map_err(write_err(path))?;
+        let eos = self.inner.id_to_token(self.eos_id).unwrap_or_default();
+        if eos != EOS_TOKEN {
+            let config = path.with_file_name("tokenizer_config.json");
+            let mut v = std::fs::read(&config)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .filter(|v| v.is_object())
+                .unwrap_or_else(|| serde_json::json!({}));
+            v["eos_token"] = eos.into();
+            let text = serde_json::to_vec_pretty(&v).expect("JSON serialises");
+            write_atomic(&config, &text).map_err(write_err(&config))?;
+        }
+        Ok(())
     }
 
     /// Reads a tokenizer.json written by `save`, or any byte-level BPE (GPT-2, Llama 3, SmolLM2,

@@ -2,7 +2,27 @@
 //! llama.cpp's RoPE expects.
 
 use super::format::{GgufFile, Value};
+use crate::nn::Architecture;
+use crate::ops::RopeScaling;
 use crate::{Error, ModelConfig, Precision, Result};
+
+/// An error naming what llama.cpp's `llama` architecture, as written here, would misread:
+/// biases, a Qwen2 model, scaled RoPE.
+pub fn check_exportable(c: &ModelConfig) -> Result<()> {
+    let why = if c.architecture != Architecture::Llama {
+        Some(format!("architecture {:?} (only Llama models export)", c.architecture))
+    } else if c.attention_bias || c.mlp_bias {
+        Some("biases (attention_bias or mlp_bias)".to_string())
+    } else if c.rope_scaling != RopeScaling::None {
+        Some(format!("RoPE scaling {:?}", c.rope_scaling))
+    } else {
+        None
+    };
+    match why {
+        Some(w) => Err(Error::Invalid(format!("cannot be written as a llama GGUF yet: the model has {w}"))),
+        None => Ok(()),
+    }
+}
 
 /// llama.cpp's name for a Hugging Face parameter name (None for names it has no place for).
 pub fn gguf_name(hf: &str) -> Option<String> {
@@ -80,6 +100,8 @@ pub fn metadata(c: &ModelConfig, file_type: u32) -> Vec<(String, Value)> {
         kv("llama.attention.layer_norm_rms_epsilon", Value::F32(c.norm_eps)),
         kv("llama.rope.freq_base", Value::F32(c.rope_base)),
         kv("llama.rope.dimension_count", u(c.head_dim())),
+        kv("llama.attention.key_length", u(c.head_dim())),
+        kv("llama.attention.value_length", u(c.head_dim())),
     ]
 }
 
@@ -121,13 +143,18 @@ pub fn config(f: &GgufFile) -> Result<ModelConfig> {
         tie_weights: f.tensor("output.weight").is_none(),
         precision: Precision::FP32,
         dropout: 0.0,
+        // The head width: key_length where given (it may differ from embedding_length / head_count).
+        explicit_head_dim: int("llama.attention.key_length")
+            .ok()
+            .filter(|&d| d * heads != int("llama.embedding_length").unwrap_or(0)),
+        ..ModelConfig::tiny()
     };
     c.validate()?;
-    for k in ["llama.rope.dimension_count", "llama.attention.key_length", "llama.attention.value_length"] {
+    for k in ["llama.rope.dimension_count", "llama.attention.value_length"] {
         if let Ok(v) = int(k) {
             if v != c.head_dim() {
                 return Err(Error::Invalid(format!(
-                    "{k} = {v} differs from embedding_length / head_count = {}: not supported",
+                    "{k} = {v} differs from the head width {} (key_length, or embedding_length / head_count): not supported",
                     c.head_dim()
                 )));
             }
@@ -135,6 +162,14 @@ pub fn config(f: &GgufFile) -> Result<ModelConfig> {
     }
     if let Some(t) = f.get("llama.rope.scaling.type").and_then(Value::as_str).filter(|t| *t != "none") {
         return Err(Error::Invalid(format!("RoPE scaling {t:?} (llama.rope.scaling.type) is not supported")));
+    }
+    // What llama.cpp's converter writes for Llama 3.1's RoPE scaling, and biases: not read yet,
+    // so refused rather than silently dropped.
+    if let Some(t) = f.tensors.iter().find(|t| t.name == "rope_freqs.weight" || t.name.ends_with(".bias")) {
+        return Err(Error::Invalid(format!(
+            "tensor {} (RoPE frequency factors or a bias) is not supported in a GGUF yet",
+            t.name
+        )));
     }
     Ok(c)
 }

@@ -67,6 +67,7 @@ pub fn export(model: &GPTModel, tokenizer: &Tokenizer, path: impl AsRef<Path>, t
     if model.lora.is_some() {
         return Err(err(Error::Invalid("the model has LoRA adapters: merge them first (`GPTModel::merged`)".into())));
     }
+    llama::check_exportable(c).map_err(err)?;
     let mut file = GgufFile { metadata: llama::metadata(c, ty.file_type()), tensors: Vec::new() };
     file.metadata.extend(tokenizer::metadata(tokenizer, c.vocab_size).map_err(err)?);
     for (name, t) in model.parameters() {

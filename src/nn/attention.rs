@@ -1,7 +1,8 @@
 //! Causal self-attention with RoPE and grouped-query heads, through FlashAttention.
 
 use super::{KvCache, Linear, Loader, ModelConfig};
-use crate::{ops, Result, Tensor};
+use crate::ops::{self, Rope};
+use crate::{Result, Tensor};
 
 #[derive(Clone)]
 pub struct Attention {
@@ -12,28 +13,30 @@ pub struct Attention {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
-    rope_base: f32,
+    rope: Rope,
 }
 
 impl Attention {
     pub fn load(l: &mut Loader, name: &str, c: &ModelConfig) -> Result<Attention> {
-        let (h, d) = (c.hidden_dim, c.head_dim());
-        let kv = c.num_kv_heads * d;
+        let (h, q, kv) = (c.hidden_dim, c.q_dim(), c.kv_dim());
+        let names = [("q_proj", q), ("k_proj", kv), ("v_proj", kv)].map(|(n, out)| (format!("{name}.{n}"), out));
+        let [q_proj, k_proj, v_proj]: [Linear; 3] =
+            Linear::load_joined(l, &names, h, c.qkv_bias())?.try_into().ok().expect("three linears");
         Ok(Attention {
-            q_proj: Linear::load(l, &format!("{name}.q_proj"), h, h)?,
-            k_proj: Linear::load(l, &format!("{name}.k_proj"), h, kv)?,
-            v_proj: Linear::load(l, &format!("{name}.v_proj"), h, kv)?,
-            o_proj: Linear::load(l, &format!("{name}.o_proj"), h, h)?,
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj: Linear::load(l, &format!("{name}.o_proj"), q, h, c.o_bias())?,
             heads: c.num_heads,
             kv_heads: c.num_kv_heads,
-            head_dim: d,
-            rope_base: c.rope_base,
+            head_dim: c.head_dim(),
+            rope: c.rope(),
         })
     }
 
-    /// x: [B*T, C] -> [B*T, C]. With a cache, keys and values of earlier positions are reused
-    /// and the new ones appended; `pos` is the position of x's first token. `seed` turns the
-    /// LoRA adapters' dropout on (training).
+    /// x: [B*T, C] -> [B*T, C], through H heads of D (H·D need not be C). With a cache, keys and
+    /// values of earlier positions are reused and the new ones appended; `pos` is the position
+    /// of x's first token. `seed` turns the LoRA adapters' dropout on (training).
     pub fn forward(
         &self,
         x: &Tensor,
@@ -46,10 +49,14 @@ impl Attention {
         // The three projections as one matmul: [N, C] · [H + 2·Hkv heads of D, C]ᵀ. On the GPU
         // the weights lie one after another in the flat parameter buffer, so joining them is free.
         let (q, k, v) = (&self.q_proj.weight, &self.k_proj.weight, &self.v_proj.weight);
-        let y = ops::matmul_t(x, &ops::concat(&[q, k, v], 0)?, false, true)?;
+        let mut y = ops::matmul_t(x, &ops::concat(&[q, k, v], 0)?, false, true)?;
+        // Their biases (when present: all three or none) joined the same way, added in one op.
+        if let (Some(q), Some(k), Some(v)) = (&self.q_proj.bias, &self.k_proj.bias, &self.v_proj.bias) {
+            y = ops::add(&y, &ops::concat(&[q, k, v], 0)?)?;
+        }
         let y = add_deltas(y, x, &[&self.q_proj, &self.k_proj, &self.v_proj], seed)?;
         let y = y.view(&[b, t, self.heads + 2 * self.kv_heads, self.head_dim])?;
-        let [q, mut k, mut v] = ops::rope_qkv(&y, self.heads, self.kv_heads, self.rope_base, pos)?;
+        let [q, mut k, mut v] = ops::rope_qkv(&y, self.heads, self.kv_heads, self.rope, pos)?;
         if let Some(cache) = cache {
             (k, v) = cache.append(k, v)?;
         }

@@ -1,8 +1,19 @@
 //! ModelConfig: the model's shape (vocabulary, width, depth, heads, FFN, context, RoPE, norm,
-//! tying, precision), presets, validation, and Hugging Face config.json.
+//! tying, precision, biases, architecture), presets and validation; config.json is in hf_config.rs.
 
+use crate::ops::{Rope, RopeScaling};
 use crate::{bail, Error, Precision, Result};
 use serde::{Deserialize, Serialize};
+
+/// The Hugging Face class the model follows: they differ only in where the biases are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Architecture {
+    /// `LlamaForCausalLM`: biases as `attention_bias` (q, k, v, o) and `mlp_bias` say.
+    #[default]
+    Llama,
+    /// `Qwen2ForCausalLM`: biases on q, k and v, none elsewhere.
+    Qwen2,
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -23,6 +34,20 @@ pub struct ModelConfig {
     /// Dropout on the embedding and on each residual branch while training (0 = off).
     #[serde(default)]
     pub dropout: f32,
+    /// Width of one attention head when it is not hidden_dim / num_heads (config.json's head_dim).
+    #[serde(default)]
+    pub explicit_head_dim: Option<usize>,
+    /// RoPE frequencies rescaled for a longer context (config.json's rope_scaling).
+    #[serde(default)]
+    pub rope_scaling: RopeScaling,
+    /// Llama: biases on q, k, v and o.
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// Llama: biases on gate, up and down.
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default)]
+    pub architecture: Architecture,
 }
 
 impl ModelConfig {
@@ -41,6 +66,11 @@ impl ModelConfig {
             tie_weights: true,
             precision: Precision::FP32,
             dropout: 0.0,
+            explicit_head_dim: None,
+            rope_scaling: RopeScaling::None,
+            attention_bias: false,
+            mlp_bias: false,
+            architecture: Architecture::Llama,
         }
     }
 
@@ -100,7 +130,32 @@ impl ModelConfig {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.hidden_dim / self.num_heads
+        self.explicit_head_dim.unwrap_or(self.hidden_dim / self.num_heads.max(1))
+    }
+
+    /// Width of the queries (and of o_proj's input): num_heads · head_dim.
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim()
+    }
+
+    /// Width of the keys and of the values: num_kv_heads · head_dim.
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim()
+    }
+
+    /// Whether q_proj, k_proj and v_proj have biases.
+    pub fn qkv_bias(&self) -> bool {
+        self.attention_bias || self.architecture == Architecture::Qwen2
+    }
+
+    /// Whether o_proj has a bias.
+    pub fn o_bias(&self) -> bool {
+        self.attention_bias
+    }
+
+    /// RoPE's base and scaling.
+    pub fn rope(&self) -> Rope {
+        Rope { base: self.rope_base, scaling: self.rope_scaling }
     }
 
     /// An error that says what to change, for a config that cannot work.
@@ -110,15 +165,19 @@ impl ModelConfig {
         if c.vocab_size == 0 || c.hidden_dim == 0 || c.num_layers == 0 || c.num_heads == 0 || c.intermediate_dim == 0 {
             return bad("vocab_size, hidden_dim, num_layers, num_heads and intermediate_dim must be positive".into());
         }
-        if !c.hidden_dim.is_multiple_of(c.num_heads) {
+        if c.explicit_head_dim.is_none() && !c.hidden_dim.is_multiple_of(c.num_heads) {
             return bad(format!("num_heads ({}) must divide hidden_dim ({})", c.num_heads, c.hidden_dim));
         }
         if c.num_kv_heads == 0 || !c.num_heads.is_multiple_of(c.num_kv_heads) {
             return bad(format!("num_kv_heads ({}) must divide num_heads ({})", c.num_kv_heads, c.num_heads));
         }
-        if !c.head_dim().is_multiple_of(2) {
-            return bad(format!("head dim hidden_dim/num_heads = {} must be even for RoPE", c.head_dim()));
+        if c.head_dim() == 0 || !c.head_dim().is_multiple_of(2) {
+            return bad(format!("head dim = {} must be even for RoPE, and > 0", c.head_dim()));
         }
+        if c.architecture == Architecture::Qwen2 && (c.attention_bias || c.mlp_bias) {
+            return bad("a Qwen2 model has biases on q, k and v only: attention_bias and mlp_bias must be false".into());
+        }
+        c.rope().check().map_err(|e| Error::Invalid(format!("model config: {e}")))?;
         if c.max_seq_len == 0 || c.rope_base <= 1.0 || c.norm_eps <= 0.0 || !(0.0..1.0).contains(&c.dropout) {
             return bad("max_seq_len > 0, rope_base > 1, norm_eps > 0 and 0 <= dropout < 1 are required".into());
         }
@@ -130,110 +189,12 @@ impl ModelConfig {
 
     /// Parameter count (tied weights counted once).
     pub fn num_params(&self) -> usize {
-        let (c, f, kv) = (self.hidden_dim, self.intermediate_dim, self.num_kv_heads * self.head_dim());
-        let layer = 2 * c * c + 2 * c * kv + 3 * c * f + 2 * c;
+        let (c, f, q, kv) = (self.hidden_dim, self.intermediate_dim, self.q_dim(), self.kv_dim());
+        let biases = if self.qkv_bias() { q + 2 * kv } else { 0 }
+            + if self.o_bias() { c } else { 0 }
+            + if self.mlp_bias { 2 * f + c } else { 0 };
+        let layer = 2 * c * q + 2 * c * kv + 3 * c * f + 2 * c + biases;
         let out = if self.tie_weights { 0 } else { self.vocab_size * c };
         self.vocab_size * c + self.num_layers * layer + c + out
-    }
-
-    /// Hugging Face `LlamaForCausalLM` config.json.
-    pub fn to_hf_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_dim,
-            "intermediate_size": self.intermediate_dim,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.head_dim(),
-            "max_position_embeddings": self.max_seq_len,
-            "rope_theta": self.rope_base,
-            "rms_norm_eps": self.norm_eps,
-            "tie_word_embeddings": self.tie_weights,
-            "hidden_act": "silu",
-            "attention_bias": false,
-            "mlp_bias": false,
-            "torch_dtype": if self.precision == Precision::BF16 { "bfloat16" } else { "float32" },
-        })
-    }
-
-    /// Reads a Hugging Face Llama config.json (both spellings of the RoPE base). What this model
-    /// cannot reproduce (another architecture, RoPE scaling, biases, sliding windows, experts,
-    /// an activation other than SiLU) is an error naming the field, not a silently different model.
-    pub fn from_hf_json(v: &serde_json::Value) -> Result<Self> {
-        let unsupported = |field: &str, why: &str| -> Result<Self> {
-            let value = v.get(field).map_or("".into(), |x| x.to_string());
-            bail!(Invalid, "config.json: {field} = {value}: {why}")
-        };
-        match v.get("model_type").and_then(|x| x.as_str()) {
-            None | Some("llama") => {}
-            Some(_) => return unsupported("model_type", "only llama (LlamaForCausalLM) models load"),
-        }
-        let set = |k: &str| v.get(k).is_some_and(|x| !x.is_null() && x != &serde_json::Value::Bool(false));
-        if set("rope_scaling") {
-            return unsupported("rope_scaling", "scaled RoPE is not supported yet");
-        }
-        let rope_type = v.get("rope_parameters").and_then(|r| r.get("rope_type")).and_then(|t| t.as_str());
-        if rope_type.is_some_and(|t| t != "default") {
-            return unsupported("rope_parameters", "scaled RoPE is not supported yet");
-        }
-        for field in ["attention_bias", "mlp_bias"] {
-            if set(field) {
-                return unsupported(field, "biases are not supported yet");
-            }
-        }
-        if set("sliding_window") && v.get("use_sliding_window").is_none_or(|x| x.as_bool() != Some(false)) {
-            return unsupported("sliding_window", "sliding-window attention is not supported");
-        }
-        for field in ["num_local_experts", "num_experts"] {
-            if set(field) {
-                return unsupported(field, "mixtures of experts are not supported");
-            }
-        }
-        if v.get("hidden_act").and_then(|x| x.as_str()).is_some_and(|a| a != "silu") {
-            return unsupported("hidden_act", "only silu (SwiGLU) is supported");
-        }
-        let get = |k: &str| -> Result<usize> {
-            v.get(k)
-                .and_then(|x| x.as_u64())
-                .map(|x| x as usize)
-                .ok_or_else(|| Error::Invalid(format!("config.json: missing integer {k:?}")))
-        };
-        let rope = v
-            .get("rope_theta")
-            .or_else(|| v.get("rope_parameters").and_then(|r| r.get("rope_theta")))
-            .and_then(|x| x.as_f64())
-            .unwrap_or(10000.0);
-        let heads = get("num_attention_heads")?;
-        let c = ModelConfig {
-            vocab_size: get("vocab_size")?,
-            hidden_dim: get("hidden_size")?,
-            num_layers: get("num_hidden_layers")?,
-            num_heads: heads,
-            num_kv_heads: get("num_key_value_heads").unwrap_or(heads),
-            intermediate_dim: get("intermediate_size")?,
-            max_seq_len: get("max_position_embeddings").unwrap_or(2048),
-            rope_base: rope as f32,
-            norm_eps: v.get("rms_norm_eps").and_then(|x| x.as_f64()).unwrap_or(1e-6) as f32,
-            tie_weights: v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(false),
-            precision: match v.get("torch_dtype").or_else(|| v.get("dtype")).and_then(|x| x.as_str()) {
-                Some("bfloat16") => Precision::BF16,
-                _ => Precision::FP32,
-            },
-            dropout: 0.0,
-        };
-        if let Some(hd) = v.get("head_dim").and_then(|x| x.as_u64()) {
-            if hd as usize != c.head_dim() {
-                bail!(
-                    Invalid,
-                    "config.json: head_dim {hd} differs from hidden_size/num_attention_heads = {}; not supported",
-                    c.head_dim()
-                );
-            }
-        }
-        c.validate()?;
-        Ok(c)
     }
 }

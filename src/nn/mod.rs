@@ -4,6 +4,7 @@ mod attention;
 mod block;
 mod config;
 mod ffn;
+mod hf_config;
 mod kv_cache;
 mod linear;
 mod lora;
@@ -11,7 +12,7 @@ mod model;
 
 pub use attention::Attention;
 pub use block::TransformerBlock;
-pub use config::ModelConfig;
+pub use config::{Architecture, ModelConfig};
 pub use ffn::FeedForward;
 pub use kv_cache::KvCache;
 pub use linear::{Linear, RmsNorm};

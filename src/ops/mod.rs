@@ -15,6 +15,7 @@ mod matmul;
 mod reduce;
 mod rmsnorm;
 mod rope;
+mod rope_freqs;
 mod softmax;
 mod swiglu;
 
@@ -31,6 +32,7 @@ pub use matmul::{coop_matmul_supported, matmul, matmul_precision, matmul_t, set_
 pub use reduce::{max, max_all, mean, mean_all, sum, sum_all, sum_rows};
 pub use rmsnorm::{add_rmsnorm, rmsnorm};
 pub use rope::{rope, rope_qkv};
+pub use rope_freqs::{Rope, RopeScaling};
 pub use softmax::softmax;
 pub use swiglu::{swiglu, swiglu_halves};
 

@@ -1,6 +1,6 @@
 //! Rotary position embedding (Hugging Face Llama's rotate-half convention) and its backward.
 
-use super::{float_input, grid_for, on_device, same_device};
+use super::{float_input, grid_for, on_device, same_device, Rope};
 use crate::autograd::{record, record_multi};
 use crate::device::cpu::par_rows;
 use crate::device::gpu::{self, Kernel, KernelParams};
@@ -29,10 +29,12 @@ kernel_params! {
 }
 
 /// x: [B, T, H, D] (D even) -> [B, T, H, D] (f32). Position of token t is `pos_offset + t`.
-/// For i < D/2: angle = pos · base^(-2i/D),
+/// For i < D/2: angle = pos · freq_i (base^(-2i/D) unless `rope` scales it: `Rope::inv_freqs`),
 /// out[i] = x[i]·cos - x[i+D/2]·sin, out[i+D/2] = x[i+D/2]·cos + x[i]·sin.
 /// Angles are accurate to ~1e-5 rad for positions below 65536 (see `turn_table`).
-pub fn rope(x: &Tensor, base: f32, pos_offset: usize) -> Result<Tensor> {
+/// `rope` is a `Rope` or, for plain RoPE, just its base.
+pub fn rope(x: &Tensor, rope: impl Into<Rope>, pos_offset: usize) -> Result<Tensor> {
+    let rope = rope.into();
     let x = float_input("rope", x)?;
     let &[_, t, _, d] = x.shape() else {
         bail!(Shape, "rope: x must be [B, T, H, D], got shape {:?}", x.shape());
@@ -40,8 +42,8 @@ pub fn rope(x: &Tensor, base: f32, pos_offset: usize) -> Result<Tensor> {
     if d == 0 || d % 2 == 1 {
         bail!(Shape, "rope: head dim D must be even and > 0, got D = {d} in shape {:?}", x.shape());
     }
-    check(base, pos_offset + t)?;
-    let turns = turn_table(base, d);
+    check(&rope, pos_offset + t)?;
+    let turns = turn_table(&rope, d);
     let out = rotate("rope", &x, &turns, pos_offset, 1.0)?;
     Ok(record("rope", out, &[&x], move |dy| {
         let dy = float_input("rope backward", dy)?;
@@ -49,10 +51,8 @@ pub fn rope(x: &Tensor, base: f32, pos_offset: usize) -> Result<Tensor> {
     }))
 }
 
-fn check(base: f32, end: usize) -> Result<()> {
-    if !(base.is_finite() && base > 0.0) {
-        bail!(Invalid, "rope: base must be finite and > 0, got {base}");
-    }
+fn check(rope: &Rope, end: usize) -> Result<()> {
+    rope.check()?;
     if end > u32::MAX as usize {
         bail!(Invalid, "rope: positions up to {end} do not fit in u32");
     }
@@ -62,7 +62,14 @@ fn check(base: f32, end: usize) -> Result<()> {
 /// The attention's fused projection y: [B, T, H + 2·Hkv, D] (the heads of queries, then keys,
 /// then values: one matmul makes them) -> (`rope(q)`, `rope(k)`, v) as [B, T, H, D],
 /// [B, T, Hkv, D] and [B, T, Hkv, D]: one pass each way instead of two ropes and three copies.
-pub fn rope_qkv(y: &Tensor, heads: usize, kv_heads: usize, base: f32, pos_offset: usize) -> Result<[Tensor; 3]> {
+pub fn rope_qkv(
+    y: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    rope: impl Into<Rope>,
+    pos_offset: usize,
+) -> Result<[Tensor; 3]> {
+    let rope = rope.into();
     let y = float_input("rope_qkv", y)?;
     let &[b, t, g, d] = y.shape() else {
         bail!(Shape, "rope_qkv: y must be [B, T, H + 2·Hkv, D], got shape {:?}", y.shape());
@@ -74,8 +81,8 @@ pub fn rope_qkv(y: &Tensor, heads: usize, kv_heads: usize, base: f32, pos_offset
             y.shape()
         );
     }
-    check(base, pos_offset + t)?;
-    let turns = turn_table(base, d);
+    check(&rope, pos_offset + t)?;
+    let turns = turn_table(&rope, d);
     let out = split(&y, heads, kv_heads, &turns, pos_offset)?;
     let (sizes, device) = ([heads, kv_heads, kv_heads], y.device());
     let outs = [0, 1, 2].map(|k| {
@@ -213,10 +220,10 @@ fn rotate_heads(x: &[f32], out: &mut [f32], cos: &[f32], sin: &[f32]) {
 /// freq_i / 2π for i < D/2, each split as hi + lo with hi rounded to 8 significant bits
 /// (computed in f64). pos · hi is then exact in f32 for pos < 2^16, so the whole turns can be
 /// dropped exactly and the angle never carries the f32 rounding of a large pos · freq.
-fn turn_table(base: f32, d: usize) -> Vec<f32> {
+fn turn_table(rope: &Rope, d: usize) -> Vec<f32> {
     let mut table = Vec::with_capacity(d);
-    for i in 0..d / 2 {
-        let turns = (base as f64).powf(-2.0 * i as f64 / d as f64) / (2.0 * std::f64::consts::PI);
+    for freq in rope.inv_freqs(d) {
+        let turns = freq / (2.0 * std::f64::consts::PI);
         let q = 2f64.powf(turns.log2().floor() - 7.0);
         let hi = (turns / q).round() * q;
         table.extend([hi as f32, (turns - hi) as f32]);

@@ -56,7 +56,19 @@ pub fn tensors_from_bytes(
             Dtype::F32 => Precision::FP32,
             Dtype::BF16 => Precision::BF16,
             Dtype::U32 => Precision::U32,
-            other => bail!(Dtype, "{source}: tensor {name} has dtype {other:?}; only F32, BF16 and U32 are supported"),
+            Dtype::F16 => {
+                // Every f16 value is exactly an f32, so F16 checkpoints load as FP32.
+                let wide: Vec<f32> =
+                    view.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+                out.insert(
+                    name,
+                    Tensor::from_bytes(bytemuck::cast_slice(&wide), view.shape(), Precision::FP32, device)?,
+                );
+                continue;
+            }
+            other => {
+                bail!(Dtype, "{source}: tensor {name} has dtype {other:?}; only F32, F16, BF16 and U32 are supported")
+            }
         };
         out.insert(name, Tensor::from_bytes(view.data(), view.shape(), p, device)?);
     }

@@ -30,14 +30,15 @@ impl MemoryPlan {
         let stored = if train.use_bf16 || model.precision == Precision::BF16 { 2 } else { 4 };
         let width = train.optimizer.state_width() as u64;
         let (c, f, v) = (model.hidden_dim as u64, model.intermediate_dim as u64, model.vocab_size as u64);
-        let kv = (model.num_kv_heads * model.head_dim()) as u64;
+        let (q, kv) = (model.q_dim() as u64, model.kv_dim() as u64);
         let tokens = (batch / train.grad_accum_steps.max(1) * seq) as u64;
         // Per layer and token: the residual stream and the two norms' inputs and outputs, q and
         // o's input, the attention output, the feed-forward's gate, up and product, k and v before
         // and after RoPE. Then the output: the hidden states and their gradient, which the fused
         // cross-entropy holds from forward to backward, and its chunk of logits (about 2^23).
         let (pc, pf, pkv) = PER_TOKEN_LAYER;
-        let block = tokens * (pc * c + pf * f + pkv * kv);
+        // Three of the pc are as wide as the queries (q, the attention output, o's input).
+        let block = tokens * ((pc - 3) * c + 3 * q + pf * f + pkv * kv);
         // Checkpointed, a block keeps only its input (x and the pending branch, 2·C a token)
         // and one block's activations exist at a time, while the backward recomputes it.
         let layers = match train.checkpoint_activations {

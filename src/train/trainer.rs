@@ -78,7 +78,7 @@ impl Trainer {
             decay: c.schedule,
         };
         let mut optimizer = c.optimizer.build(c);
-        // Weight decay on matrices only: not on norms.
+        // Weight decay on matrices only: not on norms or biases.
         optimizer.set_decay_mask(model.trainable().iter().map(|(_, t)| t.rank() >= 2).collect());
         Ok(Trainer {
             model,
