@@ -93,6 +93,7 @@ fn config(dropout: f32) -> ModelConfig {
         tie_weights: false,
         precision: Precision::FP32,
         dropout,
+        ..ModelConfig::tiny()
     }
 }
 

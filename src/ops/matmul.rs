@@ -155,20 +155,22 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     let d = dims(a.shape(), b.shape(), ta, tb)?;
     let out =
         on_device("matmul", device, || Ok(cpu_matmul(&a, &b, ta, tb, &d)), || gpu_matmul(&a, &b, ta, tb, &d, None))?;
-    let (sa, sb) = (a.clone(), b.clone());
-    // Only the gradients wanted: a frozen weight (LoRA's base) gets none, and costs no product.
+    // Only the gradients wanted: a frozen weight (LoRA's base) gets none, and costs no product;
+    // nor does the graph keep the other operand alive for it (dA needs B, dB needs A).
     let (want_a, want_b) = (a.tracks_grad(), b.tracks_grad());
+    let (a_shape, b_shape) = (a.shape().to_vec(), b.shape().to_vec());
+    let (sa, sb) = (want_b.then(|| a.clone()), want_a.then(|| b.clone()));
     Ok(record("matmul", out, &[&a, &b], move |dc| {
         // C = op(A)·op(B): dA = dC·op(B)ᵀ (or its transpose), dB = op(A)ᵀ·dC (or its transpose).
-        let da = match (want_a, ta) {
-            (false, _) => None,
-            (true, true) => Some(sum_to(&matmul_t(&sb, dc, tb, true)?, sa.shape())?),
-            (true, false) => Some(sum_to(&matmul_t(dc, &sb, false, !tb)?, sa.shape())?),
+        let da = match (&sb, ta) {
+            (None, _) => None,
+            (Some(sb), true) => Some(sum_to(&matmul_t(sb, dc, tb, true)?, &a_shape)?),
+            (Some(sb), false) => Some(sum_to(&matmul_t(dc, sb, false, !tb)?, &a_shape)?),
         };
-        let db = match (want_b, tb) {
-            (false, _) => None,
-            (true, true) => Some(sum_to(&matmul_t(dc, &sa, true, ta)?, sb.shape())?),
-            (true, false) => Some(sum_to(&matmul_t(&sa, dc, !ta, false)?, sb.shape())?),
+        let db = match (&sa, tb) {
+            (None, _) => None,
+            (Some(sa), true) => Some(sum_to(&matmul_t(dc, sa, true, ta)?, &b_shape)?),
+            (Some(sa), false) => Some(sum_to(&matmul_t(sa, dc, !ta, false)?, &b_shape)?),
         };
         Ok(vec![da, db])
     }))

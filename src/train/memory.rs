@@ -5,6 +5,10 @@ use super::{OptimizerKind, TrainingConfig};
 use crate::nn::ModelConfig;
 use crate::Precision;
 
+/// Gradients up to this size are packed into one buffer after the backward pass (the trainer
+/// packs them when the GPU's binding limit holds them: 2 GiB on NVIDIA and Apple GPUs).
+const PACKED_MAX: u64 = 1 << 31;
+
 /// Bytes of each part of a training step's peak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryPlan {
@@ -62,10 +66,12 @@ impl MemoryPlan {
     }
 
     /// The peak: weights and state throughout; the activations until the backward has used
-    /// them, while the gradients build up; then the gradients twice, as they are packed into
-    /// the optimizer's flat buffers.
+    /// them, while the gradients build up; then, for gradients that one GPU binding holds (up to
+    /// `PACKED_MAX`, the limit on NVIDIA and Apple GPUs), the gradients twice, as they are packed
+    /// into one buffer for the optimizer.
     pub fn total(&self) -> u64 {
-        self.weights + self.optimizer + self.gradients + self.activations.max(self.gradients)
+        let packing = if self.gradients <= PACKED_MAX { self.gradients } else { 0 };
+        self.weights + self.optimizer + self.gradients + self.activations.max(packing)
     }
 
     /// One line: each part, and the peak.
