@@ -334,3 +334,23 @@ fn mismatched_state_is_an_error() {
     other.restore(&p, state, 1).unwrap();
     assert_eq!(other.steps(), 1);
 }
+
+/// `--optimizer adamw8bit` parses, and the memory plan counts its state as the optimizer holds
+/// it: 2 bytes an element plus 8 a block for each 8-bit parameter.
+#[test]
+fn flag_and_memory_plan() {
+    assert_eq!(OptimizerKind::parse("--optimizer", "adamw8bit").unwrap(), OptimizerKind::AdamW8bit);
+    let msg = OptimizerKind::parse("--optimizer", "adam8").unwrap_err().to_string();
+    assert!(msg.contains("--optimizer adam8") && msg.contains("adamw8bit"), "{msg}");
+    let model = small_model();
+    let plan = |kind| irontensor::train::MemoryPlan::new(&model, &train_config(kind, 1), 2, 16).optimizer;
+    let params = model.num_params() as u64;
+    assert_eq!(plan(OptimizerKind::AdamW), 8 * params);
+    assert_eq!(plan(OptimizerKind::AdamW8bit), 2 * params + 8 * params.div_ceil(BLOCK as u64));
+    let n = MIN_8BIT_SIZE + 1000;
+    let mut opt = AdamW8bit::new(AdamWConfig::default());
+    let t = |seed| vec![Tensor::from_f32_slice(&rand_vec(n, -1.0, 1.0, seed), &[n]).unwrap()];
+    opt.step(&t(1), &t(2)).unwrap();
+    let held: usize = opt.state().iter().map(|s| s.numel() * 4).sum();
+    assert_eq!(held as u64, OptimizerKind::AdamW8bit.state_bytes(n.div_ceil(BLOCK) as u64 * BLOCK as u64));
+}
