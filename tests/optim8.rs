@@ -4,9 +4,9 @@
 
 mod common;
 use common::{assert_close, f64s, rand_vec};
+use irontensor::nn::ModelConfig;
 use irontensor::optim::quant8::{dequantize_blockwise, dynamic_map, quantize_blockwise, BLOCK, MIN_8BIT_SIZE};
 use irontensor::optim::{self, AdamW8bit, AdamWConfig, Optimizer};
-use irontensor::nn::ModelConfig;
 use irontensor::train::{OptimizerKind, Trainer, TrainingConfig};
 use irontensor::{ops, Device, Precision, Tensor};
 
@@ -85,7 +85,11 @@ fn blockwise_quantization_is_nearest_code_per_block() {
                 // The map's own bound: half the gap between its values around xn.
                 let k = map.partition_point(|&m| (m as f64) <= xn).clamp(1, 255);
                 let half_gap = (map[k] - map[k - 1]) as f64 / 2.0;
-                assert!((back[i] as f64 - v as f64).abs() <= a * half_gap * (1.0 + 1e-5), "element {i}: {} for {v}", back[i]);
+                assert!(
+                    (back[i] as f64 - v as f64).abs() <= a * half_gap * (1.0 + 1e-5),
+                    "element {i}: {} for {v}",
+                    back[i]
+                );
             }
         }
     }
@@ -106,8 +110,11 @@ fn steps_match_the_reference(device: Device) {
     let c = AdamWConfig { lr: 0.01, weight_decay: 0.1, ..Default::default() };
     let mut opt = AdamW8bit::new(c);
     opt.set_decay_mask(vec![true, false, true]);
-    let params: Vec<Tensor> =
-        sizes.iter().enumerate().map(|(k, &n)| Tensor::from_f32_on(&rand_vec(n, -1.0, 1.0, k as u64), &[n], device).unwrap()).collect();
+    let params: Vec<Tensor> = sizes
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| Tensor::from_f32_on(&rand_vec(n, -1.0, 1.0, k as u64), &[n], device).unwrap())
+        .collect();
     let (ms, vs) = (dynamic_map(true), dynamic_map(false));
     for t in 1..=4 {
         let lr = [0.01f32, 0.005, 0.02, 0.01][t - 1];
@@ -115,15 +122,24 @@ fn steps_match_the_reference(device: Device) {
         let lr = lr as f64;
         let old_w: Vec<Vec<f32>> = params.iter().map(|p| p.to_vec()).collect();
         // Values, not handles: the state is updated in place.
-        let old_f32: Vec<Vec<f32>> = opt.state().iter().map(|s| if s.dtype() == Precision::U32 { vec![] } else { s.to_vec() }).collect();
-        let old_u32: Vec<Vec<u32>> = opt.state().iter().map(|s| if s.dtype() == Precision::U32 { s.to_vec_u32() } else { vec![] }).collect();
+        let old_f32: Vec<Vec<f32>> =
+            opt.state().iter().map(|s| if s.dtype() == Precision::U32 { vec![] } else { s.to_vec() }).collect();
+        let old_u32: Vec<Vec<u32>> =
+            opt.state().iter().map(|s| if s.dtype() == Precision::U32 { s.to_vec_u32() } else { vec![] }).collect();
         // Gradients whose size differs a lot between blocks, as real ones do.
         let grads: Vec<Vec<f32>> = sizes
             .iter()
             .enumerate()
-            .map(|(k, &n)| rand_vec(n, -1.0, 1.0, 100 * t as u64 + k as u64).iter().enumerate().map(|(i, g)| g * 10f32.powi(-((i / BLOCK) as i32 % 4))).collect())
+            .map(|(k, &n)| {
+                rand_vec(n, -1.0, 1.0, 100 * t as u64 + k as u64)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| g * 10f32.powi(-((i / BLOCK) as i32 % 4)))
+                    .collect()
+            })
             .collect();
-        let gt: Vec<Tensor> = grads.iter().zip(&sizes).map(|(g, &n)| Tensor::from_f32_on(g, &[n], device).unwrap()).collect();
+        let gt: Vec<Tensor> =
+            grads.iter().zip(&sizes).map(|(g, &n)| Tensor::from_f32_on(g, &[n], device).unwrap()).collect();
         opt.step(&params, &gt).unwrap();
         let (b1, b2, eps) = (c.beta1 as f64, c.beta2 as f64, c.eps as f64);
         let (bc1, bc2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
@@ -149,7 +165,10 @@ fn steps_match_the_reference(device: Device) {
                 continue;
             }
             let (words, scales) = (state[at].to_vec_u32(), state[at + 1].to_vec());
-            assert_eq!((state[at].dtype(), words.len(), scales.len()), (Precision::U32, n.div_ceil(BLOCK) * BLOCK / 2, n.div_ceil(BLOCK) * 2));
+            assert_eq!(
+                (state[at].dtype(), words.len(), scales.len()),
+                (Precision::U32, n.div_ceil(BLOCK) * BLOCK / 2, n.div_ceil(BLOCK) * 2)
+            );
             let (old_words, old_scales) = if t == 1 {
                 (vec![0; words.len()], vec![0.0; scales.len()])
             } else {
@@ -169,13 +188,24 @@ fn steps_match_the_reference(device: Device) {
             for (b, (mb, vb)) in m.chunks(BLOCK).zip(v.chunks(BLOCK)).enumerate() {
                 let am = mb.iter().fold(0f64, |a, x| a.max(x.abs()));
                 let av = vb.iter().fold(0f64, |a, &x| a.max(x));
-                assert_close(&scales[2 * b..2 * b + 2], &[am, av], 0.0, 1e-5, &format!("step {t}: parameter {k} block {b} scales"));
+                assert_close(
+                    &scales[2 * b..2 * b + 2],
+                    &[am, av],
+                    0.0,
+                    1e-5,
+                    &format!("step {t}: parameter {k} block {b} scales"),
+                );
                 for j in 0..mb.len() {
                     let (cm, cv) = codes_of(&words, b * BLOCK + j);
                     for (map, c, x, a, what) in [(&ms, cm, mb[j], am, "m"), (&vs, cv, vb[j], av, "v")] {
                         let (_, best) = nearest(map, x / a);
                         let got = (map[c] as f64 - x / a).abs();
-                        assert!(got <= best + 1e-5, "step {t}: parameter {k} element {}: {what} code {c} is {got} from {}, nearest {best}", b * BLOCK + j, x / a);
+                        assert!(
+                            got <= best + 1e-5,
+                            "step {t}: parameter {k} element {}: {what} code {c} is {got} from {}, nearest {best}",
+                            b * BLOCK + j,
+                            x / a
+                        );
                     }
                 }
             }
@@ -193,21 +223,43 @@ fn gpu_matches_cpu(gpu: Device) {
         let mut opt = AdamW8bit::new(AdamWConfig { lr: 0.01, seed: 7, ..Default::default() });
         let flat = rand_vec(n[0] + n[1] + 3, -1.0, 1.0, 11);
         let base = Tensor::from_f32_on(&flat, &[flat.len()], device).unwrap();
-        let half = irontensor::cast(&Tensor::from_f32_on(&rand_vec(n[2] + 1, -1.0, 1.0, 12), &[n[2] + 1], device).unwrap(), Precision::BF16).unwrap();
-        let params = vec![ops::slice(&base, 0, 1, n[0]).unwrap(), ops::slice(&base, 0, n[0] + 2, n[1]).unwrap(), ops::slice(&half, 0, 1, n[2]).unwrap()];
+        let half = irontensor::cast(
+            &Tensor::from_f32_on(&rand_vec(n[2] + 1, -1.0, 1.0, 12), &[n[2] + 1], device).unwrap(),
+            Precision::BF16,
+        )
+        .unwrap();
+        let params = vec![
+            ops::slice(&base, 0, 1, n[0]).unwrap(),
+            ops::slice(&base, 0, n[0] + 2, n[1]).unwrap(),
+            ops::slice(&half, 0, 1, n[2]).unwrap(),
+        ];
         let loss = Tensor::from_f32_on(&[2.5], &[1], device).unwrap();
         for t in 0..4u64 {
-            let grads: Vec<Tensor> = n.iter().enumerate().map(|(k, &m)| Tensor::from_f32_on(&rand_vec(m, -2.0, 2.0, 50 + 3 * t + k as u64), &[m], device).unwrap()).collect();
+            let grads: Vec<Tensor> = n
+                .iter()
+                .enumerate()
+                .map(|(k, &m)| {
+                    Tensor::from_f32_on(&rand_vec(m, -2.0, 2.0, 50 + 3 * t + k as u64), &[m], device).unwrap()
+                })
+                .collect();
             let control = optim::step_control(&grads, &loss, 20.0).unwrap();
             opt.step_controlled(&params, &grads, &control).unwrap();
         }
         // A NaN loss: the step is skipped where it runs, and handed back.
-        let before: Vec<Vec<f32>> = params.iter().map(|p| p.to_vec()).chain(opt.state().iter().skip(1).step_by(2).map(|s| s.to_vec())).collect();
+        let before: Vec<Vec<f32>> = params
+            .iter()
+            .map(|p| p.to_vec())
+            .chain(opt.state().iter().skip(1).step_by(2).map(|s| s.to_vec()))
+            .collect();
         let grads: Vec<Tensor> = n.iter().map(|&m| Tensor::from_f32_on(&vec![1.0; m], &[m], device).unwrap()).collect();
         let nan = Tensor::from_f32_on(&[f32::NAN], &[1], device).unwrap();
         opt.step_controlled(&params, &grads, &optim::step_control(&grads, &nan, 1.0).unwrap()).unwrap();
         opt.uncount_step();
-        let after: Vec<Vec<f32>> = params.iter().map(|p| p.to_vec()).chain(opt.state().iter().skip(1).step_by(2).map(|s| s.to_vec())).collect();
+        let after: Vec<Vec<f32>> = params
+            .iter()
+            .map(|p| p.to_vec())
+            .chain(opt.state().iter().skip(1).step_by(2).map(|s| s.to_vec()))
+            .collect();
         assert!(before == after && opt.steps() == 4, "{device:?}: a skipped step changed something");
         let words: Vec<Vec<u32>> = opt.state().iter().step_by(2).map(|s| s.to_vec_u32()).collect();
         (params.iter().map(|p| p.to_vec()).collect::<Vec<_>>(), after[3..].to_vec(), words)
@@ -222,7 +274,10 @@ fn gpu_matches_cpu(gpu: Device) {
         let mut differ = 0;
         for i in 0..n[k] {
             let (a, b) = (codes_of(&cg[k], i), codes_of(&cc[k], i));
-            assert!(a.0.abs_diff(b.0) <= 1 && a.1.abs_diff(b.1) <= 1, "parameter {k} element {i}: codes {a:?} on the gpu, {b:?} on the cpu");
+            assert!(
+                a.0.abs_diff(b.0) <= 1 && a.1.abs_diff(b.1) <= 1,
+                "parameter {k} element {i}: codes {a:?} on the gpu, {b:?} on the cpu"
+            );
             differ += (a != b) as usize;
         }
         assert!(differ * 200 <= n[k], "parameter {k}: {differ} of {} codes differ", n[k]);
@@ -279,14 +334,23 @@ fn text_batch(offset: usize, batch: usize, seq: usize) -> (Vec<u32>, Vec<u32>) {
 fn trains_like_adamw() {
     let run = |kind| {
         let mut t = Trainer::new_on(small_model(), train_config(kind, 50), Device::Cpu).unwrap();
-        (0..50).map(|step| {
-            let (x, y) = text_batch(step * 8 * 997, 8, 32);
-            t.train_step(&x, &y, 8, 32).unwrap().0
-        }).collect::<Vec<f32>>()
+        (0..50)
+            .map(|step| {
+                let (x, y) = text_batch(step * 8 * 997, 8, 32);
+                t.train_step(&x, &y, 8, 32).unwrap().0
+            })
+            .collect::<Vec<f32>>()
     };
     let (a, b) = (run(OptimizerKind::AdamW), run(OptimizerKind::AdamW8bit));
     let worst = a.iter().zip(&b).map(|(a, b)| ((a - b) / a).abs()).fold(0f32, f32::max);
-    eprintln!("losses (adamw, adamw8bit): first {} {}, last {} {}; worst step {:.3}%", a[0], b[0], a[49], b[49], 100.0 * worst);
+    eprintln!(
+        "losses (adamw, adamw8bit): first {} {}, last {} {}; worst step {:.3}%",
+        a[0],
+        b[0],
+        a[49],
+        b[49],
+        100.0 * worst
+    );
     assert!(a[0] - a[49] > 1.5, "adamw: loss {} -> {}", a[0], a[49]);
     assert!(worst < 0.03, "a step's losses differ by {:.3}%", 100.0 * worst);
     assert!(((a[49] - b[49]) / a[49]).abs() < 0.01, "final losses {} and {}", a[49], b[49]);
