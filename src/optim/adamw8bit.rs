@@ -1,7 +1,7 @@
 //! 8-bit AdamW: AdamW's update with its moments stored as block-wise 8-bit dynamic codes
 //! (Dettmers et al. 2022), about 2 bytes of state a parameter element instead of 8.
 
-use super::adamw8bit_update::{cpu_update, gpu_update, Step8, WORDS};
+use super::adamw8bit_update::{cpu_update, gpu_maps, gpu_update, Step8, WORDS};
 use super::quant8::{BLOCK, MIN_8BIT_SIZE};
 use super::{check_step, noise_key, AdamW, AdamWConfig, Optimizer, Rule, UpdateRule};
 use crate::ops::{float_input, on_device};
@@ -145,8 +145,9 @@ impl AdamW8bit {
                     Ok(())
                 },
                 || {
+                    let map = gpu_maps()?;
                     for &(k, c, s) in &each {
-                        gpu_update(&params[k], &grads[k], c, s, control, &steps[k])?;
+                        gpu_update(&map, &params[k], &grads[k], c, s, control, &steps[k])?;
                     }
                     Ok(())
                 },

@@ -3,7 +3,7 @@
 
 use super::quant8::{maps, normalise, quantize, BLOCK};
 use super::rounding::Elem;
-use crate::device::gpu::{self, kernel_params, to_u32, Kernel, KernelParams};
+use crate::device::gpu::{self, kernel_params, to_u32, GpuBuffer, Kernel, KernelParams};
 use crate::{Precision, Result, Tensor};
 use rayon::prelude::*;
 
@@ -100,9 +100,15 @@ pub(super) fn cpu_update<T: Elem>(
     });
 }
 
+/// The two code maps on the GPU (the kernel's `qmap`), uploaded once for a step's dispatches.
+pub(super) fn gpu_maps() -> Result<GpuBuffer> {
+    Ok(gpu::context()?.upload(bytemuck::cast_slice(maps().as_flattened())))
+}
+
 /// The update on the GPU: one dispatch, or for a parameter larger than one binding, one per
-/// piece of whole blocks whose windows of every tensor fit one binding.
+/// piece of whole blocks whose windows of every tensor fit one binding. `map`: `gpu_maps()`.
 pub(super) fn gpu_update(
+    map: &GpuBuffer,
     w: &Tensor,
     g: &Tensor,
     codes: &Tensor,
@@ -116,7 +122,6 @@ pub(super) fn gpu_update(
     let fits = [w, g, codes, absmax].iter().all(|t| t.gpu().buffer.size() <= max);
     // f32 weights and gradients take the most bytes an element (4); a window starts up to 256 early.
     let len = if fits { n } else { ((max - 256) / 4) as usize / BLOCK * BLOCK };
-    let map = ctx.upload(bytemuck::cast_slice(maps().as_flattened()));
     let u = |what, v| to_u32("adamw8bit", what, v);
     for first in (0..n).step_by(len.max(BLOCK)) {
         let piece = len.min(n - first);
@@ -148,7 +153,7 @@ pub(super) fn gpu_update(
         };
         // Without a control the kernel never reads that binding: g stands in for it.
         let ctl = control.map_or((g.gpu(), gs), |c| (c.gpu(), 0));
-        let buffers = [(w.gpu(), ws), (g.gpu(), gs), (codes.gpu(), cs), (absmax.gpu(), ss), ctl, (&map, 0)];
+        let buffers = [(w.gpu(), ws), (g.gpu(), gs), (codes.gpu(), cs), (absmax.gpu(), ss), ctl, (map, 0)];
         ctx.dispatch_windows(&KERNEL, "update", &params, &buffers, gpu::grid(u("blocks", blocks)?))?;
     }
     Ok(())
