@@ -5,8 +5,7 @@ the adapters) or full fine-tuning (AdamW, 8-bit from bitsandbytes when it is ins
 torch's; gradient checkpointing on). One JSON line like bench_torch.py's ("impl": "pytorch+peft").
 Pinned: the versions it ran with are printed in the line.
 
-    python3 dev/bench_peft.py --mode lora [--steps 10 --warmup 3]
-    python3 dev/bench_peft.py --mode full [--checkpointing]
+    python3 dev/bench_peft.py --mode lora|full [--checkpointing] [--steps 10 --warmup 3]
 """
 import argparse
 import json
@@ -26,7 +25,7 @@ def main():
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (full)")
+    p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
     args = p.parse_args()
     dev = torch.device("cuda")
     cfg = LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
@@ -39,6 +38,8 @@ def main():
     model.config.use_cache = False
     versions = {"torch": torch.__version__, "transformers": transformers.__version__}
     optim = "adamw"
+    if args.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if args.mode == "lora":
         import peft
         versions["peft"] = peft.__version__
@@ -48,8 +49,6 @@ def main():
         for n, prm in model.named_parameters():  # f32 adapters, as ours (PEFT keeps the base's dtype)
             if prm.requires_grad:
                 prm.data = prm.data.float()
-    elif args.checkpointing:
-        model.gradient_checkpointing_enable()
     model.train()
     params = [prm for prm in model.parameters() if prm.requires_grad]
     try:

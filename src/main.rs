@@ -107,7 +107,7 @@ enum BenchCommand {
         /// Tokens per row, 1 to the model's max_seq_len (default: the workload's).
         #[arg(long)]
         seq: Option<usize>,
-        /// adamw, lion or sophia (default: the workload's).
+        /// adamw, adamw8bit, lion or sophia (default: the workload's).
         #[arg(long)]
         optimizer: Option<String>,
         /// Train LoRA adapters of this rank on q, k, v and o (alpha 2 × rank), the weights frozen.
@@ -217,7 +217,8 @@ struct TrainArgs {
     /// one all-reduce per N micro-batches); at least 1 (default: 1).
     #[arg(long)]
     grad_accum: Option<usize>,
-    /// adamw, lion or sophia (Sophia-G: a clipped step scaled by a Hessian estimate).
+    /// adamw, adamw8bit (AdamW's moments in 8 bits: ~2 bytes of state a weight, not 8), lion or
+    /// sophia (Sophia-G: a clipped step scaled by a Hessian estimate).
     #[arg(long, default_value = "adamw")]
     optimizer: String,
     /// Sophia's γ, finite and > 0: the step is clip(m / max(γ·h, 1e-15), 1) (default: 0.01).

@@ -98,6 +98,29 @@ fn norm_and_clipping_of_a_gradient_larger_than_a_binding() {
     assert_close(&grads[1].to_vec(), &big.iter().map(|&x| x as f64 * k).collect::<Vec<_>>(), 1e-7, 1e-5, "clipped");
 }
 
+/// adamw8bit on parameters whose weights, gradients and 8-bit codes each span several bindings
+/// (pieces of whole blocks), f32 and bf16 (at an odd offset): as on the CPU.
+#[test]
+fn adamw8bit_on_a_parameter_larger_than_a_binding() {
+    use irontensor::optim::{AdamW8bit, AdamWConfig, Optimizer};
+    let Some(gpu) = gpu() else { return };
+    let n = 20_003; // 80 KB of f32, 40 KB of codes: six pieces
+    let run = |device: Device, dtype: Precision| {
+        let whole = irontensor::cast(&tensor(&rand_vec(n + 1, -1.0, 1.0, 8), &[n + 1], device), dtype).unwrap();
+        let p = vec![irontensor::ops::slice(&whole, 0, 1, n).unwrap()];
+        let mut opt = AdamW8bit::new(AdamWConfig { lr: 0.01, seed: 3, ..Default::default() });
+        for t in 0..3 {
+            opt.step(&p, &[tensor(&rand_vec(n, -1.0, 1.0, 20 + t), &[n], device)]).unwrap();
+        }
+        (p[0].to_vec(), opt.state()[1].to_vec())
+    };
+    for (dtype, tol) in [(Precision::FP32, 1e-5), (Precision::BF16, 1e-2)] {
+        let ((wc, sc), (wg, sg)) = (run(Device::Cpu, dtype), run(gpu, dtype));
+        assert_close(&wg, &f64s(&wc), tol, tol, &format!("{} weights", dtype.name()));
+        assert_close(&sg, &f64s(&sc), 1e-9, 1e-4, &format!("{} scales", dtype.name()));
+    }
+}
+
 /// A model whose embedding, output projection and their optimizer state are each larger than
 /// one binding, and whose other parameters span several buffers, trains as it does on the CPU.
 #[test]

@@ -496,7 +496,7 @@ fn bad_flags_are_refused_before_any_work() {
         (&["--grad-accum", "0"], "--grad-accum 0: must be at least 1"),
         (&["--save-interval", "0"], "--save-interval 0: must be at least 1"),
         (&["--batch", "3", "--grad-accum", "2"], "--batch 3: must be divisible by --grad-accum 2"),
-        (&["--optimizer", "sgd"], "--optimizer sgd: expected adamw, lion or sophia"),
+        (&["--optimizer", "sgd"], "--optimizer sgd: expected adamw, adamw8bit, lion or sophia"),
         (&["--optimizer", "sophia", "--sophia-rho=-1"], "--sophia-rho -1: must be a finite number > 0"),
         (&["--optimizer", "sophia", "--sophia-k", "0"], "--sophia-k 0: must be at least 1"),
         (&["--sophia-rho", "0.05"], "--sophia-rho is for --optimizer sophia, not"),
@@ -526,7 +526,7 @@ fn bad_flags_are_refused_before_any_work() {
         (&["--batch", "0"], "--batch 0: must be at least 1"),
         (&["--seq", "0"], "--seq 0: must be between 1 and"),
         (&["--seq", "100000"], "--seq 100000: must be between 1 and"),
-        (&["--optimizer", "sgd"], "--optimizer sgd: expected adamw, lion or sophia"),
+        (&["--optimizer", "sgd"], "--optimizer sgd: expected adamw, adamw8bit, lion or sophia"),
     ];
     for (extra, want) in cases {
         let (ok, text) = irontensor(&[&bench[..], extra].concat(), &[]);
@@ -672,6 +672,7 @@ fn a_run_too_large_for_the_gpu_stops_before_it_starts() {
         "--grad-accum 2",
         "IRONTENSOR_BF16=1",
         "--checkpoint-activations",
+        "--optimizer adamw8bit",
     ] {
         assert!(text.contains(part), "{part:?} missing: {text}");
     }

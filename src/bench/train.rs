@@ -156,9 +156,8 @@ pub fn train(opts: &TrainBench) -> Result<serde_json::Value> {
 
     let ms = median(&times) * 1e3;
     let tokens_per_s = (b * t * opts.steps) as f64 / total;
-    let slots = w.optimizer.state_width();
     // Gradients and optimizer state are f32 whatever the weights' storage is.
-    let (grad_bytes, opt_bytes) = (trained as u64 * 4, (slots * trained) as u64 * 4);
+    let (grad_bytes, opt_bytes) = (trained as u64 * 4, w.optimizer.state_bytes(trained as u64));
     let expected = param_bytes + grad_bytes + opt_bytes + activation_bytes;
     let mut out = json!({
         "bench": "train",

@@ -319,7 +319,10 @@ mod tests {
                 TrainOptions { batch: Some(10), grad_accum: Some(4), ..d() },
                 "--batch 10: must be divisible by --grad-accum 4",
             ),
-            (TrainOptions { optimizer: "sgd".into(), ..d() }, "--optimizer sgd: expected adamw, lion or sophia"),
+            (
+                TrainOptions { optimizer: "sgd".into(), ..d() },
+                "--optimizer sgd: expected adamw, adamw8bit, lion or sophia",
+            ),
             (TrainOptions { sophia_rho: Some(0.0), ..d() }, "--sophia-rho 0: must be a finite number > 0"),
             (TrainOptions { sophia_k: Some(0), ..d() }, "--sophia-k 0: must be at least 1"),
             (TrainOptions { sophia_k: Some(5), ..d() }, "--sophia-k is for --optimizer sophia, not adamw"),

@@ -8,7 +8,7 @@ use crate::device::gpu;
 use crate::dist::Dist;
 use crate::infer::SamplingConfig;
 use crate::settings::DistSettings;
-use crate::train::{catch_ctrl_c, fit, gb, MemoryPlan, RunOptions, Trainer};
+use crate::train::{catch_ctrl_c, fit, gb, MemoryPlan, OptimizerKind, RunOptions, Trainer};
 use crate::{Device, Error, Result};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -71,7 +71,11 @@ fn check_memory(plan: &Plan) -> Result<()> {
     if !train.use_bf16 {
         fixes.push(format!("IRONTENSOR_BF16=1 (BF16 weights: {})", gb(need.weights / 2)));
     }
-    if train.optimizer.state_width() == 2 {
+    if train.optimizer == OptimizerKind::AdamW {
+        let small = OptimizerKind::AdamW8bit.state_bytes(model.num_params() as u64);
+        fixes.push(format!("--optimizer adamw8bit (AdamW with 8-bit moments: {})", gb(small)));
+    }
+    if train.optimizer.state_bytes(1) == 8 {
         fixes.push(format!("--optimizer lion (one state word per weight, not two: {})", gb(need.optimizer / 2)));
     }
     fixes.push("a smaller --config".into());

@@ -1,15 +1,19 @@
 //! Optimizers that update parameters in place: Lion (the β names of IronTensor's API: see lion.rs), AdamW,
-//! Sophia-G, and gradient clipping. BF16 parameters are updated in f32 and stored with stochastic rounding.
+//! 8-bit AdamW, Sophia-G, and gradient clipping. BF16 parameters are updated in f32 and stored with stochastic rounding.
 
 mod adamw;
+mod adamw8bit;
+mod adamw8bit_update;
 pub mod clip;
 mod gpu_update;
 mod lion;
+pub mod quant8;
 mod rounding;
 mod sophia;
 mod stateful;
 
 pub use adamw::{AdamW, AdamWConfig};
+pub use adamw8bit::AdamW8bit;
 pub use clip::{clip_grad_norm, global_norm, step_control, step_control_scaled};
 pub use lion::{Lion, LionConfig};
 pub use rounding::stochastic_round;
@@ -23,7 +27,7 @@ use crate::device::cpu::CHUNK;
 use crate::device::gpu::{kernel_params, op_codes};
 use crate::device::gpu::{Kernel, KernelParams};
 use crate::ops::{flat, float_input, on_device, same_device};
-use crate::{bail, no_grad, Precision, Result, Tensor};
+use crate::{bail, no_grad, Device, Precision, Result, Tensor};
 use rayon::prelude::*;
 
 pub(crate) static KERNEL: Kernel = Kernel {
@@ -67,7 +71,7 @@ kernel_params! {
 
 /// Every WGSL source the optimizers use (`crate::kernels` lists them with the ops').
 pub fn kernels() -> Vec<&'static Kernel> {
-    vec![&KERNEL, &clip::KERNEL]
+    vec![&KERNEL, &clip::KERNEL, &adamw8bit_update::KERNEL]
 }
 
 /// A per-element update rule. `Rule::apply` and optim.wgsl's `rule` are the same formulas.
@@ -202,40 +206,7 @@ impl Slots {
         settings: impl Fn(u64) -> Settings,
     ) -> Result<()> {
         let width = settings(self.steps + 1).rule.width();
-        if params.len() != grads.len() {
-            bail!(Invalid, "{op}: {} parameters but {} gradients", params.len(), grads.len());
-        }
-        if let Some(mask) = &self.decay {
-            if mask.len() != params.len() {
-                bail!(Invalid, "{op}: the weight-decay mask has {} flags for {} parameters", mask.len(), params.len());
-            }
-        }
-        if let Some(c) = control {
-            if c.dtype() != Precision::FP32
-                || c.numel() != 4
-                || params.first().is_some_and(|p| p.device() != c.device())
-            {
-                bail!(Invalid, "{op}: the step control must be f32 [4] on the parameters' device, got {:?}", c.shape());
-            }
-        }
-        let Some(device) = params.first().map(|p| p.device()) else { return Ok(()) };
-        same_device(op, &params.iter().chain(grads).collect::<Vec<_>>())?;
-        for (k, (p, g)) in params.iter().zip(grads).enumerate() {
-            if p.dtype() == Precision::U32 || g.dtype() == Precision::U32 {
-                bail!(
-                    Dtype,
-                    "{op}: parameter {k} and its gradient must be f32 or bf16, got {} and {}",
-                    p.dtype().name(),
-                    g.dtype().name()
-                );
-            }
-            if p.shape() != g.shape() {
-                bail!(Shape, "{op}: parameter {k} is {:?} but its gradient is {:?}", p.shape(), g.shape());
-            }
-            if p.shares_storage(g) {
-                bail!(Invalid, "{op}: parameter {k} and its gradient share storage");
-            }
-        }
+        let Some(device) = check_step(op, params, grads, self.decay.as_deref(), control)? else { return Ok(()) };
         if self.state.is_empty() {
             let shapes: Vec<[usize; 1]> = params.iter().map(|p| [p.numel() * width]).collect();
             let shapes: Vec<&[usize]> = shapes.iter().map(|s| &s[..]).collect();
@@ -288,6 +259,50 @@ impl Slots {
             )
         })
     }
+}
+
+/// The checks before any step changes anything: as many gradients (and decay flags) as
+/// parameters, f32 or bf16 of equal shapes on one device, no gradient sharing its parameter's
+/// storage, and a step control of f32 [4] on that device. The device; None without parameters.
+fn check_step(
+    op: &str,
+    params: &[Tensor],
+    grads: &[Tensor],
+    decay: Option<&[bool]>,
+    control: Option<&Tensor>,
+) -> Result<Option<Device>> {
+    if params.len() != grads.len() {
+        bail!(Invalid, "{op}: {} parameters but {} gradients", params.len(), grads.len());
+    }
+    if let Some(mask) = decay {
+        if mask.len() != params.len() {
+            bail!(Invalid, "{op}: the weight-decay mask has {} flags for {} parameters", mask.len(), params.len());
+        }
+    }
+    if let Some(c) = control {
+        if c.dtype() != Precision::FP32 || c.numel() != 4 || params.first().is_some_and(|p| p.device() != c.device()) {
+            bail!(Invalid, "{op}: the step control must be f32 [4] on the parameters' device, got {:?}", c.shape());
+        }
+    }
+    let Some(device) = params.first().map(|p| p.device()) else { return Ok(None) };
+    same_device(op, &params.iter().chain(grads).collect::<Vec<_>>())?;
+    for (k, (p, g)) in params.iter().zip(grads).enumerate() {
+        if p.dtype() == Precision::U32 || g.dtype() == Precision::U32 {
+            bail!(
+                Dtype,
+                "{op}: parameter {k} and its gradient must be f32 or bf16, got {} and {}",
+                p.dtype().name(),
+                g.dtype().name()
+            );
+        }
+        if p.shape() != g.shape() {
+            bail!(Shape, "{op}: parameter {k} is {:?} but its gradient is {:?}", p.shape(), g.shape());
+        }
+        if p.shares_storage(g) {
+            bail!(Invalid, "{op}: parameter {k} and its gradient share storage");
+        }
+    }
+    Ok(Some(device))
 }
 
 /// One step's settings, from an optimizer's config (`UpdateRule::settings`).

@@ -1,8 +1,8 @@
 // In-place optimizer updates (Lion with β names as in lion.rs, AdamW, Sophia) of f32 or bf16 parameters, every
 // parameter whose weights, gradient and state sit in the bound buffers in one dispatch (a table
 // of segments says where each is), and stochastic rounding to bf16. The formulas match
-// `Rule::apply` and the hash `pcg` in mod.rs. BF16 is packed two per u32 (element 2i in the low
-// half); one thread owns a whole word.
+// `Rule::apply`; `pcg`, `noise` and `round_bf16` are the prelude's. BF16 is packed two per u32
+// (element 2i in the low half); one thread owns a whole word.
 struct Params {
     n: u32,        // update: threads in all segments; round_sr: elements
     g_off: u32,    // round_sr: element offset of its input
@@ -47,26 +47,6 @@ struct Segment {
 @group(0) @binding(3) var<storage, read_write> s: array<f32>; // state: Lion m; AdamW (m, v), Sophia (m, h) pairs
 @group(0) @binding(4) var<storage, read> ctl: array<f32>;     // step control (clip.wgsl's `control`)
 @group(0) @binding(5) var<storage, read> seg: array<Segment>; // sorted by `first`
-
-fn pcg(v: u32) -> u32 {
-    let st = v * 747796405u + 2891336453u;
-    let x = ((st >> ((st >> 28u) + 4u)) ^ st) * 277803737u;
-    return (x >> 22u) ^ x;
-}
-
-fn noise(key: u32, i: u32) -> u32 {
-    return pcg(pcg(i) ^ key);
-}
-
-// bf16 bits of x, rounded up with probability equal to the dropped fraction.
-fn round_bf16(x: f32, r: u32) -> u32 {
-    let b = bitcast<u32>(x);
-    if (b & 0x7f800000u) == 0x7f800000u { // inf and NaN: nothing to round
-        if (b & 0x7fffffu) != 0u { return (b >> 16u) | 0x40u; }
-        return b >> 16u;
-    }
-    return (b + (r & 0xffffu)) >> 16u;
-}
 
 // New weight of element i of segment sg from its old value and the gradient scale; updates
 // the element's state.

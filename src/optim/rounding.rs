@@ -34,7 +34,7 @@ impl Elem for bf16 {
     }
 }
 
-/// PCG-style 32-bit hash (Jarzynski & Olano 2020); optim.wgsl has the same function.
+/// PCG-style 32-bit hash (Jarzynski & Olano 2020); the WGSL prelude has the same function.
 fn pcg(v: u32) -> u32 {
     let s = v.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
     let w = ((s >> ((s >> 28) + 4)) ^ s).wrapping_mul(277_803_737);

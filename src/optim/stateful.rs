@@ -6,7 +6,7 @@ use crate::{Result, Tensor};
 
 /// What the trainer needs of an optimizer: it holds a `Box<dyn Optimizer>`.
 pub trait Optimizer: Send {
-    /// "lion", "adamw" or "sophia": names the optimizer in errors.
+    /// "lion", "adamw", "adamw8bit" or "sophia": names the optimizer in errors.
     fn name(&self) -> &'static str;
 
     /// Sets the learning rate for the next steps (schedulers call this every step).
@@ -35,7 +35,9 @@ pub trait Optimizer: Send {
     /// Steps taken so far.
     fn steps(&self) -> u64;
 
-    /// The per-parameter state: f32, flat, `width` values per element (empty before a step).
+    /// The state, in the order `restore` takes it back (empty before a step): for Lion, AdamW and
+    /// Sophia one f32 tensor a parameter, `width` values an element; for AdamW8bit see its doc.
+    /// Checkpoints save each tensor as it is (dtype included), so restoring is exact.
     fn state(&self) -> &[Tensor];
 
     /// Whether the next step wants a Hessian estimate first (`update_hessian`): Sophia every

@@ -61,4 +61,12 @@ impl CpuWrite<'_> {
             _ => panic!("CpuWrite::bf16 on a non-bf16 tensor"),
         }
     }
+
+    pub fn u32(&mut self) -> &mut [u32] {
+        let r = self.offset..self.offset + self.len;
+        match &mut *self.guard {
+            CpuBuffer::U32(v) => &mut v[r],
+            _ => panic!("CpuWrite::u32 on a non-u32 tensor"),
+        }
+    }
 }

@@ -2,7 +2,7 @@
 
 use super::Decay;
 use crate::nn::LoraConfig;
-use crate::optim::{AdamW, AdamWConfig, Lion, LionConfig, Optimizer, Sophia, SophiaConfig};
+use crate::optim::{AdamW, AdamW8bit, AdamWConfig, Lion, LionConfig, Optimizer, Sophia, SophiaConfig};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -10,26 +10,32 @@ use serde::{Deserialize, Serialize};
 pub enum OptimizerKind {
     Lion,
     AdamW,
+    /// AdamW with block-wise 8-bit moments (`optim::AdamW8bit`).
+    AdamW8bit,
     Sophia,
 }
 
 impl OptimizerKind {
-    /// The value of a command-line flag (`flag` names it in the error): "adamw", "lion" or "sophia".
+    /// The value of a command-line flag (`flag` names it in the error): "adamw", "adamw8bit",
+    /// "lion" or "sophia".
     pub fn parse(flag: &str, value: &str) -> Result<OptimizerKind> {
         match value {
             "adamw" => Ok(OptimizerKind::AdamW),
+            "adamw8bit" => Ok(OptimizerKind::AdamW8bit),
             "lion" => Ok(OptimizerKind::Lion),
             "sophia" => Ok(OptimizerKind::Sophia),
-            o => Err(Error::Invalid(format!("{flag} {o}: expected adamw, lion or sophia"))),
+            o => Err(Error::Invalid(format!("{flag} {o}: expected adamw, adamw8bit, lion or sophia"))),
         }
     }
 
-    /// f32 state words per parameter element: Lion's momentum; AdamW's two moments; Sophia's
-    /// momentum and Hessian estimate.
-    pub fn state_width(self) -> usize {
+    /// Bytes of optimizer state for `params` parameter elements: Lion's f32 momentum; AdamW's
+    /// two f32 moments; Sophia's momentum and Hessian estimate; AdamW8bit's two 8-bit codes plus
+    /// two f32 scales a block (its few small parameters' f32 moments left out).
+    pub fn state_bytes(self, params: u64) -> u64 {
         match self {
-            OptimizerKind::Lion => 1,
-            OptimizerKind::AdamW | OptimizerKind::Sophia => 2,
+            OptimizerKind::Lion => 4 * params,
+            OptimizerKind::AdamW | OptimizerKind::Sophia => 8 * params,
+            OptimizerKind::AdamW8bit => 2 * params + 8 * params.div_ceil(crate::optim::quant8::BLOCK as u64),
         }
     }
 
@@ -38,7 +44,7 @@ impl OptimizerKind {
     /// model, 150 steps: validation 5.93 at 6e-4, 5.89 at 2e-3, AdamW 5.52); AdamW keeps `c`'s.
     pub fn set_defaults(self, c: &mut TrainingConfig) {
         match self {
-            OptimizerKind::AdamW => {}
+            OptimizerKind::AdamW | OptimizerKind::AdamW8bit => {}
             OptimizerKind::Lion => {
                 c.learning_rate = 2e-4;
                 (c.beta1, c.beta2) = (0.99, 0.9); // our names: interpolate with beta2 = 0.9, track with beta1 = 0.99 (see lion.rs)
@@ -61,6 +67,14 @@ impl OptimizerKind {
                 seed: c.seed,
             })),
             OptimizerKind::AdamW => Box::new(AdamW::new(AdamWConfig {
+                lr: c.learning_rate,
+                beta1: c.beta1,
+                beta2: c.beta2,
+                weight_decay: c.weight_decay,
+                seed: c.seed,
+                ..Default::default()
+            })),
+            OptimizerKind::AdamW8bit => Box::new(AdamW8bit::new(AdamWConfig {
                 lr: c.learning_rate,
                 beta1: c.beta1,
                 beta2: c.beta2,

@@ -16,7 +16,7 @@ pub struct MemoryPlan {
     pub weights: u64,
     /// f32 gradients, in one flat set of buffers for the optimizer.
     pub gradients: u64,
-    /// f32 optimizer state: AdamW's two moments, Lion's one.
+    /// Optimizer state: AdamW's two f32 moments, Lion's one, AdamW8bit's ~2 bytes an element.
     pub optimizer: u64,
     /// Tensors the forward keeps for the backward, at the micro-batch's tokens.
     pub activations: u64,
@@ -32,7 +32,6 @@ impl MemoryPlan {
     pub fn new(model: &ModelConfig, train: &TrainingConfig, batch: usize, seq: usize) -> MemoryPlan {
         let params = model.num_params() as u64;
         let stored = if train.use_bf16 || model.precision == Precision::BF16 { 2 } else { 4 };
-        let width = train.optimizer.state_width() as u64;
         let (c, f, v) = (model.hidden_dim as u64, model.intermediate_dim as u64, model.vocab_size as u64);
         let (q, kv) = (model.q_dim() as u64, model.kv_dim() as u64);
         let tokens = (batch / train.grad_accum_steps.max(1) * seq) as u64;
@@ -60,7 +59,7 @@ impl MemoryPlan {
         MemoryPlan {
             weights: params * stored + adapters,
             gradients: trained * 4,
-            optimizer: trained * 4 * width,
+            optimizer: train.optimizer.state_bytes(trained),
             activations: 4 * (layers + output + widened).max(sampled),
         }
     }

@@ -117,7 +117,7 @@ impl Trainer {
         self.scheduler.get_lr(self.step)
     }
 
-    /// The optimizer's name: "lion", "adamw" or "sophia".
+    /// The optimizer's name: "lion", "adamw", "adamw8bit" or "sophia".
     pub fn optimizer_name(&self) -> &'static str {
         self.optimizer.name()
     }

@@ -38,3 +38,24 @@ fn workgroup_max(lid: u32, v: f32) -> f32 {
     workgroupBarrier();
     return r;
 }
+
+// Stochastic rounding to bf16 (optim/rounding.rs has the same hash): the optimizers' BF16 stores.
+fn pcg(v: u32) -> u32 {
+    let st = v * 747796405u + 2891336453u;
+    let x = ((st >> ((st >> 28u) + 4u)) ^ st) * 277803737u;
+    return (x >> 22u) ^ x;
+}
+
+fn noise(key: u32, i: u32) -> u32 {
+    return pcg(pcg(i) ^ key);
+}
+
+// bf16 bits of x, rounded up with probability equal to the dropped fraction.
+fn round_bf16(x: f32, r: u32) -> u32 {
+    let b = bitcast<u32>(x);
+    if (b & 0x7f800000u) == 0x7f800000u { // inf and NaN: nothing to round
+        if (b & 0x7fffffu) != 0u { return (b >> 16u) | 0x40u; }
+        return b >> 16u;
+    }
+    return (b + (r & 0xffffu)) >> 16u;
+}
