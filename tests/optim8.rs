@@ -309,6 +309,7 @@ fn small_model() -> ModelConfig {
         tie_weights: false,
         precision: Precision::FP32,
         dropout: 0.0,
+        ..ModelConfig::tiny()
     }
 }
 
