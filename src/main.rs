@@ -42,14 +42,14 @@ enum Command {
         /// A checkpoint directory, or a run directory (its newest checkpoint that loads).
         #[arg(long, default_value = "runs/shakespeare")]
         checkpoint: PathBuf,
-        /// The GGUF file to write (this or --out).
+        /// The GGUF file to write (this or --out; default: none).
         #[arg(long)]
         gguf: Option<PathBuf>,
         /// Tensor type of --gguf: f32, f16 or q8_0 (norms stay f32).
         #[arg(long = "type", default_value = "f16")]
         ty: String,
         /// A folder to write as a Hugging Face model (config.json, model.safetensors, tokenizer
-        /// files) that transformers loads (this or --gguf).
+        /// files) that transformers loads (this or --gguf; default: none).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Fold the checkpoint's LoRA adapters into its weights (needed to export a LoRA run).
@@ -110,7 +110,8 @@ enum BenchCommand {
         /// adamw, adamw8bit, lion or sophia (default: the workload's).
         #[arg(long)]
         optimizer: Option<String>,
-        /// Train LoRA adapters of this rank on q, k, v and o (alpha 2 × rank), the weights frozen.
+        /// Train LoRA adapters of this rank on q, k, v and o (alpha 2 × rank), the weights frozen
+        /// (default: train every weight).
         #[arg(long)]
         lora: Option<usize>,
         /// Skip the profiled pass that splits a step into forward, backward and optimizer.
@@ -313,7 +314,7 @@ struct GenerateArgs {
     #[arg(long)]
     slide: bool,
     /// A LoRA adapter folder (PEFT's adapter_config.json + adapter_model.safetensors, or one of
-    /// our LoRA checkpoints) to apply to the model without merging it.
+    /// our LoRA checkpoints) to apply to the model without merging it (default: none).
     #[arg(long)]
     adapter: Option<PathBuf>,
 }
