@@ -320,3 +320,22 @@ fn chunked_encoding_equals_whole_encoding() {
         }
     }
 }
+
+/// A tokenizer that is not byte-level (Llama 2 / TinyLlama style: "▁" spaces, byte fallback,
+/// `</s>` from tokenizer_config.json; tests/fixtures/spm-tokenizer, made by tokenizers itself with
+/// dev/make_spm_tokenizer.py) loads, encodes as tokenizers does, whole or in chunks, and decodes back.
+#[test]
+fn a_sentencepiece_style_tokenizer_encodes_as_tokenizers_does() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spm-tokenizer");
+    let tok = Tokenizer::load(dir.join("tokenizer.json")).unwrap();
+    assert_eq!(tok.inner().id_to_token(tok.eos_id()).as_deref(), Some("</s>"));
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    for case in want["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let ids: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(text), ids, "{text:?}");
+        assert_eq!(tok.encode_chunked(text, 64), ids, "{text:?} in chunks");
+        assert_eq!(tok.decode(&ids), text, "{text:?} decoded");
+    }
+}

@@ -183,8 +183,13 @@ impl Tokenizer {
     /// piece ends after a newline that a non-space character follows, where byte-level BPE's
     /// pre-tokenizer always splits, so the ids equal `encode(text)`'s. Memory is that of one
     /// piece per core (encoding 50 MB at once took gigabytes), plus the ids.
+    /// A tokenizer without a byte-level pre-tokenizer (SentencePiece style, where a piece's start
+    /// would gain a "▁") encodes the text whole.
     pub fn encode_chunked(&self, text: &str, chunk_bytes: usize) -> Vec<u32> {
         use rayon::prelude::*;
+        if !self.byte_level() {
+            return self.encode(text);
+        }
         let mut pieces = Vec::new();
         let mut rest = text;
         while rest.len() > chunk_bytes {
@@ -199,6 +204,12 @@ impl Tokenizer {
         }
         pieces.push(rest);
         pieces.par_iter().map(|p| self.encode(p)).collect::<Vec<_>>().concat()
+    }
+
+    /// Whether the pre-tokenizer is byte-level (alone or in a sequence, as Llama 3's and Qwen2's).
+    fn byte_level(&self) -> bool {
+        let pre = self.inner.get_pre_tokenizer();
+        pre.and_then(|p| serde_json::to_string(p).ok()).is_some_and(|j| j.contains("\"ByteLevel\""))
     }
 
     /// Text of `ids`; ids outside the vocabulary are skipped, bytes that are not valid UTF-8 become U+FFFD.
