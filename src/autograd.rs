@@ -221,6 +221,17 @@ fn slot(t: &Tensor) -> Slot {
     }
 }
 
+/// prev + g, written into prev when nothing else holds its storage (a tied embedding's two
+/// gradients then take two [V, C] buffers, not three); a new tensor otherwise.
+fn accumulate(prev: Tensor, g: &Tensor) -> Result<Tensor> {
+    let alone = Arc::strong_count(&prev.0) == 1 && prev.storage().holders() == 1;
+    if alone && prev.dtype() == crate::Precision::FP32 && prev.shape() == g.shape() && !prev.shares_storage(g) {
+        crate::ops::add_into(&prev, g)?;
+        return Ok(prev);
+    }
+    crate::ops::add(&prev, g)
+}
+
 type LeafHook<'a> = &'a mut dyn FnMut(&Tensor, &Tensor) -> Result<()>;
 
 /// Back-propagates from each (root, dL/d root) at once: gradients meeting in a slot add up.
@@ -284,7 +295,7 @@ fn run_backward(roots: &[(Tensor, Tensor)], hook: LeafHook) -> Result<Gradients>
                 );
             }
             let acc = match grads.remove(&slot) {
-                Some(prev) => crate::ops::add(&prev, &ig)?,
+                Some(prev) => accumulate(prev, &ig)?,
                 None => ig,
             };
             grads.insert(slot, acc);

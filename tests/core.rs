@@ -74,6 +74,13 @@ fn autograd(device: Device) {
     let g = ops::sum_all(&y).unwrap().backward().unwrap();
     let want: Vec<f64> = xv.iter().map(|&v| 2.0 * v as f64 + 3.0).collect();
     assert_close(&g.get(&x).unwrap().to_vec(), &want, 1e-6, 1e-6, "accumulated gradient");
+    // Gradients that meet add up in place only where nothing else holds them: add's backward
+    // hands the same dy to both inputs, so a's sum must not land in b's gradient too.
+    // L = Σ ((a + b) + a) -> dL/da = 2, dL/db = 1.
+    let b = Tensor::from_f32_on(&xv, &[3, 4], device).unwrap().requires_grad_();
+    let y = ops::add(&ops::add(&x, &b).unwrap(), &x).unwrap();
+    let g = ops::sum_all(&y).unwrap().backward().unwrap();
+    assert_eq!((g.get(&x).unwrap().to_vec(), g.get(&b).unwrap().to_vec()), (vec![2.0; 12], vec![1.0; 12]));
     // Through a view.
     let g =
         ops::sum_all(&ops::mul(&x.view(&[12]).unwrap(), &x.view(&[12]).unwrap()).unwrap()).unwrap().backward().unwrap();

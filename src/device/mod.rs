@@ -117,6 +117,14 @@ pub enum Storage {
 }
 
 impl Storage {
+    /// Handles to this storage (tensors and views of it, and anything else keeping it alive).
+    pub fn holders(&self) -> usize {
+        match self {
+            Storage::Cpu(b) => Arc::strong_count(b),
+            Storage::Gpu(b) => Arc::strong_count(b),
+        }
+    }
+
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(_) => Device::Cpu,

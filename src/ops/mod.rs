@@ -23,6 +23,7 @@ pub use attention::attention;
 pub use cast::cast;
 pub use cross_entropy::{cross_entropy, fused_linear_cross_entropy, fused_linear_cross_entropy_chunked};
 pub use dropout::dropout;
+pub(crate) use elementwise::add_into;
 pub use elementwise::{add, div, exp, gelu, log, mul, neg, relu, rsqrt, scale, silu, sqrt, sub};
 pub use embedding::embedding;
 pub use flash_attention::{flash_attention, flash_attention_bthd};
