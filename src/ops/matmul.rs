@@ -150,6 +150,9 @@ fn dims(a: &[usize], b: &[usize], ta: bool, tb: bool) -> Result<Dims> {
 
 /// op(a) · op(b), where op transposes the last two dims when its flag is set.
 pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+    // The operands as given: what the backward keeps of a BF16 weight is the weight itself, not
+    // an f32 copy (a 1B model's BF16 weights would otherwise be held again as 4.9 GB of f32).
+    let (given_a, given_b) = (a.clone(), b.clone());
     let (a, b) = (float_input("matmul", a)?, float_input("matmul", b)?);
     let device = same_device("matmul", &[&a, &b])?;
     let d = dims(a.shape(), b.shape(), ta, tb)?;
@@ -159,7 +162,7 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     // nor does the graph keep the other operand alive for it (dA needs B, dB needs A).
     let (want_a, want_b) = (a.tracks_grad(), b.tracks_grad());
     let (a_shape, b_shape) = (a.shape().to_vec(), b.shape().to_vec());
-    let (sa, sb) = (want_b.then(|| a.clone()), want_a.then(|| b.clone()));
+    let (sa, sb) = (want_b.then_some(given_a), want_a.then_some(given_b));
     Ok(record("matmul", out, &[&a, &b], move |dc| {
         // C = op(A)·op(B): dA = dC·op(B)ᵀ (or its transpose), dB = op(A)ᵀ·dC (or its transpose).
         let da = match (&sb, ta) {
