@@ -20,6 +20,10 @@ use std::time::Instant;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// The GPU to use, by its index in `irontensor info` (default: IRONTENSOR_GPU; else, under
+    /// mpirun on a machine of several GPUs, the rank's local rank; else the best adapter).
+    #[arg(long, global = true)]
+    gpu: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -232,7 +236,11 @@ fn main() {
     let start = Instant::now();
     let cli = Cli::parse();
     // Every variable is read and checked here, before anything runs; the library reads none.
-    let settings = match Settings::from_env().and_then(|s| irontensor::configure(&s).map(|()| s)) {
+    let chosen = |mut s: Settings| {
+        s.gpu.index = cli.gpu.or(s.gpu.index);
+        s
+    };
+    let settings = match Settings::from_env().map(chosen).and_then(|s| irontensor::configure(&s).map(|()| s)) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");

@@ -59,6 +59,11 @@ pub struct GpuSettings {
     /// `IRONTENSOR_GPU_MEMORY`, bytes (given in GiB): the memory `train` plans against, instead
     /// of what the driver reports.
     pub memory: Option<u64>,
+    /// `IRONTENSOR_GPU=N` (or `--gpu N`): the adapter of that index in `irontensor info`'s list.
+    pub index: Option<usize>,
+    /// This process's rank on its machine under an MPI launcher: on a machine of several GPUs,
+    /// without `index`, rank r takes the r-th.
+    pub local_rank: Option<usize>,
 }
 
 /// The process's place in an MPI job as its launcher told it (Open MPI, MPICH/Hydra, PMIx).
@@ -158,7 +163,15 @@ impl Settings {
             Some("coop" | "f16") => PrecisionChoice::Mixed,
             Some(_) => return Err(vars.bad("IRONTENSOR_MATMUL", "coop (or f16) or fp32")),
         };
+        let dist = dist(&vars)?;
         let gpu = GpuSettings {
+            index: match vars.get("IRONTENSOR_GPU")? {
+                None => None,
+                Some(v) => {
+                    Some(v.parse().map_err(|_| vars.bad("IRONTENSOR_GPU", "an adapter's index in `irontensor info`"))?)
+                }
+            },
+            local_rank: dist.launcher.as_ref().and_then(|l| l.local_rank),
             sync_every_op: vars.flag("IRONTENSOR_SYNC_GPU")?,
             kernel_dir: vars.get("IRONTENSOR_KERNEL_DIR")?.map(PathBuf::from),
             cache_dir: cache_dir(&vars)?,
@@ -171,7 +184,7 @@ impl Settings {
             bf16: vars.flag("IRONTENSOR_BF16")?,
             profile: vars.flag("IRONTENSOR_PROFILE")?,
             precision,
-            dist: dist(&vars)?,
+            dist,
         })
     }
 }

@@ -95,6 +95,11 @@ fn the_launchers_variables_give_size_rank_and_local_rank() {
     assert_eq!(s.dist.launcher, Some(Launcher { open_mpi: false, size: None, rank: Some(5), local_rank: None }));
     // Launched, but IRONTENSOR_DIST=off runs each process on its own.
     assert!(!from(&[("PMIX_RANK", "5"), ("IRONTENSOR_DIST", "0")]).unwrap().dist.enabled());
+    // The GPU context learns the local rank (a rank's GPU on a machine of several) and IRONTENSOR_GPU.
+    let s =
+        from(&[("OMPI_COMM_WORLD_SIZE", "2"), ("OMPI_COMM_WORLD_LOCAL_RANK", "1"), ("IRONTENSOR_GPU", "3")]).unwrap();
+    assert_eq!((s.gpu.local_rank, s.gpu.index), (Some(1), Some(3)));
+    assert_eq!((from(&[]).unwrap().gpu.local_rank, from(&[]).unwrap().gpu.index), (None, None));
 }
 
 #[test]
@@ -109,6 +114,7 @@ fn a_bad_value_names_the_variable_and_what_it_may_be() {
         ("IRONTENSOR_MAX_BINDING", "1000", "a multiple of 256 and at least 4096"),
         ("IRONTENSOR_MAX_BINDING", "2G", "a number of bytes"),
         ("IRONTENSOR_GPU_MEMORY", "0", "a positive number of GiB"),
+        ("IRONTENSOR_GPU", "first", "an adapter's index in `irontensor info`"),
         ("IRONTENSOR_DIST_TIMEOUT", "-3", "a positive number of seconds"),
         ("IRONTENSOR_DIST_TIMEOUT", "soon", "a positive number of seconds"),
         ("IRONTENSOR_DIST_BUCKET_MB", "0", "a positive number of MiB"),

@@ -9,6 +9,9 @@ pub fn info(start: Instant) -> Result<()> {
     println!("irontensor {}", env!("CARGO_PKG_VERSION"));
     println!("cpu: {} threads (rayon)", rayon::current_num_threads());
     println!("default device: {} (IRONTENSOR_DEVICE)", Device::default_device().name());
+    for (k, name) in gpu::adapter_names().iter().enumerate() {
+        println!("adapter {k}: {name} (IRONTENSOR_GPU={k} or --gpu {k} takes it)");
+    }
     match gpu::context() {
         Err(e) => println!("gpu: none ({e})"),
         Ok(ctx) => {

@@ -23,6 +23,60 @@ pub(super) fn probe() -> &'static Probe {
     })
 }
 
+/// Each adapter as `irontensor info` lists it: its index is what `IRONTENSOR_GPU` and `--gpu` take.
+pub fn adapter_names() -> Vec<String> {
+    probe().adapters.iter().map(describe).collect()
+}
+
+pub(super) fn describe(a: &wgpu::Adapter) -> String {
+    let i = a.get_info();
+    format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+}
+
+/// Which of `names` (best first; `hardware` of them GPUs, the rest software) this process takes:
+/// `index` when given; else, under an MPI launcher on a machine of several GPUs, the one of its
+/// local rank; else the first. An index that does not exist is an error naming those that do.
+pub(super) fn choose(
+    names: &[String],
+    hardware: usize,
+    index: Option<usize>,
+    local_rank: Option<usize>,
+) -> std::result::Result<usize, String> {
+    let list = || names.iter().enumerate().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join("; ");
+    match (index, local_rank) {
+        (Some(k), _) if k < names.len() => Ok(k),
+        (Some(k), _) => Err(format!("IRONTENSOR_GPU / --gpu {k}: there is no adapter {k}; the adapters are {}", list())),
+        (None, Some(r)) if hardware > 1 && r < hardware => Ok(r),
+        (None, Some(r)) if hardware > 1 => Err(format!(
+            "MPI local rank {r} takes GPU {r}, but this machine has {hardware} GPUs ({}): start at most {hardware} ranks \
+             on it, or set IRONTENSOR_GPU",
+            list()
+        )),
+        _ if names.is_empty() => Err("no GPU adapter found".into()),
+        _ => Ok(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::choose;
+
+    #[test]
+    fn each_rank_takes_its_gpu_and_a_missing_one_is_named() {
+        let names: Vec<String> = ["H200 a", "H200 b", "llvmpipe"].map(String::from).to_vec();
+        assert_eq!(choose(&names, 2, None, None), Ok(0));
+        assert_eq!(choose(&names, 2, None, Some(1)), Ok(1));
+        assert_eq!(choose(&names, 2, Some(2), Some(1)), Ok(2), "an explicit index wins");
+        // One GPU (or only software adapters): the ranks share it.
+        assert_eq!(choose(&names[1..], 1, None, Some(3)), Ok(0));
+        let e = choose(&names, 2, None, Some(2)).unwrap_err();
+        assert!(e.contains("local rank 2") && e.contains("2 GPUs") && e.contains("1: H200 b"), "{e}");
+        let e = choose(&names, 2, Some(5), None).unwrap_err();
+        assert!(e.contains("--gpu 5") && e.contains("2: llvmpipe"), "{e}");
+        assert!(choose(&[], 0, None, None).is_err());
+    }
+}
+
 /// Whether a hardware GPU is present: what `auto` asks before it pays for a GPU context. A
 /// software adapter (lavapipe) is slower than the CPU backend, and creating a device on it is not free.
 pub fn hardware_present() -> bool {

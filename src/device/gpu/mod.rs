@@ -9,7 +9,7 @@ mod observer;
 mod pool;
 mod quiet;
 
-pub use adapters::hardware_present;
+pub use adapters::{adapter_names, hardware_present};
 pub use batch::window;
 pub use batch::CommandBatch;
 pub(crate) use counters::count;
@@ -143,18 +143,16 @@ impl GpuContext {
     fn new() -> std::result::Result<GpuContext, String> {
         let settings = SETTINGS.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default();
         let adapters = &probe().adapters;
-        let Some(adapter) = adapters.first() else {
+        if adapters.is_empty() {
             return Err("no GPU adapter found (Metal, Vulkan or DX12); on Linux install a Vulkan driver, \
                         e.g. `apt-get install mesa-vulkan-drivers`, or use IRONTENSOR_DEVICE=cpu"
                 .into());
-        };
-        let others = adapters[1..]
-            .iter()
-            .map(|a| {
-                let i = a.get_info();
-                format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
-            })
-            .collect();
+        }
+        let names: Vec<String> = adapters.iter().map(adapters::describe).collect();
+        let hardware = adapters.iter().filter(|a| a.get_info().device_type != wgpu::DeviceType::Cpu).count();
+        let index = adapters::choose(&names, hardware, settings.index, settings.local_rank)?;
+        let adapter = &adapters[index];
+        let others = names.iter().enumerate().filter(|(k, _)| *k != index).map(|(_, n)| n.clone()).collect();
         let features = adapter.features() & WANTED;
         let limits = adapter.limits();
         let experimental_features = if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
