@@ -57,26 +57,6 @@ pub(super) fn choose(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::choose;
-
-    #[test]
-    fn each_rank_takes_its_gpu_and_a_missing_one_is_named() {
-        let names: Vec<String> = ["H200 a", "H200 b", "llvmpipe"].map(String::from).to_vec();
-        assert_eq!(choose(&names, 2, None, None), Ok(0));
-        assert_eq!(choose(&names, 2, None, Some(1)), Ok(1));
-        assert_eq!(choose(&names, 2, Some(2), Some(1)), Ok(2), "an explicit index wins");
-        // One GPU (or only software adapters): the ranks share it.
-        assert_eq!(choose(&names[1..], 1, None, Some(3)), Ok(0));
-        let e = choose(&names, 2, None, Some(2)).unwrap_err();
-        assert!(e.contains("local rank 2") && e.contains("2 GPUs") && e.contains("1: H200 b"), "{e}");
-        let e = choose(&names, 2, Some(5), None).unwrap_err();
-        assert!(e.contains("--gpu 5") && e.contains("2: llvmpipe"), "{e}");
-        assert!(choose(&[], 0, None, None).is_err());
-    }
-}
-
 /// Whether a hardware GPU is present: what `auto` asks before it pays for a GPU context. A
 /// software adapter (lavapipe) is slower than the CPU backend, and creating a device on it is not free.
 pub fn hardware_present() -> bool {
@@ -167,4 +147,24 @@ pub(super) fn coop_matmul_supported(adapter: &wgpu::Adapter, features: wgpu::Fea
             .cooperative_matrix_properties()
             .iter()
             .any(|p| (p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type) == (16, 16, 16, S::F16, S::F32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::choose;
+
+    #[test]
+    fn each_rank_takes_its_gpu_and_a_missing_one_is_named() {
+        let names: Vec<String> = ["H200 a", "H200 b", "llvmpipe"].map(String::from).to_vec();
+        assert_eq!(choose(&names, 2, None, None), Ok(0));
+        assert_eq!(choose(&names, 2, None, Some(1)), Ok(1));
+        assert_eq!(choose(&names, 2, Some(2), Some(1)), Ok(2), "an explicit index wins");
+        // One GPU (or only software adapters): the ranks share it.
+        assert_eq!(choose(&names[1..], 1, None, Some(3)), Ok(0));
+        let e = choose(&names, 2, None, Some(2)).unwrap_err();
+        assert!(e.contains("local rank 2") && e.contains("2 GPUs") && e.contains("1: H200 b"), "{e}");
+        let e = choose(&names, 2, Some(5), None).unwrap_err();
+        assert!(e.contains("--gpu 5") && e.contains("2: llvmpipe"), "{e}");
+        assert!(choose(&[], 0, None, None).is_err());
+    }
 }
