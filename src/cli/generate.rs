@@ -86,18 +86,10 @@ fn chat(
     };
     let prompt = template.render(&[Message { role: "user".into(), content: message.into() }], true)?;
     let ids = tok.encode(&prompt);
-    let mut out = std::io::stdout();
-    let mut pending: Vec<u32> = Vec::new();
+    let mut print = printer(tok);
     let made = infer::generate(model, &ids, cfg, &text.stops, cache, |t| {
-        if text.stops.contains(&t) {
-            return;
-        }
-        pending.push(t);
-        let s = tok.decode(&pending);
-        if !s.ends_with('\u{fffd}') {
-            print!("{s}");
-            let _ = out.flush();
-            pending.clear();
+        if !text.stops.contains(&t) {
+            print(t);
         }
     })?;
     println!();
@@ -107,6 +99,21 @@ fn chat(
     Ok(())
 }
 
+/// Prints each token's text to stdout as it comes, decoding the growing tail so that multi-byte
+/// characters split across tokens print whole.
+fn printer(tok: &Tokenizer) -> impl FnMut(u32) + '_ {
+    let mut pending: Vec<u32> = Vec::new();
+    move |t| {
+        pending.push(t);
+        let s = tok.decode(&pending);
+        if !s.ends_with('\u{fffd}') {
+            print!("{s}");
+            let _ = std::io::stdout().flush();
+            pending.clear();
+        }
+    }
+}
+
 /// Streams text generated after `prompt` to stdout; on stderr, llama.cpp-style timings: the
 /// prompt's tokens and time (prefill, to the first sampled token) and the rate of the rest
 /// (decode), and why it stopped early if it did.
@@ -114,20 +121,12 @@ pub fn write_text(model: &GPTModel, tok: &Tokenizer, prompt: &str, cfg: &Samplin
     let ids = tok.encode(prompt);
     let ids = if ids.is_empty() { vec![tok.eos_id()] } else { ids };
     print!("{prompt}");
-    let mut out = std::io::stdout();
-    // Decode the growing tail so multi-byte characters split across tokens print whole.
-    let mut pending: Vec<u32> = Vec::new();
+    let mut print = printer(tok);
     let start = Instant::now();
     let mut first: Option<Instant> = None;
     let made = infer::generate(model, &ids, cfg, &[tok.eos_id()], cache, |t| {
         first.get_or_insert_with(Instant::now);
-        pending.push(t);
-        let s = tok.decode(&pending);
-        if !s.ends_with('\u{fffd}') {
-            print!("{s}");
-            let _ = out.flush();
-            pending.clear();
-        }
+        print(t);
     })?;
     println!();
     let end = Instant::now();

@@ -129,11 +129,7 @@ impl AdamW8bit {
                 NAME,
                 device,
                 || {
-                    let gscale = match control.map(|c| c.to_vec()) {
-                        Some(c) if c[1] == 0.0 => return Ok(()),
-                        Some(c) => c[0],
-                        None => 1.0,
-                    };
+                    let Some(gscale) = super::control_scale(control) else { return Ok(()) };
                     for &(k, c, s) in &each {
                         let (g, mut c, mut s, mut w) = (grads[k].cpu(), c.cpu_mut(), s.cpu_mut(), params[k].cpu_mut());
                         let (c, s) = (c.u32(), s.f32());

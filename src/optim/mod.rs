@@ -241,11 +241,7 @@ impl Slots {
                 op,
                 device,
                 || {
-                    let gscale = match control.map(|c| c.to_vec()) {
-                        Some(c) if c[1] == 0.0 => return Ok(()),
-                        Some(c) => c[0],
-                        None => 1.0,
-                    };
+                    let Some(gscale) = control_scale(control) else { return Ok(()) };
                     for (((w, g), s), h) in params.iter().zip(&grads).zip(state).zip(&hypers) {
                         let (gr, mut sw, mut ww) = (g.cpu(), s.cpu_mut(), w.cpu_mut());
                         match w.dtype() {
@@ -264,6 +260,16 @@ impl Slots {
 /// The checks before any step changes anything: as many gradients (and decay flags) as
 /// parameters, f32 or bf16 of equal shapes on one device, no gradient sharing its parameter's
 /// storage, and a step control of f32 [4] on that device. The device; None without parameters.
+/// The gradient scale a step control (`step_control`) sets on the CPU: its clipping factor, 1
+/// without one, or None when it skips the step.
+pub(super) fn control_scale(control: Option<&Tensor>) -> Option<f32> {
+    match control.map(|c| c.to_vec()) {
+        Some(c) if c[1] == 0.0 => None,
+        Some(c) => Some(c[0]),
+        None => Some(1.0),
+    }
+}
+
 fn check_step(
     op: &str,
     params: &[Tensor],

@@ -58,6 +58,14 @@ impl OptimizerKind {
 
     /// The optimizer of this kind with `c`'s hyper-parameters.
     pub fn build(self, c: &TrainingConfig) -> Box<dyn Optimizer> {
+        let adamw = AdamWConfig {
+            lr: c.learning_rate,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            weight_decay: c.weight_decay,
+            seed: c.seed,
+            ..Default::default()
+        };
         match self {
             OptimizerKind::Lion => Box::new(Lion::new(LionConfig {
                 lr: c.learning_rate,
@@ -66,22 +74,8 @@ impl OptimizerKind {
                 weight_decay: c.weight_decay,
                 seed: c.seed,
             })),
-            OptimizerKind::AdamW => Box::new(AdamW::new(AdamWConfig {
-                lr: c.learning_rate,
-                beta1: c.beta1,
-                beta2: c.beta2,
-                weight_decay: c.weight_decay,
-                seed: c.seed,
-                ..Default::default()
-            })),
-            OptimizerKind::AdamW8bit => Box::new(AdamW8bit::new(AdamWConfig {
-                lr: c.learning_rate,
-                beta1: c.beta1,
-                beta2: c.beta2,
-                weight_decay: c.weight_decay,
-                seed: c.seed,
-                ..Default::default()
-            })),
+            OptimizerKind::AdamW => Box::new(AdamW::new(adamw)),
+            OptimizerKind::AdamW8bit => Box::new(AdamW8bit::new(adamw)),
             OptimizerKind::Sophia => Box::new(Sophia::new(SophiaConfig {
                 lr: c.learning_rate,
                 beta1: c.beta1,
