@@ -339,7 +339,7 @@ fn coop_f16_training() {
     assert!((tail(h) - tail(f)).abs() < 0.05 * tail(f), "f16 matmuls: last losses {} vs fp32 {}", tail(h), tail(f));
 }
 
-/// FlashAttention with f16 matmuls runs on cooperative matrices (head dims up to 64): output and
+/// FlashAttention with f16 matmuls runs on cooperative matrices (head dims up to 128): output and
 /// the three gradients against the FP32 kernels' (tested against f64 in tests/attention.rs), in
 /// both layouts, with GQA, causal masks (also with fewer queries than keys), edge tiles and padded
 /// head dims.
@@ -354,6 +354,12 @@ fn coop_f16_attention() {
         (2, 2, 2, 130, 130, 64, false, true),
         (1, 3, 1, 47, 47, 8, false, false),
         (2, 6, 6, 256, 256, 64, true, true),
+        // Head dims over 64: the kernel at 128, padded below it.
+        (1, 4, 2, 128, 128, 128, true, false),
+        (2, 2, 1, 70, 90, 96, true, true),
+        (1, 3, 3, 150, 150, 80, false, false),
+        (1, 2, 2, 64, 64, 128, false, true),
+        (1, 4, 1, 97, 97, 112, true, true),
     ];
     for (i, &(b, hq, hkv, tq, tk, d, causal, bthd)) in cases.iter().enumerate() {
         let shape = |h, t| if bthd { vec![b, t, h, d] } else { vec![b, h, t, d] };

@@ -4,7 +4,7 @@
 use super::attention::{attention_dims_in, AttnDims};
 use super::flash_attention_gpu::{gpu_backward, gpu_forward};
 // The registry (`ops::kernels`) names the kernels here.
-pub(crate) use super::flash_attention_gpu::{KERNEL_128, KERNEL_64, KERNEL_COOP};
+pub(crate) use super::flash_attention_gpu::{KERNEL_128, KERNEL_64, KERNEL_COOP_128, KERNEL_COOP_64};
 use super::{float_input, on_device, permute};
 use crate::autograd::record;
 use crate::device::cpu;

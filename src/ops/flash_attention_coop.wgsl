@@ -1,15 +1,18 @@
 // FlashAttention on cooperative matrices (tensor cores), for MatmulPrecision::F16: the same three
-// entry points, parameters and bindings as flash_attention.wgsl, for head dims up to 64 (zero
-// padded) with 4-aligned rows. Q, K, V, dO and the probabilities go through f16; scores, sums and
-// outputs stay f32.
+// entry points, parameters and bindings as flash_attention.wgsl, for head dims up to DH (64 or 128,
+// zero padded) with 4-aligned rows. Q, K, V, dO and the probabilities go through f16; scores, sums
+// and outputs stay f32.
 // A workgroup of 4 subgroups of 32 owns 64 rows (queries; keys in dK/dV), 16 per subgroup, held as
-// four 16×16 f16 matrices. The other side comes in tiles of 32 rows staged in shared memory as f16.
+// NB = DH / 16 matrices of 16×16 f16 (x0, x1, …: a line with `$j` is repeated for j = 0 .. NB - 1,
+// `$list(x)` and `$params(x, T)` spell them out; see kernel.rs `unroll`). The other side comes in tiles of 32 rows staged in shared memory as f16.
 // Each subgroup stores its 16×32 tile of scores to shared memory, where each lane takes 16 of them
 // as four vec4s (row lane % 16, half lane / 16), makes probabilities (or score gradients) and
 // writes them back as f16 for the next product. The forward walks the keys twice, first for each
 // row's log-sum-exp, then for O with the final probabilities: no rescaling of O, which a
-// cooperative matrix cannot do row by row. Needs subgroups of 32 and ~35 KiB of workgroup storage
-// (checked on the host). The host prepends the `enable`s and flash_attention_common.wgsl.
+// cooperative matrix cannot do row by row. Needs subgroups of 32 and 35 (DH 64) or 44 KiB (DH 128)
+// of workgroup storage (checked on the host). The host prepends the `enable`s, DH, NB, the type FV
+// that fetched rows wait in (f32, or f16 at DH 128 to save registers) and
+// flash_attention_common.wgsl.
 
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> k: array<vec4<f32>>;
@@ -19,8 +22,8 @@
 @group(0) @binding(6) var<storage, read> aux: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> lse: array<f32>;
 
-const DH: u32 = 64u;  // head dim as padded
-const LD: u32 = 72u;  // f16 row stride of staged rows (16-byte aligned, off the bank period)
+const LD: u32 = DH + 8u; // f16 row stride of staged rows (16-byte aligned, off the bank period)
+const FS: u32 = 32u / NB; // rows apart of a thread's fetched vec4s
 const BC: u32 = 32u;  // rows of the other side per tile
 const SS: u32 = 512u; // f32s of a subgroup's tile of scores (16 × 32)
 const LP: u32 = 40u;  // f16 row stride of a subgroup's probabilities
@@ -32,7 +35,7 @@ alias C32 = coop_mat16x16<f32, C>;
 
 // Staged rows (as vec4s of f16; coopLoad counts in vec4s): 64 of the workgroup's own at the start,
 // then two tiles of 32 at rows 0 and 32.
-var<workgroup> T: array<vec4<f16>, 1152>;
+var<workgroup> T: array<vec4<f16>, 16u * LD>;
 // Per subgroup at f32 sg·SS: a tile of scores (row stride 32), and of dP in the backward. Tiles
 // are vec4s, so that a lane reads and writes four elements at once (cooperative loads and stores
 // count in vec4s too).
@@ -60,33 +63,29 @@ fn ld4(which: u32, at: u32, rs: u32, rows: u32, r: u32, c4: u32) -> vec4<f32> {
     }
 }
 
-// 32 rows on their way to T: thread li holds columns 4·(li % 16) .. +3 of rows li/16 + 8i.
+// 32 rows on their way to T: thread li holds columns 4·(li % (DH / 4)) .. +3 of rows
+// li / (DH / 4) + FS·j.
 struct Fetch {
-    x0: vec4<f32>,
-    x1: vec4<f32>,
-    x2: vec4<f32>,
-    x3: vec4<f32>,
+    x$j: FV,
 }
 
 fn fetch(which: u32, at: u32, rs: u32, rows: u32, li: u32) -> Fetch {
-    let r = li / 16u;
-    let c4 = li % 16u;
-    return Fetch(ld4(which, at, rs, rows, r, c4), ld4(which, at, rs, rows, r + 8u, c4),
-                 ld4(which, at, rs, rows, r + 16u, c4), ld4(which, at, rs, rows, r + 24u, c4));
+    let r = li / (DH / 4u);
+    let c4 = li % (DH / 4u);
+    var f: Fetch;
+    f.x$j = FV(ld4(which, at, rs, rows, r + $ju * FS, c4));
+    return f;
 }
 
 // x at f16 `at` (a multiple of 4) of T.
-fn put4(x: vec4<f32>, at: u32) {
+fn put4(x: FV, at: u32) {
     T[at / 4u] = vec4<f16>(x);
 }
 
 // A fetch into T from row `row`.
 fn put(f: Fetch, row: u32, li: u32) {
-    let at = (row + li / 16u) * LD + 4u * (li % 16u);
-    put4(f.x0, at);
-    put4(f.x1, at + 8u * LD);
-    put4(f.x2, at + 16u * LD);
-    put4(f.x3, at + 24u * LD);
+    let at = (row + li / (DH / 4u)) * LD + 4u * (li % (DH / 4u));
+    put4(f.x$j, at + $ju * FS * LD);
 }
 
 // The workgroup's 64 rows of input `which` into T (after the previous reads of T).
@@ -112,17 +111,13 @@ fn own(sg: u32, j: u32) -> A16 {
     return coopLoadT<A16>(&T[(16u * sg * LD + 16u * j) / 4u], LD / 4u);
 }
 
-// The subgroup's rows (x0 | x1 | x2 | x3, 16 × 64) against T's rows `row` .. +15: X · T[row..]ᵀ.
-fn dots(x0: A16, x1: A16, x2: A16, x3: A16, row: u32) -> C32 {
+// The subgroup's rows (x0 | x1 | …, 16 × DH) against T's rows `row` .. +15: X · T[row..]ᵀ.
+fn dots($params(x, A16), row: u32) -> C32 {
     let at = row * LD;
-    let b0 = coopLoad<B16>(&T[at / 4u], LD / 4u);
-    let b1 = coopLoad<B16>(&T[(at + 16u) / 4u], LD / 4u);
-    let b2 = coopLoad<B16>(&T[(at + 32u) / 4u], LD / 4u);
-    let b3 = coopLoad<B16>(&T[(at + 48u) / 4u], LD / 4u);
-    var s = coopMultiplyAdd(x0, b0, C32());
-    s = coopMultiplyAdd(x1, b1, s);
-    s = coopMultiplyAdd(x2, b2, s);
-    return coopMultiplyAdd(x3, b3, s);
+    let b$j = coopLoad<B16>(&T[(at + $16ju) / 4u], LD / 4u);
+    var s = C32();
+    s = coopMultiplyAdd(x$j, b$j, s);
+    return s;
 }
 
 // Stores of a matrix, row-major, at vec4 `at4` of S or D, rows stride4 vec4s apart. The address
@@ -141,14 +136,14 @@ fn to_out(x: C32, at: u32, stride: u32) {
 }
 
 // X · the tile at T's row `row` (32 rows) into a subgroup's 16 × 32 at `at` of S or D.
-fn scores_to_s(x0: A16, x1: A16, x2: A16, x3: A16, row: u32, at: u32) {
-    to_s(dots(x0, x1, x2, x3, row), at / 4u, 8u);
-    to_s(dots(x0, x1, x2, x3, row + 16u), (at + 16u) / 4u, 8u);
+fn scores_to_s($params(x, A16), row: u32, at: u32) {
+    to_s(dots($list(x), row), at / 4u, 8u);
+    to_s(dots($list(x), row + 16u), (at + 16u) / 4u, 8u);
 }
 
-fn scores_to_d(x0: A16, x1: A16, x2: A16, x3: A16, row: u32, at: u32) {
-    to_d(dots(x0, x1, x2, x3, row), at / 4u);
-    to_d(dots(x0, x1, x2, x3, row + 16u), (at + 16u) / 4u);
+fn scores_to_d($params(x, A16), row: u32, at: u32) {
+    to_d(dots($list(x), row), at / 4u);
+    to_d(dots($list(x), row + 16u), (at + 16u) / 4u);
 }
 
 // acc + M · T[row .. row + 32, col .. col + 16] for M = (m0 | m1), 16 × 32.
@@ -183,22 +178,16 @@ fn store_edge(x: C32, at: u32, rs: u32, rows: u32, r0: u32, col: u32, sg: u32, l
     workgroupBarrier();
 }
 
-// Four blocks of output, o_j at columns 16j ..: rows 16·sg .. +15 of `rows`, row r at element
+// NB blocks of output, o_j at columns 16j ..: rows 16·sg .. +15 of `rows`, row r at element
 // at + r·rs of out.
-fn store(o0: C32, o1: C32, o2: C32, o3: C32, at: u32, rs: u32, rows: u32, sg: u32, lane: u32) {
+fn store($params(o, C32), at: u32, rs: u32, rows: u32, sg: u32, lane: u32) {
     let r0 = 16u * sg;
     // Uniform across the workgroup: every row of its 64 and every column exists.
     if rows == BR && p.d == DH {
         let x = at + r0 * rs;
-        to_out(o0, x, rs);
-        to_out(o1, x + 16u, rs);
-        to_out(o2, x + 32u, rs);
-        to_out(o3, x + 48u, rs);
+        to_out(o$j, x + $16ju, rs);
     } else {
-        store_edge(o0, at, rs, rows, r0, 0u, sg, lane);
-        store_edge(o1, at, rs, rows, r0, 16u, sg, lane);
-        store_edge(o2, at, rs, rows, r0, 32u, sg, lane);
-        store_edge(o3, at, rs, rows, r0, 48u, sg, lane);
+        store_edge(o$j, at, rs, rows, r0, $16ju, sg, lane);
     }
 }
 
@@ -245,10 +234,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
            @builtin(subgroup_invocation_id) lane: u32) {
     let bl = block(wid, nwg);
     stage_own(Q, bl.at, p.q_rs, bl.rows, li);
-    let x0 = own(sg, 0u);
-    let x1 = own(sg, 1u);
-    let x2 = own(sg, 2u);
-    let x3 = own(sg, 3u);
+    let x$j = own(sg, $ju);
     let r = 16u * sg + lane % 16u; // the lane's query in the block
     let t = bl.t0 + r;
     let s_at = (sg * SS + (lane % 16u) * 32u) / 4u; // the lane's row, in vec4s
@@ -262,7 +248,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         workgroupBarrier();
         // The next tile's loads are in flight while this one is multiplied.
         fk = fetch(K, bl.kv + (k0 + BC) * p.kv_rs, p.kv_rs, key_rows(bl, k0 + BC), li);
-        scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
+        scores_to_s($list(x), 0u, sg * SS);
         workgroupBarrier();
         var mx = m;
         for (var i = 0u; i < 4u; i++) {
@@ -283,16 +269,13 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let ls = mm + log(l * exp(m - mm) + l2 * exp(m2 - mm));
     if lane < 16u && r < bl.rows { out[p.out2 + bl.row + r] = ls; }
     // Pass 2: O = Σ exp(S - lse) · V.
-    var o0 = C32();
-    var o1 = C32();
-    var o2 = C32();
-    var o3 = C32();
+    var o$j = C32();
     let p_at = (sg * PS + (lane % 16u) * LP) / 4u;
     var kv = fetch_kv(bl, 0u, li);
     for (var k0 = 0u; k0 < bl.keys; k0 += BC) {
         stage(kv.k, kv.v, li);
         kv = fetch_kv(bl, k0 + BC, li);
-        scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
+        scores_to_s($list(x), 0u, sg * SS);
         workgroupBarrier();
         for (var i = 0u; i < 4u; i++) {
             let q = quad_at(i, lane);
@@ -302,13 +285,10 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         workgroupBarrier();
         let pma = from_p1(sg * PS, 0u);
         let pmb = from_p1(sg * PS, 1u);
-        o0 = mul_t(o0, pma, pmb, BC, 0u);
-        o1 = mul_t(o1, pma, pmb, BC, 16u);
-        o2 = mul_t(o2, pma, pmb, BC, 32u);
-        o3 = mul_t(o3, pma, pmb, BC, 48u);
+        o$j = mul_t(o$j, pma, pmb, BC, $16ju);
     }
     workgroupBarrier(); // the last reads of S
-    store(o0, o1, o2, o3, bl.at, p.q_rs, bl.rows, sg, lane);
+    store($list(o), bl.at, p.q_rs, bl.rows, sg, lane);
 }
 
 // dQ = scale · Σ_j dS_j K_j with dS = P ∘ (dP - delta), P = exp(S - lse), dP = dO·Vᵀ. Also writes
@@ -319,22 +299,16 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
                @builtin(subgroup_invocation_id) lane: u32) {
     let bl = block(wid, nwg);
     stage_own(Q, bl.at, p.q_rs, bl.rows, li);
-    let x0 = own(sg, 0u);
-    let x1 = own(sg, 1u);
-    let x2 = own(sg, 2u);
-    let x3 = own(sg, 3u);
+    let x$j = own(sg, $ju);
     stage_own(DO, bl.at, p.q_rs, bl.rows, li);
-    let y0 = own(sg, 0u);
-    let y1 = own(sg, 1u);
-    let y2 = own(sg, 2u);
-    let y3 = own(sg, 3u);
+    let y$j = own(sg, $ju);
     let r = 16u * sg + lane % 16u;
     let t = bl.t0 + r;
     let half = lane / 16u;
     var part = 0.0;
     var ls = 0.0;
     if r < bl.rows {
-        for (var c4 = 8u * half; c4 < 8u * half + 8u; c4++) {
+        for (var c4 = (DH / 8u) * half; c4 < (DH / 8u) * (half + 1u); c4++) {
             part += dot(ld4(DO, bl.at, p.q_rs, bl.rows, r, c4), ld4(AUX, bl.at, p.q_rs, bl.rows, r, c4));
         }
         ls = lse[p.lse_off + bl.row + r];
@@ -343,16 +317,13 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if lane < 16u && r < bl.rows { out[p.out2 + bl.row + r] = delta; }
     let s_at = (sg * SS + (lane % 16u) * 32u) / 4u; // the lane's row, in vec4s
     let p_at = (sg * PS + (lane % 16u) * LP) / 4u;
-    var g0 = C32();
-    var g1 = C32();
-    var g2 = C32();
-    var g3 = C32();
+    var g$j = C32();
     var kv = fetch_kv(bl, 0u, li);
     for (var k0 = 0u; k0 < bl.keys; k0 += BC) {
         stage(kv.k, kv.v, li);
         kv = fetch_kv(bl, k0 + BC, li);
-        scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
-        scores_to_d(y0, y1, y2, y3, BC, sg * SS);
+        scores_to_s($list(x), 0u, sg * SS);
+        scores_to_d($list(y), BC, sg * SS);
         workgroupBarrier();
         for (var i = 0u; i < 4u; i++) {
             let q = quad_at(i, lane);
@@ -363,13 +334,10 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         workgroupBarrier();
         let pma = from_p1(sg * PS, 0u);
         let pmb = from_p1(sg * PS, 1u);
-        g0 = mul_t(g0, pma, pmb, 0u, 0u);
-        g1 = mul_t(g1, pma, pmb, 0u, 16u);
-        g2 = mul_t(g2, pma, pmb, 0u, 32u);
-        g3 = mul_t(g3, pma, pmb, 0u, 48u);
+        g$j = mul_t(g$j, pma, pmb, 0u, $16ju);
     }
     workgroupBarrier();
-    store(g0, g1, g2, g3, bl.at, p.q_rs, bl.rows, sg, lane);
+    store($list(g), bl.at, p.q_rs, bl.rows, sg, lane);
 }
 
 // A query tile of dK/dV on its way to shared memory: Q and dO rows, and thread li < 64's value
@@ -413,26 +381,14 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let rows = min(BR, p.tk - j0);
     let at = kv_at(wid.z, wid.y, j0);
     stage_own(K, at, p.kv_rs, rows, li);
-    let x0 = own(sg, 0u);
-    let x1 = own(sg, 1u);
-    let x2 = own(sg, 2u);
-    let x3 = own(sg, 3u);
+    let x$j = own(sg, $ju);
     stage_own(V, at, p.kv_rs, rows, li);
-    let y0 = own(sg, 0u);
-    let y1 = own(sg, 1u);
-    let y2 = own(sg, 2u);
-    let y3 = own(sg, 3u);
+    let y$j = own(sg, $ju);
     let key = j0 + 16u * sg + lane % 16u;
     let s_at = (sg * SS + (lane % 16u) * 32u) / 4u; // the lane's row, in vec4s
     let p_at = (sg * PS + (lane % 16u) * LP) / 4u;
-    var dv0 = C32();
-    var dv1 = C32();
-    var dv2 = C32();
-    var dv3 = C32();
-    var dk0 = C32();
-    var dk1 = C32();
-    var dk2 = C32();
-    var dk3 = C32();
+    var dv$j = C32();
+    var dk$j = C32();
     // The first query that sees key j0.
     var t_first = 0u;
     if p.causal == 1u { t_first = max(j0, p.shift) - p.shift; }
@@ -445,8 +401,8 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         if li < 64u { R[li / 4u][li % 4u] = f.r; } // R's last reads were before the last barrier
         stage(f.q, f.o, li);
         f = fetch_q(wid.z, h0, t_first, n, qt + 1u, group * n, li);
-        scores_to_s(x0, x1, x2, x3, 0u, sg * SS);
-        scores_to_d(y0, y1, y2, y3, BC, sg * SS);
+        scores_to_s($list(x), 0u, sg * SS);
+        scores_to_d($list(y), BC, sg * SS);
         workgroupBarrier();
         for (var i = 0u; i < 4u; i++) {
             let q = quad_at(i, lane);
@@ -459,18 +415,12 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         workgroupBarrier();
         let pma = from_p1(sg * PS, 0u);
         let pmb = from_p1(sg * PS, 1u);
-        dv0 = mul_t(dv0, pma, pmb, BC, 0u);
-        dv1 = mul_t(dv1, pma, pmb, BC, 16u);
-        dv2 = mul_t(dv2, pma, pmb, BC, 32u);
-        dv3 = mul_t(dv3, pma, pmb, BC, 48u);
+        dv$j = mul_t(dv$j, pma, pmb, BC, $16ju);
         let dma = from_p2(sg * PS, 0u);
         let dmb = from_p2(sg * PS, 1u);
-        dk0 = mul_t(dk0, dma, dmb, 0u, 0u);
-        dk1 = mul_t(dk1, dma, dmb, 0u, 16u);
-        dk2 = mul_t(dk2, dma, dmb, 0u, 32u);
-        dk3 = mul_t(dk3, dma, dmb, 0u, 48u);
+        dk$j = mul_t(dk$j, dma, dmb, 0u, $16ju);
     }
     workgroupBarrier();
-    store(dk0, dk1, dk2, dk3, at, p.kv_rs, rows, sg, lane);
-    store(dv0, dv1, dv2, dv3, p.out2 + at, p.kv_rs, rows, sg, lane);
+    store($list(dk), at, p.kv_rs, rows, sg, lane);
+    store($list(dv), p.out2 + at, p.kv_rs, rows, sg, lane);
 }

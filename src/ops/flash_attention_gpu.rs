@@ -31,17 +31,32 @@ pub(crate) static KERNEL_128: Kernel = Kernel {
 };
 
 /// The cooperative-matrix kernels (f16 products on tensor cores, see `MatmulPrecision::F16`), for
-/// head dims up to 64 with 4-aligned rows.
-pub(crate) static KERNEL_COOP: Kernel = Kernel {
+/// head dims up to 64 and up to 128 with 4-aligned rows.
+pub(crate) static KERNEL_COOP_64: Kernel = Kernel {
     name: "flash_attention_coop",
     source: concat!(
         "enable f16;\nenable wgpu_cooperative_matrix;\n",
+        "const DH: u32 = 64u;\nconst NB: u32 = 4u;\nalias FV = vec4<f32>;\n",
         include_str!("flash_attention_common.wgsl"),
         include_str!("flash_attention_coop.wgsl")
     ),
     params: &FlashParams::LAYOUT,
     codes: &[],
 };
+pub(crate) static KERNEL_COOP_128: Kernel = Kernel {
+    name: "flash_attention_coop_128",
+    source: concat!(
+        "enable f16;\nenable wgpu_cooperative_matrix;\n",
+        "const DH: u32 = 128u;\nconst NB: u32 = 8u;\nalias FV = vec4<f16>;\n",
+        include_str!("flash_attention_common.wgsl"),
+        include_str!("flash_attention_coop.wgsl")
+    ),
+    params: &FlashParams::LAYOUT,
+    codes: &[],
+};
+
+/// Bytes of workgroup storage the cooperative kernel at head dim 128 needs (its dK/dV entry).
+const COOP_128_STORAGE: u32 = 44288;
 
 /// Rows a GPU workgroup owns (queries; keys for dK/dV; BR in the WGSL).
 const GPU_ROWS: usize = 64;
@@ -107,13 +122,17 @@ fn params(a: &AttnDims, causal: bool, offs: [usize; 7]) -> Result<FlashParams> {
     })
 }
 
-/// The kernel for these dims: the cooperative-matrix one when matmuls are f16 (which implies the
-/// GPU has the matrices) and it can read every input (at element `offsets`) as vec4s, else the
-/// FP32 one for the head dim.
-fn gpu_kernel(a: &AttnDims, offsets: &[usize]) -> &'static Kernel {
-    let coop = matmul_precision() == MatmulPrecision::F16;
-    if coop && a.d <= 64 && a.d.is_multiple_of(4) && offsets.iter().all(|o| o.is_multiple_of(4)) {
-        &KERNEL_COOP
+/// The kernel for these dims: a cooperative-matrix one when matmuls are f16 (which implies the
+/// GPU has the matrices), it can read every input (at element `offsets`) as vec4s and, at head dims
+/// over 64, the GPU has the workgroup storage; else the FP32 one for the head dim.
+fn gpu_kernel(a: &AttnDims, offsets: &[usize], storage: u32) -> &'static Kernel {
+    let coop = matmul_precision() == MatmulPrecision::F16
+        && a.d.is_multiple_of(4)
+        && offsets.iter().all(|o| o.is_multiple_of(4));
+    if coop && a.d <= 64 {
+        &KERNEL_COOP_64
+    } else if coop && a.d <= 128 && storage >= COOP_128_STORAGE {
+        &KERNEL_COOP_128
     } else if a.d <= 64 {
         &KERNEL_64
     } else {
@@ -140,7 +159,7 @@ pub(super) fn gpu_forward(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, causa
     // The forward reads no dO or aux, but its loads share one switch with the backward's, so q
     // stands in.
     let bufs = [q.gpu(), k.gpu(), v.gpu(), &out, q.gpu(), q.gpu()];
-    let kernel = gpu_kernel(&a, &[q.offset(), k.offset(), v.offset()]);
+    let kernel = gpu_kernel(&a, &[q.offset(), k.offset(), v.offset()], ctx.limits.max_compute_workgroup_storage_size);
     ctx.dispatch(kernel, "forward", &params(&a, causal, offs)?, &bufs, groups)?;
     let out = Storage::Gpu(Arc::new(out));
     Ok((
@@ -167,7 +186,8 @@ pub(super) fn gpu_backward(
     let groups = [a.tq.div_ceil(GPU_ROWS) as u32, a.hq as u32, a.b as u32];
     check_grid(groups)?;
     let bufs = [q.gpu(), k.gpu(), v.gpu(), &dq, dout.gpu(), o.gpu(), lse.gpu()];
-    let kernel = gpu_kernel(&a, &[q.offset(), k.offset(), v.offset(), dout.offset(), o.offset()]);
+    let offsets = [q.offset(), k.offset(), v.offset(), dout.offset(), o.offset()];
+    let kernel = gpu_kernel(&a, &offsets, ctx.limits.max_compute_workgroup_storage_size);
     ctx.dispatch(kernel, "backward_dq", &params(&a, causal, offs(o.offset(), nq))?, &bufs, groups)?;
     // dK and dV read delta from after dQ.
     let groups = [a.tk.div_ceil(GPU_ROWS) as u32, a.hkv as u32, a.b as u32];

@@ -57,7 +57,7 @@ pub enum MatmulPrecision {
     FP32,
     /// Inputs rounded to f16 (11 significant bits, range ±65504), products accumulated in f32, on
     /// cooperative matrices (tensor cores). FlashAttention's products go the same way where the
-    /// head dim is at most 64 (q, k, v, dO and the probabilities in f16; sums and outputs f32).
+    /// head dim is at most 128 (q, k, v, dO and the probabilities in f16; sums and outputs f32).
     /// Values and gradients outside f16's range overflow or flush to zero, so scale them first.
     /// Needs an adapter with `EXPERIMENTAL_COOPERATIVE_MATRIX` (16×16 f16), `SHADER_F16` and
     /// subgroups of 32, e.g. NVIDIA through Vulkan.

@@ -84,8 +84,9 @@ pub(crate) fn to_u32(op: &str, what: &str, v: usize) -> crate::Result<u32> {
 
 /// `source` with the WGSL every kernel shares put in when its module is created: the workgroup
 /// size made from `WG` (so Rust and WGSL agree), then prelude.wgsl. It goes after the
-/// source's leading `enable` directives, which WGSL wants before any declaration.
+/// source's leading `enable` directives, which WGSL wants before any declaration. Then `unroll`.
 pub fn with_prelude(source: &str) -> String {
+    let source = &unroll(source);
     // The head: up to the last `enable` line before any declaration (comments may precede it).
     let (mut head, mut at) = (0, 0);
     for line in source.split_inclusive('\n') {
@@ -99,4 +100,54 @@ pub fn with_prelude(source: &str) -> String {
     }
     let (directives, rest) = source.split_at(head);
     format!("{directives}const WG: u32 = {}u;\n{}{rest}", WG, include_str!("prelude.wgsl"))
+}
+
+/// Spells out a kernel whose count of register-held matrices depends on its `const NB: u32 = Nu;`
+/// (WGSL has no arrays of cooperative matrices): `$list(x)` becomes `x0, x1, …, x{NB-1}`,
+/// `$params(x, T)` becomes `x0: T, x1: T, …`, and a line that still holds a `$` is repeated for
+/// j = 0 .. NB - 1 with `$16j` read as 16·j and `$j` as j. Sources without `$` pass unchanged.
+fn unroll(source: &str) -> String {
+    if !source.contains('$') {
+        return source.to_string();
+    }
+    let nb = source
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("const NB: u32 = ")?.strip_suffix("u;")?.parse::<usize>().ok())
+        .unwrap_or(0);
+    let names = |x: &str, ty: &str| (0..nb).map(|j| format!("{x}{j}{ty}")).collect::<Vec<_>>().join(", ");
+    let mut out = String::with_capacity(source.len() * 2);
+    for line in source.split_inclusive('\n') {
+        let mut line = line.to_string();
+        while let Some((at, open)) =
+            line.find("$list(").map(|a| (a, a + 6)).or(line.find("$params(").map(|a| (a, a + 8)))
+        {
+            let end = line[open..].find(')').map_or(line.len(), |e| e + open);
+            let inner: Vec<&str> = line[open..end].split(',').map(str::trim).collect();
+            let list = match inner.as_slice() {
+                [x] => names(x, ""),
+                [x, ty] => names(x, &format!(": {ty}")),
+                _ => String::new(),
+            };
+            line.replace_range(at..(end + 1).min(line.len()), &list);
+        }
+        if line.contains('$') {
+            for j in 0..nb {
+                out.push_str(&line.replace("$16j", &(16 * j).to_string()).replace("$j", &j.to_string()));
+            }
+        } else {
+            out.push_str(&line);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unroll_spells_out_nb_matrices() {
+        let src = "const NB: u32 = 3u;\nfn f($params(x, A16), r: u32) -> u32 {\n    s = g($j, x$j, $16ju);\n    return h($list(x));\n}\n";
+        let want = "const NB: u32 = 3u;\nfn f(x0: A16, x1: A16, x2: A16, r: u32) -> u32 {\n    s = g(0, x0, 0u);\n    s = g(1, x1, 16u);\n    s = g(2, x2, 32u);\n    return h(x0, x1, x2);\n}\n";
+        assert_eq!(super::unroll(src), want);
+        assert_eq!(super::unroll("fn f() {}\n"), "fn f() {}\n");
+    }
 }
