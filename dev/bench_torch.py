@@ -244,6 +244,12 @@ def train(args):
     sync(dev)
     total = time.perf_counter() - start
     rss_peak = process_memory()[1]
+    if args.profile:
+        with torch.profiler.profile() as prof:
+            for i in range(args.steps):
+                step(i)
+            sync(dev)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr)
     out = {
         "bench": "train", "impl": "pytorch", "workload": args.workload,
         "device": "gpu" if dev.type == "cuda" else "cpu", "adapter": adapter(dev),
@@ -400,6 +406,9 @@ def main():
     t.add_argument("--seq", type=int)
     t.add_argument("--optimizer", choices=("lion", "adamw"))
     t.add_argument("--no-split", action="store_true")
+    t.add_argument("--profile", action="store_true",
+                   help="after the timed steps, as many again under torch.profiler; its table by op on stderr "
+                        "(the counterpart of IRONTENSOR_PROFILE=1)")
     t.add_argument("--compile", action="store_true", help="torch.compile the model's loss (forward and backward)")
     defaults = {"matmul": "1024x1024x1024,4096x4096x1024", "attention": "16x6x256x64,16x6x1024x64",
                 "cross-entropy": "4096x384x4096,4096x384x32000"}

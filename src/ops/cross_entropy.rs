@@ -254,7 +254,7 @@ fn row_loss_of(x: &Tensor, r0: usize, lse: &Tensor, row_loss: &Tensor, rows: &Ro
             let (mut lw, mut rw) = (lse.cpu_mut(), row_loss.cpu_mut());
             let (lv, rv) = (&mut lw.f32()[r0..r0 + n], &mut rw.f32()[r0..r0 + n]);
             let mut xw = x.cpu_mut();
-            xw.f32().par_chunks_mut(cols).zip(lv).zip(rv).zip(tv).for_each(|(((row, lse), loss), &t)| {
+            xw.f32().par_chunks_mut(cols).zip(lv).zip(rv).zip(tv).for_each(|(((row, lse), loss), &t)| cpu::simd(#[inline(always)] || {
                 let m = cpu::max(row);
                 let xt = row.get(t as usize).copied().unwrap_or(0.0); // no row when ignored
                 if grad {
@@ -273,7 +273,7 @@ fn row_loss_of(x: &Tensor, r0: usize, lse: &Tensor, row_loss: &Tensor, rows: &Ro
                     *lse = m + sum.ln();
                 }
                 *loss = if t == rows.ignore { 0.0 } else { (*lse - xt) * rows.scale };
-            });
+            }));
             Ok(())
         },
         || {

@@ -2,15 +2,19 @@
 //!
 //! `gemm`'s own threading splits each cache block statically between threads and joins them after
 //! every block; on a 2-core machine shared with other work one late thread stalls the other. Here
-//! the product is cut into parts by its shape alone (never by the thread count, so the sums are
-//! the same on every machine), and idle threads steal parts.
+//! the product is cut into parts and idle threads steal them. Slices of C's rows or columns give
+//! the same sums however many there are, so their count follows the threads; whether K is split,
+//! and into how many parts, follows the shape alone, so results do not depend on the machine.
 
 use rayon::prelude::*;
 
 /// Multiply-adds a part should hold at least (~40 µs of one core).
 const PART_WORK: usize = 1 << 22;
-/// Most parts of one product: enough for 16 cores to balance.
+/// Most parts of one product (K splits: at most MAX_SPLIT_K).
 const MAX_PARTS: usize = 48;
+/// Slices of C per thread: enough to balance when another process takes a core for a while;
+/// each slice packs the other operand again, so not many more.
+const SLICES_PER_THREAD: usize = 4;
 /// Rows or columns of a part: a multiple of `gemm`'s f32 tiles (8, 16, 24, 32, 48 by 4, 6, 12).
 const PART_ALIGN: usize = 96;
 /// K of each part of a split K, at least; and the most parts (each holds a copy of C).
@@ -40,8 +44,8 @@ pub(crate) enum Plan {
     SplitK(usize),
 }
 
-/// The plan for an M×N×K product, from its shape alone.
-pub(crate) fn plan(m: usize, n: usize, k: usize) -> Plan {
+/// The plan for an M×N×K product on `threads` threads.
+pub(crate) fn plan(m: usize, n: usize, k: usize, threads: usize) -> Plan {
     let want = (m * n * k / PART_WORK).min(MAX_PARTS);
     if want < 2 {
         return Plan::Whole;
@@ -53,7 +57,7 @@ pub(crate) fn plan(m: usize, n: usize, k: usize) -> Plan {
     if slices < want.min(8) && k_parts > slices {
         return Plan::SplitK(k_parts);
     }
-    match slices {
+    match slices.min(SLICES_PER_THREAD * threads) {
         0 | 1 => Plan::Whole,
         s if n >= m => Plan::Cols(s),
         s => Plan::Rows(s),
@@ -198,13 +202,17 @@ mod tests {
     #[test]
     fn plans_of_training_shapes() {
         // Logits of the output projection, d hidden, d weight; a layer's product and its weight
-        // gradient; small products stay whole.
-        assert_eq!(plan(256, 32000, 256), Plan::Cols(48));
-        assert_eq!(plan(256, 256, 32000), Plan::SplitK(16));
-        assert_eq!(plan(32000, 256, 256), Plan::Rows(48));
-        assert_eq!(plan(2048, 768, 256), Plan::Rows(21));
-        assert_eq!(plan(768, 256, 2048), Plan::Rows(8));
-        assert_eq!(plan(256, 256, 2048), Plan::SplitK(8));
-        assert_eq!(plan(64, 64, 64), Plan::Whole);
+        // gradients; small products stay whole. K splits do not depend on the threads.
+        assert_eq!(plan(256, 32000, 256, 2), Plan::Cols(8));
+        assert_eq!(plan(256, 32000, 256, 16), Plan::Cols(48));
+        assert_eq!(plan(256, 256, 32000, 2), Plan::SplitK(16));
+        assert_eq!(plan(256, 256, 32000, 16), Plan::SplitK(16));
+        assert_eq!(plan(32000, 256, 256, 2), Plan::Rows(8));
+        assert_eq!(plan(2048, 768, 256, 2), Plan::Rows(8));
+        assert_eq!(plan(2048, 768, 256, 4), Plan::Rows(16));
+        assert_eq!(plan(768, 256, 2048, 1), Plan::Rows(4));
+        assert_eq!(plan(256, 256, 2048, 2), Plan::SplitK(8));
+        assert_eq!(plan(256, 256, 2048, 1), Plan::SplitK(8));
+        assert_eq!(plan(64, 64, 64, 2), Plan::Whole);
     }
 }
