@@ -110,6 +110,9 @@ def report(ours, theirs, label, device):
                   f"{o['optimizer']}): {o['tokens_per_s']:.0f} vs {t['tokens_per_s']:.0f} tokens/s = "
                   f"x{ratio(o['tokens_per_s'], t['tokens_per_s'])}; ms/step {o['ms_per_step']:.1f} vs "
                   f"{t['ms_per_step']:.1f}; memory {mib(mo)} vs {mib(mt)} MiB = x{ratio(mo, mt)}")
+            if o.get("cpu_ms_per_step") and t.get("cpu_ms_per_step"):
+                print(f"    CPU time (all threads) ms/step: {o['cpu_ms_per_step']} vs {t['cpu_ms_per_step']} = "
+                      f"x{ratio(t['cpu_ms_per_step'], o['cpu_ms_per_step'])}")
             if o.get("expected_bytes"):
                 print(f"    ours: peak {mib(o['peak_bytes'])} MiB = x{o['peak_over_expected']} of weights+grads+"
                       f"optimizer+activations ({mib(o['expected_bytes'])} MiB)")

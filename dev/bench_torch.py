@@ -235,7 +235,7 @@ def train(args):
         torch.cuda.reset_peak_memory_stats(dev)
 
     times = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     last_loss = first_loss
     for i in range(args.steps):
         t0 = time.perf_counter()
@@ -243,6 +243,7 @@ def train(args):
         times.append(time.perf_counter() - t0)
     sync(dev)
     total = time.perf_counter() - start
+    cpu_ms = (time.process_time() - cpu_start) / args.steps * 1e3
     rss_peak = process_memory()[1]
     if args.profile:
         with torch.profiler.profile() as prof:
@@ -256,7 +257,7 @@ def train(args):
         "precision": ("bf16-autocast" if args.bf16 else "f32") + ("+compile" if args.compile else ""), "optimizer": opt,
         "batch": batch, "seq": seq, "params": num_params, "steps": args.steps, "warmup": args.warmup,
         "ms_per_step": round(statistics.median(times) * 1e3, 3),
-        "ms_per_step_mean": round(total / args.steps * 1e3, 3),
+        "ms_per_step_mean": round(total / args.steps * 1e3, 3), "cpu_ms_per_step": round(cpu_ms, 1),
         "tokens_per_s": round(batch * seq * args.steps / total, 1),
         "loss_first": first_loss, "loss_last": last_loss,
         "peak_bytes": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None,
