@@ -81,9 +81,25 @@ pub fn fused_linear_cross_entropy(
     // IRONTENSOR_MAX_BINDING makes this bind).
     let rows = match gpu::started().filter(|_| hidden.device() == crate::Device::Gpu) {
         Some(ctx) => rows.min((ctx.max_binding() as usize / (4 * v)).max(1)),
-        None => rows,
+        None => cpu_rows(hidden.shape().first().copied().unwrap_or(1), v),
     };
     fused_linear_cross_entropy_chunked(hidden, weight, targets, ignore_index, rows)
+}
+
+/// Rows of logits a CPU chunk of the fused cross-entropy holds: under 2^23 logits (32 MiB, where
+/// glibc maps each block afresh, page fault by page fault), a multiple of 64 where it can be, and
+/// the n rows shared evenly between the chunks (shakespeare's 2048 × 4096: two of 1024, not 1984
+/// and 64).
+fn cpu_rows(n: usize, v: usize) -> usize {
+    let most = match ((1 << 23) - 1) / v {
+        r if r >= 64 => r / 64 * 64,
+        r => r.max(1),
+    };
+    let chunks = n.div_ceil(most).max(1);
+    match n.div_ceil(chunks) {
+        r if most >= 64 => (r.div_ceil(64) * 64).min(most),
+        r => r,
+    }
 }
 
 /// `fused_linear_cross_entropy` with an explicit chunk: `rows` rows of logits at once.
