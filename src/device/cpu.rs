@@ -86,11 +86,14 @@ pub fn simd<R>(f: impl FnOnce() -> R) -> R {
 pub fn par_fill(out: &mut [f32], f: impl Fn(usize) -> f32 + Sync) {
     out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
         let base = c * CHUNK;
-        simd(#[inline(always)] || {
-            for (j, o) in chunk.iter_mut().enumerate() {
-                *o = f(base + j);
-            }
-        })
+        simd(
+            #[inline(always)]
+            || {
+                for (j, o) in chunk.iter_mut().enumerate() {
+                    *o = f(base + j);
+                }
+            },
+        )
     });
 }
 
@@ -101,11 +104,14 @@ pub fn par_rows(out: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sy
     }
     let rows_per_task = (CHUNK / cols).max(1);
     out.par_chunks_mut(rows_per_task * cols).enumerate().for_each(|(c, chunk)| {
-        simd(#[inline(always)] || {
-            for (j, row) in chunk.chunks_mut(cols).enumerate() {
-                f(c * rows_per_task + j, row);
-            }
-        })
+        simd(
+            #[inline(always)]
+            || {
+                for (j, row) in chunk.chunks_mut(cols).enumerate() {
+                    f(c * rows_per_task + j, row);
+                }
+            },
+        )
     });
 }
 

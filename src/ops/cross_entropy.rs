@@ -270,26 +270,31 @@ fn row_loss_of(x: &Tensor, r0: usize, lse: &Tensor, row_loss: &Tensor, rows: &Ro
             let (mut lw, mut rw) = (lse.cpu_mut(), row_loss.cpu_mut());
             let (lv, rv) = (&mut lw.f32()[r0..r0 + n], &mut rw.f32()[r0..r0 + n]);
             let mut xw = x.cpu_mut();
-            xw.f32().par_chunks_mut(cols).zip(lv).zip(rv).zip(tv).for_each(|(((row, lse), loss), &t)| cpu::simd(#[inline(always)] || {
-                let m = cpu::max(row);
-                let xt = row.get(t as usize).copied().unwrap_or(0.0); // no row when ignored
-                if grad {
-                    row.iter_mut().for_each(|v| *v = cpu::exp(*v - m));
-                    let sum = cpu::sum(row);
-                    *lse = m + sum.ln();
-                    if t == rows.ignore {
-                        row.fill(0.0);
-                    } else {
-                        let k = 1.0 / sum;
-                        row.iter_mut().for_each(|v| *v *= k);
-                        row[t as usize] -= 1.0;
-                    }
-                } else {
-                    let sum = row.iter().fold(0.0, |s, &v| s + cpu::exp(v - m));
-                    *lse = m + sum.ln();
-                }
-                *loss = if t == rows.ignore { 0.0 } else { (*lse - xt) * rows.scale };
-            }));
+            xw.f32().par_chunks_mut(cols).zip(lv).zip(rv).zip(tv).for_each(|(((row, lse), loss), &t)| {
+                cpu::simd(
+                    #[inline(always)]
+                    || {
+                        let m = cpu::max(row);
+                        let xt = row.get(t as usize).copied().unwrap_or(0.0); // no row when ignored
+                        if grad {
+                            row.iter_mut().for_each(|v| *v = cpu::exp(*v - m));
+                            let sum = cpu::sum(row);
+                            *lse = m + sum.ln();
+                            if t == rows.ignore {
+                                row.fill(0.0);
+                            } else {
+                                let k = 1.0 / sum;
+                                row.iter_mut().for_each(|v| *v *= k);
+                                row[t as usize] -= 1.0;
+                            }
+                        } else {
+                            let sum = row.iter().fold(0.0, |s, &v| s + cpu::exp(v - m));
+                            *lse = m + sum.ln();
+                        }
+                        *loss = if t == rows.ignore { 0.0 } else { (*lse - xt) * rows.scale };
+                    },
+                )
+            });
             Ok(())
         },
         || {
