@@ -349,3 +349,24 @@ fn softmax_grad(x: Tensor, lse: &Tensor, rows: &Rows, dy: &Tensor) -> Result<Ten
     )?;
     Ok(x)
 }
+
+#[cfg(test)]
+mod tests {
+    /// CPU chunks stay under 2^23 logits, cover the rows in chunks of one size (the last may be
+    /// shorter), and are whole 64-row tiles where a tile fits.
+    #[test]
+    fn cpu_chunk_rows() {
+        assert_eq!(super::cpu_rows(2048, 4096), 1024);
+        assert_eq!(super::cpu_rows(2048, 32000), 256);
+        assert_eq!(super::cpu_rows(4096, 32000), 256);
+        for (n, v) in
+            [(1, 1), (7, 3), (2048, 4096), (2047, 4096), (300, 32000), (5, 1 << 20), (9, 1 << 24), (1000, 131)]
+        {
+            let rows = super::cpu_rows(n, v);
+            assert!(rows >= 1 && (rows * v < 1 << 23 || rows == 1), "{n}×{v}: {rows} rows");
+            assert!(rows % 64 == 0 || v > (1 << 23) / 64, "{n}×{v}: {rows} rows");
+            let chunks = n.div_ceil(rows);
+            assert!(chunks * rows - n < rows.max(64), "{n}×{v}: {rows} rows leave a short last chunk");
+        }
+    }
+}
