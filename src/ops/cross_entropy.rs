@@ -57,9 +57,9 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: Option<u32
 
 /// `cross_entropy(hidden · weightᵀ, targets, ignore_index)` without the [N, V] logits:
 /// hidden: [N, C], weight: [V, C] (f32 or bf16 storage), targets: u32 [N]; returns shape [].
-/// Works a chunk of whole rows of logits at a time, about 2^23 logits (32 MiB) a chunk: on this
+/// Works a chunk of whole rows of logits at a time, about 2^23 logits (32 MiB) a chunk: on a
 /// 2-core CPU a seed-tiny forward and backward (N 4096, C 256, V 32000) took 1.4–1.8 s with
-/// 2^23, 1.7–1.9 with 2^24, 1.7–1.9 with 2^22 and 2.6 with 2^21. When gradients are wanted
+/// 2^23, 1.7–1.9 with 2^24, 1.7–1.9 with 2^22 and 2.6 with 2^21 (the CPU: see `cpu_rows`). When gradients are wanted
 /// they are made in the forward, while each chunk's logits exist (one pass gives the loss
 /// and d hidden): three products with the weight, not the four of recomputing the logits in
 /// the backward, which then only multiplies them by d loss / N. They are held from forward to
