@@ -309,7 +309,7 @@ fn cpu_gemm(out: &mut [f32], a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dim
     // A batch of A against one B (a weight) is one product of batch·M rows.
     let (m, batch) = if d.b_bs == 0 && !ta { (d.m * d.batch, 1) } else { (d.m, d.batch) };
     let p = matmul_cpu::Product { m, n: d.n, k: d.k, a_cs, a_rs, b_cs, b_rs };
-    let plan = matmul_cpu::plan(m, d.n, d.k, rayon::current_num_threads());
+    let plan = matmul_cpu::plan(m, d.n, d.k);
     // SAFETY: the strides address [M, K], [K, N] inside av, bv from these offsets (checked by dims()).
     let one = |i: usize, c: &mut [f32], plan| unsafe {
         matmul_cpu::gemm(c, &av[i * d.a_bs..], &bv[i * d.b_bs..], p, accumulate, plan)

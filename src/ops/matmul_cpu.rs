@@ -2,9 +2,10 @@
 //!
 //! `gemm`'s own threading splits each cache block statically between threads and joins them after
 //! every block; on a 2-core machine shared with other work one late thread stalls the other. Here
-//! the product is cut into parts and idle threads steal them. Slices of C's rows or columns give
-//! the same sums however many there are, so their count follows the threads; whether K is split,
-//! and into how many parts, follows the shape alone, so results do not depend on the machine.
+//! the product is cut into parts and idle threads steal them. How it is cut follows the shape
+//! alone, never the thread count: a part of one row goes through `gemm`'s matrix-vector path and
+//! a small one gets other cache blocks, both of which sum in another order, so the same cut on
+//! every machine is what keeps results the same everywhere.
 
 use rayon::prelude::*;
 
@@ -12,9 +13,9 @@ use rayon::prelude::*;
 const PART_WORK: usize = 1 << 22;
 /// Most parts of one product (K splits: at most MAX_SPLIT_K).
 const MAX_PARTS: usize = 48;
-/// Slices of C per thread: enough to balance when another process takes a core for a while;
-/// each slice packs the other operand again, so not many more.
-const SLICES_PER_THREAD: usize = 4;
+/// Most slices of C: enough to balance 2 cores when another process takes one for a while, and a
+/// few more; each slice packs the other operand again.
+const MAX_SLICES: usize = 16;
 /// Rows or columns of a part: a multiple of `gemm`'s f32 tiles (8, 16, 24, 32, 48 by 4, 6, 12).
 const PART_ALIGN: usize = 96;
 /// K of each part of a split K, at least; and the most parts (each holds a copy of C).
@@ -44,8 +45,8 @@ pub(crate) enum Plan {
     SplitK(usize),
 }
 
-/// The plan for an M×N×K product on `threads` threads.
-pub(crate) fn plan(m: usize, n: usize, k: usize, threads: usize) -> Plan {
+/// The plan for an M×N×K product.
+pub(crate) fn plan(m: usize, n: usize, k: usize) -> Plan {
     let want = (m * n * k / PART_WORK).min(MAX_PARTS);
     if want < 2 {
         return Plan::Whole;
@@ -57,7 +58,7 @@ pub(crate) fn plan(m: usize, n: usize, k: usize, threads: usize) -> Plan {
     if slices < want.min(8) && k_parts > slices {
         return Plan::SplitK(k_parts);
     }
-    match slices.min(SLICES_PER_THREAD * threads) {
+    match slices.min(MAX_SLICES) {
         0 | 1 => Plan::Whole,
         s if n >= m => Plan::Cols(s),
         s => Plan::Rows(s),
@@ -202,17 +203,13 @@ mod tests {
     #[test]
     fn plans_of_training_shapes() {
         // Logits of the output projection, d hidden, d weight; a layer's product and its weight
-        // gradients; small products stay whole. K splits do not depend on the threads.
-        assert_eq!(plan(256, 32000, 256, 2), Plan::Cols(8));
-        assert_eq!(plan(256, 32000, 256, 16), Plan::Cols(48));
-        assert_eq!(plan(256, 256, 32000, 2), Plan::SplitK(16));
-        assert_eq!(plan(256, 256, 32000, 16), Plan::SplitK(16));
-        assert_eq!(plan(32000, 256, 256, 2), Plan::Rows(8));
-        assert_eq!(plan(2048, 768, 256, 2), Plan::Rows(8));
-        assert_eq!(plan(2048, 768, 256, 4), Plan::Rows(16));
-        assert_eq!(plan(768, 256, 2048, 1), Plan::Rows(4));
-        assert_eq!(plan(256, 256, 2048, 2), Plan::SplitK(8));
-        assert_eq!(plan(256, 256, 2048, 1), Plan::SplitK(8));
-        assert_eq!(plan(64, 64, 64, 2), Plan::Whole);
+        // gradients; small products stay whole.
+        assert_eq!(plan(256, 32000, 256), Plan::Cols(16));
+        assert_eq!(plan(256, 256, 32000), Plan::SplitK(16));
+        assert_eq!(plan(32000, 256, 256), Plan::Rows(16));
+        assert_eq!(plan(2048, 768, 256), Plan::Rows(16));
+        assert_eq!(plan(768, 256, 2048), Plan::Rows(8));
+        assert_eq!(plan(256, 256, 2048), Plan::SplitK(8));
+        assert_eq!(plan(64, 64, 64), Plan::Whole);
     }
 }
