@@ -364,7 +364,7 @@ mod tests {
         {
             let rows = super::cpu_rows(n, v);
             assert!(rows >= 1 && (rows * v < 1 << 23 || rows == 1), "{n}×{v}: {rows} rows");
-            assert!(rows % 64 == 0 || v > (1 << 23) / 64, "{n}×{v}: {rows} rows");
+            assert!(rows.is_multiple_of(64) || v > (1 << 23) / 64, "{n}×{v}: {rows} rows");
             let chunks = n.div_ceil(rows);
             assert!(chunks * rows - n < rows.max(64), "{n}×{v}: {rows} rows leave a short last chunk");
         }
