@@ -110,6 +110,9 @@ def report(ours, theirs, label, device):
                   f"{o['optimizer']}): {o['tokens_per_s']:.0f} vs {t['tokens_per_s']:.0f} tokens/s = "
                   f"x{ratio(o['tokens_per_s'], t['tokens_per_s'])}; ms/step {o['ms_per_step']:.1f} vs "
                   f"{t['ms_per_step']:.1f}; memory {mib(mo)} vs {mib(mt)} MiB = x{ratio(mo, mt)}")
+            if o.get("cpu_ms_per_step") and t.get("cpu_ms_per_step"):
+                print(f"    CPU time (all threads) ms/step: {o['cpu_ms_per_step']} vs {t['cpu_ms_per_step']} = "
+                      f"x{ratio(t['cpu_ms_per_step'], o['cpu_ms_per_step'])}")
             if o.get("expected_bytes"):
                 print(f"    ours: peak {mib(o['peak_bytes'])} MiB = x{o['peak_over_expected']} of weights+grads+"
                       f"optimizer+activations ({mib(o['expected_bytes'])} MiB)")
@@ -121,6 +124,29 @@ def report(ours, theirs, label, device):
             shape = " ".join(f"{n}={o.get(n)}" for n in KEYS[k[0]])
             print(f"{k[0]} {shape}: {o['ms']:.3f} vs {t['ms']:.3f} ms = x{ratio(t['ms'], o['ms'])} "
                   f"({o['gflops']} vs {t['gflops']} GFLOP/s)")
+
+
+def alternations(lines):
+    """Each training workload's ratio in every alternation (ours, then PyTorch FP32, in one
+    call) and their median: on a shared machine the ratio moves far less than either speed."""
+    pairs = {}
+    for r in lines:
+        if r["bench"] == "train" and r.get("precision") in ("f32", None):
+            pairs.setdefault(key(r), {}).setdefault(r["impl"], []).append(r)
+    for k, sides in pairs.items():
+        ours, theirs = sides.get("irontensor", []), sides.get("pytorch", [])
+        n = min(len(ours), len(theirs))
+        if n < 2:
+            continue
+        tok = sorted(o["tokens_per_s"] / t["tokens_per_s"] for o, t in zip(ours, theirs))
+        cpu = sorted(t["cpu_ms_per_step"] / o["cpu_ms_per_step"] for o, t in zip(ours, theirs)
+                     if o.get("cpu_ms_per_step") and t.get("cpu_ms_per_step"))
+        mid = lambda v: (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
+        line = f"{k[1]} batch {k[2]}: {n} alternations, tokens/s ratios " + ", ".join(f"{x:.2f}" for x in tok)
+        line += f", median x{mid(tok):.2f}"
+        if cpu:
+            line += f"; CPU time ratios median x{mid(cpu):.2f}"
+        print(line)
 
 
 def main():
@@ -161,6 +187,7 @@ def main():
             for r in lines:
                 f.write(json.dumps(r, sort_keys=True) + "\n")
     report(sides["ours"], sides["pytorch f32"], "FP32 eager (TF32 off)", args.device)
+    alternations(lines)
     if args.bf16:
         report(sides["ours"], sides["pytorch bf16"], "bf16 autocast eager", args.device)
 

@@ -235,7 +235,7 @@ def train(args):
         torch.cuda.reset_peak_memory_stats(dev)
 
     times = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     last_loss = first_loss
     for i in range(args.steps):
         t0 = time.perf_counter()
@@ -243,14 +243,21 @@ def train(args):
         times.append(time.perf_counter() - t0)
     sync(dev)
     total = time.perf_counter() - start
+    cpu_ms = (time.process_time() - cpu_start) / args.steps * 1e3
     rss_peak = process_memory()[1]
+    if args.profile:
+        with torch.profiler.profile() as prof:
+            for i in range(args.steps):
+                step(i)
+            sync(dev)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr)
     out = {
         "bench": "train", "impl": "pytorch", "workload": args.workload,
         "device": "gpu" if dev.type == "cuda" else "cpu", "adapter": adapter(dev),
         "precision": ("bf16-autocast" if args.bf16 else "f32") + ("+compile" if args.compile else ""), "optimizer": opt,
         "batch": batch, "seq": seq, "params": num_params, "steps": args.steps, "warmup": args.warmup,
         "ms_per_step": round(statistics.median(times) * 1e3, 3),
-        "ms_per_step_mean": round(total / args.steps * 1e3, 3),
+        "ms_per_step_mean": round(total / args.steps * 1e3, 3), "cpu_ms_per_step": round(cpu_ms, 1),
         "tokens_per_s": round(batch * seq * args.steps / total, 1),
         "loss_first": first_loss, "loss_last": last_loss,
         "peak_bytes": torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None,
@@ -400,6 +407,9 @@ def main():
     t.add_argument("--seq", type=int)
     t.add_argument("--optimizer", choices=("lion", "adamw"))
     t.add_argument("--no-split", action="store_true")
+    t.add_argument("--profile", action="store_true",
+                   help="after the timed steps, as many again under torch.profiler; its table by op on stderr "
+                        "(the counterpart of IRONTENSOR_PROFILE=1)")
     t.add_argument("--compile", action="store_true", help="torch.compile the model's loss (forward and backward)")
     defaults = {"matmul": "1024x1024x1024,4096x4096x1024", "attention": "16x6x256x64,16x6x1024x64",
                 "cross-entropy": "4096x384x4096,4096x384x32000"}

@@ -40,6 +40,20 @@ pub fn process_memory() -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// CPU seconds this process has used so far, all threads together; None off Unix. On a machine
+/// shared with other work this moves far less than the wall clock.
+pub fn process_cpu_seconds() -> Option<f64> {
+    #[cfg(unix)]
+    {
+        let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes the one timespec it is given.
+        let ok = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) } == 0;
+        ok.then_some(t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9)
+    }
+    #[cfg(not(unix))]
+    None
+}
+
 /// Seconds per call of `f`: calls run in batches sized to ~0.2 s, each batch ends with a
 /// sync (so queued GPU work is counted and the wait's latency is spread); best of 5 batches.
 pub fn time_best(device: Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {

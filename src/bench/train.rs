@@ -1,7 +1,7 @@
 //! Training throughput of named workloads: ms per step, tokens/s, the forward / backward /
 //! optimizer split, peak memory against weights + gradients + optimizer state + activations.
 
-use super::{adapter, emit, median, process_memory, round, sync};
+use super::{adapter, emit, median, process_cpu_seconds, process_memory, round, sync};
 use crate::nn::{LoraConfig, ModelConfig};
 use crate::profile::{self, Phase};
 use crate::rng::Rng;
@@ -141,7 +141,7 @@ pub fn train(opts: &TrainBench) -> Result<serde_json::Value> {
 
     let mut times = Vec::with_capacity(opts.steps);
     let mut last_loss = first_loss;
-    let start = Instant::now();
+    let (start, cpu_start) = (Instant::now(), process_cpu_seconds());
     for i in 0..opts.steps {
         let t0 = Instant::now();
         last_loss = step(&mut trainer, i)?;
@@ -149,6 +149,7 @@ pub fn train(opts: &TrainBench) -> Result<serde_json::Value> {
     }
     sync(device);
     let total = start.elapsed().as_secs_f64();
+    let cpu_ms = cpu_start.zip(process_cpu_seconds()).map(|(a, b)| round((b - a) / opts.steps as f64 * 1e3, 1));
     let peak_bytes = device.memory().1;
     let rss = process_memory();
 
@@ -181,6 +182,8 @@ pub fn train(opts: &TrainBench) -> Result<serde_json::Value> {
         "warmup": opts.warmup,
         "ms_per_step": round(ms, 3),
         "ms_per_step_mean": round(total / opts.steps as f64 * 1e3, 3),
+        // CPU time of the whole process (every thread) per timed step.
+        "cpu_ms_per_step": cpu_ms,
         "tokens_per_s": round(tokens_per_s, 1),
         "loss_first": first_loss,
         "loss_last": last_loss,

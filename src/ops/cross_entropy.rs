@@ -57,9 +57,9 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: Option<u32
 
 /// `cross_entropy(hidden · weightᵀ, targets, ignore_index)` without the [N, V] logits:
 /// hidden: [N, C], weight: [V, C] (f32 or bf16 storage), targets: u32 [N]; returns shape [].
-/// Works a chunk of whole rows of logits at a time, about 2^23 logits (32 MiB) a chunk: on this
+/// Works a chunk of whole rows of logits at a time, about 2^23 logits (32 MiB) a chunk: on a
 /// 2-core CPU a seed-tiny forward and backward (N 4096, C 256, V 32000) took 1.4–1.8 s with
-/// 2^23, 1.7–1.9 with 2^24, 1.7–1.9 with 2^22 and 2.6 with 2^21. When gradients are wanted
+/// 2^23, 1.7–1.9 with 2^24, 1.7–1.9 with 2^22 and 2.6 with 2^21 (the CPU: see `cpu_rows`). When gradients are wanted
 /// they are made in the forward, while each chunk's logits exist (one pass gives the loss
 /// and d hidden): three products with the weight, not the four of recomputing the logits in
 /// the backward, which then only multiplies them by d loss / N. They are held from forward to
@@ -81,9 +81,25 @@ pub fn fused_linear_cross_entropy(
     // IRONTENSOR_MAX_BINDING makes this bind).
     let rows = match gpu::started().filter(|_| hidden.device() == crate::Device::Gpu) {
         Some(ctx) => rows.min((ctx.max_binding() as usize / (4 * v)).max(1)),
-        None => rows,
+        None => cpu_rows(hidden.shape().first().copied().unwrap_or(1), v),
     };
     fused_linear_cross_entropy_chunked(hidden, weight, targets, ignore_index, rows)
+}
+
+/// Rows of logits a CPU chunk of the fused cross-entropy holds: under 2^23 logits (32 MiB, where
+/// glibc maps each block afresh, page fault by page fault), a multiple of 64 where it can be, and
+/// the n rows shared evenly between the chunks (shakespeare's 2048 × 4096: two of 1024, not 1984
+/// and 64).
+fn cpu_rows(n: usize, v: usize) -> usize {
+    let most = match ((1 << 23) - 1) / v {
+        r if r >= 64 => r / 64 * 64,
+        r => r.max(1),
+    };
+    let chunks = n.div_ceil(most).max(1);
+    match n.div_ceil(chunks) {
+        r if most >= 64 => (r.div_ceil(64) * 64).min(most),
+        r => r,
+    }
 }
 
 /// `fused_linear_cross_entropy` with an explicit chunk: `rows` rows of logits at once.
@@ -255,24 +271,29 @@ fn row_loss_of(x: &Tensor, r0: usize, lse: &Tensor, row_loss: &Tensor, rows: &Ro
             let (lv, rv) = (&mut lw.f32()[r0..r0 + n], &mut rw.f32()[r0..r0 + n]);
             let mut xw = x.cpu_mut();
             xw.f32().par_chunks_mut(cols).zip(lv).zip(rv).zip(tv).for_each(|(((row, lse), loss), &t)| {
-                let m = cpu::max(row);
-                let xt = row.get(t as usize).copied().unwrap_or(0.0); // no row when ignored
-                if grad {
-                    row.iter_mut().for_each(|v| *v = cpu::exp(*v - m));
-                    let sum = cpu::sum(row);
-                    *lse = m + sum.ln();
-                    if t == rows.ignore {
-                        row.fill(0.0);
-                    } else {
-                        let k = 1.0 / sum;
-                        row.iter_mut().for_each(|v| *v *= k);
-                        row[t as usize] -= 1.0;
-                    }
-                } else {
-                    let sum = row.iter().fold(0.0, |s, &v| s + cpu::exp(v - m));
-                    *lse = m + sum.ln();
-                }
-                *loss = if t == rows.ignore { 0.0 } else { (*lse - xt) * rows.scale };
+                cpu::simd(
+                    #[inline(always)]
+                    || {
+                        let m = cpu::max(row);
+                        let xt = row.get(t as usize).copied().unwrap_or(0.0); // no row when ignored
+                        if grad {
+                            row.iter_mut().for_each(|v| *v = cpu::exp(*v - m));
+                            let sum = cpu::sum(row);
+                            *lse = m + sum.ln();
+                            if t == rows.ignore {
+                                row.fill(0.0);
+                            } else {
+                                let k = 1.0 / sum;
+                                row.iter_mut().for_each(|v| *v *= k);
+                                row[t as usize] -= 1.0;
+                            }
+                        } else {
+                            let sum = row.iter().fold(0.0, |s, &v| s + cpu::exp(v - m));
+                            *lse = m + sum.ln();
+                        }
+                        *loss = if t == rows.ignore { 0.0 } else { (*lse - xt) * rows.scale };
+                    },
+                )
             });
             Ok(())
         },
@@ -327,4 +348,25 @@ fn softmax_grad(x: Tensor, lse: &Tensor, rows: &Rows, dy: &Tensor) -> Result<Ten
         },
     )?;
     Ok(x)
+}
+
+#[cfg(test)]
+mod tests {
+    /// CPU chunks stay under 2^23 logits, cover the rows in chunks of one size (the last may be
+    /// shorter), and are whole 64-row tiles where a tile fits.
+    #[test]
+    fn cpu_chunk_rows() {
+        assert_eq!(super::cpu_rows(2048, 4096), 1024);
+        assert_eq!(super::cpu_rows(2048, 32000), 256);
+        assert_eq!(super::cpu_rows(4096, 32000), 256);
+        for (n, v) in
+            [(1, 1), (7, 3), (2048, 4096), (2047, 4096), (300, 32000), (5, 1 << 20), (9, 1 << 24), (1000, 131)]
+        {
+            let rows = super::cpu_rows(n, v);
+            assert!(rows >= 1 && (rows * v < 1 << 23 || rows == 1), "{n}×{v}: {rows} rows");
+            assert!(rows.is_multiple_of(64) || v > (1 << 23) / 64, "{n}×{v}: {rows} rows");
+            let chunks = n.div_ceil(rows);
+            assert!(chunks * rows - n < rows.max(64), "{n}×{v}: {rows} rows leave a short last chunk");
+        }
+    }
 }

@@ -11,9 +11,10 @@ use crate::device::cpu;
 use crate::{bail, Device, Result, Tensor};
 use rayon::prelude::*;
 
-/// CPU tile: queries × keys per block.
-const BQ: usize = 64;
-const BK: usize = 64;
+/// CPU tile: queries × keys per block. 128 rather than 64: each tile product is a `gemm` call
+/// whose fixed costs 64×64×64 tiles do not cover; the causal diagonal wastes a little more.
+const BQ: usize = 128;
+const BK: usize = 128;
 /// Largest head dim of the GPU kernels (their rows are padded to 64 or 128 columns).
 const GPU_MAX_D: usize = 128;
 
@@ -160,21 +161,26 @@ fn cpu_forward(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, causal: bool) ->
             let kt = &kv[kv0 + k0 * d..kv0 + (k0 + cols) * d];
             let vt = &vv[kv0 + k0 * d..kv0 + (k0 + cols) * d];
             tile_gemm(rows, cols, d, &mut s, BK, false, (q_blk, d, 1), (kt, 1, d), scale);
-            for i in 0..rows {
-                let row = &mut s[i * BK..i * BK + cols];
-                let n = (0..cols).take_while(|&j| kept(&a, causal, q0 + i, k0 + j)).count();
-                let m_new = m[i].max(cpu::max(&row[..n]));
-                row[..n].iter_mut().for_each(|x| *x = cpu::exp(*x - m_new));
-                let sum = cpu::sum(&row[..n]);
-                row[n..].fill(0.0);
-                if n > 0 {
-                    // Rescale what was summed under the old max.
-                    let alpha = cpu::exp(m[i] - m_new);
-                    l[i] = l[i] * alpha + sum;
-                    m[i] = m_new;
-                    o_blk[i * d..(i + 1) * d].iter_mut().for_each(|x| *x *= alpha);
-                }
-            }
+            cpu::simd(
+                #[inline(always)]
+                || {
+                    for i in 0..rows {
+                        let row = &mut s[i * BK..i * BK + cols];
+                        let n = (0..cols).take_while(|&j| kept(&a, causal, q0 + i, k0 + j)).count();
+                        let m_new = m[i].max(cpu::max(&row[..n]));
+                        row[..n].iter_mut().for_each(|x| *x = cpu::exp(*x - m_new));
+                        let sum = cpu::sum(&row[..n]);
+                        row[n..].fill(0.0);
+                        if n > 0 {
+                            // Rescale what was summed under the old max.
+                            let alpha = cpu::exp(m[i] - m_new);
+                            l[i] = l[i] * alpha + sum;
+                            m[i] = m_new;
+                            o_blk[i * d..(i + 1) * d].iter_mut().for_each(|x| *x *= alpha);
+                        }
+                    }
+                },
+            );
             tile_gemm(rows, d, cols, o_blk, d, true, (&s, BK, 1), (vt, d, 1), 1.0);
         }
         for i in 0..rows {
@@ -231,18 +237,22 @@ fn tile_grads(
     lse: &[f32],
     delta: &[f32],
 ) {
-    for i in 0..rows {
-        for j in 0..cols {
-            let e = i * BK + j;
-            if kept(a, causal, t0 + i, k0 + j) {
-                s[e] = cpu::exp(s[e] - lse[i]);
-                dp[e] = s[e] * (dp[e] - delta[i]);
-            } else {
-                s[e] = 0.0;
-                dp[e] = 0.0;
+    cpu::simd(
+        #[inline(always)]
+        || {
+            for i in 0..rows {
+                // Keys kept for this query are a prefix of the tile's columns.
+                let n = (0..cols).take_while(|&j| kept(a, causal, t0 + i, k0 + j)).count();
+                let (srow, dprow) = (&mut s[i * BK..i * BK + cols], &mut dp[i * BK..i * BK + cols]);
+                for (x, g) in srow[..n].iter_mut().zip(&mut dprow[..n]) {
+                    *x = cpu::exp(*x - lse[i]);
+                    *g = *x * (*g - delta[i]);
+                }
+                srow[n..].fill(0.0);
+                dprow[n..].fill(0.0);
             }
-        }
-    }
+        },
+    )
 }
 
 /// dQ, dK, dV from the output O and the saved LSE, in two passes so that no two tasks write the

@@ -1,11 +1,12 @@
 //! Batched matrix multiply with transpose flags: CPU through `gemm`, GPU through register-blocked
 //! WGSL SGEMMs (matmul.wgsl, matmul_wide.wgsl), or (opt-in) f16 cooperative matrices.
 
-use super::{float_input, on_device, same_device, sum_to};
+use super::{float_input, matmul_cpu, on_device, same_device, sum_to};
 use crate::autograd::record;
 use crate::device::gpu::{self, Kernel, KernelParams};
 use crate::device::gpu::{kernel_params, to_u32};
 use crate::{bail, Precision, Result, Tensor};
+use rayon::prelude::*;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 pub(crate) static KERNEL: Kernel = Kernel {
@@ -305,42 +306,20 @@ fn cpu_gemm(out: &mut [f32], a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dim
     // Element strides (column, row) of op(A) [M, K] and op(B) [K, N].
     let (a_cs, a_rs) = if ta { (d.m, 1) } else { (1, d.k) };
     let (b_cs, b_rs) = if tb { (d.k, 1) } else { (1, d.n) };
-    let threads = rayon::current_num_threads();
-    let par = if d.m * d.n * d.k >= 1 << 15 && threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
+    // A batch of A against one B (a weight) is one product of batch·M rows.
+    let (m, batch) = if d.b_bs == 0 && !ta { (d.m * d.batch, 1) } else { (d.m, d.batch) };
+    let p = matmul_cpu::Product { m, n: d.n, k: d.k, a_cs, a_rs, b_cs, b_rs };
+    let plan = matmul_cpu::plan(m, d.n, d.k);
+    // SAFETY: the strides address [M, K], [K, N] inside av, bv from these offsets (checked by dims()).
+    let one = |i: usize, c: &mut [f32], plan| unsafe {
+        matmul_cpu::gemm(c, &av[i * d.a_bs..], &bv[i * d.b_bs..], p, accumulate, plan)
     };
-    for i in 0..d.batch {
-        let c = &mut out[i * d.m * d.n..(i + 1) * d.m * d.n];
-        let (a_base, b_base) = (i * d.a_bs, i * d.b_bs);
-        if d.k == 0 || d.m * d.n == 0 {
-            continue;
-        }
-        // SAFETY: the strides address [M, K], [K, N] and [M, N] inside av, bv and c (checked by dims()).
-        unsafe {
-            gemm::gemm(
-                d.m,
-                d.n,
-                d.k,
-                c.as_mut_ptr(),
-                1,
-                d.n as isize,
-                accumulate,
-                av[a_base..].as_ptr(),
-                a_cs as isize,
-                a_rs as isize,
-                bv[b_base..].as_ptr(),
-                b_cs as isize,
-                b_rs as isize,
-                1.0, // with `accumulate`: out = 1·out + 1·op(a)·op(b)
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
+    let size = (m * d.n).max(1);
+    if plan == matmul_cpu::Plan::Whole && batch > 1 {
+        // Products too small to cut run side by side instead.
+        out[..batch * m * d.n].par_chunks_mut(size).enumerate().for_each(|(i, c)| one(i, c, plan));
+    } else {
+        out[..batch * m * d.n].chunks_mut(size).enumerate().for_each(|(i, c)| one(i, c, plan));
     }
 }
 

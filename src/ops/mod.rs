@@ -12,6 +12,7 @@ mod flash_attention_gpu;
 pub(crate) mod flat;
 mod layout;
 mod matmul;
+mod matmul_cpu;
 mod reduce;
 mod rmsnorm;
 mod rope;

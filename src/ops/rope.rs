@@ -114,11 +114,12 @@ fn split(y: &Tensor, hq: usize, hkv: usize, turns: &[f32], pos_offset: usize) ->
             let (q, rest) = out.split_at_mut(rows * hq * d);
             let (k, v) = rest.split_at_mut(rows * hkv * d);
             let rows = q.par_chunks_mut(hq * d).zip(k.par_chunks_mut(hkv * d)).zip(v.par_chunks_mut(hkv * d));
+            let table = cos_sin_table(turns, pos_offset, t, 1.0);
             rows.enumerate().for_each(|(r, ((q, k), v))| {
-                let (cos, sin) = cos_sin(turns, (pos_offset + r % t) as u32, 1.0);
+                let (cos, sin) = &table[r % t];
                 let src = &yv[r * g * d..(r + 1) * g * d];
-                rotate_heads(&src[..hq * d], q, &cos, &sin);
-                rotate_heads(&src[hq * d..(hq + hkv) * d], k, &cos, &sin);
+                rotate_heads(&src[..hq * d], q, cos, sin);
+                rotate_heads(&src[hq * d..(hq + hkv) * d], k, cos, sin);
                 v.copy_from_slice(&src[(hq + hkv) * d..]);
             });
             Ok(Tensor::cpu_f32(out, &[y.numel()]))
@@ -159,12 +160,13 @@ fn merge(dys: &[Tensor], g: usize, turns: &[f32], pos_offset: usize) -> Result<T
             let (qr, kr, vr) = (dq.cpu(), dk.cpu(), dv.cpu());
             let (qv, kv, vv) = (qr.f32(), kr.f32(), vr.f32());
             let mut out = vec![0.0; b * t * g * d];
+            let table = cos_sin_table(turns, pos_offset, t, -1.0);
             par_rows(&mut out, g * d, |r, row| {
-                let (cos, sin) = cos_sin(turns, (pos_offset + r % t) as u32, -1.0);
+                let (cos, sin) = &table[r % t];
                 let (q, rest) = row.split_at_mut(hq * d);
                 let (k, v) = rest.split_at_mut(hkv * d);
-                rotate_heads(&qv[r * hq * d..(r + 1) * hq * d], q, &cos, &sin);
-                rotate_heads(&kv[r * hkv * d..(r + 1) * hkv * d], k, &cos, &sin);
+                rotate_heads(&qv[r * hq * d..(r + 1) * hq * d], q, cos, sin);
+                rotate_heads(&kv[r * hkv * d..(r + 1) * hkv * d], k, cos, sin);
                 v.copy_from_slice(&vv[r * hkv * d..(r + 1) * hkv * d]);
             });
             Ok(Tensor::cpu_f32(out, &shape))
@@ -193,6 +195,12 @@ fn merge(dys: &[Tensor], g: usize, turns: &[f32], pos_offset: usize) -> Result<T
             Ok(Tensor::from_gpu(out, &shape, Precision::FP32))
         },
     )
+}
+
+/// cos_sin of positions pos_offset.. pos_offset + t: rows of every sequence share them, so a batch
+/// of B sequences takes the trigonometry once instead of B times.
+fn cos_sin_table(turns: &[f32], pos_offset: usize, t: usize, sign: f32) -> Vec<(Vec<f32>, Vec<f32>)> {
+    (0..t).map(|p| cos_sin(turns, (pos_offset + p) as u32, sign)).collect()
 }
 
 /// cos and sign · sin of every frequency's angle at `pos`.
@@ -252,9 +260,10 @@ fn rotate(op: &'static str, x: &Tensor, turns: &[f32], pos_offset: usize, sign: 
             let xv = xr.f32();
             let mut out = vec![0.0; x.numel()];
             // One row per (b, t): the cos/sin of its position serve all H heads.
+            let table = cos_sin_table(turns, pos_offset, t, sign);
             par_rows(&mut out, h * d, |r, row| {
-                let (cos, sin) = cos_sin(turns, (pos_offset + r % t) as u32, sign);
-                rotate_heads(&xv[r * h * d..(r + 1) * h * d], row, &cos, &sin);
+                let (cos, sin) = &table[r % t];
+                rotate_heads(&xv[r * h * d..(r + 1) * h * d], row, cos, sin);
             });
             Ok(Tensor::cpu_f32(out, x.shape()))
         },

@@ -95,8 +95,19 @@ fn params(op: &str, v: [usize; 9]) -> Result<SwigluParams> {
     })
 }
 
+#[inline(always)]
 fn silu(g: f32) -> f32 {
     g / (1.0 + cpu::exp(-g))
+}
+
+/// One row's dgate and dup from gate g, up u and dy d (slices: no index checks, so it vectorises).
+#[inline(always)]
+fn grads_row(g: &[f32], u: &[f32], d: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    for ((((&g, &u), &d), dg), du) in g.iter().zip(u).zip(d).zip(dg).zip(du) {
+        let e = cpu::exp(-g);
+        let s = 1.0 / (1.0 + e);
+        (*dg, *du) = (d * u * (s * (1.0 + g * (1.0 - s))), d * (g / (1.0 + e)));
+    }
 }
 
 fn forward(gate: &Tensor, up: &Tensor, l: &Layout, shape: &[usize]) -> Result<Tensor> {
@@ -109,11 +120,16 @@ fn forward(gate: &Tensor, up: &Tensor, l: &Layout, shape: &[usize]) -> Result<Te
             // The host's slices start at each tensor's own offset.
             let (gv, uv) = (&gr.f32()[l.g_off - gate.offset()..], &ur.f32()[l.u_off - up.offset()..]);
             let mut out = vec![0.0; n];
-            par_rows(&mut out, l.cols, |r, o| {
-                for ((o, &g), &u) in o.iter_mut().zip(&gv[r * l.rs..]).zip(&uv[r * l.rs..]) {
-                    *o = silu(g) * u;
-                }
-            });
+            par_rows(
+                &mut out,
+                l.cols,
+                #[inline(always)]
+                |r, o| {
+                    for ((o, &g), &u) in o.iter_mut().zip(&gv[r * l.rs..]).zip(&uv[r * l.rs..]) {
+                        *o = silu(g) * u;
+                    }
+                },
+            );
             Ok(Tensor::cpu_f32(out, shape))
         },
         || {
@@ -144,11 +160,10 @@ fn backward(gate: &Tensor, up: &Tensor, l: &Layout, dy: &Tensor, to: (usize, usi
             // Row r's dgate and dup, from slices (no index checks in the loop, which vectorises).
             let grads = |r: usize, dg: &mut [f32], du: &mut [f32]| {
                 let (g, u) = (&gv[r * l.rs..][..l.cols], &uv[r * l.rs..][..l.cols]);
-                for ((((&g, &u), &d), dg), du) in g.iter().zip(u).zip(&dv[r * l.cols..]).zip(dg).zip(du) {
-                    let e = cpu::exp(-g);
-                    let s = 1.0 / (1.0 + e);
-                    (*dg, *du) = (d * u * (s * (1.0 + g * (1.0 - s))), d * (g / (1.0 + e)));
-                }
+                cpu::simd(
+                    #[inline(always)]
+                    || grads_row(g, u, &dv[r * l.cols..], dg, du),
+                )
             };
             if ors == l.cols {
                 // Separate dgate and dup: each its own half of `out`.

@@ -98,6 +98,7 @@ impl Rule {
 
     /// The new weight from w and g; updates this element's state `s` in place.
     /// `wd` is the decoupled weight decay (0 for parameters that do not decay).
+    #[inline(always)]
     fn apply(self, w: f32, g: f32, s: &mut [f32], lr: f32, wd: f32) -> f32 {
         match self {
             Rule::Lion { beta1, beta2 } => {
@@ -330,10 +331,15 @@ struct Hyper {
 fn cpu_update<T: Elem>(w: &mut [T], g: &[f32], gscale: f32, s: &mut [f32], set: &Settings, h: &Hyper) {
     let k = set.rule.width();
     w.par_chunks_mut(CHUNK).zip(s.par_chunks_mut(CHUNK * k)).enumerate().for_each(|(c, (wc, sc))| {
-        for (j, (w, s)) in wc.iter_mut().zip(sc.chunks_mut(k)).enumerate() {
-            let i = c * CHUNK + j;
-            let new = set.rule.apply(w.load(), g[i] * gscale, s, set.lr, h.wd);
-            w.store(new, h.key, i as u32);
-        }
+        crate::device::cpu::simd(
+            #[inline(always)]
+            || {
+                for (j, (w, s)) in wc.iter_mut().zip(sc.chunks_mut(k)).enumerate() {
+                    let i = c * CHUNK + j;
+                    let new = set.rule.apply(w.load(), g[i] * gscale, s, set.lr, h.wd);
+                    w.store(new, h.key, i as u32);
+                }
+            },
+        )
     });
 }
