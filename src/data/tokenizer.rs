@@ -45,6 +45,18 @@ impl Tokenizer {
     }
 
     fn train_texts<S: AsRef<str> + Sync>(texts: &[S], vocab_size: usize) -> Result<Tokenizer> {
+        // Lines keep their '\n', so the words counted are those of the whole text, and the trainer
+        // pre-tokenizes them in parallel.
+        Self::train_stream(texts.iter().flat_map(|t| t.as_ref().split_inclusive('\n')), vocab_size)
+    }
+
+    /// Trains on `texts` (lines, documents) as the iterator yields them: memory holds the word
+    /// counts, not the text.
+    pub fn train_stream<I, S>(texts: I, vocab_size: usize) -> Result<Tokenizer>
+    where
+        I: Iterator<Item = S> + Send,
+        S: AsRef<str> + Send,
+    {
         if vocab_size < 257 {
             bail!(Invalid, "tokenizer: vocab_size {vocab_size} is too small (256 byte tokens + {EOS_TOKEN} need 257)");
         }
@@ -61,10 +73,7 @@ impl Tokenizer {
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build()
             .into();
-        // Lines keep their '\n', so the words counted are those of the whole text, and the trainer
-        // pre-tokenizes them in parallel.
-        let lines = texts.iter().flat_map(|t| t.as_ref().split_inclusive('\n'));
-        inner.train(&mut trainer, lines).map_err(tk_err("tokenizer: training failed".into()))?;
+        inner.train(&mut trainer, texts).map_err(tk_err("tokenizer: training failed".into()))?;
         Self::wrap(inner, "the trained tokenizer")
     }
 
@@ -207,7 +216,7 @@ impl Tokenizer {
     }
 
     /// Whether the pre-tokenizer is byte-level (alone or in a sequence, as Llama 3's and Qwen2's).
-    fn byte_level(&self) -> bool {
+    pub(crate) fn byte_level(&self) -> bool {
         let pre = self.inner.get_pre_tokenizer();
         pre.and_then(|p| serde_json::to_string(p).ok()).is_some_and(|j| j.contains("\"ByteLevel\""))
     }
