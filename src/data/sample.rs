@@ -28,29 +28,29 @@ pub struct Sample {
 
 impl Sample {
     /// A sample of about `bytes` bytes: all of `sources` if they hold no more, else windows of
-    /// `WINDOW` bytes at even steps through the corpus.
+    /// at most `WINDOW` bytes at even steps through the corpus.
     pub fn new(sources: &[Source], bytes: u64) -> Sample {
         let total: u64 = sources.iter().map(|s| s.bytes).sum();
         let windows = if total <= bytes {
             sources.iter().enumerate().map(|(i, s)| (i, 0, s.bytes)).collect()
         } else {
+            // n windows of w bytes, window k starting k/n of the way through the corpus; a window
+            // that reaches a file's end goes on in the next file.
             let n = bytes.div_ceil(WINDOW).max(1);
-            let mut w = Vec::new();
+            let w = (bytes / n).max(1);
+            let mut windows = Vec::new();
             for k in 0..n {
-                // Window k starts k/n of the way through the corpus.
-                let mut at = (k as u128 * total as u128 / n as u128) as u64;
-                let Some(i) = sources.iter().position(|s| {
-                    let inside = at < s.bytes;
-                    if !inside {
-                        at -= s.bytes;
+                let from = (k as u128 * total as u128 / n as u128) as u64;
+                let mut file_start = 0;
+                for (i, s) in sources.iter().enumerate() {
+                    let (a, b) = (from.max(file_start), (from + w).min(file_start + s.bytes));
+                    if a < b {
+                        windows.push((i, a - file_start, b - file_start));
                     }
-                    inside
-                }) else {
-                    continue;
-                };
-                w.push((i, at, (at + WINDOW).min(sources[i].bytes)));
+                    file_start += s.bytes;
+                }
             }
-            w
+            windows
         };
         Sample {
             sources: sources.to_vec(),
