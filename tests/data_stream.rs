@@ -271,3 +271,30 @@ fn tokenize_takes_a_glob_through_the_cli() {
     assert!(Path::new(&out.join("train-00000.bin")).exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Our encoder of byte-level BPE gives `tokenizers`' ids on random text of awkward characters
+/// (Unicode spaces, marks, digits of other scripts, contractions, the end-of-text token and
+/// pieces of it, runs of whitespace before words and at the end) and on Shakespeare.
+#[test]
+fn the_fast_encoder_matches_tokenizers() {
+    let shakespeare = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tinyshakespeare.txt")).unwrap();
+    let tok = Tokenizer::train(&shakespeare[..200_000], 500).unwrap();
+    assert!(tok.fast_encoding());
+    let pool = [
+        "a", "Z", "é", "e\u{301}", "日本", "🦀", "٣", "Ⅻ", "½", "7", "42", " ", "  ", "\t", "\n", "\r\n", "\u{a0}",
+        "\u{3000}", "\u{2028}", "\u{85}", "'s", "'ll", "'", "’", ".", ",!?", "<|endoftext|>", "<|endof", "|>", "\u{0}",
+        "word", " the", "\u{200b}", "ſ",
+    ];
+    let mut rng = Lcg(21);
+    for n in [0, 1, 2, 3, 7, 33, 257] {
+        for _ in 0..40 {
+            let text: String = (0..n).map(|_| pool[rng.below(pool.len() as u64) as usize]).collect();
+            assert_eq!(tok.encode(&text), tok.encode_reference(&text), "{text:?}");
+        }
+    }
+    let tail = &shakespeare[900_000..];
+    assert_eq!(tok.encode(tail), tok.encode_reference(tail));
+    // Tokenizers of another kind (a Split pre-tokenizer, as Llama 3's) use tokenizers' own encoding.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spm-tokenizer");
+    assert!(!Tokenizer::load(dir.join("tokenizer.json")).unwrap().fast_encoding());
+}

@@ -5,6 +5,7 @@
 mod chat;
 mod dataset;
 mod download;
+mod fast_encode;
 mod jsonl;
 mod packed;
 mod sample;

@@ -1,9 +1,11 @@
 //! Byte-level BPE (GPT-2 style) on Hugging Face `tokenizers`, saved as a standard tokenizer.json.
 
+use super::fast_encode::FastEncoder;
 use crate::fs::write_atomic;
 use crate::{bail, Error, Result};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -19,6 +21,8 @@ const PROBE: &str = "Hello, wörld! 日本語 🦀\n\ttabs  and\r\n\u{0}nul <|en
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     eos_id: u32,
+    /// Our own encoding of the same ids, where the tokenizer is of the kind it reproduces.
+    fast: Option<Arc<FastEncoder>>,
 }
 
 fn tk_err(what: String) -> impl FnOnce(tokenizers::Error) -> Error {
@@ -93,7 +97,8 @@ impl Tokenizer {
         if back != PROBE {
             bail!(Invalid, "{what} does not decode text back to itself (not a byte-level BPE?): {PROBE:?} -> {back:?}");
         }
-        Ok(Tokenizer { inner, eos_id })
+        let fast = FastEncoder::new(&inner).filter(|f| f.encode(PROBE, inner.get_model()) == ids.get_ids());
+        Ok(Tokenizer { inner, eos_id, fast: fast.map(Arc::new) })
     }
 
     /// Writes tokenizer.json (the Hugging Face format) atomically. A pretrained model's end-of-text
@@ -183,6 +188,19 @@ impl Tokenizer {
 
     /// Token ids of `text`; special-token text such as `<|endoftext|>` becomes its id.
     pub fn encode(&self, text: &str) -> Vec<u32> {
+        if let Some(fast) = &self.fast {
+            return fast.encode(text, self.inner.get_model());
+        }
+        self.encode_reference(text)
+    }
+
+    /// Whether `encode` runs our faster encoder (GPT-2 style byte-level BPE) rather than `tokenizers`'.
+    pub fn fast_encoding(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// `encode` by `tokenizers` itself, whatever the tokenizer (the reference `encode` matches).
+    pub fn encode_reference(&self, text: &str) -> Vec<u32> {
         // A byte-level BPE (checked in `wrap`) has a token for every byte, so encoding cannot fail.
         let enc = self.inner.encode_fast(text, false).expect("byte-level BPE encodes any text");
         enc.get_ids().to_vec()
