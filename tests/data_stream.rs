@@ -262,7 +262,10 @@ fn tokenize_takes_a_glob_through_the_cli() {
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_irontensor")).args(args).output().unwrap();
     let text = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{text}");
-    assert!(text.contains("3 files") && text.contains("60 documents") && text.contains("every 10th document"), "{text}");
+    assert!(
+        text.contains("3 files") && text.contains("60 documents") && text.contains("every 10th document"),
+        "{text}"
+    );
     assert!(text.contains("MB/s"), "{text}");
     let index = TokenIndex::read(&out).unwrap().unwrap();
     let tok = Tokenizer::load(out.join("tokenizer.json")).unwrap();
@@ -277,13 +280,45 @@ fn tokenize_takes_a_glob_through_the_cli() {
 /// pieces of it, runs of whitespace before words and at the end) and on Shakespeare.
 #[test]
 fn the_fast_encoder_matches_tokenizers() {
-    let shakespeare = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tinyshakespeare.txt")).unwrap();
+    let shakespeare =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tinyshakespeare.txt")).unwrap();
     let tok = Tokenizer::train(&shakespeare[..200_000], 500).unwrap();
     assert!(tok.fast_encoding());
     let pool = [
-        "a", "Z", "é", "e\u{301}", "日本", "🦀", "٣", "Ⅻ", "½", "7", "42", " ", "  ", "\t", "\n", "\r\n", "\u{a0}",
-        "\u{3000}", "\u{2028}", "\u{85}", "'s", "'ll", "'", "’", ".", ",!?", "<|endoftext|>", "<|endof", "|>", "\u{0}",
-        "word", " the", "\u{200b}", "ſ",
+        "a",
+        "Z",
+        "é",
+        "e\u{301}",
+        "日本",
+        "🦀",
+        "٣",
+        "Ⅻ",
+        "½",
+        "7",
+        "42",
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        "\r\n",
+        "\u{a0}",
+        "\u{3000}",
+        "\u{2028}",
+        "\u{85}",
+        "'s",
+        "'ll",
+        "'",
+        "’",
+        ".",
+        ",!?",
+        "<|endoftext|>",
+        "<|endof",
+        "|>",
+        "\u{0}",
+        "word",
+        " the",
+        "\u{200b}",
+        "ſ",
     ];
     let mut rng = Lcg(21);
     for n in [0, 1, 2, 3, 7, 33, 257] {

@@ -33,7 +33,9 @@ mod train;
 pub use bench::{bench_generate, bench_kernels, bench_train, BenchTrainOptions, Kernel};
 pub use eval::{eval, EvalOptions};
 pub use export::export;
-pub use finetune::{encode_file, is_finetune_jsonl, prepare_jsonl, FinetuneOptions, ModelText, PreparedJsonl, VAL_EVERY};
+pub use finetune::{
+    encode_file, is_finetune_jsonl, prepare_jsonl, FinetuneOptions, ModelText, PreparedJsonl, VAL_EVERY,
+};
 pub use generate::{generate, load_model, write_text, GenerateOptions};
 pub use info::info;
 pub use lock::RunLock;

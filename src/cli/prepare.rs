@@ -147,7 +147,10 @@ pub fn prepare_data(
             (train, val, cpt)
         }
         None => {
-            let (train, val) = (TokenDataset::open_checked(&old.0, seq_len, vocab)?, TokenDataset::open_checked(&old.1, seq_len, vocab)?);
+            let (train, val) = (
+                TokenDataset::open_checked(&old.0, seq_len, vocab)?,
+                TokenDataset::open_checked(&old.1, seq_len, vocab)?,
+            );
             note!(
                 "data: {} and {} (made by an earlier version: the last 10% of the text validates; delete them to tokenize again), {} train / {} validation tokens",
                 old.0.display(),
@@ -211,8 +214,10 @@ fn make_tokens(spec: &Path, sources: &[Source], tok: &Tokenizer, out: &Path, o: 
     let mut val = ShardWriter::new(out, "val", o.shard_tokens, vocab);
     let bar = if super::quiet() { ProgressBar::hidden() } else { ProgressBar::new(total) };
     bar.set_style(
-        ProgressStyle::with_template("encoding {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg} [{elapsed} < {eta}]")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "encoding {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg} [{elapsed} < {eta}]",
+        )
+        .expect("valid template"),
     );
     let mut last_note = Instant::now();
     let mut progress = |s: &StreamStats| {
@@ -284,11 +289,17 @@ mod tests {
 
     /// 43 documents of 1 to 4 lines, blank lines between them (two after some), with multi-byte characters.
     fn docs() -> Vec<String> {
-        (0..43).map(|i| (0..1 + i % 4).map(|l| format!("line {i}.{l}: to be, or not — é{}\n", i % 7)).collect()).collect()
+        (0..43)
+            .map(|i| (0..1 + i % 4).map(|l| format!("line {i}.{l}: to be, or not — é{}\n", i % 7)).collect())
+            .collect()
     }
 
     fn text() -> String {
-        docs().iter().enumerate().map(|(i, d)| if i % 5 == 2 { format!("{d}\n \n") } else { format!("{d}\n") }).collect()
+        docs()
+            .iter()
+            .enumerate()
+            .map(|(i, d)| if i % 5 == 2 { format!("{d}\n \n") } else { format!("{d}\n") })
+            .collect()
     }
 
     #[test]
@@ -361,7 +372,10 @@ mod tests {
         index.train[0].tokens = 50;
         index.write(&out).unwrap();
         let e = prepare(Some(&data), 300, &out, 8).map(|_| ()).unwrap_err().to_string();
-        assert!(e.contains("train-00000.bin") && e.contains("position 17") && e.contains(&format!("id {vocab}")), "{e}");
+        assert!(
+            e.contains("train-00000.bin") && e.contains("position 17") && e.contains(&format!("id {vocab}")),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -135,7 +135,10 @@ fn train_on(o: &TrainOptions, dist: Option<&Arc<Dist>>, start: Instant) -> Resul
     let jsonl = jsonl.filter(|d| o.init.is_some() || is_finetune_jsonl(d));
     let prep = || -> Result<RunData> {
         let Some(data) = jsonl else {
-            let d = DataOptions { tokenizer_sample_bytes: o.tokenizer_sample_bytes, ..DataOptions::new(model_cfg.vocab_size) };
+            let d = DataOptions {
+                tokenizer_sample_bytes: o.tokenizer_sample_bytes,
+                ..DataOptions::new(model_cfg.vocab_size)
+            };
             return Ok(RunData::Text(prepare_data(o.data.as_deref(), &d, &o.out, seq, init_tok)?));
         };
         let given = init_tok.zip(o.init.as_deref());

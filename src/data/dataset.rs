@@ -265,7 +265,11 @@ fn map_shard(path: &Path, start: usize) -> Result<Shard> {
     // rewritten in place, so the mapped bytes do not change under us.
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::Invalid(format!("cannot map token file {name}: {e}")))?;
     if mmap.len() < HEADER_BYTES {
-        bail!(Invalid, "token file {name} is truncated: {} bytes, shorter than the {HEADER_BYTES}-byte header", mmap.len());
+        bail!(
+            Invalid,
+            "token file {name} is truncated: {} bytes, shorter than the {HEADER_BYTES}-byte header",
+            mmap.len()
+        );
     }
     if &mmap[..8] != MAGIC {
         bail!(

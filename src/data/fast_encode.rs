@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokenizers::models::bpe::BPE;
 use tokenizers::models::ModelWrapper;
@@ -17,9 +18,37 @@ const CACHE_WORDS: usize = 1 << 19;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
+type WordCache = HashMap<String, Vec<u32>, BuildHasherDefault<WordHasher>>;
+
 thread_local! {
     /// (encoder id, word -> ids): a thread's cache, for the encoder that used it last.
-    static CACHE: RefCell<(u64, HashMap<String, Vec<u32>>)> = RefCell::new((u64::MAX, HashMap::new()));
+    static CACHE: RefCell<(u64, WordCache)> = RefCell::new((u64::MAX, WordCache::default()));
+}
+
+/// A multiply-rotate hash (as rustc's FxHash): words are short, and SipHash's cost showed in profiles.
+#[derive(Default)]
+struct WordHasher(u64);
+
+impl Hasher for WordHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let mut tail = [0u8; 8];
+        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        self.add(u64::from_le_bytes(tail) ^ bytes.len() as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl WordHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
 }
 
 /// Encodes as `tokenizers` does for a tokenizer of: no normalizer, the ByteLevel pre-tokenizer
@@ -60,7 +89,7 @@ impl FastEncoder {
         CACHE.with(|cell| {
             let mut cell = cell.borrow_mut();
             if cell.0 != self.id {
-                *cell = (self.id, HashMap::new());
+                *cell = (self.id, WordCache::default());
             }
             let cache = &mut cell.1;
             let mut rest = text;
@@ -86,7 +115,7 @@ impl FastEncoder {
     }
 
     /// Encodes text without added tokens, word by word through the cache.
-    fn encode_plain(&self, text: &str, bpe: &BPE, cache: &mut HashMap<String, Vec<u32>>, ids: &mut Vec<u32>) {
+    fn encode_plain(&self, text: &str, bpe: &BPE, cache: &mut WordCache, ids: &mut Vec<u32>) {
         let mut at = 0;
         let mut mapped = String::new();
         while let Some(m) = self.regex.find_at(text, at) {

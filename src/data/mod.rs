@@ -24,5 +24,5 @@ pub use packed::{mask_path, pack, MaskedDataset, Packed};
 pub use sample::Sample;
 pub use shards::{clear_unfinished, ShardEntry, ShardWriter, TokenIndex, INDEX_FILE, SHARD_TOKENS};
 pub use sources::{find_sources, Source, SourceKind};
-pub use stream::{encode_stream, StreamOptions, StreamStats};
+pub use stream::{encode_stream, Sink, StreamOptions, StreamStats};
 pub use tokenizer::{LazyTokenizer, Tokenizer, EOS_TOKEN};

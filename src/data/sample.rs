@@ -124,7 +124,9 @@ impl Iterator for Sample {
                 Ok(l) => l,
                 Err(e) => {
                     let at = at + e.valid_up_to() as u64;
-                    let why = format!("--data {path}: invalid UTF-8 at byte offset {at}; convert the file to UTF-8 or remove it");
+                    let why = format!(
+                        "--data {path}: invalid UTF-8 at byte offset {at}; convert the file to UTF-8 or remove it"
+                    );
                     return self.fail(Error::Invalid(why));
                 }
             };

@@ -74,6 +74,9 @@ struct Batch {
     read: u64,
 }
 
+/// Where the ids go, batch by batch in corpus order: (train ids, validation ids).
+pub type Sink<'a> = dyn FnMut(&[u32], &[u32]) -> Result<()> + 'a;
+
 /// A batch's ids and counts.
 struct Encoded {
     index: u64,
@@ -91,7 +94,7 @@ pub fn encode_stream(
     o: &StreamOptions,
     encode: &(dyn Fn(&str) -> Vec<u32> + Sync),
     eos: u32,
-    sink: &mut dyn FnMut(&[u32], &[u32]) -> Result<()>,
+    sink: &mut Sink,
     progress: &mut dyn FnMut(&StreamStats),
 ) -> Result<StreamStats> {
     let threads = o.threads.max(1);
@@ -135,7 +138,7 @@ pub fn encode_stream(
 fn write_in_order(
     done: &Receiver<Result<Encoded>>,
     permits: &std::sync::mpsc::SyncSender<()>,
-    sink: &mut dyn FnMut(&[u32], &[u32]) -> Result<()>,
+    sink: &mut Sink,
     progress: &mut dyn FnMut(&StreamStats),
 ) -> Result<StreamStats> {
     let mut waiting = BTreeMap::new();
@@ -268,7 +271,13 @@ struct Open {
 
 impl BatchMaker<'_> {
     /// Adds `bytes` as a piece; sends the batch once it is full. False when the receiver stopped.
-    fn emit(&mut self, bytes: &[u8], piece: (usize, u64, u64, u64, bool), read: u64, send: &mut dyn FnMut(Batch) -> bool) -> bool {
+    fn emit(
+        &mut self,
+        bytes: &[u8],
+        piece: (usize, u64, u64, u64, bool),
+        read: u64,
+        send: &mut dyn FnMut(Batch) -> bool,
+    ) -> bool {
         let (source, offset, line, doc, ends_doc) = piece;
         let start = self.batch.bytes.len();
         self.batch.bytes.extend_from_slice(bytes);
