@@ -117,25 +117,39 @@ impl TokenDataset {
 
     /// Checks that every id is below `vocab_size`; the error names the file, its position in it and the id.
     pub fn checked(self, vocab_size: usize) -> Result<TokenDataset> {
+        use std::io::{Read, Seek, SeekFrom};
         for s in &self.shards {
-            let body = &s.mmap[HEADER_BYTES..];
-            let bad = match s.width {
-                2 => body
-                    .chunks_exact(2)
-                    .map(|b| u16::from_le_bytes([b[0], b[1]]) as u32)
-                    .position(|t| t as usize >= vocab_size),
-                _ => body
-                    .chunks_exact(4)
-                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .position(|t| t as usize >= vocab_size),
-            };
-            if let Some(i) = bad {
-                bail!(
-                    Invalid,
-                    "token file {}: token at position {i} is id {}, outside the vocabulary of {vocab_size} (re-create the token files with this tokenizer)",
-                    s.path.display(),
-                    s.token(i)
-                );
+            // Read, not through the map: the pages of a pass over gigabytes would count as the
+            // process's memory until the kernel reclaims them.
+            let read_err =
+                |e: std::io::Error| Error::Invalid(format!("cannot read token file {}: {e}", s.path.display()));
+            let mut file = fs::File::open(&s.path).map_err(read_err)?;
+            file.seek(SeekFrom::Start(HEADER_BYTES as u64)).map_err(read_err)?;
+            let mut block = vec![0u8; (1 << 20) * s.width];
+            let mut done = 0;
+            while done < s.len {
+                let n = (s.len - done).min(1 << 20);
+                file.read_exact(&mut block[..n * s.width]).map_err(read_err)?;
+                let bytes = &block[..n * s.width];
+                let bad = match s.width {
+                    2 => bytes
+                        .chunks_exact(2)
+                        .map(|b| u16::from_le_bytes([b[0], b[1]]) as u32)
+                        .position(|t| t as usize >= vocab_size),
+                    _ => bytes
+                        .chunks_exact(4)
+                        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .position(|t| t as usize >= vocab_size),
+                };
+                if let Some(i) = bad.map(|i| done + i) {
+                    bail!(
+                        Invalid,
+                        "token file {}: token at position {i} is id {}, outside the vocabulary of {vocab_size} (re-create the token files with this tokenizer)",
+                        s.path.display(),
+                        s.token(i)
+                    );
+                }
+                done += n;
             }
         }
         Ok(self)
