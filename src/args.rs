@@ -7,12 +7,17 @@ use std::path::PathBuf;
 
 #[derive(Args, Clone)]
 pub struct TrainArgs {
-    /// A UTF-8 text file (default: TinyShakespeare, downloaded into data/), or a .jsonl file of
-    /// records, one a line: {"text": ...}, {"prompt": ..., "completion": ...} or {"messages":
-    /// [{"role": ..., "content": ...}, ...]} (rendered with the --init model's chat template);
-    /// every 10th record validates.
+    /// Text to pretrain on, read as a stream: a .txt or .jsonl ({"text": ...} a line) file, a
+    /// directory of them or a quoted glob (default: TinyShakespeare, downloaded into data/); blank
+    /// lines separate a text's documents and every 10th document validates. Or one .jsonl file of
+    /// fine-tuning records, {"prompt": ..., "completion": ...} or {"messages": [{"role": ...,
+    /// "content": ...}, ...]} (rendered with the --init model's chat template), or of any records
+    /// with --init; every 10th record validates.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Bytes of text a new tokenizer trains on, drawn evenly across a larger corpus (K, M, G allowed).
+    #[arg(long, default_value = "256M", value_parser = cli::parse_bytes)]
+    tokenizer_sample_bytes: u64,
     /// JSONL data: count every token in the loss, not only completions and assistant turns.
     #[arg(long)]
     train_on_prompt: bool,
@@ -149,6 +154,7 @@ impl From<TrainArgs> for TrainOptions {
     fn from(a: TrainArgs) -> Self {
         TrainOptions {
             data: a.data,
+            tokenizer_sample_bytes: a.tokenizer_sample_bytes,
             config: a.config,
             device: a.device,
             steps: a.steps,

@@ -32,15 +32,20 @@ enum Command {
     Train(TrainArgs),
     /// Write text with a trained model.
     Generate(GenerateArgs),
-    /// Train the BPE tokenizer and write train.bin / val.bin.
+    /// Train the BPE tokenizer and encode the corpus into token shards (tokens.json lists them).
     Tokenize {
-        /// A UTF-8 text file (default: TinyShakespeare, downloaded into data/).
+        /// A .txt or .jsonl file, a directory of them (searched recursively) or a quoted glob such
+        /// as 'corpus/**/*.jsonl' (default: TinyShakespeare, downloaded into data/). Text: blank
+        /// lines separate documents; JSONL: one {"text": ...} record a line. Read as a stream.
         #[arg(long)]
         data: Option<PathBuf>,
         /// Tokens in the vocabulary, at least 257.
         #[arg(long, default_value_t = 4096)]
         vocab: usize,
-        /// Run directory to write tokenizer.json, train.bin and val.bin into.
+        /// Bytes of text the tokenizer trains on, drawn evenly across a larger corpus (K, M, G allowed).
+        #[arg(long, default_value = "256M", value_parser = cli::parse_bytes)]
+        tokenizer_sample_bytes: u64,
+        /// Run directory to write tokenizer.json, the token shards and tokens.json into.
         #[arg(long, default_value = "runs/shakespeare")]
         out: PathBuf,
     },
@@ -274,7 +279,10 @@ fn main() {
         (_, Some(Command::Bench { what })) => bench(what, &settings),
         (_, Some(Command::Train(args))) => train(args),
         (_, Some(Command::Generate(args))) => cli::generate(&args.into()),
-        (_, Some(Command::Tokenize { data, vocab, out })) => cli::tokenize(data.as_deref(), vocab, &out),
+        (_, Some(Command::Tokenize { data, vocab, tokenizer_sample_bytes, out })) => {
+            let o = cli::DataOptions { tokenizer_sample_bytes, ..cli::DataOptions::new(vocab) };
+            cli::tokenize(data.as_deref(), &o, &out)
+        }
         (_, Some(Command::Export { checkpoint, gguf, ty, out, merge })) => {
             cli::export(&checkpoint, gguf.as_deref(), out.as_deref(), &ty, merge)
         }

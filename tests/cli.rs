@@ -152,8 +152,9 @@ fn train_then_generate_end_to_end() {
     let run = dir.join("run");
     for f in [
         "tokenizer.json",
-        "train.bin",
-        "val.bin",
+        "tokens.json",
+        "train-00000.bin",
+        "val-00000.bin",
         "train_log.jsonl",
         "loss.svg",
         "checkpoints/step_00000006/model.safetensors",

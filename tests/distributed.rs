@@ -239,7 +239,7 @@ fn a_single_process_checkpoint_resumes_on_two_ranks() {
     let dir = workdir("grow");
     let run = dir.join("run");
     std::fs::create_dir_all(run.join("checkpoints")).unwrap();
-    for f in ["tokenizer.json", "train.bin", "val.bin"] {
+    for f in ["tokenizer.json", "tokens.json", "train-00000.bin", "val-00000.bin"] {
         std::fs::copy(ref_run.join(f), run.join(f)).unwrap();
     }
     let from = checkpoint(ref_run, 5);

@@ -2,7 +2,7 @@
 //! template, split, packed into windows and written with their loss masks.
 
 use crate::data::{
-    pack, read_jsonl, tokenizer_config, ChatTemplate, Encoded, Encoder, MaskedDataset, Record, Tokenizer,
+    pack, parse_record, read_jsonl, tokenizer_config, ChatTemplate, Encoded, Encoder, MaskedDataset, Record, Tokenizer,
 };
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -92,6 +92,15 @@ pub struct PreparedJsonl {
     pub tokenizer: Tokenizer,
     pub train: MaskedDataset,
     pub val: MaskedDataset,
+}
+
+/// Whether JSONL file `path` holds fine-tuning records (its first is prompt/completion or
+/// messages, or does not parse: `prepare_jsonl` then names the line), not `{"text"}` to pretrain on.
+pub fn is_finetune_jsonl(path: &Path) -> bool {
+    use std::io::BufRead;
+    let Ok(file) = std::fs::File::open(path) else { return true };
+    let first = std::io::BufReader::new(file).lines().map_while(|l| l.ok()).find(|l| !l.trim().is_empty());
+    first.is_none_or(|l| !matches!(parse_record(&l, "first record"), Ok(Record::Text(_))))
 }
 
 /// Encodes every record of `path` (an error names the file and line of a bad one); `at` of each.

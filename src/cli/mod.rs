@@ -33,12 +33,14 @@ mod train;
 pub use bench::{bench_generate, bench_kernels, bench_train, BenchTrainOptions, Kernel};
 pub use eval::{eval, EvalOptions};
 pub use export::export;
-pub use finetune::{encode_file, prepare_jsonl, FinetuneOptions, ModelText, PreparedJsonl, VAL_EVERY};
+pub use finetune::{
+    encode_file, is_finetune_jsonl, prepare_jsonl, FinetuneOptions, ModelText, PreparedJsonl, VAL_EVERY,
+};
 pub use generate::{generate, load_model, write_text, GenerateOptions};
 pub use info::info;
 pub use lock::RunLock;
 pub use plan::{plan, plan_from, Plan, TrainOptions};
-pub use prepare::{prepare, prepare_with, Prepared};
+pub use prepare::{prepare, prepare_data, prepare_with, DataOptions, Prepared, TOKENIZER_SAMPLE_BYTES};
 pub use train::train;
 
 use crate::settings::PrecisionChoice;
@@ -66,13 +68,32 @@ fn device_name(device: crate::Device) -> String {
     }
 }
 
-/// `irontensor tokenize`: the tokenizer and token files of run directory `out`, under its lock.
-pub fn tokenize(data: Option<&std::path::Path>, vocab: usize, out: &std::path::Path) -> Result<()> {
-    if vocab < 257 {
-        return Err(bad_flag("vocab", vocab, "must be at least 257 (256 byte tokens and <|endoftext|>)"));
+/// `irontensor tokenize`: the tokenizer and token shards of run directory `out`, under its lock.
+pub fn tokenize(data: Option<&std::path::Path>, o: &DataOptions, out: &std::path::Path) -> Result<()> {
+    if o.vocab < 257 {
+        return Err(bad_flag("vocab", o.vocab, "must be at least 257 (256 byte tokens and <|endoftext|>)"));
     }
     let _lock = RunLock::take(out)?;
-    prepare(data, vocab, out, 1)?.tokenizer.get().map(|_| ())
+    prepare_data(data, o, out, 1, None)?.tokenizer.get().map(|_| ())
+}
+
+/// A byte count as `--tokenizer-sample-bytes` takes it: a number with an optional K, M or G
+/// (powers of 1024), e.g. 300M.
+pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let (digits, unit) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c.to_ascii_uppercase()),
+        _ => (t, 'B'),
+    };
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        _ => return Err(format!("{text}: expected a number of bytes with an optional K, M or G, e.g. 300M")),
+    };
+    let n: u64 = digits.trim().parse().map_err(|_| format!("{text}: expected a number of bytes, e.g. 300M"))?;
+    n.checked_mul(1 << shift).filter(|&b| b > 0).ok_or_else(|| format!("{text}: must be between 1 byte and 16 EB"))
 }
 
 /// Sets how GPU matmuls multiply for a run on `device` as `--precision` (else

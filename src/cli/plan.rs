@@ -12,6 +12,8 @@ use std::path::PathBuf;
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
     pub data: Option<PathBuf>,
+    /// `--tokenizer-sample-bytes`: text a new tokenizer trains on.
+    pub tokenizer_sample_bytes: u64,
     pub config: String,
     pub device: String,
     pub steps: Option<usize>,
@@ -52,6 +54,7 @@ impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
             data: None,
+            tokenizer_sample_bytes: super::TOKENIZER_SAMPLE_BYTES,
             config: "shakespeare".into(),
             device: "auto".into(),
             steps: None,

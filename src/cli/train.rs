@@ -1,7 +1,8 @@
 //! `irontensor train`: plan, lock the run directory, prepare the data, make or resume the
 //! trainer (on every MPI rank under mpirun), train, report, and write a sample.
 
-use super::{bad_flag, generate::write_text, load_model, plan_from, prepare_with, quiet, Plan, Prepared, RunLock};
+use super::{bad_flag, generate::write_text, load_model, plan_from, prepare_data, quiet, DataOptions, Plan, Prepared};
+use super::{is_finetune_jsonl, RunLock};
 use super::{prepare_jsonl, PreparedJsonl, TrainOptions, QUIET};
 use crate::data::{MaskedDataset, TokenDataset};
 use crate::device::gpu;
@@ -129,10 +130,16 @@ fn train_on(o: &TrainOptions, dist: Option<&Arc<Dist>>, start: Instant) -> Resul
     // (the others prepare their data after it, in `root_first`) and holds it to the end.
     let take_lock = || RunLock::take(&o.out);
     let init_tok = init.as_ref().map(|(_, t)| t);
-    let jsonl = o.data.as_deref().filter(|d| d.extension().is_some_and(|e| e == "jsonl"));
+    // One .jsonl file of fine-tuning records, or any with --init, is fine-tuning data; the rest streams.
+    let jsonl = o.data.as_deref().filter(|d| d.is_file() && d.extension().is_some_and(|e| e == "jsonl"));
+    let jsonl = jsonl.filter(|d| o.init.is_some() || is_finetune_jsonl(d));
     let prep = || -> Result<RunData> {
         let Some(data) = jsonl else {
-            return Ok(RunData::Text(prepare_with(o.data.as_deref(), model_cfg.vocab_size, &o.out, seq, init_tok)?));
+            let d = DataOptions {
+                tokenizer_sample_bytes: o.tokenizer_sample_bytes,
+                ..DataOptions::new(model_cfg.vocab_size)
+            };
+            return Ok(RunData::Text(prepare_data(o.data.as_deref(), &d, &o.out, seq, init_tok)?));
         };
         let given = init_tok.zip(o.init.as_deref());
         let p = prepare_jsonl(data, &o.out, seq, model_cfg.vocab_size, given, o.finetune)?;

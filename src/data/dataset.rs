@@ -1,4 +1,5 @@
-//! Token datasets on disk: a small header plus little-endian token ids, memory-mapped for zero-copy reads.
+//! Token datasets on disk: a small header plus little-endian token ids, memory-mapped for zero-copy
+//! reads; a corpus's shards read as one sequence.
 //!
 //! File layout (all little-endian):
 //! ```text
@@ -20,13 +21,42 @@ use std::path::{Path, PathBuf};
 pub const MAGIC: &[u8; 8] = b"ITOKENS\0";
 /// The format version this build writes and reads.
 pub const VERSION: u32 = 1;
-const HEADER_BYTES: usize = 24;
+pub(crate) const HEADER_BYTES: usize = 24;
 
-/// A memory-mapped token file cut into windows of `seq_len` inputs (+1 token for the shifted targets).
-pub struct TokenDataset {
+/// One mapped token file.
+struct Shard {
     path: PathBuf,
     mmap: Mmap,
     width: usize,
+    /// Position of its first token in the whole sequence.
+    start: usize,
+    len: usize,
+}
+
+impl Shard {
+    /// Token `i` of this file.
+    fn token(&self, i: usize) -> u32 {
+        let at = HEADER_BYTES + i * self.width;
+        match self.width {
+            2 => u16::from_le_bytes([self.mmap[at], self.mmap[at + 1]]) as u32,
+            _ => u32::from_le_bytes(self.mmap[at..at + 4].try_into().unwrap()),
+        }
+    }
+
+    /// Tokens `start..end` of this file, appended to `out`.
+    fn extend(&self, start: usize, end: usize, out: &mut Vec<u32>) {
+        let bytes = &self.mmap[HEADER_BYTES + start * self.width..HEADER_BYTES + end * self.width];
+        match self.width {
+            2 => out.extend(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u32)),
+            _ => out.extend(bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+        }
+    }
+}
+
+/// Token files (one, or the shards of a corpus) read as one sequence, memory-mapped, and cut
+/// into windows of `seq_len` inputs (+1 token for the shifted targets).
+pub struct TokenDataset {
+    shards: Vec<Shard>,
     len: usize,
     seq_len: usize,
 }
@@ -37,10 +67,7 @@ impl TokenDataset {
         let path = path.as_ref();
         let width = if tokens.iter().all(|&t| t < 1 << 16) { 2 } else { 4 };
         let mut bytes = Vec::with_capacity(HEADER_BYTES + tokens.len() * width);
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&VERSION.to_le_bytes());
-        bytes.extend_from_slice(&(width as u32).to_le_bytes());
-        bytes.extend_from_slice(&(tokens.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&header(width, tokens.len() as u64));
         for &t in tokens {
             match width {
                 2 => bytes.extend_from_slice(&(t as u16).to_le_bytes()),
@@ -53,51 +80,22 @@ impl TokenDataset {
 
     /// Maps the token file at `path` and checks its header; windows are `seq_len` tokens long.
     pub fn open(path: impl AsRef<Path>, seq_len: usize) -> Result<TokenDataset> {
-        let path = path.as_ref();
-        let name = path.display();
-        let file = fs::File::open(path).map_err(|e| Error::Invalid(format!("cannot open token file {name}: {e}")))?;
-        // SAFETY: the map is read-only and files are only ever replaced by rename (create), never
-        // rewritten in place, so the mapped bytes do not change under us.
-        let mmap =
-            unsafe { Mmap::map(&file) }.map_err(|e| Error::Invalid(format!("cannot map token file {name}: {e}")))?;
-        if mmap.len() < HEADER_BYTES {
-            bail!(
-                Invalid,
-                "token file {name} is truncated: {} bytes, shorter than the {HEADER_BYTES}-byte header",
-                mmap.len()
-            );
+        Self::open_shards(&[path.as_ref()], seq_len)
+    }
+
+    /// Maps token files `paths` (shards written in order) as one sequence of tokens.
+    pub fn open_shards<P: AsRef<Path>>(paths: &[P], seq_len: usize) -> Result<TokenDataset> {
+        let mut shards = Vec::with_capacity(paths.len());
+        let mut len = 0;
+        for p in paths {
+            let shard = map_shard(p.as_ref(), len)?;
+            len += shard.len;
+            shards.push(shard);
         }
-        if &mmap[..8] != MAGIC {
-            bail!(
-                Invalid,
-                "{name} is not an IronTensor token file (bad magic b\"{}\", expected b\"{}\")",
-                mmap[..8].escape_ascii(),
-                MAGIC.escape_ascii()
-            );
-        }
-        let u32_at = |i: usize| u32::from_le_bytes(mmap[i..i + 4].try_into().unwrap());
-        let version = u32_at(8);
-        if version != VERSION {
-            bail!(Invalid, "token file {name} has format version {version}; this build reads version {VERSION}");
-        }
-        let width = u32_at(12) as usize;
-        if width != 2 && width != 4 {
-            bail!(Invalid, "token file {name} is corrupt: token width {width} bytes (must be 2 or 4)");
-        }
-        let count = u64::from_le_bytes(mmap[16..24].try_into().unwrap());
-        let data_bytes = (mmap.len() - HEADER_BYTES) as u64;
-        if count.checked_mul(width as u64) != Some(data_bytes) {
-            let (what, need) = match count.checked_mul(width as u64) {
-                Some(need) if need > data_bytes => ("truncated", need.to_string()),
-                Some(need) => ("corrupt (trailing bytes)", need.to_string()),
-                None => ("corrupt", "an impossible number of".to_string()),
-            };
-            bail!(
-                Invalid,
-                "token file {name} is {what}: header says {count} tokens of {width} bytes ({need} bytes), file holds {data_bytes}"
-            );
-        }
-        let len = count as usize;
+        let name = match paths {
+            [one] => one.as_ref().display().to_string(),
+            _ => format!("{} shards of tokens", paths.len()),
+        };
         if seq_len == 0 {
             bail!(Invalid, "token file {name}: seq_len must be at least 1");
         }
@@ -108,37 +106,63 @@ impl TokenDataset {
                 seq_len + 1
             );
         }
-        Ok(TokenDataset { path: path.to_path_buf(), mmap, width, len, seq_len })
+        Ok(TokenDataset { shards, len, seq_len })
     }
 
     /// `open`, then one pass over the tokens: every id must be below `vocab_size` (the
     /// model's embedding rows). The error names the file, the position and the id.
     pub fn open_checked(path: impl AsRef<Path>, seq_len: usize, vocab_size: usize) -> Result<TokenDataset> {
-        let ds = TokenDataset::open(path, seq_len)?;
-        let body = &ds.mmap[HEADER_BYTES..];
-        let bad = match ds.width {
-            2 => body
-                .chunks_exact(2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]) as u32)
-                .position(|t| t as usize >= vocab_size),
-            _ => body
-                .chunks_exact(4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .position(|t| t as usize >= vocab_size),
-        };
-        if let Some(i) = bad {
-            bail!(
-                Invalid,
-                "token file {}: token at position {i} is id {}, outside the vocabulary of {vocab_size} (re-create the token files with this tokenizer)",
-                ds.path.display(),
-                ds.token(i)
-            );
-        }
-        Ok(ds)
+        Self::open_shards(&[path], seq_len)?.checked(vocab_size)
     }
 
+    /// Checks that every id is below `vocab_size`; the error names the file, its position in it and the id.
+    pub fn checked(self, vocab_size: usize) -> Result<TokenDataset> {
+        use std::io::{Read, Seek, SeekFrom};
+        for s in &self.shards {
+            // Read, not through the map: the pages of a pass over gigabytes would count as the
+            // process's memory until the kernel reclaims them.
+            let read_err =
+                |e: std::io::Error| Error::Invalid(format!("cannot read token file {}: {e}", s.path.display()));
+            let mut file = fs::File::open(&s.path).map_err(read_err)?;
+            file.seek(SeekFrom::Start(HEADER_BYTES as u64)).map_err(read_err)?;
+            let mut block = vec![0u8; (1 << 20) * s.width];
+            let mut done = 0;
+            while done < s.len {
+                let n = (s.len - done).min(1 << 20);
+                file.read_exact(&mut block[..n * s.width]).map_err(read_err)?;
+                let bytes = &block[..n * s.width];
+                let bad = match s.width {
+                    2 => bytes
+                        .chunks_exact(2)
+                        .map(|b| u16::from_le_bytes([b[0], b[1]]) as u32)
+                        .position(|t| t as usize >= vocab_size),
+                    _ => bytes
+                        .chunks_exact(4)
+                        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .position(|t| t as usize >= vocab_size),
+                };
+                if let Some(i) = bad.map(|i| done + i) {
+                    bail!(
+                        Invalid,
+                        "token file {}: token at position {i} is id {}, outside the vocabulary of {vocab_size} (re-create the token files with this tokenizer)",
+                        s.path.display(),
+                        s.token(i)
+                    );
+                }
+                done += n;
+            }
+        }
+        Ok(self)
+    }
+
+    /// The (first) token file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shards[0].path
+    }
+
+    /// How many token files hold the sequence.
+    pub fn num_shards(&self) -> usize {
+        self.shards.len()
     }
 
     /// Number of tokens in the file.
@@ -155,9 +179,9 @@ impl TokenDataset {
         self.seq_len
     }
 
-    /// Bytes per token on disk: 2 or 4.
+    /// Bytes per token on disk: 2 or 4 (the widest of the shards).
     pub fn token_width(&self) -> usize {
-        self.width
+        self.shards.iter().map(|s| s.width).max().unwrap_or(2)
     }
 
     /// Non-overlapping windows, as `get_batch` walks them.
@@ -165,23 +189,30 @@ impl TokenDataset {
         (self.len - 1) / self.seq_len
     }
 
-    /// Token `i`, read from the map.
-    pub fn token(&self, i: usize) -> u32 {
-        let at = HEADER_BYTES + i * self.width;
-        match self.width {
-            2 => u16::from_le_bytes([self.mmap[at], self.mmap[at + 1]]) as u32,
-            _ => u32::from_le_bytes(self.mmap[at..at + 4].try_into().unwrap()),
-        }
+    /// The shard that holds token `i`.
+    fn shard_of(&self, i: usize) -> &Shard {
+        &self.shards[self.shards.partition_point(|s| s.start + s.len <= i)]
     }
 
-    /// Tokens `start..end` as a vector.
+    /// Token `i`, read from the map.
+    pub fn token(&self, i: usize) -> u32 {
+        assert!(i < self.len, "token {i} out of 0..{}", self.len);
+        let s = self.shard_of(i);
+        s.token(i - s.start)
+    }
+
+    /// Tokens `start..end` as a vector (across shards where they meet).
     pub fn tokens(&self, start: usize, end: usize) -> Vec<u32> {
         assert!(start <= end && end <= self.len, "tokens {start}..{end} out of 0..{}", self.len);
-        let bytes = &self.mmap[HEADER_BYTES + start * self.width..HEADER_BYTES + end * self.width];
-        match self.width {
-            2 => bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u32).collect(),
-            _ => bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        let mut out = Vec::with_capacity(end - start);
+        let mut i = start;
+        while i < end {
+            let s = self.shard_of(i);
+            let stop = end.min(s.start + s.len);
+            s.extend(i - s.start, stop - s.start, &mut out);
+            i = stop;
         }
+        out
     }
 
     /// Window `batch_idx` (taken modulo `num_windows`, so a step counter walks epochs):
@@ -222,10 +253,67 @@ impl TokenDataset {
 impl std::fmt::Debug for TokenDataset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenDataset")
-            .field("path", &self.path)
+            .field("path", &self.path())
+            .field("shards", &self.shards.len())
             .field("len", &self.len)
-            .field("width", &self.width)
             .field("seq_len", &self.seq_len)
             .finish()
     }
+}
+
+/// The 24-byte header of a file of `count` tokens of `width` bytes.
+pub(crate) fn header(width: usize, count: u64) -> [u8; HEADER_BYTES] {
+    let mut h = [0u8; HEADER_BYTES];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&(width as u32).to_le_bytes());
+    h[16..24].copy_from_slice(&count.to_le_bytes());
+    h
+}
+
+/// Maps one token file whose first token is token `start` of the sequence, checking its header.
+fn map_shard(path: &Path, start: usize) -> Result<Shard> {
+    let name = path.display();
+    let file = fs::File::open(path).map_err(|e| Error::Invalid(format!("cannot open token file {name}: {e}")))?;
+    // SAFETY: the map is read-only and files are only ever replaced by rename (create), never
+    // rewritten in place, so the mapped bytes do not change under us.
+    let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::Invalid(format!("cannot map token file {name}: {e}")))?;
+    if mmap.len() < HEADER_BYTES {
+        bail!(
+            Invalid,
+            "token file {name} is truncated: {} bytes, shorter than the {HEADER_BYTES}-byte header",
+            mmap.len()
+        );
+    }
+    if &mmap[..8] != MAGIC {
+        bail!(
+            Invalid,
+            "{name} is not an IronTensor token file (bad magic b\"{}\", expected b\"{}\")",
+            mmap[..8].escape_ascii(),
+            MAGIC.escape_ascii()
+        );
+    }
+    let u32_at = |i: usize| u32::from_le_bytes(mmap[i..i + 4].try_into().unwrap());
+    let version = u32_at(8);
+    if version != VERSION {
+        bail!(Invalid, "token file {name} has format version {version}; this build reads version {VERSION}");
+    }
+    let width = u32_at(12) as usize;
+    if width != 2 && width != 4 {
+        bail!(Invalid, "token file {name} is corrupt: token width {width} bytes (must be 2 or 4)");
+    }
+    let count = u64::from_le_bytes(mmap[16..24].try_into().unwrap());
+    let data_bytes = (mmap.len() - HEADER_BYTES) as u64;
+    if count.checked_mul(width as u64) != Some(data_bytes) {
+        let (what, need) = match count.checked_mul(width as u64) {
+            Some(need) if need > data_bytes => ("truncated", need.to_string()),
+            Some(need) => ("corrupt (trailing bytes)", need.to_string()),
+            None => ("corrupt", "an impossible number of".to_string()),
+        };
+        bail!(
+            Invalid,
+            "token file {name} is {what}: header says {count} tokens of {width} bytes ({need} bytes), file holds {data_bytes}"
+        );
+    }
+    Ok(Shard { path: path.to_path_buf(), mmap, width, start, len: count as usize })
 }

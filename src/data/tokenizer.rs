@@ -1,9 +1,11 @@
 //! Byte-level BPE (GPT-2 style) on Hugging Face `tokenizers`, saved as a standard tokenizer.json.
 
+use super::fast_encode::FastEncoder;
 use crate::fs::write_atomic;
 use crate::{bail, Error, Result};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -19,6 +21,8 @@ const PROBE: &str = "Hello, wörld! 日本語 🦀\n\ttabs  and\r\n\u{0}nul <|en
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     eos_id: u32,
+    /// Our own encoding of the same ids, where the tokenizer is of the kind it reproduces.
+    fast: Option<Arc<FastEncoder>>,
 }
 
 fn tk_err(what: String) -> impl FnOnce(tokenizers::Error) -> Error {
@@ -45,6 +49,18 @@ impl Tokenizer {
     }
 
     fn train_texts<S: AsRef<str> + Sync>(texts: &[S], vocab_size: usize) -> Result<Tokenizer> {
+        // Lines keep their '\n', so the words counted are those of the whole text, and the trainer
+        // pre-tokenizes them in parallel.
+        Self::train_stream(texts.iter().flat_map(|t| t.as_ref().split_inclusive('\n')), vocab_size)
+    }
+
+    /// Trains on `texts` (lines, documents) as the iterator yields them: memory holds the word
+    /// counts, not the text.
+    pub fn train_stream<I, S>(texts: I, vocab_size: usize) -> Result<Tokenizer>
+    where
+        I: Iterator<Item = S> + Send,
+        S: AsRef<str> + Send,
+    {
         if vocab_size < 257 {
             bail!(Invalid, "tokenizer: vocab_size {vocab_size} is too small (256 byte tokens + {EOS_TOKEN} need 257)");
         }
@@ -61,10 +77,7 @@ impl Tokenizer {
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build()
             .into();
-        // Lines keep their '\n', so the words counted are those of the whole text, and the trainer
-        // pre-tokenizes them in parallel.
-        let lines = texts.iter().flat_map(|t| t.as_ref().split_inclusive('\n'));
-        inner.train(&mut trainer, lines).map_err(tk_err("tokenizer: training failed".into()))?;
+        inner.train(&mut trainer, texts).map_err(tk_err("tokenizer: training failed".into()))?;
         Self::wrap(inner, "the trained tokenizer")
     }
 
@@ -84,7 +97,8 @@ impl Tokenizer {
         if back != PROBE {
             bail!(Invalid, "{what} does not decode text back to itself (not a byte-level BPE?): {PROBE:?} -> {back:?}");
         }
-        Ok(Tokenizer { inner, eos_id })
+        let fast = FastEncoder::new(&inner).filter(|f| f.encode(PROBE, inner.get_model()) == ids.get_ids());
+        Ok(Tokenizer { inner, eos_id, fast: fast.map(Arc::new) })
     }
 
     /// Writes tokenizer.json (the Hugging Face format) atomically. A pretrained model's end-of-text
@@ -174,6 +188,19 @@ impl Tokenizer {
 
     /// Token ids of `text`; special-token text such as `<|endoftext|>` becomes its id.
     pub fn encode(&self, text: &str) -> Vec<u32> {
+        if let Some(fast) = &self.fast {
+            return fast.encode(text, self.inner.get_model());
+        }
+        self.encode_reference(text)
+    }
+
+    /// Whether `encode` runs our faster encoder (GPT-2 style byte-level BPE) rather than `tokenizers`'.
+    pub fn fast_encoding(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// `encode` by `tokenizers` itself, whatever the tokenizer (the reference `encode` matches).
+    pub fn encode_reference(&self, text: &str) -> Vec<u32> {
         // A byte-level BPE (checked in `wrap`) has a token for every byte, so encoding cannot fail.
         let enc = self.inner.encode_fast(text, false).expect("byte-level BPE encodes any text");
         enc.get_ids().to_vec()
@@ -207,7 +234,7 @@ impl Tokenizer {
     }
 
     /// Whether the pre-tokenizer is byte-level (alone or in a sequence, as Llama 3's and Qwen2's).
-    fn byte_level(&self) -> bool {
+    pub(crate) fn byte_level(&self) -> bool {
         let pre = self.inner.get_pre_tokenizer();
         pre.and_then(|p| serde_json::to_string(p).ok()).is_some_and(|j| j.contains("\"ByteLevel\""))
     }
