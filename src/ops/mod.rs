@@ -12,6 +12,7 @@ mod flash_attention_gpu;
 pub(crate) mod flat;
 mod layout;
 mod matmul;
+mod matmul_gemv;
 mod reduce;
 mod rmsnorm;
 mod rope;
@@ -57,6 +58,7 @@ pub fn kernels() -> Vec<&'static Kernel> {
         &matmul::KERNEL,
         &matmul::WIDE_KERNEL,
         &matmul::COOP_KERNEL,
+        &matmul_gemv::GEMV_KERNEL,
         &reduce::KERNEL,
         &rmsnorm::KERNEL,
         &rope::KERNEL,
