@@ -13,7 +13,7 @@ pub(crate) static GEMV_KERNEL: Kernel = Kernel {
 
 /// Rows of A the kernel takes at most (its ROWS), and output columns a workgroup (its COLS).
 const ROWS: usize = 8;
-const COLS: usize = 4;
+const COLS: usize = 8;
 
 /// a [M, K] · bᵀ (b [N, K]) -> [M, N] through the kernel, when it applies: at most 8 rows, one
 /// product, K and both offsets (within their bindings) multiples of 4. None otherwise.
