@@ -197,6 +197,10 @@ fn train_then_generate_end_to_end() {
     let cached = gen(&[]);
     assert!(cached.starts_with("ROMEO:") && cached.len() > "ROMEO:".len(), "{cached}");
     assert_eq!(cached, gen(&["--no-cache"]));
+    // --batch 2: the prompt continued twice at once; greedy, each is the single run's text.
+    let two = gen(&["--batch", "2"]);
+    assert!(two.contains("--- 1 of 2 (seed 0) ---") && two.contains("--- 2 of 2 (seed 1) ---"), "{two}");
+    assert_eq!(two.matches(cached.trim()).count(), 2, "{two}\nvs\n{cached}");
     // Exported as an f32 GGUF, the model writes the same greedy text; a bad --type stops first.
     let gguf = dir.join("model.gguf");
     let (g, r) = (gguf.to_str().unwrap(), run.to_str().unwrap());

@@ -8,6 +8,14 @@ use irontensor::nn::{GPTModel, ModelConfig};
 use irontensor::ops::{self, Sampling};
 use irontensor::rng::Rng;
 use irontensor::{no_grad, Device, Precision, Tensor};
+use std::sync::{Mutex, MutexGuard};
+
+/// The GPU tests here take turns: the buffer pool is shared, and the bind-group count of
+/// `one_host_read_per_token` depends on which buffers it hands out.
+fn gpu_turn(device: Device) -> Option<MutexGuard<'static, ()>> {
+    static TURN: Mutex<()> = Mutex::new(());
+    (device == Device::Gpu).then(|| TURN.lock().unwrap_or_else(|e| e.into_inner()))
+}
 
 /// Random logits [rows, vocab] with ties: in every row a run of ids shares the largest value, and
 /// the rest are rounded to steps of `step` (0: not rounded), so that cuts fall inside groups of
@@ -32,6 +40,7 @@ fn logits(rows: usize, vocab: usize, step: f32, seed: u64) -> Vec<f32> {
 #[test]
 fn gpu_sampling_matches_cpu() {
     let Some(gpu) = common::gpu() else { return };
+    let _turn = gpu_turn(gpu);
     let rules = [
         Sampling { temperature: 0.0, top_k: 0, top_p: 1.0 },
         Sampling { temperature: 1.0, top_k: 0, top_p: 1.0 },
@@ -87,6 +96,7 @@ fn model_config() -> ModelConfig {
 /// Prompts decoded together give what each gives alone (greedy and seeded sampling, with and
 /// without the KV cache, a row stopping early at its stop token, the context filling up).
 fn batched_decoding_equals_single(device: Device) {
+    let _turn = gpu_turn(device);
     let model = GPTModel::new_on(model_config(), device, 5).unwrap();
     let mut rng = Rng::new(3);
     let prompts: Vec<Vec<u32>> = (0..3).map(|_| (0..7).map(|_| rng.below(61) as u32).collect()).collect();
@@ -125,6 +135,7 @@ fn batched_decoding_equals_single(device: Device) {
 /// Attention through a cache of several sequences (a prompt, then one token at a time) gives the
 /// whole window's logits at each position.
 fn batched_cache_matches_full_forward(device: Device) {
+    let _turn = gpu_turn(device);
     let model = GPTModel::new_on(model_config(), device, 8).unwrap();
     let (b, t, v) = (3, 9, 61);
     let ids: Vec<u32> = (0..b * t).map(|i| (i * 7 % 61) as u32).collect();
@@ -158,6 +169,7 @@ device_tests!(batched_decoding_equals_single, batched_cache_matches_full_forward
 #[test]
 fn one_host_read_per_token() {
     let Some(gpu) = common::gpu() else { return };
+    let _turn = gpu_turn(gpu);
     let model = GPTModel::new_on(model_config(), gpu, 2).unwrap();
     let greedy = SamplingConfig { temperature: 0.0, max_tokens: 6, ..Default::default() };
     let sampled = SamplingConfig { temperature: 0.9, top_k: 10, top_p: 0.8, ..greedy.clone() };
@@ -169,7 +181,16 @@ fn one_host_read_per_token() {
             let n = irontensor::device::gpu::counters() - before;
             assert_eq!(made[0].len(), 6);
             assert_eq!(n.reads, 6, "one read per token (the ids), {rows} rows, {cfg:?}: {n:?}");
+            assert_eq!(n.submits, 6, "one submit per token: {n:?}");
+            assert_eq!(n.uploads, 6 + (cfg.temperature > 0.0) as u64 * 6, "the ids and the draws: {n:?}");
             eprintln!("per token, {rows} rows, temperature {}: {:?}", cfg.temperature, n);
         }
     }
+    // Decoding again on the same shapes makes few new bind groups: the pooled buffers recur.
+    let longer = SamplingConfig { max_tokens: 16, ..greedy.clone() };
+    generate_batch(&model, &prompts[..1], &longer, &[], true, |_, _| {}).unwrap();
+    let before = irontensor::device::gpu::counters();
+    generate_batch(&model, &prompts[..1], &longer, &[], true, |_, _| {}).unwrap();
+    let n = irontensor::device::gpu::counters() - before;
+    assert!(n.bind_groups * 4 < n.dispatches, "bind groups reused: {n:?}");
 }

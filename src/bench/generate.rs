@@ -99,6 +99,7 @@ pub fn generate(o: &GenerateBench) -> Result<serde_json::Value> {
         "submits_per_token": per_step(work.submits),
         "reads_per_token": per_step(work.reads),
         "uploads_per_token": per_step(work.uploads),
+        "bind_groups_per_token": per_step(work.bind_groups),
     });
     emit(&out);
     eprintln!(

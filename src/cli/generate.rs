@@ -179,7 +179,7 @@ fn timings(prompt: usize, rows: usize, made: usize, start: Instant, first: Optio
     let rest = rows * made.saturating_sub(1);
     let rows_note = if rows > 1 { format!(" × {rows} rows") } else { String::new() };
     note!(
-        "prompt: {prompt}{rows_note} tokens in {:.1} ms ({:.0} tokens/s); generated: {made}{rows_note} tokens, {rest} after the first in {:.1} ms ({:.1} tokens/s)",
+        "prompt: {prompt} tokens{rows_note} in {:.1} ms ({:.0} tokens/s); generated: {made} tokens{rows_note}, {rest} after the first in {:.1} ms ({:.1} tokens/s)",
         prefill * 1e3,
         (rows * prompt) as f64 / prefill,
         decode * 1e3,

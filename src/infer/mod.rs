@@ -3,7 +3,7 @@
 use crate::nn::GPTModel;
 use crate::rng::Rng;
 use crate::ops::{self, Sampling};
-use crate::{bail, no_grad, Result, Tensor};
+use crate::{bail, no_grad, CommandBatch, Result, Tensor};
 
 #[derive(Clone, Debug)]
 pub struct SamplingConfig {
@@ -96,6 +96,8 @@ pub fn generate_batch(
     let mut tokens: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
     let mut out = vec![Vec::new(); b];
     let mut done = vec![false; b];
+    // A token's dispatches go in one submit (the read of its ids sends them).
+    let _batch = Batching::start();
     no_grad(|| {
         let mut cache = model.new_cache();
         let mut cached = 0; // positions in the cache
@@ -141,4 +143,25 @@ pub fn generate_batch(
         }
         Ok(out)
     })
+}
+
+/// Batches GPU commands while it lives (`CommandBatch::begin`), unless batching was already on.
+struct Batching(bool);
+
+impl Batching {
+    fn start() -> Batching {
+        let started = !CommandBatch::is_active();
+        if started {
+            CommandBatch::begin();
+        }
+        Batching(started)
+    }
+}
+
+impl Drop for Batching {
+    fn drop(&mut self) {
+        if self.0 {
+            CommandBatch::end();
+        }
+    }
 }
