@@ -48,16 +48,14 @@ pub fn flash_attention_bthd(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) ->
 }
 
 /// Causal attention of q [B, Tq, Hq, D] over the first `len` positions of a KV cache k, v
-/// [B, Cap, Hkv, D] (query t sees keys j <= t + len - Tq), reading only those positions and
-/// copying none on the GPU. Inference only: an error if an input tracks gradients.
+/// [B, Cap, Hkv, D] (query t sees keys j <= t + len - Tq), reading only those positions: in place
+/// for one sequence, and for several when no input tracks gradients (else through a copy of
+/// them, which the backward passes through).
 pub fn flash_attention_cached(q: &Tensor, k: &Tensor, v: &Tensor, len: usize) -> Result<Tensor> {
     const OP: &str = "flash_attention_cached";
     let full = attention_dims_in(OP, q, k, v, true, true)?;
     if len < full.tq || len > full.tk {
         bail!(Shape, "{OP}: {len} cached positions must cover q {:?} and fit k {:?}", q.shape(), k.shape());
-    }
-    if crate::autograd::is_grad_enabled() && [q, k, v].iter().any(|t| t.tracks_grad()) {
-        bail!(Invalid, "{OP}: computes no gradients; call it under no_grad with inputs that track none");
     }
     let (b, hkv, d) = (full.b, full.hkv, full.d);
     if b == 1 {
@@ -65,13 +63,20 @@ pub fn flash_attention_cached(q: &Tensor, k: &Tensor, v: &Tensor, len: usize) ->
         let prefix = |x: &Tensor| Tensor::from_storage(x.storage().clone(), x.offset(), &[1, len, hkv, d], x.dtype());
         return flash_attention_bthd(q, &prefix(k), &prefix(v), true);
     }
+    let tracked = crate::autograd::is_grad_enabled() && [q, k, v].iter().any(|t| t.tracks_grad());
     let a = AttnDims { tk: len, ..full };
+    let copied = || flash_attention_bthd(q, &slice(k, 1, 0, len)?, &slice(v, 1, 0, len)?, true);
     let (q, k, v) = (float_input(OP, q)?, float_input(OP, k)?, float_input(OP, v)?);
     match q.device() {
-        Device::Cpu if a.tq == 1 => on_device(OP, Device::Cpu, || Ok(cpu_bthd_inference(&q, &k, &v, a, true)), || unreachable!("a CPU tensor")),
-        // A prompt of several sequences: the positions it reads, copied once.
-        Device::Cpu => flash_attention_bthd(&q, &slice(&k, 1, 0, len)?, &slice(&v, 1, 0, len)?, true),
-        Device::Gpu if a.d > GPU_MAX_D => bail!(Shape, "{OP}: the GPU kernel supports head dims up to {GPU_MAX_D}, got q {:?}", q.shape()),
+        _ if tracked => copied(),
+        Device::Cpu if a.tq == 1 => {
+            on_device(OP, Device::Cpu, || Ok(cpu_bthd_inference(&q, &k, &v, a, true)), || unreachable!("a CPU tensor"))
+        }
+        // A prompt of several sequences on the CPU: the positions it reads, copied once.
+        Device::Cpu => copied(),
+        Device::Gpu if a.d > GPU_MAX_D => {
+            bail!(Shape, "{OP}: the GPU kernel supports head dims up to {GPU_MAX_D}, got q {:?}", q.shape())
+        }
         Device::Gpu => on_device(OP, Device::Gpu, || unreachable!("a GPU tensor"), || Ok(gpu_forward(&q, &k, &v, a, true)?.0)),
     }
 }
