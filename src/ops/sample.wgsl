@@ -1,8 +1,9 @@
 // One token id per row of logits [rows, vocab], one workgroup a row. `greedy`: the argmax, ties to
 // the lowest id. `sample`: temperature, top-k and top-p over the candidates in descending order of
 // logit (ties by id), as the CPU kernel in sample.rs walks them, without sorting: each cut (the
-// k-th candidate, the one where the mass reaches top_p, the sampled one) is found by bisection,
-// first over the logits' order-preserving keys, then over the ids that tie at the key found.
+// k-th candidate, the one where the mass reaches top_p, the sampled one) is found by search,
+// first over the logits' order-preserving keys (16 thresholds a pass over the row, so 8 passes
+// for 32 bits), then over the ids that tie at the key found (by bisection; ties are rare).
 struct Params {
     rows: u32,
     vocab: u32,
@@ -20,8 +21,10 @@ struct Params {
 
 var<workgroup> red_f: array<f32, WG>;
 var<workgroup> red_u: array<u32, WG>;
+var<workgroup> red_v: array<vec4<f32>, 4u * WG>;
 var<workgroup> out_f: f32;
 var<workgroup> out_u: u32;
+var<workgroup> out_v: array<vec4<f32>, 4u>;
 
 // The ordering of f32::total_cmp as unsigned integers.
 fn key(x: f32) -> u32 {
@@ -78,6 +81,46 @@ fn total_tied(lid: u32, row: u32, count: bool, cut: vec2<u32>, k: u32, id_le: u3
     return uniform_sum(lid, s);
 }
 
+// Σ weight of candidates with key >= lo + j·step, for the 16 thresholds j = 0..15 (lane j % 4
+// of vec4 j / 4), in one pass over the row; every thread gets them as uniform values.
+fn totals16(lid: u32, row: u32, count: bool, cut: vec2<u32>, lo: u32, step: u32) -> array<vec4<f32>, 4> {
+    var s0 = vec4<f32>();
+    var s1 = vec4<f32>();
+    var s2 = vec4<f32>();
+    var s3 = vec4<f32>();
+    for (var i = lid; i < p.vocab; i += WG) {
+        let k = key(logits[p.logits_off + row * p.vocab + i]);
+        if k >= lo && at_or_before(k, i, cut.x, cut.y) {
+            let j = vec4(min((k - lo) / step, 15u)); // the thresholds at or below k: 0..j
+            let w = vec4(weight(row, i, count));
+            s0 += select(vec4<f32>(), w, vec4(0u, 1u, 2u, 3u) <= j);
+            s1 += select(vec4<f32>(), w, vec4(4u, 5u, 6u, 7u) <= j);
+            s2 += select(vec4<f32>(), w, vec4(8u, 9u, 10u, 11u) <= j);
+            s3 += select(vec4<f32>(), w, vec4(12u, 13u, 14u, 15u) <= j);
+        }
+    }
+    red_v[lid] = s0;
+    red_v[WG + lid] = s1;
+    red_v[2u * WG + lid] = s2;
+    red_v[3u * WG + lid] = s3;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            for (var q = 0u; q < 4u; q++) { red_v[q * WG + lid] += red_v[q * WG + lid + s]; }
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        for (var q = 0u; q < 4u; q++) { out_v[q] = red_v[q * WG]; }
+    }
+    var t: array<vec4<f32>, 4>;
+    t[0] = workgroupUniformLoad(&out_v[0]);
+    t[1] = workgroupUniformLoad(&out_v[1]);
+    t[2] = workgroupUniformLoad(&out_v[2]);
+    t[3] = workgroupUniformLoad(&out_v[3]);
+    return t;
+}
+
 fn reached(q: f32, goal: f32, strict: bool) -> bool {
     return select(q >= goal, q > goal, strict);
 }
@@ -85,28 +128,38 @@ fn reached(q: f32, goal: f32, strict: bool) -> bool {
 // The first candidate (key, id) whose running total, in order, reaches `goal` (passes it when
 // `strict`), among those at or before `cut`; (0, 0xffffffff) when none does.
 fn find(lid: u32, row: u32, count: bool, cut: vec2<u32>, goal: f32, strict: bool, kmin: u32, kmax: u32) -> vec2<u32> {
-    // The largest key whose candidates at or above it reach the goal: that candidate's key.
-    if !reached(total_ge(lid, row, count, cut, kmin), goal, strict) { return vec2(0u, 0xffffffffu); }
+    // The largest key whose candidates at or above it reach the goal: that candidate's key. Each
+    // pass keeps the range between the last of 16 thresholds that reaches it and the next.
     var lo = kmin;
     var hi = kmax;
-    while lo < hi {
-        let mid = lo + (hi - lo + 1u) / 2u;
-        if reached(total_ge(lid, row, count, cut, mid), goal, strict) { lo = mid; } else { hi = mid - 1u; }
+    var first = true;
+    loop {
+        let step = (hi - lo) / 16u + 1u;
+        let t = totals16(lid, row, count, cut, lo, step);
+        if first && !reached(t[0].x, goal, strict) { return vec2(0u, 0xffffffffu); }
+        first = false;
+        var j = 0u;
+        for (var c = 1u; c < 16u; c++) {
+            if c * step <= hi - lo && reached(t[c / 4u][c % 4u], goal, strict) { j = c; }
+        }
+        if j < 15u && (j + 1u) * step <= hi - lo { hi = lo + (j + 1u) * step - 1u; }
+        lo += j * step;
+        if lo >= hi { break; }
     }
     // Its id: the smallest id among those tied at that key where the running total reaches it.
     var above = 0.0;
     if lo < 0xffffffffu { above = total_ge(lid, row, count, cut, lo + 1u); }
-    var first = 0xffffffffu;
-    var last = 0u;
+    var first_id = 0xffffffffu;
+    var last_id = 0u;
     for (var i = lid; i < p.vocab; i += WG) {
         let k = key(logits[p.logits_off + row * p.vocab + i]);
         if k == lo && at_or_before(k, i, cut.x, cut.y) {
-            first = min(first, i);
-            last = max(last, i);
+            first_id = min(first_id, i);
+            last_id = max(last_id, i);
         }
     }
-    var a = uniform_min_u(lid, first);
-    var b = uniform_max_u(lid, last);
+    var a = uniform_min_u(lid, first_id);
+    var b = uniform_max_u(lid, last_id);
     while a < b {
         let mid = a + (b - a) / 2u;
         let q = above + total_tied(lid, row, count, cut, lo, mid);
