@@ -53,7 +53,10 @@ fn gpu_sampling_matches_cpu() {
     let mut differ = 0;
     for (vocab, rows, step) in [(1000, 3, 0.0), (1000, 2, 0.25), (32771, 2, 0.5), (7, 5, 1.0)] {
         let l = logits(rows, vocab, step, vocab as u64 + rows as u64);
-        let (cpu_l, gpu_l) = (Tensor::from_f32_on(&l, &[rows, vocab], Device::Cpu).unwrap(), Tensor::from_f32_on(&l, &[rows, vocab], gpu).unwrap());
+        let (cpu_l, gpu_l) = (
+            Tensor::from_f32_on(&l, &[rows, vocab], Device::Cpu).unwrap(),
+            Tensor::from_f32_on(&l, &[rows, vocab], gpu).unwrap(),
+        );
         for (n, s) in rules.iter().enumerate() {
             for seed in 0..3 {
                 let mut rng = Rng::new(seed * 31 + n as u64);
@@ -129,7 +132,10 @@ fn batched_decoding_equals_single(device: Device) {
         assert_eq!(row[..], all[i][..end], "row {i}");
     }
     let short: Vec<&[u32]> = vec![&prompts[0], &prompts[1][..6]];
-    assert!(generate_batch(&model, &short, &greedy, &[], true, |_, _| {}).unwrap_err().to_string().contains("one length"));
+    assert!(generate_batch(&model, &short, &greedy, &[], true, |_, _| {})
+        .unwrap_err()
+        .to_string()
+        .contains("one length"));
 }
 
 /// Attention through a cache of several sequences (a prompt, then one token at a time) gives the
@@ -142,13 +148,21 @@ fn batched_cache_matches_full_forward(device: Device) {
     let full = model.forward(&Tensor::from_u32_on(&ids, &[b, t], device).unwrap(), b, t, 0).unwrap().to_vec();
     no_grad(|| {
         let mut cache = model.new_cache();
-        let rows = |from: usize, n: usize| -> Vec<u32> { (0..b).flat_map(|i| ids[i * t + from..i * t + from + n].to_vec()).collect() };
+        let rows = |from: usize, n: usize| -> Vec<u32> {
+            (0..b).flat_map(|i| ids[i * t + from..i * t + from + n].to_vec()).collect()
+        };
         let x = Tensor::from_u32_on(&rows(0, 5), &[b, 5], device).unwrap();
         let h = model.hidden(&x, b, 5, 0, Some(&mut cache), None).unwrap();
         let first = ops::matmul_t(&h, model.output_weight(), false, true).unwrap().to_vec();
         for i in 0..b {
             let want: Vec<f64> = full[i * t * v..(i * t + 5) * v].iter().map(|&x| x as f64).collect();
-            assert_close(&first[i * 5 * v..(i + 1) * 5 * v], &want, 1e-5, 1e-4, &format!("{device:?}: prompt of row {i}"));
+            assert_close(
+                &first[i * 5 * v..(i + 1) * 5 * v],
+                &want,
+                1e-5,
+                1e-4,
+                &format!("{device:?}: prompt of row {i}"),
+            );
         }
         for p in 5..t {
             let x = Tensor::from_u32_on(&rows(p, 1), &[b, 1], device).unwrap();

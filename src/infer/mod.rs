@@ -1,8 +1,8 @@
 //! Text generation: sampling (temperature, top-k, top-p, seed) and a KV-cached decode loop.
 
 use crate::nn::GPTModel;
-use crate::rng::Rng;
 use crate::ops::{self, Sampling};
+use crate::rng::Rng;
 use crate::{bail, no_grad, CommandBatch, Result, Tensor};
 
 #[derive(Clone, Debug)]

@@ -52,8 +52,18 @@ impl KvCache {
             let buf = slot.get_or_insert_with(|| Tensor::zeros_on(&[b, cap, h, d], Precision::FP32, device));
             // Sequence i's new rows go after its cached ones: one copy per sequence.
             for i in 0..b {
-                let dst = Tensor::from_storage(buf.storage().clone(), buf.offset() + (i * cap + self.len) * row, &[1, t, h, d], Precision::FP32);
-                let src = Tensor::from_storage(new.storage().clone(), new.offset() + i * t * row, &[1, t, h, d], Precision::FP32);
+                let dst = Tensor::from_storage(
+                    buf.storage().clone(),
+                    buf.offset() + (i * cap + self.len) * row,
+                    &[1, t, h, d],
+                    Precision::FP32,
+                );
+                let src = Tensor::from_storage(
+                    new.storage().clone(),
+                    new.offset() + i * t * row,
+                    &[1, t, h, d],
+                    Precision::FP32,
+                );
                 ops::flat::copy_into(&dst, &src)?;
             }
         }

@@ -77,7 +77,9 @@ pub fn flash_attention_cached(q: &Tensor, k: &Tensor, v: &Tensor, len: usize) ->
         Device::Gpu if a.d > GPU_MAX_D => {
             bail!(Shape, "{OP}: the GPU kernel supports head dims up to {GPU_MAX_D}, got q {:?}", q.shape())
         }
-        Device::Gpu => on_device(OP, Device::Gpu, || unreachable!("a GPU tensor"), || Ok(gpu_forward(&q, &k, &v, a, true)?.0)),
+        Device::Gpu => {
+            on_device(OP, Device::Gpu, || unreachable!("a GPU tensor"), || Ok(gpu_forward(&q, &k, &v, a, true)?.0))
+        }
     }
 }
 

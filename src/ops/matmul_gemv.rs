@@ -20,7 +20,12 @@ const COLS: usize = 8;
 pub(super) fn gemv_nt(a: &Tensor, b: &Tensor, m: usize, n: usize, k: usize) -> Result<Option<Tensor>> {
     let ((a_buf, a_start), a_off) = a.gpu_window("matmul")?;
     let ((b_buf, b_start), b_off) = b.gpu_window("matmul")?;
-    if m == 0 || n == 0 || k == 0 || m > ROWS || !(k.is_multiple_of(4) && a_off.is_multiple_of(4) && b_off.is_multiple_of(4)) {
+    if m == 0
+        || n == 0
+        || k == 0
+        || m > ROWS
+        || !(k.is_multiple_of(4) && a_off.is_multiple_of(4) && b_off.is_multiple_of(4))
+    {
         return Ok(None);
     }
     let ctx = gpu::context()?;

@@ -60,7 +60,8 @@ pub fn sample(logits: &Tensor, s: &Sampling, uniforms: &[f64]) -> Result<Tensor>
         logits.device(),
         || {
             let l = logits.to_vec();
-            let ids = (0..rows).map(|r| sample_row(&l[r * vocab..(r + 1) * vocab], s, uniforms.get(r).copied().unwrap_or(0.0)));
+            let ids = (0..rows)
+                .map(|r| sample_row(&l[r * vocab..(r + 1) * vocab], s, uniforms.get(r).copied().unwrap_or(0.0)));
             Tensor::from_u32_on(&ids.collect::<Vec<_>>(), &[rows], crate::Device::Cpu)
         },
         || gpu_sample(&logits, rows, vocab, s, uniforms),

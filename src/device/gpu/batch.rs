@@ -158,7 +158,11 @@ impl GpuContext {
                 kernel: kernel.name,
                 entry,
                 params: (params_buf.clone(), offset),
-                buffers: buffers.iter().zip(&sizes).map(|((buf, start), &size)| (buf.buffer.clone(), *start, size)).collect(),
+                buffers: buffers
+                    .iter()
+                    .zip(&sizes)
+                    .map(|((buf, start), &size)| (buf.buffer.clone(), *start, size))
+                    .collect(),
             };
             let bind_group = match b.bind_groups.get(&key) {
                 Some(g) => g.clone(),
