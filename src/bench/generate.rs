@@ -88,7 +88,7 @@ pub fn generate(o: &GenerateBench) -> Result<serde_json::Value> {
         "prompt_tokens": o.prompt_tokens,
         "max_tokens": o.max_tokens,
         "batch": o.batch,
-        "temperature": o.temperature,
+        "temperature": super::round(o.temperature as f64, 3),
         "generated": made,
         "prefill_ms": super::round(prefill * 1e3, 3),
         // Every row's tokens: batch × (tokens after the first) per second.
@@ -102,9 +102,15 @@ pub fn generate(o: &GenerateBench) -> Result<serde_json::Value> {
         "bind_groups_per_token": per_step(work.bind_groups),
     });
     emit(&out);
+    let work = match o.device {
+        Device::Gpu => format!(
+            " ({} dispatches, {} submits, {} host reads a step)",
+            out["dispatches_per_token"], out["submits_per_token"], out["reads_per_token"]
+        ),
+        Device::Cpu => String::new(),
+    };
     eprintln!(
-        "generate {} on {}: prompt {} × {} tokens in {:.1} ms; {} tokens a row at {} tokens/s after the first \
-         ({} dispatches, {} submits, {} host reads a step)",
+        "generate {} on {}: prompt {} × {} tokens in {:.1} ms; {} tokens a row at {} tokens/s after the first{work}",
         w.name,
         adapter(o.device),
         o.batch,
@@ -112,9 +118,6 @@ pub fn generate(o: &GenerateBench) -> Result<serde_json::Value> {
         prefill * 1e3,
         made,
         out["decode_tokens_per_s"],
-        out["dispatches_per_token"],
-        out["submits_per_token"],
-        out["reads_per_token"]
     );
     Ok(out)
 }
