@@ -6,6 +6,7 @@ put them side by side.
     python3 dev/bench_torch.py train --workload shakespeare --device gpu --bf16
     python3 dev/bench_torch.py matmul|attention|cross-entropy --device gpu [--shapes ...]
     python3 dev/bench_torch.py generate --workload gpt2-small --device gpu [--bf16] [--static [--compile]]
+        [--batch N] [--temperature T --top-k K --top-p P]
 
 The model is IronTensor's (src/nn/): Llama-style, RMSNorm, RoPE in the rotate-half convention,
 SDPA causal attention, SwiGLU FFN, embedding tied to the output, dropout on the embedding and on
@@ -359,7 +360,9 @@ def cross_entropy(args):
 
 def generate(args):
     """transformers' LlamaForCausalLM of the workload's shape (random weights, as ours), greedy
-    `generate` to a fixed length: prefill = the time of a 1-token generate, decode = the rest."""
+    `generate` to a fixed length: prefill = the time of a 1-token generate, decode = the rest.
+    --batch N decodes N random prompts together (tokens/s counts every row); --temperature > 0
+    samples (top-k, top-p) instead of the greedy choice."""
     from transformers import LlamaConfig, LlamaForCausalLM
     dev = device_of(args.device)
     vocab, c, layers, heads, kv, ffn, _, _, _, _ = WORKLOADS[args.workload]
@@ -374,14 +377,18 @@ def generate(args):
     if args.compile:
         model.forward = torch.compile(model.forward, mode="reduce-overhead")
     gen = torch.Generator().manual_seed(7)
-    ids = torch.randint(vocab, (1, args.prompt_tokens), generator=gen).to(dev)
+    ids = torch.randint(vocab, (args.batch, args.prompt_tokens), generator=gen).to(dev)
     extra = {"cache_implementation": "static"} if args.static else {}
+    if args.temperature > 0:
+        extra.update(do_sample=True, temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p)
+    else:
+        extra.update(do_sample=False)
 
     def run(n):
         sync(dev)
         t = time.perf_counter()
         with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0, **extra)
+            out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, pad_token_id=0, **extra)
         sync(dev)
         return time.perf_counter() - t, out.shape[1] - ids.shape[1]
 
@@ -392,8 +399,9 @@ def generate(args):
           "device": "gpu" if dev.type == "cuda" else "cpu", "adapter": adapter(dev),
           "precision": ("bf16" if args.bf16 else "f32") + ("+static" if args.static else "")
           + ("+compile" if args.compile else ""), "prompt_tokens": args.prompt_tokens,
-          "max_tokens": args.max_tokens, "generated": made, "prefill_ms": round(prefill * 1e3, 3),
-          "decode_tokens_per_s": round((made - 1) / (total - prefill), 1)})
+          "max_tokens": args.max_tokens, "batch": args.batch, "temperature": args.temperature,
+          "generated": made, "prefill_ms": round(prefill * 1e3, 3),
+          "decode_tokens_per_s": round(args.batch * (made - 1) / (total - prefill), 1)})
 
 
 def main():
@@ -423,6 +431,10 @@ def main():
     g.add_argument("--max-tokens", type=int, default=128)
     g.add_argument("--static", action="store_true", help="a static KV cache")
     g.add_argument("--compile", action="store_true", help="torch.compile the forward (with --static)")
+    g.add_argument("--batch", type=int, default=1, help="prompts decoded together")
+    g.add_argument("--temperature", type=float, default=0.0, help="0: greedy; else sample")
+    g.add_argument("--top-k", type=int, default=0, help="with --temperature: keep the k most likely (0: all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="with --temperature: nucleus (1: all)")
     for q in [t, g, *kernels.values()]:
         q.add_argument("--device", default="auto")
         q.add_argument("--bf16", action="store_true", help="bf16 autocast (kernels: bf16 inputs)")

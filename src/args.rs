@@ -144,6 +144,10 @@ pub struct GenerateArgs {
     /// of stopping (default: stop, saying so).
     #[arg(long)]
     slide: bool,
+    /// Continue the prompt this many times at once, one row each, seeded --seed, --seed + 1, ...
+    /// (printed one after another once all are done).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// A LoRA adapter folder (PEFT's adapter_config.json + adapter_model.safetensors, or one of
     /// our LoRA checkpoints) to apply to the model without merging it (default: none).
     #[arg(long)]
@@ -198,6 +202,7 @@ impl From<GenerateArgs> for GenerateOptions {
             device: a.device,
             no_cache: a.no_cache,
             slide: a.slide,
+            batch: a.batch,
             adapter: a.adapter,
         }
     }

@@ -158,6 +158,18 @@ enum BenchCommand {
         /// auto, fp32 or mixed (default: auto, or what IRONTENSOR_MATMUL says).
         #[arg(long)]
         precision: Option<String>,
+        /// Random prompts decoded together, one row each (tokens/s counts every row).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// 0 = greedy; else sample at this temperature (with --top-k and --top-p).
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// With --temperature: keep the k most likely tokens (0 = all).
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// With --temperature: keep the smallest set reaching this probability (1 = all).
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
     },
     /// Matmul GFLOP/s.
     Matmul {
@@ -224,9 +236,30 @@ fn bench(what: BenchCommand, settings: &Settings) -> irontensor::Result<()> {
             };
             cli::bench_train(&o)
         }
-        BenchCommand::Generate { workload, device, prompt_tokens, max_tokens, no_cache, precision } => {
+        BenchCommand::Generate {
+            workload,
+            device,
+            prompt_tokens,
+            max_tokens,
+            no_cache,
+            precision,
+            batch,
+            temperature,
+            top_k,
+            top_p,
+        } => {
             let device = irontensor::Device::parse(&device)?;
-            let o = irontensor::bench::GenerateBench { workload, device, prompt_tokens, max_tokens, no_cache };
+            let o = irontensor::bench::GenerateBench {
+                workload,
+                device,
+                prompt_tokens,
+                max_tokens,
+                no_cache,
+                batch,
+                temperature,
+                top_k,
+                top_p,
+            };
             cli::bench_generate(&o, precision.as_deref(), settings.precision)
         }
         BenchCommand::Matmul { device, shapes } => cli::bench_kernels(Kernel::Matmul, &device, &shapes),

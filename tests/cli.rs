@@ -198,6 +198,10 @@ fn train_then_generate_end_to_end() {
     let cached = gen(&[]);
     assert!(cached.starts_with("ROMEO:") && cached.len() > "ROMEO:".len(), "{cached}");
     assert_eq!(cached, gen(&["--no-cache"]));
+    // --batch 2: the prompt continued twice at once; greedy, each is the single run's text.
+    let two = gen(&["--batch", "2"]);
+    assert!(two.contains("--- 1 of 2 (seed 0) ---") && two.contains("--- 2 of 2 (seed 1) ---"), "{two}");
+    assert_eq!(two.matches(cached.trim()).count(), 2, "{two}\nvs\n{cached}");
     // Exported as an f32 GGUF, the model writes the same greedy text; a bad --type stops first.
     let gguf = dir.join("model.gguf");
     let (g, r) = (gguf.to_str().unwrap(), run.to_str().unwrap());
@@ -846,4 +850,20 @@ fn eval_reports_the_loss_of_a_model_on_a_text() {
     );
     assert!(!ok && out.contains("--data") && out.contains("tokens"), "{out}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `bench generate` decodes a batch of random prompts, sampled, and says so in its JSON line.
+#[test]
+fn bench_generate_batch_sampled() {
+    let args = ["bench", "generate", "--workload", "seed-tiny", "--device", "cpu", "--prompt-tokens", "4"];
+    let more = ["--max-tokens", "3", "--batch", "2", "--temperature", "0.9", "--top-k", "5", "--top-p", "0.8"];
+    let (ok, out) = irontensor(&[&args[..], &more[..]].concat(), &[]);
+    assert!(ok, "{out}");
+    let line = out.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON line: {out}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!((v["batch"].as_u64(), v["generated"].as_u64()), (Some(2), Some(3)), "{line}");
+    assert_eq!(v["temperature"].as_f64(), Some(0.9), "{line}");
+    assert!(v["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{line}");
+    let (ok, out) = irontensor(&[&args[..], &["--batch", "0"][..]].concat(), &[]);
+    assert!(!ok && out.contains("--batch"), "{out}");
 }

@@ -180,6 +180,20 @@ fn offsets(device: Device) {
     }
 }
 
+/// Products of a few rows times a [N, K] weight (decoding) take the GPU's kernel for them where K
+/// and the offsets are multiples of 4, and the tiled kernels otherwise.
+fn few_rows(device: Device) {
+    let _lock = precision_lock();
+    let shapes = [(1, 1, 4), (1, 257, 36), (3, 1001, 132), (8, 77, 1028), (5, 33, 4100), (2, 65, 35), (9, 129, 20)];
+    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+        Case::new(m, n, k, (false, true)).check(device, 500 + i as u64);
+        let case = Case { off_a: 4, off_b: 64, ..Case::new(m, n, k, (false, true)) };
+        case.check(device, 600 + i as u64);
+        let case = Case { off_a: 3, off_b: 5, ..Case::new(m, n, k, (false, true)) };
+        case.check(device, 700 + i as u64);
+    }
+}
+
 fn gradients(device: Device) {
     let _lock = precision_lock();
     // Across tile edges, batched with a shared B: dA and dB are matmuls with other transposes.
@@ -209,7 +223,7 @@ fn errors(device: Device) {
     assert!(msg.contains("matmul") && msg.contains("[2, 2, 3]ᵀ"), "{msg}");
 }
 
-device_tests!(sizes, aligned_and_split, batched, offsets, gradients, errors);
+device_tests!(sizes, aligned_and_split, batched, offsets, few_rows, gradients, errors);
 
 /// f16's rounding of an f32 (round to nearest even), as the cooperative kernel rounds its inputs.
 fn to_f16(x: f32) -> f64 {

@@ -270,31 +270,37 @@ fn sampling_filters() {
 
 device_tests!(transformer_block, dropout, kv_cache_matches_full_forward, generation);
 
-/// One sequence's cache writes each new position into buffers made for the whole context: the
-/// keys returned grow without copying the earlier ones (one storage throughout), hold what was
-/// appended, and a position past the capacity is an error. A batch's cache joins anew.
+/// The cache writes each new position into buffers made for the whole context, for one sequence
+/// or several: the buffers returned stay the same storage (nothing earlier is copied), their first
+/// `len()` positions of each sequence hold what was appended, and a position past the capacity
+/// is an error.
 #[test]
 fn kv_cache_appends_in_place() {
     use irontensor::nn::KvCache;
     for device in [Some(Device::Cpu), common::gpu()].into_iter().flatten() {
-        let t = |n: usize, seed: u64| {
-            Tensor::from_f32_on(&rand_vec(n * 8, -1.0, 1.0, seed), &[1, n, 2, 4], device).unwrap()
-        };
-        let mut cache = KvCache::with_capacity(8);
-        let (k3, v3) = (t(3, 1), t(3, 2));
-        let (k, v) = cache.append(k3.clone(), v3.clone()).unwrap();
-        let (k1, v1) = (t(1, 3), t(1, 4));
-        let (k2, v2) = cache.append(k1.clone(), v1.clone()).unwrap();
-        assert_eq!((k2.shape(), cache.len()), (&[1, 4, 2, 4][..], 4));
-        assert!(k2.shares_storage(&k) && v2.shares_storage(&v), "{device:?}: the cache was copied");
-        assert_eq!(k2.to_vec(), [k3.to_vec(), k1.to_vec()].concat(), "{device:?}");
-        assert_eq!(v2.to_vec(), [v3.to_vec(), v1.to_vec()].concat(), "{device:?}");
-        let e = cache.append(t(5, 5), t(5, 6)).unwrap_err().to_string();
-        assert!(e.contains("exceed its 8"), "{e}");
-        let mut batch = KvCache::with_capacity(8);
-        let two = |seed| Tensor::from_f32_on(&rand_vec(16, -1.0, 1.0, seed), &[2, 1, 2, 4], device).unwrap();
-        batch.append(two(7), two(8)).unwrap();
-        let (k, _) = batch.append(two(9), two(10)).unwrap();
-        assert_eq!(k.shape(), &[2, 2, 2, 4]);
+        for b in [1, 3] {
+            let t = |n: usize, seed: u64| {
+                Tensor::from_f32_on(&rand_vec(b * n * 8, -1.0, 1.0, seed), &[b, n, 2, 4], device).unwrap()
+            };
+            let mut cache = KvCache::with_capacity(8);
+            let (k3, v3) = (t(3, 1), t(3, 2));
+            let (k, v) = cache.append(k3.clone(), v3.clone()).unwrap();
+            let (k1, v1) = (t(1, 3), t(1, 4));
+            let (k2, v2) = cache.append(k1.clone(), v1.clone()).unwrap();
+            assert_eq!((k2.shape(), cache.len()), (&[b, 8, 2, 4][..], 4));
+            assert!(k2.shares_storage(&k) && v2.shares_storage(&v), "{device:?}: the cache was copied");
+            // Sequence i: its 3 prompt positions, then the new one.
+            let filled = |cached: &Tensor, first: &Tensor, next: &Tensor| {
+                let (c, f, n) = (cached.to_vec(), first.to_vec(), next.to_vec());
+                for i in 0..b {
+                    let want = [&f[i * 24..(i + 1) * 24], &n[i * 8..(i + 1) * 8]].concat();
+                    assert_eq!(&c[i * 64..i * 64 + 32], &want[..], "{device:?} batch {b}, sequence {i}");
+                }
+            };
+            filled(&k2, &k3, &k1);
+            filled(&v2, &v3, &v1);
+            let e = cache.append(t(5, 5), t(5, 6)).unwrap_err().to_string();
+            assert!(e.contains("exceed its 8"), "{e}");
+        }
     }
 }

@@ -28,6 +28,8 @@ pub struct GenerateOptions {
     pub no_cache: bool,
     /// Past the model's context, slide the window instead of stopping.
     pub slide: bool,
+    /// Continuations of the prompt made together, seeded `seed`, `seed + 1`, ...
+    pub batch: usize,
     /// A LoRA adapter folder applied to the model, unmerged.
     pub adapter: Option<PathBuf>,
 }
@@ -41,6 +43,10 @@ fn sampling(o: &GenerateOptions) -> Result<SamplingConfig> {
         return Err(bad_flag("top-p", o.top_p, "must be in (0, 1] (1 = every token)"));
     }
     super::at_least_one("max-tokens", o.max_tokens)?;
+    super::at_least_one("batch", o.batch)?;
+    if o.batch > 1 && o.chat.is_some() {
+        return Err(bad_flag("batch", o.batch, "works with --prompt only, not --chat"));
+    }
     Ok(SamplingConfig {
         temperature: o.temperature,
         top_k: o.top_k,
@@ -61,6 +67,7 @@ pub fn generate(o: &GenerateOptions) -> Result<()> {
     }
     match &o.chat {
         Some(message) => chat(&model, &tok, &o.checkpoint, message, &cfg, !o.no_cache),
+        None if o.batch > 1 => write_batch(&model, &tok, &o.prompt, &cfg, !o.no_cache, o.batch),
         None => write_text(&model, &tok, &o.prompt, &cfg, !o.no_cache),
     }
 }
@@ -129,21 +136,59 @@ pub fn write_text(model: &GPTModel, tok: &Tokenizer, prompt: &str, cfg: &Samplin
         print(t);
     })?;
     println!();
+    timings(ids.len(), 1, made.len(), start, first, Instant::now());
+    stopped(model, tok, cfg, &ids, &made);
+    Ok(())
+}
+
+/// `generate --batch N`: N continuations of `prompt` made together (row i seeded `cfg.seed + i`),
+/// printed one after another under a header line once all are done.
+fn write_batch(
+    model: &GPTModel,
+    tok: &Tokenizer,
+    prompt: &str,
+    cfg: &SamplingConfig,
+    cache: bool,
+    batch: usize,
+) -> Result<()> {
+    let ids = tok.encode(prompt);
+    let ids = if ids.is_empty() { vec![tok.eos_id()] } else { ids };
+    let prompts = vec![ids.as_slice(); batch];
+    let start = Instant::now();
+    let mut first: Option<Instant> = None;
+    let made = infer::generate_batch(model, &prompts, cfg, &[tok.eos_id()], cache, |_, _| {
+        first.get_or_insert_with(Instant::now);
+    })?;
     let end = Instant::now();
-    if let Some(first) = first {
-        let prefill = (first - start).as_secs_f64();
-        let decode = (end - first).as_secs_f64();
-        let rest = made.len() - 1;
-        note!(
-            "prompt: {} tokens in {:.1} ms ({:.0} tokens/s); generated: {} tokens, {rest} after the first in {:.1} ms ({:.1} tokens/s)",
-            ids.len(),
-            prefill * 1e3,
-            ids.len() as f64 / prefill,
-            made.len(),
-            decode * 1e3,
-            if rest > 0 { rest as f64 / decode } else { 0.0 }
-        );
+    for (i, row) in made.iter().enumerate() {
+        println!("--- {} of {batch} (seed {}) ---", i + 1, cfg.seed.wrapping_add(i as u64));
+        println!("{prompt}{}", tok.decode(row));
     }
+    let longest = made.iter().map(Vec::len).max().unwrap_or(0);
+    timings(ids.len(), batch, longest, start, first, end);
+    stopped(model, tok, cfg, &ids, &made[0]);
+    Ok(())
+}
+
+/// llama.cpp-style timings on stderr: the prompt's tokens and time (prefill, to the first sampled
+/// token) and the rate of the rest (decode), every row's tokens counted.
+fn timings(prompt: usize, rows: usize, made: usize, start: Instant, first: Option<Instant>, end: Instant) {
+    let Some(first) = first else { return };
+    let prefill = (first - start).as_secs_f64();
+    let decode = (end - first).as_secs_f64();
+    let rest = rows * made.saturating_sub(1);
+    let rows_note = if rows > 1 { format!(" × {rows} rows") } else { String::new() };
+    note!(
+        "prompt: {prompt} tokens{rows_note} in {:.1} ms ({:.0} tokens/s); generated: {made} tokens{rows_note}, {rest} after the first in {:.1} ms ({:.1} tokens/s)",
+        prefill * 1e3,
+        (rows * prompt) as f64 / prefill,
+        decode * 1e3,
+        if rest > 0 { rest as f64 / decode } else { 0.0 }
+    );
+}
+
+/// Says why generation stopped short when the context filled up.
+fn stopped(model: &GPTModel, tok: &Tokenizer, cfg: &SamplingConfig, ids: &[u32], made: &[u32]) {
     let full = ids.len() + made.len() > model.config.max_seq_len;
     if !cfg.slide && made.len() < cfg.max_tokens && made.last() != Some(&tok.eos_id()) && full {
         note!(
@@ -151,5 +196,4 @@ pub fn write_text(model: &GPTModel, tok: &Tokenizer, prompt: &str, cfg: &Samplin
             model.config.max_seq_len
         );
     }
-    Ok(())
 }

@@ -56,18 +56,15 @@ impl Attention {
         }
         let y = add_deltas(y, x, &[&self.q_proj, &self.k_proj, &self.v_proj], seed)?;
         let y = y.view(&[b, t, self.heads + 2 * self.kv_heads, self.head_dim])?;
-        let [q, mut k, mut v] = ops::rope_qkv(&y, self.heads, self.kv_heads, self.rope, pos)?;
-        if let Some(cache) = cache {
-            (k, v) = cache.append(k, v)?;
-        }
-        // A prompt attends causally; one new token after it attends to every cached key.
-        let o = match (k.shape()[1] == t, t) {
-            (true, _) => ops::flash_attention_bthd(&q, &k, &v, true)?,
-            (false, 1) => ops::flash_attention_bthd(&q, &k, &v, false)?,
-            _ => crate::bail!(
-                Invalid,
-                "attention: with a KV cache, feed the prompt at once and then one token at a time"
-            ),
+        let [q, k, v] = ops::rope_qkv(&y, self.heads, self.kv_heads, self.rope, pos)?;
+        // With a cache, the new positions (a prompt, or tokens one at a time) attend causally to
+        // every cached one, read in place.
+        let o = match cache {
+            Some(cache) => {
+                let (k, v) = cache.append(k, v)?;
+                ops::flash_attention_cached(&q, &k, &v, cache.len())?
+            }
+            None => ops::flash_attention_bthd(&q, &k, &v, true)?,
         };
         let o = o.view(&[b * t, self.heads * self.head_dim])?;
         self.o_proj.forward(&o, seed.map(|s| s.wrapping_add(4)))

@@ -16,6 +16,9 @@ pub(crate) struct AttnDims {
     pub tk: usize,
     pub d: usize,
     pub bthd: bool,
+    /// Positions between two batches of k and v: tk, or a KV cache's capacity when reading its
+    /// first tk positions.
+    pub tk_cap: usize,
 }
 
 impl AttnDims {
@@ -63,7 +66,7 @@ pub(crate) fn attention_dims_in(
     if causal && tq > tk {
         bail!(Shape, "{op}: a causal mask needs no more queries than keys, got q {qs:?}, k {ks:?}");
     }
-    Ok(AttnDims { b, hq, hkv, tq, tk, d, bthd })
+    Ok(AttnDims { b, hq, hkv, tq, tk, d, bthd, tk_cap: tk })
 }
 
 /// softmax(Q·Kᵀ/√D + mask)·V with q [B, Hq, T, D], k and v [B, Hkv, T, D] -> [B, Hq, T, D].

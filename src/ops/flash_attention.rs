@@ -5,7 +5,7 @@ use super::attention::{attention_dims_in, AttnDims};
 use super::flash_attention_gpu::{gpu_backward, gpu_forward};
 // The registry (`ops::kernels`) names the kernels here.
 pub(crate) use super::flash_attention_gpu::{KERNEL_128, KERNEL_64, KERNEL_COOP_128, KERNEL_COOP_64};
-use super::{float_input, on_device, permute};
+use super::{float_input, on_device, permute, slice};
 use crate::autograd::record;
 use crate::device::cpu;
 use crate::{bail, Device, Result, Tensor};
@@ -46,6 +46,42 @@ pub fn flash_attention_bthd(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) ->
         return heads_first(&o);
     }
     flash(OP, q, k, v, causal, true)
+}
+
+/// Causal attention of q [B, Tq, Hq, D] over the first `len` positions of a KV cache k, v
+/// [B, Cap, Hkv, D] (query t sees keys j <= t + len - Tq), reading only those positions: in place
+/// for one sequence, and for several when no input tracks gradients (else through a copy of
+/// them, which the backward passes through).
+pub fn flash_attention_cached(q: &Tensor, k: &Tensor, v: &Tensor, len: usize) -> Result<Tensor> {
+    const OP: &str = "flash_attention_cached";
+    let full = attention_dims_in(OP, q, k, v, true, true)?;
+    if len < full.tq || len > full.tk {
+        bail!(Shape, "{OP}: {len} cached positions must cover q {:?} and fit k {:?}", q.shape(), k.shape());
+    }
+    let (b, hkv, d) = (full.b, full.hkv, full.d);
+    if b == 1 {
+        // One sequence: its first `len` positions are a contiguous view.
+        let prefix = |x: &Tensor| Tensor::from_storage(x.storage().clone(), x.offset(), &[1, len, hkv, d], x.dtype());
+        return flash_attention_bthd(q, &prefix(k), &prefix(v), true);
+    }
+    let tracked = crate::autograd::is_grad_enabled() && [q, k, v].iter().any(|t| t.tracks_grad());
+    let a = AttnDims { tk: len, ..full };
+    let copied = || flash_attention_bthd(q, &slice(k, 1, 0, len)?, &slice(v, 1, 0, len)?, true);
+    let (q, k, v) = (float_input(OP, q)?, float_input(OP, k)?, float_input(OP, v)?);
+    match q.device() {
+        _ if tracked => copied(),
+        Device::Cpu if a.tq == 1 => {
+            on_device(OP, Device::Cpu, || Ok(cpu_bthd_inference(&q, &k, &v, a, true)), || unreachable!("a CPU tensor"))
+        }
+        // A prompt of several sequences on the CPU: the positions it reads, copied once.
+        Device::Cpu => copied(),
+        Device::Gpu if a.d > GPU_MAX_D => {
+            bail!(Shape, "{OP}: the GPU kernel supports head dims up to {GPU_MAX_D}, got q {:?}", q.shape())
+        }
+        Device::Gpu => {
+            on_device(OP, Device::Gpu, || unreachable!("a GPU tensor"), || Ok(gpu_forward(&q, &k, &v, a, true)?.0))
+        }
+    }
 }
 
 fn flash(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, bthd: bool) -> Result<Tensor> {
@@ -203,7 +239,7 @@ fn cpu_bthd_inference(q: &Tensor, k: &Tensor, v: &Tensor, a: AttnDims, causal: b
     // Row i of o (and q) is (b, t, h) = (i / (Tq·Hq), i / Hq % Tq, i % Hq).
     o.par_chunks_mut(d).enumerate().for_each(|(i, out)| {
         let (b, t, h) = (i / (a.tq * a.hq), i / a.hq % a.tq, i % a.hq);
-        let key_row = |j: usize| ((b * a.tk + j) * a.hkv + h / a.group()) * d;
+        let key_row = |j: usize| ((b * a.tk_cap + j) * a.hkv + h / a.group()) * d;
         let qrow = &qv[i * d..(i + 1) * d];
         let mut s: Vec<f32> = (0..key_end(&a, causal, t + 1))
             .map(|j| qrow.iter().zip(&kv[key_row(j)..key_row(j) + d]).map(|(x, y)| x * y).sum::<f32>() * scale)

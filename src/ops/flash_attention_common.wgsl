@@ -21,6 +21,7 @@ struct Params {
     q_rs: u32,      // [B, H, T, D]: T·D and D; [B, T, H, D]: D and H·D
     kv_hs: u32,     // the same for k, v, dK, dV
     kv_rs: u32,
+    kv_bs: u32,     // element stride between batches of k and v (a KV cache holds more than tk rows)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -46,7 +47,7 @@ fn q_at(b: u32, h: u32, t: u32) -> u32 {
 }
 
 fn kv_at(b: u32, h: u32, j: u32) -> u32 {
-    return b * p.hkv * p.tk * p.d + h * p.kv_hs + j * p.kv_rs;
+    return b * p.kv_bs + h * p.kv_hs + j * p.kv_rs;
 }
 
 // A query block of the forward and dQ kernels: workgroup (64 queries, head, batch), the blocks in

@@ -64,7 +64,7 @@ const GPU_ROWS: usize = 64;
 kernel_params! {
     /// The Params of flash_attention_common.wgsl, which every FlashAttention kernel shares: sizes,
     /// element offsets of q, k, v, dO, LSE, aux, where the second output starts in `out`, and
-    /// the head and position strides of q-shaped and kv-shaped tensors.
+    /// the head and position strides of q-shaped and kv-shaped tensors, and the batch stride of k, v.
     pub(crate) struct FlashParams {
         b: u32,
         hq: u32,
@@ -86,6 +86,7 @@ kernel_params! {
         q_rs: u32,
         kv_hs: u32,
         kv_rs: u32,
+        kv_bs: u32,
     }
 }
 
@@ -119,6 +120,7 @@ fn params(a: &AttnDims, causal: bool, offs: [usize; 7]) -> Result<FlashParams> {
         q_rs: u("q row stride", q_rs)?,
         kv_hs: u("kv head stride", kv_hs)?,
         kv_rs: u("kv row stride", kv_rs)?,
+        kv_bs: u("kv batch stride", a.hkv * a.tk_cap * a.d)?,
     })
 }
 

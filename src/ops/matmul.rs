@@ -195,6 +195,12 @@ fn k_splits(d: &Dims, tile: (usize, usize), target: usize) -> usize {
 /// dst, which is returned. The kernel writes (or adds) into dst itself where K is not split and
 /// dst's offset is 4-aligned; otherwise the product is made, then copied or added in.
 fn gpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims, into: Option<(&Tensor, bool)>) -> Result<Tensor> {
+    // A few rows times a weight (decoding): a kernel that reads the weight once.
+    if d.batch == 1 && !ta && tb && into.is_none() {
+        if let Some(c) = super::matmul_gemv::gemv_nt(a, b, d.m, d.n, d.k)? {
+            return c.view(&d.out_shape);
+        }
+    }
     let ctx = gpu::context()?;
     let coop = matmul_precision() == MatmulPrecision::F16; // only where the GPU has the matrices
                                                            // Operands in buffers larger than one binding (a view of a large weight) are bound from a

@@ -13,10 +13,12 @@ pub(crate) mod flat;
 mod layout;
 mod matmul;
 mod matmul_cpu;
+mod matmul_gemv;
 mod reduce;
 mod rmsnorm;
 mod rope;
 mod rope_freqs;
+mod sample;
 mod softmax;
 mod swiglu;
 
@@ -27,7 +29,7 @@ pub use dropout::dropout;
 pub(crate) use elementwise::add_into;
 pub use elementwise::{add, div, exp, gelu, log, mul, neg, relu, rsqrt, scale, silu, sqrt, sub};
 pub use embedding::embedding;
-pub use flash_attention::{flash_attention, flash_attention_bthd};
+pub use flash_attention::{flash_attention, flash_attention_bthd, flash_attention_cached};
 pub use layout::{concat, permute, slice, transpose};
 pub(crate) use matmul::prefer_f16_matmul;
 pub use matmul::{coop_matmul_supported, matmul, matmul_precision, matmul_t, set_matmul_precision, MatmulPrecision};
@@ -35,6 +37,7 @@ pub use reduce::{max, max_all, mean, mean_all, sum, sum_all, sum_rows};
 pub use rmsnorm::{add_rmsnorm, rmsnorm};
 pub use rope::{rope, rope_qkv};
 pub use rope_freqs::{Rope, RopeScaling};
+pub use sample::{sample, sample_row, Sampling};
 pub use softmax::softmax;
 pub use swiglu::{swiglu, swiglu_halves};
 
@@ -57,9 +60,11 @@ pub fn kernels() -> Vec<&'static Kernel> {
         &matmul::KERNEL,
         &matmul::WIDE_KERNEL,
         &matmul::COOP_KERNEL,
+        &matmul_gemv::GEMV_KERNEL,
         &reduce::KERNEL,
         &rmsnorm::KERNEL,
         &rope::KERNEL,
+        &sample::KERNEL,
         &softmax::KERNEL,
         &swiglu::KERNEL,
     ]

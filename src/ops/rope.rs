@@ -128,7 +128,7 @@ fn split(y: &Tensor, hq: usize, hkv: usize, turns: &[f32], pos_offset: usize) ->
             let ctx = gpu::context()?;
             let n = y.numel() / 2;
             let out = ctx.alloc(y.numel() as u64 * 4);
-            let table = ctx.upload(bytemuck::cast_slice(turns));
+            let table = ctx.constant(bytemuck::cast_slice(turns));
             let u = |what, v| to_u32("rope_qkv", what, v);
             let params = RopeParams {
                 n: u("pairs", n)?,
@@ -141,7 +141,7 @@ fn split(y: &Tensor, hq: usize, hkv: usize, turns: &[f32], pos_offset: usize) ->
                 hkv: u("kv heads", hkv)?,
                 ..Default::default()
             };
-            ctx.dispatch(&KERNEL, "qkv_rope", &params, &[y.gpu(), &table, &out], grid_for(n))?;
+            ctx.dispatch(&KERNEL, "qkv_rope", &params, &[y.gpu(), &*table, &out], grid_for(n))?;
             Ok(Tensor::from_gpu(out, &[y.numel()], Precision::FP32))
         },
     )
@@ -175,7 +175,7 @@ fn merge(dys: &[Tensor], g: usize, turns: &[f32], pos_offset: usize) -> Result<T
             let ctx = gpu::context()?;
             let n = b * t * g * d / 2;
             let out = ctx.alloc(n as u64 * 8);
-            let table = ctx.upload(bytemuck::cast_slice(turns));
+            let table = ctx.constant(bytemuck::cast_slice(turns));
             let u = |what, v| to_u32("rope_qkv backward", what, v);
             let params = RopeParams {
                 n: u("pairs", n)?,
@@ -190,7 +190,7 @@ fn merge(dys: &[Tensor], g: usize, turns: &[f32], pos_offset: usize) -> Result<T
                 k_off: u("dk offset", dk.offset())?,
                 v_off: u("dv offset", dv.offset())?,
             };
-            let buffers = [dq.gpu(), &table, &out, dk.gpu(), dv.gpu()];
+            let buffers = [dq.gpu(), &*table, &out, dk.gpu(), dv.gpu()];
             ctx.dispatch(&KERNEL, "qkv_rope_backward", &params, &buffers, grid_for(n))?;
             Ok(Tensor::from_gpu(out, &shape, Precision::FP32))
         },
@@ -271,7 +271,7 @@ fn rotate(op: &'static str, x: &Tensor, turns: &[f32], pos_offset: usize, sign: 
             let ctx = gpu::context()?;
             let n = x.numel() / 2;
             let out = ctx.alloc(x.numel() as u64 * 4);
-            let table = ctx.upload(bytemuck::cast_slice(turns));
+            let table = ctx.constant(bytemuck::cast_slice(turns));
             let u = |what, v| to_u32("rope", what, v);
             let params = RopeParams {
                 n: u("pairs", n)?,
@@ -283,7 +283,7 @@ fn rotate(op: &'static str, x: &Tensor, turns: &[f32], pos_offset: usize, sign: 
                 sign,
                 ..Default::default()
             };
-            ctx.dispatch(&KERNEL, "rope", &params, &[x.gpu(), &table, &out], grid_for(n))?;
+            ctx.dispatch(&KERNEL, "rope", &params, &[x.gpu(), &*table, &out], grid_for(n))?;
             Ok(Tensor::from_gpu(out, x.shape(), Precision::FP32))
         },
     )

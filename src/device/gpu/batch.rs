@@ -3,6 +3,7 @@
 
 use super::{count, observer, pool::Kind, started, GpuBuffer, GpuContext, Kernel, KernelParams};
 use crate::{Error, Result};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
@@ -31,7 +32,22 @@ pub(super) struct Batch {
     dispatches: usize,
     /// While profiling with timestamps: this batch's query set and the op of each timed pass.
     queries: Option<Queries>,
+    /// Bind groups made so far, by what they bind: a decode step repeats the last one's
+    /// dispatches on the same pooled buffers, so it makes none.
+    bind_groups: HashMap<BindKey, wgpu::BindGroup>,
 }
+
+/// What a bind group binds: the pipeline's (kernel, entry), the params slot, each buffer window.
+#[derive(PartialEq, Eq, Hash)]
+struct BindKey {
+    kernel: &'static str,
+    entry: &'static str,
+    params: (wgpu::Buffer, usize),
+    buffers: Vec<(wgpu::Buffer, u64, u64)>,
+}
+
+/// Bind groups kept at most; then the cache starts again (a bound for long, varied runs).
+const MAX_BIND_GROUPS: usize = 4096;
 
 /// Two timestamps (start, end of the compute pass) per timed dispatch of one batch; resolved
 /// and copied into `readback` at submit, read once the batch's work is done.
@@ -134,36 +150,60 @@ impl GpuContext {
             let offset = b.params.len();
             b.params.extend_from_slice(bytemuck::bytes_of(params));
             b.params.resize(offset + SLOT, 0);
-            let mut entries = vec![wgpu::BindGroupEntry {
-                binding: 0,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: &params_buf,
-                    offset: offset as u64,
-                    size: wgpu::BufferSize::new(SLOT as u64),
-                }),
-            }];
-            for (i, (buf, start)) in buffers.iter().enumerate() {
-                let size = (buf.buffer.size() - start.min(&buf.buffer.size())).min(self.max_binding);
-                entries.push(wgpu::BindGroupEntry {
-                    binding: i as u32 + 1,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &buf.buffer,
-                        offset: *start,
-                        size: wgpu::BufferSize::new(size),
-                    }),
-                });
-            }
-            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &entries,
-            });
-            // Validation errors (this bind group's, or an allocation's since the last dispatch)
-            // are reported within the calls: record nothing that used them.
-            if let Err(e) = self.check(kernel.name) {
-                b.params.truncate(offset);
-                return Err(e);
-            }
+            let sizes: Vec<u64> = buffers
+                .iter()
+                .map(|(buf, start)| (buf.buffer.size() - start.min(&buf.buffer.size())).min(self.max_binding))
+                .collect();
+            let key = BindKey {
+                kernel: kernel.name,
+                entry,
+                params: (params_buf.clone(), offset),
+                buffers: buffers
+                    .iter()
+                    .zip(&sizes)
+                    .map(|((buf, start), &size)| (buf.buffer.clone(), *start, size))
+                    .collect(),
+            };
+            let bind_group = match b.bind_groups.get(&key) {
+                Some(g) => g.clone(),
+                None => {
+                    let mut entries = vec![wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &params_buf,
+                            offset: offset as u64,
+                            size: wgpu::BufferSize::new(SLOT as u64),
+                        }),
+                    }];
+                    for (i, ((buf, start), &size)) in buffers.iter().zip(&sizes).enumerate() {
+                        entries.push(wgpu::BindGroupEntry {
+                            binding: i as u32 + 1,
+                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer: &buf.buffer,
+                                offset: *start,
+                                size: wgpu::BufferSize::new(size),
+                            }),
+                        });
+                    }
+                    let g = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: None,
+                        layout: &pipeline.get_bind_group_layout(0),
+                        entries: &entries,
+                    });
+                    // Validation errors (this bind group's, or an allocation's since the last
+                    // dispatch) are reported within the calls: record and keep nothing that used them.
+                    if let Err(e) = self.check(kernel.name) {
+                        b.params.truncate(offset);
+                        return Err(e);
+                    }
+                    count(|c| c.bind_groups += 1);
+                    if b.bind_groups.len() >= MAX_BIND_GROUPS {
+                        b.bind_groups.clear();
+                    }
+                    b.bind_groups.insert(key, g.clone());
+                    g
+                }
+            };
             let timestamp_writes = match op {
                 Some(op) if self.timestamps() => {
                     let q = b.queries.get_or_insert_with(|| self.take_queries());

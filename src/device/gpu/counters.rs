@@ -1,4 +1,4 @@
-//! Per-thread counts of the GPU work sent: dispatches, submits, host reads, uploads.
+//! Per-thread counts of the GPU work sent: dispatches, submits, host reads, uploads, bind groups.
 
 use std::cell::Cell;
 
@@ -14,10 +14,12 @@ pub struct Counters {
     pub reads: u64,
     /// Host-to-GPU uploads.
     pub uploads: u64,
+    /// Bind groups created (the rest of the dispatches reused one).
+    pub bind_groups: u64,
 }
 
 thread_local! {
-    static COUNTERS: Cell<Counters> = const { Cell::new(Counters { dispatches: 0, submits: 0, reads: 0, uploads: 0 }) };
+    static COUNTERS: Cell<Counters> = const { Cell::new(Counters { dispatches: 0, submits: 0, reads: 0, uploads: 0, bind_groups: 0 }) };
 }
 
 /// Adds to this thread's counters.
@@ -42,6 +44,7 @@ impl std::ops::Sub for Counters {
             submits: self.submits - o.submits,
             reads: self.reads - o.reads,
             uploads: self.uploads - o.uploads,
+            bind_groups: self.bind_groups - o.bind_groups,
         }
     }
 }

@@ -101,6 +101,8 @@ pub struct GpuContext {
     memory: Option<u64>,
     /// The first error wgpu reported and nobody has returned yet (see `check`).
     error: std::sync::Arc<Mutex<Option<String>>>,
+    /// Small constant tables by content (see `constant`).
+    constants: Mutex<HashMap<Vec<u8>, std::sync::Arc<GpuBuffer>>>,
 }
 
 /// Shader modules by kernel name, and pipelines by (kernel name, entry point).
@@ -209,6 +211,7 @@ impl GpuContext {
             max_binding,
             memory,
             error,
+            constants: Mutex::new(HashMap::new()),
         })
     }
 
@@ -313,6 +316,22 @@ impl GpuContext {
     pub fn upload_u32(&self, data: &[u32]) -> GpuBuffer {
         let mut buf = self.upload(bytemuck::cast_slice(data));
         buf.host_u32 = Some(data.into());
+        buf
+    }
+
+    /// A buffer holding `data`, uploaded the first time these bytes are asked for and shared after
+    /// (a table every call of an op reads, such as RoPE's frequencies: no upload per token).
+    /// Never written: kernels bind it read-only.
+    pub fn constant(&self, data: &[u8]) -> std::sync::Arc<GpuBuffer> {
+        let mut tables = self.constants.lock().unwrap();
+        if let Some(buf) = tables.get(data) {
+            return buf.clone();
+        }
+        if tables.len() >= 256 {
+            tables.clear(); // a bound on what a long-lived process keeps
+        }
+        let buf = std::sync::Arc::new(self.upload(data));
+        tables.insert(data.to_vec(), buf.clone());
         buf
     }
 
