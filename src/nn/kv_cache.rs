@@ -70,6 +70,7 @@ impl KvCache {
         self.len += t;
         Ok((self.k.clone().expect("keys cached"), self.v.clone().expect("values cached")))
     }
+
     /// Positions cached.
     pub fn len(&self) -> usize {
         self.len
