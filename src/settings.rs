@@ -49,6 +49,10 @@ impl PrecisionChoice {
 pub struct GpuSettings {
     /// `IRONTENSOR_SYNC_GPU=1`: submit and wait after every op.
     pub sync_every_op: bool,
+    /// `IRONTENSOR_SHADER_CHECKS=1`: compile kernels with wgpu's run-time checks (every index
+    /// clamped, every loop bounded), to find a kernel that reads or writes out of bounds. Off,
+    /// kernels run as written: they check their own edges.
+    pub shader_checks: bool,
     /// `IRONTENSOR_KERNEL_DIR`: a kernel named NAME compiles from `DIR/NAME.wgsl` when that file exists.
     pub kernel_dir: Option<PathBuf>,
     /// Where compiled pipelines are kept across runs; None keeps none (the default: no home is known).
@@ -173,6 +177,7 @@ impl Settings {
             },
             local_rank: dist.launcher.as_ref().and_then(|l| l.local_rank),
             sync_every_op: vars.flag("IRONTENSOR_SYNC_GPU")?,
+            shader_checks: vars.flag("IRONTENSOR_SHADER_CHECKS")?,
             kernel_dir: vars.get("IRONTENSOR_KERNEL_DIR")?.map(PathBuf::from),
             cache_dir: cache_dir(&vars)?,
             max_binding: max_binding(&vars)?,

@@ -95,6 +95,7 @@ pub struct GpuContext {
     /// Timestamp query sets of submitted batches, for the profiler.
     timing: Mutex<batch::Timing>,
     sync_every_op: bool,
+    shader_checks: bool,
     /// The most bytes of one buffer a dispatch binds (see `max_binding`).
     max_binding: u64,
     /// The device's own memory in bytes, where the driver says or the settings give it.
@@ -208,6 +209,7 @@ impl GpuContext {
             batch: Mutex::new(batch::Batch::default()),
             timing: Mutex::new(batch::Timing::default()),
             sync_every_op: settings.sync_every_op,
+            shader_checks: settings.shader_checks,
             max_binding,
             memory,
             error,
@@ -224,12 +226,20 @@ impl GpuContext {
         let t = Instant::now();
         // One module per WGSL file: its entry points share the parsed and validated source.
         let module = modules.entry(kernel.name).or_insert_with(|| {
-            self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            let desc = wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.name),
                 source: wgpu::ShaderSource::Wgsl(
                     with_prelude(&kernel_source(kernel, self.kernel_dir.as_deref())).into(),
                 ),
-            })
+            };
+            let checks = if self.shader_checks {
+                wgpu::ShaderRuntimeChecks::checked()
+            } else {
+                wgpu::ShaderRuntimeChecks::unchecked()
+            };
+            // SAFETY: our kernels bound their own indices and loops (tests run them at awkward
+            // sizes, and IRONTENSOR_SHADER_CHECKS=1 turns wgpu's checks back on).
+            unsafe { self.device.create_shader_module_trusted(desc, checks) }
         });
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
