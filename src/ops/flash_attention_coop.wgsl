@@ -9,8 +9,10 @@
 // as four vec4s (row lane % 16, half lane / 16), makes probabilities (or score gradients) and
 // writes them back as f16 for the next product. The forward walks the keys twice, first for each
 // row's log-sum-exp, then for O with the final probabilities: no rescaling of O, which a
-// cooperative matrix cannot do row by row. Needs subgroups of 32 and 35 (DH 64) or 44 KiB (DH 128)
-// of workgroup storage (checked on the host). The host prepends the `enable`s, DH, NB, the type FV
+// cooperative matrix cannot do row by row. The backward passes P and then dP through the same
+// tile of S, one barrier more, to keep to 22 KiB of workgroup storage at DH 64 (30 KiB at 128,
+// checked on the host): on the H200 a workgroup of more than 24 KiB ran the forward 40% slower
+// and the matmul at half speed. Needs subgroups of 32. The host prepends the `enable`s, DH, NB, the type FV
 // that fetched rows wait in (f32, or f16 at DH 128 to save registers) and
 // flash_attention_common.wgsl.
 
@@ -36,14 +38,12 @@ alias C32 = coop_mat16x16<f32, C>;
 // Staged rows (as vec4s of f16; coopLoad counts in vec4s): 64 of the workgroup's own at the start,
 // then two tiles of 32 at rows 0 and 32.
 var<workgroup> T: array<vec4<f16>, 16u * LD>;
-// Per subgroup at f32 sg·SS: a tile of scores (row stride 32), and of dP in the backward. Tiles
+// Per subgroup at f32 sg·SS: a tile of scores (row stride 32), then of dP in the backward. Tiles
 // are vec4s, so that a lane reads and writes four elements at once (cooperative loads and stores
 // count in vec4s too).
 var<workgroup> S: array<vec4<f32>, 512>;
-var<workgroup> D: array<vec4<f32>, 512>;
-// Per subgroup at f16 sg·PS: probabilities or score gradients (dK/dV: P at P1, dS at P2).
+// Per subgroup at f16 sg·PS: probabilities or score gradients (dK/dV: P, then dS).
 var<workgroup> P1: array<vec4<f16>, 640>;
-var<workgroup> P2: array<vec4<f16>, 640>;
 // dK/dV: the query tile's log-sum-exp (vec4s 0 .. 8) and delta (8 .. 16).
 var<workgroup> R: array<vec4<f32>, 16>;
 
@@ -120,30 +120,21 @@ fn dots($params(x, A16), row: u32) -> C32 {
     return s;
 }
 
-// Stores of a matrix, row-major, at vec4 `at4` of S or D, rows stride4 vec4s apart. The address
+// Stores of a matrix, row-major, at vec4 `at4` of S, rows stride4 vec4s apart. The address
 // is a parameter: naga 30's SPIR-V writer fails ("expression not cached") on a cooperative store
 // whose index or stride is computed in the call.
 fn to_s(x: C32, at4: u32, stride4: u32) {
     coopStoreT(x, &S[at4], stride4);
 }
 
-fn to_d(x: C32, at4: u32) {
-    coopStoreT(x, &D[at4], 8u);
-}
-
 fn to_out(x: C32, at: u32, stride: u32) {
     coopStoreT(x, &out[at], stride);
 }
 
-// X · the tile at T's row `row` (32 rows) into a subgroup's 16 × 32 at `at` of S or D.
+// X · the tile at T's row `row` (32 rows) into a subgroup's 16 × 32 at `at` of S.
 fn scores_to_s($params(x, A16), row: u32, at: u32) {
     to_s(dots($list(x), row), at / 4u, 8u);
     to_s(dots($list(x), row + 16u), (at + 16u) / 4u, 8u);
-}
-
-fn scores_to_d($params(x, A16), row: u32, at: u32) {
-    to_d(dots($list(x), row), at / 4u);
-    to_d(dots($list(x), row + 16u), (at + 16u) / 4u);
 }
 
 // acc + M · T[row .. row + 32, col .. col + 16] for M = (m0 | m1), 16 × 32.
@@ -153,13 +144,9 @@ fn mul_t(acc: C32, m0: A16, m1: A16, row: u32, col: u32) -> C32 {
     return coopMultiplyAdd(m1, b1, coopMultiplyAdd(m0, b0, acc));
 }
 
-// Columns 16h .. +15 of the 16 × 32 f16 tile of P1 (or P2) at `at`, as an A matrix.
+// Columns 16h .. +15 of the 16 × 32 f16 tile of P1 at `at`, as an A matrix.
 fn from_p1(at: u32, h: u32) -> A16 {
     return coopLoadT<A16>(&P1[(at + 16u * h) / 4u], LP / 4u);
-}
-
-fn from_p2(at: u32, h: u32) -> A16 {
-    return coopLoadT<A16>(&P2[(at + 16u * h) / 4u], LP / 4u);
 }
 
 // A 16×16 block of output (rows r0.., columns col..) where some rows or columns fall outside:
@@ -225,6 +212,21 @@ fn cols(c0: u32, q: u32) -> vec4<u32> {
 
 fn max4(x: vec4<f32>) -> f32 {
     return max(max(x.x, x.y), max(x.z, x.w));
+}
+
+// dK/dV: the lane's probabilities at vec4 q of its row of S (its key against queries
+// t0 + 4q ..), also into P1.
+fn probs_t(s_at: u32, p_at: u32, q: u32, t0: u32, key: u32) -> vec4<f32> {
+    let tc = cols(t0, q);
+    let seen = (tc < vec4(p.tq)) & sees(tc, vec4(key));
+    let pr = select(vec4(0.0), exp(S[s_at + q] * p.scale - R[q]), seen);
+    P1[p_at + q] = vec4<f16>(pr);
+    return pr;
+}
+
+// dS = P ∘ (dP - delta) · scale at vec4 q of the lane's row into P1 (dP in S; 0 where not `keep`).
+fn put_ds(pr: vec4<f32>, s_at: u32, p_at: u32, q: u32, delta: vec4<f32>, keep: vec4<bool>) {
+    P1[p_at + q] = vec4<f16>(select(vec4(0.0), pr * (S[s_at + q] - delta) * p.scale, keep));
 }
 
 // Forward: O and the log-sum-exp per query.
@@ -322,15 +324,25 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     for (var k0 = 0u; k0 < bl.keys; k0 += BC) {
         stage(kv.k, kv.v, li);
         kv = fetch_kv(bl, k0 + BC, li);
+        // P, then dP through the same tile of S: the kernel stays within 24 KiB (see the header).
         scores_to_s($list(x), 0u, sg * SS);
-        scores_to_d($list(y), BC, sg * SS);
         workgroupBarrier();
-        for (var i = 0u; i < 4u; i++) {
-            let q = quad_at(i, lane);
-            let pr = exp(S[s_at + q] * p.scale - ls);
-            let ds = pr * (D[s_at + q] - delta) * p.scale;
-            P1[p_at + q] = vec4<f16>(select(vec4(0.0), ds, vec4(r < bl.rows) & sees(vec4(t), cols(k0, q))));
-        }
+        let q0 = quad_at(0u, lane);
+        let q1 = quad_at(1u, lane);
+        let q2 = quad_at(2u, lane);
+        let q3 = quad_at(3u, lane);
+        let p0 = exp(S[s_at + q0] * p.scale - ls);
+        let p1 = exp(S[s_at + q1] * p.scale - ls);
+        let p2 = exp(S[s_at + q2] * p.scale - ls);
+        let p3 = exp(S[s_at + q3] * p.scale - ls);
+        workgroupBarrier();
+        scores_to_s($list(y), BC, sg * SS);
+        workgroupBarrier();
+        let ok = vec4(r < bl.rows);
+        put_ds(p0, s_at, p_at, q0, vec4(delta), ok & sees(vec4(t), cols(k0, q0)));
+        put_ds(p1, s_at, p_at, q1, vec4(delta), ok & sees(vec4(t), cols(k0, q1)));
+        put_ds(p2, s_at, p_at, q2, vec4(delta), ok & sees(vec4(t), cols(k0, q2)));
+        put_ds(p3, s_at, p_at, q3, vec4(delta), ok & sees(vec4(t), cols(k0, q3)));
         workgroupBarrier();
         let pma = from_p1(sg * PS, 0u);
         let pmb = from_p1(sg * PS, 1u);
@@ -401,23 +413,31 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         if li < 64u { R[li / 4u][li % 4u] = f.r; } // R's last reads were before the last barrier
         stage(f.q, f.o, li);
         f = fetch_q(wid.z, h0, t_first, n, qt + 1u, group * n, li);
+        // P into P1 for dV, then dP through the same tile of S and dS into P1 for dK: the kernel
+        // stays within 24 KiB (see the header).
         scores_to_s($list(x), 0u, sg * SS);
-        scores_to_d($list(y), BC, sg * SS);
         workgroupBarrier();
-        for (var i = 0u; i < 4u; i++) {
-            let q = quad_at(i, lane);
-            let tc = cols(t0, q);
-            let seen = (tc < vec4(p.tq)) & sees(tc, vec4(key));
-            let pr = select(vec4(0.0), exp(S[s_at + q] * p.scale - R[q]), seen);
-            P1[p_at + q] = vec4<f16>(pr);
-            P2[p_at + q] = vec4<f16>(pr * (D[s_at + q] - R[BC / 4u + q]) * p.scale);
-        }
+        let q0 = quad_at(0u, lane);
+        let q1 = quad_at(1u, lane);
+        let q2 = quad_at(2u, lane);
+        let q3 = quad_at(3u, lane);
+        let p0 = probs_t(s_at, p_at, q0, t0, key);
+        let p1 = probs_t(s_at, p_at, q1, t0, key);
+        let p2 = probs_t(s_at, p_at, q2, t0, key);
+        let p3 = probs_t(s_at, p_at, q3, t0, key);
         workgroupBarrier();
+        scores_to_s($list(y), BC, sg * SS);
         let pma = from_p1(sg * PS, 0u);
         let pmb = from_p1(sg * PS, 1u);
         dv$j = mul_t(dv$j, pma, pmb, BC, $16ju);
-        let dma = from_p2(sg * PS, 0u);
-        let dmb = from_p2(sg * PS, 1u);
+        workgroupBarrier();
+        put_ds(p0, s_at, p_at, q0, R[BC / 4u + q0], vec4(true));
+        put_ds(p1, s_at, p_at, q1, R[BC / 4u + q1], vec4(true));
+        put_ds(p2, s_at, p_at, q2, R[BC / 4u + q2], vec4(true));
+        put_ds(p3, s_at, p_at, q3, R[BC / 4u + q3], vec4(true));
+        workgroupBarrier();
+        let dma = from_p1(sg * PS, 0u);
+        let dmb = from_p1(sg * PS, 1u);
         dk$j = mul_t(dk$j, dma, dmb, 0u, $16ju);
     }
     workgroupBarrier();

@@ -56,7 +56,7 @@ pub(crate) static KERNEL_COOP_128: Kernel = Kernel {
 };
 
 /// Bytes of workgroup storage the cooperative kernel at head dim 128 needs (its dK/dV entry).
-const COOP_128_STORAGE: u32 = 44288;
+const COOP_128_STORAGE: u32 = 30976;
 
 /// Rows a GPU workgroup owns (queries; keys for dK/dV; BR in the WGSL).
 const GPU_ROWS: usize = 64;
