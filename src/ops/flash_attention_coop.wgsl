@@ -12,8 +12,8 @@
 // cooperative matrix cannot do row by row. The backward passes P and then dP through the same
 // tile of S, one barrier more, to keep to 22 KiB of workgroup storage at DH 64 (30 KiB at 128,
 // checked on the host): on the H200 a workgroup of more than 24 KiB ran the forward 40% slower
-// and the matmul at half speed. Needs subgroups of 32. The host prepends the `enable`s, DH, NB, the type FV
-// that fetched rows wait in (f32, or f16 at DH 128 to save registers) and
+// and the matmul at half speed. Needs subgroups of 32. The host prepends the `enable`s, DH, NB,
+// the type FV that fetched rows wait in (f32, or f16 at DH 128 to save registers) and
 // flash_attention_common.wgsl.
 
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
