@@ -14,6 +14,7 @@ mod layout;
 mod matmul;
 mod matmul_cpu;
 mod matmul_gemv;
+mod matmul_tiles;
 mod reduce;
 mod rmsnorm;
 mod rope;

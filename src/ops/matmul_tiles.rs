@@ -1,0 +1,170 @@
+//! The CPU matmul's register tiles: an MR×NR block of C from packed panels of A (MR values a k)
+//! and B (NR values a k), in AVX-512, AVX2+FMA, or portable Rust, picked at run time.
+//!
+//! Every variant computes each element of C the same way: a sum from zero over the panel's k in
+//! order, one fused multiply-add a step, then added to C (or stored). So the width of the tile,
+//! and which variant runs, do not change a single bit of the result: a product gives the same C
+//! on every x86-64 CPU with FMA and on aarch64, cut into parts any way.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// MR rows of A over a tile's k: element (i, p) at `ptr[i·rs + p·cs]`; one of the strides is 1
+/// (a packed panel, rows of A in place, or columns of A in place).
+#[derive(Clone, Copy)]
+pub(crate) struct Rows {
+    pub ptr: *const f32,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// One tile: (k, A's rows, packed B panel of k·NR, C, row stride of C, add to C rather than store).
+pub(crate) type TileFn = unsafe fn(usize, Rows, *const f32, *mut f32, usize, bool);
+
+/// The tile variant this CPU runs: its rows (MR), columns (NR) and function.
+#[derive(Clone, Copy)]
+pub(crate) struct Tiles {
+    pub mr: usize,
+    pub nr: usize,
+    pub run: TileFn,
+}
+
+/// The fastest variant the CPU has (the check is a cached load after the first call).
+pub(crate) fn best() -> Tiles {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return Tiles { mr: 12, nr: 32, run: avx512_12x32 };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return Tiles { mr: 6, nr: 16, run: avx2_6x16 };
+        }
+    }
+    portable()
+}
+
+/// The plain-Rust variant (also what the tests compare the others with).
+pub(crate) fn portable() -> Tiles {
+    Tiles { mr: 4, nr: 8, run: portable_4x8 }
+}
+
+/// # Safety
+/// `a` addresses MR×k values; `b` holds k·NR packed values; C's MR rows of NR at stride `ldc` are writable; the CPU has
+/// the variant's features.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_12x32(k: usize, a: Rows, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
+    if a.rs == 1 {
+        avx512_body::<true>(k, a.ptr, a.cs, b, c, ldc, add)
+    } else {
+        avx512_body::<false>(k, a.ptr, a.rs, b, c, ldc, add)
+    }
+}
+
+/// A's element (i, p) at a[p·stride + i] with `ROWS_ADJACENT`, else a[i·stride + p].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn avx512_body<const ROWS_ADJACENT: bool>(
+    k: usize,
+    a: *const f32,
+    stride: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    add: bool,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; 12];
+    for p in 0..k {
+        let (b0, b1) = (_mm512_loadu_ps(b.add(p * 32)), _mm512_loadu_ps(b.add(p * 32 + 16)));
+        for (i, row) in acc.iter_mut().enumerate() {
+            let at = if ROWS_ADJACENT { p * stride + i } else { i * stride + p };
+            let ai = _mm512_set1_ps(*a.add(at));
+            row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+            row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        let ci = c.add(i * ldc);
+        for (h, &v) in row.iter().enumerate() {
+            let v = if add { _mm512_add_ps(_mm512_loadu_ps(ci.add(h * 16)), v) } else { v };
+            _mm512_storeu_ps(ci.add(h * 16), v);
+        }
+    }
+}
+
+/// # Safety
+/// As `avx512_12x32` with 6 rows of 16; the CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_6x16(k: usize, a: Rows, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
+    if a.rs == 1 {
+        avx2_body::<true>(k, a.ptr, a.cs, b, c, ldc, add)
+    } else {
+        avx2_body::<false>(k, a.ptr, a.rs, b, c, ldc, add)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn avx2_body<const ROWS_ADJACENT: bool>(
+    k: usize,
+    a: *const f32,
+    stride: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    add: bool,
+) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+    for p in 0..k {
+        let (b0, b1) = (_mm256_loadu_ps(b.add(p * 16)), _mm256_loadu_ps(b.add(p * 16 + 8)));
+        for (i, row) in acc.iter_mut().enumerate() {
+            let at = if ROWS_ADJACENT { p * stride + i } else { i * stride + p };
+            let ai = _mm256_set1_ps(*a.add(at));
+            row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+            row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        let ci = c.add(i * ldc);
+        for (h, &v) in row.iter().enumerate() {
+            let v = if add { _mm256_add_ps(_mm256_loadu_ps(ci.add(h * 8)), v) } else { v };
+            _mm256_storeu_ps(ci.add(h * 8), v);
+        }
+    }
+}
+
+/// a·b + c rounded once where the target fuses it cheaply (aarch64 always; x86-64 built with
+/// FMA), so that this variant matches the SIMD ones there; a·b + c rounded twice elsewhere
+/// (a software fused multiply-add would be far slower than the product it serves).
+#[inline(always)]
+fn fma(a: f32, b: f32, c: f32) -> f32 {
+    if cfg!(any(target_arch = "aarch64", target_feature = "fma")) {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// # Safety
+/// As `avx512_12x32` with 4 rows of 8.
+unsafe fn portable_4x8(k: usize, a: Rows, b: *const f32, c: *mut f32, ldc: usize, add: bool) {
+    let mut acc = [[0.0f32; 8]; 4];
+    for p in 0..k {
+        let bp = b.add(p * 8);
+        for (i, row) in acc.iter_mut().enumerate() {
+            let ai = *a.ptr.add(i * a.rs + p * a.cs);
+            for (j, x) in row.iter_mut().enumerate() {
+                *x = fma(ai, *bp.add(j), *x);
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            let ci = c.add(i * ldc + j);
+            *ci = if add { *ci + v } else { v };
+        }
+    }
+}
