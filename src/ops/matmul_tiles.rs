@@ -29,18 +29,26 @@ pub(crate) struct Tiles {
     pub run: TileFn,
 }
 
-/// The fastest variant the CPU has (the check is a cached load after the first call).
+/// The fastest variant the CPU has (the checks are cached loads after the first call).
 pub(crate) fn best() -> Tiles {
+    static BEST: std::sync::OnceLock<Tiles> = std::sync::OnceLock::new();
+    *BEST.get_or_init(|| available()[0])
+}
+
+/// Every variant this CPU runs, fastest first (the tests run them all).
+pub(crate) fn available() -> Vec<Tiles> {
+    let mut v = Vec::with_capacity(3);
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
-            return Tiles { mr: 12, nr: 32, run: avx512_12x32 };
+            v.push(Tiles { mr: 12, nr: 32, run: avx512_12x32 });
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return Tiles { mr: 6, nr: 16, run: avx2_6x16 };
+            v.push(Tiles { mr: 6, nr: 16, run: avx2_6x16 });
         }
     }
-    portable()
+    v.push(portable());
+    v
 }
 
 /// The plain-Rust variant (also what the tests compare the others with).
