@@ -31,13 +31,23 @@ fn blocked(old: &[f32], a: &[f32], b: &[f32], p: Product, accumulate: bool) -> V
 }
 
 /// Every variant and cut against f64 sums on awkward shapes (rows past MC and not a multiple of
-/// any MR, columns not a multiple of any NR, K past KC and K = 1, several column blocks), all
+/// any MR, columns not a multiple of any NR, K past KC and K = 1, several column blocks, few
+/// rows by many columns), all
 /// four transposes, = and +=, each variant the CPU runs, serial and on threads. The fused ones
 /// must also equal the blocked scalar sums bit for bit: the result may not depend on the cut or
 /// the CPU.
 #[test]
 fn packed_against_f64_and_bitwise() {
-    let shapes = [(8, 1, 1), (13, 33, 1), (197, 5, 33), (101, 290, 65), (9, 2, 1031), (300, 97, 517), (9, 1100, 1031)];
+    let shapes = [
+        (8, 1, 1),
+        (13, 33, 1),
+        (197, 5, 33),
+        (101, 290, 65),
+        (9, 2, 1031),
+        (300, 97, 517),
+        (9, 1100, 1031),
+        (13, 2100, 300),
+    ];
     for (si, &(m, n, k)) in shapes.iter().enumerate() {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             let (a, b, p) = operands(m, n, k, ta, tb, si);
@@ -77,7 +87,10 @@ fn packed_against_f64_and_bitwise() {
 /// `gemm` itself: a few rows (the matrix-vector path), K = 0, and the packed path.
 #[test]
 fn gemm_dispatch_against_f64() {
-    for (m, n, k) in [(1, 1, 1), (1, 300, 70), (7, 1000, 300), (3, 5, 0), (8, 40, 9), (64, 64, 64)] {
+    // (9, 20, 5000) and (33, 17, 9000) are cut into slices of K.
+    for (m, n, k) in
+        [(1, 1, 1), (1, 300, 70), (7, 1000, 300), (3, 5, 0), (8, 40, 9), (64, 64, 64), (9, 20, 5000), (33, 17, 9000)]
+    {
         for (ta, tb) in [(false, false), (true, true)] {
             let (a, b, p) = operands(m, n, k, ta, tb, m + n);
             for accumulate in [false, true] {
@@ -97,5 +110,23 @@ fn gemm_dispatch_against_f64() {
                 }
             }
         }
+    }
+}
+
+/// The cut follows the shape alone: one thread and two give the same bits, on every path
+/// (few rows, packed, slices of K).
+#[test]
+fn same_bits_on_any_thread_count() {
+    assert_eq!(k_slices(&operands(33, 17, 9000, false, false, 0).2), 4);
+    for (m, n, k) in [(3, 700, 300), (200, 300, 100), (33, 17, 9000)] {
+        let (a, b, p) = operands(m, n, k, true, false, 3);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut c = vec![0.0f32; m * n];
+            pool.install(|| unsafe { gemm(c.as_mut_ptr(), &a, &b, p, false) });
+            c
+        };
+        let (one, two) = (run(1), run(2));
+        assert!(one.iter().zip(&two).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}×{n}×{k}");
     }
 }

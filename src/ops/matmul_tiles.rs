@@ -176,3 +176,60 @@ unsafe fn portable_4x8(k: usize, a: Rows, b: *const f32, c: *mut f32, ldc: usize
         }
     }
 }
+
+/// Whether `transpose8` runs here (AVX).
+pub(crate) fn has_transpose() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// dst[j·ld_dst + i] = src[i·ld_src + j] for i, j < 8: an 8×8 block transposed in registers.
+///
+/// # Safety
+/// Both blocks are addressable; `has_transpose()` is true.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+pub(crate) unsafe fn transpose8(src: *const f32, ld_src: usize, dst: *mut f32, ld_dst: usize) {
+    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ld_src)));
+    // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves of rows i and i + 4.
+    let u0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let u1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let u2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let u3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let u4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let u5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let u6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let u7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let s0 = _mm256_shuffle_ps::<0x44>(u0, u2);
+    let s1 = _mm256_shuffle_ps::<0xEE>(u0, u2);
+    let s2 = _mm256_shuffle_ps::<0x44>(u1, u3);
+    let s3 = _mm256_shuffle_ps::<0xEE>(u1, u3);
+    let s4 = _mm256_shuffle_ps::<0x44>(u4, u6);
+    let s5 = _mm256_shuffle_ps::<0xEE>(u4, u6);
+    let s6 = _mm256_shuffle_ps::<0x44>(u5, u7);
+    let s7 = _mm256_shuffle_ps::<0xEE>(u5, u7);
+    let out = [
+        _mm256_permute2f128_ps::<0x20>(s0, s4),
+        _mm256_permute2f128_ps::<0x20>(s1, s5),
+        _mm256_permute2f128_ps::<0x20>(s2, s6),
+        _mm256_permute2f128_ps::<0x20>(s3, s7),
+        _mm256_permute2f128_ps::<0x31>(s0, s4),
+        _mm256_permute2f128_ps::<0x31>(s1, s5),
+        _mm256_permute2f128_ps::<0x31>(s2, s6),
+        _mm256_permute2f128_ps::<0x31>(s3, s7),
+    ];
+    for (j, v) in out.into_iter().enumerate() {
+        _mm256_storeu_ps(dst.add(j * ld_dst), v);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) unsafe fn transpose8(_: *const f32, _: usize, _: *mut f32, _: usize) {
+    unreachable!("has_transpose() is false here")
+}
