@@ -325,7 +325,7 @@ unsafe fn cpu_gemm(out: *mut f32, a: &Tensor, b: &Tensor, ta: bool, tb: bool, d:
     let (b_cs, b_rs) = if tb { (d.k, 1) } else { (1, d.n) };
     // A batch of A against one B (a weight) is one product of batch·M rows.
     let (m, batch) = if d.b_bs == 0 && !ta { (d.m * d.batch, 1) } else { (d.m, d.batch) };
-    let p = matmul_cpu::Product { m, n: d.n, k: d.k, a_cs, a_rs, b_cs, b_rs };
+    let p = matmul_cpu::Product { m, n: d.n, k: d.k, a_cs, a_rs, b_cs, b_rs, c_rs: d.n };
     let out = matmul_cpu::Ptr(out);
     // SAFETY: the strides address [M, K], [K, N] inside av, bv from these offsets (checked by
     // dims()), and product i's C lies inside out.

@@ -36,7 +36,7 @@ const SPLIT_C: usize = 1 << 17;
 const SPLIT_K: usize = 2048;
 
 /// One product C[M, N] (+)= op(A)[M, K] · op(B)[K, N] in raw form: element strides of op(A)
-/// (`a_cs` between columns, `a_rs` between rows), the same for op(B); C is row-major.
+/// (`a_cs` between columns, `a_rs` between rows), the same for op(B); C's rows are `c_rs` apart.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Product {
     pub m: usize,
@@ -46,6 +46,7 @@ pub(crate) struct Product {
     pub a_rs: usize,
     pub b_cs: usize,
     pub b_rs: usize,
+    pub c_rs: usize,
 }
 
 impl Product {
@@ -99,7 +100,7 @@ pub(crate) unsafe fn gemm(c: *mut f32, a: &[f32], b: &[f32], p: Product, accumul
     }
     if p.k == 0 {
         if !accumulate {
-            c.write_bytes(0, p.m * p.n);
+            (0..p.m).for_each(|i| c.add(i * p.c_rs).write_bytes(0, p.n));
         }
         return;
     }
@@ -134,18 +135,17 @@ unsafe fn split_k(c: *mut f32, a: &[f32], b: &[f32], p: Product, accumulate: boo
     let mut scratch = vec![0.0f32; (starts.len() - 1) * mn];
     let (cp, sp) = (Ptr(c), Ptr(scratch.as_mut_ptr()));
     starts.par_iter().enumerate().for_each(|(i, &k0)| {
-        let part = Product { k: step.min(p.k - k0), ..p };
+        let part = Product { k: step.min(p.k - k0), c_rs: if i == 0 { p.c_rs } else { p.n }, ..p };
         let (a, b) = (&a[k0 * p.a_cs..], &b[k0 * p.b_rs..]);
         match i {
             0 => packed(cp.get(), a, b, part, accumulate, false, t),
             _ => packed(sp.get().add((i - 1) * mn), a, b, part, false, false, t),
         }
     });
-    let c = std::slice::from_raw_parts_mut(c, mn);
-    c.par_chunks_mut(crate::device::cpu::CHUNK).enumerate().for_each(|(j, out)| {
-        let base = j * crate::device::cpu::CHUNK;
+    (0..p.m).into_par_iter().for_each(|i| {
+        let out = std::slice::from_raw_parts_mut(cp.get().add(i * p.c_rs), p.n);
         for s in scratch.chunks_exact(mn) {
-            out.iter_mut().zip(&s[base..]).for_each(|(o, v)| *o += v);
+            out.iter_mut().zip(&s[i * p.n..]).for_each(|(o, v)| *o += v);
         }
     });
 }
@@ -258,8 +258,8 @@ impl Job {
                         true => Rows { ptr: self.a.get().add(row * p.a_rs + k0 * p.a_cs), rs: p.a_rs, cs: p.a_cs },
                         false => Rows { ptr: abuf.as_ptr().add(ip * t.mr * kc), rs: 1, cs: t.mr },
                     };
-                    let dst = self.c.get().add(row * p.n + col);
-                    tile(t, kc, a_panel, b_panel, dst, p.n, add, (t.mr.min(p.m - row), nr.min(p.n - col)));
+                    let dst = self.c.get().add(row * p.c_rs + col);
+                    tile(t, kc, a_panel, b_panel, dst, p.c_rs, add, (t.mr.min(p.m - row), nr.min(p.n - col)));
                 }
             }
         }
@@ -357,7 +357,7 @@ unsafe fn few_rows(c: *mut f32, a: &[f32], b: &[f32], p: Product, accumulate: bo
         let (dst, b) = (cp.get().add(c0), bp.get().add(c0 * p.b_cs));
         // beta = 1 with `accumulate` (C = C + A·B), else C is written without being read.
         #[rustfmt::skip]
-        gemm::gemm(p.m, cols, p.k, dst, 1, p.n as isize, accumulate, ap.get(), a_cs, a_rs, b, b_cs, b_rs,
+        gemm::gemm(p.m, cols, p.k, dst, 1, p.c_rs as isize, accumulate, ap.get(), a_cs, a_rs, b, b_cs, b_rs,
                    1.0, 1.0, false, false, false, gemm::Parallelism::None);
     };
     let starts: Vec<usize> = (0..p.n).step_by(step).collect();

@@ -10,7 +10,7 @@ fn vals(n: usize, seed: usize) -> Vec<f32> {
 fn operands(m: usize, n: usize, k: usize, ta: bool, tb: bool, seed: usize) -> (Vec<f32>, Vec<f32>, Product) {
     let (a_cs, a_rs) = if ta { (m, 1) } else { (1, k) };
     let (b_cs, b_rs) = if tb { (k, 1) } else { (1, n) };
-    (vals(m * k, seed), vals(k * n, seed + 50), Product { m, n, k, a_cs, a_rs, b_cs, b_rs })
+    (vals(m * k, seed), vals(k * n, seed + 50), Product { m, n, k, a_cs, a_rs, b_cs, b_rs, c_rs: n })
 }
 
 /// C (+)= A·B as the kernels define it, in scalar f32: each element summed over blocks of KC
@@ -84,29 +84,33 @@ fn packed_against_f64_and_bitwise() {
     }
 }
 
-/// `gemm` itself: a few rows (the matrix-vector path), K = 0, and the packed path.
+/// `gemm` itself: a few rows (the matrix-vector path), K = 0, the packed path and slices of K,
+/// into a C whose rows lie `pad` elements apart beyond N (what lies between must stay).
 #[test]
 fn gemm_dispatch_against_f64() {
     // (9, 20, 5000) and (33, 17, 9000) are cut into slices of K.
-    for (m, n, k) in
-        [(1, 1, 1), (1, 300, 70), (7, 1000, 300), (3, 5, 0), (8, 40, 9), (64, 64, 64), (9, 20, 5000), (33, 17, 9000)]
-    {
-        for (ta, tb) in [(false, false), (true, true)] {
+    let shapes =
+        [(1, 1, 1), (1, 300, 70), (7, 1000, 300), (3, 5, 0), (8, 40, 9), (64, 64, 64), (9, 20, 5000), (33, 17, 9000)];
+    for (m, n, k) in shapes {
+        for ((ta, tb), pad) in [((false, false), 0), ((true, true), 0), ((false, true), 5)] {
             let (a, b, p) = operands(m, n, k, ta, tb, m + n);
+            let p = Product { c_rs: n + pad, ..p };
             for accumulate in [false, true] {
-                let old = vals(m * n, 7);
+                let old = vals(m * p.c_rs, 7);
                 let mut c = old.clone();
                 unsafe { gemm(c.as_mut_ptr(), &a, &b, p, accumulate) };
                 for (idx, &got) in c.iter().enumerate() {
-                    let (i, j) = (idx / n, idx % n);
+                    let (i, j) = (idx / p.c_rs, idx % p.c_rs);
+                    if j >= n {
+                        assert_eq!(got, old[idx], "{m}×{n}×{k} pad {pad}: [{i}, {j}] was written");
+                        continue;
+                    }
                     let dot: f64 =
                         (0..k).map(|l| a[i * p.a_rs + l * p.a_cs] as f64 * b[l * p.b_rs + j * p.b_cs] as f64).sum();
                     let want = dot + if accumulate { old[idx] as f64 } else { 0.0 };
                     let tol = 1e-5 * (k as f64).sqrt() + 1e-5 * want.abs();
-                    assert!(
-                        (got as f64 - want).abs() <= tol,
-                        "{m}×{n}×{k} acc {accumulate}: [{i}, {j}] {got} vs {want}"
-                    );
+                    let case = format!("{m}×{n}×{k} t{ta}{tb} pad {pad} acc {accumulate}");
+                    assert!((got as f64 - want).abs() <= tol, "{case}: [{i}, {j}] {got} vs {want}");
                 }
             }
         }
