@@ -70,6 +70,14 @@ impl Drop for CpuBuffer {
 pub fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::is_x86_feature_detected!("avx512f") {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            // SAFETY: the CPU has AVX-512F (checked just above), and so AVX2 and FMA.
+            return unsafe { avx512(f) };
+        }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             #[target_feature(enable = "avx2,fma")]
             unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {

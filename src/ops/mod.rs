@@ -8,6 +8,7 @@ mod dropout;
 mod elementwise;
 mod embedding;
 mod flash_attention;
+mod flash_attention_cpu;
 mod flash_attention_gpu;
 pub(crate) mod flat;
 mod layout;
