@@ -21,9 +21,8 @@ pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Resu
 }
 
 /// `flash_attention` in the layout the projections produce: q [B, Tq, Hq, D], k and v
-/// [B, Tk, Hkv, D] -> [B, Tq, Hq, D]. The GPU kernels read and write it as it is, so a model
-/// needs no permutes around attention; the CPU permutes to [B, H, T, D] and back, except when
-/// decoding one token without gradients (it then reads the KV cache in place).
+/// [B, Tk, Hkv, D] -> [B, Tq, Hq, D]. The kernels read and write it as it is, so a model needs no
+/// permutes around attention.
 pub fn flash_attention_bthd(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
     const OP: &str = "flash_attention_bthd";
     if q.device() == Device::Cpu {
@@ -82,7 +81,6 @@ fn flash(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, bth
     if q.device() == Device::Gpu && a.d > GPU_MAX_D {
         bail!(Shape, "{op}: the GPU kernel supports head dims up to {GPU_MAX_D}, got q {:?}", q.shape());
     }
-    // (The CPU kernels take [B, H, T, D] only: flash_attention_bthd permutes before it gets here.)
     let (o, lse) =
         on_device(op, q.device(), || Ok(cpu::forward(&q, &k, &v, a, causal)), || gpu_forward(&q, &k, &v, a, causal))?;
     let (sq, sk, sv, so) = (q.clone(), k.clone(), v.clone(), o.clone());
