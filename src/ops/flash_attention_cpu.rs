@@ -45,6 +45,9 @@ impl Rows {
 }
 
 fn layouts(a: &AttnDims) -> (Rows, Rows) {
+    // The outputs are written row by row without being zeroed first: k and v must hold exactly
+    // the Tk positions the tasks write (a KV cache's spare capacity would stay unwritten).
+    assert_eq!(a.tk_cap, a.tk, "flash attention on the CPU reads whole k and v");
     let q = Rows { heads: a.hq, len: a.tq, d: a.d, bthd: a.bthd };
     (q, Rows { heads: a.hkv, len: a.tk_cap, ..q })
 }
