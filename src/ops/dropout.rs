@@ -3,11 +3,10 @@
 
 use super::{float_input, grid_for, on_device};
 use crate::autograd::record;
-use crate::device::cpu::CHUNK;
+use crate::device::cpu::{self, CHUNK};
 use crate::device::gpu::{self, Kernel, KernelParams};
 use crate::device::gpu::{kernel_params, to_u32};
 use crate::{bail, Precision, Result, Tensor};
-use rayon::prelude::*;
 
 pub(crate) static KERNEL: Kernel =
     Kernel { name: "dropout", source: include_str!("dropout.wgsl"), params: &DropoutParams::LAYOUT, codes: &[] };
@@ -26,6 +25,7 @@ kernel_params! {
 }
 
 /// The same hash as dropout.wgsl.
+#[inline(always)]
 fn hash(i: u32, lo: u32, hi: u32) -> u32 {
     let mut h = i.wrapping_mul(747796405).wrapping_add(lo);
     h = ((h >> ((h >> 28) + 4)) ^ h).wrapping_mul(277803737);
@@ -45,15 +45,19 @@ fn masked(op: &'static str, x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
         || {
             let xr = x.cpu();
             let xv = xr.f32();
-            let mut out = vec![0.0; n];
             // Over zipped slices, and the mask as bits (x·scale, or +0 where dropped), not a
             // branch, which a random mask mispredicts (docs/PERFORMANCE.md).
-            out.par_chunks_mut(CHUNK).zip(xv.par_chunks(CHUNK)).enumerate().for_each(move |(c, (o, x))| {
-                let base = (c * CHUNK) as u32;
-                for ((o, &x), i) in o.iter_mut().zip(x).zip(base..) {
-                    let keep = ((hash(i, lo, hi) >= threshold) as u32).wrapping_neg();
-                    *o = f32::from_bits((x * scale).to_bits() & keep);
-                }
+            let out = cpu::par_new(n, CHUNK, |c, o| {
+                let (base, x) = ((c * CHUNK) as u32, &xv[c * CHUNK..c * CHUNK + o.len()]);
+                cpu::simd(
+                    #[inline(always)]
+                    || {
+                        for ((o, &x), i) in o.iter_mut().zip(x).zip(base..) {
+                            let keep = ((hash(i, lo, hi) >= threshold) as u32).wrapping_neg();
+                            *o = f32::from_bits((x * scale).to_bits() & keep);
+                        }
+                    },
+                )
             });
             Ok(Tensor::cpu_f32(out, x.shape()))
         },

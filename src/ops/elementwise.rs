@@ -3,7 +3,7 @@
 
 use super::{float_input, grid_for, on_device, same_device, sum_to};
 use crate::autograd::record;
-use crate::device::cpu::{self, par_fill, CHUNK};
+use crate::device::cpu::{self, CHUNK};
 use crate::device::gpu::{self, Kernel, KernelParams};
 use crate::device::gpu::{kernel_params, op_codes, to_u32};
 use crate::{bail, Precision, Result, Tensor};
@@ -151,8 +151,7 @@ fn unary_forward(name: &'static str, x: &Tensor, op: Unary) -> Result<Tensor> {
         || {
             let xr = x.cpu();
             let xv = xr.f32();
-            let mut out = vec![0.0; n];
-            par_fill(&mut out, |i| op.f(xv[i]));
+            let out = cpu::par_fill_new(n, |i| op.f(xv[i]));
             Ok(Tensor::cpu_f32(out, x.shape()))
         },
         || {
@@ -182,8 +181,7 @@ fn unary_backward(x: &Tensor, dy: &Tensor, op: Unary) -> Result<Tensor> {
         || {
             let (xr, dyr) = (x.cpu(), dy.cpu());
             let (xv, dyv) = (xr.f32(), dyr.f32());
-            let mut out = vec![0.0; n];
-            par_fill(&mut out, |i| dyv[i] * op.df(xv[i]));
+            let out = cpu::par_fill_new(n, |i| dyv[i] * op.df(xv[i]));
             Ok(Tensor::cpu_f32(out, x.shape()))
         },
         || {
@@ -277,8 +275,7 @@ fn binary(name: &'static str, a: &Tensor, b: &Tensor, op: Binary) -> Result<Tens
         || {
             let (ar, br) = (a.cpu(), b.cpu());
             let (av, bv) = (ar.f32(), br.f32());
-            let mut out = vec![0.0; n];
-            par_fill(&mut out, |i| op.f(av[i % na], bv[i % nb]));
+            let out = cpu::par_fill_new(n, |i| op.f(av[i % na], bv[i % nb]));
             Ok(Tensor::cpu_f32(out, &shape))
         },
         || {

@@ -2,7 +2,7 @@
 
 use super::{float_input, grid_for, on_device, same_device};
 use crate::autograd::record;
-use crate::device::cpu::par_rows;
+use crate::device::cpu::{self, par_rows};
 use crate::device::gpu::{self, Kernel, KernelParams};
 use crate::device::gpu::{kernel_params, to_u32};
 use crate::{bail, Precision, Result, Tensor};
@@ -73,7 +73,7 @@ fn gather(ids: &Tensor, weight: &Tensor, out_shape: &[usize], c: usize) -> Resul
         || {
             let (ir, wr) = (ids.cpu(), weight.cpu());
             let iv = ir.u32();
-            let mut out = vec![0.0; n];
+            let mut out = cpu::zeros(n);
             match weight.dtype() {
                 Precision::BF16 => {
                     let wv = wr.bf16();
@@ -150,8 +150,7 @@ fn scatter_add(dy: &Tensor, ids: &[u32], v: usize, c: usize) -> Result<Tensor> {
         || {
             let dr = dy.cpu();
             let dv = dr.f32();
-            let mut dweight = vec![0.0; v * c];
-            par_rows(&mut dweight, c, |id, row| {
+            let dweight = cpu::par_rows_new(v * c, c, |id, row| {
                 for &tok in &order[starts[id] as usize..starts[id + 1] as usize] {
                     let g = &dv[tok as usize * c..][..c];
                     row.iter_mut().zip(g).for_each(|(o, g)| *o += g);

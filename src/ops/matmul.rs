@@ -292,7 +292,8 @@ pub(crate) fn matmul_into(dst: &Tensor, a: &Tensor, b: &Tensor, ta: bool, tb: bo
         "matmul",
         same_device("matmul", &[dst, &a, &b])?,
         || {
-            cpu_gemm(dst.cpu_mut().f32(), &a, &b, ta, tb, &d, accumulate);
+            // SAFETY: dst holds the batch·M·N floats of the product (its shape was checked above).
+            unsafe { cpu_gemm(dst.cpu_mut().f32().as_mut_ptr(), &a, &b, ta, tb, &d, accumulate) };
             Ok(())
         },
         || gpu_matmul(&a, &b, ta, tb, &d, Some((dst, accumulate))).map(drop),
@@ -300,13 +301,23 @@ pub(crate) fn matmul_into(dst: &Tensor, a: &Tensor, b: &Tensor, ta: bool, tb: bo
 }
 
 fn cpu_matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims) -> Tensor {
-    let mut out = vec![0.0f32; d.batch * d.m * d.n];
-    cpu_gemm(&mut out, a, b, ta, tb, d, false);
+    // Not zeroed first: the product writes every element without reading it (a memset on one
+    // thread would leave the other idle).
+    let len = d.batch * d.m * d.n;
+    let mut out = Vec::with_capacity(len);
+    // SAFETY: out has room for the batch·M·N elements cpu_gemm writes, all of them.
+    unsafe {
+        cpu_gemm(out.as_mut_ptr(), a, b, ta, tb, d, false);
+        out.set_len(len);
+    }
     Tensor::cpu_f32(out, &d.out_shape)
 }
 
-/// out = op(a)·op(b), or out += op(a)·op(b) with `accumulate`.
-fn cpu_gemm(out: &mut [f32], a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims, accumulate: bool) {
+/// out = op(a)·op(b), or out += op(a)·op(b) with `accumulate` (without it, out is only written).
+///
+/// # Safety
+/// `out` addresses batch·M·N floats.
+unsafe fn cpu_gemm(out: *mut f32, a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims, accumulate: bool) {
     let (ar, br) = (a.cpu(), b.cpu());
     let (av, bv) = (ar.f32(), br.f32());
     // Element strides (column, row) of op(A) [M, K] and op(B) [K, N].
@@ -314,18 +325,18 @@ fn cpu_gemm(out: &mut [f32], a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dim
     let (b_cs, b_rs) = if tb { (d.k, 1) } else { (1, d.n) };
     // A batch of A against one B (a weight) is one product of batch·M rows.
     let (m, batch) = if d.b_bs == 0 && !ta { (d.m * d.batch, 1) } else { (d.m, d.batch) };
-    let p = matmul_cpu::Product { m, n: d.n, k: d.k, a_cs, a_rs, b_cs, b_rs };
-    let plan = matmul_cpu::plan(m, d.n, d.k);
-    // SAFETY: the strides address [M, K], [K, N] inside av, bv from these offsets (checked by dims()).
-    let one = |i: usize, c: &mut [f32], plan| unsafe {
-        matmul_cpu::gemm(c, &av[i * d.a_bs..], &bv[i * d.b_bs..], p, accumulate, plan)
+    let p = matmul_cpu::Product { m, n: d.n, k: d.k, a_cs, a_rs, b_cs, b_rs, c_rs: d.n };
+    let out = matmul_cpu::Ptr(out);
+    // SAFETY: the strides address [M, K], [K, N] inside av, bv from these offsets (checked by
+    // dims()), and product i's C lies inside out.
+    let one = |i: usize| unsafe {
+        matmul_cpu::gemm(out.get().add(i * m * d.n), &av[i * d.a_bs..], &bv[i * d.b_bs..], p, accumulate)
     };
-    let size = (m * d.n).max(1);
-    if plan == matmul_cpu::Plan::Whole && batch > 1 {
-        // Products too small to cut run side by side instead.
-        out[..batch * m * d.n].par_chunks_mut(size).enumerate().for_each(|(i, c)| one(i, c, plan));
+    if p.is_small() && batch > 1 {
+        // Products too small for threads of their own run side by side instead.
+        (0..batch).into_par_iter().for_each(one);
     } else {
-        out[..batch * m * d.n].chunks_mut(size).enumerate().for_each(|(i, c)| one(i, c, plan));
+        (0..batch).for_each(one);
     }
 }
 

@@ -1,29 +1,42 @@
-//! The CPU matmul: `gemm`'s single-threaded kernel on parts of the product, which rayon spreads.
+//! The CPU matmul: packed panels and register tiles of our own (`matmul_tiles`), with rayon
+//! across blocks of C.
 //!
-//! `gemm`'s own threading splits each cache block statically between threads and joins them after
-//! every block; on a 2-core machine shared with other work one late thread stalls the other. Here
-//! the product is cut into parts and idle threads steal them. How it is cut follows the shape
-//! alone, never the thread count: a part of one row goes through `gemm`'s matrix-vector path and
-//! a small one gets other cache blocks, both of which sum in another order, so the same cut on
-//! every machine is what keeps results the same everywhere.
+//! B is packed once a call (a block of columns at a time) into panels of NR columns over all of
+//! K, which every task reads; a task owns up to MC rows by some panels of C, packs its rows of A
+//! KC deep at a time and runs the register tile over them. Each element of C is summed over K in
+//! blocks of KC, in order, each block from zero in a register and then added to C, so neither
+//! the cut into tasks, nor the thread count, nor the tile variant changes a bit of the result.
+//!
+//! Why not `gemm`'s own kernel (0.18): it uses AVX2 where the CPU has AVX-512, and cut into
+//! parts it packs B again for every part. Products of a few rows (decoding) still go to its
+//! matrix-vector path: packing B there would read the weight twice.
 
+use super::matmul_tiles::{self, Rows, Tiles};
 use rayon::prelude::*;
+use std::cell::Cell;
 
-/// Multiply-adds a part should hold at least (~40 µs of one core).
-const PART_WORK: usize = 1 << 22;
-/// Most parts of one product (K splits: at most MAX_SPLIT_K).
-const MAX_PARTS: usize = 48;
-/// Most slices of C: enough to balance 2 cores when another process takes one for a while, and a
-/// few more; each slice packs the other operand again.
-const MAX_SLICES: usize = 16;
-/// Rows or columns of a part: a multiple of `gemm`'s f32 tiles (8, 16, 24, 32, 48 by 4, 6, 12).
-const PART_ALIGN: usize = 96;
-/// K of each part of a split K, at least; and the most parts (each holds a copy of C).
-const MIN_SPLIT_K: usize = 256;
-const MAX_SPLIT_K: usize = 16;
+/// Depth of a block of K: every element of C is summed KC products at a time (fixed, so that
+/// results follow the shape alone).
+const KC: usize = 256;
+/// Rows of C a task owns: a multiple of every variant's MR (12, 6, 4).
+const MC: usize = 96;
+/// Products of at most this many rows and many columns: tasks take all rows (see `packed`).
+const WIDE_M: usize = 512;
+/// Floats of packed B held at once (4 MiB); wider products take several column blocks.
+const B_BLOCK: usize = 1 << 20;
+/// Tasks a column block is cut into, about: enough that two threads end together when another
+/// process takes one of them for a while.
+const TASKS: usize = 32;
+/// Multiply-adds below which a product runs on the calling thread.
+const SERIAL_WORK: usize = 1 << 21;
+/// Products with fewer rows go to `gemm`'s matrix-vector path.
+const SMALL_M: usize = 8;
+/// C of at most this many elements over K of at least 2·SPLIT_K: cut into slices of K.
+const SPLIT_C: usize = 1 << 17;
+const SPLIT_K: usize = 2048;
 
 /// One product C[M, N] (+)= op(A)[M, K] · op(B)[K, N] in raw form: element strides of op(A)
-/// (`a_cs` between columns, `a_rs` between rows), the same for op(B); C is row-major.
+/// (`a_cs` between columns, `a_rs` between rows), the same for op(B); C's rows are `c_rs` apart.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Product {
     pub m: usize,
@@ -33,183 +46,324 @@ pub(crate) struct Product {
     pub a_rs: usize,
     pub b_cs: usize,
     pub b_rs: usize,
+    pub c_rs: usize,
 }
 
-/// How a product is cut: one piece, `parts` slices of the rows or columns of C, or `parts`
-/// slices of K whose products are summed in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Plan {
-    Whole,
-    Rows(usize),
-    Cols(usize),
-    SplitK(usize),
-}
-
-/// The plan for an M×N×K product.
-pub(crate) fn plan(m: usize, n: usize, k: usize) -> Plan {
-    let want = (m * n * k / PART_WORK).min(MAX_PARTS);
-    if want < 2 {
-        return Plan::Whole;
-    }
-    // Slices of C: each packs the other operand again, so keep them at least PART_ALIGN wide.
-    let slices = want.min(m.max(n) / PART_ALIGN);
-    let k_parts = want.min(k / MIN_SPLIT_K).min(MAX_SPLIT_K);
-    // A small C with a long K (the weight gradients; d hidden of the output projection): K splits.
-    if slices < want.min(8) && k_parts > slices {
-        return Plan::SplitK(k_parts);
-    }
-    match slices.min(MAX_SLICES) {
-        0 | 1 => Plan::Whole,
-        s if n >= m => Plan::Cols(s),
-        s => Plan::Rows(s),
+impl Product {
+    /// Whether it is small enough to run on the calling thread alone.
+    pub(crate) fn is_small(&self) -> bool {
+        self.m * self.n * self.k < SERIAL_WORK
     }
 }
 
 /// Shares a raw pointer with rayon's tasks; each task writes a disjoint part.
 #[derive(Clone, Copy)]
-struct Ptr<T>(T);
+pub(crate) struct Ptr<T>(pub T);
 unsafe impl<T> Send for Ptr<T> {}
 unsafe impl<T> Sync for Ptr<T> {}
 impl<T: Copy> Ptr<T> {
     /// The pointer; a method, so closures capture the whole Ptr (which is Send), not its field.
-    fn get(self) -> T {
+    pub fn get(self) -> T {
         self.0
     }
 }
 
-/// c = op(a)·op(b), or c += op(a)·op(b) with `accumulate`, cut as `plan` says.
+thread_local! {
+    /// Packing buffers kept between calls (no page faults for a fresh one each product). Taken
+    /// out while in use: a thread that waits in rayon may run another product meanwhile.
+    static PACKED_A: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    static PACKED_B: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    static PANEL_B: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// A buffer of at least `len` floats from `slot`, handed back with `put`.
+fn take(slot: &'static std::thread::LocalKey<Cell<Vec<f32>>>, len: usize) -> Vec<f32> {
+    let mut v = slot.with(Cell::take);
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    v
+}
+
+fn put(slot: &'static std::thread::LocalKey<Cell<Vec<f32>>>, v: Vec<f32>) {
+    slot.with(|s| s.set(v));
+}
+
+/// c = op(a)·op(b), or c += op(a)·op(b) with `accumulate`; on rayon's threads unless small.
+/// Without `accumulate` C is written and never read, so it may be uninitialised memory.
 ///
 /// # Safety
-/// The strides of `p` address op(A) inside `a` and op(B) inside `b`; `c` holds M·N elements.
-pub(crate) unsafe fn gemm(c: &mut [f32], a: &[f32], b: &[f32], p: Product, accumulate: bool, plan: Plan) {
-    let (m, n, k) = (p.m, p.n, p.k);
-    if m * n == 0 {
+/// The strides of `p` address op(A) inside `a` and op(B) inside `b`; `c` addresses M·N elements.
+pub(crate) unsafe fn gemm(c: *mut f32, a: &[f32], b: &[f32], p: Product, accumulate: bool) {
+    if p.m * p.n == 0 {
         return;
     }
-    if k == 0 {
+    if p.k == 0 {
         if !accumulate {
-            c[..m * n].fill(0.0);
+            (0..p.m).for_each(|i| c.add(i * p.c_rs).write_bytes(0, p.n));
         }
         return;
     }
-    let (cp, ap, bp) = (Ptr(c.as_mut_ptr()), Ptr(a.as_ptr()), Ptr(b.as_ptr()));
-    // One single-threaded gemm: rows [r0, r0 + rows) and columns [c0, c0 + cols) of C over
-    // K range [k0, k0 + ks), into dst (row stride ldc).
-    let part = move |dst: Ptr<*mut f32>, ldc: usize, (r0, rows): (usize, usize), (c0, cols), (k0, ks), acc| {
-        let a = ap.get().add(r0 * p.a_rs + k0 * p.a_cs);
-        let b = bp.get().add(k0 * p.b_rs + c0 * p.b_cs);
-        let (a_cs, a_rs, b_cs, b_rs) = (p.a_cs as isize, p.a_rs as isize, p.b_cs as isize, p.b_rs as isize);
-        let dst = dst.get().add(r0 * ldc + c0);
-        // beta = 1 with `acc` (C = C + A·B), else C is written without being read.
-        gemm::gemm(
-            rows,
-            cols,
-            ks,
-            dst,
-            1,
-            ldc as isize,
-            acc,
-            a,
-            a_cs,
-            a_rs,
-            b,
-            b_cs,
-            b_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    };
-    let ranges = |len: usize, parts: usize| {
-        let step = len.div_ceil(parts).div_ceil(PART_ALIGN) * PART_ALIGN;
-        (0..len).step_by(step).map(move |s| (s, step.min(len - s)))
-    };
-    match plan {
-        Plan::Whole => part(cp, n, (0, m), (0, n), (0, k), accumulate),
-        Plan::Rows(parts) => {
-            let rows: Vec<_> = ranges(m, parts).collect();
-            rows.into_par_iter().for_each(|r| part(cp, n, r, (0, n), (0, k), accumulate));
-        }
-        Plan::Cols(parts) => {
-            let cols: Vec<_> = ranges(n, parts).collect();
-            cols.into_par_iter().for_each(|cr| part(cp, n, (0, m), cr, (0, k), accumulate));
-        }
-        Plan::SplitK(parts) => {
-            let step = k.div_ceil(parts);
-            let ks: Vec<_> = (0..k).step_by(step).map(|s| (s, step.min(k - s))).collect();
-            // The first slice goes into C itself, the others into scratch, added after in order.
-            let mut scratch = vec![0.0f32; (ks.len() - 1) * m * n];
-            let sp = Ptr(scratch.as_mut_ptr());
-            ks.par_iter().enumerate().for_each(|(i, &kr)| match i {
-                0 => part(cp, n, (0, m), (0, n), kr, accumulate),
-                _ => part(Ptr(sp.get().add((i - 1) * m * n)), n, (0, m), (0, n), kr, false),
-            });
-            c[..m * n].par_chunks_mut(crate::device::cpu::CHUNK).enumerate().for_each(|(j, out)| {
-                let base = j * crate::device::cpu::CHUNK;
-                for s in scratch.chunks_exact(m * n) {
-                    out.iter_mut().zip(&s[base..]).for_each(|(o, v)| *o += v);
-                }
-            });
-        }
+    if p.m < SMALL_M {
+        return few_rows(c, a, b, p, accumulate);
+    }
+    match k_slices(&p) {
+        1 => packed(c, a, b, p, accumulate, !p.is_small(), matmul_tiles::best()),
+        slices => split_k(c, a, b, p, accumulate, slices),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Slices of K a product is cut into (shape only): a small C over a long K (the fused
+/// cross-entropy's d hidden, 256×256 over a 32000-word vocabulary) has too few tiles to share
+/// and would pack B in many blocks one after another.
+fn k_slices(p: &Product) -> usize {
+    if p.m * p.n > SPLIT_C || p.k < 2 * SPLIT_K {
+        return 1;
+    }
+    (p.k / SPLIT_K).min(16)
+}
 
-    /// Every plan, forced onto small awkward shapes, against f64 loops: all four transposes,
-    /// = and +=, K of 1, slices that do not divide the dims.
-    #[test]
-    fn every_plan_against_f64() {
-        let vals = |n: usize, seed: usize| -> Vec<f32> {
-            (0..n).map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0) - 1.0).collect()
+/// C (+)= the sum of the slices' products, each on one thread, added in order.
+///
+/// # Safety
+/// As `gemm`.
+unsafe fn split_k(c: *mut f32, a: &[f32], b: &[f32], p: Product, accumulate: bool, slices: usize) {
+    let (mn, t) = (p.m * p.n, matmul_tiles::best());
+    let step = p.k.div_ceil(slices).next_multiple_of(KC);
+    let starts: Vec<usize> = (0..p.k).step_by(step).collect();
+    // The first slice goes into C itself, the others into scratch, added after in order.
+    let mut scratch = vec![0.0f32; (starts.len() - 1) * mn];
+    let (cp, sp) = (Ptr(c), Ptr(scratch.as_mut_ptr()));
+    starts.par_iter().enumerate().for_each(|(i, &k0)| {
+        let part = Product { k: step.min(p.k - k0), c_rs: if i == 0 { p.c_rs } else { p.n }, ..p };
+        let (a, b) = (&a[k0 * p.a_cs..], &b[k0 * p.b_rs..]);
+        match i {
+            0 => packed(cp.get(), a, b, part, accumulate, false, t),
+            _ => packed(sp.get().add((i - 1) * mn), a, b, part, false, false, t),
+        }
+    });
+    (0..p.m).into_par_iter().for_each(|i| {
+        let out = std::slice::from_raw_parts_mut(cp.get().add(i * p.c_rs), p.n);
+        for s in scratch.chunks_exact(mn) {
+            out.iter_mut().zip(&s[i * p.n..]).for_each(|(o, v)| *o += v);
+        }
+    });
+}
+
+/// The packed product with the given tile variant, on rayon's threads with `parallel`.
+///
+/// # Safety
+/// As `gemm`, with M, N, K ≥ 1.
+pub(crate) unsafe fn packed(c: *mut f32, a: &[f32], b: &[f32], p: Product, accumulate: bool, parallel: bool, t: Tiles) {
+    let (m, n, k, nr) = (p.m, p.n, p.k, t.nr);
+    let job = Job { c: Ptr(c), a: Ptr(a.as_ptr()), b: Ptr(b.as_ptr()), p, accumulate, t };
+    // Tasks: ((first row, end row), (first panel, end panel)) of the column block at j0.
+    let run = |tasks: Vec<((usize, usize), (usize, usize))>, j0: usize, b: Option<Ptr<*const f32>>| {
+        let task = |(rows, panels)| job.task(rows, j0, panels, b);
+        match parallel {
+            true => tasks.into_par_iter().for_each(task),
+            false => tasks.into_iter().for_each(task),
+        }
+    };
+    let panels = n.div_ceil(nr);
+    if m <= WIDE_M && panels >= 2 * TASKS {
+        // Few rows, many columns (the logits of a chunk of rows): each task takes all rows by a
+        // run of panels and packs its own panels of B, so that packing (which waits on memory
+        // for a large B) overlaps the other thread's products; each panel is packed once.
+        let per = panels.div_ceil(TASKS);
+        return run((0..panels).step_by(per).map(|jp| ((0, m), (jp, panels.min(jp + per)))).collect(), 0, None);
+    }
+    let nc = (B_BLOCK / (k * nr)).max(1) * nr;
+    let mut bbuf = take(&PACKED_B, nc.min(n.next_multiple_of(nr)) * k);
+    for j0 in (0..n).step_by(nc) {
+        let cols = nc.min(n - j0);
+        let panels = cols.div_ceil(nr);
+        // Panel jp: k rows of nr columns of op(B), zeros past N.
+        let pack_b = |(jp, dst): (usize, &mut [f32])| {
+            let (col, valid) = (j0 + jp * nr, nr.min(cols - jp * nr));
+            pack(dst, job.b.get().add(col * p.b_cs), nr, valid, k, p.b_cs, p.b_rs);
         };
-        let shapes = [(1, 1, 1), (7, 193, 1), (197, 5, 33), (101, 290, 65), (3, 2, 1031), (300, 97, 517)];
-        let plans = [Plan::Whole, Plan::Rows(2), Plan::Rows(5), Plan::Cols(3), Plan::SplitK(2), Plan::SplitK(7)];
-        for (si, &(m, n, k)) in shapes.iter().enumerate() {
-            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-                let (a, b) = (vals(m * k, si), vals(k * n, si + 50));
-                let (a_cs, a_rs) = if ta { (m, 1) } else { (1, k) };
-                let (b_cs, b_rs) = if tb { (k, 1) } else { (1, n) };
-                let p = Product { m, n, k, a_cs, a_rs, b_cs, b_rs };
-                let old = vals(m * n, si + 99);
-                let dots: Vec<f64> = (0..m * n)
-                    .map(|idx| {
-                        let (i, j) = (idx / n, idx % n);
-                        (0..k).map(|l| a[i * a_rs + l * a_cs] as f64 * b[l * b_rs + j * b_cs] as f64).sum()
-                    })
-                    .collect();
-                for plan in plans {
-                    for accumulate in [false, true] {
-                        let mut c = old.clone();
-                        unsafe { gemm(&mut c, &a, &b, p, accumulate, plan) };
-                        for (idx, &got) in c.iter().enumerate() {
-                            let (i, j) = (idx / n, idx % n);
-                            let want = dots[idx] + if accumulate { old[idx] as f64 } else { 0.0 };
-                            let tol = 1e-5 * (k as f64).sqrt() + 1e-5 * want.abs();
-                            let case = format!("{m}×{n}×{k} t{ta}{tb} {plan:?} acc {accumulate}");
-                            assert!((got as f64 - want).abs() <= tol, "{case}: [{i}, {j}] {got} vs {want}");
-                        }
+        if parallel {
+            bbuf[..panels * k * nr].par_chunks_mut(k * nr).enumerate().for_each(pack_b);
+        } else {
+            bbuf[..panels * k * nr].chunks_mut(k * nr).enumerate().for_each(pack_b);
+        }
+        // Tasks: (first row, first panel, end panel); a few panels wide when rows are few.
+        let row_blocks = m.div_ceil(MC);
+        let chunks = TASKS.div_ceil(row_blocks).min(panels.div_ceil(2)).max(1);
+        let per = panels.div_ceil(chunks);
+        let tasks = (0..row_blocks).flat_map(|rb| {
+            (0..panels).step_by(per).map(move |jp| ((rb * MC, m.min(rb * MC + MC)), (jp, panels.min(jp + per))))
+        });
+        run(tasks.collect(), j0, Some(Ptr(bbuf.as_ptr())));
+    }
+    put(&PACKED_B, bbuf);
+}
+
+/// What the tasks of one product share.
+#[derive(Clone, Copy)]
+struct Job {
+    c: Ptr<*mut f32>,
+    a: Ptr<*const f32>,
+    b: Ptr<*const f32>,
+    p: Product,
+    accumulate: bool,
+    t: Tiles,
+}
+
+impl Job {
+    /// Rows [r0, r1) of C by panels [jp0, jp1) of the column block at j0. B's panels come
+    /// packed over all of K from `packed_b` (the block's first panel), or are packed here a KC
+    /// block at a time.
+    unsafe fn task(
+        &self,
+        (r0, r1): (usize, usize),
+        j0: usize,
+        (jp0, jp1): (usize, usize),
+        packed_b: Option<Ptr<*const f32>>,
+    ) {
+        let (p, t, nr) = (self.p, self.t, self.t.nr);
+        let rpanels = (r1 - r0).div_ceil(t.mr);
+        // A is read in place where one of its strides is 1 and a panel has all MR rows;
+        // other panels are packed (zeros past M), KC deep at a time.
+        let in_place = |row: usize| (p.a_cs == 1 || p.a_rs == 1) && row + t.mr <= p.m;
+        let mut abuf = take(&PACKED_A, rpanels * t.mr * KC.min(p.k));
+        let mut bbuf = match packed_b {
+            Some(_) => Vec::new(),
+            None => take(&PANEL_B, KC.min(p.k) * nr),
+        };
+        for k0 in (0..p.k).step_by(KC) {
+            let kc = KC.min(p.k - k0);
+            for (ip, dst) in abuf.chunks_mut(t.mr * kc).take(rpanels).enumerate() {
+                let row = r0 + ip * t.mr;
+                if !in_place(row) {
+                    let src = self.a.get().add(row * p.a_rs + k0 * p.a_cs);
+                    pack(dst, src, t.mr, t.mr.min(p.m - row), kc, p.a_rs, p.a_cs);
+                }
+            }
+            let add = self.accumulate || k0 > 0;
+            for jp in jp0..jp1 {
+                let col = j0 + jp * nr;
+                let b_panel = match packed_b {
+                    Some(b) => b.get().add(jp * p.k * nr + k0 * nr),
+                    None => {
+                        let src = self.b.get().add(col * p.b_cs + k0 * p.b_rs);
+                        pack(&mut bbuf, src, nr, nr.min(p.n - col), kc, p.b_cs, p.b_rs);
+                        bbuf.as_ptr()
                     }
+                };
+                for ip in 0..rpanels {
+                    let row = r0 + ip * t.mr;
+                    let a_panel = match in_place(row) {
+                        true => Rows { ptr: self.a.get().add(row * p.a_rs + k0 * p.a_cs), rs: p.a_rs, cs: p.a_cs },
+                        false => Rows { ptr: abuf.as_ptr().add(ip * t.mr * kc), rs: 1, cs: t.mr },
+                    };
+                    let dst = self.c.get().add(row * p.c_rs + col);
+                    tile(t, kc, a_panel, b_panel, dst, p.c_rs, add, (t.mr.min(p.m - row), nr.min(p.n - col)));
                 }
             }
         }
-    }
-
-    #[test]
-    fn plans_of_training_shapes() {
-        // Logits of the output projection, d hidden, d weight; a layer's product and its weight
-        // gradients; small products stay whole.
-        assert_eq!(plan(256, 32000, 256), Plan::Cols(16));
-        assert_eq!(plan(256, 256, 32000), Plan::SplitK(16));
-        assert_eq!(plan(32000, 256, 256), Plan::Rows(16));
-        assert_eq!(plan(2048, 768, 256), Plan::Rows(16));
-        assert_eq!(plan(768, 256, 2048), Plan::Rows(8));
-        assert_eq!(plan(256, 256, 2048), Plan::SplitK(8));
-        assert_eq!(plan(64, 64, 64), Plan::Whole);
+        put(&PACKED_A, abuf);
+        if packed_b.is_none() {
+            put(&PANEL_B, bbuf);
+        }
     }
 }
+
+/// One register tile into C at `dst`; where fewer than MR×NR elements of C remain (`valid` rows
+/// and columns), through a scratch tile, with the same sums.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tile(
+    t: Tiles,
+    k: usize,
+    a: Rows,
+    b: *const f32,
+    dst: *mut f32,
+    ldc: usize,
+    add: bool,
+    valid: (usize, usize),
+) {
+    if valid == (t.mr, t.nr) {
+        return (t.run)(k, a, b, dst, ldc, add);
+    }
+    let mut scratch = [0.0f32; 12 * 32];
+    (t.run)(k, a, b, scratch.as_mut_ptr(), t.nr, false);
+    for i in 0..valid.0 {
+        for j in 0..valid.1 {
+            let (c, v) = (dst.add(i * ldc + j), scratch[i * t.nr + j]);
+            *c = if add { *c + v } else { v };
+        }
+    }
+}
+
+/// Packs a panel: dst[p·w + i] = src[i·i_stride + p·p_stride] for i < valid and p < depth, and
+/// zeros for valid ≤ i < w. Reads along whichever stride is 1.
+///
+/// # Safety
+/// `src` addresses every element named; `dst` holds depth·w floats.
+unsafe fn pack(
+    dst: &mut [f32],
+    src: *const f32,
+    w: usize,
+    valid: usize,
+    depth: usize,
+    i_stride: usize,
+    p_stride: usize,
+) {
+    let dst = &mut dst[..depth * w];
+    if i_stride == 1 {
+        for (p, out) in dst.chunks_exact_mut(w).enumerate() {
+            let row = std::slice::from_raw_parts(src.add(p * p_stride), valid);
+            out[..valid].copy_from_slice(row);
+            out[valid..].fill(0.0);
+        }
+        return;
+    }
+    if valid < w {
+        dst.fill(0.0);
+    }
+    // Blocks of 8×8 where the reads run along p, transposed in registers (element by element,
+    // the strided writes cost more than the product they feed when M is a few hundred).
+    let blocks = match p_stride == 1 && matmul_tiles::has_transpose() {
+        true => valid / 8 * 8,
+        false => 0,
+    };
+    let whole = depth / 8 * 8;
+    for i0 in (0..blocks).step_by(8) {
+        for p0 in (0..whole).step_by(8) {
+            matmul_tiles::transpose8(src.add(i0 * i_stride + p0), i_stride, dst.as_mut_ptr().add(p0 * w + i0), w);
+        }
+    }
+    // The rest element by element: rows past the last block of 8, and the last depth % 8 of the blocks' rows.
+    for i in 0..valid {
+        let s = src.add(i * i_stride);
+        for p in if i < blocks { whole } else { 0 }..depth {
+            *dst.get_unchecked_mut(p * w + i) = *s.add(p * p_stride);
+        }
+    }
+}
+
+/// Products of fewer than SMALL_M rows: `gemm`'s matrix-vector path, on slices of the columns
+/// (their number follows the shape alone: a slice sums in the order of its own width).
+unsafe fn few_rows(c: *mut f32, a: &[f32], b: &[f32], p: Product, accumulate: bool) {
+    const SLICE: usize = 96; // columns, at least; a multiple of `gemm`'s tiles
+    let slices = (p.m * p.n * p.k / SERIAL_WORK).min(16).min(p.n / SLICE).max(1);
+    let step = p.n.div_ceil(slices).next_multiple_of(SLICE);
+    let (cp, ap, bp) = (Ptr(c), Ptr(a.as_ptr()), Ptr(b.as_ptr()));
+    let part = move |c0: usize| {
+        let cols = step.min(p.n - c0);
+        let (a_cs, a_rs, b_cs, b_rs) = (p.a_cs as isize, p.a_rs as isize, p.b_cs as isize, p.b_rs as isize);
+        let (dst, b) = (cp.get().add(c0), bp.get().add(c0 * p.b_cs));
+        // beta = 1 with `accumulate` (C = C + A·B), else C is written without being read.
+        #[rustfmt::skip]
+        gemm::gemm(p.m, cols, p.k, dst, 1, p.c_rs as isize, accumulate, ap.get(), a_cs, a_rs, b, b_cs, b_rs,
+                   1.0, 1.0, false, false, false, gemm::Parallelism::None);
+    };
+    let starts: Vec<usize> = (0..p.n).step_by(step).collect();
+    starts.into_par_iter().for_each(part);
+}
+
+#[cfg(test)]
+#[path = "matmul_cpu_tests.rs"]
+mod tests;

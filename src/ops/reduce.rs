@@ -2,7 +2,7 @@
 
 use super::{float_input, grid_for, on_device};
 use crate::autograd::{no_backward, record};
-use crate::device::cpu::{par_rows, CpuBuffer, CHUNK};
+use crate::device::cpu::{self, CpuBuffer, CHUNK};
 use crate::device::gpu::{self, grid, Kernel, KernelParams};
 use crate::device::gpu::{kernel_params, to_u32};
 use crate::{bail, Precision, Result, Tensor};
@@ -58,8 +58,7 @@ fn row_sums(op: &'static str, x: &Tensor, rows: usize, cols: usize, scale: f32) 
         || {
             let xr = x.cpu();
             let xv = xr.f32();
-            let mut out = vec![0.0; rows];
-            par_rows(&mut out, 1, |r, o| {
+            let out = cpu::par_rows_new(rows, 1, |r, o| {
                 let end = ((r + 1) * cols).min(xv.len());
                 o[0] = xv[r * cols..end].iter().sum::<f32>() * scale;
             });
@@ -84,8 +83,7 @@ fn expand(op: &'static str, dy: &Tensor, shape: &[usize], cols: usize, scale: f3
         || {
             let dr = dy.cpu();
             let dv = dr.f32();
-            let mut out = vec![0.0; n];
-            par_rows(&mut out, cols, |r, row| row.fill(dv[r] * scale));
+            let out = cpu::par_rows_new(n, cols, |r, row| row.fill(dv[r] * scale));
             Ok(Tensor::cpu_f32(out, shape))
         },
         || {
@@ -191,8 +189,7 @@ fn max_backward(dy: &Tensor, idx: &Tensor, shape: &[usize], cols: usize) -> Resu
         || {
             let (dr, ir) = (dy.cpu(), idx.cpu());
             let (dv, iv) = (dr.f32(), ir.u32());
-            let mut out = vec![0.0; n];
-            par_rows(&mut out, cols, |r, row| row[iv[r] as usize] = dv[r]);
+            let out = cpu::par_rows_new(n, cols, |r, row| row[iv[r] as usize] = dv[r]);
             Ok(Tensor::cpu_f32(out, shape))
         },
         || {

@@ -2,6 +2,7 @@
 
 use super::{float_input, on_device, same_device, sum_rows};
 use crate::autograd::{record, record_multi};
+use crate::device::cpu;
 use crate::device::gpu::{self, grid, Kernel, KernelParams};
 use crate::device::gpu::{kernel_params, to_u32};
 use crate::{bail, Precision, Result, Tensor};
@@ -102,8 +103,8 @@ fn forward(
         || {
             let (xr, gr, yr) = (x.cpu(), gamma.cpu(), y.map(|y| y.cpu()));
             let (xv, gv, yv) = (xr.f32(), gr.f32(), yr.as_ref().map(|y| y.f32()));
-            let mut out = vec![0.0; rows * c];
-            let mut h = vec![0.0; if y.is_some() { rows * c } else { 0 }];
+            let mut out = cpu::zeros(rows * c);
+            let mut h = cpu::zeros(if y.is_some() { rows * c } else { 0 });
             let mut rstd = vec![0.0; rows];
             // o = row * rstd * gamma; s = rstd
             let norm_row = |row: &[f32], o: &mut [f32], s: &mut f32| {
@@ -192,7 +193,7 @@ fn backward(
             let (xr, gr, sr, dr) = (x.cpu(), gamma.cpu(), rstd.cpu(), dy.cpu());
             let rr = dres.as_ref().map(|d| d.cpu());
             let (xv, gv, sv, dv, rv) = (xr.f32(), gr.f32(), sr.f32(), dr.f32(), rr.as_ref().map(|r| r.f32()));
-            let mut dx = vec![0.0; rows * c];
+            let mut dx = cpu::zeros(rows * c);
             let mut part = vec![0.0; groups * c];
             dx.par_chunks_mut(ROWS_PER_GROUP * c).zip(part.par_chunks_mut(c)).enumerate().for_each(|(b, (dxb, pb))| {
                 for (j, dxr) in dxb.chunks_mut(c).enumerate() {

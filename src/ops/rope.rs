@@ -2,7 +2,7 @@
 
 use super::{float_input, grid_for, on_device, same_device, Rope};
 use crate::autograd::{record, record_multi};
-use crate::device::cpu::par_rows;
+use crate::device::cpu::{self, par_rows};
 use crate::device::gpu::{self, Kernel, KernelParams};
 use crate::device::gpu::{kernel_params, to_u32};
 use crate::{bail, Precision, Result, Tensor};
@@ -110,7 +110,7 @@ fn split(y: &Tensor, hq: usize, hkv: usize, turns: &[f32], pos_offset: usize) ->
         || {
             let yr = y.cpu();
             let yv = yr.f32();
-            let mut out = vec![0.0; y.numel()];
+            let mut out = cpu::zeros(y.numel());
             let (q, rest) = out.split_at_mut(rows * hq * d);
             let (k, v) = rest.split_at_mut(rows * hkv * d);
             let rows = q.par_chunks_mut(hq * d).zip(k.par_chunks_mut(hkv * d)).zip(v.par_chunks_mut(hkv * d));
@@ -159,7 +159,7 @@ fn merge(dys: &[Tensor], g: usize, turns: &[f32], pos_offset: usize) -> Result<T
         || {
             let (qr, kr, vr) = (dq.cpu(), dk.cpu(), dv.cpu());
             let (qv, kv, vv) = (qr.f32(), kr.f32(), vr.f32());
-            let mut out = vec![0.0; b * t * g * d];
+            let mut out = cpu::zeros(b * t * g * d);
             let table = cos_sin_table(turns, pos_offset, t, -1.0);
             par_rows(&mut out, g * d, |r, row| {
                 let (cos, sin) = &table[r % t];
@@ -258,7 +258,7 @@ fn rotate(op: &'static str, x: &Tensor, turns: &[f32], pos_offset: usize, sign: 
         || {
             let xr = x.cpu();
             let xv = xr.f32();
-            let mut out = vec![0.0; x.numel()];
+            let mut out = cpu::zeros(x.numel());
             // One row per (b, t): the cos/sin of its position serve all H heads.
             let table = cos_sin_table(turns, pos_offset, t, sign);
             par_rows(&mut out, h * d, |r, row| {

@@ -2,7 +2,7 @@
 
 use super::{float_input, on_device, same_device};
 use crate::autograd::record;
-use crate::device::cpu::{self, par_rows};
+use crate::device::cpu;
 use crate::device::gpu::{self, grid, Kernel, KernelParams};
 use crate::device::gpu::{kernel_params, to_u32};
 use crate::{bail, Precision, Result, Tensor};
@@ -89,8 +89,7 @@ fn forward(x: &Tensor, rows: usize, cols: usize, mask: Mask) -> Result<Tensor> {
         || {
             let xr = x.cpu();
             let xv = xr.f32();
-            let mut out = vec![0.0; rows * cols];
-            par_rows(&mut out, cols, |r, y| {
+            let out = cpu::par_rows_new(rows * cols, cols, |r, y| {
                 let n = mask.valid(r, cols);
                 let xs = &xv[r * cols..r * cols + n];
                 let m = cpu::max(xs);
@@ -119,8 +118,7 @@ fn backward(y: &Tensor, dy: &Tensor, rows: usize, cols: usize, mask: Mask) -> Re
         || {
             let (yr, dyr) = (y.cpu(), dy.cpu());
             let (yv, dyv) = (yr.f32(), dyr.f32());
-            let mut out = vec![0.0; rows * cols];
-            par_rows(&mut out, cols, |r, dx| {
+            let out = cpu::par_rows_new(rows * cols, cols, |r, dx| {
                 let n = mask.valid(r, cols);
                 let (ys, dys) = (&yv[r * cols..r * cols + n], &dyv[r * cols..r * cols + n]);
                 let dot: f32 = ys.iter().zip(dys).map(|(a, b)| a * b).sum();

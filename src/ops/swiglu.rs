@@ -119,9 +119,8 @@ fn forward(gate: &Tensor, up: &Tensor, l: &Layout, shape: &[usize]) -> Result<Te
             let (gr, ur) = (gate.cpu(), up.cpu());
             // The host's slices start at each tensor's own offset.
             let (gv, uv) = (&gr.f32()[l.g_off - gate.offset()..], &ur.f32()[l.u_off - up.offset()..]);
-            let mut out = vec![0.0; n];
-            par_rows(
-                &mut out,
+            let out = cpu::par_rows_new(
+                n,
                 l.cols,
                 #[inline(always)]
                 |r, o| {
@@ -156,7 +155,7 @@ fn backward(gate: &Tensor, up: &Tensor, l: &Layout, dy: &Tensor, to: (usize, usi
             let (gr, ur, dr) = (gate.cpu(), up.cpu(), dy.cpu());
             let (gv, uv) = (&gr.f32()[l.g_off - gate.offset()..], &ur.f32()[l.u_off - up.offset()..]);
             let dv = dr.f32();
-            let mut out = vec![0.0; size];
+            let mut out = cpu::zeros(size);
             // Row r's dgate and dup, from slices (no index checks in the loop, which vectorises).
             let grads = |r: usize, dg: &mut [f32], du: &mut [f32]| {
                 let (g, u) = (&gv[r * l.rs..][..l.cols], &uv[r * l.rs..][..l.cols]);

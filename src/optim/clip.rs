@@ -86,16 +86,37 @@ fn check_grads(op: &str, grads: &[Tensor]) -> Result<crate::Device> {
     Ok(first.device())
 }
 
-/// Fixed chunks summed in order: the same result on every run.
+/// Fixed chunks summed in order: the same result on every run. Within a chunk, eight running
+/// sums (element j into sum j % 8) added at the end: one running sum is a chain of dependent
+/// adds that does not vectorise (6 ms a step for shakespeare's 12.2M gradients on 2 cores).
 fn cpu_norm(grads: &[Tensor]) -> f32 {
     let mut total = 0.0f64;
     for g in grads {
         let r = g.cpu();
-        let parts: Vec<f64> =
-            r.f32().par_chunks(CHUNK).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum()).collect();
+        let parts: Vec<f64> = r.f32().par_chunks(CHUNK).map(squares).collect();
         total += parts.iter().sum::<f64>();
     }
     total.sqrt() as f32
+}
+
+/// Σ v² of a chunk in f64, in eight lanes.
+fn squares(c: &[f32]) -> f64 {
+    crate::device::cpu::simd(
+        #[inline(always)]
+        || {
+            let mut acc = [0.0f64; 8];
+            let blocks = c.chunks_exact(8);
+            for (a, &v) in acc.iter_mut().zip(blocks.remainder()) {
+                *a += (v as f64) * (v as f64);
+            }
+            for b in blocks {
+                for (a, &v) in acc.iter_mut().zip(b) {
+                    *a += (v as f64) * (v as f64);
+                }
+            }
+            acc.iter().sum()
+        },
+    )
 }
 
 /// The step control on the GPU: partial sums of squares of every gradient (one dispatch per

@@ -50,6 +50,8 @@ pub struct OpStat {
     pub device: Device,
     /// CPU: wall time in the op. GPU: kernel time from timestamp queries (zero without them).
     pub total: Duration,
+    /// CPU ops: the process's CPU time (all threads) while in the op; zero where unmeasured.
+    pub cpu: Duration,
     /// Calls of the op.
     pub count: u64,
     /// GPU dispatches the op queued (zero on the CPU).
@@ -59,6 +61,7 @@ pub struct OpStat {
 #[derive(Default, Clone, Copy)]
 struct Entry {
     total: Duration,
+    cpu: Duration,
     count: u64,
     dispatches: u64,
 }
@@ -139,7 +142,14 @@ pub fn ops() -> Vec<OpStat> {
         .ops
         .iter()
         .flatten()
-        .map(|(&(name, device), e)| OpStat { name, device, total: e.total, count: e.count, dispatches: e.dispatches })
+        .map(|(&(name, device), e)| OpStat {
+            name,
+            device,
+            total: e.total,
+            cpu: e.cpu,
+            count: e.count,
+            dispatches: e.dispatches,
+        })
         .collect();
     v.sort_by(|a, b| b.total.cmp(&a.total).then(b.count.cmp(&a.count)).then(a.name.cmp(b.name)));
     v
@@ -186,24 +196,40 @@ fn sync_gpu() {
 }
 
 thread_local! {
-    /// Time spent in CPU ops nested inside the one running on this thread.
-    static NESTED: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+    /// Wall and process CPU time spent in CPU ops nested inside the one running on this thread.
+    static NESTED: Cell<(Duration, Duration)> = const { Cell::new((Duration::ZERO, Duration::ZERO)) };
     /// The GPU op whose dispatches this thread is queueing.
     static GPU_OP: Cell<Option<&'static str>> = const { Cell::new(None) };
 }
 
 /// Runs a CPU op's kernel and charges its wall time (less nested ops') to `op`.
 pub(crate) fn time_cpu<R>(op: &'static str, f: impl FnOnce() -> R) -> R {
-    let outer = NESTED.replace(Duration::ZERO);
-    let start = Instant::now();
+    let outer = NESTED.replace((Duration::ZERO, Duration::ZERO));
+    let (start, cpu_start) = (Instant::now(), process_cpu_time());
     let r = f();
-    let elapsed = start.elapsed();
-    let inner = NESTED.replace(outer + elapsed);
+    let (elapsed, cpu) = (start.elapsed(), process_cpu_time().saturating_sub(cpu_start));
+    let inner = NESTED.replace((outer.0 + elapsed, outer.1 + cpu));
     let mut p = profile();
     let e = p.entry(op, Device::Cpu);
-    e.total += elapsed.saturating_sub(inner);
+    e.total += elapsed.saturating_sub(inner.0);
+    e.cpu += cpu.saturating_sub(inner.1);
     e.count += 1;
     r
+}
+
+/// User and system time of every thread of the process so far (zero where not measured):
+/// against an op's wall time it shows how many cores the op kept busy.
+fn process_cpu_time() -> Duration {
+    #[cfg(unix)]
+    {
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage writes the struct it is given.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0 {
+            let t = |v: libc::timeval| Duration::new(v.tv_sec as u64, v.tv_usec as u32 * 1000);
+            return t(u.ru_utime) + t(u.ru_stime);
+        }
+    }
+    Duration::ZERO
 }
 
 /// Runs a GPU op's dispatch code with `op` as the name its dispatches are charged to.

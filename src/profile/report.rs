@@ -41,22 +41,40 @@ pub fn report() -> String {
     };
     let top = &s.ops[..s.ops.len().min(TOP)];
     let nw = top.iter().map(|o| name(o).len()).max().unwrap_or(0).max(19);
-    let _ = writeln!(w, "  Rank | {:<nw$} | Total    | Count | Avg     | % Total", "Operation");
-    let _ = writeln!(w, "  -----+-{}-+----------+-------+---------+---------", "-".repeat(nw));
+    // CPU ops: the share of the CPU's threads the op kept busy (process CPU time over wall time).
+    let threads = rayon::current_num_threads() as u32;
+    let busy = |o: &super::OpStat| match o.device {
+        Device::Cpu if !o.cpu.is_zero() => format!("{:>5.0}%", pct(o.cpu, o.total * threads)),
+        _ => "    -".into(),
+    };
+    let _ = writeln!(w, "  Rank | {:<nw$} | Total    | Count | Avg     | % Total | Busy", "Operation");
+    let _ = writeln!(w, "  -----+-{}-+----------+-------+---------+---------+------", "-".repeat(nw));
     for (i, o) in top.iter().enumerate() {
         let avg = fmt_time(o.total.div_f64(o.count.max(1) as f64));
         let _ = writeln!(
             w,
-            "  {:>3}  | {:<nw$} | {:<8} | {:<5} | {avg:>7} | {:>5.1}%",
+            "  {:>3}  | {:<nw$} | {:<8} | {:<5} | {avg:>7} | {:>5.1}%  | {}",
             i + 1,
             name(o),
             fmt_time(o.total),
             o.count,
-            pct(o.total, s.total)
+            pct(o.total, s.total),
+            busy(o)
         );
     }
     if s.ops.len() > TOP {
         let _ = writeln!(w, "  ... {} more", s.ops.len() - TOP);
+    }
+    let cpu_ops: Duration = s.ops.iter().filter(|o| o.device == Device::Cpu).map(|o| o.total).sum();
+    if !cpu_ops.is_zero() {
+        let (cpu, total) = (s.ops.iter().map(|o| o.cpu).sum::<Duration>(), s.total);
+        let _ = writeln!(
+            w,
+            "CPU ops: {:.1}% of the total time, {:.0}% busy on {threads} threads; outside ops {}",
+            pct(cpu_ops, total),
+            pct(cpu, cpu_ops * threads),
+            fmt_time(total.saturating_sub(cpu_ops))
+        );
     }
     if s.ops.iter().any(|o| o.device == Device::Gpu) {
         let note = match gpu_timestamps() {
